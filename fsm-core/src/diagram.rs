@@ -1,0 +1,148 @@
+//! Diagrams drawn from a [`Table`]: Mermaid `stateDiagram-v2` and Graphviz DOT.
+//!
+//! Names in a table are Rust identifiers, so they need no quoting in either language.
+
+use std::fmt::Write as _;
+
+use crate::table::{Policy, StateId, Table};
+
+impl Table {
+    /// The table as a Mermaid `stateDiagram-v2`: `[*]` into the initial state, one arrow per
+    /// transition labelled with its event, terminal states into `[*]`, and a note on each
+    /// state that defers, dumps or delegates events it has no transition for.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("stateDiagram-v2\n");
+        let _ = writeln!(out, "    [*] --> {}", self.state_name(self.initial()));
+        for t in self.transitions() {
+            let _ = writeln!(
+                out,
+                "    {} --> {} : {}",
+                self.state_name(t.from),
+                self.state_name(t.to),
+                self.event_name(t.event)
+            );
+        }
+        for (i, s) in self.states().iter().enumerate() {
+            if s.is_terminal() {
+                let _ = writeln!(out, "    {} --> [*]", s.name());
+            }
+            if let Some(note) = self.policy_note(StateId::new(i as u16)) {
+                let _ = writeln!(out, "    note right of {} : {}", s.name(), note);
+            }
+        }
+        out
+    }
+
+    /// The table as a Graphviz DOT digraph: a point for the start, double circles for
+    /// terminal states, one labelled edge per transition, policies in the node label.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "digraph {} {{", self.machine());
+        out.push_str("    rankdir=LR;\n    node [shape=circle];\n    __start [shape=point];\n");
+        for (i, s) in self.states().iter().enumerate() {
+            let shape = if s.is_terminal() {
+                "doublecircle"
+            } else {
+                "circle"
+            };
+            match self.policy_note(StateId::new(i as u16)) {
+                Some(note) => {
+                    let _ = writeln!(
+                        out,
+                        "    {} [shape={shape}, label=\"{}\\n({note})\"];",
+                        s.name(),
+                        s.name()
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "    {} [shape={shape}];", s.name());
+                }
+            }
+        }
+        let _ = writeln!(out, "    __start -> {};", self.state_name(self.initial()));
+        for t in self.transitions() {
+            let _ = writeln!(
+                out,
+                "    {} -> {} [label=\"{}\"];",
+                self.state_name(t.from),
+                self.state_name(t.to),
+                self.event_name(t.event)
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// "defers Confirm; dumps others" style summary of a state's non-default policies.
+    fn policy_note(&self, state: StateId) -> Option<String> {
+        let meta = self.state(state)?;
+        let mut parts: Vec<String> = Vec::new();
+        for policy in [
+            Policy::Defer,
+            Policy::Dump,
+            Policy::Delegate,
+            Policy::Reject,
+        ] {
+            let names: Vec<&str> = meta
+                .event_policies()
+                .iter()
+                .filter(|(_, p)| *p == policy)
+                .map(|(e, _)| self.event_name(*e))
+                .collect();
+            if !names.is_empty() {
+                parts.push(format!("{} {}", verb(policy), names.join(", ")));
+            }
+        }
+        if meta.otherwise_policy() != Policy::Reject {
+            parts.push(format!("{} any other", verb(meta.otherwise_policy())));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+fn verb(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Reject => "rejects",
+        Policy::Defer => "defers",
+        Policy::Dump => "dumps",
+        Policy::Delegate => "delegates",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::table::{EventId, Policy, StateMeta, Table, TransitionMeta};
+
+    const T: Table = Table::new(
+        "Door",
+        &[
+            StateMeta::new("Open"),
+            StateMeta::new("Closed").policies(&[(EventId::new(1), Policy::Defer)]),
+            StateMeta::new("Gone").terminal(),
+        ],
+        &["Close", "Open", "Burn"],
+        &[TransitionMeta::new(0, 0, 1), TransitionMeta::new(1, 2, 2)],
+        0,
+    );
+
+    #[test]
+    fn mermaid_lists_start_transitions_terminals_and_policies() {
+        assert_eq!(
+            T.to_mermaid(),
+            "stateDiagram-v2\n    [*] --> Open\n    Open --> Closed : Close\n    \
+             Closed --> Gone : Burn\n    note right of Closed : defers Open\n    \
+             Gone --> [*]\n"
+        );
+    }
+
+    #[test]
+    fn dot_marks_terminals_and_labels_edges() {
+        let dot = T.to_dot();
+        assert!(dot.starts_with("digraph Door {\n"));
+        assert!(dot.contains("    Gone [shape=doublecircle];\n"));
+        assert!(dot.contains("    Closed [shape=circle, label=\"Closed\\n(defers Open)\"];\n"));
+        assert!(dot.contains("    __start -> Open;\n"));
+        assert!(dot.contains("    Open -> Closed [label=\"Close\"];\n"));
+        assert!(dot.ends_with("}\n"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Compile-time-checked state machines for systems that must not lose their state.
+//!
+//! `#[derive(StateMachine)]` turns an annotated enum into a machine whose transition table is
+//! checked at compile time, with a typestate API for code paths known in advance and a
+//! runtime dispatch ([`StateMachine::apply`]) for commands that arrive as data.
+//!
+//! ```
+//! use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+//!
+//! #[derive(StateMachine, Debug, Clone, PartialEq)]
+//! #[fsm(event = Cmd)]
+//! enum Light {
+//!     #[fsm(initial, on(Flip => On))]
+//!     Off,
+//!     #[fsm(on(Flip => Off), on(Break => Broken))]
+//!     On,
+//!     #[fsm(terminal)]
+//!     Broken,
+//! }
+//!
+//! #[derive(Event, Debug, Clone)]
+//! enum Cmd { Flip, Break }
+//!
+//! impl Handler<cmd::Flip, light::On> for light::Off {
+//!     fn handle(_: light::Off, _: cmd::Flip, _: &mut Effects<()>) -> Result<light::On, Refusal> { Ok(light::On) }
+//! }
+//! impl Handler<cmd::Flip, light::Off> for light::On {
+//!     fn handle(_: light::On, _: cmd::Flip, _: &mut Effects<()>) -> Result<light::Off, Refusal> { Ok(light::Off) }
+//! }
+//! impl Handler<cmd::Break, light::Broken> for light::On {
+//!     fn handle(_: light::On, _: cmd::Break, _: &mut Effects<()>) -> Result<light::Broken, Refusal> { Ok(light::Broken) }
+//! }
+//!
+//! let mut l = Light::Off;
+//! l.apply(Cmd::Flip).unwrap();
+//! assert_eq!(l, Light::On);
+//! let err = l.clone().apply(Cmd::Flip).and_then(|_| Ok(())).err();
+//! assert!(err.is_none());
+//! // Off accepts only Flip: Break is rejected and the machine does not move.
+//! let mut off = Light::Off;
+//! let rejection = off.apply(Cmd::Break).unwrap_err();
+//! assert_eq!(off, Light::Off);
+//! assert_eq!(rejection.to_string(), "Light rejected event `Break` in state `Off`: no transition for it here (this state accepts `Flip`)");
+//! ```
+
+extern crate self as fsm_core;
+
+mod diagram;
+mod effects;
+mod machine;
+mod redact;
+mod rejection;
+pub mod table;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use effects::{Effects, NoEffect};
+pub use machine::{
+    Applied, Declared, EffectOf, Event, Handler, Next, Rejected, StateMachine, Transition,
+    TypedState,
+};
+pub use redact::{Redact, Redacted};
+pub use rejection::{InvalidState, Reason, Refusal, Rejection};
+pub use table::{EventId, Policy, StateId, StateMeta, Table, TransitionMeta};
+
+pub use fsm_derive::{Event, StateMachine};

@@ -1,0 +1,110 @@
+//! Support for generated code. Not public API: names and signatures change without notice.
+
+#![allow(missing_docs)]
+
+pub use core;
+
+use crate::effects::Effects;
+use crate::machine::{
+    no_transition, EffectOf, Event, Handler, Next, Rejected, StateMachine, Transition, TypedState,
+};
+use crate::rejection::{Reason, Rejection};
+use crate::table::{EventId, StateId};
+
+/// What a sensitive field prints as.
+pub const HIDDEN: &dyn core::fmt::Debug = &crate::redact::Hidden;
+
+/// One variant of an event enum, keyed by a hash of its name (the state derive cannot see the
+/// event enum, so it names variants through this trait).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no event variant with the name written here",
+    label = "not a variant of the event enum",
+    note = "names in `on(..)`, `defer(..)`, `dump(..)` and `delegate(..)` must be variants of the enum given as `#[fsm(event = ..)]`, and that enum must `#[derive(fsm_core::Event)]`"
+)]
+pub trait Variant<const NAME_HASH: u64>: Event {
+    type Payload;
+    const ID: u16;
+    fn split(self) -> Result<Self::Payload, Self>;
+}
+
+/// Runs the handler of a declared transition and the target's invariant, for the runtime
+/// dispatch. Effects of a rejected transition are discarded.
+#[inline(always)]
+pub fn run<S, E, T>(
+    view: S::Ref<'_>,
+    event: E,
+    effects: &mut Effects<EffectOf<S>>,
+    event_id: u16,
+) -> Result<(S::Machine, Transition), Rejection>
+where
+    S: Handler<E, T>,
+    T: TypedState<Machine = S::Machine>,
+{
+    let table = <S::Machine as StateMachine>::TABLE;
+    let event_id = EventId::new(event_id);
+    let mark = effects.len();
+    let reason = match S::handle(view, event, effects) {
+        Ok(next) => match T::check(next.view()) {
+            Ok(()) => {
+                return Ok((
+                    next.into_machine(),
+                    Transition::new(table, S::ID, event_id, T::ID),
+                ))
+            }
+            Err(refusal) => Reason::Invalid {
+                target: T::ID,
+                refusal,
+            },
+        },
+        Err(refusal) => Reason::Refused(refusal),
+    };
+    effects.truncate(mark);
+    Err(Rejection::new(table, S::ID, event_id, reason))
+}
+
+/// The typestate version of [`run`]: consumes the typed state, hands it back on rejection.
+#[inline(always)]
+pub fn typed<S, E, T>(
+    state: S,
+    event: E,
+    event_id: u16,
+) -> Result<Next<T, EffectOf<S>>, Rejected<S>>
+where
+    S: Handler<E, T>,
+    T: TypedState<Machine = S::Machine>,
+{
+    let table = <S::Machine as StateMachine>::TABLE;
+    let mut effects = Effects::new();
+    let reason = match S::handle(state.view(), event, &mut effects) {
+        Ok(next) => match T::check(next.view()) {
+            Ok(()) => {
+                return Ok(Next {
+                    state: next,
+                    effects,
+                })
+            }
+            Err(refusal) => Reason::Invalid {
+                target: T::ID,
+                refusal,
+            },
+        },
+        Err(refusal) => Reason::Refused(refusal),
+    };
+    Err(Rejected {
+        state,
+        rejection: Rejection::new(table, S::ID, EventId::new(event_id), reason),
+    })
+}
+
+/// The rejection for an event that has no transition in `state`.
+#[cold]
+pub fn reject<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
+    no_transition(M::TABLE, StateId::new(state), event.id())
+}
+
+/// Runs a typed state's invariant for [`StateMachine::validate`].
+#[inline]
+pub fn validate<S: TypedState>(view: S::Ref<'_>) -> Result<(), crate::InvalidState> {
+    S::check(view)
+        .map_err(|r| crate::InvalidState::new(<S::Machine as StateMachine>::TABLE, S::ID, r))
+}

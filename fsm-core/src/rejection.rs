@@ -1,0 +1,242 @@
+//! Why a machine did not take an event: typed rejections that name the machine, state, event
+//! and reason, and carry no state or event data (so nothing sensitive can leak through them).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::table::{EventId, Policy, StateId, Table};
+
+/// A handler's or an invariant's refusal, with a reason written for humans.
+///
+/// The reason is the one piece of user text a rejection carries: keep secrets out of it.
+///
+/// ```
+/// use fsm_core::Refusal;
+/// let r = Refusal::new("payment below the 1.00 minimum");
+/// assert_eq!(r.reason(), "payment below the 1.00 minimum");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    reason: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// A refusal with the given reason.
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Why an event was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The table has no transition for this event in this state.
+    NoTransition,
+    /// The state is terminal: it accepts no event.
+    Terminal,
+    /// The handler (a guard) refused the event.
+    Refused(Refusal),
+    /// The handler produced a state whose invariant does not hold.
+    Invalid {
+        /// The state the transition would have entered.
+        target: StateId,
+        /// What the invariant said.
+        refusal: Refusal,
+    },
+}
+
+/// An event a machine did not take. The machine is exactly as it was before.
+///
+/// Names the machine, the state, the event and the [`Reason`]; its `Display` also says what the
+/// state would accept, so the message tells the caller what to do instead.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rejection {
+    table: &'static Table,
+    state: StateId,
+    event: EventId,
+    reason: Reason,
+}
+
+impl Rejection {
+    /// A rejection of `event` in `state` of the machine described by `table`.
+    pub fn new(table: &'static Table, state: StateId, event: EventId, reason: Reason) -> Self {
+        Rejection {
+            table,
+            state,
+            event,
+            reason,
+        }
+    }
+
+    /// The state the machine is (still) in.
+    pub fn state(&self) -> StateId {
+        self.state
+    }
+
+    /// The rejected event.
+    pub fn event(&self) -> EventId {
+        self.event
+    }
+
+    /// The machine's name.
+    pub fn machine_name(&self) -> &'static str {
+        self.table.machine()
+    }
+
+    /// The name of the state the machine is (still) in.
+    pub fn state_name(&self) -> &'static str {
+        self.table.state_name(self.state)
+    }
+
+    /// The name of the rejected event.
+    pub fn event_name(&self) -> &'static str {
+        self.table.event_name(self.event)
+    }
+
+    /// Why it was rejected.
+    pub fn reason(&self) -> &Reason {
+        &self.reason
+    }
+
+    /// The machine's table.
+    pub fn table(&self) -> &'static Table {
+        self.table
+    }
+
+    /// What the state's policy says about this event, when it has no transition for it.
+    pub fn policy(&self) -> Option<Policy> {
+        match self.reason {
+            Reason::NoTransition | Reason::Terminal => self.table.policy(self.state, self.event),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Rejection");
+        d.field("machine", &self.machine_name())
+            .field("state", &self.state_name())
+            .field("event", &self.event_name());
+        match &self.reason {
+            Reason::NoTransition => d.field("reason", &"NoTransition"),
+            Reason::Terminal => d.field("reason", &"Terminal"),
+            Reason::Refused(r) => d.field("refused", &r.reason()),
+            Reason::Invalid { target, refusal } => d
+                .field("invalid_target", &self.table.state_name(*target))
+                .field("refused", &refusal.reason()),
+        };
+        d.finish()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rejected event `{}` in state `{}`: ",
+            self.machine_name(),
+            self.event_name(),
+            self.state_name()
+        )?;
+        match &self.reason {
+            Reason::NoTransition => {
+                f.write_str("no transition for it here")?;
+                let mut accepted = self.table.accepted_events(self.state).peekable();
+                if accepted.peek().is_some() {
+                    f.write_str(" (this state accepts ")?;
+                    for (i, e) in accepted.enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        write!(f, "`{}`", self.table.event_name(e))?;
+                    }
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+            Reason::Terminal => f.write_str("the state is terminal and accepts no event"),
+            Reason::Refused(r) => write!(f, "refused by the handler: {r}"),
+            Reason::Invalid { target, refusal } => write!(
+                f,
+                "the new state `{}` would break its invariant: {refusal}",
+                self.table.state_name(*target)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// A state whose invariant does not hold (found after a restore, or when checking a value
+/// built outside the machine).
+#[derive(Clone, PartialEq, Eq)]
+pub struct InvalidState {
+    table: &'static Table,
+    state: StateId,
+    refusal: Refusal,
+}
+
+impl InvalidState {
+    /// The invariant of `state` refused with `refusal`.
+    pub fn new(table: &'static Table, state: StateId, refusal: Refusal) -> Self {
+        InvalidState {
+            table,
+            state,
+            refusal,
+        }
+    }
+
+    /// The state whose invariant failed.
+    pub fn state(&self) -> StateId {
+        self.state
+    }
+
+    /// Its name.
+    pub fn state_name(&self) -> &'static str {
+        self.table.state_name(self.state)
+    }
+
+    /// What the invariant said.
+    pub fn refusal(&self) -> &Refusal {
+        &self.refusal
+    }
+}
+
+impl fmt::Debug for InvalidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InvalidState")
+            .field("machine", &self.table.machine())
+            .field("state", &self.state_name())
+            .field("refused", &self.refusal.reason())
+            .finish()
+    }
+}
+
+impl fmt::Display for InvalidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in state `{}` breaks its invariant: {}",
+            self.table.machine(),
+            self.state_name(),
+            self.refusal
+        )
+    }
+}
+
+impl std::error::Error for InvalidState {}

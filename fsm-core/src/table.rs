@@ -1,0 +1,559 @@
+//! The transition table as `const` data: states, events, transitions, initial and terminal
+//! states, and each state's policy for events it has no transition for.
+//!
+//! `#[derive(StateMachine)]` writes one [`Table`] per machine into
+//! [`StateMachine::TABLE`](crate::StateMachine::TABLE); everything else (dispatch checks,
+//! diagrams, reachability queries, the queue's defer/dump/delegate decisions) reads it.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Index of a state in its machine's [`Table`] (declaration order of the enum's variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateId(u16);
+
+impl StateId {
+    /// The state with the given declaration index.
+    pub const fn new(index: u16) -> Self {
+        StateId(index)
+    }
+
+    /// The declaration index, usable to index [`Table::states`].
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Index of an event in its event enum (declaration order of the enum's variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(u16);
+
+impl EventId {
+    /// The event with the given declaration index.
+    pub const fn new(index: u16) -> Self {
+        EventId(index)
+    }
+
+    /// The declaration index, usable to index [`Table::events`].
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What a state does with an event it has no transition for.
+///
+/// Declared per state with `defer(..)`, `dump(..)` and `delegate(..)`; the default is
+/// [`Policy::Reject`]. Runtime dispatch ([`StateMachine::apply`](crate::StateMachine::apply))
+/// always rejects such an event; the command queue gives the other policies their meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Answer the submitter with a typed rejection (the default).
+    Reject,
+    /// Postpone the event and replay it, in arrival order, after the next real state change.
+    Defer,
+    /// Drop the event, counted and reported.
+    Dump,
+    /// Hand the event to an overflow sink (another queue, a dead-letter handler).
+    Delegate,
+}
+
+impl Policy {
+    /// The attribute keyword that declares this policy.
+    pub const fn keyword(self) -> &'static str {
+        match self {
+            Policy::Reject => "reject",
+            Policy::Defer => "defer",
+            Policy::Dump => "dump",
+            Policy::Delegate => "delegate",
+        }
+    }
+}
+
+/// One declared transition: in state `from`, event `event` leads to state `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TransitionMeta {
+    /// The state the transition leaves.
+    pub from: StateId,
+    /// The event that triggers it.
+    pub event: EventId,
+    /// The state it enters (equal to `from` for a self-transition).
+    pub to: StateId,
+}
+
+impl TransitionMeta {
+    /// A transition from `from` on `event` to `to`.
+    pub const fn new(from: u16, event: u16, to: u16) -> Self {
+        TransitionMeta {
+            from: StateId(from),
+            event: EventId(event),
+            to: StateId(to),
+        }
+    }
+}
+
+/// Everything the table knows about one state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateMeta {
+    name: &'static str,
+    terminal: bool,
+    validated: bool,
+    policies: &'static [(EventId, Policy)],
+    otherwise: Policy,
+}
+
+impl StateMeta {
+    /// A non-terminal state without invariant that rejects events it has no transition for.
+    pub const fn new(name: &'static str) -> Self {
+        StateMeta {
+            name,
+            terminal: false,
+            validated: false,
+            policies: &[],
+            otherwise: Policy::Reject,
+        }
+    }
+
+    /// Marks the state terminal: it accepts no event.
+    pub const fn terminal(mut self) -> Self {
+        self.terminal = true;
+        self
+    }
+
+    /// Records that the state has an invariant (`validate = path`).
+    pub const fn validated(mut self) -> Self {
+        self.validated = true;
+        self
+    }
+
+    /// Sets the policy for the listed events that have no transition here.
+    pub const fn policies(mut self, policies: &'static [(EventId, Policy)]) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// Sets the policy for every other event that has no transition here.
+    pub const fn otherwise(mut self, policy: Policy) -> Self {
+        self.otherwise = policy;
+        self
+    }
+
+    /// The state's name (the enum variant's name).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the state is terminal.
+    pub const fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// Whether the state has an invariant that runs after every transition into it.
+    pub const fn is_validated(&self) -> bool {
+        self.validated
+    }
+
+    /// Policies declared for specific events.
+    pub const fn event_policies(&self) -> &'static [(EventId, Policy)] {
+        self.policies
+    }
+
+    /// The policy for unhandled events not listed in [`StateMeta::event_policies`].
+    pub const fn otherwise_policy(&self) -> Policy {
+        self.otherwise
+    }
+}
+
+/// The complete transition table of one machine.
+///
+/// Built as `const` data by the derive (or by hand with the `const fn` constructors). All
+/// lookups are total: an out-of-range id yields `None` or a placeholder name, never a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    machine: &'static str,
+    states: &'static [StateMeta],
+    events: &'static [&'static str],
+    transitions: &'static [TransitionMeta],
+    initial: StateId,
+}
+
+/// Name shown for an id that is out of range of its table (only reachable through a
+/// hand-built, inconsistent table).
+const UNKNOWN: &str = "<unknown>";
+
+impl Table {
+    /// Assembles a table. `transitions` may be in any order; `initial` indexes `states`.
+    pub const fn new(
+        machine: &'static str,
+        states: &'static [StateMeta],
+        events: &'static [&'static str],
+        transitions: &'static [TransitionMeta],
+        initial: u16,
+    ) -> Self {
+        Table {
+            machine,
+            states,
+            events,
+            transitions,
+            initial: StateId(initial),
+        }
+    }
+
+    /// The machine's name (the enum's name).
+    pub const fn machine(&self) -> &'static str {
+        self.machine
+    }
+
+    /// All states, in declaration order.
+    pub const fn states(&self) -> &'static [StateMeta] {
+        self.states
+    }
+
+    /// All event names, in declaration order of the event enum.
+    pub const fn events(&self) -> &'static [&'static str] {
+        self.events
+    }
+
+    /// All declared transitions, in declaration order.
+    pub const fn transitions(&self) -> &'static [TransitionMeta] {
+        self.transitions
+    }
+
+    /// The initial state.
+    pub const fn initial(&self) -> StateId {
+        self.initial
+    }
+
+    /// Metadata of one state, or `None` if the id is not in this table.
+    pub fn state(&self, state: StateId) -> Option<&'static StateMeta> {
+        self.states.get(state.index())
+    }
+
+    /// The name of a state (`"<unknown>"` for an id not in this table).
+    pub fn state_name(&self, state: StateId) -> &'static str {
+        self.state(state).map_or(UNKNOWN, |s| s.name)
+    }
+
+    /// The name of an event (`"<unknown>"` for an id not in this table).
+    pub fn event_name(&self, event: EventId) -> &'static str {
+        self.events.get(event.index()).copied().unwrap_or(UNKNOWN)
+    }
+
+    /// Looks a state up by name.
+    pub fn state_id(&self, name: &str) -> Option<StateId> {
+        self.states
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| StateId(i as u16))
+    }
+
+    /// Looks an event up by name.
+    pub fn event_id(&self, name: &str) -> Option<EventId> {
+        self.events
+            .iter()
+            .position(|e| *e == name)
+            .map(|i| EventId(i as u16))
+    }
+
+    /// Whether the state is terminal (unknown ids are not).
+    pub fn is_terminal(&self, state: StateId) -> bool {
+        self.state(state).is_some_and(|s| s.terminal)
+    }
+
+    /// The state that `event` leads to from `state`, if the table declares that transition.
+    pub fn target(&self, state: StateId, event: EventId) -> Option<StateId> {
+        self.transitions
+            .iter()
+            .find(|t| t.from == state && t.event == event)
+            .map(|t| t.to)
+    }
+
+    /// The transitions leaving `state`, in declaration order.
+    pub fn transitions_from(&self, state: StateId) -> impl Iterator<Item = TransitionMeta> + '_ {
+        self.transitions
+            .iter()
+            .copied()
+            .filter(move |t| t.from == state)
+    }
+
+    /// The events `state` has a transition for, in declaration order.
+    pub fn accepted_events(&self, state: StateId) -> impl Iterator<Item = EventId> + '_ {
+        self.transitions_from(state).map(|t| t.event)
+    }
+
+    /// What `state` does with `event` when it has no transition for it. Returns `None` when a
+    /// transition exists (the event is handled, no policy applies).
+    pub fn policy(&self, state: StateId, event: EventId) -> Option<Policy> {
+        if self.target(state, event).is_some() {
+            return None;
+        }
+        let Some(meta) = self.state(state) else {
+            return Some(Policy::Reject);
+        };
+        Some(
+            meta.policies
+                .iter()
+                .find(|(e, _)| *e == event)
+                .map_or(meta.otherwise, |(_, p)| *p),
+        )
+    }
+
+    /// Every state reachable from the initial state (including it), in id order.
+    pub fn reachable(&self) -> Vec<StateId> {
+        self.reachable_from(self.initial)
+    }
+
+    /// Every state reachable from `start` (including it), in id order.
+    pub fn reachable_from(&self, start: StateId) -> Vec<StateId> {
+        let parents = self.search(start);
+        (0..self.states.len())
+            .filter(|&i| parents[i].is_some())
+            .map(|i| StateId(i as u16))
+            .collect()
+    }
+
+    /// Whether `target` can be reached from the initial state.
+    pub fn is_reachable(&self, target: StateId) -> bool {
+        self.path_to(target).is_some()
+    }
+
+    /// A shortest path of transitions from the initial state to `target`, or `None` if it is
+    /// unreachable. The path to the initial state itself is empty.
+    pub fn path_to(&self, target: StateId) -> Option<Vec<TransitionMeta>> {
+        self.path_between(self.initial, target)
+    }
+
+    /// A shortest path of transitions from `from` to `to`, or `None` if there is none.
+    pub fn path_between(&self, from: StateId, to: StateId) -> Option<Vec<TransitionMeta>> {
+        let parents = self.search(from);
+        let mut step = (*parents.get(to.index())?)?;
+        let mut path = Vec::new();
+        while let Some(t) = step {
+            path.push(t);
+            step = parents[t.from.index()].flatten();
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// Breadth-first search from `start`. `result[s]` is `None` when `s` is unreachable,
+    /// `Some(None)` for the start itself, and `Some(Some(t))` when `t` is the last transition
+    /// of a shortest path into `s`.
+    fn search(&self, start: StateId) -> Vec<Option<Option<TransitionMeta>>> {
+        let mut parents = vec![None; self.states.len()];
+        if start.index() >= self.states.len() {
+            return parents;
+        }
+        parents[start.index()] = Some(None);
+        let mut queue = VecDeque::from([start]);
+        while let Some(s) = queue.pop_front() {
+            for t in self.transitions_from(s) {
+                if let Some(slot) = parents.get_mut(t.to.index()) {
+                    if slot.is_none() {
+                        *slot = Some(Some(t));
+                        queue.push_back(t.to);
+                    }
+                }
+            }
+        }
+        parents
+    }
+
+    /// Checks a table's internal consistency: every id in range, at most one transition per
+    /// (state, event) pair, no transition out of a terminal state, no policy for an event the
+    /// state handles. The derive guarantees all of this at compile time; use this on tables
+    /// written by hand.
+    pub fn verify(&self) -> Result<(), Vec<TableError>> {
+        let mut errors = Vec::new();
+        let n_states = self.states.len();
+        let n_events = self.events.len();
+        if self.initial.index() >= n_states {
+            errors.push(TableError::StateOutOfRange(self.initial));
+        }
+        for (i, t) in self.transitions.iter().enumerate() {
+            for s in [t.from, t.to] {
+                if s.index() >= n_states {
+                    errors.push(TableError::StateOutOfRange(s));
+                }
+            }
+            if t.event.index() >= n_events {
+                errors.push(TableError::EventOutOfRange(t.event));
+            }
+            if self.transitions[..i]
+                .iter()
+                .any(|u| u.from == t.from && u.event == t.event)
+            {
+                errors.push(TableError::DuplicateTransition {
+                    state: t.from,
+                    event: t.event,
+                });
+            }
+            if self.is_terminal(t.from) {
+                errors.push(TableError::TransitionFromTerminal(*t));
+            }
+        }
+        for (i, s) in self.states.iter().enumerate() {
+            let id = StateId(i as u16);
+            for (e, _) in s.policies {
+                if e.index() >= n_events {
+                    errors.push(TableError::EventOutOfRange(*e));
+                } else if self.target(id, *e).is_some() {
+                    errors.push(TableError::PolicyForHandledEvent {
+                        state: id,
+                        event: *e,
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// An inconsistency found by [`Table::verify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableError {
+    /// A state id is not an index into the state list.
+    StateOutOfRange(StateId),
+    /// An event id is not an index into the event list.
+    EventOutOfRange(EventId),
+    /// Two transitions leave the same state on the same event.
+    DuplicateTransition {
+        /// The state.
+        state: StateId,
+        /// The event.
+        event: EventId,
+    },
+    /// A terminal state has a transition.
+    TransitionFromTerminal(TransitionMeta),
+    /// A policy is declared for an event the state has a transition for.
+    PolicyForHandledEvent {
+        /// The state.
+        state: StateId,
+        /// The event.
+        event: EventId,
+    },
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableError::StateOutOfRange(s) => write!(f, "state id {} is out of range", s.0),
+            TableError::EventOutOfRange(e) => write!(f, "event id {} is out of range", e.0),
+            TableError::DuplicateTransition { state, event } => write!(
+                f,
+                "state {} has two transitions on event {}",
+                state.0, event.0
+            ),
+            TableError::TransitionFromTerminal(t) => {
+                write!(f, "terminal state {} has a transition", t.from.0)
+            }
+            TableError::PolicyForHandledEvent { state, event } => write!(
+                f,
+                "state {} declares a policy for event {} that it has a transition for",
+                state.0, event.0
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TableError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A -x-> B -y-> C(terminal), B -z-> B, D unreachable
+    const STATES: &[StateMeta] = &[
+        StateMeta::new("A"),
+        StateMeta::new("B").policies(&[(EventId(0), Policy::Defer)]),
+        StateMeta::new("C").terminal(),
+        StateMeta::new("D").otherwise(Policy::Dump),
+    ];
+    const T: Table = Table::new(
+        "M",
+        STATES,
+        &["x", "y", "z"],
+        &[
+            TransitionMeta::new(0, 0, 1),
+            TransitionMeta::new(1, 1, 2),
+            TransitionMeta::new(1, 2, 1),
+            TransitionMeta::new(3, 0, 2),
+        ],
+        0,
+    );
+
+    #[test]
+    fn reachability_follows_transitions_from_the_initial_state() {
+        assert_eq!(T.reachable(), vec![StateId(0), StateId(1), StateId(2)]);
+        assert!(!T.is_reachable(StateId(3)));
+        assert_eq!(T.reachable_from(StateId(3)), vec![StateId(2), StateId(3)]);
+    }
+
+    #[test]
+    fn path_to_is_a_shortest_path() {
+        let p = T.path_to(StateId(2)).unwrap();
+        assert_eq!(
+            p,
+            vec![TransitionMeta::new(0, 0, 1), TransitionMeta::new(1, 1, 2)]
+        );
+        assert_eq!(T.path_to(StateId(0)), Some(vec![]));
+        assert_eq!(T.path_to(StateId(3)), None);
+        assert_eq!(T.path_to(StateId(99)), None);
+    }
+
+    #[test]
+    fn policy_applies_only_to_unhandled_events() {
+        assert_eq!(T.policy(StateId(1), EventId(1)), None);
+        assert_eq!(T.policy(StateId(1), EventId(0)), Some(Policy::Defer));
+        assert_eq!(T.policy(StateId(0), EventId(1)), Some(Policy::Reject));
+        assert_eq!(T.policy(StateId(3), EventId(1)), Some(Policy::Dump));
+    }
+
+    #[test]
+    fn lookups_are_total() {
+        assert_eq!(T.state_name(StateId(40)), "<unknown>");
+        assert_eq!(T.event_name(EventId(40)), "<unknown>");
+        assert_eq!(T.target(StateId(40), EventId(0)), None);
+        assert_eq!(T.state_id("C"), Some(StateId(2)));
+        assert_eq!(T.event_id("z"), Some(EventId(2)));
+        assert_eq!(T.event_id("nope"), None);
+    }
+
+    #[test]
+    fn verify_reports_every_inconsistency() {
+        assert_eq!(T.verify(), Ok(()));
+        const BAD: Table = Table::new(
+            "Bad",
+            &[
+                StateMeta::new("A").policies(&[(EventId(0), Policy::Defer)]),
+                StateMeta::new("B").terminal(),
+            ],
+            &["x"],
+            &[
+                TransitionMeta::new(0, 0, 1),
+                TransitionMeta::new(0, 0, 0),
+                TransitionMeta::new(1, 0, 5),
+            ],
+            0,
+        );
+        let errors = BAD.verify().unwrap_err();
+        assert!(errors.contains(&TableError::DuplicateTransition {
+            state: StateId(0),
+            event: EventId(0)
+        }));
+        assert!(errors.contains(&TableError::StateOutOfRange(StateId(5))));
+        assert!(
+            errors.contains(&TableError::TransitionFromTerminal(TransitionMeta::new(
+                1, 0, 5
+            )))
+        );
+        assert!(errors.contains(&TableError::PolicyForHandledEvent {
+            state: StateId(0),
+            event: EventId(0)
+        }));
+    }
+}

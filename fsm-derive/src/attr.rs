@@ -1,0 +1,329 @@
+//! Parsing of `#[fsm(..)]` attributes into plain values. Every error is recorded in the
+//! context and parsing goes on, so that one compile reports all of them.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::parse::ParseStream;
+use syn::{Attribute, Ident, Path, Token, Type};
+
+use crate::ctxt::Ctxt;
+
+pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
+pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
+pub(crate) const STATE_KEYS: &str =
+    "initial, terminal, on(Event => Target), defer, dump, delegate, validate = path";
+pub(crate) const FIELD_KEYS: &str = "sensitive";
+
+/// Attributes on the enum deriving `StateMachine` or `Event`.
+#[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct ContainerAttrs {
+    pub(crate) event: Option<Type>,
+    pub(crate) effect: Option<Type>,
+    pub(crate) module: Option<Ident>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// What a policy keyword names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PolicyKind {
+    Defer,
+    Dump,
+    Delegate,
+}
+
+impl PolicyKind {
+    pub(crate) fn keyword(self) -> &'static str {
+        match self {
+            PolicyKind::Defer => "defer",
+            PolicyKind::Dump => "dump",
+            PolicyKind::Delegate => "delegate",
+        }
+    }
+}
+
+/// One `on(Event => Target)` (an `on(A | B => T)` gives one per event).
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct OnAttr {
+    pub(crate) keyword: Ident,
+    pub(crate) event: Ident,
+    pub(crate) target: Ident,
+}
+
+impl OnAttr {
+    /// Tokens spanning the attribute from `on` to the target, for error spans.
+    pub(crate) fn tokens(&self) -> TokenStream {
+        let (k, t) = (&self.keyword, &self.target);
+        quote!(#k #t)
+    }
+}
+
+/// A policy for one event (`defer(E)`) or for all others (bare `defer`).
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct PolicyAttr {
+    pub(crate) keyword: Ident,
+    pub(crate) kind: PolicyKind,
+    pub(crate) event: Option<Ident>,
+}
+
+/// Attributes on one variant (a state).
+#[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct StateAttrs {
+    pub(crate) initial: Vec<Ident>,
+    pub(crate) terminal: Vec<Ident>,
+    pub(crate) on: Vec<OnAttr>,
+    pub(crate) policies: Vec<PolicyAttr>,
+    pub(crate) validate: Vec<Path>,
+}
+
+/// Which kind of enum the container attributes belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Derive {
+    StateMachine,
+    Event,
+}
+
+fn fsm_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident("fsm"))
+}
+
+fn unknown(path: &Path, place: &str, keys: &str) -> syn::Error {
+    let name = path
+        .get_ident()
+        .map_or_else(|| quote!(#path).to_string(), Ident::to_string);
+    syn::Error::new_spanned(
+        path,
+        format!("unknown fsm attribute `{name}` on {place}; expected one of: {keys}"),
+    )
+}
+
+pub(crate) fn container(cx: &Ctxt, attrs: &[Attribute], derive: Derive) -> ContainerAttrs {
+    let mut out = ContainerAttrs::default();
+    for attr in fsm_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            if derive == Derive::StateMachine && meta.path.is_ident("event") {
+                set_once(cx, &mut out.event, meta.value()?.parse()?, &meta.path);
+            } else if derive == Derive::StateMachine && meta.path.is_ident("effect") {
+                set_once(cx, &mut out.effect, meta.value()?.parse()?, &meta.path);
+            } else if meta.path.is_ident("module") {
+                set_once(cx, &mut out.module, meta.value()?.parse()?, &meta.path);
+            } else if meta.path.is_ident("crate") {
+                set_once(cx, &mut out.krate, meta.value()?.parse()?, &meta.path);
+            } else {
+                let keys = match derive {
+                    Derive::StateMachine => CONTAINER_KEYS,
+                    Derive::Event => EVENT_CONTAINER_KEYS,
+                };
+                return Err(unknown(&meta.path, "the enum", keys));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            cx.push(e);
+        }
+    }
+    out
+}
+
+fn set_once<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, path: &Path) {
+    if slot.is_some() {
+        let name = path.get_ident().map(Ident::to_string).unwrap_or_default();
+        cx.push(syn::Error::new_spanned(
+            path,
+            format!("duplicate fsm attribute `{name}`: give it once"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
+    let mut out = StateAttrs::default();
+    for attr in fsm_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            let Some(key) = meta.path.get_ident().cloned() else {
+                return Err(unknown(&meta.path, "a state", STATE_KEYS));
+            };
+            match key.to_string().as_str() {
+                "initial" => out.initial.push(key),
+                "terminal" => out.terminal.push(key),
+                "validate" => out.validate.push(meta.value()?.parse()?),
+                "on" => {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    parse_on(&content, &key, &mut out.on)?;
+                }
+                "defer" | "dump" | "delegate" => {
+                    let kind = match key.to_string().as_str() {
+                        "defer" => PolicyKind::Defer,
+                        "dump" => PolicyKind::Dump,
+                        _ => PolicyKind::Delegate,
+                    };
+                    if meta.input.peek(syn::token::Paren) {
+                        let content;
+                        syn::parenthesized!(content in meta.input);
+                        let events = content.parse_terminated(<Ident as syn::parse::Parse>::parse, Token![,])?;
+                        if events.is_empty() {
+                            return Err(syn::Error::new_spanned(
+                                &key,
+                                format!("`{key}()` lists no event: name events as `{key}(A, B)`, or write a bare `{key}` for every event without a transition"),
+                            ));
+                        }
+                        for event in events {
+                            out.policies.push(PolicyAttr {
+                                keyword: key.clone(),
+                                kind,
+                                event: Some(event),
+                            });
+                        }
+                    } else {
+                        out.policies.push(PolicyAttr {
+                            keyword: key,
+                            kind,
+                            event: None,
+                        });
+                    }
+                }
+                _ => return Err(unknown(&meta.path, "a state", STATE_KEYS)),
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            cx.push(e);
+        }
+    }
+    out
+}
+
+/// `Event => Target` or `A | B => Target`.
+fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> syn::Result<()> {
+    let malformed = |span: Span| {
+        syn::Error::new(
+            span,
+            "malformed `on(..)`: write `on(Event => Target)` or `on(EventA | EventB => Target)`",
+        )
+    };
+    let mut events = Vec::new();
+    loop {
+        let event: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+        events.push(event);
+        if input.peek(Token![|]) {
+            input.parse::<Token![|]>()?;
+            continue;
+        }
+        break;
+    }
+    input
+        .parse::<Token![=>]>()
+        .map_err(|e| malformed(e.span()))?;
+    let target: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+    if !input.is_empty() {
+        return Err(malformed(input.span()));
+    }
+    for event in events {
+        out.push(OnAttr {
+            keyword: keyword.clone(),
+            event,
+            target: target.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a field is marked `#[fsm(sensitive)]`.
+pub(crate) fn field_sensitive(cx: &Ctxt, attrs: &[Attribute]) -> bool {
+    let mut sensitive = false;
+    for attr in fsm_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("sensitive") {
+                sensitive = true;
+                Ok(())
+            } else {
+                Err(unknown(&meta.path, "a field", FIELD_KEYS))
+            }
+        });
+        if let Err(e) = result {
+            cx.push(e);
+        }
+    }
+    sensitive
+}
+
+/// Rejects `#[fsm(..)]` where it has no meaning (on the variants of an event enum).
+pub(crate) fn forbid(cx: &Ctxt, attrs: &[Attribute], place: &str) {
+    for attr in fsm_attrs(attrs) {
+        cx.push(syn::Error::new_spanned(
+            attr,
+            format!("`#[fsm(..)]` has no meaning on {place}"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    #[test]
+    fn parses_every_state_key() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[fsm(initial, on(A | B => S2), on(C => S3))]),
+            parse_quote!(#[fsm(defer(D, E), dump, validate = crate::ok)]),
+        ];
+        let s = state(&cx, &attrs);
+        assert!(cx.check().is_ok());
+        assert_eq!(s.initial.len(), 1);
+        let on: Vec<(String, String)> =
+            s.on.iter()
+                .map(|o| (o.event.to_string(), o.target.to_string()))
+                .collect();
+        assert_eq!(
+            on,
+            [("A", "S2"), ("B", "S2"), ("C", "S3")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(s.policies.len(), 3);
+        assert_eq!(s.policies[2].event, None);
+        assert_eq!(s.policies[2].kind, PolicyKind::Dump);
+        assert_eq!(s.validate, vec![parse_quote!(crate::ok)]);
+    }
+
+    #[test]
+    fn unknown_key_lists_the_known_ones() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(inital)])];
+        state(&cx, &attrs);
+        let err = cx.check().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown fsm attribute `inital` on a state"),
+            "{err}"
+        );
+        assert!(err.contains("initial, terminal"), "{err}");
+    }
+
+    #[test]
+    fn malformed_on_says_how_to_write_it() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(on(A -> B))])];
+        state(&cx, &attrs);
+        let err = cx.check().unwrap_err().to_string();
+        assert!(err.contains("malformed `on(..)`"), "{err}");
+    }
+
+    #[test]
+    fn container_keys_depend_on_the_derive() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(event = Cmd, effect = Fx)])];
+        let c = container(&cx, &attrs, Derive::StateMachine);
+        assert!(cx.check().is_ok());
+        assert_eq!(c.event, Some(parse_quote!(Cmd)));
+        let cx = Ctxt::new();
+        container(&cx, &attrs, Derive::Event);
+        let err = cx.check().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown fsm attribute `event` on the enum"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Checks that need the whole table, one function per rule. Each records its errors in the
+//! context, pointing at the offending attribute or variant, and never stops the others.
+//!
+//! Event names cannot be checked here (the event enum is another item); the expansion makes
+//! rustc check them, with the span of the name as written.
+
+use std::collections::{HashMap, VecDeque};
+
+use syn::Ident;
+
+use crate::ast::Machine;
+use crate::ctxt::Ctxt;
+
+pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
+    event_type(cx, m);
+    has_states(cx, m);
+    one_initial(cx, m);
+    flags_once(cx, m);
+    targets_exist(cx, m);
+    no_duplicate_pairs(cx, m);
+    terminal_has_no_transitions(cx, m);
+    no_dead_ends(cx, m);
+    all_reachable(cx, m);
+    policies_are_consistent(cx, m);
+}
+
+fn state_list(m: &Machine<'_>) -> String {
+    m.states
+        .iter()
+        .map(|s| format!("`{}`", s.variant.ident))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn event_type(cx: &Ctxt, m: &Machine<'_>) {
+    if m.attrs.event.is_none() {
+        cx.push(syn::Error::new_spanned(
+            m.ident,
+            format!(
+                "missing event type: add `#[fsm(event = YourEvents)]` on `{}`, where `YourEvents` is the enum (deriving `Event`) of the commands this machine accepts",
+                m.ident
+            ),
+        ));
+    }
+}
+
+fn has_states(cx: &Ctxt, m: &Machine<'_>) {
+    if m.states.is_empty() {
+        cx.push(syn::Error::new_spanned(
+            m.ident,
+            format!(
+                "`{}` has no variants: a state machine needs at least one state",
+                m.ident
+            ),
+        ));
+    }
+}
+
+fn one_initial(cx: &Ctxt, m: &Machine<'_>) {
+    let initial: Vec<(&Ident, &Ident)> = m
+        .states
+        .iter()
+        .flat_map(|s| s.attrs.initial.iter().map(move |k| (s.variant.ident, k)))
+        .collect();
+    match initial.as_slice() {
+        [] if !m.states.is_empty() => cx.push(syn::Error::new_spanned(
+            m.ident,
+            format!(
+                "no initial state: mark exactly one state of `{}` with `#[fsm(initial)]`",
+                m.ident
+            ),
+        )),
+        [] | [_] => {}
+        [(first, _), rest @ ..] => {
+            for (state, keyword) in rest {
+                let msg = if state == first {
+                    format!("duplicate `initial` on `{state}`: give it once")
+                } else {
+                    format!(
+                        "more than one initial state: `{first}` is already initial, so `{state}` cannot be; keep `initial` on exactly one state"
+                    )
+                };
+                cx.push(syn::Error::new_spanned(keyword, msg));
+            }
+        }
+    }
+}
+
+fn flags_once(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        for k in s.attrs.terminal.iter().skip(1) {
+            cx.push(syn::Error::new_spanned(
+                k,
+                format!(
+                    "duplicate `terminal` on `{}`: give it once",
+                    s.variant.ident
+                ),
+            ));
+        }
+        for p in s.attrs.validate.iter().skip(1) {
+            cx.push(syn::Error::new_spanned(
+                p,
+                format!(
+                    "second `validate` on `{}`: a state has one invariant function; combine the checks in it",
+                    s.variant.ident
+                ),
+            ));
+        }
+    }
+}
+
+fn targets_exist(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        for on in &s.attrs.on {
+            if m.state_index(&on.target).is_none() {
+                cx.push(syn::Error::new_spanned(
+                    &on.target,
+                    format!(
+                        "unknown target state `{}` in `on({} => {})`: the states of `{}` are {}",
+                        on.target,
+                        on.event,
+                        on.target,
+                        m.ident,
+                        state_list(m)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn no_duplicate_pairs(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        let mut seen: HashMap<String, &Ident> = HashMap::new();
+        for on in &s.attrs.on {
+            match seen.get(&on.event.to_string()) {
+                Some(earlier) => cx.push(syn::Error::new_spanned(
+                    &on.event,
+                    format!(
+                        "duplicate transition: state `{}` already has a transition on `{}` (to `{}`); a state has at most one transition per event",
+                        s.variant.ident, on.event, earlier
+                    ),
+                )),
+                None => {
+                    seen.insert(on.event.to_string(), &on.target);
+                }
+            }
+        }
+    }
+}
+
+fn terminal_has_no_transitions(cx: &Ctxt, m: &Machine<'_>) {
+    for s in m.states.iter().filter(|s| !s.attrs.terminal.is_empty()) {
+        for on in &s.attrs.on {
+            cx.push(syn::Error::new_spanned(
+                on.tokens(),
+                format!(
+                    "transition out of terminal state `{}`: a terminal state accepts no event; remove `terminal` or this `on({} => {})`",
+                    s.variant.ident, on.event, on.target
+                ),
+            ));
+        }
+    }
+}
+
+fn no_dead_ends(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        if s.attrs.terminal.is_empty() && s.attrs.on.is_empty() {
+            cx.push(syn::Error::new_spanned(
+                s.variant.ident,
+                format!(
+                    "state `{}` is a dead end: it has no transition out and is not terminal; add `#[fsm(on(Event => Target))]` or mark it `#[fsm(terminal)]`",
+                    s.variant.ident
+                ),
+            ));
+        }
+    }
+}
+
+fn all_reachable(cx: &Ctxt, m: &Machine<'_>) {
+    let initial: Vec<usize> = m
+        .states
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.attrs.initial.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    // With no or several initial states reachability is undefined; that error is reported.
+    let [start] = initial.as_slice() else { return };
+    let mut seen = vec![false; m.states.len()];
+    seen[*start] = true;
+    let mut queue = VecDeque::from([*start]);
+    while let Some(i) = queue.pop_front() {
+        for on in &m.states[i].attrs.on {
+            if let Some(t) = m.state_index(&on.target) {
+                if !seen[t] {
+                    seen[t] = true;
+                    queue.push_back(t);
+                }
+            }
+        }
+    }
+    for (s, _) in m.states.iter().zip(&seen).filter(|(_, seen)| !**seen) {
+        cx.push(syn::Error::new_spanned(
+            s.variant.ident,
+            format!(
+                "state `{}` is unreachable from the initial state `{}`: add a transition into it (`on(Event => {})` on a reachable state) or remove it",
+                s.variant.ident, m.states[*start].variant.ident, s.variant.ident
+            ),
+        ));
+    }
+}
+
+fn policies_are_consistent(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        let state = s.variant.ident;
+        let mut named: HashMap<String, &'static str> = HashMap::new();
+        let mut otherwise: Option<&'static str> = None;
+        for p in &s.attrs.policies {
+            let kw = p.kind.keyword();
+            if !s.attrs.terminal.is_empty() && kw == "defer" {
+                cx.push(syn::Error::new_spanned(
+                    &p.keyword,
+                    format!(
+                        "`defer` on terminal state `{state}`: a terminal state never changes, so deferred events would wait forever; use `dump` or `delegate`"
+                    ),
+                ));
+            }
+            match &p.event {
+                Some(event) => {
+                    if s.attrs.on.iter().any(|on| on.event == *event) {
+                        cx.push(syn::Error::new_spanned(
+                            event,
+                            format!(
+                                "`{kw}({event})` on `{state}`, which has a transition on `{event}`: a policy applies only to events without a transition; remove one of them"
+                            ),
+                        ));
+                    } else if let Some(earlier) = named.insert(event.to_string(), kw) {
+                        cx.push(syn::Error::new_spanned(
+                            event,
+                            format!(
+                                "`{event}` already has a policy on `{state}` (`{earlier}`): give each event one policy"
+                            ),
+                        ));
+                    }
+                }
+                None => {
+                    if let Some(earlier) = otherwise.replace(kw) {
+                        cx.push(syn::Error::new_spanned(
+                            &p.keyword,
+                            format!(
+                                "`{state}` already has a policy for all other events (`{earlier}`): write one bare `defer`, `dump` or `delegate` per state"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::{parse_quote, DeriveInput};
+
+    fn errors(input: DeriveInput) -> Vec<String> {
+        let cx = Ctxt::new();
+        let m = Machine::from_input(&cx, &input).unwrap();
+        check(&cx, &m);
+        match cx.check() {
+            Ok(()) => vec![],
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_sound_table_passes() {
+        let e = errors(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum M {
+                #[fsm(initial, on(Go => B), defer(Stop))]
+                A,
+                #[fsm(on(Stop => C), on(Go => B), dump)]
+                B,
+                #[fsm(terminal, delegate)]
+                C,
+            }
+        });
+        assert_eq!(e, Vec::<String>::new());
+    }
+
+    #[test]
+    fn all_errors_of_one_input_are_reported() {
+        let e = errors(parse_quote! {
+            enum M {
+                #[fsm(initial, on(Go => Nowhere), on(Go => B))]
+                A,
+                #[fsm(initial)]
+                B,
+                #[fsm(terminal, on(Go => A), defer(X))]
+                C,
+            }
+        });
+        let expected = [
+            "missing event type",
+            "more than one initial state",
+            "unknown target state `Nowhere`",
+            "duplicate transition: state `A` already has a transition on `Go`",
+            "transition out of terminal state `C`",
+            "state `B` is a dead end",
+            "`defer` on terminal state `C`",
+        ];
+        for (got, want) in e.iter().zip(expected) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn unreachable_states_are_found_by_search_from_the_initial_state() {
+        let e = errors(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum M {
+                #[fsm(initial, on(Go => B))]
+                A,
+                #[fsm(on(Go => A))]
+                B,
+                #[fsm(on(Go => A))]
+                Island,
+            }
+        });
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("state `Island` is unreachable from the initial state `A`"));
+    }
+
+    #[test]
+    fn conflicting_policies_are_reported() {
+        let e = errors(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum M {
+                #[fsm(initial, on(Go => A), defer(Go), defer(X), dump(X), dump, delegate)]
+                A,
+            }
+        });
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].starts_with("`defer(Go)` on `A`, which has a transition on `Go`"));
+        assert!(e[1].starts_with("`X` already has a policy on `A` (`defer`)"));
+        assert!(e[2].starts_with("`A` already has a policy for all other events (`dump`)"));
+    }
+}

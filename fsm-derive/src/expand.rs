@@ -1,0 +1,487 @@
+//! Code generation for `#[derive(StateMachine)]`. Only writes code; every error was reported
+//! by `check` before this runs.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, Type};
+
+use crate::ast::{Machine, State};
+use crate::attr::PolicyKind;
+use crate::generics::with_view_lifetime;
+use crate::names::{snake_ident, variant_hash};
+use crate::shape::{
+    bindings, debug_bounds, fmt_redacted, idents, own_fields, owned_struct, redact_impls,
+    self_fields, variant_fields, view_struct, Paths,
+};
+
+/// Everything the expansion of one machine needs, computed once.
+struct Gen<'m, 'a> {
+    m: &'m Machine<'a>,
+    paths: Paths,
+    module: Ident,
+    event: &'m Type,
+    effect: TokenStream,
+}
+
+pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
+    let Some(event) = m.attrs.event.as_ref() else {
+        // `check` reported it; nothing sensible can be generated.
+        return quote!();
+    };
+    let g = Gen {
+        m,
+        paths: Paths::new(m.attrs.krate.as_ref()),
+        module: m
+            .attrs
+            .module
+            .clone()
+            .unwrap_or_else(|| snake_ident(m.ident, m.ident.span())),
+        event,
+        effect: m
+            .attrs
+            .effect
+            .as_ref()
+            .map_or_else(|| quote!(()), |t| quote!(#t)),
+    };
+    let module = g.module_items();
+    let machine = g.machine_impl();
+    let redact = g.redact_impl();
+    let per_state = m
+        .states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| g.state_impls(i, s));
+    quote! {
+        #module
+        #[doc(hidden)]
+        const _: () = {
+            #machine
+            #redact
+            #(#per_state)*
+        };
+    }
+}
+
+impl Gen<'_, '_> {
+    /// `<Events as Variant<hash>>` for an event name, spanned at the name so that an unknown
+    /// event is reported there.
+    fn variant(&self, event: &Ident) -> TokenStream {
+        let e = self.event;
+        let private = &self.paths.private;
+        let h = variant_hash(&event.to_string());
+        quote_spanned!(event.span()=> <#e as #private::Variant<#h>>)
+    }
+
+    /// The typed state's type, `order::Submitted<T>`.
+    fn typed(&self, state: &Ident) -> TokenStream {
+        let module = &self.module;
+        let (_, ty_g, _) = self.m.generics.split_for_impl();
+        quote!(#module::#state #ty_g)
+    }
+
+    fn view_ident(state: &State<'_>) -> Ident {
+        format_ident!("{}Ref", state.variant.ident)
+    }
+
+    /// The view's type with the given lifetime (a unit state is its own view).
+    fn view_type(&self, state: &State<'_>, lifetime: &TokenStream) -> TokenStream {
+        if state.variant.fields.is_empty() {
+            return self.typed(state.variant.ident);
+        }
+        let module = &self.module;
+        let view = Self::view_ident(state);
+        let params = self.m.generics.params.iter().map(|p| match p {
+            syn::GenericParam::Type(t) => {
+                let i = &t.ident;
+                quote!(#i)
+            }
+            syn::GenericParam::Lifetime(l) => {
+                let l = &l.lifetime;
+                quote!(#l)
+            }
+            syn::GenericParam::Const(c) => {
+                let i = &c.ident;
+                quote!(#i)
+            }
+        });
+        quote!(#module::#view<#lifetime, #(#params),*>)
+    }
+
+    /// An expression building the view (or unit typed state) from the given field values.
+    fn view_expr(&self, state: &State<'_>, values: &[TokenStream]) -> TokenStream {
+        let module = &self.module;
+        let private = &self.paths.private;
+        let name = if state.variant.fields.is_empty() {
+            state.variant.ident.clone()
+        } else {
+            Self::view_ident(state)
+        };
+        let fields = own_fields(
+            &state.variant,
+            self.m.generics,
+            values,
+            quote!(#private::core::marker::PhantomData),
+        );
+        quote!(#module::#name #fields)
+    }
+
+    fn module_items(&self) -> TokenStream {
+        let m = self.m;
+        let vis = m.vis;
+        let module = &self.module;
+        let machine = m.ident;
+        let items = m.states.iter().map(|s| {
+            let v = &s.variant;
+            let doc = format!(
+                "The `{}` state of [`{machine}`] as a type of its own. Convert with `{machine}::from` and `TryFrom<{machine}>`; each declared transition is a method.",
+                v.ident
+            );
+            let owned = owned_struct(v, m.generics, &doc, &self.paths);
+            let view = (!v.fields.is_empty())
+                .then(|| view_struct(v, m.generics, &Self::view_ident(s), &self.paths));
+            quote!(#owned #view)
+        });
+        let doc = format!(
+            "Typed states of [`{machine}`]: one type per state, with its declared transitions as methods (generated by `#[derive(StateMachine)]`)."
+        );
+        quote! {
+            #[doc = #doc]
+            #vis mod #module {
+                #[allow(unused_imports)]
+                use super::*;
+                #(#items)*
+            }
+        }
+    }
+
+    fn table(&self) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let e = self.event;
+        let name = m.ident.to_string();
+        let states = m.states.iter().map(|s| {
+            let n = s.variant.ident.to_string();
+            let mut meta = quote!(#krate::StateMeta::new(#n));
+            if !s.attrs.terminal.is_empty() {
+                meta = quote!(#meta.terminal());
+            }
+            if !s.attrs.validate.is_empty() {
+                meta = quote!(#meta.validated());
+            }
+            let named: Vec<TokenStream> = s
+                .attrs
+                .policies
+                .iter()
+                .filter_map(|p| {
+                    let ev = p.event.as_ref()?;
+                    let variant = self.variant(ev);
+                    let policy = policy(krate, p.kind);
+                    Some(quote!((#krate::EventId::new(#variant::ID), #policy)))
+                })
+                .collect();
+            if !named.is_empty() {
+                meta = quote!(#meta.policies(&[#(#named),*]));
+            }
+            if let Some(p) = s.attrs.policies.iter().find(|p| p.event.is_none()) {
+                let policy = policy(krate, p.kind);
+                meta = quote!(#meta.otherwise(#policy));
+            }
+            meta
+        });
+        let transitions = m.states.iter().enumerate().flat_map(|(i, s)| {
+            s.attrs.on.iter().map(move |on| {
+                let from = i as u16;
+                let to = m.state_index(&on.target).unwrap_or(0) as u16;
+                let variant = self.variant(&on.event);
+                quote!(#krate::TransitionMeta::new(#from, #variant::ID, #to))
+            })
+        });
+        let initial = m
+            .states
+            .iter()
+            .position(|s| !s.attrs.initial.is_empty())
+            .unwrap_or(0) as u16;
+        quote! {
+            &#krate::Table::new(
+                #name,
+                &[#(#states),*],
+                <#e as #krate::Event>::NAMES,
+                &[#(#transitions),*],
+                #initial,
+            )
+        }
+    }
+
+    fn machine_impl(&self) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let ident = m.ident;
+        let e = self.event;
+        let f = &self.effect;
+        let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+        let table = self.table();
+        let state_arms = m.states.iter().enumerate().map(|(i, s)| {
+            let v = s.variant.ident;
+            let i = i as u16;
+            quote!(Self::#v { .. } => #krate::StateId::new(#i))
+        });
+        let next_arms = m
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.next_arm(i, s));
+        let validate_arms = m
+            .states
+            .iter()
+            .filter(|s| !s.attrs.validate.is_empty())
+            .map(|s| {
+                let v = &s.variant;
+                let ident = v.ident;
+                let binds = bindings(v);
+                let pat = variant_fields(v, &idents(&binds));
+                let view = self.view_expr(s, &idents(&binds));
+                let typed = self.typed(ident);
+                quote!(Self::#ident #pat => #private::validate::<#typed>(#view))
+            });
+        let empty = if m.states.is_empty() {
+            quote!(match *self {})
+        } else {
+            quote!()
+        };
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::StateMachine for #ident #ty_g #wc {
+                type Event = #e;
+                type Effect = #f;
+                const TABLE: &'static #krate::Table = #table;
+
+                #[inline]
+                fn state(&self) -> #krate::StateId {
+                    #empty
+                    match self { #(#state_arms,)* }
+                }
+
+                #[inline]
+                fn next(
+                    &self,
+                    __fsm_event: #e,
+                    __fsm_effects: &mut #krate::Effects<#f>,
+                ) -> #private::core::result::Result<(Self, #krate::Transition), #krate::Rejection> {
+                    match self { #(#next_arms)* }
+                }
+
+                fn validate(&self) -> #private::core::result::Result<(), #krate::InvalidState> {
+                    #[allow(unreachable_patterns)]
+                    match self {
+                        #(#validate_arms,)*
+                        _ => #private::core::result::Result::Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dispatch arm of one state: try each declared event in turn, else reject.
+    fn next_arm(&self, index: usize, s: &State<'_>) -> TokenStream {
+        let private = &self.paths.private;
+        let v = &s.variant;
+        let ident = v.ident;
+        let i = index as u16;
+        let reject =
+            quote!(#private::core::result::Result::Err(#private::reject::<Self>(#i, &__fsm_event)));
+        if s.attrs.on.is_empty() {
+            return quote!(Self::#ident { .. } => #reject,);
+        }
+        let binds = bindings(v);
+        let pat = variant_fields(v, &idents(&binds));
+        let view = self.view_expr(s, &idents(&binds));
+        let typed = self.typed(ident);
+        let tries = s.attrs.on.iter().map(|on| {
+            let variant = self.variant(&on.event);
+            let target = self.typed(&on.target);
+            let run = quote_spanned! {on.event.span()=>
+                #private::run::<#typed, _, #target>
+            };
+            quote! {
+                let __fsm_event = match #variant::split(__fsm_event) {
+                    #private::core::result::Result::Ok(__fsm_p) => {
+                        return #run(__fsm_view, __fsm_p, __fsm_effects, #variant::ID);
+                    }
+                    #private::core::result::Result::Err(__fsm_e) => __fsm_e,
+                };
+            }
+        });
+        quote! {
+            Self::#ident #pat => {
+                let __fsm_view = #view;
+                #(#tries)*
+                #reject
+            }
+        }
+    }
+
+    fn redact_impl(&self) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let ident = m.ident;
+        let bounded = debug_bounds(m.generics, m.states.iter().map(|s| &s.variant), &self.paths);
+        let (impl_g, _, wc) = bounded.split_for_impl();
+        let (_, ty_g, _) = m.generics.split_for_impl();
+        let arms = m.states.iter().map(|s| {
+            let v = &s.variant;
+            let binds = bindings(v);
+            let pat = variant_fields(v, &idents(&binds));
+            let values: Vec<TokenStream> = binds.iter().map(|b| quote!(*#b)).collect();
+            let body = fmt_redacted(v.ident, v, &values, &self.paths);
+            let vi = v.ident;
+            quote!(Self::#vi #pat => #body,)
+        });
+        let empty = m.states.is_empty().then(|| quote!(match *self {}));
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::Redact for #ident #ty_g #wc {
+                fn fmt_redacted(&self, __fsm_f: &mut #private::core::fmt::Formatter<'_>) -> #private::core::fmt::Result {
+                    #empty
+                    match self { #(#arms)* }
+                }
+            }
+        }
+    }
+
+    /// For one state: `TypedState`, conversions, `Declared` per transition, the typestate
+    /// methods, and redacting `Debug` for the typed state and its view.
+    fn state_impls(&self, index: usize, s: &State<'_>) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let module = &self.module;
+        let machine = m.ident;
+        let v = &s.variant;
+        let ident = v.ident;
+        let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+        let typed = self.typed(ident);
+        let machine_ty = quote!(#machine #ty_g);
+        let i = index as u16;
+        let lt = crate::generics::view_lifetime();
+        let view_ty = self.view_type(s, &quote!(#lt));
+        let view_ty_anon = self.view_type(s, &quote!('_));
+        let marker = quote!(#private::core::marker::PhantomData);
+
+        let self_vals = self_fields(v);
+        let refs: Vec<TokenStream> = self_vals.iter().map(|f| quote!(&#f)).collect();
+        let view_of_self = self.view_expr(s, &refs);
+        let check = match s.attrs.validate.first() {
+            Some(path) => quote_spanned!(path.span()=> #path(__fsm_view)),
+            None => quote!({
+                let _ = __fsm_view;
+                #private::core::result::Result::Ok(())
+            }),
+        };
+        let binds = bindings(v);
+        let pat = variant_fields(v, &idents(&binds));
+        let into_variant = variant_fields(v, &self_vals);
+        let typed_from_binds = own_fields(v, m.generics, &idents(&binds), quote!(#marker));
+
+        let declared = s.attrs.on.iter().map(|on| {
+            let variant = self.variant(&on.event);
+            let target = self.typed(&on.target);
+            quote! {
+                #[automatically_derived]
+                impl #impl_g #krate::Declared<#variant::Payload, #target> for #typed #wc {}
+            }
+        });
+        let methods = s.attrs.on.iter().map(|on| {
+            let variant = self.variant(&on.event);
+            let target = self.typed(&on.target);
+            let name = snake_ident(&on.event, on.event.span());
+            let f = &self.effect;
+            let doc = format!(
+                "Takes the declared transition on `{}` from `{ident}` into `{}`: runs its handler, then the target's invariant. On rejection the state is handed back unchanged.",
+                on.event, on.target
+            );
+            let typed_fn = quote_spanned!(on.event.span()=> #private::typed::<Self, _, #target>);
+            quote! {
+                #[doc = #doc]
+                #[inline]
+                pub fn #name(
+                    self,
+                    event: #variant::Payload,
+                ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
+                    #typed_fn(self, event, #variant::ID)
+                }
+            }
+        });
+        let inherent = (!s.attrs.on.is_empty()).then(|| {
+            quote! {
+                impl #impl_g #typed #wc {
+                    #(#methods)*
+                }
+            }
+        });
+        let redact_owned = redact_impls(typed.clone(), m.generics, v, &self.paths);
+        let redact_view = (!v.fields.is_empty()).then(|| {
+            let vg = with_view_lifetime(m.generics);
+            redact_impls(view_ty.clone(), &vg, v, &self.paths)
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::TypedState for #typed #wc {
+                type Machine = #machine_ty;
+                type Ref<#lt> = #view_ty where Self: #lt;
+                const ID: #krate::StateId = #krate::StateId::new(#i);
+
+                #[inline]
+                fn view(&self) -> #view_ty_anon {
+                    #view_of_self
+                }
+
+                #[inline]
+                fn check(__fsm_view: #view_ty_anon) -> #private::core::result::Result<(), #krate::Refusal> {
+                    #check
+                }
+
+                #[inline]
+                fn into_machine(self) -> #machine_ty {
+                    #machine::#ident #into_variant
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_g #private::core::convert::From<#typed> for #machine_ty #wc {
+                #[inline]
+                fn from(state: #typed) -> Self {
+                    #krate::TypedState::into_machine(state)
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_g #private::core::convert::TryFrom<#machine_ty> for #typed #wc {
+                type Error = #machine_ty;
+                #[inline]
+                #[allow(unreachable_patterns)]
+                fn try_from(machine: #machine_ty) -> #private::core::result::Result<Self, #machine_ty> {
+                    match machine {
+                        #machine::#ident #pat => #private::core::result::Result::Ok(#module::#ident #typed_from_binds),
+                        other => #private::core::result::Result::Err(other),
+                    }
+                }
+            }
+
+            #(#declared)*
+            #inherent
+            #redact_owned
+            #redact_view
+        }
+    }
+}
+
+fn policy(krate: &TokenStream, kind: PolicyKind) -> TokenStream {
+    match kind {
+        PolicyKind::Defer => quote!(#krate::Policy::Defer),
+        PolicyKind::Dump => quote!(#krate::Policy::Dump),
+        PolicyKind::Delegate => quote!(#krate::Policy::Delegate),
+    }
+}

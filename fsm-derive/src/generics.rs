@@ -1,0 +1,60 @@
+//! Generic parameters of the generated types. Every typed state, view and event payload
+//! carries all of the enum's parameters, with a marker field when there are any, so that each
+//! can name its machine.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::{GenericParam, Generics, Lifetime, LifetimeParam, Type, WherePredicate};
+
+/// The lifetime of views.
+pub(crate) fn view_lifetime() -> Lifetime {
+    Lifetime::new("'fsm", proc_macro2::Span::call_site())
+}
+
+/// Whether the generics have a type or lifetime parameter (which then needs a marker).
+pub(crate) fn needs_marker(g: &Generics) -> bool {
+    g.params
+        .iter()
+        .any(|p| matches!(p, GenericParam::Type(_) | GenericParam::Lifetime(_)))
+}
+
+/// `PhantomData<fn() -> (T, &'a (), ..)>`, which uses every parameter without owning it.
+pub(crate) fn marker_type(g: &Generics, private: &TokenStream) -> TokenStream {
+    let parts = g.params.iter().filter_map(|p| match p {
+        GenericParam::Type(t) => {
+            let id = &t.ident;
+            Some(quote!(#id))
+        }
+        GenericParam::Lifetime(l) => {
+            let lt = &l.lifetime;
+            Some(quote!(&#lt ()))
+        }
+        GenericParam::Const(_) => None,
+    });
+    quote!(#private::core::marker::PhantomData<fn() -> (#(#parts,)*)>)
+}
+
+/// The generics with the view lifetime added in front.
+pub(crate) fn with_view_lifetime(g: &Generics) -> Generics {
+    let mut g = g.clone();
+    g.params.insert(
+        0,
+        GenericParam::Lifetime(LifetimeParam::new(view_lifetime())),
+    );
+    g
+}
+
+/// The generics with extra where-predicates, `Ty: Bound` for each given type.
+pub(crate) fn with_bounds<'a>(
+    g: &Generics,
+    types: impl IntoIterator<Item = &'a Type>,
+    bound: &TokenStream,
+) -> Generics {
+    let mut g = g.clone();
+    let wc = g.make_where_clause();
+    for ty in types {
+        let p: WherePredicate = syn::parse_quote!(#ty: #bound);
+        wc.predicates.push(p);
+    }
+    g
+}

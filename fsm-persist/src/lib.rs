@@ -1,0 +1,1 @@
+//! Durable snapshot storage for `fsm-core` machines (work in progress).

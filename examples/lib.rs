@@ -2,6 +2,14 @@
 //! benchmarks.
 //!
 //! - [`registrar`]: a domain-registration order, derived with `#[derive(StateMachine)]`.
+//! - [`registrar_by_hand`]: the same machine written by hand against the core traits.
+//! - [`workload`]: event streams for benchmarks and tests.
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
+
+#[path = "machines/registrar_by_hand.rs"]
+pub mod registrar_by_hand;
+
+#[path = "machines/workload.rs"]
+pub mod workload;

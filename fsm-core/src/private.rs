@@ -2,11 +2,12 @@
 
 #![allow(missing_docs)]
 
+pub use crate::machine::Event;
 pub use core;
 
 use crate::effects::Effects;
 use crate::machine::{
-    no_transition, EffectOf, Event, Handler, Next, Rejected, StateMachine, Transition, TypedState,
+    no_transition, EffectOf, Next, Rejected, StateMachine, Transition, TypedState,
 };
 use crate::rejection::{Reason, Rejection};
 use crate::table::{EventId, StateId};
@@ -29,21 +30,26 @@ pub trait Variant<const NAME_HASH: u64>: Event {
 
 /// Runs the handler of a declared transition and the target's invariant, for the runtime
 /// dispatch. Effects of a rejected transition are discarded.
+///
+/// `handler` is the generated forwarder to the user's [`Handler`] impl: the one place that
+/// requires the impl, so a missing handler is reported once.
 #[inline(always)]
-pub fn run<S, E, T>(
-    view: S::Ref<'_>,
+pub fn run<'v, S, E, T, H>(
+    view: S::Ref<'v>,
     event: E,
     effects: &mut Effects<EffectOf<S>>,
     event_id: u16,
+    handler: H,
 ) -> Result<(S::Machine, Transition), Rejection>
 where
-    S: Handler<E, T>,
+    S: TypedState + 'v,
     T: TypedState<Machine = S::Machine>,
+    H: FnOnce(S::Ref<'v>, E, &mut Effects<EffectOf<S>>) -> Result<T, crate::Refusal>,
 {
     let table = <S::Machine as StateMachine>::TABLE;
     let event_id = EventId::new(event_id);
     let mark = effects.len();
-    let reason = match S::handle(view, event, effects) {
+    let reason = match handler(view, event, effects) {
         Ok(next) => match T::check(next.view()) {
             Ok(()) => {
                 return Ok((
@@ -64,18 +70,20 @@ where
 
 /// The typestate version of [`run`]: consumes the typed state, hands it back on rejection.
 #[inline(always)]
-pub fn typed<S, E, T>(
+pub fn typed<S, E, T, H>(
     state: S,
     event: E,
     event_id: u16,
+    handler: H,
 ) -> Result<Next<T, EffectOf<S>>, Rejected<S>>
 where
-    S: Handler<E, T>,
+    S: TypedState,
     T: TypedState<Machine = S::Machine>,
+    H: FnOnce(&S, E, &mut Effects<EffectOf<S>>) -> Result<T, crate::Refusal>,
 {
     let table = <S::Machine as StateMachine>::TABLE;
     let mut effects = Effects::new();
-    let reason = match S::handle(state.view(), event, &mut effects) {
+    let reason = match handler(&state, event, &mut effects) {
         Ok(next) => match T::check(next.view()) {
             Ok(()) => {
                 return Ok(Next {

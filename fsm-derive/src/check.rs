@@ -12,15 +12,22 @@ use crate::ast::Machine;
 use crate::ctxt::Ctxt;
 
 pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
+    // An attribute that did not parse leaves the table incomplete: checks of the whole graph
+    // would then report consequences of that one mistake, so they are skipped.
+    let parsed = !cx.has_errors();
     event_type(cx, m);
     has_states(cx, m);
     one_initial(cx, m);
     flags_once(cx, m);
-    targets_exist(cx, m);
+    let targets_known = targets_exist(cx, m);
     no_duplicate_pairs(cx, m);
     terminal_has_no_transitions(cx, m);
-    no_dead_ends(cx, m);
-    all_reachable(cx, m);
+    if parsed {
+        no_dead_ends(cx, m);
+    }
+    if parsed && targets_known {
+        all_reachable(cx, m);
+    }
     policies_are_consistent(cx, m);
 }
 
@@ -109,10 +116,13 @@ fn flags_once(cx: &Ctxt, m: &Machine<'_>) {
     }
 }
 
-fn targets_exist(cx: &Ctxt, m: &Machine<'_>) {
+/// Returns whether every target is known.
+fn targets_exist(cx: &Ctxt, m: &Machine<'_>) -> bool {
+    let mut known = true;
     for s in &m.states {
         for on in &s.attrs.on {
             if m.state_index(&on.target).is_none() {
+                known = false;
                 cx.push(syn::Error::new_spanned(
                     &on.target,
                     format!(
@@ -127,6 +137,7 @@ fn targets_exist(cx: &Ctxt, m: &Machine<'_>) {
             }
         }
     }
+    known
 }
 
 fn no_duplicate_pairs(cx: &Ctxt, m: &Machine<'_>) {

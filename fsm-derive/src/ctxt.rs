@@ -19,6 +19,11 @@ impl Ctxt {
         self.errors.borrow_mut().push(error);
     }
 
+    /// Whether any error was recorded.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+
     /// All errors recorded so far, combined into one, or `Ok` if there were none.
     pub(crate) fn check(&self) -> Result<(), syn::Error> {
         let mut errors = self

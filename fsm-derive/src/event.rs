@@ -5,6 +5,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use crate::ast::Events;
+use crate::generics::inner_visibility;
 use crate::names::{snake_ident, variant_hash};
 use crate::shape::{
     bindings, debug_bounds, fmt_redacted, idents, own_fields, owned_struct, redact_impls,
@@ -33,12 +34,13 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
         quote!(Self::#vi { .. } => #krate::EventId::new(#i),)
     });
 
+    let inner = inner_visibility(vis);
     let payloads = ev.variants.iter().map(|v| {
         let doc = format!(
             "The payload of the `{}` event of [`{ident}`], as handlers receive it. Converts into the enum with `{ident}::from`.",
             v.ident
         );
-        owned_struct(v, ev.generics, &doc, &paths)
+        owned_struct(v, ev.generics, &inner, &doc, &paths)
     });
 
     let per_variant = ev.variants.iter().enumerate().map(|(i, v)| {

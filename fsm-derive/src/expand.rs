@@ -8,7 +8,7 @@ use syn::{Ident, Type};
 
 use crate::ast::{Machine, State};
 use crate::attr::PolicyKind;
-use crate::generics::with_view_lifetime;
+use crate::generics::{inner_visibility, with_view_lifetime};
 use crate::names::{snake_ident, variant_hash};
 use crate::shape::{
     bindings, debug_bounds, fmt_redacted, idents, own_fields, owned_struct, redact_impls,
@@ -70,7 +70,8 @@ impl Gen<'_, '_> {
         let e = self.event;
         let private = &self.paths.private;
         let h = variant_hash(&event.to_string());
-        quote_spanned!(event.span()=> <#e as #private::Variant<#h>>)
+        // Every token at the event's name, so that rustc reports an unknown event once, there.
+        respan(quote!(<#e as #private::Variant<#h>>), event.span())
     }
 
     /// The typed state's type, `order::Submitted<T>`.
@@ -131,15 +132,16 @@ impl Gen<'_, '_> {
         let vis = m.vis;
         let module = &self.module;
         let machine = m.ident;
+        let inner = inner_visibility(vis);
         let items = m.states.iter().map(|s| {
             let v = &s.variant;
             let doc = format!(
                 "The `{}` state of [`{machine}`] as a type of its own. Convert with `{machine}::from` and `TryFrom<{machine}>`; each declared transition is a method.",
                 v.ident
             );
-            let owned = owned_struct(v, m.generics, &doc, &self.paths);
+            let owned = owned_struct(v, m.generics, &inner, &doc, &self.paths);
             let view = (!v.fields.is_empty())
-                .then(|| view_struct(v, m.generics, &Self::view_ident(s), &self.paths));
+                .then(|| view_struct(v, m.generics, &inner, &Self::view_ident(s), &self.paths));
             quote!(#owned #view)
         });
         let doc = format!(
@@ -301,16 +303,19 @@ impl Gen<'_, '_> {
         let tries = s.attrs.on.iter().map(|on| {
             let variant = self.variant(&on.event);
             let target = self.typed(&on.target);
-            let run = quote_spanned! {on.event.span()=>
-                #private::run::<#typed, _, #target>
-            };
+            let forward = forwarder(&on.event);
+            let run = quote!(#private::run::<#typed, _, #target, _>);
             quote! {
-                let __fsm_event = match #variant::split(__fsm_event) {
-                    #private::core::result::Result::Ok(__fsm_p) => {
-                        return #run(__fsm_view, __fsm_p, __fsm_effects, #variant::ID);
-                    }
-                    #private::core::result::Result::Err(__fsm_e) => __fsm_e,
-                };
+                if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
+                    return match #variant::split(__fsm_event) {
+                        #private::core::result::Result::Ok(__fsm_p) => {
+                            #run(__fsm_view, __fsm_p, __fsm_effects, #variant::ID, <#typed>::#forward)
+                        }
+                        #private::core::result::Result::Err(__fsm_e) => {
+                            #private::core::result::Result::Err(#private::reject::<Self>(#i, &__fsm_e))
+                        }
+                    };
+                }
             }
         });
         quote! {
@@ -402,7 +407,8 @@ impl Gen<'_, '_> {
                 "Takes the declared transition on `{}` from `{ident}` into `{}`: runs its handler, then the target's invariant. On rejection the state is handed back unchanged.",
                 on.event, on.target
             );
-            let typed_fn = quote_spanned!(on.event.span()=> #private::typed::<Self, _, #target>);
+            let forward = forwarder(&on.event);
+            let typed_fn = quote!(#private::typed::<Self, _, #target, _>);
             quote! {
                 #[doc = #doc]
                 #[inline]
@@ -410,7 +416,33 @@ impl Gen<'_, '_> {
                     self,
                     event: #variant::Payload,
                 ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
-                    #typed_fn(self, event, #variant::ID)
+                    #typed_fn(self, event, #variant::ID, |__fsm_s, __fsm_e, __fsm_fx| {
+                        Self::#forward(#krate::TypedState::view(__fsm_s), __fsm_e, __fsm_fx)
+                    })
+                }
+            }
+        });
+        let forwarders = s.attrs.on.iter().map(|on| {
+            let variant = self.variant(&on.event);
+            let target = self.typed(&on.target);
+            let forward = forwarder(&on.event);
+            let f = &self.effect;
+            // The one place that requires the user's handler impl, spanned at the `on(..)`
+            // event so that a missing handler is reported there, once.
+            let handle = quote_spanned! {on.event.span()=>
+                <Self as #krate::Handler<#variant::Payload, #target>>::handle
+            };
+            quote! {
+                #[inline(always)]
+                fn #forward<'__fsm_v>(
+                    view: <Self as #krate::TypedState>::Ref<'__fsm_v>,
+                    event: #variant::Payload,
+                    effects: &mut #krate::Effects<#f>,
+                ) -> #private::core::result::Result<#target, #krate::Refusal>
+                where
+                    Self: '__fsm_v,
+                {
+                    #handle(view, event, effects)
                 }
             }
         });
@@ -418,6 +450,7 @@ impl Gen<'_, '_> {
             quote! {
                 impl #impl_g #typed #wc {
                     #(#methods)*
+                    #(#forwarders)*
                 }
             }
         });
@@ -476,6 +509,29 @@ impl Gen<'_, '_> {
             #redact_view
         }
     }
+}
+
+/// The private associated function that forwards to the handler of the transition on `event`.
+fn forwarder(event: &Ident) -> Ident {
+    let name = snake_ident(event, event.span()).to_string();
+    format_ident!("__fsm_on_{}", name.trim_start_matches("r#"))
+}
+
+/// `tokens` with every span set to `span`, recursively.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                tt = proc_macro2::TokenTree::Group(ng);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 fn policy(krate: &TokenStream, kind: PolicyKind) -> TokenStream {

@@ -58,3 +58,28 @@ pub(crate) fn with_bounds<'a>(
     }
     g
 }
+
+/// The visibility, inside the generated module, that equals `vis` outside of it: types in the
+/// module must be exactly as visible as the enum, or rustc sees a private type (the enum) in
+/// the public interface of a trait impl.
+pub(crate) fn inner_visibility(vis: &syn::Visibility) -> TokenStream {
+    match vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        syn::Visibility::Inherited => quote!(pub(super)),
+        syn::Visibility::Restricted(r) => {
+            let path = &r.path;
+            let first = path.segments.first().map(|s| s.ident.to_string());
+            match first.as_deref() {
+                Some("crate") if path.segments.len() == 1 => quote!(pub(crate)),
+                Some("self") if path.segments.len() == 1 => quote!(pub(super)),
+                Some("self") => {
+                    let rest = path.segments.iter().skip(1);
+                    quote!(pub(in super #(::#rest)*))
+                }
+                Some("super") => quote!(pub(in super::#path)),
+                _ if path.leading_colon.is_some() => quote!(pub(in #path)),
+                _ => quote!(pub(in #path)),
+            }
+        }
+    }
+}

@@ -81,7 +81,13 @@ pub(crate) fn idents(ids: &[Ident]) -> Vec<TokenStream> {
 
 /// The owned struct for a variant, in the generated module: public fields with the variant's
 /// docs, plus a hidden marker when the enum is generic. A unit variant gets `Clone, Copy`.
-pub(crate) fn owned_struct(v: &Variant<'_>, g: &Generics, doc: &str, paths: &Paths) -> TokenStream {
+pub(crate) fn owned_struct(
+    v: &Variant<'_>,
+    g: &Generics,
+    vis: &TokenStream,
+    doc: &str,
+    paths: &Paths,
+) -> TokenStream {
     let ident = v.ident;
     let (_, _, where_clause) = g.split_for_impl();
     let params = &g.params;
@@ -110,7 +116,7 @@ pub(crate) fn owned_struct(v: &Variant<'_>, g: &Generics, doc: &str, paths: &Pat
         #[doc = #doc]
         #[doc = ""]
         #(#variant_docs)*
-        pub struct #ident <#params> #where_clause_named #body #where_clause_tuple #semi
+        #vis struct #ident <#params> #where_clause_named #body #where_clause_tuple #semi
         #unit_derive
     }
 }
@@ -138,6 +144,7 @@ fn unit_copy(v: &Variant<'_>, g: &Generics, paths: &Paths) -> TokenStream {
 pub(crate) fn view_struct(
     v: &Variant<'_>,
     g: &Generics,
+    vis: &TokenStream,
     view: &Ident,
     paths: &Paths,
 ) -> TokenStream {
@@ -161,7 +168,7 @@ pub(crate) fn view_struct(
     };
     quote! {
         #[doc = #doc]
-        pub struct #view <#params> #wn #body #wt #semi
+        #vis struct #view <#params> #wn #body #wt #semi
         #[automatically_derived]
         impl #impl_g #private::core::clone::Clone for #view #ty_g #where_clause {
             #[inline]

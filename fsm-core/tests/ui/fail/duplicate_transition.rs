@@ -1,0 +1,20 @@
+use fsm_core::{Event, StateMachine};
+
+#[derive(Event)]
+enum Cmd {
+    Go,
+    Stop,
+}
+
+#[derive(StateMachine)]
+#[fsm(event = Cmd)]
+enum M {
+    #[fsm(initial, on(Go => B), on(Go => C))]
+    A,
+    #[fsm(on(Stop => C))]
+    B,
+    #[fsm(terminal)]
+    C,
+}
+
+fn main() {}

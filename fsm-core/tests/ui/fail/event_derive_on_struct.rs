@@ -1,0 +1,8 @@
+use fsm_core::Event;
+
+#[derive(Event)]
+struct Cmd {
+    go: bool,
+}
+
+fn main() {}

@@ -1,0 +1,28 @@
+use fsm_core::{Event, StateMachine};
+
+#[derive(Event)]
+enum Cmd {
+    Go,
+    Stop,
+}
+
+use fsm_core::{Effects, Handler, Refusal};
+
+#[derive(StateMachine)]
+#[fsm(event = Cmd)]
+enum M {
+    #[fsm(initial, on(Go => B), on(Stop => C))]
+    A,
+    #[fsm(terminal)]
+    B,
+    #[fsm(terminal)]
+    C,
+}
+
+impl Handler<cmd::Go, m::B> for m::A {
+    fn handle(_: m::A, _: cmd::Go, _: &mut Effects<()>) -> Result<m::B, Refusal> {
+        Ok(m::B)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,18 @@
+use fsm_core::{Event, StateMachine};
+
+#[derive(Event)]
+enum Cmd {
+    Go,
+    Stop,
+}
+
+#[derive(StateMachine)]
+#[fsm(event = Cmd, effects = ())]
+enum M {
+    #[fsm(initial, on(Go => B))]
+    A,
+    #[fsm(terminal)]
+    B,
+}
+
+fn main() {}

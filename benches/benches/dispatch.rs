@@ -12,7 +12,7 @@ use fsm_examples::registrar_by_hand::HandOrder;
 use fsm_examples::workload::{w1_cycle, w2_half_invalid};
 
 const LEN: usize = 1_000_000;
-const SEED: u64 = 0x5eed_0f_04de7;
+const SEED: u64 = 0x05ee_d0f0_4de7;
 
 /// Feeds every event to the machine through the runtime dispatch; counts accepted ones.
 fn drive<M: StateMachine<Event = OrderCmd, Effect = OrderEffect>>(

@@ -66,3 +66,8 @@ pub use rejection::{InvalidState, Reason, Refusal, Rejection};
 pub use table::{EventId, Policy, StateId, StateMeta, Table, TransitionMeta};
 
 pub use fsm_derive::{Event, StateMachine};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -9,7 +9,7 @@ use crate::effects::Effects;
 use crate::machine::{
     no_transition, EffectOf, Next, Rejected, StateMachine, Transition, TypedState,
 };
-use crate::rejection::{Reason, Rejection};
+use crate::rejection::{Reason, Refusal, Rejection};
 use crate::table::{EventId, StateId};
 
 /// What a sensitive field prints as.
@@ -28,11 +28,24 @@ pub trait Variant<const NAME_HASH: u64>: Event {
     fn split(self) -> Result<Self::Payload, Self>;
 }
 
+/// A handler's result with the target's invariant applied: the new state, or why not.
+#[inline(always)]
+fn checked<T: TypedState>(result: Result<T, Refusal>) -> Result<T, Reason> {
+    let next = result.map_err(Reason::Refused)?;
+    match T::check(next.view()) {
+        Ok(()) => Ok(next),
+        Err(refusal) => Err(Reason::Invalid {
+            target: T::ID,
+            refusal,
+        }),
+    }
+}
+
 /// Runs the handler of a declared transition and the target's invariant, for the runtime
 /// dispatch. Effects of a rejected transition are discarded.
 ///
-/// `handler` is the generated forwarder to the user's [`Handler`] impl: the one place that
-/// requires the impl, so a missing handler is reported once.
+/// `handler` is the generated forwarder to the user's [`crate::Handler`] impl: the one place
+/// that requires the impl, so a missing handler is reported once.
 #[inline(always)]
 pub fn run<'v, S, E, T, H>(
     view: S::Ref<'v>,
@@ -44,28 +57,21 @@ pub fn run<'v, S, E, T, H>(
 where
     S: TypedState + 'v,
     T: TypedState<Machine = S::Machine>,
-    H: FnOnce(S::Ref<'v>, E, &mut Effects<EffectOf<S>>) -> Result<T, crate::Refusal>,
+    H: FnOnce(S::Ref<'v>, E, &mut Effects<EffectOf<S>>) -> Result<T, Refusal>,
 {
     let table = <S::Machine as StateMachine>::TABLE;
     let event_id = EventId::new(event_id);
     let mark = effects.len();
-    let reason = match handler(view, event, effects) {
-        Ok(next) => match T::check(next.view()) {
-            Ok(()) => {
-                return Ok((
-                    next.into_machine(),
-                    Transition::new(table, S::ID, event_id, T::ID),
-                ))
-            }
-            Err(refusal) => Reason::Invalid {
-                target: T::ID,
-                refusal,
-            },
-        },
-        Err(refusal) => Reason::Refused(refusal),
-    };
-    effects.truncate(mark);
-    Err(Rejection::new(table, S::ID, event_id, reason))
+    match checked(handler(view, event, effects)) {
+        Ok(next) => Ok((
+            next.into_machine(),
+            Transition::new(table, S::ID, event_id, T::ID),
+        )),
+        Err(reason) => {
+            effects.truncate(mark);
+            Err(Rejection::new(table, S::ID, event_id, reason))
+        }
+    }
 }
 
 /// The typestate version of [`run`]: consumes the typed state, hands it back on rejection.
@@ -79,29 +85,20 @@ pub fn typed<S, E, T, H>(
 where
     S: TypedState,
     T: TypedState<Machine = S::Machine>,
-    H: FnOnce(&S, E, &mut Effects<EffectOf<S>>) -> Result<T, crate::Refusal>,
+    H: FnOnce(&S, E, &mut Effects<EffectOf<S>>) -> Result<T, Refusal>,
 {
-    let table = <S::Machine as StateMachine>::TABLE;
     let mut effects = Effects::new();
-    let reason = match handler(&state, event, &mut effects) {
-        Ok(next) => match T::check(next.view()) {
-            Ok(()) => {
-                return Ok(Next {
-                    state: next,
-                    effects,
-                })
-            }
-            Err(refusal) => Reason::Invalid {
-                target: T::ID,
-                refusal,
-            },
-        },
-        Err(refusal) => Reason::Refused(refusal),
-    };
-    Err(Rejected {
-        state,
-        rejection: Rejection::new(table, S::ID, EventId::new(event_id), reason),
-    })
+    match checked(handler(&state, event, &mut effects)) {
+        Ok(next) => Ok(Next {
+            state: next,
+            effects,
+        }),
+        Err(reason) => {
+            let table = <S::Machine as StateMachine>::TABLE;
+            let rejection = Rejection::new(table, S::ID, EventId::new(event_id), reason);
+            Err(Rejected { state, rejection })
+        }
+    }
 }
 
 /// The rejection for an event that has no transition in `state`.

@@ -42,6 +42,31 @@
 //! assert_eq!(off, Light::Off);
 //! assert_eq!(rejection.to_string(), "Light rejected event `Break` in state `Off`: no transition for it here (this state accepts `Flip`)");
 //! ```
+//!
+//! # Declaring a machine
+//!
+//! On the enum deriving [`StateMachine`](macro@StateMachine):
+//! - `event = Type` (required): the enum deriving [`Event`](macro@Event) whose variants are the
+//!   commands the machine accepts;
+//! - `effect = Type`: what handlers push into [`Effects`] (default `()`);
+//! - `module = name`: the name of the generated module of typed states (default: the enum's
+//!   name in snake case); `crate = path`: where `fsm_core` is, if renamed.
+//!
+//! On each variant (a state):
+//! - `initial` (exactly one state), `terminal` (accepts no event);
+//! - `on(Event => Target)`, `on(A | B => Target)`: declared transitions, each needing a
+//!   [`Handler`] impl;
+//! - `defer(E, ..)`, `dump(E, ..)`, `delegate(E, ..)`, or bare `defer` / `dump` / `delegate`
+//!   for every other event: the [`Policy`] for events the state has no transition for (the
+//!   command queue acts on it; [`StateMachine::apply`] always rejects such events);
+//! - `validate = path`: the state's invariant, a `fn(view) -> Result<(), Refusal>`.
+//!
+//! On a field of a state or an event: `sensitive`, which [`Redacted`] prints as `<redacted>`.
+//!
+//! The derive generates a module named after the enum with one type per state
+//! (`light::On`), a view type per state with data (`door::LockedRef<'_>`), and the
+//! [`TypedState`] impls that connect them to the enum. Both enums must be declared at module
+//! level (not inside a function body), because the generated modules refer to their parent.
 
 extern crate self as fsm_core;
 

@@ -29,6 +29,24 @@ pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
         all_reachable(cx, m);
     }
     policies_are_consistent(cx, m);
+    no_view_name_clash(cx, m);
+}
+
+/// A state with data gets a view type `<State>Ref` in the generated module; a state of that
+/// very name would define the same type twice.
+fn no_view_name_clash(cx: &Ctxt, m: &Machine<'_>) {
+    for s in m.states.iter().filter(|s| !s.variant.fields.is_empty()) {
+        let view = format!("{}Ref", s.variant.ident);
+        if let Some(clash) = m.states.iter().find(|o| *o.variant.ident == view) {
+            cx.push(syn::Error::new_spanned(
+                clash.variant.ident,
+                format!(
+                    "state `{view}` has the name of the generated view type of state `{}`: rename one of them",
+                    s.variant.ident
+                ),
+            ));
+        }
+    }
 }
 
 fn state_list(m: &Machine<'_>) -> String {
@@ -343,6 +361,23 @@ mod tests {
         });
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("state `Island` is unreachable from the initial state `A`"));
+    }
+
+    #[test]
+    fn a_state_named_like_a_view_type_is_reported() {
+        let e = errors(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum M {
+                #[fsm(initial, on(Go => ARef))]
+                A(u8),
+                #[fsm(terminal)]
+                ARef,
+            }
+        });
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("state `ARef` has the name of the generated view type of state `A`")
+        );
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! Names that could collide with generated code: fields called `event`, `effects`, `view`;
+//! an event whose method name is a keyword; a restricted visibility; a renamed module.
+
+pub(crate) mod inner {
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+
+    #[derive(Event, Debug)]
+    #[fsm(module = commands)]
+    pub(crate) enum Cmd {
+        Match { r#type: u8 },
+        Move,
+    }
+
+    #[derive(StateMachine, Debug, PartialEq)]
+    #[fsm(event = Cmd, module = states)]
+    pub(crate) enum M {
+        #[fsm(initial, on(Match => B))]
+        A { event: u8, effects: u8, view: u8 },
+        #[fsm(on(Move => A), dump)]
+        B(u8),
+    }
+
+    impl Handler<commands::Match, states::B> for states::A {
+        fn handle(
+            s: states::ARef<'_>,
+            ev: commands::Match,
+            _: &mut Effects<()>,
+        ) -> Result<states::B, Refusal> {
+            Ok(states::B(*s.event + *s.effects + *s.view + ev.r#type))
+        }
+    }
+
+    impl Handler<commands::Move, states::A> for states::B {
+        fn handle(
+            s: states::BRef<'_>,
+            _: commands::Move,
+            _: &mut Effects<()>,
+        ) -> Result<states::A, Refusal> {
+            Ok(states::A { event: *s.0, effects: 0, view: 0 })
+        }
+    }
+
+    pub(crate) fn run() {
+        let mut m = M::A { event: 1, effects: 2, view: 3 };
+        m.apply(Cmd::Match { r#type: 4 }).unwrap();
+        assert_eq!(m, M::B(10));
+        let a = states::B(5).r#move(commands::Move).unwrap().state;
+        let b = a.r#match(commands::Match { r#type: 1 }).unwrap().state;
+        assert_eq!(b.0, 6);
+    }
+}
+
+fn main() {
+    inner::run();
+}

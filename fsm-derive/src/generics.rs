@@ -77,7 +77,7 @@ pub(crate) fn inner_visibility(vis: &syn::Visibility) -> TokenStream {
                     quote!(pub(in super #(::#rest)*))
                 }
                 Some("super") => quote!(pub(in super::#path)),
-                _ if path.leading_colon.is_some() => quote!(pub(in #path)),
+                // `crate::a::b` and `::a::b` mean the same inside the module.
                 _ => quote!(pub(in #path)),
             }
         }

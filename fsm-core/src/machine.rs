@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::effects::Effects;
-use crate::rejection::{InvalidState, Reason, Refusal, Rejection};
+use crate::rejection::{InvalidState, Refusal, Rejection};
 use crate::table::{EventId, StateId, Table};
 
 /// The events (commands) a machine accepts: an enum deriving [`Event`](macro@crate::Event).
@@ -317,13 +317,3 @@ impl<S> fmt::Display for Rejected<S> {
 }
 
 impl<S: fmt::Debug> std::error::Error for Rejected<S> {}
-
-/// Builds the rejection for an event the current state has no transition for.
-pub(crate) fn no_transition(table: &'static Table, state: StateId, event: EventId) -> Rejection {
-    let reason = if table.is_terminal(state) {
-        Reason::Terminal
-    } else {
-        Reason::NoTransition
-    };
-    Rejection::new(table, state, event, reason)
-}

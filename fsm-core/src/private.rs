@@ -6,9 +6,7 @@ pub use crate::machine::Event;
 pub use core;
 
 use crate::effects::Effects;
-use crate::machine::{
-    no_transition, EffectOf, Next, Rejected, StateMachine, Transition, TypedState,
-};
+use crate::machine::{EffectOf, Next, Rejected, StateMachine, Transition, TypedState};
 use crate::rejection::{Reason, Refusal, Rejection};
 use crate::table::{EventId, StateId};
 
@@ -101,10 +99,21 @@ where
     }
 }
 
-/// The rejection for an event that has no transition in `state`.
+/// The rejection for an event that (non-terminal) `state` has no transition for.
 #[cold]
-pub fn reject<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
-    no_transition(M::TABLE, StateId::new(state), event.id())
+pub fn no_transition<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
+    Rejection::new(
+        M::TABLE,
+        StateId::new(state),
+        event.id(),
+        Reason::NoTransition,
+    )
+}
+
+/// The rejection for any event in terminal `state`.
+#[cold]
+pub fn terminal<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
+    Rejection::new(M::TABLE, StateId::new(state), event.id(), Reason::Terminal)
 }
 
 /// Runs a typed state's invariant for [`StateMachine::validate`].

@@ -57,18 +57,6 @@ pub enum Policy {
     Delegate,
 }
 
-impl Policy {
-    /// The attribute keyword that declares this policy.
-    pub const fn keyword(self) -> &'static str {
-        match self {
-            Policy::Reject => "reject",
-            Policy::Defer => "defer",
-            Policy::Dump => "dump",
-            Policy::Delegate => "delegate",
-        }
-    }
-}
-
 /// One declared transition: in state `from`, event `event` leads to state `to`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TransitionMeta {

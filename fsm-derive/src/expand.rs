@@ -11,8 +11,8 @@ use crate::attr::PolicyKind;
 use crate::generics::{inner_visibility, with_view_lifetime};
 use crate::names::{snake_ident, variant_hash};
 use crate::shape::{
-    bindings, debug_bounds, fmt_redacted, idents, own_fields, owned_struct, redact_impls,
-    self_fields, variant_fields, view_struct, Paths,
+    bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, self_fields,
+    variant_fields, view_struct, Paths,
 };
 
 /// Everything the expansion of one machine needs, computed once.
@@ -285,14 +285,20 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// The dispatch arm of one state: try each declared event in turn, else reject.
+    /// The dispatch arm of one state: test the event's id against each declared event, split
+    /// out the payload of the matching one and run its handler; else reject.
     fn next_arm(&self, index: usize, s: &State<'_>) -> TokenStream {
         let private = &self.paths.private;
         let v = &s.variant;
         let ident = v.ident;
         let i = index as u16;
-        let reject =
-            quote!(#private::core::result::Result::Err(#private::reject::<Self>(#i, &__fsm_event)));
+        // Terminal or not is known here, so the rejection path does no table lookup.
+        let reject_fn = if s.attrs.terminal.is_empty() {
+            quote!(#private::no_transition::<Self>)
+        } else {
+            quote!(#private::terminal::<Self>)
+        };
+        let reject = quote!(#private::core::result::Result::Err(#reject_fn(#i, &__fsm_event)));
         if s.attrs.on.is_empty() {
             return quote!(Self::#ident { .. } => #reject,);
         }
@@ -312,7 +318,7 @@ impl Gen<'_, '_> {
                             #run(__fsm_view, __fsm_p, __fsm_effects, #variant::ID, <#typed>::#forward)
                         }
                         #private::core::result::Result::Err(__fsm_e) => {
-                            #private::core::result::Result::Err(#private::reject::<Self>(#i, &__fsm_e))
+                            #private::core::result::Result::Err(#reject_fn(#i, &__fsm_e))
                         }
                     };
                 }
@@ -328,32 +334,8 @@ impl Gen<'_, '_> {
     }
 
     fn redact_impl(&self) -> TokenStream {
-        let m = self.m;
-        let krate = &self.paths.krate;
-        let private = &self.paths.private;
-        let ident = m.ident;
-        let bounded = debug_bounds(m.generics, m.states.iter().map(|s| &s.variant), &self.paths);
-        let (impl_g, _, wc) = bounded.split_for_impl();
-        let (_, ty_g, _) = m.generics.split_for_impl();
-        let arms = m.states.iter().map(|s| {
-            let v = &s.variant;
-            let binds = bindings(v);
-            let pat = variant_fields(v, &idents(&binds));
-            let values: Vec<TokenStream> = binds.iter().map(|b| quote!(*#b)).collect();
-            let body = fmt_redacted(v.ident, v, &values, &self.paths);
-            let vi = v.ident;
-            quote!(Self::#vi #pat => #body,)
-        });
-        let empty = m.states.is_empty().then(|| quote!(match *self {}));
-        quote! {
-            #[automatically_derived]
-            impl #impl_g #krate::Redact for #ident #ty_g #wc {
-                fn fmt_redacted(&self, __fsm_f: &mut #private::core::fmt::Formatter<'_>) -> #private::core::fmt::Result {
-                    #empty
-                    match self { #(#arms)* }
-                }
-            }
-        }
+        let variants: Vec<_> = self.m.states.iter().map(|s| &s.variant).collect();
+        enum_redact_impl(self.m.ident, self.m.generics, &variants, &self.paths)
     }
 
     /// For one state: `TypedState`, conversions, `Declared` per transition, the typestate

@@ -96,28 +96,31 @@ pub(crate) fn owned_struct(
         let ty = f.ty;
         quote!(#ty)
     });
-    let semi = if v.style == Style::Named {
-        quote!()
-    } else {
-        quote!(;)
-    };
+    let decl = struct_decl(v.style, vis, ident, params, where_clause, body);
     let unit_derive = unit_copy(v, g, paths);
-    let where_clause_named = if v.style == Style::Named {
-        quote!(#where_clause)
-    } else {
-        quote!()
-    };
-    let where_clause_tuple = if v.style == Style::Named {
-        quote!()
-    } else {
-        quote!(#where_clause)
-    };
     quote! {
         #[doc = #doc]
         #[doc = ""]
         #(#variant_docs)*
-        #vis struct #ident <#params> #where_clause_named #body #where_clause_tuple #semi
+        #decl
         #unit_derive
+    }
+}
+
+/// `vis struct Name<..> where .. { .. }` or `vis struct Name<..>(..) where ..;`: the where
+/// clause goes before a braced body and after a tuple body.
+fn struct_decl(
+    style: Style,
+    vis: &TokenStream,
+    ident: &Ident,
+    params: &syn::punctuated::Punctuated<syn::GenericParam, syn::Token![,]>,
+    where_clause: Option<&syn::WhereClause>,
+    body: TokenStream,
+) -> TokenStream {
+    if style == Style::Named {
+        quote!(#vis struct #ident <#params> #where_clause #body)
+    } else {
+        quote!(#vis struct #ident <#params> #body #where_clause;)
     }
 }
 
@@ -161,14 +164,10 @@ pub(crate) fn view_struct(
         "A borrowed view of the [`{state}`] state's data: what handlers and invariants receive."
     );
     let private = &paths.private;
-    let (wn, wt, semi) = if v.style == Style::Named {
-        (quote!(#where_clause), quote!(), quote!())
-    } else {
-        (quote!(), quote!(#where_clause), quote!(;))
-    };
+    let decl = struct_decl(v.style, vis, view, params, where_clause, body);
     quote! {
         #[doc = #doc]
-        #vis struct #view <#params> #wn #body #wt #semi
+        #decl
         #[automatically_derived]
         impl #impl_g #private::core::clone::Clone for #view #ty_g #where_clause {
             #[inline]
@@ -286,6 +285,38 @@ pub(crate) fn redact_impls(
         impl #impl_g #private::core::fmt::Debug for #ty #wc {
             fn fmt(&self, __fsm_f: &mut #private::core::fmt::Formatter<'_>) -> #private::core::fmt::Result {
                 #krate::Redact::fmt_redacted(self, __fsm_f)
+            }
+        }
+    }
+}
+
+/// `Redact` for the enum itself (states or events): one arm per variant.
+pub(crate) fn enum_redact_impl(
+    ident: &Ident,
+    g: &Generics,
+    variants: &[&Variant<'_>],
+    paths: &Paths,
+) -> TokenStream {
+    let krate = &paths.krate;
+    let private = &paths.private;
+    let bounded = debug_bounds(g, variants.iter().copied(), paths);
+    let (impl_g, _, wc) = bounded.split_for_impl();
+    let (_, ty_g, _) = g.split_for_impl();
+    let arms = variants.iter().map(|v| {
+        let binds = bindings(v);
+        let pat = variant_fields(v, &idents(&binds));
+        let values: Vec<TokenStream> = binds.iter().map(|b| quote!(*#b)).collect();
+        let body = fmt_redacted(v.ident, v, &values, paths);
+        let vi = v.ident;
+        quote!(Self::#vi #pat => #body,)
+    });
+    let empty = variants.is_empty().then(|| quote!(match *self {}));
+    quote! {
+        #[automatically_derived]
+        impl #impl_g #krate::Redact for #ident #ty_g #wc {
+            fn fmt_redacted(&self, __fsm_f: &mut #private::core::fmt::Formatter<'_>) -> #private::core::fmt::Result {
+                #empty
+                match self { #(#arms)* }
             }
         }
     }

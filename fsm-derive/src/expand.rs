@@ -70,7 +70,7 @@ impl Gen<'_, '_> {
         let e = self.event;
         let private = &self.paths.private;
         let h = variant_hash(&event.to_string());
-        // Every token at the event's name, so that rustc reports an unknown event once, there.
+        // Every token at the event's name, so that rustc reports an unknown event there.
         respan(quote!(<#e as #private::Variant<#h>>), event.span())
     }
 

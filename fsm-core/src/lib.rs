@@ -73,6 +73,7 @@ extern crate self as fsm_core;
 mod diagram;
 mod effects;
 mod machine;
+pub mod queue;
 mod redact;
 mod rejection;
 pub mod table;

@@ -1,0 +1,94 @@
+//! Where the queue reads the time: the system's monotonic clock, or a clock a test moves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The time source of a queue: deadlines are checked and latencies measured against it.
+///
+/// [`Clock::System`] is [`Instant::now`]. [`Clock::Manual`] stands still until a test moves it,
+/// so deadline expiry and latency figures can be tested exactly, without sleeping.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Clock {
+    /// The operating system's monotonic clock.
+    #[default]
+    System,
+    /// A clock that moves only when [`ManualClock::advance`] is called.
+    Manual(ManualClock),
+}
+
+impl Clock {
+    /// The current instant.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            Clock::Manual(clock) => clock.now(),
+        }
+    }
+
+    /// How long a blocked thread may sleep before it must look at this clock again, when it
+    /// waits for `deadline`. A manual clock does not move with real time, so waiters poll it.
+    pub(crate) fn sleep_bound(&self, deadline: Option<Instant>) -> Option<Duration> {
+        match self {
+            Clock::System => deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            Clock::Manual(_) => Some(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// A clock for tests: it starts at the instant it was created and moves only when told.
+///
+/// Cloning shares the clock: every clone sees the same time.
+///
+/// ```
+/// use std::time::Duration;
+/// use fsm_core::queue::ManualClock;
+///
+/// let clock = ManualClock::new();
+/// let t0 = clock.now();
+/// clock.advance(Duration::from_millis(5));
+/// assert_eq!(clock.now() - t0, Duration::from_millis(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    start: Instant,
+    elapsed_nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock standing at the current real instant.
+    pub fn new() -> Self {
+        ManualClock {
+            start: Instant::now(),
+            elapsed_nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The clock's current instant.
+    pub fn now(&self) -> Instant {
+        self.start + Duration::from_nanos(self.elapsed_nanos.load(Ordering::Acquire))
+    }
+
+    /// Moves the clock forward by `by` (saturating at about 584 years).
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .elapsed_nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                Some(e.saturating_add(nanos))
+            });
+    }
+
+    /// This clock as a queue [`Clock`].
+    pub fn clock(&self) -> Clock {
+        Clock::Manual(self.clone())
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}

@@ -1,0 +1,293 @@
+//! A command on its way to the machine, and the ticket that tells its submitter how it ended.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::machine::{Event, Transition};
+use crate::rejection::Rejection;
+
+use super::overload::{DelegateCause, DumpCause};
+
+/// An event on its way to the machine, with an optional deadline.
+///
+/// Every submit method takes `impl Into<Command<E>>`, so a bare event is a command without a
+/// deadline:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use fsm_core::queue::Command;
+///
+/// let plain: Command<&str> = "ping".into();
+/// assert!(plain.deadline().is_none());
+/// let urgent = Command::new("ping").with_deadline(Instant::now() + Duration::from_millis(50));
+/// assert!(urgent.deadline().is_some());
+/// ```
+pub struct Command<E> {
+    pub(crate) event: E,
+    pub(crate) deadline: Option<Instant>,
+    /// When the queue accepted it (set only when the queue measures latency).
+    pub(crate) enqueued_at: Option<Instant>,
+    /// Where the outcome goes, for commands submitted with a [`Ticket`].
+    pub(crate) reply: Option<Reply>,
+}
+
+impl<E> Command<E> {
+    /// A command without a deadline.
+    pub fn new(event: E) -> Self {
+        Command {
+            event,
+            deadline: None,
+            enqueued_at: None,
+            reply: None,
+        }
+    }
+
+    /// The same command, to be answered [`Outcome::Expired`] instead of applied if it has not
+    /// reached the machine by `deadline` (as read from the queue's [`Clock`](super::Clock)).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The event.
+    pub fn event(&self) -> &E {
+        &self.event
+    }
+
+    /// The event, giving up the command.
+    pub fn into_event(self) -> E {
+        self.event
+    }
+
+    /// Whether the deadline has passed at `now`.
+    pub(crate) fn expired_at(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// Answers the submitter (if it holds a ticket) and gives the event back.
+    pub(crate) fn answer(mut self, outcome: Outcome) -> E {
+        if let Some(reply) = self.reply.take() {
+            reply.send(outcome);
+        }
+        self.event
+    }
+}
+
+impl<E> From<E> for Command<E> {
+    fn from(event: E) -> Self {
+        Command::new(event)
+    }
+}
+
+/// Shows the event's name and the deadline, never the payload (it may hold sensitive fields).
+impl<E: Event> fmt::Debug for Command<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command")
+            .field("event", &self.event.name())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a command that was accepted by a queue ended.
+///
+/// Commands the queue did not accept never get an `Outcome`: the submit call returns a
+/// [`SubmitError`](super::SubmitError) with the command inside instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The machine took the transition.
+    Applied(Transition),
+    /// The machine refused the event; it is exactly as it was.
+    Rejected(Rejection),
+    /// The command was dropped by policy, reported to the queue's dump sink and counted.
+    Dumped(DumpCause),
+    /// The command was handed to the queue's overflow sink.
+    Delegated(DelegateCause),
+    /// Its deadline passed before it reached the machine; it was not applied.
+    Expired,
+    /// The queue closed (or its consumer went away) before the command reached the machine;
+    /// it was not applied.
+    Closed,
+}
+
+impl Outcome {
+    /// Whether the machine took the transition.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied(_))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Applied(t) => write!(f, "applied: {t}"),
+            Outcome::Rejected(r) => write!(f, "rejected: {r}"),
+            Outcome::Dumped(c) => write!(f, "dumped: {c}"),
+            Outcome::Delegated(c) => write!(f, "delegated: {c}"),
+            Outcome::Expired => {
+                f.write_str("expired: the deadline passed before the machine saw it")
+            }
+            Outcome::Closed => f.write_str("closed: the queue closed before the machine saw it"),
+        }
+    }
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    /// Set once the outcome was sent, even after the ticket took it.
+    sent: bool,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A panic while holding this lock cannot leave the state half-written (plain moves).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The sending half of a ticket, carried by the command through the queue.
+pub(crate) struct Reply(Option<Arc<Slot>>);
+
+impl Reply {
+    pub(crate) fn send(mut self, outcome: Outcome) {
+        if let Some(slot) = self.0.take() {
+            deliver(&slot, outcome);
+        }
+    }
+}
+
+fn deliver(slot: &Slot, outcome: Outcome) {
+    let waker = {
+        let mut state = slot.lock();
+        if state.sent {
+            return;
+        }
+        state.sent = true;
+        state.outcome = Some(outcome);
+        state.waker.take()
+    };
+    slot.ready.notify_all();
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// A command that is dropped unanswered (its queue's consumer unwound, say) still answers: it
+/// never reached a decision by the machine, so it is `Closed`.
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            deliver(&slot, Outcome::Closed);
+        }
+    }
+}
+
+/// The receiving end of a command's [`Outcome`]: wait for it, poll it, or `.await` it.
+///
+/// Returned by the `request` methods of [`Sender`](super::Sender) once the queue accepted the
+/// command. Every accepted command is answered exactly once, so waiting always ends (at the
+/// latest when the queue's consumer is dropped, with [`Outcome::Closed`]).
+///
+/// As a future it needs no particular executor: it stores the waker and is woken when the
+/// outcome is sent.
+#[must_use = "a ticket does nothing unless its outcome is read"]
+pub struct Ticket {
+    slot: Arc<Slot>,
+}
+
+impl Ticket {
+    pub(crate) fn new() -> (Ticket, Reply) {
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::default()),
+            ready: Condvar::new(),
+        });
+        (Ticket { slot: slot.clone() }, Reply(Some(slot)))
+    }
+
+    /// The outcome if it is already known.
+    pub fn try_outcome(&self) -> Option<Outcome> {
+        self.slot.lock().outcome.clone()
+    }
+
+    /// Blocks the thread until the outcome is known.
+    pub fn wait(self) -> Outcome {
+        let mut state = self.slot.lock();
+        loop {
+            if let Some(outcome) = state.outcome.take() {
+                return outcome;
+            }
+            state = self
+                .slot
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks the thread for at most `timeout` of real time; `None` if the outcome is not
+    /// known by then (the ticket stays usable).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.lock();
+        loop {
+            if let Some(outcome) = &state.outcome {
+                return Some(outcome.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .slot
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Future for Ticket {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut state = self.slot.lock();
+        match state.outcome.take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => {
+                match &mut state.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.slot.lock();
+        f.debug_struct("Ticket")
+            .field("answered", &state.sent)
+            .finish()
+    }
+}

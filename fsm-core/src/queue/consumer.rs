@@ -55,6 +55,7 @@ struct Tally {
     delegated: u64,
     expired: u64,
     closed: u64,
+    replayed: u64,
 }
 
 /// How [`Consumer::shutdown`] treats the commands already accepted.
@@ -388,6 +389,7 @@ impl<M: StateMachine> Consumer<M> {
             count = self.deferred.len(),
             "queue: state changed, replaying postponed commands"
         );
+        self.tally.replayed += self.deferred.len() as u64;
         while let Some(cmd) = self.deferred.pop_back() {
             self.replay.push_front(cmd);
         }
@@ -523,6 +525,7 @@ fn publish<E>(tally: &mut Tally, state: &mut State<E>) {
     c.delegated += t.delegated;
     c.expired += t.expired;
     c.closed += t.closed;
+    state.replayed += t.replayed;
 }
 
 /// The command without its event, for answering after the event was used.

@@ -145,6 +145,10 @@ pub struct Metrics {
     pub high_water: usize,
     /// The capacity (`None` for an unbounded queue).
     pub capacity: Option<usize>,
+    /// How many times postponed commands were retried after a state change (a command
+    /// retried in two state changes counts twice). Not an outcome: retried commands end in one
+    /// of the [`Counts`] like any other.
+    pub replayed: u64,
     /// Time since the queue was built.
     pub uptime: Duration,
     /// Commands decided per second since the queue was built.
@@ -172,13 +176,14 @@ impl fmt::Display for Metrics {
         let c = &self.counts;
         writeln!(
             f,
-            "queue of {}: depth {} (high water {}, capacity {}), {:.0} commands/s",
+            "queue of {}: depth {} (high water {}, capacity {}), {:.0} commands/s, {} postponed retries",
             self.machine,
             self.depth,
             self.high_water,
             self.capacity
                 .map_or_else(|| "unbounded".to_owned(), |c| c.to_string()),
-            self.throughput
+            self.throughput,
+            self.replayed
         )?;
         writeln!(
             f,

@@ -47,6 +47,8 @@ pub(crate) struct State<E> {
     /// Commands postponed by `defer(..)`, as of the consumer's last publication.
     pub(crate) deferred: u64,
     pub(crate) high_water: usize,
+    /// Postponed commands retried after a state change (each retry counts).
+    pub(crate) replayed: u64,
 }
 
 pub(crate) struct Shared<E> {
@@ -100,6 +102,7 @@ impl<E> Shared<E> {
                 in_progress: 0,
                 deferred: 0,
                 high_water: 0,
+                replayed: 0,
             }),
             work: Condvar::new(),
             room: Condvar::new(),
@@ -140,9 +143,14 @@ impl<E> Shared<E> {
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
-        let (counts, depth, high_water) = {
+        let (counts, depth, high_water, replayed) = {
             let state = self.lock();
-            (state.cut(), state.queue.len(), state.high_water)
+            (
+                state.cut(),
+                state.queue.len(),
+                state.high_water,
+                state.replayed,
+            )
         };
         let [wait, apply, end_to_end] = Metrics::summarize(&self.lock_latencies());
         let uptime = self
@@ -157,6 +165,7 @@ impl<E> Shared<E> {
             depth,
             high_water,
             capacity: self.config.bounded.then_some(self.config.capacity),
+            replayed,
             uptime,
             throughput: if secs > 0.0 {
                 counts.decided() as f64 / secs

@@ -1,0 +1,10 @@
+//! The command queue: outcomes, per-state policies (defer, dump, delegate), overload, deadlines,
+//! close, async submit, metrics, and concurrent properties.
+
+mod close;
+mod deadline;
+mod defer;
+mod light;
+mod outcomes;
+mod overload;
+mod props;

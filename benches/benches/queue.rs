@@ -47,7 +47,11 @@ fn crossbeam_hand_match(events: Vec<OrderCmd>) -> usize {
 /// `producers` threads submit their share of the events (in order within each share); this
 /// thread runs the derived machine's consumer until every producer is done.
 fn fsm_queue(streams: Vec<Vec<OrderCmd>>) -> u64 {
+    fsm_queue_with(streams, true)
+}
+fn fsm_queue_with(streams: Vec<Vec<OrderCmd>>, lat: bool) -> u64 {
     let (tx, mut rx) = queue::bounded::<Order>(CAPACITY)
+        .latency(lat)
         .overload(Overload::Backpressure)
         .build()
         .expect("valid configuration");
@@ -94,6 +98,13 @@ fn bench_queue(c: &mut Criterion) {
     });
     group.bench_function("fsm_queue/spsc_1M", |b| {
         b.iter_batched(|| vec![w1.clone()], fsm_queue, BatchSize::PerIteration)
+    });
+    group.bench_function("fsm_queue_no_latency/spsc_1M", |b| {
+        b.iter_batched(
+            || vec![w1.clone()],
+            |s| fsm_queue_with(s, false),
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("fsm_queue/mpsc4_1M", |b| {
         b.iter_batched(|| shares(&w1, 4), fsm_queue, BatchSize::PerIteration)

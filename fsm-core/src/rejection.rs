@@ -57,6 +57,10 @@ pub enum Reason {
         /// What the invariant said.
         refusal: Refusal,
     },
+    /// The handler panicked (a bug). The machine and the effects buffer are unchanged. Only
+    /// the command queue reports this: it catches the panic to answer the command, then lets
+    /// the panic continue to whoever supervises the consumer.
+    Panicked(Refusal),
 }
 
 /// An event a machine did not take. The machine is exactly as it was before.
@@ -136,6 +140,7 @@ impl fmt::Debug for Rejection {
             Reason::NoTransition => d.field("reason", &"NoTransition"),
             Reason::Terminal => d.field("reason", &"Terminal"),
             Reason::Refused(r) => d.field("refused", &r.reason()),
+            Reason::Panicked(r) => d.field("panicked", &r.reason()),
             Reason::Invalid { target, refusal } => d
                 .field("invalid_target", &self.table.state_name(*target))
                 .field("refused", &refusal.reason()),
@@ -171,6 +176,10 @@ impl fmt::Display for Rejection {
             }
             Reason::Terminal => f.write_str("the state is terminal and accepts no event"),
             Reason::Refused(r) => write!(f, "refused by the handler: {r}"),
+            Reason::Panicked(r) => write!(
+                f,
+                "the handler panicked ({r}); the machine is unchanged, fix the handler"
+            ),
             Reason::Invalid { target, refusal } => write!(
                 f,
                 "the new state `{}` would break its invariant: {refusal}",

@@ -1,9 +1,11 @@
 //! The consumer's side: takes commands in batches and applies them to the machine, following
 //! each state's policy for events it has no transition for.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Waker;
@@ -11,6 +13,7 @@ use std::time::Instant;
 
 use crate::effects::Effects;
 use crate::machine::{Event, StateMachine};
+use crate::rejection::{Reason, Refusal, Rejection};
 use crate::table::{Policy, StateId, Table};
 
 use super::command::{Command, Outcome};
@@ -88,6 +91,12 @@ const LATENCY_LOCK_SPAN: usize = 1024;
 ///   original order, before any newer command (as `gen_statem` does with postponed events);
 /// - an event the state `dump(..)`s or `delegate(..)`s goes to the dump or overflow sink.
 ///
+/// A handler that panics does not cost its command an answer: the machine is unchanged (it
+/// only ever saw a view of the old state), the command is answered
+/// [`Outcome::Rejected`] with [`Reason::Panicked`], its effects are discarded, the counts stay
+/// exact, and then the panic continues out of `drain`/`run` to whoever supervises the
+/// consumer. Calling `drain` again carries on with the rest of the batch, in order.
+///
 /// Dropping the consumer closes the queue and answers every command still held
 /// [`Outcome::Closed`]; call [`Consumer::shutdown`] to get them back instead.
 pub struct Consumer<M: StateMachine> {
@@ -102,6 +111,8 @@ pub struct Consumer<M: StateMachine> {
     events: usize,
     tally: Tally,
     wakers: Vec<Waker>,
+    /// A handler's panic, caught to answer its command, to be resumed right after.
+    panic: Option<Box<dyn Any + Send>>,
     machine: PhantomData<fn(&mut M)>,
 }
 
@@ -118,6 +129,7 @@ impl<M: StateMachine> Consumer<M> {
             events: M::TABLE.events().len(),
             tally: Tally::default(),
             wakers: Vec::new(),
+            panic: None,
             machine: PhantomData,
         }
     }
@@ -249,8 +261,10 @@ impl<M: StateMachine> Consumer<M> {
         let mut state = self.shared.lock();
         publish(&mut self.tally, &mut state);
         state.deferred = self.deferred.len() as u64;
-        let has_work = !state.queue.is_empty();
-        if has_work {
+        // Commands left over by a handler's panic are taken first, in order.
+        let leftover = !self.batch.is_empty() || !self.replay.is_empty();
+        let has_work = leftover || !state.queue.is_empty();
+        if has_work && !leftover {
             std::mem::swap(&mut state.queue, &mut self.batch);
             self.shared.pending.store(0, Ordering::Relaxed);
             if state.blocked > 0 {
@@ -258,7 +272,7 @@ impl<M: StateMachine> Consumer<M> {
             }
             std::mem::swap(&mut state.wakers, &mut self.wakers);
         }
-        state.in_progress = self.batch.len() as u64;
+        state.in_progress = (self.batch.len() + self.replay.len()) as u64;
         #[cfg(feature = "metrics")]
         let exported = (state.cut(), state.queue.len(), state.high_water);
         drop(state);
@@ -335,6 +349,10 @@ impl<M: StateMachine> Consumer<M> {
                 }
                 cmd.answer(outcome);
             }
+            if let Some(payload) = self.panic.take() {
+                drop(latencies);
+                panic::resume_unwind(payload);
+            }
         }
         n
     }
@@ -355,17 +373,38 @@ impl<M: StateMachine> Consumer<M> {
             enqueued_at,
             reply,
         } = cmd;
-        let outcome = match machine.apply_into(event, effects) {
-            Ok(transition) => {
+        let (state, event_id, mark) = (machine.state(), event.id(), effects.len());
+        // The machine is unchanged when a handler panics (it only ever sees a view of the old
+        // state), so the panic can be caught to answer the command and keep the counts exact;
+        // `process` then lets it continue.
+        let applied = panic::catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, effects)));
+        let outcome = match applied {
+            Ok(Ok(transition)) => {
                 self.tally.applied += 1;
                 if transition.from() != transition.to() && !self.deferred.is_empty() {
                     self.release_deferred();
                 }
                 Outcome::Applied(transition)
             }
-            Err(rejection) => {
+            Ok(Err(rejection)) => {
                 self.tally.rejected += 1;
                 Outcome::Rejected(rejection)
+            }
+            Err(payload) => {
+                effects.truncate(mark);
+                self.tally.rejected += 1;
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                self.panic = Some(payload);
+                Outcome::Rejected(Rejection::new(
+                    M::TABLE,
+                    state,
+                    event_id,
+                    Reason::Panicked(Refusal::new(message)),
+                ))
             }
         };
         #[cfg(feature = "tracing")]

@@ -3,7 +3,8 @@
 //! postpone it), dumps `Noise` and delegates `Spam` in Red, and never takes `Bad`.
 //!
 //! Every handler records the command it applied as an effect, so tests see the exact order in
-//! which the machine took commands.
+//! which the machine took commands. `Stay { seq: u32::MAX }` in Amber panics after emitting its
+//! effect (a handler bug on demand).
 
 use fsm_core::queue::{self, Consumer, Sender};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
@@ -97,6 +98,8 @@ impl Handler<cmd::Stay, light::Amber> for light::Amber {
         fx: &mut Effects<Seen>,
     ) -> Result<light::Amber, Refusal> {
         fx.push(seen("Stay", ev.p, ev.seq));
+        // A handler bug on demand: the queue must answer the command and stay consistent.
+        assert!(ev.seq != u32::MAX, "bulb blew");
         Ok(light::Amber)
     }
 }

@@ -215,3 +215,52 @@ fn a_ticket_is_a_future_under_any_executor() {
     assert!(outcome.is_applied());
     assert_eq!(Light::TABLE.machine(), "Light");
 }
+
+#[test]
+fn a_panicking_handler_answers_its_command_and_the_queue_stays_consistent() {
+    let (tx, mut rx) = light::queue(8);
+    let first = tx.try_request(step(0, 0)).unwrap(); // Red -> Amber
+    let buggy = tx
+        .try_request(Cmd::Stay {
+            p: 0,
+            seq: u32::MAX,
+        })
+        .unwrap();
+    let after = tx.try_request(step(0, 1)).unwrap(); // Amber -> Green
+    let mut machine = Light::Red;
+    let mut fx = fsm_core::Effects::new();
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rx.drain(&mut machine, &mut fx);
+    }));
+    assert!(crashed.is_err(), "the panic reaches the consumer's owner");
+    assert!(first.wait().is_applied());
+    match buggy.wait() {
+        Outcome::Rejected(r) => {
+            assert_eq!(
+                r.reason(),
+                &Reason::Panicked(fsm_core::Refusal::new("bulb blew"))
+            );
+            assert!(
+                r.to_string().contains("the handler panicked (bulb blew)"),
+                "{r}"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(
+        machine,
+        Light::Amber,
+        "the machine is unchanged by the panic"
+    );
+    assert_eq!(fx.len(), 1, "the panicking handler's effect was discarded");
+    assert!(after.try_outcome().is_none());
+    let c = rx.metrics().counts;
+    assert!(c.is_balanced(), "{c:?}");
+
+    // The owner restarts the consumer: the rest of the batch is still there.
+    rx.drain(&mut machine, &mut fx);
+    assert!(after.wait().is_applied());
+    assert_eq!(machine, Light::Green);
+    let c = rx.metrics().counts;
+    assert_eq!((c.applied, c.rejected, c.queued), (2, 1, 0));
+}

@@ -29,8 +29,9 @@ use super::overload::{DelegateCause, DumpCause};
 pub struct Command<E> {
     pub(crate) event: E,
     pub(crate) deadline: Option<Instant>,
-    /// When the queue accepted it (set only when the queue measures latency).
-    pub(crate) enqueued_at: Option<Instant>,
+    /// When the queue accepted it, as a latency stamp (set only when the queue measures
+    /// latency).
+    pub(crate) enqueued_at: Option<u64>,
     /// Where the outcome goes, for commands submitted with a [`Ticket`].
     pub(crate) reply: Option<Reply>,
 }

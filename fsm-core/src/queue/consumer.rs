@@ -299,9 +299,9 @@ impl<M: StateMachine> Consumer<M> {
     fn process(&mut self, machine: &mut M, effects: &mut Effects<M::Effect>) -> usize {
         let shared = self.shared.clone();
         let timing = shared.config.timing;
-        let clock = &shared.config.clock;
+        let (clock, stamps) = (&shared.config.clock, &shared.config.stamps);
         let mut latencies = timing.then(|| shared.lock_latencies());
-        let mut now = clock.now();
+        let mut now = if timing { stamps.stamp() } else { 0 };
         let mut n = 0;
         loop {
             let Some(cmd) = self.replay.pop_front().or_else(|| self.batch.pop_front()) else {
@@ -313,7 +313,7 @@ impl<M: StateMachine> Consumer<M> {
                 latencies = Some(shared.lock_latencies());
             }
             let start = now;
-            let outcome = if cmd.expired_at(start) {
+            let outcome = if cmd.deadline.is_some() && cmd.expired_at(clock.now()) {
                 self.tally.expired += 1;
                 trace("expired", &cmd);
                 Some((shell(cmd), Outcome::Expired))
@@ -337,14 +337,14 @@ impl<M: StateMachine> Consumer<M> {
                 }
             };
             if timing {
-                now = clock.now();
+                now = stamps.stamp();
             }
             if let Some((cmd, outcome)) = outcome {
                 if let (Some(latencies), Some(enqueued)) = (&mut latencies, cmd.enqueued_at) {
                     latencies.record(
-                        start.saturating_duration_since(enqueued),
-                        now.saturating_duration_since(start),
-                        now.saturating_duration_since(enqueued),
+                        stamps.nanos(enqueued, start),
+                        stamps.nanos(start, now),
+                        stamps.nanos(enqueued, now),
                     );
                 }
                 cmd.answer(outcome);

@@ -119,17 +119,14 @@ impl Latencies {
         }
     }
 
+    /// Records one command's latencies, in nanoseconds (0 is recorded as 1, the lowest
+    /// trackable value).
     #[inline]
-    pub(crate) fn record(&mut self, wait: Duration, apply: Duration, end_to_end: Duration) {
-        self.wait.saturating_record(nanos(wait));
-        self.apply.saturating_record(nanos(apply));
-        self.end_to_end.saturating_record(nanos(end_to_end));
+    pub(crate) fn record(&mut self, wait: u64, apply: u64, end_to_end: u64) {
+        self.wait.saturating_record(wait.max(1));
+        self.apply.saturating_record(apply.max(1));
+        self.end_to_end.saturating_record(end_to_end.max(1));
     }
-}
-
-#[inline]
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 /// A snapshot of a queue's metrics, taken without stopping it.

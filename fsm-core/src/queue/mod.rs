@@ -201,6 +201,7 @@ impl<M: StateMachine> QueueBuilder<M> {
             overload: self.overload,
             dump: self.dump,
             overflow: self.overflow,
+            stamps: clock::Stamps::new(&self.clock),
             clock: self.clock,
             timing: self.timing,
         }));

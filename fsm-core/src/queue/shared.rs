@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::clock::Clock;
+use super::clock::{Clock, Stamps};
 use super::command::{Command, Outcome, Ticket};
 use super::error::SubmitError;
 use super::metrics::{Counts, Latencies, Metrics};
@@ -25,6 +25,7 @@ pub(crate) struct Config<E> {
     pub(crate) dump: Option<Arc<dyn DumpSink<E>>>,
     pub(crate) overflow: Option<Arc<dyn Overflow<E>>>,
     pub(crate) clock: Clock,
+    pub(crate) stamps: Stamps,
     /// Whether latencies are measured (one clock read per command on each side).
     pub(crate) timing: bool,
 }
@@ -186,8 +187,9 @@ impl<E> Shared<E> {
 
     /// One attempt to queue `cmd`, waiting for room as `wait` allows.
     fn push(&self, mut cmd: Command<E>, wait: Wait<'_>) -> Push<E> {
-        let mut now =
-            (self.config.timing || cmd.deadline.is_some()).then(|| self.config.clock.now());
+        let timing = self.config.timing;
+        let mut now = cmd.deadline.map(|_| self.config.clock.now());
+        let mut stamp = timing.then(|| self.config.stamps.stamp());
         let mut state = self.lock();
         loop {
             if now.is_some_and(|now| cmd.expired_at(now)) {
@@ -201,7 +203,7 @@ impl<E> Shared<E> {
                 return Push::Done(Err(SubmitError::Closed(cmd)));
             }
             if state.queue.len() < self.config.capacity {
-                cmd.enqueued_at = now.filter(|_| self.config.timing);
+                cmd.enqueued_at = stamp;
                 state.queue.push_back(cmd);
                 state.counts.submitted += 1;
                 let len = state.queue.len();
@@ -235,9 +237,8 @@ impl<E> Shared<E> {
                             self.config.clock.sleep_bound(cmd.deadline),
                         );
                         state.blocked -= 1;
-                        if cmd.deadline.is_some() || self.config.timing {
-                            now = Some(self.config.clock.now());
-                        }
+                        now = cmd.deadline.map(|_| self.config.clock.now());
+                        stamp = timing.then(|| self.config.stamps.stamp());
                     }
                 },
                 Overload::DropNewest => {
@@ -249,7 +250,7 @@ impl<E> Shared<E> {
                 }
                 Overload::DropOldest => {
                     let oldest = state.queue.pop_front();
-                    cmd.enqueued_at = now.filter(|_| self.config.timing);
+                    cmd.enqueued_at = stamp;
                     state.queue.push_back(cmd);
                     state.counts.submitted += 1;
                     state.counts.dumped += 1;

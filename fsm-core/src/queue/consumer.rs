@@ -319,7 +319,13 @@ impl<M: StateMachine> Consumer<M> {
                 Some((shell(cmd), Outcome::Expired))
             } else {
                 let state = machine.state();
-                match self.route(state, &cmd.event) {
+                let route = self.route(state, &cmd.event);
+                if route != Route::Apply {
+                    // Sinks may run here, and may read this queue's metrics: release the
+                    // histograms while they run.
+                    drop(latencies.take());
+                }
+                match route {
                     Route::Apply => Some(self.apply(machine, cmd, effects)),
                     Route::Defer => self.defer(cmd),
                     Route::Dump => Some(self.dump(
@@ -338,6 +344,9 @@ impl<M: StateMachine> Consumer<M> {
             };
             if timing {
                 now = stamps.stamp();
+            }
+            if timing && latencies.is_none() {
+                latencies = Some(shared.lock_latencies());
             }
             if let Some((cmd, outcome)) = outcome {
                 if let (Some(latencies), Some(enqueued)) = (&mut latencies, cmd.enqueued_at) {

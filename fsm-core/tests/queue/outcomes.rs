@@ -264,3 +264,22 @@ fn a_panicking_handler_answers_its_command_and_the_queue_stays_consistent() {
     let c = rx.metrics().counts;
     assert_eq!((c.applied, c.rejected, c.queued), (2, 1, 0));
 }
+
+#[test]
+fn a_sink_may_read_the_metrics_of_its_own_queue() {
+    let sender: Arc<std::sync::OnceLock<queue::Sender<Cmd>>> = Arc::default();
+    let seen_by_sink = Arc::new(Mutex::new(None));
+    let (s, seen) = (sender.clone(), seen_by_sink.clone());
+    let (tx, mut rx) = queue::bounded::<Light>(8)
+        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
+        .on_dump(move |_: &Cmd, _: &DumpCause| {
+            // Runs on the consumer's thread, in the middle of a batch.
+            *seen.lock().unwrap() = s.get().map(|tx| tx.metrics().counts.submitted);
+        })
+        .build()
+        .unwrap();
+    sender.set(tx.clone()).unwrap();
+    tx.try_submit(Cmd::Noise { id: 1 }).unwrap();
+    drain(&mut rx, &mut Light::Red);
+    assert_eq!(*seen_by_sink.lock().unwrap(), Some(1));
+}

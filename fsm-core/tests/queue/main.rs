@@ -4,6 +4,8 @@
 mod close;
 mod deadline;
 mod defer;
+#[cfg(feature = "metrics")]
+mod export;
 mod light;
 mod outcomes;
 mod overload;

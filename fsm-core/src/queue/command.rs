@@ -75,12 +75,42 @@ impl<E> Command<E> {
         self.deadline.is_some_and(|d| now >= d)
     }
 
+    /// Separates the event from the rest (deadline, stamp, reply), for when the event goes
+    /// one way (the machine, a sink) and the answer another.
+    pub(crate) fn split(self) -> (E, Command<()>) {
+        let Command {
+            event,
+            deadline,
+            enqueued_at,
+            reply,
+        } = self;
+        let shell = Command {
+            event: (),
+            deadline,
+            enqueued_at,
+            reply,
+        };
+        (event, shell)
+    }
+
     /// Answers the submitter (if it holds a ticket) and gives the event back.
     pub(crate) fn answer(mut self, outcome: Outcome) -> E {
         if let Some(reply) = self.reply.take() {
             reply.send(outcome);
         }
         self.event
+    }
+}
+
+impl Command<()> {
+    /// Puts an event back into a command split by [`Command::split`].
+    pub(crate) fn carrying<E>(self, event: E) -> Command<E> {
+        Command {
+            event,
+            deadline: self.deadline,
+            enqueued_at: self.enqueued_at,
+            reply: self.reply,
+        }
     }
 }
 

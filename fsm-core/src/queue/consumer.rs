@@ -376,12 +376,7 @@ impl<M: StateMachine> Consumer<M> {
         cmd: Command<M::Event>,
         effects: &mut Effects<M::Effect>,
     ) -> (Command<()>, Outcome) {
-        let Command {
-            event,
-            deadline,
-            enqueued_at,
-            reply,
-        } = cmd;
+        let (event, shell) = cmd.split();
         let (state, event_id, mark) = (machine.state(), event.id(), effects.len());
         // The machine is unchanged when a handler panics (it only ever sees a view of the old
         // state), so the panic can be caught to answer the command and keep the counts exact;
@@ -418,15 +413,7 @@ impl<M: StateMachine> Consumer<M> {
         };
         #[cfg(feature = "tracing")]
         tracing::debug!(machine = M::TABLE.machine(), outcome = %outcome, "queue: decided");
-        (
-            Command {
-                event: (),
-                deadline,
-                enqueued_at,
-                reply,
-            },
-            outcome,
-        )
+        (shell, outcome)
     }
 
     /// Puts every postponed command back in front, in original order.
@@ -479,12 +466,7 @@ impl<M: StateMachine> Consumer<M> {
         cmd: Command<M::Event>,
         cause: DelegateCause,
     ) -> Option<(Command<()>, Outcome)> {
-        let Command {
-            event,
-            deadline,
-            enqueued_at,
-            reply,
-        } = cmd;
+        let (event, shell) = cmd.split();
         let refused = match &self.shared.config.overflow {
             Some(sink) => sink.delegate(event, &cause).err(),
             None => Some(event),
@@ -492,25 +474,9 @@ impl<M: StateMachine> Consumer<M> {
         match refused {
             None => {
                 self.tally.delegated += 1;
-                Some((
-                    Command {
-                        event: (),
-                        deadline,
-                        enqueued_at,
-                        reply,
-                    },
-                    Outcome::Delegated(cause),
-                ))
+                Some((shell, Outcome::Delegated(cause)))
             }
-            Some(event) => Some(self.dump(
-                Command {
-                    event,
-                    deadline,
-                    enqueued_at,
-                    reply,
-                },
-                DumpCause::OverflowRefused,
-            )),
+            Some(event) => Some(self.dump(shell.carrying(event), DumpCause::OverflowRefused)),
         }
     }
 
@@ -576,14 +542,9 @@ fn publish<E>(tally: &mut Tally, state: &mut State<E>) {
     state.replayed += t.replayed;
 }
 
-/// The command without its event, for answering after the event was used.
+/// The command without its event, for answering after the event was used or dropped.
 fn shell<E>(cmd: Command<E>) -> Command<()> {
-    Command {
-        event: (),
-        deadline: cmd.deadline,
-        enqueued_at: cmd.enqueued_at,
-        reply: cmd.reply,
-    }
+    cmd.split().1
 }
 
 #[inline]

@@ -272,12 +272,7 @@ impl<E> Shared<E> {
     /// A full queue under [`Overload::Delegate`]: the overflow sink takes the command, or it is
     /// handed back as `Full`.
     fn delegate_full(&self, cmd: Command<E>) -> Result<(), SubmitError<E>> {
-        let Command {
-            event,
-            deadline,
-            enqueued_at,
-            reply,
-        } = cmd;
+        let (event, shell) = cmd.split();
         let refused = match &self.config.overflow {
             Some(sink) => sink.delegate(event, &DelegateCause::QueueFull).err(),
             None => Some(event),
@@ -288,17 +283,12 @@ impl<E> Shared<E> {
             None => {
                 state.counts.delegated += 1;
                 drop(state);
-                drop(reply);
+                drop(shell);
                 Err(SubmitError::Delegated)
             }
             Some(event) => {
                 state.counts.full += 1;
-                Err(SubmitError::Full(Command {
-                    event,
-                    deadline,
-                    enqueued_at,
-                    reply,
-                }))
+                Err(SubmitError::Full(shell.carrying(event)))
             }
         }
     }

@@ -1,6 +1,33 @@
 //! Benchmarks only; see `benches/`. The library holds the drivers that both the criterion
 //! benches and the stand-alone measuring binaries run.
 
+pub mod dispatch {
+    //! The dispatch bench's driver, shared with the instruction-counting binary.
+
+    use std::hint::black_box;
+
+    use fsm_core::{Effects, StateMachine};
+    use fsm_examples::registrar::{OrderCmd, OrderEffect};
+
+    /// Feeds every event to the machine through the runtime dispatch, reusing one effects
+    /// buffer; returns how many were accepted.
+    pub fn drive<M: StateMachine<Event = OrderCmd, Effect = OrderEffect>>(
+        mut machine: M,
+        events: Vec<OrderCmd>,
+    ) -> usize {
+        let mut effects = Effects::new();
+        let mut accepted = 0;
+        for event in events {
+            if machine.apply_into(event, &mut effects).is_ok() {
+                accepted += 1;
+            }
+            effects.drain();
+        }
+        black_box(machine);
+        accepted
+    }
+}
+
 pub mod queue {
     //! The queue bench's two sides: a crossbeam channel feeding the hand-written match, and
     //! the fsm queue feeding the derived machine.

@@ -6,30 +6,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fsm_core::{Effects, StateMachine};
-use fsm_examples::registrar::{order, order_cmd, Order, OrderCmd, OrderEffect};
+use fsm_benches::dispatch::drive;
+use fsm_examples::registrar::{order, order_cmd, Order, OrderCmd};
 use fsm_examples::registrar_by_hand::HandOrder;
 use fsm_examples::workload::{w1_cycle, w2_half_invalid};
 
 const LEN: usize = 1_000_000;
 const SEED: u64 = 0x05ee_d0f0_4de7;
-
-/// Feeds every event to the machine through the runtime dispatch; counts accepted ones.
-fn drive<M: StateMachine<Event = OrderCmd, Effect = OrderEffect>>(
-    mut machine: M,
-    events: Vec<OrderCmd>,
-) -> usize {
-    let mut effects = Effects::new();
-    let mut accepted = 0;
-    for event in events {
-        if machine.apply_into(event, &mut effects).is_ok() {
-            accepted += 1;
-        }
-        effects.drain();
-    }
-    black_box(machine);
-    accepted
-}
 
 /// The W1 cycle as typed payloads, for the typestate route.
 struct TypedW1 {

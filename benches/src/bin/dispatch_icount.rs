@@ -8,28 +8,12 @@
 
 use std::hint::black_box;
 
-use fsm_core::{Effects, StateMachine};
-use fsm_examples::registrar::{Order, OrderCmd, OrderEffect};
+use fsm_benches::dispatch::drive;
+use fsm_examples::registrar::Order;
 use fsm_examples::registrar_by_hand::HandOrder;
 use fsm_examples::workload::{w1_cycle, w2_half_invalid};
 
 const LEN: usize = 200_000;
-
-fn drive<M: StateMachine<Event = OrderCmd, Effect = OrderEffect>>(
-    mut machine: M,
-    events: Vec<OrderCmd>,
-) -> usize {
-    let mut effects = Effects::new();
-    let mut accepted = 0;
-    for event in events {
-        if machine.apply_into(event, &mut effects).is_ok() {
-            accepted += 1;
-        }
-        effects.drain();
-    }
-    black_box(machine);
-    accepted
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -117,7 +117,11 @@ pub struct Consumer<M: StateMachine> {
 }
 
 impl<M: StateMachine> Consumer<M> {
-    pub(crate) fn new(shared: Arc<Shared<M::Event>>, defer_limit: usize) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<M::Event>>,
+        defer_limit: usize,
+        routes: Box<[Route]>,
+    ) -> Self {
         Consumer {
             shared,
             batch: VecDeque::new(),
@@ -125,7 +129,7 @@ impl<M: StateMachine> Consumer<M> {
             deferred: VecDeque::new(),
             defer_limit,
             deferred_deadline: None,
-            routes: routes(M::TABLE),
+            routes,
             events: M::TABLE.events().len(),
             tally: Tally::default(),
             wakers: Vec::new(),

@@ -177,20 +177,21 @@ impl<M: StateMachine> QueueBuilder<M> {
         if self.capacity == Some(0) {
             return Err(ConfigError::ZeroCapacity);
         }
+        let routes = consumer::routes(M::TABLE);
         if self.overflow.is_none() {
             if self.overload == Overload::Delegate {
                 return Err(ConfigError::MissingOverflow {
                     needed_by: "the overload policy `Overload::Delegate`".to_owned(),
                 });
             }
-            if let Some(state) = states_with(M::TABLE, Route::Delegate).next() {
+            if let Some(state) = states_with(M::TABLE, &routes, Route::Delegate).next() {
                 return Err(ConfigError::MissingOverflow {
                     needed_by: format!("state `{state}` (`delegate(..)`)"),
                 });
             }
         }
         if self.defer_limit == 0 {
-            if let Some(state) = states_with(M::TABLE, Route::Defer).next() {
+            if let Some(state) = states_with(M::TABLE, &routes, Route::Defer).next() {
                 return Err(ConfigError::ZeroDeferLimit { state });
             }
         }
@@ -207,23 +208,24 @@ impl<M: StateMachine> QueueBuilder<M> {
         }));
         Ok((
             Sender::new(shared.clone()),
-            Consumer::new(shared, self.defer_limit),
+            Consumer::new(shared, self.defer_limit, routes),
         ))
     }
 }
 
 /// The names of the states that route some event `route`.
-fn states_with(table: &'static crate::Table, route: Route) -> impl Iterator<Item = &'static str> {
-    let routes = consumer::routes(table);
+fn states_with<'a>(
+    table: &'static crate::Table,
+    routes: &'a [Route],
+    route: Route,
+) -> impl Iterator<Item = &'static str> + 'a {
     let events = table.events().len().max(1);
     table
         .states()
         .iter()
-        .enumerate()
-        .filter(move |(i, _)| routes[i * events..(i + 1) * events].contains(&route))
-        .map(|(_, s)| s.name())
-        .collect::<Vec<_>>()
-        .into_iter()
+        .zip(routes.chunks(events))
+        .filter(move |(_, row)| row.contains(&route))
+        .map(|(s, _)| s.name())
 }
 
 impl<M: StateMachine> std::fmt::Debug for QueueBuilder<M> {

@@ -3,13 +3,12 @@
 use std::thread;
 use std::time::Duration;
 
-use fsm_core::queue::{self, Command, DelegateCause, ManualClock, Outcome, SubmitError};
+use fsm_core::queue::{self, Command, ManualClock, Outcome, SubmitError};
 
-use crate::light::{drain, step, walk, Cmd, Light};
+use crate::light::{self, drain, step, walk, Cmd, Light};
 
 fn queue_on(clock: &ManualClock, capacity: usize) -> (queue::Sender<Cmd>, queue::Consumer<Light>) {
-    queue::bounded::<Light>(capacity)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
+    light::builder(capacity)
         .clock(clock.clock())
         .build()
         .unwrap()

@@ -6,7 +6,7 @@
 //! which the machine took commands. `Stay { seq: u32::MAX }` in Amber panics after emitting its
 //! effect (a handler bug on demand).
 
-use fsm_core::queue::{self, Consumer, Sender};
+use fsm_core::queue::{self, Consumer, QueueBuilder, Sender};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 
 #[derive(Event, Debug, Clone, PartialEq, Eq)]
@@ -136,12 +136,15 @@ pub(crate) fn walk(id: u32) -> Cmd {
     Cmd::Walk { id }
 }
 
-/// A queue with an overflow sink that accepts everything (Light delegates `Spam`).
+/// A bounded queue builder with an overflow sink that accepts everything (Light delegates
+/// `Spam`, so every Light queue needs one).
+pub(crate) fn builder(capacity: usize) -> QueueBuilder<Light> {
+    queue::bounded::<Light>(capacity).overflow(|_: Cmd, _: &queue::DelegateCause| Ok(()))
+}
+
+/// [`builder`], built.
 pub(crate) fn queue(capacity: usize) -> (Sender<Cmd>, Consumer<Light>) {
-    queue::bounded::<Light>(capacity)
-        .overflow(|_: Cmd, _: &queue::DelegateCause| Ok(()))
-        .build()
-        .expect("valid configuration")
+    builder(capacity).build().expect("valid configuration")
 }
 
 /// Drains and returns the machine's effects (the commands it applied, in order).

@@ -1,6 +1,7 @@
 //! The command queue: outcomes, per-state policies (defer, dump, delegate), overload, deadlines,
 //! close, async submit, metrics, and concurrent properties.
 
+mod accounting;
 mod close;
 mod deadline;
 mod defer;

@@ -44,8 +44,7 @@ fn applied_and_rejected_commands_answer_their_tickets() {
 fn a_state_that_dumps_an_event_reports_it_to_the_dump_sink() {
     let dumped = Arc::new(Mutex::new(Vec::new()));
     let sink = dumped.clone();
-    let (tx, mut rx) = queue::bounded::<Light>(8)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
+    let (tx, mut rx) = light::builder(8)
         .on_dump(move |e: &Cmd, cause: &DumpCause| {
             sink.lock().unwrap().push((e.clone(), cause.clone()))
         })
@@ -106,9 +105,7 @@ fn a_refusing_overflow_sink_turns_a_delegation_into_a_counted_dump() {
 
 #[test]
 fn configurations_that_cannot_work_are_refused_at_build() {
-    let zero = queue::bounded::<Light>(0)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
-        .build();
+    let zero = light::builder(0).build();
     assert_eq!(zero.err(), Some(ConfigError::ZeroCapacity));
 
     let no_sink = queue::bounded::<Light>(4).build().err().unwrap();
@@ -117,11 +114,7 @@ fn configurations_that_cannot_work_are_refused_at_build() {
         "state `Red` (`delegate(..)`) delegates commands, but the queue has no overflow sink: add one with `.overflow(..)`"
     );
 
-    let no_defer = queue::bounded::<Light>(4)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
-        .defer_limit(0)
-        .build()
-        .err();
+    let no_defer = light::builder(4).defer_limit(0).build().err();
     assert_eq!(no_defer, Some(ConfigError::ZeroDeferLimit { state: "Red" }));
 }
 
@@ -143,11 +136,7 @@ fn an_unbounded_queue_takes_any_number_of_commands() {
 #[test]
 fn metrics_measure_wait_apply_and_end_to_end_on_the_queue_clock() {
     let clock = ManualClock::new();
-    let (tx, mut rx) = queue::bounded::<Light>(8)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
-        .clock(clock.clock())
-        .build()
-        .unwrap();
+    let (tx, mut rx) = light::builder(8).clock(clock.clock()).build().unwrap();
     tx.try_submit(step(0, 0)).unwrap();
     clock.advance(Duration::from_millis(5));
     tx.try_submit(step(0, 1)).unwrap();
@@ -270,8 +259,7 @@ fn a_sink_may_read_the_metrics_of_its_own_queue() {
     let sender: Arc<std::sync::OnceLock<queue::Sender<Cmd>>> = Arc::default();
     let seen_by_sink = Arc::new(Mutex::new(None));
     let (s, seen) = (sender.clone(), seen_by_sink.clone());
-    let (tx, mut rx) = queue::bounded::<Light>(8)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
+    let (tx, mut rx) = light::builder(8)
         .on_dump(move |_: &Cmd, _: &DumpCause| {
             // Runs on the consumer's thread, in the middle of a batch.
             *seen.lock().unwrap() = s.get().map(|tx| tx.metrics().counts.submitted);

@@ -6,83 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use fsm_core::queue::{self, Counts, DelegateCause, DumpCause, Outcome, Overload, SubmitError};
+use fsm_core::queue::{self, Counts, DelegateCause, DumpCause, Overload};
 
-use crate::light::{step, Cmd, Light};
+use crate::accounting;
+use crate::light::{self, step, Cmd, Light};
 
 const CAPACITY: usize = 16;
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 10 * CAPACITY / PRODUCERS;
 
-/// What the producers saw: one entry per command, from the submit call or the ticket.
-#[derive(Default, Debug, PartialEq, Eq)]
-struct Seen {
-    applied: u64,
-    rejected: u64,
-    dumped: u64,
-    delegated: u64,
-    expired: u64,
-    closed: u64,
-    full: u64,
-}
-
-impl Seen {
-    fn add_outcome(&mut self, o: Outcome) {
-        match o {
-            Outcome::Applied(_) => self.applied += 1,
-            Outcome::Rejected(_) => self.rejected += 1,
-            Outcome::Dumped(_) => self.dumped += 1,
-            Outcome::Delegated(_) => self.delegated += 1,
-            Outcome::Expired => self.expired += 1,
-            Outcome::Closed => self.closed += 1,
-            other => panic!("unexpected outcome {other:?}"),
-        }
-    }
-
-    fn add_refusal(&mut self, e: SubmitError<Cmd>) {
-        match e {
-            SubmitError::Full(_) => self.full += 1,
-            SubmitError::Dumped(_) => self.dumped += 1,
-            SubmitError::Delegated => self.delegated += 1,
-            SubmitError::Expired(_) => self.expired += 1,
-            SubmitError::Closed(_) => self.closed += 1,
-            other => panic!("unexpected refusal {other:?}"),
-        }
-    }
-
-    fn total(&self) -> u64 {
-        self.applied
-            + self.rejected
-            + self.dumped
-            + self.delegated
-            + self.expired
-            + self.closed
-            + self.full
-    }
-
-    fn matches(&self, c: &Counts) -> bool {
-        (
-            self.applied,
-            self.rejected,
-            self.dumped,
-            self.delegated,
-            self.expired,
-            self.closed,
-            self.full,
-        ) == (
-            c.applied,
-            c.rejected,
-            c.dumped,
-            c.delegated,
-            c.expired,
-            c.closed,
-            c.full,
-        )
-    }
-}
-
 struct Run {
-    seen: Seen,
+    /// What the producers saw: one entry per command, from the submit call or the ticket.
+    seen: Counts,
     counts: Counts,
     dump_sink: u64,
     overflow_sink: u64,
@@ -114,7 +49,7 @@ fn overload(policy: Overload, blocking: bool) -> Run {
             thread::spawn(move || {
                 start.wait();
                 let mut tickets = Vec::new();
-                let mut seen = Seen::default();
+                let mut seen = Counts::default();
                 for seq in 0..PER_PRODUCER as u32 {
                     let cmd = step(p as u8, seq);
                     let r = if blocking {
@@ -124,7 +59,7 @@ fn overload(policy: Overload, blocking: bool) -> Run {
                     };
                     match r {
                         Ok(t) => tickets.push(t),
-                        Err(e) => seen.add_refusal(e),
+                        Err(e) => accounting::refusal(&mut seen, &e),
                     }
                 }
                 (tickets, seen)
@@ -148,17 +83,12 @@ fn overload(policy: Overload, blocking: bool) -> Run {
         let left = rx.run(&mut machine, |_| {});
         assert!(left.is_empty());
     }
-    let mut seen = Seen::default();
-    for (tickets, s) in results {
+    let mut seen = Counts::default();
+    for (tickets, refused) in results {
         for t in tickets {
-            seen.add_outcome(t.wait());
+            accounting::outcome(&mut seen, &t.wait());
         }
-        seen.applied += s.applied;
-        seen.dumped += s.dumped;
-        seen.delegated += s.delegated;
-        seen.full += s.full;
-        seen.expired += s.expired;
-        seen.closed += s.closed;
+        accounting::add(&mut seen, &refused);
     }
     let counts = rx.metrics().counts;
     Run {
@@ -172,15 +102,13 @@ fn overload(policy: Overload, blocking: bool) -> Run {
 const TOTAL: u64 = (PRODUCERS * PER_PRODUCER) as u64;
 
 fn accounted(run: &Run) {
-    assert_eq!(run.seen.total(), TOTAL, "{:?}", run.seen);
+    assert_eq!(run.seen.submitted, TOTAL, "{:?}", run.seen);
     assert_eq!(run.counts.submitted, TOTAL);
     assert!(run.counts.is_balanced(), "{:?}", run.counts);
     assert_eq!((run.counts.queued, run.counts.deferred), (0, 0));
-    assert!(
-        run.seen.matches(&run.counts),
-        "{:?} vs {:?}",
-        run.seen,
-        run.counts
+    assert_eq!(
+        run.seen, run.counts,
+        "what producers saw is what the queue counted"
     );
     assert_eq!(
         run.dump_sink, run.counts.dumped,
@@ -233,10 +161,7 @@ fn delegate_hands_the_excess_to_the_overflow_sink() {
 
 #[test]
 fn a_queue_delegates_to_another_queue() {
-    let (spill_tx, mut spill_rx) = queue::bounded::<Light>(64)
-        .overflow(|_: Cmd, _: &DelegateCause| Ok(()))
-        .build()
-        .unwrap();
+    let (spill_tx, mut spill_rx) = light::builder(64).build().unwrap();
     let (tx, mut rx) = queue::bounded::<Light>(2)
         .overload(Overload::Delegate)
         .overflow(spill_tx)
@@ -247,8 +172,8 @@ fn a_queue_delegates_to_another_queue() {
         assert_eq!(r.is_ok(), seq < 2, "{seq}");
     }
     let (mut main, mut spill) = (Light::Red, Light::Red);
-    assert_eq!(crate::light::drain(&mut rx, &mut main).len(), 2);
-    let spilled = crate::light::drain(&mut spill_rx, &mut spill);
+    assert_eq!(light::drain(&mut rx, &mut main).len(), 2);
+    let spilled = light::drain(&mut spill_rx, &mut spill);
     assert_eq!(
         spilled.iter().map(|s| s.n).collect::<Vec<_>>(),
         vec![2, 3, 4]

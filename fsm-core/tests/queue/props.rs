@@ -9,11 +9,12 @@ use std::thread;
 use std::time::Duration;
 
 use fsm_core::queue::{
-    self, Command, DelegateCause, DumpCause, ManualClock, Outcome, Overload, Shutdown, SubmitError,
+    self, Command, Counts, DelegateCause, DumpCause, ManualClock, Overload, Shutdown,
 };
 use fsm_core::Effects;
 use proptest::prelude::*;
 
+use crate::accounting;
 use crate::light::{Cmd, Light, Seen};
 
 #[derive(Clone, Debug)]
@@ -81,35 +82,6 @@ fn event(p: u8, seq: u32, kind: u8) -> Cmd {
     }
 }
 
-/// Outcome tallies in the order of `Counts`: applied, rejected, dumped, delegated, expired,
-/// closed, full.
-type Tally = [u64; 7];
-
-fn tally_outcome(t: &mut Tally, o: &Outcome) {
-    let i = match o {
-        Outcome::Applied(_) => 0,
-        Outcome::Rejected(_) => 1,
-        Outcome::Dumped(_) => 2,
-        Outcome::Delegated(_) => 3,
-        Outcome::Expired => 4,
-        Outcome::Closed => 5,
-        other => panic!("unexpected outcome {other:?}"),
-    };
-    t[i] += 1;
-}
-
-fn tally_refusal(t: &mut Tally, e: &SubmitError<Cmd>) {
-    let i = match e {
-        SubmitError::Dumped(_) => 2,
-        SubmitError::Delegated => 3,
-        SubmitError::Expired(_) => 4,
-        SubmitError::Closed(_) => 5,
-        SubmitError::Full(_) => 6,
-        other => panic!("unexpected refusal {other:?}"),
-    };
-    t[i] += 1;
-}
-
 fn run(w: &Workload) -> Result<(), TestCaseError> {
     let clock = ManualClock::new();
     let dumps = Arc::new(AtomicU64::new(0));
@@ -142,7 +114,7 @@ fn run(w: &Workload) -> Result<(), TestCaseError> {
             let (tx, clock, blocking, close_after) =
                 (tx.clone(), clock.clone(), w.blocking, w.close_after);
             thread::spawn(move || {
-                let mut tally: Tally = [0; 7];
+                let mut refused = Counts::default();
                 let mut tickets = Vec::new();
                 for (i, op) in ops.iter().enumerate() {
                     let mut cmd = Command::new(event(p as u8, i as u32, op.kind));
@@ -156,7 +128,7 @@ fn run(w: &Workload) -> Result<(), TestCaseError> {
                     };
                     match r {
                         Ok(t) => tickets.push(t),
-                        Err(e) => tally_refusal(&mut tally, &e),
+                        Err(e) => accounting::refusal(&mut refused, &e),
                     }
                     let c = tx.metrics().counts;
                     assert!(c.is_balanced(), "unbalanced while running: {c:?}");
@@ -164,7 +136,7 @@ fn run(w: &Workload) -> Result<(), TestCaseError> {
                         tx.close();
                     }
                 }
-                (tally, tickets)
+                (refused, tickets)
             })
         })
         .collect();
@@ -185,35 +157,20 @@ fn run(w: &Workload) -> Result<(), TestCaseError> {
     applied.extend(fx.drain());
     let handed_back = left.len() as u64;
 
-    let mut seen: Tally = [0; 7];
-    let mut submitted = 0u64;
-    for (tally, tickets) in results {
-        submitted += tally.iter().sum::<u64>() + tickets.len() as u64;
-        for (s, t) in seen.iter_mut().zip(tally) {
-            *s += t;
-        }
+    let mut seen = Counts::default();
+    for (refused, tickets) in results {
+        accounting::add(&mut seen, &refused);
         for ticket in tickets {
-            tally_outcome(&mut seen, &ticket.wait());
+            accounting::outcome(&mut seen, &ticket.wait());
         }
     }
     let total: u64 = w.producers.iter().map(|p| p.len() as u64).sum();
     let c = rx.metrics().counts;
-    prop_assert_eq!(submitted, total);
+    prop_assert_eq!(seen.submitted, total);
     prop_assert_eq!(c.submitted, total);
     prop_assert!(c.is_balanced(), "{:?}", c);
     prop_assert_eq!((c.queued, c.deferred), (0, 0));
-    prop_assert_eq!(
-        seen,
-        [
-            c.applied,
-            c.rejected,
-            c.dumped,
-            c.delegated,
-            c.expired,
-            c.closed,
-            c.full
-        ]
-    );
+    prop_assert_eq!(seen, c, "what producers saw is what the queue counted");
     prop_assert!(c.closed >= handed_back);
     prop_assert_eq!(dumps.load(Ordering::Relaxed), c.dumped);
     prop_assert_eq!(delegations.load(Ordering::Relaxed), c.delegated);

@@ -76,6 +76,7 @@ mod machine;
 pub mod queue;
 mod redact;
 mod rejection;
+pub mod store;
 pub mod table;
 
 #[doc(hidden)]

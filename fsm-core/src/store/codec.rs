@@ -1,0 +1,300 @@
+//! Machines to snapshots and back: serde payloads, schema versions, migrations, invariants.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::envelope::{EnvelopeError, Format, Limits, Snapshot};
+use super::error::StoreError;
+use crate::{InvalidState, StateMachine};
+
+type Migration<M> = Box<dyn Fn(&[u8], Format) -> Result<M, String> + Send + Sync>;
+
+/// Encodes machines of type `M` into [`Snapshot`]s and decodes them back.
+///
+/// The codec knows the machine type's current **schema version** (a number you raise when the
+/// serialized shape of `M` changes) and how to read older ones: for each older version, a
+/// migration from the type that version was written with. Decoding checks, in order: the
+/// envelope (done when the [`Snapshot`] was made), the machine type name, the schema version
+/// (newer than this build: refused; older: migrated; older without a migration: refused), the
+/// payload, and finally the state's invariant ([`StateMachine::validate`]); an invalid state
+/// is refused, never returned.
+///
+/// ```
+/// # use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+/// # use serde::{Deserialize, Serialize};
+/// use fsm_core::store::{Codec, DecodeError};
+/// # #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # #[fsm(event = Cmd)]
+/// # enum Counter { #[fsm(initial, on(Bump => Counting))] Idle, #[fsm(on(Bump => Counting))] Counting { n: u64, label: String } }
+/// # #[derive(Event, Debug, Clone)]
+/// # enum Cmd { Bump }
+/// # impl Handler<cmd::Bump, counter::Counting> for counter::Idle {
+/// #     fn handle(_: counter::Idle, _: cmd::Bump, _: &mut Effects<()>) -> Result<counter::Counting, Refusal> { Ok(counter::Counting { n: 1, label: String::new() }) }
+/// # }
+/// # impl Handler<cmd::Bump, counter::Counting> for counter::Counting {
+/// #     fn handle(s: counter::CountingRef<'_>, _: cmd::Bump, _: &mut Effects<()>) -> Result<counter::Counting, Refusal> { Ok(counter::Counting { n: s.n + 1, label: s.label.clone() }) }
+/// # }
+/// // Version 1 of the schema had no label.
+/// #[derive(Deserialize)]
+/// enum CounterV1 { Idle, Counting { n: u64 } }
+///
+/// let v1 = Codec::<Counter>::new(1);
+/// # #[derive(Serialize)] enum CounterV1Out { Idle, Counting { n: u64 } }
+/// # let old = fsm_core::store::Snapshot::new("Counter", 1, 7, Default::default(), &postcard::to_allocvec(&CounterV1Out::Counting { n: 5 }).unwrap()).unwrap();
+/// let v2 = Codec::<Counter>::new(2).migrate_from(1, |old: CounterV1| match old {
+///     CounterV1::Idle => Counter::Idle,
+///     CounterV1::Counting { n } => Counter::Counting { n, label: "migrated".into() },
+/// });
+/// // `old` is a snapshot written at schema version 1.
+/// assert_eq!(v2.decode(&old).unwrap(), Counter::Counting { n: 5, label: "migrated".into() });
+/// // A build that only knows version 1 refuses version 2 loudly.
+/// let new = v2.encode(&Counter::Idle, 8).unwrap();
+/// assert!(matches!(v1.decode(&new), Err(DecodeError::NewerSchema { found: 2, supported: 1, .. })));
+/// ```
+pub struct Codec<M> {
+    schema: u32,
+    format: Format,
+    limits: Limits,
+    migrations: BTreeMap<u32, Migration<M>>,
+    _machine: PhantomData<fn() -> M>,
+}
+
+impl<M> fmt::Debug for Codec<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec")
+            .field("schema", &self.schema)
+            .field("format", &self.format)
+            .field("limits", &self.limits)
+            .field(
+                "migrations_from",
+                &self.migrations.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<M> Codec<M>
+where
+    M: StateMachine + Serialize + DeserializeOwned,
+{
+    /// A codec for schema version `schema_version` of `M`, writing postcard payloads.
+    pub fn new(schema_version: u32) -> Self {
+        Codec {
+            schema: schema_version,
+            format: Format::Postcard,
+            limits: Limits::DEFAULT,
+            migrations: BTreeMap::new(),
+            _machine: PhantomData,
+        }
+    }
+
+    /// Writes payloads in `format` (reading accepts every format this build supports,
+    /// whatever the snapshot says it holds).
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Bounds what [`decode_bytes`](Codec::decode_bytes) accepts.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Reads snapshots written at the older schema `version` as `Old` and converts them with
+    /// `migrate`. The result still has to pass the state's invariant.
+    pub fn migrate_from<Old: DeserializeOwned>(
+        mut self,
+        version: u32,
+        migrate: impl Fn(Old) -> M + Send + Sync + 'static,
+    ) -> Self {
+        self.migrations.insert(
+            version,
+            Box::new(move |payload, format| deserialize::<Old>(payload, format).map(&migrate)),
+        );
+        self
+    }
+
+    /// The schema version this codec writes.
+    pub fn schema_version(&self) -> u32 {
+        self.schema
+    }
+
+    /// Encodes `machine` as snapshot number `seq`.
+    pub fn encode(&self, machine: &M, seq: u64) -> Result<Snapshot, EncodeError> {
+        let payload = serialize(machine, self.format)?;
+        Ok(Snapshot::new(
+            M::TABLE.machine(),
+            self.schema,
+            seq,
+            self.format,
+            &payload,
+        )?)
+    }
+
+    /// Decodes a verified snapshot into a valid machine.
+    pub fn decode(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
+        let expected = M::TABLE.machine();
+        if snapshot.machine() != expected {
+            return Err(DecodeError::WrongMachine {
+                expected,
+                found: snapshot.machine().to_owned(),
+            });
+        }
+        let version = snapshot.schema_version();
+        let machine = if version == self.schema {
+            deserialize::<M>(snapshot.payload(), snapshot.format())
+        } else if version > self.schema {
+            return Err(DecodeError::NewerSchema {
+                machine: expected,
+                found: version,
+                supported: self.schema,
+            });
+        } else {
+            let Some(migrate) = self.migrations.get(&version) else {
+                return Err(DecodeError::NoMigration {
+                    machine: expected,
+                    found: version,
+                    current: self.schema,
+                });
+            };
+            migrate(snapshot.payload(), snapshot.format())
+        }
+        .map_err(|message| DecodeError::Payload {
+            format: snapshot.format(),
+            version,
+            message,
+        })?;
+        machine.validate().map_err(DecodeError::Invalid)?;
+        Ok(machine)
+    }
+
+    /// Verifies untrusted `bytes` as an envelope (within the codec's [`Limits`]) and decodes
+    /// it; returns the machine and its sequence.
+    pub fn decode_bytes(&self, bytes: &[u8]) -> Result<(M, u64), DecodeError> {
+        let len = Snapshot::verify_prefix(bytes, &self.limits)?;
+        if len != bytes.len() {
+            return Err(EnvelopeError::LengthMismatch {
+                declared: len,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        let snapshot = Snapshot::from_bytes(bytes.to_vec(), &self.limits)?;
+        Ok((self.decode(&snapshot)?, snapshot.seq()))
+    }
+}
+
+fn serialize<T: Serialize>(value: &T, format: Format) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        Format::Postcard => {
+            postcard::to_allocvec(value).map_err(|e| EncodeError::Payload(e.to_string()))
+        }
+        #[cfg(feature = "json")]
+        Format::Json => serde_json::to_vec(value).map_err(|e| EncodeError::Payload(e.to_string())),
+        #[cfg(not(feature = "json"))]
+        Format::Json => Err(EncodeError::FormatUnavailable(format)),
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(payload: &[u8], format: Format) -> Result<T, String> {
+    match format {
+        Format::Postcard => {
+            let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| e.to_string())?;
+            if !rest.is_empty() {
+                return Err(format!("{} bytes left over after the value", rest.len()));
+            }
+            Ok(value)
+        }
+        #[cfg(feature = "json")]
+        Format::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+        #[cfg(not(feature = "json"))]
+        Format::Json => {
+            Err("the payload is JSON and this build lacks fsm-core's `json` feature".to_owned())
+        }
+    }
+}
+
+/// Why a machine could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// serde refused the value.
+    #[error("cannot serialize the machine: {0}")]
+    Payload(String),
+    /// The format needs a feature this build lacks.
+    #[error("{0} payloads need fsm-core's `json` feature")]
+    FormatUnavailable(Format),
+    /// The envelope cannot hold it.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// Why a snapshot could not become a machine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not a valid envelope.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The snapshot belongs to another machine type.
+    #[error("snapshot is of machine type `{found}`, expected `{expected}`")]
+    WrongMachine {
+        /// This codec's machine type.
+        expected: &'static str,
+        /// The type the snapshot names.
+        found: String,
+    },
+    /// Written by a newer build: this one cannot know what it means.
+    #[error("snapshot of `{machine}` has schema version {found}, newer than the {supported} this build knows; upgrade before reading it")]
+    NewerSchema {
+        /// The machine type.
+        machine: &'static str,
+        /// The snapshot's version.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// An older version with no migration registered.
+    #[error("snapshot of `{machine}` has schema version {found} and there is no migration from it to {current}; register one with Codec::migrate_from({found}, ..)")]
+    NoMigration {
+        /// The machine type.
+        machine: &'static str,
+        /// The snapshot's version.
+        found: u32,
+        /// The current version.
+        current: u32,
+    },
+    /// The payload does not deserialize.
+    #[error("{format} payload of schema version {version} does not decode: {message}")]
+    Payload {
+        /// The payload's format.
+        format: Format,
+        /// The schema version it claims.
+        version: u32,
+        /// serde's message.
+        message: String,
+    },
+    /// The decoded state fails its invariant.
+    #[error("decoded state is invalid: {0}")]
+    Invalid(InvalidState),
+}
+
+/// Why [`SnapshotStoreExt::load`](super::SnapshotStoreExt::load) or `save` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The snapshot did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The machine did not encode.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}

@@ -1,0 +1,481 @@
+//! The snapshot envelope: the self-checking byte layout every store keeps.
+//!
+//! ```text
+//! offset size  field
+//!      0    4  magic "FSMS"
+//!      4    1  format version (1)
+//!      5    1  payload codec (0 postcard, 1 JSON)
+//!      6    2  flags (reserved, 0)
+//!      8    4  schema version of the machine type      (little endian, as every number)
+//!     12    8  sequence
+//!     20    2  machine type name length n (at most 255)
+//!     22    4  payload length p
+//!     26    n  machine type name (UTF-8)
+//!   26+n    p  payload
+//! 26+n+p    4  CRC32C of every byte before it
+//! ```
+//!
+//! Decoding borrows the bytes it is given and allocates nothing; it checks the length fields
+//! against the bytes actually present and against [`Limits`] before anything else looks at
+//! them, so no input can make a reader allocate or index past what it holds.
+
+use std::fmt;
+
+/// The first four bytes of every envelope.
+pub const MAGIC: [u8; 4] = *b"FSMS";
+/// The envelope layout version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Bytes before the machine type name.
+const FIXED: usize = 26;
+/// Bytes of the trailing checksum.
+const CRC_LEN: usize = 4;
+/// The longest machine type name an envelope carries.
+pub const MAX_MACHINE_NAME: usize = 255;
+
+/// How the payload (the machine's state) is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// postcard: compact binary serde, the default.
+    #[default]
+    Postcard,
+    /// JSON, for snapshots a human reads (feature `json` to encode or decode).
+    Json,
+}
+
+impl Format {
+    fn tag(self) -> u8 {
+        match self {
+            Format::Postcard => 0,
+            Format::Json => 1,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Format> {
+        match tag {
+            0 => Some(Format::Postcard),
+            1 => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Postcard => "postcard",
+            Format::Json => "JSON",
+        })
+    }
+}
+
+/// Bounds on what a reader accepts from untrusted bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest payload accepted, in bytes (default 16 MiB).
+    pub max_payload: usize,
+}
+
+impl Limits {
+    /// The default bound: payloads up to 16 MiB.
+    pub const DEFAULT: Limits = Limits {
+        max_payload: 16 << 20,
+    };
+
+    /// The largest whole envelope these limits accept, for readers that size a buffer.
+    pub fn max_envelope(&self) -> usize {
+        FIXED + MAX_MACHINE_NAME + self.max_payload + CRC_LEN
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// One machine's state as a store keeps it: a verified envelope.
+///
+/// A `Snapshot` can only be made by encoding ([`Snapshot::new`]) or by verifying bytes
+/// ([`Snapshot::from_bytes`]), so holding one means its checksum matched.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    bytes: Vec<u8>,
+    format: Format,
+    schema: u32,
+    seq: u64,
+    name_len: usize,
+}
+
+impl Snapshot {
+    /// Frames `payload` (already encoded in `format`) as snapshot number `seq` of a machine
+    /// type `machine` at schema version `schema`.
+    pub fn new(
+        machine: &str,
+        schema: u32,
+        seq: u64,
+        format: Format,
+        payload: &[u8],
+    ) -> Result<Snapshot, EnvelopeError> {
+        if machine.len() > MAX_MACHINE_NAME {
+            return Err(EnvelopeError::NameTooLong { len: machine.len() });
+        }
+        let payload_len = u32::try_from(payload.len()).map_err(|_| EnvelopeError::TooLarge {
+            len: payload.len(),
+            limit: u32::MAX as usize,
+        })?;
+        let mut bytes = Vec::with_capacity(FIXED + machine.len() + payload.len() + CRC_LEN);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(FORMAT_VERSION);
+        bytes.push(format.tag());
+        bytes.extend_from_slice(&0u16.to_le_bytes());
+        bytes.extend_from_slice(&schema.to_le_bytes());
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        bytes.extend_from_slice(&(machine.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&payload_len.to_le_bytes());
+        bytes.extend_from_slice(machine.as_bytes());
+        bytes.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        Ok(Snapshot {
+            bytes,
+            format,
+            schema,
+            seq,
+            name_len: machine.len(),
+        })
+    }
+
+    /// Verifies `bytes` as one whole envelope and takes them.
+    pub fn from_bytes(bytes: Vec<u8>, limits: &Limits) -> Result<Snapshot, EnvelopeError> {
+        let header = verify(&bytes, limits)?;
+        if header.total != bytes.len() {
+            return Err(EnvelopeError::LengthMismatch {
+                declared: header.total,
+                actual: bytes.len(),
+            });
+        }
+        Ok(Snapshot {
+            bytes,
+            format: header.format,
+            schema: header.schema,
+            seq: header.seq,
+            name_len: header.name_len,
+        })
+    }
+
+    /// Verifies the envelope at the start of `bytes` (which may continue with other data) and
+    /// returns its length, for readers of logs that hold envelopes back to back.
+    pub fn verify_prefix(bytes: &[u8], limits: &Limits) -> Result<usize, EnvelopeError> {
+        verify(bytes, limits).map(|h| h.total)
+    }
+
+    /// The sequence number: rises by at least one with every snapshot of one machine.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The machine type name the snapshot was written for.
+    pub fn machine(&self) -> &str {
+        // Verified as UTF-8 on the way in, or built from a `&str`.
+        std::str::from_utf8(&self.bytes[FIXED..FIXED + self.name_len]).unwrap_or("")
+    }
+
+    /// The schema version of the machine type the payload was written with.
+    pub fn schema_version(&self) -> u32 {
+        self.schema
+    }
+
+    /// The payload codec.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The encoded machine state.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[FIXED + self.name_len..self.bytes.len() - CRC_LEN]
+    }
+
+    /// The whole envelope, as a store writes it.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The whole envelope, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The envelope's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never true (an envelope has a header); present because `len` is.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    // The payload is the machine's state and may hold sensitive fields: show its size only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("machine", &self.machine())
+            .field("schema_version", &self.schema)
+            .field("seq", &self.seq)
+            .field("format", &self.format)
+            .field("payload_len", &self.payload().len())
+            .finish()
+    }
+}
+
+struct Header {
+    format: Format,
+    schema: u32,
+    seq: u64,
+    name_len: usize,
+    total: usize,
+}
+
+fn le<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
+    if bytes.len() < FIXED + CRC_LEN {
+        return Err(EnvelopeError::Truncated {
+            needed: FIXED + CRC_LEN,
+            actual: bytes.len(),
+        });
+    }
+    let magic: [u8; 4] = le(bytes, 0);
+    if magic != MAGIC {
+        return Err(EnvelopeError::BadMagic { found: magic });
+    }
+    if bytes[4] != FORMAT_VERSION {
+        return Err(EnvelopeError::UnsupportedFormatVersion { found: bytes[4] });
+    }
+    let format = Format::from_tag(bytes[5]).ok_or(EnvelopeError::UnknownCodec { tag: bytes[5] })?;
+    let flags = u16::from_le_bytes(le(bytes, 6));
+    if flags != 0 {
+        return Err(EnvelopeError::ReservedFlags { flags });
+    }
+    let schema = u32::from_le_bytes(le(bytes, 8));
+    let seq = u64::from_le_bytes(le(bytes, 12));
+    let name_len = u16::from_le_bytes(le(bytes, 20)) as usize;
+    let payload_len = u32::from_le_bytes(le(bytes, 22)) as usize;
+    if name_len > MAX_MACHINE_NAME {
+        return Err(EnvelopeError::NameTooLong { len: name_len });
+    }
+    if payload_len > limits.max_payload {
+        return Err(EnvelopeError::TooLarge {
+            len: payload_len,
+            limit: limits.max_payload,
+        });
+    }
+    let total = FIXED + name_len + payload_len + CRC_LEN;
+    if bytes.len() < total {
+        return Err(EnvelopeError::Truncated {
+            needed: total,
+            actual: bytes.len(),
+        });
+    }
+    let body = &bytes[..total - CRC_LEN];
+    let stored = u32::from_le_bytes(le(bytes, total - CRC_LEN));
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(EnvelopeError::Checksum { stored, computed });
+    }
+    if std::str::from_utf8(&bytes[FIXED..FIXED + name_len]).is_err() {
+        return Err(EnvelopeError::NameNotUtf8);
+    }
+    Ok(Header {
+        format,
+        schema,
+        seq,
+        name_len,
+        total,
+    })
+}
+
+/// Why bytes are not a valid envelope. Every variant means "corrupt or not a snapshot";
+/// none of them is retryable by reading the same bytes again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Fewer bytes than the header or the declared lengths need (a truncated file or a torn
+    /// write).
+    #[error("truncated: {actual} bytes where the envelope needs {needed}")]
+    Truncated {
+        /// Bytes the envelope needs.
+        needed: usize,
+        /// Bytes present.
+        actual: usize,
+    },
+    /// The bytes do not start with `FSMS`.
+    #[error("not a snapshot envelope: magic {found:02x?}, expected \"FSMS\"")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// Written by a newer (or unknown) envelope layout.
+    #[error(
+        "envelope format version {found} is not supported (this build reads version {FORMAT_VERSION}); upgrade to read it"
+    )]
+    UnsupportedFormatVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// An unknown payload codec tag.
+    #[error("unknown payload codec tag {tag}")]
+    UnknownCodec {
+        /// The tag found.
+        tag: u8,
+    },
+    /// Reserved flag bits are set.
+    #[error("reserved flags {flags:#06x} are set")]
+    ReservedFlags {
+        /// The flags found.
+        flags: u16,
+    },
+    /// The machine type name is longer than 255 bytes.
+    #[error("machine type name of {len} bytes; at most {MAX_MACHINE_NAME} fit in an envelope")]
+    NameTooLong {
+        /// The declared length.
+        len: usize,
+    },
+    /// The machine type name is not UTF-8.
+    #[error("machine type name is not UTF-8")]
+    NameNotUtf8,
+    /// The payload is larger than the reader's [`Limits`] allow.
+    #[error("payload of {len} bytes exceeds the limit of {limit} bytes (raise Limits::max_payload if it is genuine)")]
+    TooLarge {
+        /// The declared payload length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The envelope is followed by bytes that are not part of it.
+    #[error("envelope declares {declared} bytes but {actual} are present")]
+    LengthMismatch {
+        /// The length the header declares.
+        declared: usize,
+        /// The length present.
+        actual: usize,
+    },
+    /// The checksum does not match: flipped bits, a torn write, or garbage.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The CRC32C in the envelope.
+        stored: u32,
+        /// The CRC32C of the bytes.
+        computed: u32,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot::new("Order", 3, 42, Format::Postcard, b"payload bytes").unwrap()
+    }
+
+    #[test]
+    fn an_envelope_round_trips_with_every_header_field() {
+        let s = sample();
+        let back = Snapshot::from_bytes(s.as_bytes().to_vec(), &Limits::DEFAULT).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.machine(), "Order");
+        assert_eq!(back.schema_version(), 3);
+        assert_eq!(back.seq(), 42);
+        assert_eq!(back.format(), Format::Postcard);
+        assert_eq!(back.payload(), b"payload bytes");
+        assert_eq!(back.len(), FIXED + 5 + 13 + CRC_LEN);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let bytes = sample().into_bytes();
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(
+                Snapshot::from_bytes(b, &Limits::DEFAULT).is_err(),
+                "flip of bit {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let bytes = sample().into_bytes();
+        for len in 0..bytes.len() {
+            let err = Snapshot::from_bytes(bytes[..len].to_vec(), &Limits::DEFAULT).unwrap_err();
+            assert!(
+                matches!(err, EnvelopeError::Truncated { .. }),
+                "{len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_refused_before_it_is_read() {
+        let s = Snapshot::new("M", 1, 1, Format::Postcard, &[7; 100]).unwrap();
+        let err = Snapshot::from_bytes(s.into_bytes(), &Limits { max_payload: 99 }).unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::TooLarge {
+                len: 100,
+                limit: 99
+            }
+        );
+        // A header that claims 4 GiB over 30 real bytes is refused the same way.
+        let mut forged = sample().into_bytes();
+        forged[22..26].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Snapshot::from_bytes(forged, &Limits::DEFAULT),
+            Err(EnvelopeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused_whole_but_allowed_as_a_prefix() {
+        let mut bytes = sample().into_bytes();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"next record");
+        assert_eq!(Snapshot::verify_prefix(&bytes, &Limits::DEFAULT), Ok(len));
+        assert!(matches!(
+            Snapshot::from_bytes(bytes, &Limits::DEFAULT),
+            Err(EnvelopeError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_bytes_and_newer_layouts_are_typed_errors() {
+        let err = Snapshot::from_bytes(
+            b"{\"json\": true, \"padding\": 1234567}".to_vec(),
+            &Limits::DEFAULT,
+        )
+        .unwrap_err();
+        assert!(matches!(err, EnvelopeError::BadMagic { .. }));
+        let mut newer = sample().into_bytes();
+        newer[4] = FORMAT_VERSION + 1;
+        assert_eq!(
+            Snapshot::from_bytes(newer, &Limits::DEFAULT).unwrap_err(),
+            EnvelopeError::UnsupportedFormatVersion {
+                found: FORMAT_VERSION + 1
+            }
+        );
+    }
+
+    #[test]
+    fn debug_shows_the_header_but_not_the_payload() {
+        let shown = format!("{:?}", sample());
+        assert!(shown.contains("seq: 42"), "{shown}");
+        assert!(!shown.contains("payload bytes"), "{shown}");
+    }
+}

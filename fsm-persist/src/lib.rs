@@ -1,6 +1,39 @@
 //! Durable snapshot storage for `fsm-core` machines: the error kernel's backends.
 //!
-//! This crate is the home of the `SnapshotStore` backends described in the project's design
-//! (file store, mirrored store, SQLite, PostgreSQL) and of the envelope codec and conformance
-//! suite they share. None of them is written yet; the crate exists so that the workspace
-//! layout, and `fsm-core`'s independence from any database crate, are fixed from the start.
+//! Every backend implements [`fsm_core::store::SnapshotStore`] and passes the same
+//! [`conformance`] suite:
+//! - [`FileStore`]: the embedded default, one directory, atomic replace per snapshot and a
+//!   write-ahead log for batches;
+//! - [`MirroredStore`]: two stores written through, the newest valid copy read, stale or corrupt
+//!   copies repaired;
+//! - `SqliteStore` (feature `sqlite`): SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! ```
+//! use fsm_core::store::{Format, MachineId, Snapshot, SnapshotStore};
+//! use fsm_persist::FileStore;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let id = MachineId::new("order-1").unwrap();
+//! let store = FileStore::open(dir.path()).unwrap();
+//! let first = Snapshot::new("Order", 1, 1, Format::Postcard, b"\x00").unwrap();
+//! store.put(&id, None, &first).unwrap(); // durable when it returns
+//! drop(store);
+//!
+//! let store = FileStore::open(dir.path()).unwrap();
+//! assert_eq!(store.get(&id).unwrap(), first);
+//! ```
+
+pub mod conformance;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod file_store;
+pub mod io;
+mod mirror;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod wal;
+
+pub use file_store::{FileStore, FileStoreBuilder, Recovery};
+pub use mirror::{MirrorCounts, MirrorStatus, MirroredStore, Side};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous};

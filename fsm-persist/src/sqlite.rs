@@ -1,0 +1,314 @@
+//! The SQLite store (feature `sqlite`): bundled SQLite, WAL mode, `synchronous=FULL`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use fsm_core::store::{
+    check_batch, Capabilities, Corruption, EnvelopeError, Limits, MachineId, Put, Snapshot,
+    SnapshotStore, StoreError,
+};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+const BACKEND: &str = "sqlite";
+
+/// How hard SQLite syncs a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `synchronous=FULL` (the default): every commit is synced to disk before it returns, so
+    /// an acknowledged write survives a power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: in WAL mode a commit is not synced until a checkpoint. Acknowledged
+    /// writes survive a process crash but **not a power loss or an OS crash**: the latest
+    /// commits can be lost. Only for state you can afford to lose.
+    NormalNotDurableAcrossPowerLoss,
+}
+
+/// Options for [`SqliteStore`]; from [`SqliteStore::builder`].
+#[derive(Debug, Clone)]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    synchronous: Synchronous,
+    limits: Limits,
+}
+
+impl SqliteStoreBuilder {
+    /// The sync mode (default [`Synchronous::Full`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Bounds what a read accepts.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Opens (creating if needed) the database and its table.
+    pub fn open(self) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(&self.path).map_err(known)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(known)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "could not switch {} to WAL mode (it is in {mode} mode)",
+                    self.path.display()
+                ),
+                outcome_unknown: false,
+            });
+        }
+        let sync = match self.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::NormalNotDurableAcrossPowerLoss => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(known)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS fsm_snapshots (
+                 id TEXT PRIMARY KEY NOT NULL,
+                 seq INTEGER NOT NULL,
+                 snapshot BLOB NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(known)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: self.path,
+            synchronous: self.synchronous,
+            limits: self.limits,
+        })
+    }
+}
+
+/// A [`SnapshotStore`] in a SQLite database (bundled SQLite).
+///
+/// One table, `fsm_snapshots(id, seq, snapshot)`. The database runs in WAL mode with
+/// `synchronous=FULL` unless [`Synchronous::NormalNotDurableAcrossPowerLoss`] is chosen
+/// explicitly. A put is one versioned statement (`INSERT .. ON CONFLICT DO NOTHING` for a new
+/// machine, `UPDATE .. WHERE seq = expected` after), so the compare-and-set happens inside
+/// SQLite; `put_many` is one `IMMEDIATE`
+/// transaction. Reads verify the envelope and that its sequence matches the row.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    synchronous: Synchronous,
+    limits: Limits,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("synchronous", &self.synchronous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The versioned writes. A first snapshot is inserted only if the id is absent; a later one
+/// replaces the row only if it holds the expected sequence. Zero rows changed means the
+/// compare-and-set failed.
+const INSERT: &str = "INSERT INTO fsm_snapshots (id, seq, snapshot) VALUES (?1, ?2, ?3)
+     ON CONFLICT (id) DO NOTHING";
+const REPLACE: &str = "UPDATE fsm_snapshots SET seq = ?2, snapshot = ?3 WHERE id = ?1 AND seq = ?4";
+
+impl SqliteStore {
+    /// Opens the database at `path` with the default (durable) options.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::builder(path).open()
+    }
+
+    /// Options for a database at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            synchronous: Synchronous::Full,
+            limits: Limits::DEFAULT,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // rusqlite rolls back an open transaction when it is dropped during a panic.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A failure before SQLite could have written anything.
+fn known(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend {
+        backend: BACKEND,
+        message: e.to_string(),
+        outcome_unknown: false,
+    }
+}
+
+/// A failure of a write or commit: I/O errors leave the outcome unknown.
+fn writing(e: rusqlite::Error) -> StoreError {
+    let unknown = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::SystemIoFailure | ErrorCode::DatabaseCorrupt | ErrorCode::DiskFull)
+    );
+    StoreError::Backend {
+        backend: BACKEND,
+        message: e.to_string(),
+        outcome_unknown: unknown,
+    }
+}
+
+fn current(conn: &Connection, id: &MachineId) -> Result<Option<u64>, StoreError> {
+    conn.prepare_cached("SELECT seq FROM fsm_snapshots WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|seq| seq.map(|s| s as u64))
+        .map_err(known)
+}
+
+fn rising(put: &Put<'_>) -> Result<(), StoreError> {
+    if put.snapshot.seq() <= put.expected.unwrap_or(0) {
+        return Err(StoreError::InvalidSequence {
+            id: put.id.clone(),
+            expected: put.expected,
+            new: put.snapshot.seq(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the upsert for one put; a refused compare-and-set becomes `Conflict`.
+fn upsert(conn: &Connection, put: &Put<'_>) -> Result<(), StoreError> {
+    let seq = i64::try_from(put.snapshot.seq()).map_err(|_| StoreError::InvalidSequence {
+        id: put.id.clone(),
+        expected: put.expected,
+        new: put.snapshot.seq(),
+    })?;
+    let (id, bytes) = (put.id.as_str(), put.snapshot.as_bytes());
+    let changed = match put.expected {
+        None => conn
+            .prepare_cached(INSERT)
+            .and_then(|mut s| s.execute(params![id, seq, bytes])),
+        Some(expected) => conn
+            .prepare_cached(REPLACE)
+            .and_then(|mut s| s.execute(params![id, seq, bytes, expected as i64])),
+    }
+    .map_err(writing)?;
+    if changed == 1 {
+        return Ok(());
+    }
+    Err(StoreError::Conflict {
+        id: put.id.clone(),
+        expected: put.expected,
+        found: current(conn, put.id)?,
+    })
+}
+
+impl SnapshotStore for SqliteStore {
+    fn put(
+        &self,
+        id: &MachineId,
+        expected: Option<u64>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let put = Put::new(id, expected, snapshot);
+        rising(&put)?;
+        upsert(&self.conn(), &put)
+    }
+
+    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        check_batch(batch)?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(known)?;
+        for put in batch {
+            // On error `tx` is dropped, which rolls the whole batch back.
+            upsert(&tx, put)?;
+        }
+        tx.commit().map_err(writing)
+    }
+
+    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT seq, length(snapshot), CASE WHEN length(snapshot) <= ?2 THEN snapshot END
+                 FROM fsm_snapshots WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![id.as_str(), self.limits.max_envelope() as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
+            .map_err(known)?;
+        let Some((seq, len, bytes)) = row else {
+            return Err(StoreError::NotFound { id: id.clone() });
+        };
+        let Some(bytes) = bytes else {
+            return Err(StoreError::corrupt(
+                id.to_string(),
+                EnvelopeError::TooLarge {
+                    len: len as usize,
+                    limit: self.limits.max_envelope(),
+                },
+            ));
+        };
+        let snapshot = Snapshot::from_bytes(bytes, &self.limits)
+            .map_err(|e| StoreError::corrupt(id.to_string(), e))?;
+        if snapshot.seq() != seq as u64 {
+            return Err(StoreError::corrupt(
+                id.to_string(),
+                Corruption::Generation {
+                    expected: seq as u64,
+                    found: snapshot.seq(),
+                },
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
+        current(&self.conn(), id)
+    }
+
+    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM fsm_snapshots")
+            .map_err(known)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(known)?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let text = row.map_err(known)?;
+            let id = MachineId::new(text).map_err(|e| {
+                StoreError::corrupt("fsm_snapshots.id", Corruption::Other(e.to_string()))
+            })?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(BACKEND, true)
+    }
+}

@@ -1,0 +1,221 @@
+//! Snapshot stores against the raw storage operation each is built on, side by side.
+//!
+//! `cargo bench -p fsm-benches --bench store`
+//!
+//! - `store_put`: one 1 KiB snapshot per iteration, durable on return. `raw_atomic_replace`
+//!   is the bare protocol (create temp, write, fsync, rename, fsync directory) written here;
+//!   `raw_sqlite_full` a bare rusqlite upsert in WAL mode with `synchronous=FULL`.
+//! - `store_batch`: 100 snapshots of 1 KiB per iteration with one sync. `raw_append_fdatasync`
+//!   appends 100 records to a file and fdatasyncs once.
+//! - `store_recover`: opening a file store of 10,000 snapshots, verifying every one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use fsm_core::store::{Format, MachineId, Put, Snapshot, SnapshotStore};
+use fsm_persist::{FileStore, MirroredStore, SqliteStore};
+
+const KIB: usize = 1024;
+const BATCH: usize = 100;
+
+fn payload(seq: u64) -> Vec<u8> {
+    (0..KIB)
+        .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect()
+}
+
+fn envelope(seq: u64) -> Snapshot {
+    Snapshot::new("Bench", 1, seq, Format::Postcard, &payload(seq)).unwrap()
+}
+
+/// The bare atomic replace protocol, as a careful engineer writes it by hand.
+fn raw_atomic_replace(dir: &Path, bytes: &[u8]) {
+    let temp = dir.join(".tmp-m");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    fs::rename(&temp, dir.join("m.snap")).unwrap();
+    File::open(dir).unwrap().sync_all().unwrap();
+}
+
+/// A single store put that keeps rising sequences across iterations.
+fn put_loop(store: &dyn SnapshotStore, id: &MachineId, seq: &mut u64) {
+    let expected = (*seq > 0).then_some(*seq);
+    *seq += 1;
+    store.put(id, expected, &envelope(*seq)).unwrap();
+}
+
+fn bench_put(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_put");
+    group.sample_size(30);
+    group.throughput(Throughput::Elements(1));
+    let id = MachineId::new("m").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut seq = 0;
+    group.bench_function("raw_atomic_replace/1KiB", |b| {
+        b.iter(|| {
+            seq += 1;
+            raw_atomic_replace(dir.path(), envelope(seq).as_bytes())
+        })
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut seq = 0;
+    group.bench_function("file_store/1KiB", |b| {
+        b.iter(|| put_loop(&store, &id, &mut seq))
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, snapshot BLOB NOT NULL) WITHOUT ROWID",
+    )
+    .unwrap();
+    let mut seq = 0i64;
+    group.bench_function("raw_sqlite_full/1KiB", |b| {
+        b.iter(|| {
+            seq += 1;
+            let bytes = envelope(seq as u64);
+            conn.prepare_cached(
+                "INSERT INTO t (id, seq, snapshot) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot",
+            )
+            .unwrap()
+            .execute(rusqlite::params!["m", seq, bytes.as_bytes()])
+            .unwrap();
+        })
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let mut seq = 0;
+    group.bench_function("sqlite_store/1KiB", |b| {
+        b.iter(|| put_loop(&store, &id, &mut seq))
+    });
+
+    let (a, m) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = MirroredStore::new(
+        FileStore::open(a.path()).unwrap(),
+        FileStore::open(m.path()).unwrap(),
+    );
+    let mut seq = 0;
+    group.bench_function("mirrored_file/1KiB", |b| {
+        b.iter(|| put_loop(&store, &id, &mut seq))
+    });
+    group.finish();
+}
+
+/// One batch of `BATCH` machines' next snapshots, with the sequences they replace.
+struct Batches {
+    ids: Vec<MachineId>,
+    seq: u64,
+}
+
+impl Batches {
+    fn new() -> Self {
+        Batches {
+            ids: (0..BATCH)
+                .map(|i| MachineId::new(format!("m{i}")).unwrap())
+                .collect(),
+            seq: 0,
+        }
+    }
+
+    fn put(&mut self, store: &dyn SnapshotStore) {
+        let expected = (self.seq > 0).then_some(self.seq);
+        self.seq += 1;
+        let snaps: Vec<Snapshot> = (0..BATCH).map(|_| envelope(self.seq)).collect();
+        let batch: Vec<Put<'_>> = self
+            .ids
+            .iter()
+            .zip(&snaps)
+            .map(|(m, s)| Put::new(m, expected, s))
+            .collect();
+        store.put_many(&batch).unwrap();
+    }
+}
+
+fn bench_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_batch");
+    group.sample_size(30);
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(dir.path().join("raw.log"))
+        .unwrap();
+    let mut seq = 0;
+    group.bench_function("raw_append_fdatasync/100x1KiB", |b| {
+        b.iter(|| {
+            seq += 1;
+            let mut records = Vec::with_capacity(BATCH * (KIB + 64));
+            for _ in 0..BATCH {
+                records.extend_from_slice(envelope(seq).as_bytes());
+            }
+            log.write_all(&records).unwrap();
+            log.sync_data().unwrap();
+        })
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut batches = Batches::new();
+    group.bench_function("file_store_put_many/100x1KiB", |b| {
+        b.iter(|| batches.put(&store))
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let mut batches = Batches::new();
+    group.bench_function("sqlite_store_put_many/100x1KiB", |b| {
+        b.iter(|| batches.put(&store))
+    });
+    group.finish();
+}
+
+fn bench_recover(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_recover");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(10_000));
+    // The files are written directly (the store's layout: one envelope per `<id>.snap`), without
+    // the 10,000 fsyncs a store would do, so the setup takes seconds, not minutes.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10_000u64 {
+        fs::write(
+            dir.path().join(format!("m{i}.snap")),
+            envelope(i + 1).as_bytes(),
+        )
+        .unwrap();
+    }
+    group.bench_function("file_store/10k", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                let store = FileStore::open(dir.path()).unwrap();
+                assert_eq!(store.recovery().machines, 10_000);
+                store
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_put, bench_batch, bench_recover);
+criterion_main!(benches);

@@ -247,3 +247,34 @@ fn load_and_save_go_through_the_codec_and_the_compare_and_set() {
         Some((active("ada", 0), 2))
     );
 }
+
+mod untrusted {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic the decoder; they are an error or a valid machine.
+        #[test]
+        fn arbitrary_bytes_decode_to_an_error_or_a_valid_machine(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok((machine, _)) = Codec::<Account>::new(1).decode_bytes(&bytes) {
+                prop_assert!(machine.validate().is_ok());
+            }
+        }
+
+        /// A valid envelope with any byte changed or any length cut is refused (CRC32C catches
+        /// every change of up to 32 bits in a message this short).
+        #[test]
+        fn a_damaged_envelope_is_always_refused(at in 0usize..1000, xor in 1u8..=255, cut in 0usize..1000) {
+            let codec = Codec::<Account>::new(1);
+            let good = codec.encode(&active("ada", 7), 3).unwrap().into_bytes();
+            let mut flipped = good.clone();
+            let at = at % good.len();
+            flipped[at] ^= xor;
+            prop_assert!(codec.decode_bytes(&flipped).is_err());
+            let cut = cut % good.len();
+            prop_assert!(codec.decode_bytes(&good[..cut]).is_err());
+        }
+    }
+}

@@ -81,7 +81,7 @@ fn bench_put(c: &mut Criterion) {
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.execute_batch(
-        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, snapshot BLOB NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, snapshot BLOB NOT NULL)",
     )
     .unwrap();
     let mut seq = 0i64;

@@ -177,17 +177,6 @@ fn current(conn: &Connection, id: &MachineId) -> Result<Option<u64>, StoreError>
         .map_err(known)
 }
 
-fn rising(put: &Put<'_>) -> Result<(), StoreError> {
-    if put.snapshot.seq() <= put.expected.unwrap_or(0) {
-        return Err(StoreError::InvalidSequence {
-            id: put.id.clone(),
-            expected: put.expected,
-            new: put.snapshot.seq(),
-        });
-    }
-    Ok(())
-}
-
 /// Runs the upsert for one put; a refused compare-and-set becomes `Conflict`.
 fn upsert(conn: &Connection, put: &Put<'_>) -> Result<(), StoreError> {
     let seq = i64::try_from(put.snapshot.seq()).map_err(|_| StoreError::InvalidSequence {
@@ -223,7 +212,7 @@ impl SnapshotStore for SqliteStore {
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
         let put = Put::new(id, expected, snapshot);
-        rising(&put)?;
+        put.check_rising()?;
         upsert(&self.conn(), &put)
     }
 

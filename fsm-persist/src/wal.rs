@@ -149,14 +149,17 @@ mod tests {
         (ids, snaps)
     }
 
+    fn puts<'a>(ids: &'a [MachineId], snaps: &'a [Snapshot]) -> Vec<Put<'a>> {
+        ids.iter()
+            .zip(snaps)
+            .map(|(i, s)| Put::new(i, None, s))
+            .collect()
+    }
+
     #[test]
     fn records_replay_with_the_offsets_of_their_envelopes() {
         let (ids, snaps) = batch();
-        let puts: Vec<_> = ids
-            .iter()
-            .zip(&snaps)
-            .map(|(i, s)| Put::new(i, None, s))
-            .collect();
+        let puts = puts(&ids, &snaps);
         let (record, offsets) = encode(&puts);
         let mut segment = record.clone();
         segment.extend_from_slice(&record);
@@ -177,11 +180,7 @@ mod tests {
     #[test]
     fn replay_stops_at_a_torn_or_flipped_record_and_reports_the_tail() {
         let (ids, snaps) = batch();
-        let puts: Vec<_> = ids
-            .iter()
-            .zip(&snaps)
-            .map(|(i, s)| Put::new(i, None, s))
-            .collect();
+        let puts = puts(&ids, &snaps);
         let (record, _) = encode(&puts);
         for cut in 0..record.len() {
             let mut segment = record.clone();

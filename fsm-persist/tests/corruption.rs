@@ -62,8 +62,8 @@ fn corrupt_problem(err: StoreError) -> Corruption {
     }
 }
 
-#[test]
-fn a_flipped_bit_in_a_snapshot_file_is_a_checksum_error_at_open_and_on_read() {
+/// A file store holding machine `m` at sequence 1 (500 bytes of payload), and its file.
+fn one_machine_on_disk() -> (tempfile::TempDir, MachineId, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let m = id("m");
     FileStore::open(dir.path())
@@ -71,6 +71,12 @@ fn a_flipped_bit_in_a_snapshot_file_is_a_checksum_error_at_open_and_on_read() {
         .put(&m, None, &snapshot("m", 1, 500))
         .unwrap();
     let path = snap_file(dir.path(), "m");
+    (dir, m, path)
+}
+
+#[test]
+fn a_flipped_bit_in_a_snapshot_file_is_a_checksum_error_at_open_and_on_read() {
+    let (dir, m, path) = one_machine_on_disk();
     let mut bytes = fs::read(&path).unwrap();
     bytes[300] ^= 0x10;
     fs::write(&path, bytes).unwrap();
@@ -102,13 +108,7 @@ fn a_flipped_bit_in_a_snapshot_file_is_a_checksum_error_at_open_and_on_read() {
 
 #[test]
 fn a_truncated_snapshot_file_is_a_truncation_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = id("m");
-    FileStore::open(dir.path())
-        .unwrap()
-        .put(&m, None, &snapshot("m", 1, 500))
-        .unwrap();
-    let path = snap_file(dir.path(), "m");
+    let (dir, m, path) = one_machine_on_disk();
     let bytes = fs::read(&path).unwrap();
     for keep in [0, 10, 40, bytes.len() - 1] {
         fs::write(&path, &bytes[..keep]).unwrap();

@@ -134,6 +134,19 @@ impl<'a> Put<'a> {
     pub fn check(&self, current: Option<u64>) -> Result<(), StoreError> {
         check_put(self.id, self.expected, self.snapshot, current)
     }
+
+    /// Checks only that the new sequence rises above the expected one, for backends that do
+    /// the compare-and-set themselves (in a database statement).
+    pub fn check_rising(&self) -> Result<(), StoreError> {
+        if self.snapshot.seq() <= self.expected.unwrap_or(0) {
+            return Err(StoreError::InvalidSequence {
+                id: self.id.clone(),
+                expected: self.expected,
+                new: self.snapshot.seq(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The compare-and-set every backend applies: the store must hold `expected`, and the new
@@ -144,13 +157,7 @@ pub fn check_put(
     snapshot: &Snapshot,
     current: Option<u64>,
 ) -> Result<(), StoreError> {
-    if snapshot.seq() <= expected.unwrap_or(0) {
-        return Err(StoreError::InvalidSequence {
-            id: id.clone(),
-            expected,
-            new: snapshot.seq(),
-        });
-    }
+    Put::new(id, expected, snapshot).check_rising()?;
     if current != expected {
         return Err(StoreError::Conflict {
             id: id.clone(),
@@ -169,13 +176,7 @@ pub fn check_batch(batch: &[Put<'_>]) -> Result<(), StoreError> {
         if !seen.insert(put.id) {
             return Err(StoreError::InvalidBatch { id: put.id.clone() });
         }
-        if put.snapshot.seq() <= put.expected.unwrap_or(0) {
-            return Err(StoreError::InvalidSequence {
-                id: put.id.clone(),
-                expected: put.expected,
-                new: put.snapshot.seq(),
-            });
-        }
+        put.check_rising()?;
     }
     Ok(())
 }
@@ -242,54 +243,31 @@ pub trait SnapshotStoreExt: SnapshotStore {
 
 impl<S: SnapshotStore + ?Sized> SnapshotStoreExt for S {}
 
-impl<S: SnapshotStore + ?Sized> SnapshotStore for std::sync::Arc<S> {
-    fn put(
-        &self,
-        id: &MachineId,
-        expected: Option<u64>,
-        snapshot: &Snapshot,
-    ) -> Result<(), StoreError> {
-        (**self).put(id, expected, snapshot)
-    }
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        (**self).put_many(batch)
-    }
-    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        (**self).get(id)
-    }
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        (**self).sequence(id)
-    }
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        (**self).ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
+/// A shared or boxed store is a store: forwards every call.
+macro_rules! forward_store {
+    ($($ptr:ident)::+) => {
+        impl<S: SnapshotStore + ?Sized> SnapshotStore for $($ptr)::+<S> {
+            fn put(&self, id: &MachineId, expected: Option<u64>, snapshot: &Snapshot) -> Result<(), StoreError> {
+                (**self).put(id, expected, snapshot)
+            }
+            fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+                (**self).put_many(batch)
+            }
+            fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
+                (**self).get(id)
+            }
+            fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
+                (**self).sequence(id)
+            }
+            fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
+                (**self).ids()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+        }
+    };
 }
 
-impl<S: SnapshotStore + ?Sized> SnapshotStore for Box<S> {
-    fn put(
-        &self,
-        id: &MachineId,
-        expected: Option<u64>,
-        snapshot: &Snapshot,
-    ) -> Result<(), StoreError> {
-        (**self).put(id, expected, snapshot)
-    }
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        (**self).put_many(batch)
-    }
-    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        (**self).get(id)
-    }
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        (**self).sequence(id)
-    }
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        (**self).ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-}
+forward_store!(std::sync::Arc);
+forward_store!(Box);

@@ -176,14 +176,8 @@ where
     /// Verifies untrusted `bytes` as an envelope (within the codec's [`Limits`]) and decodes
     /// it; returns the machine and its sequence.
     pub fn decode_bytes(&self, bytes: &[u8]) -> Result<(M, u64), DecodeError> {
-        let len = Snapshot::verify_prefix(bytes, &self.limits)?;
-        if len != bytes.len() {
-            return Err(EnvelopeError::LengthMismatch {
-                declared: len,
-                actual: bytes.len(),
-            }
-            .into());
-        }
+        // The copy is bounded by the input; the envelope's own length fields are checked
+        // against it and the limits before anything else reads them.
         let snapshot = Snapshot::from_bytes(bytes.to_vec(), &self.limits)?;
         Ok((self.decode(&snapshot)?, snapshot.seq()))
     }

@@ -78,7 +78,9 @@ impl fmt::Debug for FileStore {
 pub struct Recovery {
     /// Machines with a valid snapshot after recovery.
     pub machines: usize,
-    /// Snapshot files that did not verify, by file name, with what is wrong.
+    /// Snapshot files that did not verify, by file name, with what is wrong. Reported even
+    /// when the log held a valid snapshot for the same machine: that one may be older than
+    /// what the corrupt file held, so a caller decides whether the fallback is acceptable.
     pub corrupt: Vec<(String, Corruption)>,
     /// Temp files of interrupted writes that were removed.
     pub stray_temps_removed: usize,
@@ -346,11 +348,6 @@ impl FileStore {
             inner.next_segment = number + 1;
         }
         inner.live_segments = segments.keys().copied().collect();
-        // A machine the log brought back is no longer corrupt.
-        report.corrupt.retain(|(name, _)| {
-            let stem = name.strip_suffix(SNAP_SUFFIX).unwrap_or(name);
-            matches!(inner.index.get(stem), Some(Entry::Corrupt(_)))
-        });
         if !inner.live_segments.is_empty() {
             self.compact(&mut inner)?;
         }

@@ -1,6 +1,6 @@
 //! The mirrored store: the error kernel kept twice.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -362,20 +362,24 @@ impl SnapshotStore for MirroredStore {
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
         let mut all = BTreeSet::new();
-        let mut errors = HashMap::new();
+        let mut answered = false;
+        let mut first_error = None;
         for side in Side::BOTH {
             match self.sides[side.index()].ids() {
-                Ok(ids) => all.extend(ids),
+                Ok(ids) => {
+                    answered = true;
+                    all.extend(ids);
+                }
                 Err(e) => {
                     self.failed(side, &e);
-                    errors.insert(side.index(), e);
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        if errors.len() == 2 {
-            return Err(errors.remove(&0).expect("both failed"));
+        match first_error {
+            Some(e) if !answered => Err(e),
+            _ => Ok(all.into_iter().collect()),
         }
-        Ok(all.into_iter().collect())
     }
 
     fn capabilities(&self) -> Capabilities {

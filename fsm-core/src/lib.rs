@@ -72,6 +72,7 @@ extern crate self as fsm_core;
 
 mod diagram;
 mod effects;
+pub mod kernel;
 mod machine;
 pub mod queue;
 mod redact;

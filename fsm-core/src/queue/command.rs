@@ -174,38 +174,41 @@ impl fmt::Display for Outcome {
     }
 }
 
-struct Slot {
-    state: Mutex<SlotState>,
+struct Slot<O> {
+    state: Mutex<SlotState<O>>,
     ready: Condvar,
 }
 
-#[derive(Default)]
-struct SlotState {
-    outcome: Option<Outcome>,
+struct SlotState<O> {
+    outcome: Option<O>,
     /// Set once the outcome was sent, even after the ticket took it.
     sent: bool,
     waker: Option<Waker>,
 }
 
-impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+impl<O> Slot<O> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState<O>> {
         // A panic while holding this lock cannot leave the state half-written (plain moves).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The sending half of a ticket, carried by the command through the queue.
-pub(crate) struct Reply(Option<Arc<Slot>>);
+/// The sending half of a ticket, carried by the command through the queue (or the kernel).
+pub(crate) struct Reply<O = Outcome> {
+    slot: Option<Arc<Slot<O>>>,
+    /// The answer of a command dropped unanswered.
+    closed: fn() -> O,
+}
 
-impl Reply {
-    pub(crate) fn send(mut self, outcome: Outcome) {
-        if let Some(slot) = self.0.take() {
+impl<O> Reply<O> {
+    pub(crate) fn send(mut self, outcome: O) {
+        if let Some(slot) = self.slot.take() {
             deliver(&slot, outcome);
         }
     }
 }
 
-fn deliver(slot: &Slot, outcome: Outcome) {
+fn deliver<O>(slot: &Slot<O>, outcome: O) {
     let waker = {
         let mut state = slot.lock();
         if state.sent {
@@ -222,44 +225,53 @@ fn deliver(slot: &Slot, outcome: Outcome) {
 }
 
 /// A command that is dropped unanswered (its queue's consumer unwound, say) still answers: it
-/// never reached a decision by the machine, so it is `Closed`.
-impl Drop for Reply {
+/// never reached a decision by the machine, so it is closed (`Outcome::Closed` for a queue).
+impl<O> Drop for Reply<O> {
     fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
-            deliver(&slot, Outcome::Closed);
+        if let Some(slot) = self.slot.take() {
+            deliver(&slot, (self.closed)());
         }
     }
 }
 
-/// The receiving end of a command's [`Outcome`]: wait for it, poll it, or `.await` it.
+/// The receiving end of a command's outcome: wait for it, poll it, or `.await` it.
 ///
 /// Returned by the `request` methods of [`Sender`](super::Sender) once the queue accepted the
-/// command. Every accepted command is answered exactly once, so waiting always ends (at the
-/// latest when the queue's consumer is dropped, with [`Outcome::Closed`]).
+/// command (with `O` = [`Outcome`]), and by the kernel's submit methods (with `O` = the
+/// kernel's [`Reply`](crate::kernel::Reply)). Every accepted command is answered exactly once,
+/// so waiting always ends (at the latest when whoever holds the command drops it, with a
+/// "closed" answer).
 ///
 /// As a future it needs no particular executor: it stores the waker and is woken when the
 /// outcome is sent.
 #[must_use = "a ticket does nothing unless its outcome is read"]
-pub struct Ticket {
-    slot: Arc<Slot>,
+pub struct Ticket<O = Outcome> {
+    slot: Arc<Slot<O>>,
 }
 
-impl Ticket {
-    pub(crate) fn new() -> (Ticket, Reply) {
+impl<O> Ticket<O> {
+    /// A ticket and the reply that answers it; `closed` is the answer if the reply is dropped
+    /// unanswered.
+    pub(crate) fn new(closed: fn() -> O) -> (Ticket<O>, Reply<O>) {
         let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::default()),
+            state: Mutex::new(SlotState {
+                outcome: None,
+                sent: false,
+                waker: None,
+            }),
             ready: Condvar::new(),
         });
-        (Ticket { slot: slot.clone() }, Reply(Some(slot)))
-    }
-
-    /// The outcome if it is already known.
-    pub fn try_outcome(&self) -> Option<Outcome> {
-        self.slot.lock().outcome.clone()
+        (
+            Ticket { slot: slot.clone() },
+            Reply {
+                slot: Some(slot),
+                closed,
+            },
+        )
     }
 
     /// Blocks the thread until the outcome is known.
-    pub fn wait(self) -> Outcome {
+    pub fn wait(self) -> O {
         let mut state = self.slot.lock();
         loop {
             if let Some(outcome) = state.outcome.take() {
@@ -272,10 +284,17 @@ impl Ticket {
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
+}
+
+impl<O: Clone> Ticket<O> {
+    /// The outcome if it is already known.
+    pub fn try_outcome(&self) -> Option<O> {
+        self.slot.lock().outcome.clone()
+    }
 
     /// Blocks the thread for at most `timeout` of real time; `None` if the outcome is not
     /// known by then (the ticket stays usable).
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<O> {
         let deadline = Instant::now() + timeout;
         let mut state = self.slot.lock();
         loop {
@@ -296,10 +315,10 @@ impl Ticket {
     }
 }
 
-impl Future for Ticket {
-    type Output = Outcome;
+impl<O> Future for Ticket<O> {
+    type Output = O;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
         let mut state = self.slot.lock();
         match state.outcome.take() {
             Some(outcome) => Poll::Ready(outcome),
@@ -314,7 +333,7 @@ impl Future for Ticket {
     }
 }
 
-impl fmt::Debug for Ticket {
+impl<O> fmt::Debug for Ticket<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.slot.lock();
         f.debug_struct("Ticket")

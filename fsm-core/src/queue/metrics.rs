@@ -68,7 +68,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return LatencySummary::default();
         }
@@ -103,7 +103,7 @@ pub struct Latencies {
     pub end_to_end: Histogram<u64>,
 }
 
-const MAX_NANOS: u64 = 3_600 * 1_000_000_000;
+pub(crate) const MAX_NANOS: u64 = 3_600 * 1_000_000_000;
 
 impl Latencies {
     pub(crate) fn new() -> Self {

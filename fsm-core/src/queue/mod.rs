@@ -82,7 +82,10 @@ pub use metrics::{Counts, Latencies, LatencySummary, Metrics};
 pub use overload::{DelegateCause, DumpCause, DumpSink, Overflow, Overload};
 pub use shared::{Request, Sender, Submit};
 
+pub(crate) use clock::Stamps;
+pub(crate) use command::Reply;
 use consumer::Route;
+pub(crate) use metrics::MAX_NANOS;
 use shared::{Config, Shared};
 
 /// The default bound on commands postponed by `defer(..)`.

@@ -423,7 +423,7 @@ impl<E> Sender<E> {
 }
 
 fn with_ticket<E>(mut cmd: Command<E>) -> (Ticket, Command<E>) {
-    let (ticket, reply) = Ticket::new();
+    let (ticket, reply) = Ticket::new(|| Outcome::Closed);
     cmd.reply = Some(reply);
     (ticket, cmd)
 }

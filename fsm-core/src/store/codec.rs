@@ -136,6 +136,25 @@ where
         )?)
     }
 
+    /// Encodes `machine` as snapshot number `seq` with `journal` stored beside it in the same
+    /// envelope (see [`Snapshot::with_journal`]); [`Codec::decode`] ignores the journal.
+    pub fn encode_with_journal(
+        &self,
+        machine: &M,
+        seq: u64,
+        journal: &[u8],
+    ) -> Result<Snapshot, EncodeError> {
+        let payload = serialize(machine, self.format)?;
+        Ok(Snapshot::with_journal(
+            M::TABLE.machine(),
+            self.schema,
+            seq,
+            self.format,
+            journal,
+            &payload,
+        )?)
+    }
+
     /// Decodes a verified snapshot into a valid machine.
     pub fn decode(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
         let expected = M::TABLE.machine();

@@ -5,7 +5,7 @@
 //!      0    4  magic "FSMS"
 //!      4    1  format version (1)
 //!      5    1  payload codec (0 postcard, 1 JSON)
-//!      6    2  flags (reserved, 0)
+//!      6    2  flags: bit 0 = the payload starts with a journal; other bits reserved (0)
 //!      8    4  schema version of the machine type      (little endian, as every number)
 //!     12    8  sequence
 //!     20    2  machine type name length n (at most 255)
@@ -14,6 +14,12 @@
 //!   26+n    p  payload
 //! 26+n+p    4  CRC32C of every byte before it
 //! ```
+//!
+//! With flag bit 0 set, the payload area holds a **journal** before the machine's state:
+//! a 4-byte journal length `j`, `j` bytes of journal, then the state. The journal is the
+//! kernel's bookkeeping that must become durable in the same write as the state (the
+//! idempotency keys of the transitions that produced it); [`Snapshot::payload`] is the state
+//! alone, so a codec reads a journaled snapshot like any other.
 //!
 //! Decoding borrows the bytes it is given and allocates nothing; it checks the length fields
 //! against the bytes actually present and against [`Limits`] before anything else looks at
@@ -31,6 +37,10 @@ const FIXED: usize = 26;
 const CRC_LEN: usize = 4;
 /// The longest machine type name an envelope carries.
 pub const MAX_MACHINE_NAME: usize = 255;
+/// Flag bit: the payload area starts with a journal.
+const FLAG_JOURNAL: u16 = 1;
+/// Bytes of the journal's length field.
+const JOURNAL_LEN: usize = 4;
 
 /// How the payload (the machine's state) is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -105,6 +115,8 @@ pub struct Snapshot {
     schema: u32,
     seq: u64,
     name_len: usize,
+    /// Length of the journal (without its length field), if the snapshot has one.
+    journal_len: Option<usize>,
 }
 
 impl Snapshot {
@@ -117,23 +129,55 @@ impl Snapshot {
         format: Format,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
+        Snapshot::build(machine, schema, seq, format, None, payload)
+    }
+
+    /// Like [`Snapshot::new`], with a `journal` stored before the state in the same envelope
+    /// (so both become durable in one write). [`Snapshot::journal`] reads it back.
+    pub fn with_journal(
+        machine: &str,
+        schema: u32,
+        seq: u64,
+        format: Format,
+        journal: &[u8],
+        payload: &[u8],
+    ) -> Result<Snapshot, EnvelopeError> {
+        Snapshot::build(machine, schema, seq, format, Some(journal), payload)
+    }
+
+    fn build(
+        machine: &str,
+        schema: u32,
+        seq: u64,
+        format: Format,
+        journal: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<Snapshot, EnvelopeError> {
         if machine.len() > MAX_MACHINE_NAME {
             return Err(EnvelopeError::NameTooLong { len: machine.len() });
         }
-        let payload_len = u32::try_from(payload.len()).map_err(|_| EnvelopeError::TooLarge {
-            len: payload.len(),
+        let area = payload.len() + journal.map_or(0, |j| JOURNAL_LEN + j.len());
+        let too_large = || EnvelopeError::TooLarge {
+            len: area,
             limit: u32::MAX as usize,
-        })?;
-        let mut bytes = Vec::with_capacity(FIXED + machine.len() + payload.len() + CRC_LEN);
+        };
+        let payload_len = u32::try_from(area).map_err(|_| too_large())?;
+        let flags = if journal.is_some() { FLAG_JOURNAL } else { 0 };
+        let mut bytes = Vec::with_capacity(FIXED + machine.len() + area + CRC_LEN);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(FORMAT_VERSION);
         bytes.push(format.tag());
-        bytes.extend_from_slice(&0u16.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
         bytes.extend_from_slice(&schema.to_le_bytes());
         bytes.extend_from_slice(&seq.to_le_bytes());
         bytes.extend_from_slice(&(machine.len() as u16).to_le_bytes());
         bytes.extend_from_slice(&payload_len.to_le_bytes());
         bytes.extend_from_slice(machine.as_bytes());
+        if let Some(journal) = journal {
+            // Fits: the whole area fits in a u32.
+            bytes.extend_from_slice(&(journal.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(journal);
+        }
         bytes.extend_from_slice(payload);
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
@@ -143,6 +187,7 @@ impl Snapshot {
             schema,
             seq,
             name_len: machine.len(),
+            journal_len: journal.map(<[u8]>::len),
         })
     }
 
@@ -161,6 +206,7 @@ impl Snapshot {
             schema: header.schema,
             seq: header.seq,
             name_len: header.name_len,
+            journal_len: header.journal_len,
         })
     }
 
@@ -191,9 +237,17 @@ impl Snapshot {
         self.format
     }
 
-    /// The encoded machine state.
+    /// The encoded machine state (without the journal, if there is one).
     pub fn payload(&self) -> &[u8] {
-        &self.bytes[FIXED + self.name_len..self.bytes.len() - CRC_LEN]
+        let start = FIXED + self.name_len + self.journal_len.map_or(0, |j| JOURNAL_LEN + j);
+        &self.bytes[start..self.bytes.len() - CRC_LEN]
+    }
+
+    /// The journal stored with the state, if the snapshot was made
+    /// [`with_journal`](Snapshot::with_journal).
+    pub fn journal(&self) -> Option<&[u8]> {
+        let start = FIXED + self.name_len + JOURNAL_LEN;
+        self.journal_len.map(|j| &self.bytes[start..start + j])
     }
 
     /// The whole envelope, as a store writes it.
@@ -226,6 +280,7 @@ impl fmt::Debug for Snapshot {
             .field("seq", &self.seq)
             .field("format", &self.format)
             .field("payload_len", &self.payload().len())
+            .field("journal_len", &self.journal_len)
             .finish()
     }
 }
@@ -235,6 +290,7 @@ struct Header {
     schema: u32,
     seq: u64,
     name_len: usize,
+    journal_len: Option<usize>,
     total: usize,
 }
 
@@ -260,7 +316,7 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     }
     let format = Format::from_tag(bytes[5]).ok_or(EnvelopeError::UnknownCodec { tag: bytes[5] })?;
     let flags = u16::from_le_bytes(le(bytes, 6));
-    if flags != 0 {
+    if flags & !FLAG_JOURNAL != 0 {
         return Err(EnvelopeError::ReservedFlags { flags });
     }
     let schema = u32::from_le_bytes(le(bytes, 8));
@@ -292,11 +348,31 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     if std::str::from_utf8(&bytes[FIXED..FIXED + name_len]).is_err() {
         return Err(EnvelopeError::NameNotUtf8);
     }
+    let journal_len = if flags & FLAG_JOURNAL != 0 {
+        let area = &bytes[FIXED + name_len..total - CRC_LEN];
+        if area.len() < JOURNAL_LEN {
+            return Err(EnvelopeError::BadJournal {
+                declared: None,
+                area: area.len(),
+            });
+        }
+        let declared = u32::from_le_bytes(le(area, 0)) as usize;
+        if declared > area.len() - JOURNAL_LEN {
+            return Err(EnvelopeError::BadJournal {
+                declared: Some(declared),
+                area: area.len(),
+            });
+        }
+        Some(declared)
+    } else {
+        None
+    };
     Ok(Header {
         format,
         schema,
         seq,
         name_len,
+        journal_len,
         total,
     })
 }
@@ -365,6 +441,14 @@ pub enum EnvelopeError {
         declared: usize,
         /// The length present.
         actual: usize,
+    },
+    /// The journal flag is set but the journal does not fit in the payload area.
+    #[error("journal of {declared:?} bytes does not fit in a payload area of {area} bytes")]
+    BadJournal {
+        /// The journal length declared, if the area even holds the length field.
+        declared: Option<usize>,
+        /// The payload area's size.
+        area: usize,
     },
     /// The checksum does not match: flipped bits, a torn write, or garbage.
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
@@ -470,6 +554,51 @@ mod tests {
                 found: FORMAT_VERSION + 1
             }
         );
+    }
+
+    #[test]
+    fn a_journal_travels_before_the_state_and_the_payload_is_the_state_alone() {
+        let s = Snapshot::with_journal("Order", 3, 9, Format::Postcard, b"keys", b"state").unwrap();
+        let back = Snapshot::from_bytes(s.as_bytes().to_vec(), &Limits::DEFAULT).unwrap();
+        assert_eq!(back.journal(), Some(&b"keys"[..]));
+        assert_eq!(back.payload(), b"state");
+        assert_eq!(sample().journal(), None);
+        let empty = Snapshot::with_journal("M", 1, 1, Format::Postcard, b"", b"").unwrap();
+        assert_eq!(empty.journal(), Some(&b""[..]));
+        assert_eq!(empty.payload(), b"");
+    }
+
+    #[test]
+    fn a_journal_longer_than_its_area_is_refused() {
+        let s = Snapshot::with_journal("M", 1, 1, Format::Postcard, b"keys", b"state").unwrap();
+        let mut bytes = s.into_bytes();
+        let at = FIXED + 1;
+        bytes[at..at + 4].copy_from_slice(&10u32.to_le_bytes());
+        let end = bytes.len() - CRC_LEN;
+        let crc = crc32c::crc32c(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Snapshot::from_bytes(bytes, &Limits::DEFAULT).unwrap_err(),
+            EnvelopeError::BadJournal {
+                declared: Some(10),
+                area: 13
+            }
+        );
+        // The flag over a payload area too short for the length field.
+        let mut short = Snapshot::new("M", 1, 1, Format::Postcard, b"ab")
+            .unwrap()
+            .into_bytes();
+        short[6] = 1;
+        let end = short.len() - CRC_LEN;
+        let crc = crc32c::crc32c(&short[..end]);
+        short[end..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Snapshot::from_bytes(short, &Limits::DEFAULT),
+            Err(EnvelopeError::BadJournal {
+                declared: None,
+                area: 2
+            })
+        ));
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! A shard's inbox: the bounded queue in front of every machine of one shard, where overload
+//! is decided for the kernel.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::queue::{Clock, DumpCause, Overload, Reply};
+use crate::store::MachineId;
+
+use super::outcome::{CommandError, Outcome};
+use super::request::Request;
+use super::Durable;
+
+/// A command on its way to a machine.
+pub(crate) struct Cmd<M: Durable> {
+    pub(crate) id: MachineId,
+    pub(crate) request: Request<M::Event>,
+    /// Latency stamp taken when the inbox accepted it (0 when latencies are off).
+    pub(crate) enqueued: u64,
+    /// Where the outcome goes; `None` for events fed back by effect workers.
+    pub(crate) reply: Option<Reply<Outcome>>,
+}
+
+impl<M: Durable> Cmd<M> {
+    pub(crate) fn answer(mut self, outcome: Outcome) -> Request<M::Event> {
+        if let Some(reply) = self.reply.take() {
+            reply.send(outcome);
+        }
+        self.request
+    }
+}
+
+/// What a shard is asked to do.
+pub(crate) enum Job<M: Durable> {
+    Command(Cmd<M>),
+    /// Evict idle machines now; answers how many stay resident.
+    Sweep(Reply<usize>),
+    /// Forget a quarantine so the next command reloads the machine; answers whether it was
+    /// quarantined.
+    Release(MachineId, Reply<bool>),
+}
+
+/// How a shard leaves its loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Decide what is queued, then stop.
+    Drain,
+    /// Decide nothing more; hand every queued command back.
+    HandBack,
+}
+
+pub(crate) struct State<M: Durable> {
+    pub(crate) jobs: VecDeque<Job<M>>,
+    /// Commands among `jobs` (the capacity counts commands, not control jobs).
+    pub(crate) commands: usize,
+    pub(crate) closing: Option<Closing>,
+    parked: bool,
+    pub(crate) high_water: usize,
+    /// Submit calls that reached a decision here, by outcome.
+    pub(crate) submitted: u64,
+    pub(crate) full: u64,
+    pub(crate) dumped: u64,
+    pub(crate) expired: u64,
+    pub(crate) closed: u64,
+}
+
+pub(crate) struct Inbox<M: Durable> {
+    state: Mutex<State<M>>,
+    work: Condvar,
+    room: Condvar,
+}
+
+/// How the inbox kept a command.
+pub(crate) enum Admitted {
+    Queued,
+    /// In place of the oldest queued command, which was answered dumped.
+    Evicted,
+}
+
+/// Why the inbox did not keep a command.
+pub(crate) enum Refusal {
+    Full,
+    Closed,
+    Expired,
+    Dumped,
+}
+
+impl<M: Durable> Inbox<M> {
+    pub(crate) fn new() -> Self {
+        Inbox {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                commands: 0,
+                closing: None,
+                parked: false,
+                high_water: 0,
+                submitted: 0,
+                full: 0,
+                dumped: 0,
+                expired: 0,
+                closed: 0,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+        }
+    }
+
+    /// Only plain field updates happen under the lock, so a poisoned lock holds consistent
+    /// data.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<M>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_shard(&self, mut state: MutexGuard<'_, State<M>>) {
+        let wake = std::mem::replace(&mut state.parked, false);
+        drop(state);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Queues a control job (never refused while the shard runs).
+    pub(crate) fn control(&self, job: Job<M>) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        state.jobs.push_back(job);
+        self.wake_shard(state);
+        true
+    }
+
+    /// Queues an event fed back by an effect worker: never refused for room (fed-back events
+    /// are bounded by the effects in flight, and refusing them could deadlock a worker
+    /// against its own shard), only once the shard stops.
+    pub(crate) fn feedback(&self, cmd: Cmd<M>) -> Result<(), Cmd<M>> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(cmd);
+        }
+        state.jobs.push_back(Job::Command(cmd));
+        state.commands += 1;
+        state.high_water = state.high_water.max(state.commands);
+        self.wake_shard(state);
+        Ok(())
+    }
+
+    /// Queues a submitter's command under the overload policy; `block` waits for room under
+    /// back-pressure (up to the request's deadline).
+    #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
+    pub(crate) fn submit(
+        &self,
+        mut cmd: Cmd<M>,
+        capacity: usize,
+        overload: Overload,
+        clock: &Clock,
+        block: bool,
+        intake_open: impl Fn() -> bool,
+        stamp: impl Fn() -> u64,
+    ) -> Result<Admitted, (Refusal, Cmd<M>)> {
+        let mut state = self.lock();
+        loop {
+            let deadline = cmd.request.deadline;
+            if deadline.is_some_and(|d| clock.now() >= d) {
+                state.submitted += 1;
+                state.expired += 1;
+                return Err((Refusal::Expired, cmd));
+            }
+            if state.closing.is_some() || !intake_open() {
+                state.submitted += 1;
+                state.closed += 1;
+                return Err((Refusal::Closed, cmd));
+            }
+            if state.commands < capacity {
+                cmd.enqueued = stamp();
+                state.jobs.push_back(Job::Command(cmd));
+                state.commands += 1;
+                state.submitted += 1;
+                state.high_water = state.high_water.max(state.commands);
+                self.wake_shard(state);
+                return Ok(Admitted::Queued);
+            }
+            match overload {
+                Overload::DropNewest => {
+                    state.submitted += 1;
+                    state.dumped += 1;
+                    return Err((Refusal::Dumped, cmd));
+                }
+                Overload::DropOldest => {
+                    let oldest = state
+                        .jobs
+                        .iter()
+                        .position(|j| matches!(j, Job::Command(_)))
+                        .and_then(|at| state.jobs.remove(at));
+                    cmd.enqueued = stamp();
+                    state.jobs.push_back(Job::Command(cmd));
+                    state.submitted += 1;
+                    state.dumped += 1;
+                    self.wake_shard(state);
+                    if let Some(Job::Command(oldest)) = oldest {
+                        oldest.answer(Err(CommandError::Dumped(DumpCause::Evicted)));
+                        return Ok(Admitted::Evicted);
+                    }
+                    return Ok(Admitted::Queued);
+                }
+                // Delegate is decided by the caller, which owns the overflow sink.
+                _ if !block => {
+                    state.submitted += 1;
+                    state.full += 1;
+                    return Err((Refusal::Full, cmd));
+                }
+                _ => {
+                    let bound = clock.sleep_bound(deadline);
+                    state = match bound {
+                        Some(d) => {
+                            self.room
+                                .wait_timeout(state, d)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0
+                        }
+                        None => self
+                            .room
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Counts a submit the caller decided itself (a delegation).
+    pub(crate) fn count_delegated(&self) {
+        self.lock().submitted += 1;
+    }
+
+    /// Takes every queued job, waiting up to `bound` (forever if `None`) when there is none.
+    /// Returns the jobs and how the shard is asked to close, if it is.
+    pub(crate) fn take(
+        &self,
+        bound: Option<Duration>,
+        into: &mut VecDeque<Job<M>>,
+    ) -> Option<Closing> {
+        let mut state = self.lock();
+        if state.jobs.is_empty() && state.closing.is_none() {
+            state.parked = true;
+            state = match bound {
+                Some(d) => {
+                    self.work
+                        .wait_timeout(state, d)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+            state.parked = false;
+        }
+        std::mem::swap(&mut state.jobs, into);
+        let had = state.commands;
+        state.commands = 0;
+        let closing = state.closing;
+        drop(state);
+        if had > 0 {
+            self.room.notify_all();
+        }
+        closing
+    }
+
+    /// Asks the shard to stop; blocked submitters are released (they are answered closed).
+    pub(crate) fn close(&self, how: Closing) {
+        let mut state = self.lock();
+        if state.closing != Some(Closing::HandBack) {
+            state.closing = Some(how);
+        }
+        drop(state);
+        self.work.notify_all();
+        self.room.notify_all();
+    }
+
+    /// Wakes blocked submitters so they see that intake closed.
+    pub(crate) fn release_waiters(&self) {
+        let _state = self.lock();
+        self.room.notify_all();
+    }
+}

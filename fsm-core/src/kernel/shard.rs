@@ -1,0 +1,912 @@
+//! A shard: one thread owning a set of machines (those whose id hashes to it), their registry,
+//! and the loop apply -> group commit -> acknowledge -> effects.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::effects::Effects;
+use crate::machine::{Event, Transition};
+use crate::queue::{DelegateCause, DumpCause, Reply};
+use crate::rejection::{Reason, Refusal, Rejection};
+use crate::store::{MachineId, Put, Snapshot, StoreError};
+use crate::table::Policy;
+
+use super::inbox::{Closing, Cmd, Job};
+use super::journal::{Entry, Journal};
+use super::outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined};
+use super::request::{IdempotencyKey, Request};
+use super::stats::KernelCounts;
+use super::supervisor::WorkerMsg;
+use super::trace::{TraceEntry, TraceOutcome};
+use super::{Durable, Inner, RecoveryReport};
+
+/// One machine in memory.
+struct Slot<M: Durable> {
+    machine: M,
+    journal: Journal,
+    /// The sequence of the newest durable snapshot (`None`: never stored).
+    seq: Option<u64>,
+    /// Changed in this batch and not yet stored.
+    dirty: bool,
+    /// Commands postponed by `defer(..)`, oldest first.
+    deferred: VecDeque<Cmd<M>>,
+    last_used: Instant,
+}
+
+impl<M: Durable> Slot<M> {
+    fn next_seq(&self) -> u64 {
+        self.seq.map_or(1, |s| s + 1)
+    }
+}
+
+/// What the machine decided for one command, before the group commit says whether it holds.
+enum Decision<F> {
+    Applied {
+        transition: Transition,
+        seq: u64,
+        effects: Vec<F>,
+    },
+    Duplicate {
+        transition: Transition,
+        seq: u64,
+    },
+    Rejected(Rejection),
+    Deferred,
+    Failed(CommandError),
+}
+
+/// A decided command waiting for the batch's commit.
+struct Pending<M: Durable> {
+    id: MachineId,
+    reply: Option<Reply<Outcome>>,
+    fed_back: bool,
+    decision: Decision<M::Effect>,
+    /// Decided against a state not yet stored: void if the machine's commit fails.
+    after_change: bool,
+    from: &'static str,
+    event: &'static str,
+    enqueued: u64,
+    taken: u64,
+    apply_ns: u64,
+}
+
+/// A command split into its event and everything else.
+struct Shell {
+    id: MachineId,
+    key: Option<IdempotencyKey>,
+    deadline: Option<Instant>,
+    enqueued: u64,
+    reply: Option<Reply<Outcome>>,
+}
+
+impl Shell {
+    fn split<M: Durable>(cmd: Cmd<M>) -> (M::Event, Shell) {
+        let Cmd {
+            id,
+            request,
+            enqueued,
+            reply,
+        } = cmd;
+        let Request {
+            event,
+            key,
+            deadline,
+        } = request;
+        (
+            event,
+            Shell {
+                id,
+                key,
+                deadline,
+                enqueued,
+                reply,
+            },
+        )
+    }
+
+    fn join<M: Durable>(self, event: M::Event) -> Cmd<M> {
+        Cmd {
+            id: self.id,
+            request: Request {
+                event,
+                key: self.key,
+                deadline: self.deadline,
+            },
+            enqueued: self.enqueued,
+            reply: self.reply,
+        }
+    }
+}
+
+pub(crate) struct Shard<M: Durable> {
+    index: usize,
+    inner: Arc<Inner<M>>,
+    slots: HashMap<MachineId, Slot<M>>,
+    quarantined: HashMap<MachineId, Arc<Quarantined>>,
+    jobs: VecDeque<Job<M>>,
+    work: VecDeque<Cmd<M>>,
+    pending: Vec<Pending<M>>,
+    /// Machines changed in this batch, in the order they first changed.
+    changed: Vec<MachineId>,
+    effects: Effects<M::Effect>,
+    /// Counts since the last publication.
+    counts: KernelCounts,
+    /// Commands postponed now, over all machines (a level, not a count).
+    deferred: u64,
+    last_sweep: Instant,
+}
+
+/// What a shard hands back when it stops.
+pub(crate) type HandedBack<E> = Vec<(MachineId, Request<E>)>;
+
+impl<M: Durable> Shard<M> {
+    pub(crate) fn new(index: usize, inner: Arc<Inner<M>>) -> Self {
+        let now = inner.config.clock.now();
+        Shard {
+            index,
+            inner,
+            slots: HashMap::new(),
+            quarantined: HashMap::new(),
+            jobs: VecDeque::new(),
+            work: VecDeque::new(),
+            pending: Vec::new(),
+            changed: Vec::new(),
+            effects: Effects::new(),
+            counts: KernelCounts::default(),
+            deferred: 0,
+            last_sweep: now,
+        }
+    }
+
+    /// Loads every machine in `ids` (recovery on start).
+    pub(crate) fn recover(&mut self, ids: Vec<MachineId>) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        let now = self.inner.config.clock.now();
+        for id in ids {
+            match self.load(&id, now) {
+                Ok(slot) => {
+                    report.recovered += 1;
+                    self.slots.insert(id, slot);
+                }
+                Err(CommandError::Quarantined(q)) => report.quarantined.push(q),
+                Err(e) => report.unavailable.push((id, e.to_string())),
+            }
+        }
+        self.publish_gauges();
+        report
+    }
+
+    /// The shard's loop: until asked to close, take a batch, decide it, commit it, answer it.
+    pub(crate) fn run(mut self) -> HandedBack<M::Event> {
+        let mut handed_back = Vec::new();
+        loop {
+            let bound = self.wait_bound();
+            let inbox = &self.inner.inboxes[self.index];
+            let closing = inbox.take(bound, &mut self.jobs);
+            if closing == Some(Closing::HandBack) {
+                self.hand_back(&mut handed_back);
+                break;
+            }
+            let now = self.inner.config.clock.now();
+            self.batch(now);
+            if closing == Some(Closing::Drain)
+                && self.inner.inboxes[self.index].lock().jobs.is_empty()
+            {
+                break;
+            }
+            if now.saturating_duration_since(self.last_sweep) >= self.sweep_every() {
+                self.sweep(now);
+            }
+        }
+        // Postponed commands the machines never took go back to the caller.
+        for slot in self.slots.values_mut() {
+            for cmd in slot.deferred.drain(..) {
+                self.counts.closed += 1;
+                let id = cmd.id.clone();
+                let fed_back = cmd.reply.is_none();
+                let request = cmd.answer(Err(CommandError::Closed));
+                if !fed_back {
+                    handed_back.push((id, request));
+                }
+            }
+        }
+        self.deferred = 0;
+        self.publish(&[], 0);
+        handed_back
+    }
+
+    fn sweep_every(&self) -> Duration {
+        (self.inner.config.idle_after / 4).max(Duration::from_millis(10))
+    }
+
+    /// How long to sleep when idle: forever with nothing resident, else until the next sweep
+    /// (in real time; a manual clock is swept on demand through `Kernel::sweep`).
+    fn wait_bound(&self) -> Option<Duration> {
+        (!self.slots.is_empty()).then(|| self.sweep_every())
+    }
+
+    fn hand_back(&mut self, out: &mut HandedBack<M::Event>) {
+        let mut n = 0;
+        for job in self.jobs.drain(..) {
+            if let Job::Command(cmd) = job {
+                n += 1;
+                self.counts.closed += 1;
+                let id = cmd.id.clone();
+                let fed_back = cmd.reply.is_none();
+                let request = cmd.answer(Err(CommandError::Closed));
+                if !fed_back {
+                    out.push((id, request));
+                }
+            }
+        }
+        self.inner.quiet.done(n);
+    }
+
+    fn batch(&mut self, now: Instant) {
+        let taken = self.inner.stamp();
+        let mut commands = 0u64;
+        while let Some(job) = self.jobs.pop_front() {
+            match job {
+                Job::Command(cmd) => {
+                    commands += 1;
+                    self.work.push_back(cmd);
+                }
+                Job::Sweep(reply) => {
+                    self.sweep(now);
+                    reply.send(self.slots.len());
+                }
+                Job::Release(id, reply) => {
+                    let was = self.quarantined.remove(&id).is_some();
+                    self.publish_quarantine();
+                    reply.send(was);
+                }
+            }
+        }
+        if commands == 0 {
+            self.publish_gauges();
+            return;
+        }
+        while let Some(cmd) = self.work.pop_front() {
+            self.decide(cmd, now, taken);
+        }
+        let (failed, persist_ns) = self.commit();
+        self.answer(&failed, persist_ns);
+    }
+
+    /// Runs one command against its machine (loading it if needed) and records the decision.
+    fn decide(&mut self, cmd: Cmd<M>, now: Instant, taken: u64) {
+        let (event, shell) = Shell::split(cmd);
+        let event_name = event.name();
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::debug_span!("fsm.command", machine = %shell.id, event = event_name).entered();
+        let mut pending = Pending {
+            id: shell.id.clone(),
+            reply: None,
+            fed_back: shell.reply.is_none(),
+            decision: Decision::Deferred,
+            after_change: false,
+            from: "-",
+            event: event_name,
+            enqueued: shell.enqueued,
+            taken,
+            apply_ns: 0,
+        };
+        if shell.deadline.is_some_and(|d| now >= d) {
+            pending.reply = shell.reply;
+            pending.decision = Decision::Failed(CommandError::Expired);
+            self.pending.push(pending);
+            return;
+        }
+        if let Err(e) = self.ensure_loaded(&shell.id, now) {
+            pending.reply = shell.reply;
+            pending.decision = Decision::Failed(e);
+            self.pending.push(pending);
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&shell.id) else {
+            // Loaded just above; nothing else removes it in between.
+            return;
+        };
+        slot.last_used = now;
+        let state = slot.machine.state();
+        pending.from = M::TABLE.state_name(state);
+        pending.after_change = slot.dirty;
+        if let Some(entry) = shell.key.as_ref().and_then(|k| slot.journal.find(k)) {
+            pending.reply = shell.reply;
+            pending.decision = Decision::Duplicate {
+                transition: entry.transition,
+                seq: entry.seq,
+            };
+            self.pending.push(pending);
+            return;
+        }
+        let state_name = pending.from;
+        match M::TABLE.policy(state, event.id()) {
+            Some(Policy::Defer) => {
+                if slot.deferred.len() < self.inner.config.defer_limit {
+                    slot.deferred.push_back(shell.join(event));
+                    self.deferred += 1;
+                    self.inner.quiet.done(1);
+                    // Traced now; answered when a state change replays it.
+                    self.pending.push(pending);
+                } else {
+                    pending.reply = shell.reply;
+                    pending.decision =
+                        Decision::Failed(CommandError::Dumped(DumpCause::DeferLimit));
+                    self.pending.push(pending);
+                }
+                return;
+            }
+            Some(Policy::Dump) => {
+                pending.reply = shell.reply;
+                pending.decision = Decision::Failed(CommandError::Dumped(DumpCause::StatePolicy {
+                    state: state_name,
+                }));
+                self.pending.push(pending);
+                return;
+            }
+            Some(Policy::Delegate) => {
+                let cause = DelegateCause::StatePolicy { state: state_name };
+                let refused = match &self.inner.overflow {
+                    Some(sink) => sink.delegate((shell.id.clone(), event), &cause).is_err(),
+                    None => true,
+                };
+                pending.reply = shell.reply;
+                pending.decision = Decision::Failed(if refused {
+                    CommandError::Dumped(DumpCause::OverflowRefused)
+                } else {
+                    CommandError::Delegated(cause)
+                });
+                self.pending.push(pending);
+                return;
+            }
+            _ => {}
+        }
+        // Empty here: every decision drains or clears it.
+        debug_assert!(self.effects.is_empty());
+        let started = self.inner.stamp();
+        let event_id = event.id();
+        let machine = &slot.machine;
+        let effects = &mut self.effects;
+        let result = panic::catch_unwind(AssertUnwindSafe(|| machine.next(event, effects)));
+        pending.apply_ns = self.inner.nanos(started, self.inner.stamp());
+        pending.reply = shell.reply;
+        match result {
+            Ok(Ok((next, transition))) => {
+                slot.machine = next;
+                let seq = slot.next_seq();
+                if let Some(key) = shell.key {
+                    slot.journal.record(
+                        Entry {
+                            key,
+                            seq,
+                            transition,
+                        },
+                        self.inner.config.window,
+                    );
+                }
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.changed.push(shell.id.clone());
+                }
+                pending.after_change = true;
+                pending.decision = Decision::Applied {
+                    transition,
+                    seq,
+                    effects: self.effects.drain().collect(),
+                };
+                if !transition.is_self_transition() && !slot.deferred.is_empty() {
+                    // Replay postponed commands, oldest first, before anything newer.
+                    let n = slot.deferred.len();
+                    for cmd in slot.deferred.drain(..).rev() {
+                        self.work.push_front(cmd);
+                    }
+                    self.deferred -= n as u64;
+                    self.inner.quiet.more(n);
+                }
+            }
+            Ok(Err(rejection)) => {
+                self.effects.truncate(0);
+                pending.decision = Decision::Rejected(rejection);
+            }
+            Err(payload) => {
+                self.effects.truncate(0);
+                self.counts.panicked += 1;
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                pending.decision = Decision::Rejected(Rejection::new(
+                    M::TABLE,
+                    state,
+                    event_id,
+                    Reason::Panicked(Refusal::new(message)),
+                ));
+            }
+        }
+        self.pending.push(pending);
+    }
+
+    /// Makes sure machine `id` is in memory, loading it from the store (or creating it) on
+    /// first use.
+    fn ensure_loaded(&mut self, id: &MachineId, now: Instant) -> Result<(), CommandError> {
+        if let Some(q) = self.quarantined.get(id) {
+            return Err(CommandError::Quarantined(q.clone()));
+        }
+        if !self.slots.contains_key(id) {
+            let slot = self.load(id, now)?;
+            self.slots.insert(id.clone(), slot);
+        }
+        Ok(())
+    }
+
+    /// Reads machine `id` from the store: its newest snapshot, decoded and validated, with
+    /// its journal; or the initial state if the store holds none.
+    fn load(&mut self, id: &MachineId, now: Instant) -> Result<Slot<M>, CommandError> {
+        let mut reopened = false;
+        let snapshot = loop {
+            let (generation, store) = self.inner.store.current();
+            match store.get(id) {
+                Ok(s) => break Some(s),
+                Err(StoreError::NotFound { .. }) => break None,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    return Err(self.quarantine(id, QuarantineCause::Corrupt(e)))
+                }
+                Err(e) if !reopened && self.inner.store.recover(generation, &e) => {
+                    reopened = true;
+                }
+                Err(e) => {
+                    return Err(CommandError::Unavailable {
+                        id: id.clone(),
+                        error: Arc::new(e),
+                    })
+                }
+            }
+        };
+        let slot = |machine, journal, seq| Slot {
+            machine,
+            journal,
+            seq,
+            dirty: false,
+            deferred: VecDeque::new(),
+            last_used: now,
+        };
+        let Some(snapshot) = snapshot else {
+            let machine = (self.inner.initial)(id);
+            if machine.state() != M::TABLE.initial() {
+                return Err(CommandError::InvalidInitial {
+                    id: id.clone(),
+                    problem: format!(
+                        "the kernel's initial function gave state `{}`, the table's initial state is `{}`",
+                        machine.state_name(),
+                        M::TABLE.state_name(M::TABLE.initial())
+                    ),
+                });
+            }
+            if let Err(invalid) = machine.validate() {
+                return Err(CommandError::InvalidInitial {
+                    id: id.clone(),
+                    problem: invalid.to_string(),
+                });
+            }
+            return Ok(slot(machine, Journal::default(), None));
+        };
+        let machine = match self.inner.codec.decode(&snapshot) {
+            Ok(m) => m,
+            Err(e) => return Err(self.quarantine(id, QuarantineCause::Decode(e))),
+        };
+        let journal = match snapshot.journal() {
+            None => Journal::default(),
+            Some(bytes) => match Journal::decode(bytes, M::TABLE) {
+                Ok(j) => j,
+                Err(message) => return Err(self.quarantine(id, QuarantineCause::Journal(message))),
+            },
+        };
+        Ok(slot(machine, journal, Some(snapshot.seq())))
+    }
+
+    fn quarantine(&mut self, id: &MachineId, cause: QuarantineCause) -> CommandError {
+        let q = Arc::new(Quarantined {
+            id: id.clone(),
+            cause,
+        });
+        #[cfg(feature = "tracing")]
+        tracing::error!(machine = %id, cause = %q.cause, "fsm.quarantined");
+        self.quarantined.insert(id.clone(), q.clone());
+        self.publish_quarantine();
+        CommandError::Quarantined(q)
+    }
+
+    fn publish_quarantine(&self) {
+        let mut stats = self.inner.stats[self.index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stats.quarantine = self.quarantined.values().cloned().collect();
+        stats.quarantined = self.quarantined.len();
+    }
+
+    /// Stores every machine changed in this batch with one `put_many`. Returns the machines
+    /// whose change did not hold, with the error their commands get, and the time it took.
+    fn commit(&mut self) -> (HashMap<MachineId, CommandError>, u64) {
+        let mut failed = HashMap::new();
+        if self.changed.is_empty() {
+            return (failed, 0);
+        }
+        let mut snapshots: Vec<(MachineId, Option<u64>, Snapshot)> =
+            Vec::with_capacity(self.changed.len());
+        for id in self.changed.drain(..) {
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let encoded = self.inner.codec.encode_with_journal(
+                &slot.machine,
+                slot.next_seq(),
+                &slot.journal.encode(),
+            );
+            match encoded {
+                Ok(snapshot) => snapshots.push((id, slot.seq, snapshot)),
+                Err(e) => {
+                    let error = CommandError::Unencodable {
+                        id: id.clone(),
+                        message: e.to_string(),
+                    };
+                    failed.insert(id, error);
+                }
+            }
+        }
+        let puts: Vec<Put<'_>> = snapshots
+            .iter()
+            .map(|(id, expected, s)| Put::new(id, *expected, s))
+            .collect();
+        let started = self.inner.stamp();
+        let (generation, store) = self.inner.store.current();
+        let result = if puts.is_empty() {
+            Ok(())
+        } else {
+            store.put_many(&puts)
+        };
+        let persist_ns = self.inner.nanos(started, self.inner.stamp());
+        match result {
+            Ok(()) => {
+                let mut stats = self.inner.stats[self.index]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                stats.commits += 1;
+                stats.snapshots += snapshots.len() as u64;
+                drop(stats);
+                for (id, _, snapshot) in &snapshots {
+                    if let Some(slot) = self.slots.get_mut(id) {
+                        slot.seq = Some(snapshot.seq());
+                        slot.dirty = false;
+                    }
+                }
+            }
+            Err(e) => {
+                let unknown = e.is_outcome_unknown() || e.is_poisoned();
+                #[cfg(feature = "tracing")]
+                tracing::error!(error = %e, machines = snapshots.len(), outcome_unknown = unknown, "fsm.commit_failed");
+                let probe = snapshots.first().map(|(id, _, _)| id.clone());
+                let error = Arc::new(e);
+                for (id, _, _) in snapshots {
+                    let e = if unknown {
+                        CommandError::OutcomeUnknown {
+                            id: id.clone(),
+                            error: error.clone(),
+                        }
+                    } else {
+                        CommandError::NotStored {
+                            id: id.clone(),
+                            error: error.clone(),
+                        }
+                    };
+                    failed.insert(id, e);
+                }
+                // A store that stopped (poisoned) is reopened before the machines reload.
+                if let Some(probe) = probe {
+                    let stopped = error.is_poisoned()
+                        || matches!(store.sequence(&probe), Err(ref p) if p.is_poisoned());
+                    if stopped {
+                        self.inner.store.recover(
+                            generation,
+                            &StoreError::Poisoned {
+                                cause: error.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        // Machines whose change did not hold go back to their last durable state: they are
+        // dropped and reloaded from the store on next use (which, after an unknown outcome,
+        // is the recovery). Their postponed commands get the same answer.
+        for (id, error) in &failed {
+            if let Some(mut slot) = self.slots.remove(id) {
+                for cmd in slot.deferred.drain(..) {
+                    self.deferred -= 1;
+                    self.inner.quiet.more(1);
+                    let (event, shell) = Shell::split(cmd);
+                    self.pending.push(Pending {
+                        id: shell.id,
+                        reply: shell.reply,
+                        fed_back: false,
+                        decision: Decision::Failed(error.clone()),
+                        after_change: false,
+                        from: M::TABLE.state_name(slot.machine.state()),
+                        event: event.name(),
+                        enqueued: shell.enqueued,
+                        taken: 0,
+                        apply_ns: 0,
+                    });
+                }
+            }
+        }
+        (failed, persist_ns)
+    }
+
+    /// Answers every decided command of the batch, then hands the committed effects to the
+    /// workers, records the trace and publishes the counts.
+    fn answer(&mut self, failed: &HashMap<MachineId, CommandError>, persist_ns: u64) {
+        let answered_at = self.inner.stamp();
+        let at = self
+            .inner
+            .config
+            .clock
+            .now()
+            .saturating_duration_since(self.inner.started);
+        let tracing_on = self.inner.trace.enabled();
+        let mut trace = Vec::new();
+        let mut effects: Vec<(MachineId, Vec<M::Effect>)> = Vec::new();
+        let mut latencies = Vec::with_capacity(self.pending.len());
+        let mut replies = Vec::with_capacity(self.pending.len());
+        let mut answered = 0;
+        let mut pending = std::mem::take(&mut self.pending);
+        for mut p in pending.drain(..) {
+            let voided = if p.after_change {
+                failed.get(&p.id)
+            } else {
+                None
+            };
+            let decision = std::mem::replace(&mut p.decision, Decision::Deferred);
+            let (outcome, kind, to, persisted) = match (voided, decision) {
+                (_, Decision::Deferred) => {
+                    if tracing_on {
+                        trace.push(entry(&p, at, None, TraceOutcome::Deferred, 0, 0, 0));
+                    }
+                    continue;
+                }
+                (Some(e), _) => (Err(e.clone()), kind_of(e), None, persist_ns),
+                (
+                    None,
+                    Decision::Applied {
+                        transition,
+                        seq,
+                        effects: fx,
+                    },
+                ) => {
+                    if !fx.is_empty() {
+                        effects.push((p.id.clone(), fx));
+                    }
+                    (
+                        Ok(Committed {
+                            transition,
+                            seq,
+                            duplicate: false,
+                        }),
+                        TraceOutcome::Committed,
+                        Some(transition.to_name()),
+                        persist_ns,
+                    )
+                }
+                (None, Decision::Duplicate { transition, seq }) => (
+                    Ok(Committed {
+                        transition,
+                        seq,
+                        duplicate: true,
+                    }),
+                    TraceOutcome::Duplicate,
+                    Some(transition.to_name()),
+                    if p.after_change { persist_ns } else { 0 },
+                ),
+                (None, Decision::Rejected(r)) => (
+                    Err(CommandError::Rejected(r)),
+                    TraceOutcome::Rejected,
+                    None,
+                    0,
+                ),
+                (None, Decision::Failed(e)) => {
+                    let kind = kind_of(&e);
+                    (Err(e), kind, None, 0)
+                }
+            };
+            answered += 1;
+            self.count(&outcome, p.fed_back);
+            let end = self.inner.nanos(p.enqueued, answered_at);
+            let wait = self.inner.nanos(p.enqueued, p.taken);
+            latencies.push((wait, p.apply_ns, end));
+            if tracing_on {
+                trace.push(entry(&p, at, to, kind, wait, persisted, end));
+            }
+            if let Some(reply) = p.reply.take() {
+                replies.push((reply, outcome));
+            }
+        }
+        self.pending = pending;
+        // The effects about to be handed out count as work in flight before the answers
+        // count as done, so `Kernel::wait_idle` never sees a gap between the two.
+        if !self.inner.effect_tx.is_empty() {
+            self.inner
+                .quiet
+                .more(effects.iter().map(|(_, fx)| fx.len()).sum());
+        }
+        if tracing_on {
+            self.inner.trace.extend(trace);
+        }
+        // Counts first, so a submitter that reads the metrics after its answer sees it.
+        self.publish(&latencies, persist_ns);
+        for (reply, outcome) in replies {
+            reply.send(outcome);
+        }
+        self.inner.quiet.done(answered);
+        // Effects after every answer: the transitions they come from are durable.
+        if !effects.is_empty() {
+            self.dispatch(effects);
+        }
+    }
+
+    fn count(&mut self, outcome: &Outcome, fed_back: bool) {
+        let c = &mut self.counts;
+        if fed_back {
+            c.fed_back += 1;
+        }
+        match outcome {
+            Ok(committed) if committed.duplicate => c.duplicates += 1,
+            Ok(_) => c.committed += 1,
+            Err(CommandError::Rejected(_)) => c.rejected += 1,
+            Err(CommandError::Expired) => c.expired += 1,
+            Err(CommandError::Dumped(_)) => c.dumped += 1,
+            Err(CommandError::Delegated(_)) => c.delegated += 1,
+            Err(CommandError::NotStored { .. }) => c.not_stored += 1,
+            Err(CommandError::OutcomeUnknown { .. }) => c.outcome_unknown += 1,
+            Err(CommandError::Closed) => c.closed += 1,
+            Err(_) => c.unavailable += 1,
+        }
+    }
+
+    fn dispatch(&mut self, effects: Vec<(MachineId, Vec<M::Effect>)>) {
+        let workers = &self.inner.effect_tx;
+        if workers.is_empty() {
+            return;
+        }
+        for (id, fx) in effects {
+            let worker = self.inner.worker_of(&id).unwrap_or(0);
+            for effect in fx {
+                let msg = WorkerMsg::Effect {
+                    id: id.clone(),
+                    effect,
+                };
+                if workers[worker].send(msg).is_err() {
+                    // The worker thread is gone (shutdown): the effect is abandoned.
+                    self.inner.quiet.done(1);
+                }
+            }
+        }
+    }
+
+    /// Evicts machines idle for `idle_after` that hold nothing (no postponed commands);
+    /// expires postponed commands whose deadline passed.
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
+        let idle_after = self.inner.config.idle_after;
+        let mut expired = Vec::new();
+        for slot in self.slots.values_mut() {
+            if slot
+                .deferred
+                .iter()
+                .any(|c| c.request.deadline.is_some_and(|d| now >= d))
+            {
+                let (keep, gone): (VecDeque<_>, VecDeque<_>) = slot
+                    .deferred
+                    .drain(..)
+                    .partition(|c| c.request.deadline.is_none_or(|d| now < d));
+                slot.deferred = keep;
+                expired.extend(gone);
+            }
+        }
+        for cmd in expired {
+            self.deferred -= 1;
+            self.counts.expired += 1;
+            cmd.answer(Err(CommandError::Expired));
+        }
+        self.slots.retain(|_, s| {
+            s.dirty
+                || !s.deferred.is_empty()
+                || now.saturating_duration_since(s.last_used) < idle_after
+        });
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&mut self) {
+        let mut stats = self.inner.stats[self.index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stats.resident = self.slots.len();
+        stats.quarantined = self.quarantined.len();
+        stats.counts.deferred = self.deferred;
+    }
+
+    /// Adds this batch's counts and latencies to the shard's published stats.
+    fn publish(&mut self, latencies: &[(u64, u64, u64)], persist_ns: u64) {
+        let mut stats = self.inner.stats[self.index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let c = std::mem::take(&mut self.counts);
+        let s = &mut stats.counts;
+        s.fed_back += c.fed_back;
+        s.committed += c.committed;
+        s.duplicates += c.duplicates;
+        s.rejected += c.rejected;
+        s.panicked += c.panicked;
+        s.expired += c.expired;
+        s.dumped += c.dumped;
+        s.delegated += c.delegated;
+        s.not_stored += c.not_stored;
+        s.outcome_unknown += c.outcome_unknown;
+        s.unavailable += c.unavailable;
+        s.closed += c.closed;
+        s.deferred = self.deferred;
+        if self.inner.config.latency {
+            for &(wait, apply, end) in latencies {
+                stats.hist.wait.saturating_record(wait.max(1));
+                stats.hist.apply.saturating_record(apply.max(1));
+                stats.hist.end_to_end.saturating_record(end.max(1));
+            }
+            if persist_ns > 0 {
+                stats.hist.persist.saturating_record(persist_ns);
+            }
+        }
+        if !latencies.is_empty() {
+            stats.hist.batch.saturating_record(latencies.len() as u64);
+        }
+        stats.resident = self.slots.len();
+        stats.quarantined = self.quarantined.len();
+    }
+}
+
+fn kind_of(e: &CommandError) -> TraceOutcome {
+    match e {
+        CommandError::Rejected(_) => TraceOutcome::Rejected,
+        CommandError::Expired => TraceOutcome::Expired,
+        CommandError::Dumped(_) => TraceOutcome::Dumped,
+        CommandError::Delegated(_) => TraceOutcome::Delegated,
+        CommandError::NotStored { .. } => TraceOutcome::NotStored,
+        CommandError::OutcomeUnknown { .. } => TraceOutcome::OutcomeUnknown,
+        _ => TraceOutcome::Unavailable,
+    }
+}
+
+fn entry<M: Durable>(
+    p: &Pending<M>,
+    at: Duration,
+    to: Option<&'static str>,
+    outcome: TraceOutcome,
+    wait: u64,
+    persist: u64,
+    end: u64,
+) -> TraceEntry {
+    TraceEntry {
+        at,
+        machine: p.id.clone(),
+        from: p.from,
+        event: p.event,
+        to,
+        outcome,
+        wait: Duration::from_nanos(wait),
+        apply: Duration::from_nanos(p.apply_ns),
+        persist: Duration::from_nanos(persist),
+        end_to_end: Duration::from_nanos(end),
+    }
+}

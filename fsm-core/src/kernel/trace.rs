@@ -1,0 +1,201 @@
+//! The live trace: a bounded ring of the most recent decisions, readable while the kernel
+//! runs.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::store::MachineId;
+
+/// How a traced command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TraceOutcome {
+    /// Applied and durable.
+    Committed,
+    /// A retried idempotency key: answered with the original outcome, not applied again.
+    Duplicate,
+    /// Refused by the machine.
+    Rejected,
+    /// Postponed by the state's `defer(..)`.
+    Deferred,
+    /// Dropped by policy.
+    Dumped,
+    /// Handed to the overflow sink.
+    Delegated,
+    /// Its deadline passed.
+    Expired,
+    /// The store refused the snapshot; nothing stored.
+    NotStored,
+    /// The store's outcome is unknown; the machine was reloaded.
+    OutcomeUnknown,
+    /// The machine is quarantined, could not be loaded, or could not be encoded.
+    Unavailable,
+}
+
+impl fmt::Display for TraceOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One decision of the kernel: when, which machine, from which state, on which event, to
+/// which state (if it moved), how it ended, and how long each step took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// Time since the kernel started (on the kernel's clock).
+    pub at: Duration,
+    /// The machine.
+    pub machine: MachineId,
+    /// The state the command found.
+    pub from: &'static str,
+    /// The event's name.
+    pub event: &'static str,
+    /// The state entered, for a committed (or duplicate) transition.
+    pub to: Option<&'static str>,
+    /// How it ended.
+    pub outcome: TraceOutcome,
+    /// From acceptance to the shard taking it.
+    pub wait: Duration,
+    /// The machine's work on it.
+    pub apply: Duration,
+    /// The group commit it waited for (zero if nothing was stored).
+    pub persist: Duration,
+    /// From acceptance to the answer.
+    pub end_to_end: Duration,
+}
+
+impl fmt::Display for TraceEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>10.3?} {} {} --{}--> {} {} (wait {:?}, apply {:?}, persist {:?})",
+            self.at,
+            self.machine,
+            self.from,
+            self.event,
+            self.to.unwrap_or("-"),
+            self.outcome,
+            self.wait,
+            self.apply,
+            self.persist
+        )
+    }
+}
+
+/// Which trace entries to read; every criterion set must match.
+///
+/// ```
+/// use fsm_core::kernel::{TraceFilter, TraceOutcome};
+///
+/// let paid_orders = TraceFilter::new().state("Paid").outcome(TraceOutcome::Committed);
+/// # let _ = paid_orders;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TraceFilter {
+    machine: Option<MachineId>,
+    state: Option<String>,
+    event: Option<String>,
+    outcome: Option<TraceOutcome>,
+    limit: Option<usize>,
+}
+
+impl TraceFilter {
+    /// Matches everything.
+    pub fn new() -> Self {
+        TraceFilter::default()
+    }
+
+    /// Only this machine.
+    #[must_use]
+    pub fn machine(mut self, id: &MachineId) -> Self {
+        self.machine = Some(id.clone());
+        self
+    }
+
+    /// Only entries that left or entered the state named `state`.
+    #[must_use]
+    pub fn state(mut self, state: &str) -> Self {
+        self.state = Some(state.to_owned());
+        self
+    }
+
+    /// Only this event.
+    #[must_use]
+    pub fn event(mut self, event: &str) -> Self {
+        self.event = Some(event.to_owned());
+        self
+    }
+
+    /// Only this outcome.
+    #[must_use]
+    pub fn outcome(mut self, outcome: TraceOutcome) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+
+    /// At most the `n` newest matching entries.
+    #[must_use]
+    pub fn last(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    fn matches(&self, e: &TraceEntry) -> bool {
+        self.machine.as_ref().is_none_or(|m| *m == e.machine)
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|s| e.from == s || e.to == Some(s))
+            && self.event.as_deref().is_none_or(|ev| e.event == ev)
+            && self.outcome.is_none_or(|o| o == e.outcome)
+    }
+}
+
+/// The ring buffer.
+pub(crate) struct Trace {
+    capacity: usize,
+    entries: Mutex<VecDeque<TraceEntry>>,
+}
+
+impl Trace {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Trace {
+            capacity,
+            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// Appends a batch of entries under one lock, dropping the oldest beyond the capacity.
+    pub(crate) fn extend(&self, batch: impl IntoIterator<Item = TraceEntry>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        for e in batch {
+            if entries.len() == self.capacity {
+                entries.pop_front();
+            }
+            entries.push_back(e);
+        }
+    }
+
+    /// Matching entries, oldest first.
+    pub(crate) fn read(&self, filter: &TraceFilter) -> Vec<TraceEntry> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<TraceEntry> = entries
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+}

@@ -8,6 +8,8 @@
 //!   copies repaired;
 //! - `SqliteStore` (feature `sqlite`): SQLite in WAL mode with `synchronous=FULL`.
 //!
+//! [`file_kernel`] starts a [`fsm_core::kernel::Kernel`] over a file store in one call.
+//!
 //! ```
 //! use fsm_core::store::{Format, MachineId, Snapshot, SnapshotStore};
 //! use fsm_persist::FileStore;
@@ -28,12 +30,14 @@ pub mod conformance;
 pub mod fault;
 mod file_store;
 pub mod io;
+mod kernel;
 mod mirror;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod wal;
 
 pub use file_store::{FileStore, FileStoreBuilder, Recovery};
+pub use kernel::file_kernel;
 pub use mirror::{MirrorCounts, MirrorStatus, MirroredStore, Side};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous};

@@ -1,0 +1,246 @@
+//! End to end under kill -9: a child process runs a kernel over a file store and answers the
+//! commands it reads on stdin (each with an idempotency key) with acknowledgements on
+//! stdout. The parent SIGKILLs it at random moments, starts it again, resubmits every command
+//! not yet acknowledged with the same key, and at the end checks against a model: every
+//! machine's total is exactly the sum of its commands' amounts (each applied exactly once,
+//! none lost, none twice), and a key acknowledged twice was acknowledged with the same
+//! sequence both times.
+//!
+//! `FSM_KERNEL_KILL_CYCLES` sets the cycles (default 300); `FSM_KILL_SEED` replays a run.
+//! The same binary is the child when `FSM_KERNEL_CHILD` is set.
+#![allow(missing_docs)]
+
+mod kernel_machine;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::{IdempotencyKey, Outcome, Request, Shutdown};
+use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
+use fsm_persist::FileStore;
+use kernel_machine::{Tally, TallyCmd};
+
+const MACHINES: u64 = 6;
+
+fn machine(i: u64) -> MachineId {
+    MachineId::new(format!("tally-{i}")).unwrap()
+}
+
+/// The child: a kernel over the store in `dir`; reads `<machine> <key> <amount>` lines,
+/// answers `ack <key> <seq> <duplicate>` or `err <key> <why>` in the order it submitted.
+fn child(dir: &Path) {
+    let kernel = fsm_persist::file_kernel(dir, |_| Tally::Open { total: 0 })
+        .shards(2)
+        .idempotency_window(512)
+        .start()
+        .expect("the kernel starts");
+    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
+    let acker = std::thread::spawn(move || {
+        let mut out = std::io::stdout().lock();
+        for (key, ticket) in rx {
+            match ticket.wait() {
+                Ok(c) => writeln!(out, "ack {key} {} {}", c.seq, c.duplicate),
+                Err(e) => writeln!(out, "err {key} {e}"),
+            }
+            .unwrap();
+            out.flush().unwrap();
+        }
+    });
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let mut parts = line.split(' ');
+        let (Some(m), Some(key), Some(amount)) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("bad line {line:?}");
+        };
+        let request = Request::new(TallyCmd::Add {
+            amount: amount.parse().unwrap(),
+        })
+        .with_key(IdempotencyKey::new(key).unwrap());
+        let ticket = kernel
+            .submit(&MachineId::new(m).unwrap(), request)
+            .unwrap_or_else(|e| panic!("submit refused: {e}"));
+        tx.send((key.to_owned(), ticket)).unwrap();
+    }
+    drop(tx);
+    acker.join().unwrap();
+    kernel.shutdown(Shutdown::Drain);
+}
+
+struct Model {
+    /// Every command ever sent: key -> (machine, amount).
+    sent: BTreeMap<String, (u64, u64)>,
+    /// Keys not yet acknowledged.
+    pending: BTreeMap<String, (u64, u64)>,
+    /// Key -> the sequence it was acknowledged with.
+    acked: HashMap<String, u64>,
+    duplicates: u64,
+    acks: u64,
+    errors: u64,
+}
+
+impl Model {
+    fn record(&mut self, line: &str, cycle: usize) {
+        let mut parts = line.splitn(4, ' ');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("ack"), Some(key), Some(seq), Some(dup)) => {
+                let seq: u64 = seq.parse().unwrap();
+                self.acks += 1;
+                if dup == "true" {
+                    self.duplicates += 1;
+                }
+                if let Some(first) = self.acked.insert(key.to_owned(), seq) {
+                    assert_eq!(
+                        first, seq,
+                        "cycle {cycle}: key {key} acknowledged at seq {first}, later at {seq}"
+                    );
+                }
+                self.pending.remove(key);
+            }
+            (Some("err"), Some(_key), _, _) => self.errors += 1,
+            _ => panic!("cycle {cycle}: unexpected line {line:?}"),
+        }
+    }
+}
+
+fn spawn(dir: &Path) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("FSM_KERNEL_CHILD", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, u64)>) -> usize {
+    let stdin = child.stdin.as_mut().unwrap();
+    let mut text = String::new();
+    for (key, (m, amount)) in commands {
+        text.push_str(&format!("{} {key} {amount}\n", machine(*m)));
+    }
+    // The child may already be dead (killed): a broken pipe is fine.
+    let _ = stdin
+        .write_all(text.as_bytes())
+        .and_then(|()| stdin.flush());
+    commands.len()
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os("FSM_KERNEL_CHILD") {
+        child(Path::new(&dir));
+        return;
+    }
+    let cycles: usize = std::env::var("FSM_KERNEL_KILL_CYCLES").map_or(300, |v| {
+        v.parse().expect("FSM_KERNEL_KILL_CYCLES is a number")
+    });
+    let seed: u64 = std::env::var("FSM_KILL_SEED").map_or_else(
+        |_| fastrand::u64(..),
+        |v| v.parse().expect("FSM_KILL_SEED is a number"),
+    );
+    println!("kernel_kill9: {cycles} cycles, FSM_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut model = Model {
+        sent: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        acked: HashMap::new(),
+        duplicates: 0,
+        acks: 0,
+        errors: 0,
+    };
+    let mut next_key = 0u64;
+    for cycle in 0..cycles {
+        for _ in 0..rng.usize(1..40) {
+            let key = format!("c{next_key}");
+            let command = (rng.u64(0..MACHINES), next_key + 1);
+            model.sent.insert(key.clone(), command);
+            model.pending.insert(key, command);
+            next_key += 1;
+        }
+        let (mut child, lines) = spawn(dir.path());
+        let batch = model.pending.clone();
+        let sent = send(&mut child, &batch);
+        // Kill after a random number of answers (0: while it recovers), then a random
+        // extra moment, so the kill lands anywhere: in recovery, a commit, an answer.
+        let wait_for = rng.usize(0..=sent);
+        for _ in 0..wait_for {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => model.record(&line, cycle),
+                Err(e) => panic!("cycle {cycle}: no answer from the child: {e}"),
+            }
+        }
+        let spin = Duration::from_micros(rng.u64(0..2000));
+        let t = Instant::now();
+        while t.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Answers already in the pipe were given before the kill: they count.
+        for line in lines {
+            model.record(&line, cycle);
+        }
+    }
+    // A last child is not killed: it answers everything still unacknowledged.
+    let mut rounds = 0;
+    while !model.pending.is_empty() {
+        rounds += 1;
+        assert!(
+            rounds < 10,
+            "commands never acknowledged: {:?}",
+            model.pending
+        );
+        let (mut child, lines) = spawn(dir.path());
+        let batch = model.pending.clone();
+        send(&mut child, &batch);
+        drop(child.stdin.take());
+        for line in lines {
+            model.record(&line, cycles);
+        }
+        assert!(child.wait().unwrap().success(), "the last child failed");
+    }
+
+    // The model: every key applied exactly once.
+    let store = FileStore::open(dir.path()).unwrap();
+    let codec = Codec::<Tally>::new(1);
+    for i in 0..MACHINES {
+        let want: u64 = model
+            .sent
+            .values()
+            .filter(|(m, _)| *m == i)
+            .map(|(_, amount)| amount)
+            .sum();
+        let got = store
+            .load(&machine(i), &codec)
+            .unwrap()
+            .map_or(0, |(t, _)| t.total());
+        assert_eq!(
+            got, want,
+            "machine {i}: stored total {got}, the commands sum to {want} (seed {seed})"
+        );
+    }
+    println!(
+        "kernel_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once, {} acknowledgements ({} duplicates answered from the journal, {} errors retried), {:.1?}",
+        model.sent.len(),
+        model.acks,
+        model.duplicates,
+        model.errors,
+        started.elapsed()
+    );
+}

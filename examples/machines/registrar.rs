@@ -2,12 +2,14 @@
 //! registered (or cancelled) domain.
 
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+use serde::{Deserialize, Serialize};
 
 /// The smallest payment accepted for a registration, in cents.
 pub const MIN_PRICE_CENTS: u64 = 1_000;
 
-/// One order's lifecycle. The enum is the storable form; `order::*` are its typed states.
-#[derive(StateMachine, Debug, Clone, PartialEq, Eq)]
+/// One order's lifecycle. The enum is the storable form (its snapshot); `order::*` are its
+/// typed states.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[fsm(event = OrderCmd, effect = OrderEffect)]
 pub enum Order {
     /// Being filled in.

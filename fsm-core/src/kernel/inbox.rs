@@ -39,7 +39,12 @@ pub(crate) enum Job<M: Durable> {
     /// Forget a quarantine so the next command reloads the machine; answers whether it was
     /// quarantined.
     Release(MachineId, Reply<bool>),
+    /// Show the machine (loading it if needed) and its durable sequence to a reader.
+    Inspect(MachineId, Inspector<M>),
 }
+
+/// A reader of one machine's state, run on its shard between batches.
+pub(crate) type Inspector<M> = Box<dyn FnOnce(Result<(&M, Option<u64>), CommandError>) + Send>;
 
 /// How a shard leaves its loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -245,22 +245,29 @@ struct Inner<M: Durable> {
     started: Instant,
 }
 
-/// FNV-1a: a stable hash, so a machine stays on the same shard and worker across runs.
-fn fnv(id: &MachineId) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// A stable hash (FNV-1a, then a 64-bit finalizer so every bit depends on every byte), so a
+/// machine stays on the same shard and worker across runs and builds.
+fn stable_hash(id: &MachineId, salt: u64) -> u64 {
+    let h = id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ salt, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 impl<M: Durable> Inner<M> {
     fn shard_of(&self, id: &MachineId) -> usize {
-        (fnv(id) % self.inboxes.len() as u64) as usize
+        (stable_hash(id, 0) % self.inboxes.len() as u64) as usize
     }
 
     fn worker_of(&self, id: &MachineId) -> Option<usize> {
         let n = self.workers.len() as u64;
-        // A different mix than the shard's, so workers spread within a shard too.
-        (n > 0).then(|| (fnv(id).rotate_left(29) % n) as usize)
+        // Another salt than the shard's, so workers spread within a shard too.
+        (n > 0).then(|| (stable_hash(id, 0x9e37_79b9_7f4a_7c15) % n) as usize)
     }
 
     fn stamp(&self) -> u64 {
@@ -896,6 +903,23 @@ impl<M: Durable> Kernel<M> {
                     .clone()
             })
             .collect()
+    }
+
+    /// Machine `id`'s current state and the sequence of its newest durable snapshot (`None`
+    /// if it was never stored), read on its shard between batches, so it is exactly what the
+    /// next command will see: always durable state, never a change still being committed.
+    /// Loads the machine if it is not in memory.
+    pub fn state(&self, id: &MachineId) -> Result<(M, Option<u64>), CommandError>
+    where
+        M: Clone,
+    {
+        let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+        let reader: inbox::Inspector<M> =
+            Box::new(move |found| reply.send(found.map(|(m, seq)| (m.clone(), seq))));
+        if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Inspect(id.clone(), reader)) {
+            return Err(CommandError::Closed);
+        }
+        ticket.wait()
     }
 
     /// Lifts machine `id`'s quarantine, after an operator repaired or replaced its snapshot:

@@ -257,6 +257,13 @@ impl<M: Durable> Shard<M> {
                     self.sweep(now);
                     reply.send(self.slots.len());
                 }
+                Job::Inspect(id, reader) => match self.ensure_loaded(&id, now) {
+                    Err(e) => reader(Err(e)),
+                    Ok(()) => match self.slots.get(&id) {
+                        Some(slot) => reader(Ok((&slot.machine, slot.seq))),
+                        None => reader(Err(CommandError::Closed)),
+                    },
+                },
                 Job::Release(id, reply) => {
                     let was = self.quarantined.remove(&id).is_some();
                     self.publish_quarantine();

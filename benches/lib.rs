@@ -112,3 +112,117 @@ pub mod queue {
         out
     }
 }
+
+pub mod raw {
+    //! The raw storage limits the stores and the kernel are compared with.
+
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    use fsm_core::store::{Format, Snapshot};
+
+    /// Bytes of each benchmark payload.
+    pub const KIB: usize = 1024;
+
+    /// A 1 KiB payload that differs per sequence.
+    pub fn payload(seq: u64) -> Vec<u8> {
+        (0..KIB)
+            .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
+            .collect()
+    }
+
+    /// A 1 KiB payload in an envelope.
+    pub fn envelope(seq: u64) -> Snapshot {
+        Snapshot::new("Bench", 1, seq, Format::Postcard, &payload(seq)).unwrap()
+    }
+
+    /// The raw batched-append limit: `n` envelopes appended to one file, one fdatasync.
+    pub struct AppendLog {
+        file: File,
+        seq: u64,
+    }
+
+    impl AppendLog {
+        /// A log file in `dir`.
+        pub fn create(dir: &Path) -> Self {
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(dir.join("raw.log"))
+                .unwrap();
+            AppendLog { file, seq: 0 }
+        }
+
+        /// Appends `n` 1 KiB records and waits for them to be durable.
+        pub fn append(&mut self, n: usize) {
+            self.seq += 1;
+            let mut records = Vec::with_capacity(n * (KIB + 64));
+            for _ in 0..n {
+                records.extend_from_slice(envelope(self.seq).as_bytes());
+            }
+            self.file.write_all(&records).unwrap();
+            self.file.sync_data().unwrap();
+        }
+    }
+}
+
+pub mod kernel {
+    //! The kernel bench's machine: a counter carrying 1 KiB of state, so each snapshot is the
+    //! size of the raw baseline's records.
+
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    /// A machine with 1 KiB of state.
+    #[derive(StateMachine, Debug, Clone, Serialize, Deserialize)]
+    #[fsm(event = BlobCmd)]
+    pub enum Blob {
+        /// Not yet touched.
+        #[fsm(initial, on(Bump => Live))]
+        New,
+        /// Bumped at least once.
+        #[fsm(on(Bump => Live))]
+        Live {
+            /// Bumps so far.
+            n: u64,
+            /// The state's bulk.
+            data: Vec<u8>,
+        },
+    }
+
+    /// The one command.
+    #[derive(Event, Debug, Clone)]
+    pub enum BlobCmd {
+        /// Count one more.
+        Bump,
+    }
+
+    impl Handler<blob_cmd::Bump, blob::Live> for blob::New {
+        fn handle(
+            _: blob::New,
+            _: blob_cmd::Bump,
+            _: &mut Effects<()>,
+        ) -> Result<blob::Live, Refusal> {
+            Ok(blob::Live {
+                n: 1,
+                data: super::raw::payload(1),
+            })
+        }
+    }
+
+    impl Handler<blob_cmd::Bump, blob::Live> for blob::Live {
+        fn handle(
+            s: blob::LiveRef<'_>,
+            _: blob_cmd::Bump,
+            _: &mut Effects<()>,
+        ) -> Result<blob::Live, Refusal> {
+            Ok(blob::Live {
+                n: s.n + 1,
+                data: s.data.clone(),
+            })
+        }
+    }
+}

@@ -15,21 +15,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fsm_core::store::{Format, MachineId, Put, Snapshot, SnapshotStore};
+use fsm_benches::raw::{envelope, AppendLog};
+use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore};
 use fsm_persist::{FileStore, MirroredStore, SqliteStore};
 
-const KIB: usize = 1024;
 const BATCH: usize = 100;
-
-fn payload(seq: u64) -> Vec<u8> {
-    (0..KIB)
-        .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
-        .collect()
-}
-
-fn envelope(seq: u64) -> Snapshot {
-    Snapshot::new("Bench", 1, seq, Format::Postcard, &payload(seq)).unwrap()
-}
 
 /// The bare atomic replace protocol, as a careful engineer writes it by hand.
 fn raw_atomic_replace(dir: &Path, bytes: &[u8]) {
@@ -154,23 +144,9 @@ fn bench_batch(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
 
     let dir = tempfile::tempdir().unwrap();
-    let mut log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(dir.path().join("raw.log"))
-        .unwrap();
-    let mut seq = 0;
+    let mut log = AppendLog::create(dir.path());
     group.bench_function("raw_append_fdatasync/100x1KiB", |b| {
-        b.iter(|| {
-            seq += 1;
-            let mut records = Vec::with_capacity(BATCH * (KIB + 64));
-            for _ in 0..BATCH {
-                records.extend_from_slice(envelope(seq).as_bytes());
-            }
-            log.write_all(&records).unwrap();
-            log.sync_data().unwrap();
-        })
+        b.iter(|| log.append(BATCH))
     });
 
     let dir = tempfile::tempdir().unwrap();

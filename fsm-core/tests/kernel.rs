@@ -278,6 +278,29 @@ fn commands_for_many_machines_arriving_together_share_one_put_many() {
 }
 
 #[test]
+fn a_batch_submitted_together_is_one_group_commit_per_shard() {
+    let store = Arc::new(Gated::default());
+    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
+        .shards(2)
+        .start()
+        .unwrap();
+    let commands: Vec<_> = (0..40)
+        .map(|i| (id(&format!("job-{i}")), Request::new(Cmd::Start)))
+        .chain([(id("job-0"), Request::new(Cmd::Finish))])
+        .collect();
+    let tickets = kernel.submit_batch(commands);
+    let outcomes: Vec<_> = tickets
+        .into_iter()
+        .map(|t| t.unwrap().wait().unwrap())
+        .collect();
+    assert_eq!(outcomes[40].transition.to_name(), "Done");
+    let mut batches = store.batches.lock().unwrap().clone();
+    batches.sort_unstable();
+    assert_eq!(batches.len(), 2, "one put_many per shard: {batches:?}");
+    assert_eq!(batches.iter().sum::<usize>(), 40);
+}
+
+#[test]
 fn a_refused_write_rolls_the_machine_back_answers_not_stored_and_runs_no_effect() {
     let store = Arc::new(Gated::default());
     let (seen_tx, seen) = mpsc::channel();

@@ -234,6 +234,43 @@ impl<M: Durable> Inbox<M> {
         }
     }
 
+    /// Queues commands that arrive together under one lock, so the shard takes them in one
+    /// batch (one group commit). Never waits: what does not fit is refused `Full`, whatever
+    /// the overload policy.
+    pub(crate) fn submit_many(
+        &self,
+        cmds: Vec<Cmd<M>>,
+        capacity: usize,
+        clock: &Clock,
+        intake_open: impl Fn() -> bool,
+        stamp: u64,
+    ) -> Vec<Result<(), (Refusal, Cmd<M>)>> {
+        let now = clock.now();
+        let mut state = self.lock();
+        let mut out = Vec::with_capacity(cmds.len());
+        for mut cmd in cmds {
+            state.submitted += 1;
+            out.push(if cmd.request.deadline.is_some_and(|d| now >= d) {
+                state.expired += 1;
+                Err((Refusal::Expired, cmd))
+            } else if state.closing.is_some() || !intake_open() {
+                state.closed += 1;
+                Err((Refusal::Closed, cmd))
+            } else if state.commands >= capacity {
+                state.full += 1;
+                Err((Refusal::Full, cmd))
+            } else {
+                cmd.enqueued = stamp;
+                state.jobs.push_back(Job::Command(cmd));
+                state.commands += 1;
+                Ok(())
+            });
+        }
+        state.high_water = state.high_water.max(state.commands);
+        self.wake_shard(state);
+        out
+    }
+
     /// Counts a submit the caller decided itself (a delegation).
     pub(crate) fn count_delegated(&self) {
         self.lock().submitted += 1;

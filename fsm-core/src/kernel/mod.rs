@@ -305,6 +305,9 @@ impl<M: Durable> Inner<M> {
     }
 }
 
+/// What a submit call returns: the ticket of an accepted command, or why it was not.
+pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
+
 /// What recovery on start found.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
@@ -781,6 +784,67 @@ impl<M: Durable> Kernel<M> {
         enqueue(&self.inner, id, request.into(), false)
     }
 
+    /// Submits commands that arrive together (for many machines, or several for one, in
+    /// order): each shard's share is queued under one lock, so it is decided and stored in
+    /// one batch, one group commit. Never waits for room: what does not fit is refused
+    /// [`SubmitError::Full`]. Returns one result per command, in order.
+    pub fn submit_batch(
+        &self,
+        commands: impl IntoIterator<Item = (MachineId, Request<M::Event>)>,
+    ) -> Vec<Submitted<M::Event>> {
+        let inner = &*self.inner;
+        let shards = inner.inboxes.len();
+        let mut per_shard: Vec<Vec<(usize, Cmd<M>)>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut out: Vec<Option<Submitted<M::Event>>> = Vec::new();
+        for (i, (id, request)) in commands.into_iter().enumerate() {
+            out.push(None);
+            if let Some(worker) = inner.worker_of(&id) {
+                if inner.workers[worker].escalated.load(Ordering::Acquire) {
+                    out[i] = Some(Err(SubmitError::Escalated { request, worker }));
+                    continue;
+                }
+            }
+            let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+            out[i] = Some(Ok(ticket));
+            per_shard[inner.shard_of(&id)].push((
+                i,
+                Cmd {
+                    id,
+                    request,
+                    enqueued: 0,
+                    reply: Some(reply),
+                },
+            ));
+        }
+        for (shard, group) in per_shard.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (slots, cmds): (Vec<usize>, Vec<Cmd<M>>) = group.into_iter().unzip();
+            inner.quiet.more(cmds.len());
+            let results = inner.inboxes[shard].submit_many(
+                cmds,
+                inner.config.capacity,
+                &inner.config.clock,
+                || inner.intake_open.load(Ordering::Acquire),
+                inner.stamp(),
+            );
+            for (i, result) in slots.into_iter().zip(results) {
+                if let Err((refusal, cmd)) = result {
+                    inner.quiet.done(1);
+                    let request = cmd.request;
+                    out[i] = Some(Err(match refusal {
+                        Refusal::Closed => SubmitError::Closed(request),
+                        Refusal::Expired => SubmitError::Expired(request),
+                        Refusal::Dumped => SubmitError::Dumped(request),
+                        Refusal::Full => SubmitError::Full(request),
+                    }));
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
     /// A cheap, cloneable handle that submits to this kernel from other threads; it outlives
     /// the kernel harmlessly (its submits are then refused [`SubmitError::Closed`]).
     pub fn submitter(&self) -> Submitter<M> {
@@ -798,6 +862,9 @@ impl<M: Durable> Kernel<M> {
     pub fn worker_of(&self, id: &MachineId) -> Option<usize> {
         self.inner.worker_of(id)
     }
+
+    /// What a submit call returns: the ticket of an accepted command, or why it was not.
+    pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
 
     /// What recovery on start found.
     pub fn recovery(&self) -> &RecoveryReport {

@@ -863,9 +863,6 @@ impl<M: Durable> Kernel<M> {
         self.inner.worker_of(id)
     }
 
-    /// What a submit call returns: the ticket of an accepted command, or why it was not.
-    pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
-
     /// What recovery on start found.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery

@@ -249,3 +249,12 @@ impl fmt::Display for InvalidState {
 }
 
 impl std::error::Error for InvalidState {}
+
+/// The message of a caught panic, for [`Reason::Panicked`] and the kernel's failure reports.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

@@ -193,6 +193,27 @@ impl SnapshotStore for Gated {
     }
 }
 
+/// A one-shard kernel over a gated store whose first commit is held, with that commit
+/// already in progress: commands submitted now wait behind it.
+fn held_kernel(
+    configure: impl FnOnce(
+        fsm_core::kernel::KernelBuilder<Build>,
+    ) -> fsm_core::kernel::KernelBuilder<Build>,
+) -> (
+    Arc<Gated>,
+    Kernel<Build>,
+    fsm_core::queue::Ticket<fsm_core::kernel::Outcome>,
+) {
+    let store = Arc::new(Gated::default());
+    let kernel = configure(Kernel::builder_shared(store.clone(), |_| Build::Queued).shards(1))
+        .start()
+        .unwrap();
+    store.hold();
+    let busy = kernel.submit(&id("busy"), Cmd::Start).unwrap();
+    store.wait_entered(1);
+    (store, kernel, busy)
+}
+
 /// An effect worker that reports every effect it runs and fails as told.
 struct Worker {
     seen: mpsc::Sender<(String, Fx)>,
@@ -787,15 +808,7 @@ fn idle_machines_are_evicted_and_reloaded_on_their_next_command() {
 #[test]
 fn a_deadline_that_passed_in_the_inbox_is_expired_not_applied() {
     let clock = ManualClock::new();
-    let store = Arc::new(Gated::default());
-    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
-        .shards(1)
-        .clock(clock.clock())
-        .start()
-        .unwrap();
-    store.hold();
-    let busy = kernel.submit(&id("busy"), Cmd::Start).unwrap();
-    store.wait_entered(1);
+    let (store, kernel, busy) = held_kernel(|b| b.clock(clock.clock()));
     let deadline = clock.now() + Duration::from_secs(1);
     let late = kernel
         .submit(
@@ -812,15 +825,7 @@ fn a_deadline_that_passed_in_the_inbox_is_expired_not_applied() {
 
 #[test]
 fn a_full_inbox_refuses_or_drops_as_its_policy_says() {
-    let store = Arc::new(Gated::default());
-    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
-        .shards(1)
-        .capacity(2)
-        .start()
-        .unwrap();
-    store.hold();
-    let busy = kernel.submit(&id("busy"), Cmd::Start).unwrap();
-    store.wait_entered(1);
+    let (store, kernel, busy) = held_kernel(|b| b.capacity(2));
     let queued: Vec<_> = (0..2)
         .map(|i| {
             kernel
@@ -840,16 +845,7 @@ fn a_full_inbox_refuses_or_drops_as_its_policy_says() {
     assert_eq!(kernel.metrics().total.counts.full, 1);
     drop(kernel);
 
-    let store = Arc::new(Gated::default());
-    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
-        .shards(1)
-        .capacity(2)
-        .overload(Overload::DropOldest)
-        .start()
-        .unwrap();
-    store.hold();
-    let busy = kernel.submit(&id("busy"), Cmd::Start).unwrap();
-    store.wait_entered(1);
+    let (store, kernel, busy) = held_kernel(|b| b.capacity(2).overload(Overload::DropOldest));
     let oldest = kernel.submit(&id("q0"), Cmd::Start).unwrap();
     let kept = kernel.submit(&id("q1"), Cmd::Start).unwrap();
     let newest = kernel.submit(&id("q2"), Cmd::Start).unwrap();
@@ -863,15 +859,7 @@ fn a_full_inbox_refuses_or_drops_as_its_policy_says() {
 
 #[test]
 fn shutdown_drains_or_hands_back_what_is_queued() {
-    let store = Arc::new(Gated::default());
-    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
-        .shards(1)
-        .capacity(4)
-        .start()
-        .unwrap();
-    store.hold();
-    let busy = kernel.submit(&id("busy"), Cmd::Start).unwrap();
-    store.wait_entered(1);
+    let (store, kernel, busy) = held_kernel(|b| b.capacity(4));
     let queued: Vec<_> = (0..3)
         .map(|i| kernel.submit(&id(&format!("q{i}")), Cmd::Start).unwrap())
         .collect();

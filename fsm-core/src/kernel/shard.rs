@@ -336,8 +336,8 @@ impl<M: Durable> Shard<M> {
                 if slot.deferred.len() < self.inner.config.defer_limit {
                     slot.deferred.push_back(shell.join(event));
                     self.deferred += 1;
-                    self.inner.quiet.done(1);
-                    // Traced now; answered when a state change replays it.
+                    // Traced now, and no longer work in flight once the batch is published;
+                    // answered when a state change replays it.
                     self.pending.push(pending);
                 } else {
                     pending.reply = shell.reply;
@@ -422,11 +422,7 @@ impl<M: Durable> Shard<M> {
             Err(payload) => {
                 self.effects.truncate(0);
                 self.counts.panicked += 1;
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                let message = crate::rejection::panic_message(&*payload);
                 pending.decision = Decision::Rejected(Rejection::new(
                     M::TABLE,
                     state,
@@ -680,6 +676,7 @@ impl<M: Durable> Shard<M> {
             let decision = std::mem::replace(&mut p.decision, Decision::Deferred);
             let (outcome, kind, to, persisted) = match (voided, decision) {
                 (_, Decision::Deferred) => {
+                    answered += 1;
                     if tracing_on {
                         trace.push(entry(&p, at, None, TraceOutcome::Deferred, 0, 0, 0));
                     }

@@ -2,7 +2,6 @@
 //! that emitted them is durable; a failing worker is restarted within a restart intensity,
 //! then escalated.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
@@ -12,6 +11,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::machine::StateMachine;
+use crate::rejection::panic_message;
 use crate::store::MachineId;
 
 use super::{Durable, Inner};
@@ -121,14 +121,6 @@ pub(crate) enum WorkerMsg<M: Durable> {
     Effect { id: MachineId, effect: M::Effect },
     Restart,
     Stop,
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 struct Supervised<M: Durable> {

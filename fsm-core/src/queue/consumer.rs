@@ -401,11 +401,7 @@ impl<M: StateMachine> Consumer<M> {
             Err(payload) => {
                 effects.truncate(mark);
                 self.tally.rejected += 1;
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                let message = crate::rejection::panic_message(&*payload);
                 self.panic = Some(payload);
                 Outcome::Rejected(Rejection::new(
                     M::TABLE,

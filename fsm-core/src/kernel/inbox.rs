@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::queue::{Clock, DumpCause, Overload, Reply};
 use crate::store::MachineId;
 
-use super::outcome::{CommandError, Outcome};
+use super::outcome::{CommandError, Outcome, SubmitError};
 use super::request::Request;
 use super::Durable;
 
@@ -89,6 +89,18 @@ pub(crate) enum Refusal {
     Closed,
     Expired,
     Dumped,
+}
+
+impl Refusal {
+    /// The submitter's error, handing `request` back.
+    pub(crate) fn into_error<E>(self, request: Request<E>) -> SubmitError<E> {
+        match self {
+            Refusal::Full => SubmitError::Full(request),
+            Refusal::Closed => SubmitError::Closed(request),
+            Refusal::Expired => SubmitError::Expired(request),
+            Refusal::Dumped => SubmitError::Dumped(request),
+        }
+    }
 }
 
 impl<M: Durable> Inbox<M> {

@@ -91,9 +91,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::machine::StateMachine;
-use crate::queue::{Clock, Overflow, Overload, Stamps, Ticket};
+use crate::queue::{Clock, Overflow, Overload, Route, Stamps, Ticket};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
-use crate::table::Policy;
 
 pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
 pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
@@ -142,12 +141,9 @@ impl StoreCell {
         (guard.0, guard.1.clone())
     }
 
-    /// After `error` from the store of `generation`: if the store stopped (poisoned), reopens
-    /// it (once, whichever shard asks first). Returns whether a newer store is in place.
-    fn recover(&self, generation: u64, error: &StoreError) -> bool {
-        if !error.is_poisoned() {
-            return false;
-        }
+    /// The store of `generation` stopped (it answers `Poisoned`): reopens it, once, whichever
+    /// shard asks first. Returns whether a newer store is in place.
+    fn reopen(&self, generation: u64) -> bool {
         let _one_at_a_time = self
             .reopening
             .lock()
@@ -268,6 +264,12 @@ impl<M: Durable> Inner<M> {
         let n = self.workers.len() as u64;
         // Another salt than the shard's, so workers spread within a shard too.
         (n > 0).then(|| (stable_hash(id, 0x9e37_79b9_7f4a_7c15) % n) as usize)
+    }
+
+    /// The escalated worker that serves machine `id`, if its worker escalated.
+    fn escalated_worker(&self, id: &MachineId) -> Option<usize> {
+        self.worker_of(id)
+            .filter(|&w| self.workers[w].escalated.load(Ordering::Acquire))
     }
 
     fn stamp(&self) -> u64 {
@@ -572,29 +574,22 @@ impl<M: Durable> KernelBuilder<M> {
                 "zero effect workers; use at least 1, or no `effects` at all".into(),
             ));
         }
-        let table = M::TABLE;
-        let policies = |p: Policy| {
-            (0..table.states().len()).find_map(|s| {
-                let state = crate::StateId::new(s as u16);
-                (0..table.events().len())
-                    .any(|e| table.policy(state, crate::EventId::new(e as u16)) == Some(p))
-                    .then(|| table.state_name(state))
-            })
-        };
+        let routes = crate::queue::routes(M::TABLE);
+        let first = |route| crate::queue::states_with(M::TABLE, &routes, route).next();
         if self.overflow.is_none() {
             if self.overload == Overload::Delegate {
                 return Err(BuildError::MissingOverflow {
                     needed_by: "the overload policy `Overload::Delegate`".into(),
                 });
             }
-            if let Some(state) = policies(Policy::Delegate) {
+            if let Some(state) = first(Route::Delegate) {
                 return Err(BuildError::MissingOverflow {
                     needed_by: format!("state `{state}` (`delegate(..)`)"),
                 });
             }
         }
         if self.defer_limit == 0 {
-            if let Some(state) = policies(Policy::Defer) {
+            if let Some(state) = first(Route::Defer) {
                 return Err(BuildError::Config(format!(
                     "defer limit 0 but state `{state}` defers events"
                 )));
@@ -798,11 +793,9 @@ impl<M: Durable> Kernel<M> {
         let mut out: Vec<Option<Submitted<M::Event>>> = Vec::new();
         for (i, (id, request)) in commands.into_iter().enumerate() {
             out.push(None);
-            if let Some(worker) = inner.worker_of(&id) {
-                if inner.workers[worker].escalated.load(Ordering::Acquire) {
-                    out[i] = Some(Err(SubmitError::Escalated { request, worker }));
-                    continue;
-                }
+            if let Some(worker) = inner.escalated_worker(&id) {
+                out[i] = Some(Err(SubmitError::Escalated { request, worker }));
+                continue;
             }
             let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
             out[i] = Some(Ok(ticket));
@@ -832,13 +825,7 @@ impl<M: Durable> Kernel<M> {
             for (i, result) in slots.into_iter().zip(results) {
                 if let Err((refusal, cmd)) = result {
                     inner.quiet.done(1);
-                    let request = cmd.request;
-                    out[i] = Some(Err(match refusal {
-                        Refusal::Closed => SubmitError::Closed(request),
-                        Refusal::Expired => SubmitError::Expired(request),
-                        Refusal::Dumped => SubmitError::Dumped(request),
-                        Refusal::Full => SubmitError::Full(request),
-                    }));
+                    out[i] = Some(Err(refusal.into_error(cmd.request)));
                 }
             }
         }
@@ -1068,15 +1055,13 @@ fn enqueue<M: Durable>(
     block: bool,
 ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
     let shard = inner.shard_of(id);
-    if let Some(worker) = inner.worker_of(id) {
-        if inner.workers[worker].escalated.load(Ordering::Acquire) {
-            let mut stats = inner.stats[shard]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            stats.counts.submitted += 1;
-            stats.counts.escalated += 1;
-            return Err(SubmitError::Escalated { request, worker });
-        }
+    if let Some(worker) = inner.escalated_worker(id) {
+        let mut stats = inner.stats[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stats.counts.submitted += 1;
+        stats.counts.escalated += 1;
+        return Err(SubmitError::Escalated { request, worker });
     }
     let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
     let cmd = Cmd {
@@ -1124,10 +1109,7 @@ fn enqueue<M: Durable>(
             }
             None => SubmitError::Full(request),
         },
-        Refusal::Full => SubmitError::Full(request),
-        Refusal::Closed => SubmitError::Closed(request),
-        Refusal::Expired => SubmitError::Expired(request),
-        Refusal::Dumped => SubmitError::Dumped(request),
+        refusal => refusal.into_error(request),
     })
 }
 

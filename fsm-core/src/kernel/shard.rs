@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::effects::Effects;
 use crate::machine::{Event, Transition};
-use crate::queue::{DelegateCause, DumpCause, Reply};
+use crate::queue::{DelegateCause, DumpCause, Reply, Route};
 use crate::rejection::{Reason, Refusal, Rejection};
 use crate::store::{MachineId, Put, Snapshot, StoreError};
-use crate::table::Policy;
 
 use super::inbox::{Closing, Cmd, Job};
 use super::journal::{Entry, Journal};
@@ -131,6 +130,10 @@ pub(crate) struct Shard<M: Durable> {
     /// Machines changed in this batch, in the order they first changed.
     changed: Vec<MachineId>,
     effects: Effects<M::Effect>,
+    /// What each state does with each event, precomputed from the table (as the queue does),
+    /// and the number of events (the row length).
+    routes: Box<[Route]>,
+    events: usize,
     /// Counts since the last publication.
     counts: KernelCounts,
     /// Commands postponed now, over all machines (a level, not a count).
@@ -154,6 +157,8 @@ impl<M: Durable> Shard<M> {
             pending: Vec::new(),
             changed: Vec::new(),
             effects: Effects::new(),
+            routes: crate::queue::routes(M::TABLE),
+            events: M::TABLE.events().len(),
             counts: KernelCounts::default(),
             deferred: 0,
             last_sweep: now,
@@ -331,8 +336,8 @@ impl<M: Durable> Shard<M> {
             return;
         }
         let state_name = pending.from;
-        match M::TABLE.policy(state, event.id()) {
-            Some(Policy::Defer) => {
+        match self.routes[state.index() * self.events + event.id().index()] {
+            Route::Defer => {
                 if slot.deferred.len() < self.inner.config.defer_limit {
                     slot.deferred.push_back(shell.join(event));
                     self.deferred += 1;
@@ -347,7 +352,7 @@ impl<M: Durable> Shard<M> {
                 }
                 return;
             }
-            Some(Policy::Dump) => {
+            Route::Dump => {
                 pending.reply = shell.reply;
                 pending.decision = Decision::Failed(CommandError::Dumped(DumpCause::StatePolicy {
                     state: state_name,
@@ -355,7 +360,7 @@ impl<M: Durable> Shard<M> {
                 self.pending.push(pending);
                 return;
             }
-            Some(Policy::Delegate) => {
+            Route::Delegate => {
                 let cause = DelegateCause::StatePolicy { state: state_name };
                 let refused = match &self.inner.overflow {
                     Some(sink) => sink.delegate((shell.id.clone(), event), &cause).is_err(),
@@ -370,7 +375,7 @@ impl<M: Durable> Shard<M> {
                 self.pending.push(pending);
                 return;
             }
-            _ => {}
+            Route::Apply => {}
         }
         // Empty here: every decision drains or clears it.
         debug_assert!(self.effects.is_empty());
@@ -459,7 +464,7 @@ impl<M: Durable> Shard<M> {
                 Err(e @ StoreError::Corrupt { .. }) => {
                     return Err(self.quarantine(id, QuarantineCause::Corrupt(e)))
                 }
-                Err(e) if !reopened && self.inner.store.recover(generation, &e) => {
+                Err(e) if !reopened && e.is_poisoned() && self.inner.store.reopen(generation) => {
                     reopened = true;
                 }
                 Err(e) => {
@@ -613,12 +618,7 @@ impl<M: Durable> Shard<M> {
                     let stopped = error.is_poisoned()
                         || matches!(store.sequence(&probe), Err(ref p) if p.is_poisoned());
                     if stopped {
-                        self.inner.store.recover(
-                            generation,
-                            &StoreError::Poisoned {
-                                cause: error.to_string(),
-                            },
-                        );
+                        self.inner.store.reopen(generation);
                     }
                 }
             }
@@ -848,20 +848,9 @@ impl<M: Durable> Shard<M> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let c = std::mem::take(&mut self.counts);
-        let s = &mut stats.counts;
-        s.fed_back += c.fed_back;
-        s.committed += c.committed;
-        s.duplicates += c.duplicates;
-        s.rejected += c.rejected;
-        s.panicked += c.panicked;
-        s.expired += c.expired;
-        s.dumped += c.dumped;
-        s.delegated += c.delegated;
-        s.not_stored += c.not_stored;
-        s.outcome_unknown += c.outcome_unknown;
-        s.unavailable += c.unavailable;
-        s.closed += c.closed;
-        s.deferred = self.deferred;
+        stats.counts.add(&c);
+        // `deferred` is a level, kept by the shard, not a count.
+        stats.counts.deferred = self.deferred;
         if self.inner.config.latency {
             for &(wait, apply, end) in latencies {
                 stats.hist.wait.saturating_record(wait.max(1));

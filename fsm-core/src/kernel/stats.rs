@@ -49,7 +49,7 @@ pub struct KernelCounts {
 }
 
 impl KernelCounts {
-    fn add(&mut self, o: &KernelCounts) {
+    pub(crate) fn add(&mut self, o: &KernelCounts) {
         self.submitted += o.submitted;
         self.fed_back += o.fed_back;
         self.committed += o.committed;

@@ -84,7 +84,7 @@ pub use shared::{Request, Sender, Submit};
 
 pub(crate) use clock::Stamps;
 pub(crate) use command::Reply;
-use consumer::Route;
+pub(crate) use consumer::{routes, Route};
 pub(crate) use metrics::MAX_NANOS;
 use shared::{Config, Shared};
 
@@ -217,7 +217,7 @@ impl<M: StateMachine> QueueBuilder<M> {
 }
 
 /// The names of the states that route some event `route`.
-fn states_with<'a>(
+pub(crate) fn states_with<'a>(
     table: &'static crate::Table,
     routes: &'a [Route],
     route: Route,

@@ -79,6 +79,7 @@ mod redact;
 mod rejection;
 pub mod store;
 pub mod table;
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]

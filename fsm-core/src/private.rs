@@ -5,6 +5,47 @@
 pub use crate::machine::Event;
 pub use core;
 
+#[cfg(feature = "arbitrary")]
+pub use arbitrary;
+#[cfg(feature = "proptest")]
+pub use proptest;
+
+pub use crate::__fsm_if_arbitrary as if_arbitrary;
+pub use crate::__fsm_if_proptest as if_proptest;
+
+/// Emits the items it is given when fsm-core's `proptest` feature is on: the derive wraps its
+/// proptest impls in it, so the feature is decided here and not in the user's crate.
+#[cfg(feature = "proptest")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fsm_if_proptest {
+    ($($item:item)*) => { $($item)* };
+}
+
+/// Drops the items it is given: fsm-core's `proptest` feature is off.
+#[cfg(not(feature = "proptest"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fsm_if_proptest {
+    ($($item:item)*) => {};
+}
+
+/// Emits the items it is given when fsm-core's `arbitrary` feature is on.
+#[cfg(feature = "arbitrary")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fsm_if_arbitrary {
+    ($($item:item)*) => { $($item)* };
+}
+
+/// Drops the items it is given: fsm-core's `arbitrary` feature is off.
+#[cfg(not(feature = "arbitrary"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fsm_if_arbitrary {
+    ($($item:item)*) => {};
+}
+
 use crate::effects::Effects;
 use crate::machine::{EffectOf, Next, Rejected, StateMachine, Transition, TypedState};
 use crate::rejection::{Reason, Refusal, Rejection};

@@ -1,6 +1,6 @@
 use fsm_core::Event;
 
-#[derive(Event)]
+#[derive(Event, Debug)]
 struct Cmd {
     go: bool,
 }

@@ -1,6 +1,6 @@
 use fsm_core::{Event, StateMachine};
 
-#[derive(Event)]
+#[derive(Event, Debug)]
 enum Cmd {
     Go,
     Stop,
@@ -8,7 +8,7 @@ enum Cmd {
 
 use fsm_core::{Effects, Handler, Refusal};
 
-#[derive(StateMachine)]
+#[derive(StateMachine, Debug)]
 #[fsm(event = Cmd)]
 enum M {
     #[fsm(initial, on(Go => B))]

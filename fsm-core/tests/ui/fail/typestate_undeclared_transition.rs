@@ -1,12 +1,12 @@
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 
-#[derive(Event)]
+#[derive(Event, Debug)]
 enum Cmd {
     Go,
     Stop,
 }
 
-#[derive(StateMachine)]
+#[derive(StateMachine, Debug)]
 #[fsm(event = Cmd)]
 enum M {
     #[fsm(initial, on(Go => B))]

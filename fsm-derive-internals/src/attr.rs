@@ -12,7 +12,7 @@ pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
 pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
     "initial, terminal, on(Event => Target), defer, dump, delegate, validate = path";
-pub(crate) const FIELD_KEYS: &str = "sensitive";
+pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
 #[derive(Default)]
@@ -231,23 +231,49 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
     Ok(())
 }
 
-/// Whether a field is marked `#[fsm(sensitive)]`.
-pub(crate) fn field_sensitive(cx: &Ctxt, attrs: &[Attribute]) -> bool {
-    let mut sensitive = false;
+/// Attributes on a field of a state or an event.
+#[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct FieldAttrs {
+    /// `sensitive`: printed as `<redacted>`.
+    pub(crate) sensitive: bool,
+    /// `strategy = path`: `fn() -> impl proptest::strategy::Strategy<Value = FieldType>`, used
+    /// instead of `any::<FieldType>()` by the generated proptest `Arbitrary` impl.
+    pub(crate) strategy: Option<Path>,
+    /// `arbitrary = path`: `fn(&mut arbitrary::Unstructured<'_>) -> arbitrary::Result<FieldType>`,
+    /// used instead of the field type's `arbitrary::Arbitrary` impl.
+    pub(crate) arbitrary: Option<Path>,
+}
+
+/// The `#[fsm(..)]` attributes of a field.
+pub(crate) fn field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
+    let mut out = FieldAttrs::default();
     for attr in fsm_attrs(attrs) {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("sensitive") {
-                sensitive = true;
-                Ok(())
+                if out.sensitive {
+                    cx.push(syn::Error::new_spanned(
+                        &meta.path,
+                        "duplicate fsm attribute `sensitive`: give it once",
+                    ));
+                }
+                out.sensitive = true;
+            } else if meta.path.is_ident("strategy") {
+                let path: Path = meta.value()?.parse()?;
+                set_once(cx, &mut out.strategy, path, &meta.path);
+            } else if meta.path.is_ident("arbitrary") {
+                let path: Path = meta.value()?.parse()?;
+                set_once(cx, &mut out.arbitrary, path, &meta.path);
             } else {
-                Err(unknown(&meta.path, "a field", FIELD_KEYS))
+                return Err(unknown(&meta.path, "a field", FIELD_KEYS));
             }
+            Ok(())
         });
         if let Err(e) = result {
             cx.push(e);
         }
     }
-    sensitive
+    out
 }
 
 /// Rejects `#[fsm(..)]` where it has no meaning (on the variants of an event enum).
@@ -309,6 +335,27 @@ mod tests {
         state(&cx, &attrs);
         let err = cx.check().unwrap_err().to_string();
         assert!(err.contains("malformed `on(..)`"), "{err}");
+    }
+
+    #[test]
+    fn field_keys_name_custom_generators() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[fsm(sensitive, strategy = gen::small)]),
+            parse_quote!(#[fsm(arbitrary = gen::fuzz_small)]),
+        ];
+        let f = field(&cx, &attrs);
+        assert!(cx.check().is_ok());
+        assert!(f.sensitive);
+        assert_eq!(f.strategy, Some(parse_quote!(gen::small)));
+        assert_eq!(f.arbitrary, Some(parse_quote!(gen::fuzz_small)));
+
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(strategy = a, strategy = b, stratgy = c)])];
+        field(&cx, &attrs);
+        let err = cx.check().unwrap_err();
+        let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert!(all[0].contains("duplicate fsm attribute `strategy`"), "{all:?}");
     }
 
     #[test]

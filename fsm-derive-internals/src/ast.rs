@@ -3,7 +3,7 @@
 
 use syn::{Data, DeriveInput, Fields, Generics, Ident, Member, Type, Visibility};
 
-use crate::attr::{self, ContainerAttrs, Derive, StateAttrs};
+use crate::attr::{self, ContainerAttrs, Derive, FieldAttrs, StateAttrs};
 use crate::ctxt::Ctxt;
 
 /// An enum deriving `StateMachine`.
@@ -56,6 +56,8 @@ pub(crate) struct Field<'a> {
     pub(crate) member: Member,
     pub(crate) ty: &'a Type,
     pub(crate) sensitive: bool,
+    /// `strategy = ..` and `arbitrary = ..`: custom generators for the test strategies.
+    pub(crate) generators: FieldAttrs,
     pub(crate) docs: Vec<&'a syn::Attribute>,
 }
 
@@ -119,18 +121,22 @@ impl<'a> Variant<'a> {
             .fields
             .iter()
             .enumerate()
-            .map(|(i, f)| Field {
-                member: f
-                    .ident
-                    .clone()
-                    .map_or_else(|| Member::Unnamed(i.into()), Member::Named),
-                ty: &f.ty,
-                sensitive: attr::field_sensitive(cx, &f.attrs),
-                docs: f
-                    .attrs
-                    .iter()
-                    .filter(|a| a.path().is_ident("doc"))
-                    .collect(),
+            .map(|(i, f)| {
+                let generators = attr::field(cx, &f.attrs);
+                Field {
+                    member: f
+                        .ident
+                        .clone()
+                        .map_or_else(|| Member::Unnamed(i.into()), Member::Named),
+                    ty: &f.ty,
+                    sensitive: generators.sensitive,
+                    generators,
+                    docs: f
+                        .attrs
+                        .iter()
+                        .filter(|a| a.path().is_ident("doc"))
+                        .collect(),
+                }
             })
             .collect();
         Variant {

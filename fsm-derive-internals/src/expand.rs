@@ -6,6 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
+use crate::strategy;
 use crate::ast::{Machine, State};
 use crate::attr::PolicyKind;
 use crate::generics::{inner_visibility, with_view_lifetime};
@@ -47,6 +48,8 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
     let module = g.module_items();
     let machine = g.machine_impl();
     let redact = g.redact_impl();
+    let variants: Vec<_> = m.states.iter().map(|s| &s.variant).collect();
+    let strategies = strategy::expand(m.ident, m.generics, &variants, &g.paths);
     let per_state = m
         .states
         .iter()
@@ -58,6 +61,7 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
         const _: () = {
             #machine
             #redact
+            #strategies
             #(#per_state)*
         };
     }

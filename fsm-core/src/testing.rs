@@ -1,0 +1,730 @@
+//! Property checks for any machine: random event sequences against the transition table as a
+//! model, in one line from a test or from a fuzz target.
+//!
+//! ```
+//! # use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+//! # use serde::{Deserialize, Serialize};
+//! #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! #[fsm(event = Cmd)]
+//! enum Door {
+//!     #[fsm(initial, on(Lock => Locked))]
+//!     Open,
+//!     #[fsm(on(Unlock => Open))]
+//!     Locked { code: u32 },
+//! }
+//! #[derive(Event, Debug, Clone)]
+//! enum Cmd { Lock { code: u32 }, Unlock { code: u32 } }
+//! # impl Handler<cmd::Lock, door::Locked> for door::Open {
+//! #     fn handle(_: door::Open, ev: cmd::Lock, _: &mut Effects<()>) -> Result<door::Locked, Refusal> { Ok(door::Locked { code: ev.code }) }
+//! # }
+//! # impl Handler<cmd::Unlock, door::Open> for door::Locked {
+//! #     fn handle(s: door::LockedRef<'_>, ev: cmd::Unlock, _: &mut Effects<()>) -> Result<door::Open, Refusal> {
+//! #         if ev.code == *s.code { Ok(door::Open) } else { Err(Refusal::new("wrong code")) }
+//! #     }
+//! # }
+//!
+//! // With fsm-core's `proptest` feature (the derive then generates the strategies):
+//! # #[cfg(feature = "proptest")]
+//! fsm_core::testing::check_machine(Door::Open);
+//!
+//! // Without it, any source of event sequences (a fuzzer's, a hand-written list):
+//! use fsm_core::testing::Checker;
+//! let run = Checker::<Door>::new()
+//!     .snapshots()
+//!     .check_sequence(&Door::Open, [Cmd::Lock { code: 7 }, Cmd::Unlock { code: 1 }, Cmd::Unlock { code: 7 }])
+//!     .unwrap();
+//! assert_eq!((run.accepted, run.rejected), (2, 1));
+//! ```
+//!
+//! # The properties
+//! Every sequence starts from a given state (by default the machine's initial value) and applies
+//! the events one by one through [`StateMachine::apply_into`]. After each step the checker
+//! requires, and names the first [`Property`] that does not hold:
+//! - [`Property::NeverPanics`]: applying an event answers, it does not unwind;
+//! - [`Property::RejectionLeavesStateUnchanged`]: a rejected event leaves the machine equal to
+//!   what it was, and the effects buffer as long as it was;
+//! - [`Property::InvariantsHold`]: the start state and every state entered pass their invariant;
+//! - [`Property::AcceptsExactlyTheTable`]: an accepted event is a transition the table lists,
+//!   from the state the machine was in to the state it is in now; a rejection for "no
+//!   transition" happens only where the table lists none; a guard refusal or failed invariant
+//!   happens only where the table lists one;
+//! - [`Property::TerminalAcceptsNothing`]: a terminal state rejects every event;
+//! - [`Property::VisitedStatesAreReachable`]: every state the machine is in is reachable from
+//!   the initial state per the table;
+//! - [`Property::SnapshotRoundTrips`] (with [`Checker::snapshots`]): every state visited,
+//!   encoded into an envelope and decoded from its bytes, is equal to itself.
+//!
+//! A failure is a [`Violation`]: the property, what was seen, and the whole sequence up to it with
+//! state and event names. [`Checker::run`] (proptest) shrinks a failing sequence to a minimal one
+//! before reporting it; [`Checker::fuzz`] (arbitrary) decodes a fuzzer's bytes into a sequence.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::rejection::panic_message;
+use crate::store::Codec;
+use crate::table::{StateId, Table};
+use crate::{Effects, Event, Reason, StateMachine};
+
+/// A property of a machine that [`Checker`] verifies after every step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Property {
+    /// Applying an event answers (accepted or rejected); it never unwinds.
+    NeverPanics,
+    /// A rejection leaves the machine, and the effects buffer, exactly as they were.
+    RejectionLeavesStateUnchanged,
+    /// The start state and every state entered pass their invariant.
+    InvariantsHold,
+    /// The machine accepts exactly the transitions its table lists (guards aside).
+    AcceptsExactlyTheTable,
+    /// A terminal state accepts no event.
+    TerminalAcceptsNothing,
+    /// Every state visited is reachable from the initial state per the table.
+    VisitedStatesAreReachable,
+    /// Every state visited round-trips through a snapshot envelope to an equal state.
+    SnapshotRoundTrips,
+}
+
+impl Property {
+    /// The property's name, as the checks print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Property::NeverPanics => "never panics",
+            Property::RejectionLeavesStateUnchanged => "a rejection leaves the state unchanged",
+            Property::InvariantsHold => "invariants hold",
+            Property::AcceptsExactlyTheTable => "accepts exactly the transitions of the table",
+            Property::TerminalAcceptsNothing => "a terminal state accepts nothing",
+            Property::VisitedStatesAreReachable => "visited states are reachable",
+            Property::SnapshotRoundTrips => "snapshots round-trip",
+        }
+    }
+}
+
+impl fmt::Display for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One step of a checked sequence, as a failure report prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The state the step started in.
+    pub from: &'static str,
+    /// The event's variant name.
+    pub event: &'static str,
+    /// The event, as `Debug` prints it.
+    pub event_value: String,
+    /// What happened: `-> State` or `rejected: why`.
+    pub outcome: String,
+}
+
+/// A property that did not hold, with the sequence that broke it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The machine's name.
+    pub machine: &'static str,
+    /// The property broken.
+    pub property: Property,
+    /// What was seen, with the values involved.
+    pub detail: String,
+    /// The start state, as `Debug` prints it.
+    pub start: String,
+    /// Every step up to and including the one that broke the property.
+    pub steps: Vec<Step>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} broke `{}` at step {} of the sequence below: {}",
+            self.machine,
+            self.property,
+            self.steps.len(),
+            self.detail
+        )?;
+        writeln!(f, "  start: {}", self.start)?;
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(
+                f,
+                "  {}. in `{}`, event `{}` ({}) {}",
+                i + 1,
+                s.from,
+                s.event,
+                s.event_value,
+                s.outcome
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// What one checked sequence did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Events applied.
+    pub steps: usize,
+    /// Events accepted (a transition was taken).
+    pub accepted: usize,
+    /// Events rejected.
+    pub rejected: usize,
+    /// Indices into the table's transitions of those taken, in order.
+    pub transitions: Vec<usize>,
+}
+
+/// What a whole [`Checker::run`] covered: which of the table's transitions the random
+/// sequences took, so a strategy that never reaches part of the machine shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    table: &'static Table,
+    /// Sequences checked (including those proptest ran while shrinking).
+    pub sequences: u64,
+    /// Events applied over all sequences.
+    pub steps: u64,
+    /// Events accepted.
+    pub accepted: u64,
+    /// Times each transition of the table was taken, by index into `Table::transitions`.
+    pub taken: Vec<u64>,
+}
+
+impl Coverage {
+    fn new(table: &'static Table) -> Self {
+        Coverage {
+            table,
+            sequences: 0,
+            steps: 0,
+            accepted: 0,
+            taken: vec![0; table.transitions().len()],
+        }
+    }
+
+    fn add(&mut self, run: &Run) {
+        self.sequences += 1;
+        self.steps += run.steps as u64;
+        self.accepted += run.accepted as u64;
+        for &t in &run.transitions {
+            if let Some(n) = self.taken.get_mut(t) {
+                *n += 1;
+            }
+        }
+    }
+
+    /// The transitions never taken, as `From --Event--> To`.
+    pub fn missed(&self) -> Vec<String> {
+        self.table
+            .transitions()
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, &n)| n == 0)
+            .map(|(t, _)| {
+                format!(
+                    "{} --{}--> {}",
+                    self.table.state_name(t.from),
+                    self.table.event_name(t.event),
+                    self.table.state_name(t.to)
+                )
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Coverage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let covered = self.taken.iter().filter(|&&n| n > 0).count();
+        write!(
+            f,
+            "{}: {} sequences, {} events ({} accepted), {} of {} transitions taken",
+            self.table.machine(),
+            self.sequences,
+            self.steps,
+            self.accepted,
+            covered,
+            self.taken.len()
+        )?;
+        let missed = self.missed();
+        if !missed.is_empty() {
+            write!(f, "; never taken: {}", missed.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+type RoundTrip<M> = fn(&M) -> Result<(), String>;
+
+/// Checks random event sequences against a machine's table. See the [module docs](self) for the
+/// properties.
+///
+/// Bounds: the machine is `Clone + PartialEq + Debug` (to compare a rejected step with the
+/// state before it and to print failures), its events are `Debug`. [`Checker::snapshots`]
+/// adds the round trip for machines that are `Serialize + DeserializeOwned`.
+pub struct Checker<M: StateMachine> {
+    cases: u32,
+    max_len: usize,
+    round_trip: Option<RoundTrip<M>>,
+}
+
+impl<M: StateMachine> fmt::Debug for Checker<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checker")
+            .field("machine", &M::TABLE.machine())
+            .field("cases", &self.cases)
+            .field("max_len", &self.max_len)
+            .field("snapshots", &self.round_trip.is_some())
+            .finish()
+    }
+}
+
+impl<M> Default for Checker<M>
+where
+    M: StateMachine + Clone + PartialEq + fmt::Debug,
+    M::Event: fmt::Debug,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M> Checker<M>
+where
+    M: StateMachine + Clone + PartialEq + fmt::Debug,
+    M::Event: fmt::Debug,
+{
+    /// A checker running 256 sequences (or `PROPTEST_CASES`) of up to 64 events, without the
+    /// snapshot round trip.
+    pub fn new() -> Self {
+        Checker {
+            cases: default_cases(),
+            max_len: 64,
+            round_trip: None,
+        }
+    }
+
+    /// How many random sequences [`Checker::run`] checks.
+    pub fn cases(mut self, cases: u32) -> Self {
+        self.cases = cases.max(1);
+        self
+    }
+
+    /// The longest sequence generated (and the most events [`Checker::fuzz`] takes from its
+    /// bytes).
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Also checks that every state visited round-trips through a snapshot envelope (the
+    /// default [`Codec`]: postcard, schema version 1) to an equal state.
+    pub fn snapshots(mut self) -> Self
+    where
+        M: Serialize + DeserializeOwned,
+    {
+        self.round_trip = Some(round_trip::<M>);
+        self
+    }
+
+    /// Checks one sequence from `start`. Returns what it did, or the first property broken.
+    pub fn check_sequence(
+        &self,
+        start: &M,
+        events: impl IntoIterator<Item = M::Event>,
+    ) -> Result<Run, Violation> {
+        let table = M::TABLE;
+        let reachable = reachable_set(table);
+        let mut machine = start.clone();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut run = Run::default();
+        let fail = |property: Property, detail: String, steps: &[Step]| Violation {
+            machine: table.machine(),
+            property,
+            detail,
+            start: format!("{start:?}"),
+            steps: steps.to_vec(),
+        };
+
+        self.check_state(&machine, &reachable)
+            .map_err(|(p, d)| fail(p, format!("the start state: {d}"), &steps))?;
+
+        let mut effects: Effects<M::Effect> = Effects::new();
+        for event in events {
+            let before = machine.clone();
+            let from = machine.state();
+            let event_id = event.id();
+            let event_name = event.name();
+            let event_value = format!("{event:?}");
+            let declared = table.target(from, event_id);
+            let terminal = table.is_terminal(from);
+            let mark = effects.len();
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                machine.apply_into(event, &mut effects)
+            }));
+            run.steps += 1;
+            let mut step = Step {
+                from: table.state_name(from),
+                event: event_name,
+                event_value,
+                outcome: String::new(),
+            };
+            match result {
+                Err(panic) => {
+                    step.outcome = "panicked".to_owned();
+                    steps.push(step);
+                    return Err(fail(
+                        Property::NeverPanics,
+                        format!("the handler or invariant panicked: {}", panic_message(&*panic)),
+                        &steps,
+                    ));
+                }
+                Ok(Ok(transition)) => {
+                    step.outcome = format!("-> {}", transition.to_name());
+                    steps.push(step);
+                    run.accepted += 1;
+                    let reported = (transition.from(), transition.event(), transition.to());
+                    if terminal {
+                        return Err(fail(
+                            Property::TerminalAcceptsNothing,
+                            format!(
+                                "terminal state `{}` accepted `{event_name}` and moved to `{}`",
+                                table.state_name(from),
+                                table.state_name(machine.state())
+                            ),
+                            &steps,
+                        ));
+                    }
+                    if declared != Some(machine.state()) || reported != (from, event_id, machine.state()) {
+                        return Err(fail(
+                            Property::AcceptsExactlyTheTable,
+                            format!(
+                                "accepted as {transition:?} and the machine is now in `{}`, but the table {}",
+                                table.state_name(machine.state()),
+                                match declared {
+                                    Some(to) => format!("leads to `{}`", table.state_name(to)),
+                                    None => "has no transition for this event here".to_owned(),
+                                }
+                            ),
+                            &steps,
+                        ));
+                    }
+                    if let Some(i) = table
+                        .transitions()
+                        .iter()
+                        .position(|t| t.from == from && t.event == event_id)
+                    {
+                        run.transitions.push(i);
+                    }
+                    self.check_state(&machine, &reachable).map_err(|(p, d)| {
+                        fail(p, format!("the state entered: {d}"), &steps)
+                    })?;
+                }
+                Ok(Err(rejection)) => {
+                    step.outcome = format!("rejected: {rejection}");
+                    steps.push(step);
+                    run.rejected += 1;
+                    if machine != before {
+                        return Err(fail(
+                            Property::RejectionLeavesStateUnchanged,
+                            format!("the machine was {before:?} and is now {machine:?}"),
+                            &steps,
+                        ));
+                    }
+                    if effects.len() != mark {
+                        return Err(fail(
+                            Property::RejectionLeavesStateUnchanged,
+                            format!(
+                                "the effects buffer held {mark} effects and now holds {}",
+                                effects.len()
+                            ),
+                            &steps,
+                        ));
+                    }
+                    if let Some(problem) = rejection_mismatch(table, from, event_id, declared, terminal, &rejection) {
+                        return Err(fail(Property::AcceptsExactlyTheTable, problem, &steps));
+                    }
+                }
+            }
+        }
+        run.steps = steps.len();
+        Ok(run)
+    }
+
+    /// The per-state properties: invariant, reachability, snapshot round trip.
+    fn check_state(&self, machine: &M, reachable: &[bool]) -> Result<(), (Property, String)> {
+        if let Err(invalid) = machine.validate() {
+            return Err((Property::InvariantsHold, format!("{machine:?} fails its invariant: {invalid}")));
+        }
+        let state = machine.state();
+        if !reachable.get(state.index()).copied().unwrap_or(false) {
+            return Err((
+                Property::VisitedStatesAreReachable,
+                format!(
+                    "`{}` is not reachable from the initial state `{}` per the table",
+                    M::TABLE.state_name(state),
+                    M::TABLE.state_name(M::TABLE.initial())
+                ),
+            ));
+        }
+        if let Some(round_trip) = self.round_trip {
+            round_trip(machine).map_err(|d| (Property::SnapshotRoundTrips, d))?;
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a rejection given what the table says, if anything.
+fn rejection_mismatch(
+    table: &'static Table,
+    from: StateId,
+    event: crate::EventId,
+    declared: Option<StateId>,
+    terminal: bool,
+    rejection: &crate::Rejection,
+) -> Option<String> {
+    if rejection.state() != from || rejection.event() != event {
+        return Some(format!(
+            "the rejection names state `{}` and event `{}`, not the state the machine was in and the event applied",
+            rejection.state_name(),
+            rejection.event_name()
+        ));
+    }
+    let state = table.state_name(from);
+    match (rejection.reason(), declared) {
+        (Reason::Terminal, _) if terminal => None,
+        (Reason::Terminal, _) => Some(format!("rejected as terminal, but `{state}` is not terminal")),
+        (_, _) if terminal => Some(format!(
+            "terminal state `{state}` must reject with `Reason::Terminal`, not {:?}",
+            rejection.reason()
+        )),
+        (Reason::NoTransition, None) => None,
+        (Reason::NoTransition, Some(to)) => Some(format!(
+            "rejected as having no transition, but the table leads to `{}`",
+            table.state_name(to)
+        )),
+        (Reason::Refused(_) | Reason::Panicked(_), Some(_)) => None,
+        (Reason::Invalid { target, .. }, Some(to)) if *target == to => None,
+        (Reason::Invalid { target, .. }, Some(to)) => Some(format!(
+            "the invariant of `{}` refused, but the table leads to `{}`",
+            table.state_name(*target),
+            table.state_name(to)
+        )),
+        (reason, None) => Some(format!(
+            "a handler ran ({reason:?}) for an event the table has no transition for in `{state}`"
+        )),
+    }
+}
+
+fn reachable_set(table: &'static Table) -> Vec<bool> {
+    let mut set = vec![false; table.states().len()];
+    for s in table.reachable() {
+        if let Some(slot) = set.get_mut(s.index()) {
+            *slot = true;
+        }
+    }
+    set
+}
+
+/// Encodes `machine` into an envelope, decodes the envelope's bytes, and compares.
+fn round_trip<M>(machine: &M) -> Result<(), String>
+where
+    M: StateMachine + Serialize + DeserializeOwned + PartialEq + fmt::Debug,
+{
+    let codec = Codec::<M>::new(1);
+    let snapshot = codec
+        .encode(machine, 7)
+        .map_err(|e| format!("{machine:?} does not encode: {e}"))?;
+    let (back, seq) = codec
+        .decode_bytes(snapshot.as_bytes())
+        .map_err(|e| format!("{machine:?} encodes but does not decode: {e}"))?;
+    if back != *machine || seq != 7 {
+        return Err(format!(
+            "{machine:?} came back from its snapshot as {back:?} (sequence {seq}, written 7)"
+        ));
+    }
+    Ok(())
+}
+
+fn default_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+#[cfg(feature = "proptest")]
+mod with_proptest {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use proptest::arbitrary::{any, Arbitrary};
+    use proptest::collection::vec;
+    use proptest::strategy::{Just, Strategy};
+    use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+
+    use super::{Checker, Coverage, Violation};
+    use crate::StateMachine;
+
+    /// Why [`Checker::run`] failed: a property broken (the sequence already shrunk), or
+    /// proptest gave up (too many rejected inputs).
+    #[derive(Debug)]
+    pub enum Failure {
+        /// A property did not hold; the sequence is minimal.
+        Violated(Violation),
+        /// proptest aborted the run.
+        Aborted(String),
+    }
+
+    impl fmt::Display for Failure {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Failure::Violated(v) => write!(f, "{v}(sequence shrunk by proptest)"),
+                Failure::Aborted(why) => write!(f, "the property run was aborted: {why}"),
+            }
+        }
+    }
+
+    impl std::error::Error for Failure {}
+
+    impl<M> Checker<M>
+    where
+        M: StateMachine + Clone + PartialEq + fmt::Debug,
+        M::Event: fmt::Debug,
+    {
+        /// Runs [`Checker::cases`] random sequences from `start`, events from the derived
+        /// strategy (`any::<Event>()`), and shrinks a failing one to a minimal sequence.
+        pub fn run(&self, start: M) -> Result<Coverage, Failure>
+        where
+            M::Event: Arbitrary,
+        {
+            self.run_with(Just(start), any::<M::Event>())
+        }
+
+        /// Like [`Checker::run`], with the start states and the events drawn from the given
+        /// strategies (for example `any::<Machine>()` filtered to valid states, or events
+        /// weighted toward the interesting ones).
+        pub fn run_with<S, E>(&self, starts: S, events: E) -> Result<Coverage, Failure>
+        where
+            S: Strategy<Value = M>,
+            E: Strategy<Value = M::Event>,
+        {
+            let config = Config {
+                cases: self.cases,
+                failure_persistence: None,
+                ..Config::default()
+            };
+            let mut runner = TestRunner::new(config);
+            let coverage = RefCell::new(Coverage::new(M::TABLE));
+            let strategy = (starts, vec(events, 0..=self.max_len));
+            let result = runner.run(&strategy, |(start, events)| {
+                let run = self
+                    .check_sequence(&start, events)
+                    .map_err(|v| TestCaseError::fail(v.to_string()))?;
+                coverage.borrow_mut().add(&run);
+                Ok(())
+            });
+            match result {
+                Ok(()) => Ok(coverage.into_inner()),
+                Err(TestError::Fail(reason, (start, events))) => {
+                    match self.check_sequence(&start, events) {
+                        Err(v) => Err(Failure::Violated(v)),
+                        // A property that fails once and not again (a handler that is not a
+                        // function of its inputs): report what proptest saw.
+                        Ok(_) => Err(Failure::Aborted(format!(
+                            "a sequence failed, then passed when run again (is a handler not deterministic?): {reason}"
+                        ))),
+                    }
+                }
+                Err(TestError::Abort(reason)) => Err(Failure::Aborted(reason.to_string())),
+            }
+        }
+    }
+
+    /// The one-line property check: runs random event sequences from `start` against the
+    /// machine's table with every property of the [module](super), including the snapshot
+    /// round trip, and panics with the shrunk sequence if one fails. Prints the coverage.
+    ///
+    /// ```ignore
+    /// #[test]
+    /// fn order_machine_holds_its_properties() {
+    ///     fsm_core::testing::check_machine(Order::Draft);
+    /// }
+    /// ```
+    pub fn check_machine<M>(start: M) -> Coverage
+    where
+        M: StateMachine + Clone + PartialEq + fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+        M::Event: fmt::Debug + Arbitrary,
+    {
+        match Checker::<M>::new().snapshots().run(start) {
+            Ok(coverage) => {
+                println!("{coverage}");
+                coverage
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+}
+
+#[cfg(feature = "proptest")]
+pub use with_proptest::{check_machine, Failure};
+
+#[cfg(feature = "arbitrary")]
+mod with_arbitrary {
+    use std::fmt;
+
+    use arbitrary::{Arbitrary, Unstructured};
+
+    use super::{Checker, Run, Violation};
+    use crate::StateMachine;
+
+    impl<M> Checker<M>
+    where
+        M: StateMachine + Clone + PartialEq + fmt::Debug,
+        M::Event: fmt::Debug,
+    {
+        /// Checks the sequence a fuzzer's bytes decode to (events from the derived
+        /// `arbitrary::Arbitrary` impl, at most [`Checker::max_len`] of them), from `start`.
+        /// For a `fuzz_target!`: panic on `Err` so the fuzzer records the input.
+        pub fn fuzz(&self, start: &M, data: &[u8]) -> Result<Run, Violation>
+        where
+            M::Event: for<'a> Arbitrary<'a>,
+        {
+            let mut u = Unstructured::new(data);
+            let events = events(&mut u, self.max_len);
+            self.check_sequence(start, events)
+        }
+
+        /// Like [`Checker::fuzz`], starting from a state drawn from the bytes too (the derived
+        /// `Arbitrary` impl of the machine). Bytes that give a state failing its invariant are
+        /// not a sequence to check: `Ok` with an empty [`Run`].
+        pub fn fuzz_any_start(&self, data: &[u8]) -> Result<Run, Violation>
+        where
+            M: for<'a> Arbitrary<'a>,
+            M::Event: for<'a> Arbitrary<'a>,
+        {
+            let mut u = Unstructured::new(data);
+            let Ok(start) = M::arbitrary(&mut u) else {
+                return Ok(Run::default());
+            };
+            if start.validate().is_err() {
+                return Ok(Run::default());
+            }
+            let events = events(&mut u, self.max_len);
+            self.check_sequence(&start, events)
+        }
+    }
+
+    fn events<'a, E: Arbitrary<'a>>(u: &mut Unstructured<'a>, max: usize) -> Vec<E> {
+        let mut out = Vec::new();
+        while out.len() < max && !u.is_empty() {
+            match E::arbitrary(u) {
+                Ok(e) => out.push(e),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}

@@ -1,6 +1,6 @@
 use fsm_core::{Event, StateMachine};
 
-#[derive(Event)]
+#[derive(Event, Debug)]
 enum Cmd {
     Go,
     Stop,

@@ -361,9 +361,7 @@ where
             let declared = table.target(from, event_id);
             let terminal = table.is_terminal(from);
             let mark = effects.len();
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                machine.apply_into(event, &mut effects)
-            }));
+            let result = catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, &mut effects)));
             run.steps += 1;
             let mut step = Step {
                 from: table.state_name(from),
@@ -377,7 +375,10 @@ where
                     steps.push(step);
                     return Err(fail(
                         Property::NeverPanics,
-                        format!("the handler or invariant panicked: {}", panic_message(&*panic)),
+                        format!(
+                            "the handler or invariant panicked: {}",
+                            panic_message(&*panic)
+                        ),
                         &steps,
                     ));
                 }
@@ -397,7 +398,9 @@ where
                             &steps,
                         ));
                     }
-                    if declared != Some(machine.state()) || reported != (from, event_id, machine.state()) {
+                    if declared != Some(machine.state())
+                        || reported != (from, event_id, machine.state())
+                    {
                         return Err(fail(
                             Property::AcceptsExactlyTheTable,
                             format!(
@@ -418,9 +421,8 @@ where
                     {
                         run.transitions.push(i);
                     }
-                    self.check_state(&machine, &reachable).map_err(|(p, d)| {
-                        fail(p, format!("the state entered: {d}"), &steps)
-                    })?;
+                    self.check_state(&machine, &reachable)
+                        .map_err(|(p, d)| fail(p, format!("the state entered: {d}"), &steps))?;
                 }
                 Ok(Err(rejection)) => {
                     step.outcome = format!("rejected: {rejection}");
@@ -443,7 +445,9 @@ where
                             &steps,
                         ));
                     }
-                    if let Some(problem) = rejection_mismatch(table, from, event_id, declared, terminal, &rejection) {
+                    if let Some(problem) =
+                        rejection_mismatch(table, from, event_id, declared, terminal, &rejection)
+                    {
                         return Err(fail(Property::AcceptsExactlyTheTable, problem, &steps));
                     }
                 }
@@ -456,7 +460,10 @@ where
     /// The per-state properties: invariant, reachability, snapshot round trip.
     fn check_state(&self, machine: &M, reachable: &[bool]) -> Result<(), (Property, String)> {
         if let Err(invalid) = machine.validate() {
-            return Err((Property::InvariantsHold, format!("{machine:?} fails its invariant: {invalid}")));
+            return Err((
+                Property::InvariantsHold,
+                format!("{machine:?} fails its invariant: {invalid}"),
+            ));
         }
         let state = machine.state();
         if !reachable.get(state.index()).copied().unwrap_or(false) {
@@ -495,7 +502,9 @@ fn rejection_mismatch(
     let state = table.state_name(from);
     match (rejection.reason(), declared) {
         (Reason::Terminal, _) if terminal => None,
-        (Reason::Terminal, _) => Some(format!("rejected as terminal, but `{state}` is not terminal")),
+        (Reason::Terminal, _) => Some(format!(
+            "rejected as terminal, but `{state}` is not terminal"
+        )),
         (_, _) if terminal => Some(format!(
             "terminal state `{state}` must reject with `Reason::Terminal`, not {:?}",
             rejection.reason()
@@ -655,7 +664,12 @@ mod with_proptest {
     /// ```
     pub fn check_machine<M>(start: M) -> Coverage
     where
-        M: StateMachine + Clone + PartialEq + fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+        M: StateMachine
+            + Clone
+            + PartialEq
+            + fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
         M::Event: fmt::Debug + Arbitrary,
     {
         match Checker::<M>::new().snapshots().run(start) {

@@ -351,11 +351,15 @@ mod tests {
         assert_eq!(f.arbitrary, Some(parse_quote!(gen::fuzz_small)));
 
         let cx = Ctxt::new();
-        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(strategy = a, strategy = b, stratgy = c)])];
+        let attrs: Vec<Attribute> =
+            vec![parse_quote!(#[fsm(strategy = a, strategy = b, stratgy = c)])];
         field(&cx, &attrs);
         let err = cx.check().unwrap_err();
         let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
-        assert!(all[0].contains("duplicate fsm attribute `strategy`"), "{all:?}");
+        assert!(
+            all[0].contains("duplicate fsm attribute `strategy`"),
+            "{all:?}"
+        );
     }
 
     #[test]

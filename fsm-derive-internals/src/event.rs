@@ -5,13 +5,13 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use crate::ast::Events;
-use crate::strategy;
 use crate::generics::inner_visibility;
 use crate::names::{snake_ident, variant_hash};
 use crate::shape::{
     bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, variant_fields,
     Paths,
 };
+use crate::strategy;
 
 pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
     let paths = Paths::new(ev.attrs.krate.as_ref());

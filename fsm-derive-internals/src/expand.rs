@@ -6,7 +6,6 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
-use crate::strategy;
 use crate::ast::{Machine, State};
 use crate::attr::PolicyKind;
 use crate::generics::{inner_visibility, with_view_lifetime};
@@ -15,6 +14,7 @@ use crate::shape::{
     bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, self_fields,
     variant_fields, view_struct, Paths,
 };
+use crate::strategy;
 
 /// Everything the expansion of one machine needs, computed once.
 struct Gen<'m, 'a> {

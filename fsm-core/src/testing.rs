@@ -194,6 +194,8 @@ pub struct Coverage {
     pub taken: Vec<u64>,
 }
 
+// Only the proptest runner builds coverage.
+#[cfg_attr(not(feature = "proptest"), allow(dead_code))]
 impl Coverage {
     fn new(table: &'static Table) -> Self {
         Coverage {

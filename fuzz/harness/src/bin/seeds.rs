@@ -1,0 +1,75 @@
+//! Writes the seed corpus of every fuzz target into `fuzz/corpus/<target>/` (files named
+//! `seed-*`): `cargo run -p fsm-fuzz-harness --bin seeds`. Deterministic, so rerunning it
+//! changes nothing. Seeds give the fuzzers valid structure to mutate (whole envelopes of every
+//! registrar state, with and without a journal) and the corpus tests a first set of inputs.
+
+use std::fs;
+use std::path::PathBuf;
+
+use fsm_core::store::Codec;
+use fsm_examples::registrar::Order;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let mut bytes = xorshift(0x00f5_eed5);
+    for (target, _) in fsm_fuzz_harness::TARGETS {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("the corpus directory");
+        let mut seeds: Vec<Vec<u8>> = (0..12usize).map(|i| bytes(8 + i * 24)).collect();
+        if *target == "envelope_decode" {
+            seeds.extend(envelopes());
+        }
+        if *target == "derive_input" {
+            seeds.extend(DECLARATIONS.iter().map(|d| [&[0u8][..], d.as_bytes()].concat()));
+        }
+        for (i, seed) in seeds.iter().enumerate() {
+            fs::write(dir.join(format!("seed-{i:02}")), seed).expect("a seed file");
+        }
+        println!("{target}: {} seeds", seeds.len());
+    }
+}
+
+fn envelopes() -> Vec<Vec<u8>> {
+    let codec = Codec::<Order>::new(1);
+    let states = [
+        Order::Draft,
+        Order::Submitted { domain: "example.org".into() },
+        Order::Paid { domain: "example.org".into(), cents: 1200 },
+        Order::Registered { domain: "example.org".into() },
+        Order::Failed { domain: "example.org".into(), reason: "taken".into() },
+        Order::Cancelled,
+    ];
+    let mut out = Vec::new();
+    for (i, s) in states.iter().enumerate() {
+        out.push(codec.encode(s, i as u64 + 1).expect("encodes").into_bytes());
+        let journal = [1u8, 0, 0, 0, 7, b'k', b'e', b'y', b'-', b'0', b'1', 9];
+        out.push(
+            codec
+                .encode_with_journal(s, i as u64 + 1, &journal)
+                .expect("encodes")
+                .into_bytes(),
+        );
+    }
+    out
+}
+
+/// Well-formed declarations, for the raw-text mode of `derive_input`.
+const DECLARATIONS: &[&str] = &[
+    "#[fsm(event = Cmd)] enum M { #[fsm(initial, on(Go => B))] A, #[fsm(terminal)] B }",
+    "#[fsm(event = Cmd, effect = u8)] pub enum Door { #[fsm(initial, on(Lock => Locked), defer(Unlock))] Open, #[fsm(on(Unlock => Open), dump)] Locked { #[fsm(sensitive)] code: u32 } }",
+    "#[fsm(event = Cmd)] enum G<T> { #[fsm(initial, on(Go | Stop => B), validate = ok)] A(T), #[fsm(on(Go => A), delegate(Tick))] B { #[fsm(strategy = s, arbitrary = a)] x: T } }",
+    "enum Cmd { Go, Stop { n: u8 }, Tick(String) }",
+];
+
+fn xorshift(mut seed: u64) -> impl FnMut(usize) -> Vec<u8> {
+    move |n| {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,68 @@
+//! Arbitrary bytes into the snapshot envelope decoder.
+
+use fsm_core::store::{Codec, Limits, Snapshot};
+use fsm_examples::registrar::Order;
+
+use crate::alloc;
+
+/// The payload bound the target decodes with: small, so that inputs reach it.
+const LIMITS: Limits = Limits {
+    max_payload: 64 << 10,
+};
+
+/// What decoding may allocate beyond the input: serde caps a sequence's preallocation at
+/// 1 MiB whatever length its prefix claims; the rest is proportional to the input.
+fn allocation_bound(input: usize) -> usize {
+    3 * input + (1 << 20) + (16 << 10)
+}
+
+/// Decodes `data` as an envelope holding a registrar order. Must hold: no panic; the most
+/// bytes live at once while decoding stay within [`allocation_bound`] (a length field cannot
+/// make the decoder allocate what the input does not hold); an envelope that verifies whole
+/// also verifies as a prefix of the same length, and one that verifies as a prefix verifies
+/// whole when cut there; input longer than the limits allow is refused; and a machine that
+/// decodes re-encodes to an envelope that decodes to the same machine, sequence and journal.
+pub fn envelope_decode(data: &[u8]) {
+    assert!(
+        alloc::installed(),
+        "envelope_decode needs fsm_fuzz_harness::alloc::Tracking as the global allocator"
+    );
+    let codec = Codec::<Order>::new(1).limits(LIMITS);
+    let (decoded, peak) = alloc::peak_during(|| codec.decode_bytes(data));
+    assert!(
+        peak <= allocation_bound(data.len()),
+        "decoding {} bytes allocated {peak} bytes at once (bound {})",
+        data.len(),
+        allocation_bound(data.len())
+    );
+
+    let whole = Snapshot::from_bytes(data.to_vec(), &LIMITS);
+    let prefix = Snapshot::verify_prefix(data, &LIMITS);
+    if whole.is_ok() {
+        assert_eq!(prefix.as_ref().ok(), Some(&data.len()), "{prefix:?}");
+    }
+    if let Ok(n) = prefix {
+        assert!(n <= data.len());
+        let cut = Snapshot::from_bytes(data[..n].to_vec(), &LIMITS);
+        assert!(cut.is_ok(), "a verified prefix of {n} bytes does not verify whole: {cut:?}");
+    }
+    if data.len() > LIMITS.max_envelope() {
+        assert!(whole.is_err() && decoded.is_err(), "an oversized envelope was accepted");
+    }
+
+    if let (Ok((machine, seq)), Ok(snapshot)) = (&decoded, &whole) {
+        let again = match snapshot.journal() {
+            Some(journal) => codec.encode_with_journal(machine, *seq, journal),
+            None => codec.encode(machine, *seq),
+        }
+        .unwrap_or_else(|e| panic!("{machine:?} decoded but does not encode: {e}"));
+        assert_eq!(again.journal(), snapshot.journal());
+        let (back, back_seq) = codec
+            .decode_bytes(again.as_bytes())
+            .unwrap_or_else(|e| panic!("{machine:?} re-encoded does not decode: {e}"));
+        assert_eq!((&back, back_seq), (machine, *seq));
+    }
+    if decoded.is_ok() {
+        assert!(whole.is_ok(), "the codec accepted bytes the envelope refuses");
+    }
+}

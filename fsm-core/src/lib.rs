@@ -63,6 +63,21 @@
 //!
 //! On a field of a state or an event: `sensitive`, which [`Redacted`] prints as `<redacted>`.
 //!
+//! On a field of a state or an event, for the generated test strategies (features `proptest`
+//! and `arbitrary`): `strategy = path` (a `fn() -> impl Strategy<Value = FieldType>` used
+//! instead of `any::<FieldType>()`) and `arbitrary = path` (a
+//! `fn(&mut Unstructured<'_>) -> arbitrary::Result<FieldType>`).
+//!
+//! # Testing a machine
+//!
+//! With the `proptest` feature, both derives also implement proptest's `Arbitrary` for the
+//! enums (so `any::<Order>()` and `any::<OrderCmd>()` exist), and
+//! [`testing::check_machine`] runs random event sequences against the table in one line; with
+//! the `arbitrary` feature they implement `arbitrary::Arbitrary` and
+//! [`testing::Checker::fuzz`] checks the sequence a fuzzer's bytes decode to. Either feature
+//! requires the enums to be `Debug` and their fields to implement the corresponding trait (or
+//! name a generator as above); enable them in `[dev-dependencies]`.
+//!
 //! The derive generates a module named after the enum with one type per state
 //! (`light::On`), a view type per state with data (`door::LockedRef<'_>`), and the
 //! [`TypedState`] impls that connect them to the enum. Both enums must be declared at module

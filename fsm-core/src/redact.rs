@@ -16,7 +16,7 @@ pub trait Redact {
 ///
 /// ```
 /// use fsm_core::{Event, Redacted};
-/// #[derive(Event)]
+/// #[derive(Event, Debug)]
 /// enum Cmd { Pay { cents: u64, #[fsm(sensitive)] card: String } }
 /// let cmd = Cmd::Pay { cents: 100, card: "4111 1111 1111 1111".into() };
 /// assert_eq!(format!("{:?}", Redacted(&cmd)), "Pay { cents: 100, card: <redacted> }");

@@ -86,10 +86,7 @@ pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let r = f();
     let peak = WINDOW.with(|w| {
         let now = w.get();
-        w.set(Window {
-            open: false,
-            ..now
-        });
+        w.set(Window { open: false, ..now });
         now.peak
     });
     (r, peak.max(0) as usize)

@@ -25,7 +25,10 @@ pub fn derive_input(data: &[u8]) {
         return;
     };
     for (derive, out) in [
-        ("StateMachine", fsm_derive_internals::state_machine_from(&input)),
+        (
+            "StateMachine",
+            fsm_derive_internals::state_machine_from(&input),
+        ),
         ("Event", fsm_derive_internals::event_from(&input)),
     ] {
         if let Err(e) = syn::parse2::<syn::File>(out.clone()) {
@@ -53,7 +56,16 @@ fn declaration(u: &mut Unstructured<'_>) -> String {
     let kind = pick(u, &["enum", "enum", "enum", "enum", "struct", "union"]);
     let generics = pick(
         u,
-        &["", "", "", "<T>", "<'a>", "<const N: usize>", "<T: Clone, U>", "<T> where T: Copy"],
+        &[
+            "",
+            "",
+            "",
+            "<T>",
+            "<'a>",
+            "<const N: usize>",
+            "<T: Clone, U>",
+            "<T> where T: Copy",
+        ],
     );
     let (params, bounds) = match generics.split_once(" where ") {
         Some((p, w)) => (p.to_owned(), format!(" where {w}")),
@@ -105,14 +117,23 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
             0 => "initial".to_owned(),
             1 => "terminal".to_owned(),
             2 | 3 => format!("on({} => {})", pick(u, EVENTS), pick(u, STATES)),
-            4 => format!("on({} | {} => {})", pick(u, EVENTS), pick(u, EVENTS), pick(u, STATES)),
+            4 => format!(
+                "on({} | {} => {})",
+                pick(u, EVENTS),
+                pick(u, EVENTS),
+                pick(u, STATES)
+            ),
             5 => format!("defer({})", pick(u, EVENTS)),
             6 => pick(u, &["defer", "dump", "delegate"]).to_owned(),
             7 => format!("dump({}, {})", pick(u, EVENTS), pick(u, EVENTS)),
             8 => format!("delegate({})", pick(u, EVENTS)),
             9 => "validate = check".to_owned(),
             10 => format!("on({} -> {})", pick(u, EVENTS), pick(u, STATES)),
-            11 => pick(u, &["on()", "on(=> A)", "initial = 1", "validate", "defer()"]).to_owned(),
+            11 => pick(
+                u,
+                &["on()", "on(=> A)", "initial = 1", "validate", "defer()"],
+            )
+            .to_owned(),
             12 => "sensitive".to_owned(),
             _ => "inital".to_owned(),
         };

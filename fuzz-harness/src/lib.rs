@@ -28,8 +28,11 @@ pub use queue_ops::queue_ops;
 pub use store_ops::store_ops;
 pub use transition_table::transition_table;
 
+/// A target's body: the fuzzer's bytes in, a panic if a property does not hold.
+pub type Body = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/corpus/` directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("transition_table", transition_table),
     ("envelope_decode", envelope_decode),
     ("queue_ops", queue_ops),

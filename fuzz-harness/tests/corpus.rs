@@ -9,7 +9,9 @@ use std::path::PathBuf;
 static ALLOC: fsm_fuzz_harness::alloc::Tracking = fsm_fuzz_harness::alloc::Tracking;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {} unreadable: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
@@ -71,6 +73,12 @@ fn every_target_has_a_test() {
     let names: Vec<&str> = fsm_fuzz_harness::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["transition_table", "envelope_decode", "queue_ops", "store_ops", "derive_input"]
+        [
+            "transition_table",
+            "envelope_decode",
+            "queue_ops",
+            "store_ops",
+            "derive_input"
+        ]
     );
 }

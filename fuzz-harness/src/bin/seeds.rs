@@ -10,7 +10,7 @@ use fsm_core::store::Codec;
 use fsm_examples::registrar::Order;
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let mut bytes = xorshift(0x00f5_eed5);
     for (target, _) in fsm_fuzz_harness::TARGETS {
         let dir = root.join(target);
@@ -20,7 +20,11 @@ fn main() {
             seeds.extend(envelopes());
         }
         if *target == "derive_input" {
-            seeds.extend(DECLARATIONS.iter().map(|d| [&[0u8][..], d.as_bytes()].concat()));
+            seeds.extend(
+                DECLARATIONS
+                    .iter()
+                    .map(|d| [&[0u8][..], d.as_bytes()].concat()),
+            );
         }
         for (i, seed) in seeds.iter().enumerate() {
             fs::write(dir.join(format!("seed-{i:02}")), seed).expect("a seed file");
@@ -33,22 +37,35 @@ fn envelopes() -> Vec<Vec<u8>> {
     let codec = Codec::<Order>::new(1);
     let states = [
         Order::Draft,
-        Order::Submitted { domain: "example.org".into() },
-        Order::Paid { domain: "example.org".into(), cents: 1200 },
-        Order::Registered { domain: "example.org".into() },
-        Order::Failed { domain: "example.org".into(), reason: "taken".into() },
+        Order::Submitted {
+            domain: "example.org".into(),
+        },
+        Order::Paid {
+            domain: "example.org".into(),
+            cents: 1200,
+        },
+        Order::Registered {
+            domain: "example.org".into(),
+        },
+        Order::Failed {
+            domain: "example.org".into(),
+            reason: "taken".into(),
+        },
         Order::Cancelled,
     ];
     let mut out = Vec::new();
     for (i, s) in states.iter().enumerate() {
-        out.push(codec.encode(s, i as u64 + 1).expect("encodes").into_bytes());
+        let plain = codec.encode(s, i as u64 + 1).expect("encodes").into_bytes();
         let journal = [1u8, 0, 0, 0, 7, b'k', b'e', b'y', b'-', b'0', b'1', 9];
-        out.push(
-            codec
-                .encode_with_journal(s, i as u64 + 1, &journal)
-                .expect("encodes")
-                .into_bytes(),
-        );
+        let journaled = codec
+            .encode_with_journal(s, i as u64 + 1, &journal)
+            .expect("encodes")
+            .into_bytes();
+        // The first byte is the target's mode: 0 as is, 1 resealed.
+        for mode in [0u8, 1] {
+            out.push([&[mode][..], &plain].concat());
+            out.push([&[mode][..], &journaled].concat());
+        }
     }
     out
 }

@@ -32,7 +32,11 @@ pub fn queue_ops(data: &[u8]) {
     let clock = ManualClock::new();
     let delegations = Arc::new(AtomicU64::new(0));
     let dump_count = Arc::new(AtomicU64::new(0));
-    let (d, g, accepts) = (dump_count.clone(), delegations.clone(), config.overflow_accepts);
+    let (d, g, accepts) = (
+        dump_count.clone(),
+        delegations.clone(),
+        config.overflow_accepts,
+    );
     let (tx, mut rx) = queue::bounded::<Light>(config.capacity)
         .overload(config.policy)
         .defer_limit(config.defer_limit)
@@ -67,7 +71,8 @@ pub fn queue_ops(data: &[u8]) {
                 let mut command = Command::new(event(kind, n, ok));
                 n += 1;
                 if let Some(ms) = deadline {
-                    command = command.with_deadline(clock.now() + Duration::from_millis(u64::from(ms % 4)));
+                    command = command
+                        .with_deadline(clock.now() + Duration::from_millis(u64::from(ms % 4)));
                 }
                 // Back-pressure would block a blocking submit for ever on one thread.
                 let blocking = config.blocking && config.policy != Overload::Backpressure;
@@ -113,9 +118,17 @@ pub fn queue_ops(data: &[u8]) {
     assert!(c.closed >= handed_back.len() as u64);
     assert_eq!(dump_count.load(Ordering::Relaxed), c.dumped);
     assert_eq!(delegations.load(Ordering::Relaxed), c.delegated);
-    assert_eq!(applied.len() as u64, c.applied, "one effect per applied command");
+    assert_eq!(
+        applied.len() as u64,
+        c.applied,
+        "one effect per applied command"
+    );
     let distinct: BTreeSet<u32> = applied.iter().copied().collect();
-    assert_eq!(distinct.len(), applied.len(), "a command was applied twice: {applied:?}");
+    assert_eq!(
+        distinct.len(),
+        applied.len(),
+        "a command was applied twice: {applied:?}"
+    );
 }
 
 struct Config {

@@ -26,7 +26,7 @@ const MACHINES: u8 = 6;
 /// always reopens.
 pub fn store_ops(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dir = scratch_dir();
     let mut model = Model::default();
     let mut io = FaultyIo::counting();
     let mut store = open(dir.path(), &io);
@@ -34,7 +34,9 @@ pub fn store_ops(data: &[u8]) {
         let Ok(op) = u.choose_index(8) else { break };
         match op {
             0 => {
-                let Ok(put) = model.draw_put(&mut u) else { break };
+                let Ok(put) = model.draw_put(&mut u) else {
+                    break;
+                };
                 let snapshot = snapshot(put.id, put.seq);
                 let id = machine_id(put.id);
                 let result = store.put(&id, put.expected, &snapshot);
@@ -44,7 +46,9 @@ pub fn store_ops(data: &[u8]) {
                 let Ok(n) = u.int_in_range(1..=4) else { break };
                 let mut puts: Vec<Draw> = Vec::new();
                 for _ in 0..n {
-                    let Ok(put) = model.draw_put(&mut u) else { break };
+                    let Ok(put) = model.draw_put(&mut u) else {
+                        break;
+                    };
                     if puts.iter().all(|p| p.id != put.id) {
                         puts.push(put);
                     }
@@ -62,7 +66,9 @@ pub fn store_ops(data: &[u8]) {
                 model.after_write(&puts, &result, io.injected());
             }
             2 | 3 => {
-                let Ok(id) = u.int_in_range(0..=MACHINES - 1) else { break };
+                let Ok(id) = u.int_in_range(0..=MACHINES - 1) else {
+                    break;
+                };
                 let read = if op == 2 {
                     store.get(&machine_id(id)).map(|s| {
                         assert_eq!(
@@ -115,6 +121,20 @@ pub fn store_ops(data: &[u8]) {
         };
         model.after_read(id, Ok(seq), false);
     }
+}
+
+/// A temporary directory, on tmpfs where there is one: fsync there costs nothing, so the
+/// fuzzer runs tens of times more inputs. The target checks the store's logic against the
+/// model under injected faults; what a real disk keeps through a crash is the job of the
+/// kill -9 tests, which run on the real file system.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.expect("a temporary directory")
 }
 
 /// Opens the store; if the planned fault makes opening fail, opens it again without faults
@@ -215,8 +235,15 @@ impl Model {
                     possible.contains(found),
                     "machine {id}: conflict says the store holds {found:?}, the model allows {possible:?}"
                 );
-                let p = puts.iter().find(|p| p.id == id).expect("the conflicting put");
-                assert_ne!(Some(&p.expected), Some(found), "a conflict on the expected sequence");
+                let p = puts
+                    .iter()
+                    .find(|p| p.id == id)
+                    .expect("the conflicting put");
+                assert_ne!(
+                    Some(&p.expected),
+                    Some(found),
+                    "a conflict on the expected sequence"
+                );
                 self.may_hold.insert(id, BTreeSet::from([*found]));
             }
             Err(e) if e.is_outcome_unknown() => {

@@ -16,13 +16,29 @@ fn allocation_bound(input: usize) -> usize {
     3 * input + (1 << 20) + (16 << 10)
 }
 
-/// Decodes `data` as an envelope holding a registrar order. Must hold: no panic; the most
+/// The first byte picks the mode: even, the rest is decoded as it is; odd, its last four bytes
+/// are first replaced by the CRC32C of the bytes before them (resealed), so that mutations
+/// get past the checksum and reach the header, journal and payload decoders. Then decodes the
+/// bytes as an envelope holding a registrar order. Must hold: no panic; the most
 /// bytes live at once while decoding stay within [`allocation_bound`] (a length field cannot
 /// make the decoder allocate what the input does not hold); an envelope that verifies whole
 /// also verifies as a prefix of the same length, and one that verifies as a prefix verifies
 /// whole when cut there; input longer than the limits allow is refused; and a machine that
 /// decodes re-encodes to an envelope that decodes to the same machine, sequence and journal.
 pub fn envelope_decode(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = rest.to_vec();
+    if mode & 1 == 1 && bytes.len() >= 4 {
+        let end = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    }
+    decode(&bytes);
+}
+
+fn decode(data: &[u8]) {
     assert!(
         alloc::installed(),
         "envelope_decode needs fsm_fuzz_harness::alloc::Tracking as the global allocator"
@@ -44,10 +60,16 @@ pub fn envelope_decode(data: &[u8]) {
     if let Ok(n) = prefix {
         assert!(n <= data.len());
         let cut = Snapshot::from_bytes(data[..n].to_vec(), &LIMITS);
-        assert!(cut.is_ok(), "a verified prefix of {n} bytes does not verify whole: {cut:?}");
+        assert!(
+            cut.is_ok(),
+            "a verified prefix of {n} bytes does not verify whole: {cut:?}"
+        );
     }
     if data.len() > LIMITS.max_envelope() {
-        assert!(whole.is_err() && decoded.is_err(), "an oversized envelope was accepted");
+        assert!(
+            whole.is_err() && decoded.is_err(),
+            "an oversized envelope was accepted"
+        );
     }
 
     if let (Ok((machine, seq)), Ok(snapshot)) = (&decoded, &whole) {
@@ -63,6 +85,9 @@ pub fn envelope_decode(data: &[u8]) {
         assert_eq!((&back, back_seq), (machine, *seq));
     }
     if decoded.is_ok() {
-        assert!(whole.is_ok(), "the codec accepted bytes the envelope refuses");
+        assert!(
+            whole.is_ok(),
+            "the codec accepted bytes the envelope refuses"
+        );
     }
 }

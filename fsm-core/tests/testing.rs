@@ -194,17 +194,13 @@ fn fuzz_bytes_decode_into_checked_sequences() {
     assert!(accepted > 100, "only {accepted} transitions taken");
 }
 
-/// A tiny deterministic byte source (xorshift), so the test needs no extra dependency.
-fn fastrand_bytes(mut seed: u64) -> impl FnMut(usize) -> Vec<u8> {
+/// Deterministic random bytes, `n` at a time.
+fn fastrand_bytes(seed: u64) -> impl FnMut(usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
     move |n| {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect()
+        let mut out = vec![0u8; n];
+        rng.fill(&mut out);
+        out
     }
 }
 

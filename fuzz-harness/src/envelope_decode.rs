@@ -20,7 +20,7 @@ fn allocation_bound(input: usize) -> usize {
 /// are first replaced by the CRC32C of the bytes before them (resealed), so that mutations
 /// get past the checksum and reach the header, journal and payload decoders. Then decodes the
 /// bytes as an envelope holding a registrar order. Must hold: no panic; the most
-/// bytes live at once while decoding stay within [`allocation_bound`] (a length field cannot
+/// bytes live at once while decoding stay within 3x the input + 1 MiB (a length field cannot
 /// make the decoder allocate what the input does not hold); an envelope that verifies whole
 /// also verifies as a prefix of the same length, and one that verifies as a prefix verifies
 /// whole when cut there; input longer than the limits allow is refused; and a machine that

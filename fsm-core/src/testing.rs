@@ -455,7 +455,6 @@ where
                 }
             }
         }
-        run.steps = steps.len();
         Ok(run)
     }
 

@@ -10,9 +10,10 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{GenericParam, Generics, Ident, Lifetime, LifetimeParam, Type, WherePredicate};
+use syn::{GenericParam, Generics, Ident, Lifetime, LifetimeParam};
 
 use crate::ast::Variant;
+use crate::generics::with_bounds;
 use crate::shape::{bindings, idents, variant_fields, Paths};
 
 /// Both impls for the enum `ident` with `variants`, each behind its feature gate. An empty
@@ -46,28 +47,23 @@ fn has_type_params(g: &Generics) -> bool {
     g.params.iter().any(|p| matches!(p, GenericParam::Type(_)))
 }
 
+/// The generics with `FieldType: bound` for every field without its own generator (chosen by
+/// `custom`), when the enum has type parameters.
 fn bounded(
     g: &Generics,
     variants: &[&Variant<'_>],
     custom: impl Fn(&crate::attr::FieldAttrs) -> bool,
     bound: &TokenStream,
 ) -> Generics {
-    let mut g = g.clone();
-    if !has_type_params(&g) {
-        return g;
+    if !has_type_params(g) {
+        return g.clone();
     }
-    let types: Vec<&Type> = variants
+    let types = variants
         .iter()
         .flat_map(|v| v.fields.iter())
         .filter(|f| !custom(&f.generators))
-        .map(|f| f.ty)
-        .collect();
-    let wc = g.make_where_clause();
-    for ty in types {
-        let p: WherePredicate = syn::parse_quote!(#ty: #bound);
-        wc.predicates.push(p);
-    }
-    g
+        .map(|f| f.ty);
+    with_bounds(g, types, bound)
 }
 
 /// `impl proptest::arbitrary::Arbitrary`: a union of one strategy per variant, each variant's

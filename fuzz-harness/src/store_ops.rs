@@ -161,6 +161,11 @@ fn machine_id(id: u8) -> MachineId {
     MachineId::new(format!("m{id}")).expect("a valid id")
 }
 
+/// The inverse of [`machine_id`].
+fn number_of(id: &MachineId) -> u8 {
+    id.as_ref()[1..].parse().expect("an id this target made")
+}
+
 /// The snapshot written for machine `id` at `seq`: its bytes depend only on both, so a read
 /// can be checked byte for byte. Sizes vary up to a few KiB to cross block boundaries.
 fn snapshot(id: u8, seq: u64) -> Snapshot {
@@ -229,7 +234,7 @@ impl Model {
                 }
             }
             Err(StoreError::Conflict { id, found, .. }) => {
-                let id: u8 = id.as_ref()[1..].parse().expect("an id this target made");
+                let id = number_of(id);
                 let possible = self.possible(id);
                 assert!(
                     possible.contains(found),
@@ -273,10 +278,7 @@ impl Model {
     }
 
     fn after_ids(&mut self, ids: &[MachineId]) {
-        let listed: BTreeSet<u8> = ids
-            .iter()
-            .map(|i| i.as_ref()[1..].parse().expect("an id this target made"))
-            .collect();
+        let listed: BTreeSet<u8> = ids.iter().map(number_of).collect();
         for id in 0..MACHINES {
             let possible = self.possible(id);
             if listed.contains(&id) {

@@ -973,3 +973,283 @@ fn invalid_configuration_and_keys_are_typed_errors() {
         .unwrap_err();
     assert!(matches!(err, CommandError::InvalidInitial { .. }), "{err}");
 }
+
+// --- Fencing: two nodes over one store, each writing only the machines it owns. ---
+
+/// Two nodes sharing one `MemoryStore` and one ownership table (the "database"), the
+/// contract a fencing store keeps: a node writes a machine only under the epoch the table
+/// holds for it, learns from a refused write that it lost the machine, and answers
+/// `owner_epoch` from what it holds locally.
+#[derive(Default)]
+struct Cluster {
+    store: MemoryStore,
+    epochs: Mutex<std::collections::HashMap<MachineId, u64>>,
+}
+
+struct Node {
+    cluster: Arc<Cluster>,
+    held: Mutex<std::collections::HashMap<MachineId, u64>>,
+    batches: Mutex<Vec<usize>>,
+}
+
+impl Node {
+    fn new(cluster: &Arc<Cluster>) -> Arc<Node> {
+        Arc::new(Node {
+            cluster: cluster.clone(),
+            held: Mutex::default(),
+            batches: Mutex::default(),
+        })
+    }
+
+    /// Takes machine `m` over: a new epoch in the table, held here.
+    fn acquire(&self, m: &MachineId) -> u64 {
+        let mut epochs = self.cluster.epochs.lock().unwrap();
+        let epoch = epochs.get(m).map_or(1, |e| e + 1);
+        epochs.insert(m.clone(), epoch);
+        self.held.lock().unwrap().insert(m.clone(), epoch);
+        epoch
+    }
+
+    fn fenced(&self, m: &MachineId) -> StoreError {
+        StoreError::Fenced {
+            id: m.clone(),
+            held: self.held.lock().unwrap().get(m).copied(),
+            current: self.cluster.epochs.lock().unwrap().get(m).copied(),
+        }
+    }
+}
+
+impl SnapshotStore for Node {
+    fn put(&self, id: &MachineId, expected: Option<u64>, s: &Snapshot) -> Result<(), StoreError> {
+        self.put_many(&[Put::new(id, expected, s)])
+    }
+    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        self.batches.lock().unwrap().push(batch.len());
+        let epochs = self.cluster.epochs.lock().unwrap();
+        let mut held = self.held.lock().unwrap();
+        let stale: Vec<&MachineId> = batch
+            .iter()
+            .map(|p| p.id)
+            .filter(|m| held.get(*m).is_none() || held.get(*m) != epochs.get(*m))
+            .collect();
+        if let Some(first) = stale.first() {
+            let error = StoreError::Fenced {
+                id: (*first).clone(),
+                held: held.get(*first).copied(),
+                current: epochs.get(*first).copied(),
+            };
+            for m in stale {
+                held.remove(m);
+            }
+            return Err(error);
+        }
+        self.cluster.store.put_many(batch)
+    }
+    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
+        self.cluster.store.get(id)
+    }
+    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
+        self.cluster.store.sequence(id)
+    }
+    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
+        self.cluster.store.ids()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.cluster.store.capabilities()
+    }
+    fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
+        let held = self.held.lock().unwrap().get(id).copied();
+        held.ok_or_else(|| self.fenced(id))
+    }
+}
+
+fn node_kernel(node: &Arc<Node>) -> Kernel<Build> {
+    Kernel::builder_shared(node.clone(), |_| Build::Queued)
+        .shards(1)
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn a_machine_another_node_owns_is_not_applied_and_its_commands_are_handed_back() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, b) = (Node::new(&cluster), Node::new(&cluster));
+    let m = id("job-owned-by-a");
+    a.acquire(&m);
+    let (ka, kb) = (node_kernel(&a), node_kernel(&b));
+    ka.submit(&m, Cmd::Start).unwrap().wait().unwrap();
+
+    let requests = [
+        Request::new(Cmd::Tick { panic: false }).with_key(key("t-1")),
+        Request::new(Cmd::Finish).with_key(key("f-1")),
+    ];
+    for request in requests {
+        let err = kb.submit(&m, request).unwrap().wait().unwrap_err();
+        assert!(
+            matches!(err, CommandError::Fenced { ref id, .. } if *id == m),
+            "{err}"
+        );
+    }
+    // Nothing B saw was applied or written, and no put reached the store from B.
+    assert_eq!(stored(&*a, &m), Some((Build::Running { attempts: 1 }, 1)));
+    assert!(b.batches.lock().unwrap().is_empty());
+    assert!(kb.state(&m).unwrap_err().is_fenced());
+    // Both requests come back, in order, with their keys, for the owner.
+    let back = kb.take_handed_back();
+    assert_eq!(back.len(), 2);
+    assert!(back.iter().all(|(mid, _)| *mid == m));
+    assert_eq!(back[0].1.key(), Some(&key("t-1")));
+    assert_eq!(back[1].1.event(), &Cmd::Finish);
+    assert!(kb.take_handed_back().is_empty(), "taking empties the list");
+    for (mid, request) in back {
+        ka.submit(&mid, request).unwrap().wait().unwrap();
+    }
+    assert_eq!(stored(&*a, &m), Some((Build::Done, 3)));
+    let counts = kb.metrics().total.counts;
+    assert_eq!((counts.fenced, counts.committed), (2, 0));
+    let traced = kb.trace(&TraceFilter::new().outcome(TraceOutcome::Fenced));
+    assert_eq!(traced.len(), 2);
+}
+
+#[test]
+fn a_fenced_commit_stops_serving_that_machine_and_stores_the_rest_of_the_batch() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, b) = (Node::new(&cluster), Node::new(&cluster));
+    let (lost, kept) = (id("job-lost"), id("job-kept"));
+    a.acquire(&lost);
+    a.acquire(&kept);
+    let ka = node_kernel(&a);
+    ka.submit(&lost, Cmd::Start).unwrap().wait().unwrap();
+    // A postponed command on a machine A keeps.
+    let waiting = id("job-waiting");
+    a.acquire(&waiting);
+    let deferred = ka
+        .submit(&waiting, Request::new(Cmd::Finish).with_key(key("w-1")))
+        .unwrap();
+    // B takes `lost` over behind A's back (A paused past its lease, say) and moves it on.
+    b.acquire(&lost);
+    let kb = node_kernel(&b);
+    assert_eq!(
+        kb.submit(&lost, Cmd::Tick { panic: false })
+            .unwrap()
+            .wait()
+            .unwrap()
+            .seq,
+        2
+    );
+    // A still believes it owns `lost`: its late write is refused by the store, the other
+    // machine of the same batch is stored all the same.
+    let outcomes: Vec<_> = ka
+        .submit_batch([
+            (lost.clone(), Request::new(Cmd::Fail { reason: "late".into() })),
+            (kept.clone(), Request::new(Cmd::Start)),
+        ])
+        .into_iter()
+        .map(|t| t.unwrap().wait())
+        .collect();
+    assert!(
+        matches!(outcomes[0], Err(CommandError::Fenced { ref id, .. }) if *id == lost),
+        "{:?}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[1].as_ref().unwrap().seq, 1);
+    assert_eq!(*a.batches.lock().unwrap().last().unwrap(), 1, "the retry held only `kept`");
+    // The new owner's state stands; the late write left nothing.
+    assert_eq!(stored(&*a, &lost), Some((Build::Running { attempts: 2 }, 2)));
+    assert_eq!(stored(&*a, &kept), Some((Build::Running { attempts: 1 }, 1)));
+    // From now on A hands `lost`'s commands back without applying them.
+    let err = ka.submit(&lost, Cmd::Finish).unwrap().wait().unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    let back = ka.take_handed_back();
+    assert_eq!(back.len(), 1, "only the unapplied command comes back");
+    assert_eq!(back[0].1.event(), &Cmd::Finish);
+    // The machine A still owns still takes its postponed command when it moves.
+    ka.submit(&waiting, Cmd::Start).unwrap().wait().unwrap();
+    assert_eq!(deferred.wait().unwrap().transition.to_name(), "Done");
+    let counts = ka.metrics().total.counts;
+    assert_eq!(counts.fenced, 2);
+    assert_eq!(counts.not_stored, 0);
+}
+
+#[test]
+fn a_machine_owned_again_under_a_new_epoch_is_reloaded_with_what_the_other_owner_did() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, b) = (Node::new(&cluster), Node::new(&cluster));
+    let m = id("job-bounced");
+    a.acquire(&m);
+    let ka = node_kernel(&a);
+    ka.submit(&m, Cmd::Start).unwrap().wait().unwrap();
+    // A keeps the machine in memory while B owns it and moves it on twice.
+    b.acquire(&m);
+    let kb = node_kernel(&b);
+    for _ in 0..2 {
+        kb.submit(&m, Cmd::Tick { panic: false })
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    // A's view still says "held" at the old epoch until it acquires again, at a new one.
+    a.held.lock().unwrap().remove(&m);
+    assert_eq!(a.acquire(&m), 3);
+    let committed = ka
+        .submit(&m, Cmd::Tick { panic: false })
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(committed.seq, 4, "A continued from B's state, not its own");
+    assert_eq!(stored(&*a, &m), Some((Build::Running { attempts: 4 }, 4)));
+    assert_eq!(ka.metrics().total.counts.not_stored, 0);
+}
+
+#[test]
+fn recovery_loads_only_the_machines_this_node_owns() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, b) = (Node::new(&cluster), Node::new(&cluster));
+    let ms: Vec<MachineId> = (0..6).map(|i| id(&format!("job-{i}"))).collect();
+    for m in &ms {
+        a.acquire(m);
+    }
+    let ka = node_kernel(&a);
+    for m in &ms {
+        ka.submit(m, Cmd::Start).unwrap().wait().unwrap();
+    }
+    drop(ka);
+    for m in &ms[..2] {
+        b.acquire(m);
+    }
+    let kb = node_kernel(&b);
+    assert_eq!(kb.recovery().recovered, 2);
+    assert_eq!(kb.recovery().not_owned, 4);
+    assert!(kb.recovery().to_string().contains("owned by other nodes 4"));
+}
+
+#[test]
+fn postponed_commands_of_a_machine_this_node_lost_are_handed_back() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, b) = (Node::new(&cluster), Node::new(&cluster));
+    let m = id("job-postponed");
+    a.acquire(&m);
+    let ka = node_kernel(&a);
+    // Queued defers Finish until the build starts.
+    let postponed = ka
+        .submit(&m, Request::new(Cmd::Finish).with_key(key("fin")))
+        .unwrap();
+    assert!(postponed.wait_timeout(Duration::from_millis(20)).is_none());
+    // A's lease lapses (its view drops the machine), B takes over.
+    a.held.lock().unwrap().remove(&m);
+    b.acquire(&m);
+    let start = ka.submit(&m, Cmd::Start).unwrap().wait().unwrap_err();
+    assert!(start.is_fenced(), "{start}");
+    assert!(postponed.wait().unwrap_err().is_fenced());
+    let back = ka.take_handed_back();
+    let events: Vec<_> = back.iter().map(|(_, r)| r.event().clone()).collect();
+    assert_eq!(events, vec![Cmd::Finish, Cmd::Start], "postponed first, then the new one");
+    assert_eq!(back[0].1.key(), Some(&key("fin")));
+    // The new owner gets them and applies them once.
+    let kb = node_kernel(&b);
+    for (mid, request) in back.into_iter().rev() {
+        kb.submit(&mid, request).unwrap().wait().unwrap();
+    }
+    assert_eq!(stored(&*b, &m), Some((Build::Done, 2)));
+    assert_eq!(ka.metrics().total.counts.deferred, 0);
+}

@@ -386,4 +386,14 @@ impl SnapshotStore for MirroredStore {
         let durable = self.sides.iter().all(|s| s.capabilities().durable);
         Capabilities::new("mirrored", durable)
     }
+
+    /// A machine is the mirror's to write only if it is both sides'; the epoch changes when
+    /// either side's does.
+    fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
+        let mut epoch = 0;
+        for side in &self.sides {
+            epoch = epoch.max(side.owner_epoch(id)?);
+        }
+        Ok(epoch)
+    }
 }

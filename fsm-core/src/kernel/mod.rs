@@ -22,6 +22,17 @@
 //! after reopening it if it stopped and the kernel knows how (see
 //! [`KernelBuilder::reopen_with`]).
 //!
+//! # Several nodes
+//! Over a store that fences writers (PostgreSQL with ownership, in `fsm-persist`), each node
+//! runs a kernel and applies commands only to the machines it owns: before a command is
+//! applied the kernel asks the store ([`SnapshotStore::owner_epoch`]); a machine another node
+//! owns is not applied here, its command is answered [`CommandError::Fenced`] and handed back
+//! ([`Kernel::take_handed_back`]) for the caller to send to the owner. If the store refuses a
+//! commit because ownership moved meanwhile (a late write of a paused node), the machines it
+//! lost are answered `Fenced`, dropped from memory with their postponed commands handed back,
+//! and the rest of the batch is stored. A machine owned again under a newer epoch is reloaded,
+//! so it continues from what the other owner stored.
+//!
 //! # Delivery semantics
 //! Submission is **at least once**: a submitter that did not get an answer (a timeout, a crash
 //! of either side) must retry. Application is **exactly once per idempotency key**: the kernel
@@ -235,6 +246,8 @@ struct Inner<M: Durable> {
     workers: Box<[WorkerBoard]>,
     effect_tx: Vec<mpsc::Sender<WorkerMsg<M>>>,
     escalations: Mutex<Vec<Escalation>>,
+    /// Commands of machines another node owns, not applied here, for the caller to route.
+    handed_back: Mutex<HandedBack<M::Event>>,
     quiet: Quiet,
     intake_open: AtomicBool,
     abandon_effects: AtomicBool,
@@ -320,6 +333,8 @@ pub struct RecoveryReport {
     /// Machines that could not be read for another reason (the store failed); they are
     /// loaded again on first use.
     pub unavailable: Vec<(MachineId, String)>,
+    /// Stored machines another node owns (the store fences this one): not loaded here.
+    pub not_owned: usize,
 }
 
 impl fmt::Display for RecoveryReport {
@@ -331,6 +346,9 @@ impl fmt::Display for RecoveryReport {
             self.quarantined.len(),
             self.unavailable.len()
         )?;
+        if self.not_owned > 0 {
+            write!(f, ", owned by other nodes {}", self.not_owned)?;
+        }
         for q in &self.quarantined {
             write!(f, "\n  {q}")?;
         }
@@ -654,6 +672,7 @@ impl<M: Durable> KernelBuilder<M> {
                 .collect(),
             effect_tx,
             escalations: Mutex::new(Vec::new()),
+            handed_back: Mutex::new(Vec::new()),
             quiet: Quiet {
                 busy: Mutex::new(0),
                 idle: Condvar::new(),
@@ -693,6 +712,7 @@ impl<M: Durable> KernelBuilder<M> {
             kernel.recovery.recovered += report.recovered;
             kernel.recovery.quarantined.extend(report.quarantined);
             kernel.recovery.unavailable.extend(report.unavailable);
+            kernel.recovery.not_owned += report.not_owned;
         }
         if let Some(factory) = factory {
             for (index, rx) in receivers.into_iter().enumerate() {
@@ -903,6 +923,20 @@ impl<M: Durable> Kernel<M> {
         }
     }
 
+    /// Takes the commands this kernel handed back because another node owns their machine
+    /// (each was answered [`CommandError::Fenced`]), oldest first, so the caller can send them
+    /// to the owner. Keys travel with them: resubmitted to the owner, a command applies once.
+    /// Whatever is not taken is returned by [`Kernel::shutdown`] too.
+    pub fn take_handed_back(&self) -> Vec<(MachineId, Request<M::Event>)> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .handed_back
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
     /// The live trace: the most recent decisions matching `filter`, oldest first.
     pub fn trace(&self, filter: &TraceFilter) -> Vec<TraceEntry> {
         self.inner.trace.read(filter)
@@ -1038,6 +1072,13 @@ impl<M: Durable> Kernel<M> {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+        // Fenced commands nobody took yet are returned too: nothing accepted is dropped.
+        handed_back.append(
+            &mut inner
+                .handed_back
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         #[cfg(feature = "tracing")]
         tracing::info!(
             machine = M::TABLE.machine(),

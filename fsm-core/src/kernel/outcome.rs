@@ -98,6 +98,18 @@ pub enum CommandError {
         /// What is wrong.
         problem: String,
     },
+    /// Another node owns the machine now (the store fenced this node, see
+    /// [`StoreError::Fenced`]): **nothing was stored here**, no effect ran, and this kernel
+    /// stopped serving the machine. A command that had not been applied yet is handed back
+    /// by [`Kernel::take_handed_back`](super::Kernel::take_handed_back); send it (or resubmit
+    /// this one, with the same idempotency key) to the machine's owner.
+    #[error("fenced: machine `{id}` is served by another node now, nothing was stored here; send the command to its owner with the same idempotency key: {error}")]
+    Fenced {
+        /// The machine.
+        id: MachineId,
+        /// What the store said.
+        error: Arc<StoreError>,
+    },
     /// The kernel shut down before the machine took the command; not applied.
     #[error("closed: the kernel shut down before the machine took the command")]
     Closed,
@@ -107,6 +119,11 @@ impl CommandError {
     /// Whether the machine may have changed (only [`CommandError::OutcomeUnknown`]).
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, CommandError::OutcomeUnknown { .. })
+    }
+
+    /// Whether another node serves the machine now ([`CommandError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, CommandError::Fenced { .. })
     }
 }
 

@@ -10,7 +10,7 @@ use crate::effects::Effects;
 use crate::machine::{Event, Transition};
 use crate::queue::{DelegateCause, DumpCause, Reply, Route};
 use crate::rejection::{Reason, Refusal, Rejection};
-use crate::store::{MachineId, Put, Snapshot, StoreError};
+use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 
 use super::inbox::{Closing, Cmd, Job};
 use super::journal::{Entry, Journal};
@@ -27,6 +27,9 @@ struct Slot<M: Durable> {
     journal: Journal,
     /// The sequence of the newest durable snapshot (`None`: never stored).
     seq: Option<u64>,
+    /// The store's ownership epoch when the machine was loaded: under another epoch, another
+    /// owner may have moved it on, so it is loaded again.
+    epoch: u64,
     /// Changed in this batch and not yet stored.
     dirty: bool,
     /// Commands postponed by `defer(..)`, oldest first.
@@ -169,12 +172,11 @@ impl<M: Durable> Shard<M> {
     pub(crate) fn recover(&mut self, ids: Vec<MachineId>) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let now = self.inner.config.clock.now();
+        let (_, store) = self.inner.store.current();
         for id in ids {
-            match self.load(&id, now) {
-                Ok(slot) => {
-                    report.recovered += 1;
-                    self.slots.insert(id, slot);
-                }
+            match self.ensure_loaded(&id, now, &*store) {
+                Ok(()) => report.recovered += 1,
+                Err(CommandError::Fenced { .. }) => report.not_owned += 1,
                 Err(CommandError::Quarantined(q)) => report.quarantined.push(q),
                 Err(e) => report.unavailable.push((id, e.to_string())),
             }
@@ -251,6 +253,8 @@ impl<M: Durable> Shard<M> {
 
     fn batch(&mut self, now: Instant) {
         let taken = self.inner.stamp();
+        // One look at the store per batch: ownership is asked of it for every command.
+        let (_, store) = self.inner.store.current();
         let mut commands = 0u64;
         while let Some(job) = self.jobs.pop_front() {
             match job {
@@ -262,7 +266,7 @@ impl<M: Durable> Shard<M> {
                     self.sweep(now);
                     reply.send(self.slots.len());
                 }
-                Job::Inspect(id, reader) => match self.ensure_loaded(&id, now) {
+                Job::Inspect(id, reader) => match self.ensure_loaded(&id, now, &*store) {
                     Err(e) => reader(Err(e)),
                     Ok(()) => match self.slots.get(&id) {
                         Some(slot) => reader(Ok((&slot.machine, slot.seq))),
@@ -276,19 +280,19 @@ impl<M: Durable> Shard<M> {
                 }
             }
         }
-        if commands == 0 {
+        if commands == 0 && self.pending.is_empty() {
             self.publish_gauges();
             return;
         }
         while let Some(cmd) = self.work.pop_front() {
-            self.decide(cmd, now, taken);
+            self.decide(cmd, now, taken, &*store);
         }
         let (failed, persist_ns) = self.commit();
         self.answer(&failed, persist_ns);
     }
 
     /// Runs one command against its machine (loading it if needed) and records the decision.
-    fn decide(&mut self, cmd: Cmd<M>, now: Instant, taken: u64) {
+    fn decide(&mut self, cmd: Cmd<M>, now: Instant, taken: u64, store: &dyn SnapshotStore) {
         let (event, shell) = Shell::split(cmd);
         let event_name = event.name();
         #[cfg(feature = "tracing")]
@@ -312,8 +316,13 @@ impl<M: Durable> Shard<M> {
             self.pending.push(pending);
             return;
         }
-        if let Err(e) = self.ensure_loaded(&shell.id, now) {
-            pending.reply = shell.reply;
+        if let Err(e) = self.ensure_loaded(&shell.id, now, store) {
+            let mut cmd = shell.join(event);
+            pending.reply = cmd.reply.take();
+            if e.is_fenced() {
+                // Not applied: the request goes back to the caller, for the owner.
+                self.route_to_owner(cmd);
+            }
             pending.decision = Decision::Failed(e);
             self.pending.push(pending);
             return;
@@ -439,22 +448,109 @@ impl<M: Durable> Shard<M> {
         self.pending.push(pending);
     }
 
-    /// Makes sure machine `id` is in memory, loading it from the store (or creating it) on
-    /// first use.
-    fn ensure_loaded(&mut self, id: &MachineId, now: Instant) -> Result<(), CommandError> {
+    /// Makes sure machine `id` is in memory and this node still owns it, loading it from the
+    /// store (or creating it) on first use and again when its ownership epoch changed.
+    ///
+    /// A machine the store says another node owns is dropped (its postponed commands handed
+    /// back) unless it changed in this batch: then the commit decides, and the store's
+    /// fencing refuses it if it is stale.
+    fn ensure_loaded(
+        &mut self,
+        id: &MachineId,
+        now: Instant,
+        store: &dyn SnapshotStore,
+    ) -> Result<(), CommandError> {
         if let Some(q) = self.quarantined.get(id) {
             return Err(CommandError::Quarantined(q.clone()));
         }
-        if !self.slots.contains_key(id) {
-            let slot = self.load(id, now)?;
-            self.slots.insert(id.clone(), slot);
+        let epoch = match store.owner_epoch(id) {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                let fenced = e.is_fenced();
+                let error = if fenced {
+                    CommandError::Fenced {
+                        id: id.clone(),
+                        error: Arc::new(e),
+                    }
+                } else {
+                    CommandError::Unavailable {
+                        id: id.clone(),
+                        error: Arc::new(e),
+                    }
+                };
+                if fenced && self.slots.get(id).is_some_and(|s| !s.dirty) {
+                    self.evict(id, &error);
+                }
+                return Err(error);
+            }
+        };
+        match self.slots.get(id) {
+            Some(slot) if slot.epoch == epoch || slot.dirty => return Ok(()),
+            Some(slot) => {
+                // Owned again, under a newer epoch: the machine may have moved on elsewhere
+                // in between, and what was postponed here belongs to the ended tenure.
+                let error = CommandError::Fenced {
+                    id: id.clone(),
+                    error: Arc::new(StoreError::Fenced {
+                        id: id.clone(),
+                        held: Some(slot.epoch),
+                        current: Some(epoch),
+                    }),
+                };
+                self.evict(id, &error);
+            }
+            None => {}
         }
+        let slot = self.load(id, now, epoch)?;
+        self.slots.insert(id.clone(), slot);
         Ok(())
+    }
+
+    /// Queues a command that was not applied for the caller to route to the machine's owner.
+    fn route_to_owner(&mut self, cmd: Cmd<M>) {
+        self.inner
+            .handed_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((cmd.id, cmd.request));
+    }
+
+    /// Drops machine `id` from memory: it goes back to its last durable state (reloaded on next
+    /// use). Its postponed commands are answered `error` with the batch (and handed back if
+    /// `error` says another node owns the machine).
+    fn evict(&mut self, id: &MachineId, error: &CommandError) {
+        let Some(mut slot) = self.slots.remove(id) else {
+            return;
+        };
+        let from = M::TABLE.state_name(slot.machine.state());
+        for mut cmd in slot.deferred.drain(..) {
+            self.deferred -= 1;
+            self.inner.quiet.more(1);
+            let reply = cmd.reply.take();
+            let fed_back = reply.is_none();
+            let event = cmd.request.event.name();
+            let enqueued = cmd.enqueued;
+            if error.is_fenced() {
+                self.route_to_owner(cmd);
+            }
+            self.pending.push(Pending {
+                id: id.clone(),
+                reply,
+                fed_back,
+                decision: Decision::Failed(error.clone()),
+                after_change: false,
+                from,
+                event,
+                enqueued,
+                taken: 0,
+                apply_ns: 0,
+            });
+        }
     }
 
     /// Reads machine `id` from the store: its newest snapshot, decoded and validated, with
     /// its journal; or the initial state if the store holds none.
-    fn load(&mut self, id: &MachineId, now: Instant) -> Result<Slot<M>, CommandError> {
+    fn load(&mut self, id: &MachineId, now: Instant, epoch: u64) -> Result<Slot<M>, CommandError> {
         let mut reopened = false;
         let snapshot = loop {
             let (generation, store) = self.inner.store.current();
@@ -479,6 +575,7 @@ impl<M: Durable> Shard<M> {
             machine,
             journal,
             seq,
+            epoch,
             dirty: false,
             deferred: VecDeque::new(),
             last_used: now,
@@ -566,17 +663,31 @@ impl<M: Durable> Shard<M> {
                 }
             }
         }
-        let puts: Vec<Put<'_>> = snapshots
-            .iter()
-            .map(|(id, expected, s)| Put::new(id, *expected, s))
-            .collect();
         let started = self.inner.stamp();
         let (generation, store) = self.inner.store.current();
-        let result = if puts.is_empty() {
-            Ok(())
-        } else {
-            store.put_many(&puts)
-        };
+        let mut result = put_all(&*store, &snapshots);
+        if matches!(result, Err(ref e) if e.is_fenced()) {
+            // The store refused the batch because another node owns some of its machines:
+            // those stop being served here, the rest is stored on its own.
+            let error = Arc::new(result.unwrap_err());
+            let (mut lost, mut kept): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|(id, _, _)| {
+                let loaded = self.slots.get(id).map(|s| s.epoch);
+                store.owner_epoch(id).ok() != loaded
+            });
+            if lost.is_empty() {
+                // The store cannot tell which: none of the batch holds.
+                std::mem::swap(&mut lost, &mut kept);
+            }
+            for (id, _, _) in lost {
+                let e = CommandError::Fenced {
+                    id: id.clone(),
+                    error: error.clone(),
+                };
+                failed.insert(id, e);
+            }
+            snapshots = kept;
+            result = put_all(&*store, &snapshots);
+        }
         let persist_ns = self.inner.nanos(started, self.inner.stamp());
         match result {
             Ok(()) => {
@@ -627,25 +738,7 @@ impl<M: Durable> Shard<M> {
         // dropped and reloaded from the store on next use (which, after an unknown outcome,
         // is the recovery). Their postponed commands get the same answer.
         for (id, error) in &failed {
-            if let Some(mut slot) = self.slots.remove(id) {
-                for cmd in slot.deferred.drain(..) {
-                    self.deferred -= 1;
-                    self.inner.quiet.more(1);
-                    let (event, shell) = Shell::split(cmd);
-                    self.pending.push(Pending {
-                        id: shell.id,
-                        reply: shell.reply,
-                        fed_back: false,
-                        decision: Decision::Failed(error.clone()),
-                        after_change: false,
-                        from: M::TABLE.state_name(slot.machine.state()),
-                        event: event.name(),
-                        enqueued: shell.enqueued,
-                        taken: 0,
-                        apply_ns: 0,
-                    });
-                }
-            }
+            self.evict(id, error);
         }
         (failed, persist_ns)
     }
@@ -775,6 +868,7 @@ impl<M: Durable> Shard<M> {
             Err(CommandError::Delegated(_)) => c.delegated += 1,
             Err(CommandError::NotStored { .. }) => c.not_stored += 1,
             Err(CommandError::OutcomeUnknown { .. }) => c.outcome_unknown += 1,
+            Err(CommandError::Fenced { .. }) => c.fenced += 1,
             Err(CommandError::Closed) => c.closed += 1,
             Err(_) => c.unavailable += 1,
         }
@@ -869,6 +963,21 @@ impl<M: Durable> Shard<M> {
     }
 }
 
+/// Stores a batch's snapshots with one `put_many` (nothing to do for none).
+fn put_all(
+    store: &dyn SnapshotStore,
+    snapshots: &[(MachineId, Option<u64>, Snapshot)],
+) -> Result<(), StoreError> {
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let puts: Vec<Put<'_>> = snapshots
+        .iter()
+        .map(|(id, expected, s)| Put::new(id, *expected, s))
+        .collect();
+    store.put_many(&puts)
+}
+
 fn kind_of(e: &CommandError) -> TraceOutcome {
     match e {
         CommandError::Rejected(_) => TraceOutcome::Rejected,
@@ -877,6 +986,7 @@ fn kind_of(e: &CommandError) -> TraceOutcome {
         CommandError::Delegated(_) => TraceOutcome::Delegated,
         CommandError::NotStored { .. } => TraceOutcome::NotStored,
         CommandError::OutcomeUnknown { .. } => TraceOutcome::OutcomeUnknown,
+        CommandError::Fenced { .. } => TraceOutcome::Fenced,
         _ => TraceOutcome::Unavailable,
     }
 }

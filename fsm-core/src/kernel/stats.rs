@@ -36,6 +36,8 @@ pub struct KernelCounts {
     pub outcome_unknown: u64,
     /// Machine quarantined, not loadable or not encodable.
     pub unavailable: u64,
+    /// Another node owns the machine: not applied here (handed back when not yet applied).
+    pub fenced: u64,
     /// Answered closed at shutdown, or refused because the kernel was shutting down.
     pub closed: u64,
     /// Refused by a full inbox under back-pressure ("retry later").
@@ -62,6 +64,7 @@ impl KernelCounts {
         self.not_stored += o.not_stored;
         self.outcome_unknown += o.outcome_unknown;
         self.unavailable += o.unavailable;
+        self.fenced += o.fenced;
         self.closed += o.closed;
         self.full += o.full;
         self.escalated += o.escalated;
@@ -257,9 +260,9 @@ impl fmt::Display for KernelMetrics {
         )?;
         writeln!(
             f,
-            "  submitted {} (+{} fed back): committed {}, duplicates {}, rejected {} ({} panicked), expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
+            "  submitted {} (+{} fed back): committed {}, duplicates {}, rejected {} ({} panicked), expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
             c.submitted, c.fed_back, c.committed, c.duplicates, c.rejected, c.panicked, c.expired, c.dumped,
-            c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.closed, c.full, c.escalated,
+            c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.fenced, c.closed, c.full, c.escalated,
             c.deferred, c.queued
         )?;
         writeln!(

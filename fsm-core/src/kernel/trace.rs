@@ -32,6 +32,8 @@ pub enum TraceOutcome {
     OutcomeUnknown,
     /// The machine is quarantined, could not be loaded, or could not be encoded.
     Unavailable,
+    /// Another node owns the machine; not applied here.
+    Fenced,
 }
 
 impl fmt::Display for TraceOutcome {

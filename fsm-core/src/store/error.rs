@@ -21,6 +21,12 @@ use super::id::MachineId;
 ///   it (reopening verifies the disk).
 /// - [`InvalidSequence`](StoreError::InvalidSequence), [`InvalidBatch`](StoreError::InvalidBatch):
 ///   the caller's request is wrong; fix the caller.
+/// - [`Fenced`](StoreError::Fenced): another node owns the machine now; stop serving it and
+///   send its commands to the owner. Nothing was written.
+/// - [`Unavailable`](StoreError::Unavailable): a database could not be reached; nothing was
+///   written, retrying later is safe.
+/// - [`ConnectionLost`](StoreError::ConnectionLost): the connection broke after a write was
+///   sent; like `OutcomeUnknown`, read back what the database holds before deciding again.
 /// - [`NotSupported`](StoreError::NotSupported): this backend cannot do it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -110,6 +116,38 @@ pub enum StoreError {
         /// Whether a write may have happened.
         outcome_unknown: bool,
     },
+    /// The machine belongs to another owner: the store's fencing refused the write (or knows
+    /// without writing that this node's ownership ended). Nothing was written.
+    #[error(
+        "machine {id} is fenced: this node writes it under epoch {}, its owner's epoch is {}; stop serving it here and send its commands to the owner",
+        show(*held), show(*current)
+    )]
+    Fenced {
+        /// The machine.
+        id: MachineId,
+        /// The epoch this node holds for the machine (`None`: it holds no ownership of it).
+        held: Option<u64>,
+        /// The owner's epoch, as far as this node knows (`None`: unknown or nobody owns it).
+        current: Option<u64>,
+    },
+    /// A database that could not be reached (no connection, a pool timeout, a server shutting
+    /// down) before anything was sent: nothing was written.
+    #[error("{backend} is unavailable: {message}; nothing was written, retry later")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// The connection broke after a write was sent and before its answer came: it may or may
+    /// not be durable.
+    #[error("the connection to {backend} was lost during a write: {message}; the write may or may not be durable, read it back (retry with the same idempotency key)")]
+    ConnectionLost {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// The backend does not support the operation.
     #[error("{backend} does not support {operation}")]
     NotSupported {
@@ -134,12 +172,23 @@ impl StoreError {
     /// the write as failed (nor as done) and should recover from the store.
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
-            StoreError::OutcomeUnknown { .. } => true,
+            StoreError::OutcomeUnknown { .. } | StoreError::ConnectionLost { .. } => true,
             StoreError::Backend {
                 outcome_unknown, ..
             } => *outcome_unknown,
             _ => false,
         }
+    }
+
+    /// Whether another node owns the machine ([`StoreError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+
+    /// Whether the operation certainly did not happen and may simply be tried again later
+    /// ([`StoreError::Io`], [`StoreError::Unavailable`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::Unavailable { .. })
     }
 
     /// Whether the store has stopped and must be reopened.

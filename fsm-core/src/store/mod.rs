@@ -79,6 +79,12 @@ use std::collections::HashSet;
 /// - **Errors mean what they say.** An error other than [`StoreError::OutcomeUnknown`] (or a
 ///   backend error flagged as unknown) means the store is unchanged. After an unknown outcome a
 ///   file-backed store is poisoned: it refuses every call until it is reopened.
+/// - **Ownership.** A store shared by several nodes may fence writers: each node writes a
+///   machine under an *epoch* that rises every time ownership of the machine changes hands, and
+///   a write under an older epoch is refused with [`StoreError::Fenced`], so a paused or
+///   partitioned old owner never overwrites what a new owner moved on from.
+///   [`owner_epoch`](SnapshotStore::owner_epoch) tells a caller, without writing, whether this
+///   store may write a machine now. Stores that do not fence own every machine (epoch 0).
 ///
 /// Implementations are shared between threads; each call is atomic with respect to the others.
 /// The conformance suite in `fsm-persist` checks all of this for any implementation.
@@ -106,6 +112,16 @@ pub trait SnapshotStore: Send + Sync {
 
     /// What this backend promises, for callers and the conformance suite.
     fn capabilities(&self) -> Capabilities;
+
+    /// The epoch under which this store writes machine `id` now, or [`StoreError::Fenced`] if
+    /// it knows that another node owns `id` (or that its own ownership lapsed). Answered from
+    /// what the store knows locally, without a round trip; the database still refuses a stale
+    /// write that slips past it. A kernel asks before it applies a command, and reloads a
+    /// machine when the epoch changed. The default, for stores that do not fence: `Ok(0)`.
+    fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
+        let _ = id;
+        Ok(0)
+    }
 }
 
 /// One write in a [`SnapshotStore::put_many`] batch.
@@ -264,6 +280,9 @@ macro_rules! forward_store {
             }
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()
+            }
+            fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
+                (**self).owner_epoch(id)
             }
         }
     };

@@ -6,7 +6,10 @@
 //!   write-ahead log for batches;
 //! - [`MirroredStore`]: two stores written through, the newest valid copy read, stale or corrupt
 //!   copies repaired;
-//! - `SqliteStore` (feature `sqlite`): SQLite in WAL mode with `synchronous=FULL`.
+//! - `SqliteStore` (feature `sqlite`): SQLite in WAL mode with `synchronous=FULL`;
+//! - `postgres::PostgresStore` (feature `postgres`): PostgreSQL, for machines served by
+//!   several nodes: versioned upserts, batches in one statement, ownership with fencing
+//!   tokens so only one node writes a machine at a time.
 //!
 //! [`file_kernel`] starts a [`fsm_core::kernel::Kernel`] over a file store in one call.
 //!
@@ -32,6 +35,8 @@ mod file_store;
 pub mod io;
 mod kernel;
 mod mirror;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod wal;

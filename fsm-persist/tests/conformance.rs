@@ -52,3 +52,39 @@ fn mirrored_store_conforms() {
     });
     conformance::run(&MirroredStore::new(MemoryStore::new(), MemoryStore::new()));
 }
+
+/// A store over the shared PostgreSQL test server, in a schema of its own; `None` (said
+/// loudly) where PostgreSQL is not installed outside CI.
+fn postgres_store(
+    schema: &str,
+    ownership: Option<fsm_persist::postgres::Ownership>,
+) -> Option<fsm_persist::postgres::PostgresStore> {
+    let server = fsm_persist::postgres::TestServer::shared()?;
+    let mut builder = fsm_persist::postgres::PostgresStore::builder(server.config()).schema(schema);
+    if let Some(o) = ownership {
+        builder = builder.ownership(o);
+    }
+    Some(builder.open().unwrap())
+}
+
+#[test]
+fn postgres_store_conforms() {
+    let Some(store) = postgres_store("conformance_plain", None) else {
+        return;
+    };
+    conformance::run(&store);
+    conformance::run_reopen(&|| Box::new(postgres_store("conformance_plain_reopen", None).unwrap()));
+}
+
+#[test]
+fn postgres_store_with_ownership_conforms() {
+    use fsm_persist::postgres::Ownership;
+    let node = || Some(Ownership::new("only-node").partitions(16));
+    let Some(store) = postgres_store("conformance_fenced", node()) else {
+        return;
+    };
+    assert_eq!(store.held().len(), 16, "a lone node claims every partition");
+    conformance::run(&store);
+    // Reopening drops the old store first, which releases its partitions for the new one.
+    conformance::run_reopen(&|| Box::new(postgres_store("conformance_fenced_reopen", node()).unwrap()));
+}

@@ -1,0 +1,333 @@
+//! The store's SQL: validated names, the schema, and every statement, prepared once per
+//! connection.
+//!
+//! Three tables per store, all named after the snapshot table `T`:
+//! - `T (id text primary key, seq bigint, epoch bigint, snapshot bytea)`: one row per machine,
+//!   its newest snapshot, the sequence it holds and the epoch it was written under;
+//! - `T_owners (partition int primary key, epoch bigint, owner text, lease_until timestamptz,
+//!   acquired_at timestamptz)`: with fencing, one row per partition of the id space;
+//! - `T_meta (key text primary key, value text)`: the layout version and the fencing mode,
+//!   which every node opening the table must agree with.
+//!
+//! Every write of a fenced store locks its partitions' owner rows `FOR SHARE` and writes only
+//! if they hold the writer's epoch. A takeover updates an owner row, which waits for those
+//! share locks, so every write either commits before the takeover (and the new owner reads
+//! it) or sees the new epoch and writes nothing.
+
+use postgres::{Client, Statement};
+
+use super::error::OpenError;
+
+/// Longest PostgreSQL identifier, in bytes.
+const MAX_IDENTIFIER: usize = 63;
+/// The longest suffix added to the table name (`_owners`).
+const LONGEST_SUFFIX: usize = "_owners".len();
+
+/// The layout this version writes and reads.
+pub(crate) const LAYOUT: &str = "1";
+
+/// Checks a schema or table name: a plain lower-case identifier, so it can be quoted and
+/// spliced into SQL with nothing to escape.
+pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<(), OpenError> {
+    let problem = if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.len() > max {
+        Some(format!("it is longer than {max} bytes"))
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        Some("it must start with a lower-case letter or `_`".to_owned())
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        Some(format!("{c:?} is not allowed"))
+    } else if name.starts_with("pg_") {
+        Some("names starting with `pg_` are reserved by PostgreSQL".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(OpenError::InvalidName {
+            what,
+            name: name.to_owned(),
+            problem: format!(
+                "{problem}; use 1 to {max} of a-z, 0-9 and `_`, starting with a letter or `_`"
+            ),
+        }),
+    }
+}
+
+/// The statements' text, built once per store from its validated names.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) table: String,
+    pub(crate) lock_key: String,
+    pub(crate) create: String,
+    pub(crate) meta_owners: String,
+    pub(crate) meta_insert: String,
+    pub(crate) meta_read: String,
+    fenced: bool,
+    snapshots: String,
+    owners: String,
+}
+
+impl Sql {
+    pub(crate) fn new(schema: &str, table: &str, fenced: bool) -> Result<Sql, OpenError> {
+        // Validated here, so every name below is a plain identifier inside double quotes.
+        check_name("schema", schema, MAX_IDENTIFIER)?;
+        check_name("table", table, MAX_IDENTIFIER - LONGEST_SUFFIX)?;
+        let snapshots = format!("\"{schema}\".\"{table}\"");
+        let owners = format!("\"{schema}\".\"{table}_owners\"");
+        let meta = format!("\"{schema}\".\"{table}_meta\"");
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE IF NOT EXISTS {snapshots} (
+                 id text PRIMARY KEY,
+                 seq bigint NOT NULL CHECK (seq > 0),
+                 epoch bigint NOT NULL,
+                 snapshot bytea NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL);
+             CREATE TABLE IF NOT EXISTS {owners} (
+                 partition integer PRIMARY KEY,
+                 epoch bigint NOT NULL,
+                 owner text,
+                 lease_until timestamptz NOT NULL,
+                 acquired_at timestamptz
+             );"
+        );
+        Ok(Sql {
+            table: format!("{schema}.{table}"),
+            lock_key: format!("fsm-persist:{schema}.{table}"),
+            create,
+            meta_owners: format!(
+                "INSERT INTO {owners} (partition, epoch, owner, lease_until)
+                 SELECT p, 0, NULL, '-infinity' FROM generate_series(0, $1::int4 - 1) AS p
+                 ON CONFLICT (partition) DO NOTHING"
+            ),
+            meta_insert: format!(
+                "INSERT INTO {meta} (key, value) VALUES ('layout', $1::text), ('fencing', $2::text)
+                 ON CONFLICT (key) DO NOTHING"
+            ),
+            meta_read: format!(
+                "SELECT key, value FROM {meta}
+                 UNION ALL SELECT 'partitions', count(*)::text FROM {owners}"
+            ),
+            fenced,
+            snapshots,
+            owners,
+        })
+    }
+
+    /// The fence: the owner rows of the written partitions, locked so no takeover commits
+    /// in between, and which of them do not hold the writer's epoch.
+    fn fence_single(&self) -> String {
+        format!(
+            "fence AS MATERIALIZED (
+                 SELECT epoch FROM {} WHERE partition = $4::int4 FOR SHARE
+             ),",
+            self.owners
+        )
+    }
+
+    /// Parameters: `$1` id, `$2` seq, `$3` snapshot, and with fencing `$4` partition, `$5`
+    /// epoch.
+    fn insert(&self) -> String {
+        let t = &self.snapshots;
+        if self.fenced {
+            format!(
+                "WITH {fence}
+                 written AS (
+                     INSERT INTO {t} (id, seq, epoch, snapshot)
+                     SELECT $1::text, $2::int8, $5::int8, $3::bytea FROM fence WHERE fence.epoch = $5::int8
+                     ON CONFLICT (id) DO NOTHING RETURNING 1
+                 )
+                 SELECT (SELECT epoch FROM fence), (SELECT count(*) FROM written)",
+                fence = self.fence_single()
+            )
+        } else {
+            format!(
+                "WITH written AS (
+                     INSERT INTO {t} (id, seq, epoch, snapshot) VALUES ($1::text, $2::int8, 0, $3::bytea)
+                     ON CONFLICT (id) DO NOTHING RETURNING 1
+                 )
+                 SELECT NULL::int8, (SELECT count(*) FROM written)"
+            )
+        }
+    }
+
+    /// Parameters: as [`Sql::insert`], then the expected sequence (`$4` without fencing, `$6`
+    /// with).
+    fn replace(&self) -> String {
+        let t = &self.snapshots;
+        if self.fenced {
+            format!(
+                "WITH {fence}
+                 written AS (
+                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea, epoch = $5::int8
+                     WHERE id = $1::text AND seq = $6::int8
+                       AND EXISTS (SELECT 1 FROM fence WHERE fence.epoch = $5::int8)
+                     RETURNING 1
+                 )
+                 SELECT (SELECT epoch FROM fence), (SELECT count(*) FROM written)",
+                fence = self.fence_single()
+            )
+        } else {
+            format!(
+                "WITH written AS (
+                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea
+                     WHERE id = $1::text AND seq = $4::int8
+                     RETURNING 1
+                 )
+                 SELECT NULL::int8, (SELECT count(*) FROM written)"
+            )
+        }
+    }
+
+    /// One statement for a whole batch, over arrays: the rows expected absent are inserted,
+    /// the others replaced where they hold the expected sequence; with fencing, nothing is
+    /// written if any partition's owner row holds another epoch. Returns the rows written and
+    /// the stale partitions with their owners' epochs.
+    fn batch(&self) -> String {
+        let t = &self.snapshots;
+        let (fence, only_if_owned, stale) = if self.fenced {
+            (
+                format!(
+                    "fence AS MATERIALIZED (
+                         SELECT o.partition, o.epoch FROM {} o
+                         WHERE o.partition IN (SELECT part FROM batch)
+                         ORDER BY o.partition FOR SHARE
+                     ),
+                     stale AS MATERIALIZED (
+                         SELECT DISTINCT b.part, f.epoch AS current
+                         FROM batch b LEFT JOIN fence f ON f.partition = b.part
+                         WHERE f.epoch IS DISTINCT FROM b.epoch
+                     ),",
+                    self.owners
+                ),
+                "AND NOT EXISTS (SELECT 1 FROM stale)",
+                "(SELECT array_agg(part ORDER BY part) FROM stale), (SELECT array_agg(current ORDER BY part) FROM stale)",
+            )
+        } else {
+            (String::new(), "", "NULL::int4[], NULL::int8[]")
+        };
+        format!(
+            "WITH batch AS (
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $5::int4[], $6::int8[])
+                     AS b(id, expected, seq, snapshot, part, epoch)
+             ),
+             {fence}
+             inserted AS (
+                 INSERT INTO {t} (id, seq, epoch, snapshot)
+                 SELECT id, seq, epoch, snapshot FROM batch WHERE expected IS NULL {only_if_owned}
+                 ON CONFLICT (id) DO NOTHING RETURNING 1
+             ),
+             updated AS (
+                 UPDATE {t} t SET seq = b.seq, snapshot = b.snapshot, epoch = b.epoch
+                 FROM batch b WHERE t.id = b.id AND t.seq = b.expected {only_if_owned}
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated), {stale}"
+        )
+    }
+}
+
+/// The statements of one connection.
+pub(crate) struct Statements {
+    pub(crate) insert: Statement,
+    pub(crate) replace: Statement,
+    pub(crate) batch: Statement,
+    pub(crate) get: Statement,
+    pub(crate) sequence: Statement,
+    pub(crate) sequences: Statement,
+    pub(crate) ids: Statement,
+    pub(crate) acquire: Statement,
+    pub(crate) steal: Statement,
+    pub(crate) renew: Statement,
+    pub(crate) release: Statement,
+    pub(crate) owners: Statement,
+}
+
+impl Statements {
+    pub(crate) fn prepare(client: &mut Client, sql: &Sql) -> Result<Statements, postgres::Error> {
+        let (t, o) = (&sql.snapshots, &sql.owners);
+        let take = "SET epoch = epoch + 1, owner = $2::text,
+                    lease_until = now() + $3::int8 * interval '1 millisecond', acquired_at = now()";
+        Ok(Statements {
+            insert: client.prepare(&sql.insert())?,
+            replace: client.prepare(&sql.replace())?,
+            batch: client.prepare(&sql.batch())?,
+            get: client.prepare(&format!(
+                "SELECT seq, length(snapshot)::int8, CASE WHEN length(snapshot) <= $2::int8 THEN snapshot END
+                 FROM {t} WHERE id = $1::text"
+            ))?,
+            sequence: client.prepare(&format!("SELECT seq FROM {t} WHERE id = $1::text"))?,
+            sequences: client.prepare(&format!(
+                "SELECT id, seq FROM {t} WHERE id = ANY($1::text[])"
+            ))?,
+            ids: client.prepare(&format!("SELECT id FROM {t}"))?,
+            acquire: client.prepare(&format!(
+                "UPDATE {o} {take}
+                 WHERE partition = ANY($1::int4[]) AND (owner IS NULL OR lease_until < now())
+                 RETURNING partition, epoch"
+            ))?,
+            steal: client.prepare(&format!(
+                "UPDATE {o} {take} WHERE partition = ANY($1::int4[]) RETURNING partition, epoch"
+            ))?,
+            renew: client.prepare(&format!(
+                "UPDATE {o} o SET lease_until = now() + $3::int8 * interval '1 millisecond'
+                 FROM unnest($1::int4[], $2::int8[]) AS h(partition, epoch)
+                 WHERE o.partition = h.partition AND o.epoch = h.epoch AND o.owner IS NOT NULL
+                 RETURNING o.partition"
+            ))?,
+            release: client.prepare(&format!(
+                "UPDATE {o} o SET owner = NULL, lease_until = now()
+                 FROM unnest($1::int4[], $2::int8[]) AS h(partition, epoch)
+                 WHERE o.partition = h.partition AND o.epoch = h.epoch"
+            ))?,
+            owners: client.prepare(&format!(
+                "SELECT partition, epoch, owner, owner IS NOT NULL AND lease_until >= now()
+                 FROM {o} ORDER BY partition"
+            ))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_inject_sql_are_refused() {
+        for bad in [
+            "",
+            "Snapshots",
+            "snap-shots",
+            "t\"; DROP TABLE x; --",
+            "1abc",
+            "pg_snapshots",
+            "é",
+            &"x".repeat(57),
+        ] {
+            let err = Sql::new("public", bad, true).unwrap_err();
+            assert!(
+                matches!(err, OpenError::InvalidName { what: "table", .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(matches!(
+            Sql::new("my schema", "t", false),
+            Err(OpenError::InvalidName { what: "schema", .. })
+        ));
+        for good in ["snapshots", "_t", "fsm_v2", &"x".repeat(56)] {
+            Sql::new("fsm", good, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_invalid_name_says_what_to_write_instead() {
+        let err = Sql::new("public", "a;b", false).unwrap_err().to_string();
+        assert!(err.contains("';' is not allowed"), "{err}");
+        assert!(err.contains("a-z, 0-9 and `_`"), "{err}");
+    }
+}

@@ -1,4 +1,4 @@
-//! End to end under kill -9: a child process runs a kernel over a file store and answers the
+//! End to end under kill -9: a child process runs a kernel over a store and answers the
 //! commands it reads on stdin (each with an idempotency key) with acknowledgements on
 //! stdout. The parent SIGKILLs it at random moments, starts it again, resubmits every command
 //! not yet acknowledged with the same key, and at the end checks against a model: every
@@ -6,8 +6,14 @@
 //! none lost, none twice), and a key acknowledged twice was acknowledged with the same
 //! sequence both times.
 //!
-//! `FSM_KERNEL_KILL_CYCLES` sets the cycles (default 300); `FSM_KILL_SEED` replays a run.
-//! The same binary is the child when `FSM_KERNEL_CHILD` is set.
+//! It runs twice: over a file store, and over a `PostgresStore` with ownership on a real
+//! server, where every child is a new node taking the machines over from the one just
+//! killed: by stealing its partitions (an operator who knows it is dead) or by waiting for
+//! its lease to run out, in turns.
+//!
+//! `FSM_KERNEL_KILL_CYCLES` sets the file store's cycles (default 300),
+//! `FSM_PG_KILL_CYCLES` PostgreSQL's (default 60); `FSM_KILL_SEED` replays a run. The same
+//! binary is the child when `FSM_KERNEL_CHILD` is set.
 #![allow(missing_docs)]
 
 mod kernel_machine;
@@ -19,8 +25,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{IdempotencyKey, Outcome, Request, Shutdown};
-use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
+use fsm_core::kernel::{IdempotencyKey, Kernel, KernelBuilder, Outcome, Request, Shutdown};
+use fsm_core::store::{Codec, MachineId, SnapshotStore, SnapshotStoreExt};
+use fsm_persist::postgres::{Claim, Ownership, PostgresStore, TestServer};
 use fsm_persist::FileStore;
 use kernel_machine::{Tally, TallyCmd};
 
@@ -30,10 +37,94 @@ fn machine(i: u64) -> MachineId {
     MachineId::new(format!("tally-{i}")).unwrap()
 }
 
-/// The child: a kernel over the store in `dir`; reads `<machine> <key> <amount>` lines,
-/// answers `ack <key> <seq> <duplicate>` or `err <key> <why>` in the order it submitted.
-fn child(dir: &Path) {
-    let kernel = fsm_persist::file_kernel(dir, |_| Tally::Open { total: 0 })
+const PARTITIONS: u32 = 4;
+const LEASE: Duration = Duration::from_millis(300);
+
+/// Where the child keeps its machines.
+#[derive(Clone, Debug)]
+enum Backend {
+    File(std::path::PathBuf),
+    /// The server's socket directory and the node name; `steal` takes the partitions at once.
+    Postgres {
+        socket: std::path::PathBuf,
+        node: String,
+        steal: bool,
+    },
+}
+
+impl Backend {
+    fn to_env(&self) -> String {
+        match self {
+            Backend::File(dir) => format!("file {}", dir.display()),
+            Backend::Postgres {
+                socket,
+                node,
+                steal,
+            } => format!("postgres {node} {steal} {}", socket.display()),
+        }
+    }
+
+    fn from_env(text: &str) -> Backend {
+        let mut parts = text.splitn(4, ' ');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("file"), Some(dir), None, None) => Backend::File(dir.into()),
+            (Some("postgres"), Some(node), Some(steal), Some(socket)) => Backend::Postgres {
+                socket: socket.into(),
+                node: node.to_owned(),
+                steal: steal == "true",
+            },
+            _ => panic!("bad FSM_KERNEL_CHILD {text:?}"),
+        }
+    }
+}
+
+/// The PostgreSQL store of the kill test, on the server whose socket is in `socket`.
+fn postgres_store(socket: &Path, ownership: Ownership) -> PostgresStore {
+    let mut config = postgres::Config::new();
+    config
+        .host_path(socket)
+        .port(5432)
+        .user(fsm_persist::postgres::TEST_USER)
+        .dbname("postgres");
+    PostgresStore::builder(config)
+        .schema("kill9")
+        .ownership(ownership.partitions(PARTITIONS).lease(LEASE))
+        .open()
+        .expect("the PostgreSQL store opens")
+}
+
+fn kernel_builder(backend: &Backend) -> KernelBuilder<Tally> {
+    let initial = |_: &MachineId| Tally::Open { total: 0 };
+    match backend {
+        Backend::File(dir) => fsm_persist::file_kernel(dir, initial),
+        Backend::Postgres {
+            socket,
+            node,
+            steal,
+        } => {
+            let store = postgres_store(
+                socket,
+                Ownership::new(node.clone()).heartbeat(Some(LEASE / 4)),
+            );
+            if *steal {
+                let all: Vec<u32> = (0..PARTITIONS).collect();
+                store.steal(&all).expect("stealing the partitions");
+            }
+            // Serve only once every machine is ours: the killed node's leases run out.
+            let start = Instant::now();
+            while store.held().len() < PARTITIONS as usize {
+                assert!(start.elapsed() < Duration::from_secs(30), "never took over");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Kernel::builder(store, initial)
+        }
+    }
+}
+
+/// The child: a kernel over `backend`; reads `<machine> <key> <amount>` lines, answers
+/// `ack <key> <seq> <duplicate>` or `err <key> <why>` in the order it submitted.
+fn child(backend: &Backend) {
+    let kernel = kernel_builder(backend)
         .shards(2)
         .idempotency_window(512)
         .start()
@@ -106,9 +197,9 @@ impl Model {
     }
 }
 
-fn spawn(dir: &Path) -> (std::process::Child, mpsc::Receiver<String>) {
+fn spawn(backend: &Backend) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("FSM_KERNEL_CHILD", dir)
+        .env("FSM_KERNEL_CHILD", backend.to_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -141,20 +232,55 @@ fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, u64)>
 }
 
 fn main() {
-    if let Some(dir) = std::env::var_os("FSM_KERNEL_CHILD") {
-        child(Path::new(&dir));
+    if let Ok(backend) = std::env::var("FSM_KERNEL_CHILD") {
+        child(&Backend::from_env(&backend));
         return;
     }
-    let cycles: usize = std::env::var("FSM_KERNEL_KILL_CYCLES").map_or(300, |v| {
-        v.parse().expect("FSM_KERNEL_KILL_CYCLES is a number")
-    });
+    let cycles = |var: &str, default: usize| {
+        std::env::var(var).map_or(default, |v| v.parse().expect("a number of cycles"))
+    };
     let seed: u64 = std::env::var("FSM_KILL_SEED").map_or_else(
         |_| fastrand::u64(..),
         |v| v.parse().expect("FSM_KILL_SEED is a number"),
     );
-    println!("kernel_kill9: {cycles} cycles, FSM_KILL_SEED={seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(
+        "file store",
+        cycles("FSM_KERNEL_KILL_CYCLES", 300),
+        seed,
+        |_| Backend::File(path.clone()),
+        || Box::new(FileStore::open(&path).unwrap()),
+    );
+    let Some(server) = TestServer::start_or_skip("kernel_kill9 over PostgreSQL") else {
+        return;
+    };
+    let socket = server.socket_dir().to_owned();
+    run(
+        "PostgreSQL, a new node per child",
+        cycles("FSM_PG_KILL_CYCLES", 60),
+        seed,
+        |cycle| Backend::Postgres {
+            socket: socket.clone(),
+            node: format!("child-{cycle}"),
+            steal: cycle % 2 == 0,
+        },
+        || Box::new(postgres_store(&socket, Ownership::new("checker").claim(Claim::Nothing).heartbeat(None))),
+    );
+}
+
+/// `cycles` children over the backend `backend(cycle)` gives, each killed at a random moment;
+/// then a last one answers everything left; then the store `open` gives must hold every
+/// command applied exactly once.
+fn run(
+    name: &str,
+    cycles: usize,
+    seed: u64,
+    backend: impl Fn(usize) -> Backend,
+    open: impl Fn() -> Box<dyn SnapshotStore>,
+) {
+    println!("kernel_kill9 ({name}): {cycles} cycles, FSM_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
     let mut model = Model {
         sent: BTreeMap::new(),
@@ -173,7 +299,7 @@ fn main() {
             model.pending.insert(key, command);
             next_key += 1;
         }
-        let (mut child, lines) = spawn(dir.path());
+        let (mut child, lines) = spawn(&backend(cycle));
         let batch = model.pending.clone();
         let sent = send(&mut child, &batch);
         // Kill after a random number of answers (0: while it recovers), then a random
@@ -206,7 +332,7 @@ fn main() {
             "commands never acknowledged: {:?}",
             model.pending
         );
-        let (mut child, lines) = spawn(dir.path());
+        let (mut child, lines) = spawn(&backend(cycles + rounds));
         let batch = model.pending.clone();
         send(&mut child, &batch);
         drop(child.stdin.take());
@@ -217,7 +343,7 @@ fn main() {
     }
 
     // The model: every key applied exactly once.
-    let store = FileStore::open(dir.path()).unwrap();
+    let store = open();
     let codec = Codec::<Tally>::new(1);
     for i in 0..MACHINES {
         let want: u64 = model
@@ -232,11 +358,11 @@ fn main() {
             .map_or(0, |(t, _)| t.total());
         assert_eq!(
             got, want,
-            "machine {i}: stored total {got}, the commands sum to {want} (seed {seed})"
+            "{name}, machine {i}: stored total {got}, the commands sum to {want} (seed {seed})"
         );
     }
     println!(
-        "kernel_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once, {} acknowledgements ({} duplicates answered from the journal, {} errors retried), {:.1?}",
+        "kernel_kill9 ({name}): {cycles} SIGKILL cycles, {} commands each applied exactly once, {} acknowledgements ({} duplicates answered from the journal, {} errors retried), {:.1?}",
         model.sent.len(),
         model.acks,
         model.duplicates,

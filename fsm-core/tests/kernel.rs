@@ -1141,7 +1141,12 @@ fn a_fenced_commit_stops_serving_that_machine_and_stores_the_rest_of_the_batch()
     // machine of the same batch is stored all the same.
     let outcomes: Vec<_> = ka
         .submit_batch([
-            (lost.clone(), Request::new(Cmd::Fail { reason: "late".into() })),
+            (
+                lost.clone(),
+                Request::new(Cmd::Fail {
+                    reason: "late".into(),
+                }),
+            ),
             (kept.clone(), Request::new(Cmd::Start)),
         ])
         .into_iter()
@@ -1153,10 +1158,20 @@ fn a_fenced_commit_stops_serving_that_machine_and_stores_the_rest_of_the_batch()
         outcomes[0]
     );
     assert_eq!(outcomes[1].as_ref().unwrap().seq, 1);
-    assert_eq!(*a.batches.lock().unwrap().last().unwrap(), 1, "the retry held only `kept`");
+    assert_eq!(
+        *a.batches.lock().unwrap().last().unwrap(),
+        1,
+        "the retry held only `kept`"
+    );
     // The new owner's state stands; the late write left nothing.
-    assert_eq!(stored(&*a, &lost), Some((Build::Running { attempts: 2 }, 2)));
-    assert_eq!(stored(&*a, &kept), Some((Build::Running { attempts: 1 }, 1)));
+    assert_eq!(
+        stored(&*a, &lost),
+        Some((Build::Running { attempts: 2 }, 2))
+    );
+    assert_eq!(
+        stored(&*a, &kept),
+        Some((Build::Running { attempts: 1 }, 1))
+    );
     // From now on A hands `lost`'s commands back without applying them.
     let err = ka.submit(&lost, Cmd::Finish).unwrap().wait().unwrap_err();
     assert!(err.is_fenced(), "{err}");
@@ -1243,7 +1258,11 @@ fn postponed_commands_of_a_machine_this_node_lost_are_handed_back() {
     assert!(postponed.wait().unwrap_err().is_fenced());
     let back = ka.take_handed_back();
     let events: Vec<_> = back.iter().map(|(_, r)| r.event().clone()).collect();
-    assert_eq!(events, vec![Cmd::Finish, Cmd::Start], "postponed first, then the new one");
+    assert_eq!(
+        events,
+        vec![Cmd::Finish, Cmd::Start],
+        "postponed first, then the new one"
+    );
     assert_eq!(back[0].1.key(), Some(&key("fin")));
     // The new owner gets them and applies them once.
     let kb = node_kernel(&b);

@@ -73,7 +73,9 @@ fn postgres_store_conforms() {
         return;
     };
     conformance::run(&store);
-    conformance::run_reopen(&|| Box::new(postgres_store("conformance_plain_reopen", None).unwrap()));
+    conformance::run_reopen(&|| {
+        Box::new(postgres_store("conformance_plain_reopen", None).unwrap())
+    });
 }
 
 #[test]
@@ -86,5 +88,7 @@ fn postgres_store_with_ownership_conforms() {
     assert_eq!(store.held().len(), 16, "a lone node claims every partition");
     conformance::run(&store);
     // Reopening drops the old store first, which releases its partitions for the new one.
-    conformance::run_reopen(&|| Box::new(postgres_store("conformance_fenced_reopen", node()).unwrap()));
+    conformance::run_reopen(&|| {
+        Box::new(postgres_store("conformance_fenced_reopen", node()).unwrap())
+    });
 }

@@ -265,7 +265,14 @@ fn main() {
             node: format!("child-{cycle}"),
             steal: cycle % 2 == 0,
         },
-        || Box::new(postgres_store(&socket, Ownership::new("checker").claim(Claim::Nothing).heartbeat(None))),
+        || {
+            Box::new(postgres_store(
+                &socket,
+                Ownership::new("checker")
+                    .claim(Claim::Nothing)
+                    .heartbeat(None),
+            ))
+        },
     );
 }
 

@@ -11,8 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fsm_core::store::{
-    Corruption, EnvelopeError, Format, Limits, MachineId, Put, Snapshot, SnapshotStore,
-    StoreError,
+    Corruption, EnvelopeError, Format, Limits, MachineId, Put, Snapshot, SnapshotStore, StoreError,
 };
 use fsm_persist::postgres::{
     Claim, OpenError, Ownership, PostgresStore, PostgresStoreBuilder, TestServer,
@@ -49,7 +48,10 @@ fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(t) = f() {
             return t;
         }
-        assert!(start.elapsed() < limit, "condition not reached in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -141,7 +143,11 @@ fn a_batch_fenced_by_the_database_names_the_stale_partition_and_writes_nothing()
         .unwrap();
     let ids: Vec<MachineId> = (0..20).map(|i| id(&format!("batch-{i}"))).collect();
     let first: Vec<Snapshot> = ids.iter().map(|_| snap(1)).collect();
-    let puts: Vec<Put<'_>> = ids.iter().zip(&first).map(|(m, s)| Put::new(m, None, s)).collect();
+    let puts: Vec<Put<'_>> = ids
+        .iter()
+        .zip(&first)
+        .map(|(m, s)| Put::new(m, None, s))
+        .collect();
     a.put_many(&puts).unwrap();
     let victim = a.partition_of(&ids[5]).unwrap();
     b.steal(&[victim]).unwrap();
@@ -152,13 +158,22 @@ fn a_batch_fenced_by_the_database_names_the_stale_partition_and_writes_nothing()
         .map(|(m, s)| Put::new(m, Some(1), s))
         .collect();
     let err = a.put_many(&puts).unwrap_err();
-    let StoreError::Fenced { id: named, held, current } = err else {
+    let StoreError::Fenced {
+        id: named,
+        held,
+        current,
+    } = err
+    else {
         panic!("expected Fenced, got {err}");
     };
     assert_eq!(a.partition_of(&named), Some(victim));
     assert_eq!((held, current), (Some(1), Some(2)));
     for m in &ids {
-        assert_eq!(a.get(m).unwrap().seq(), 1, "{m}: nothing of the batch was written");
+        assert_eq!(
+            a.get(m).unwrap().seq(),
+            1,
+            "{m}: nothing of the batch was written"
+        );
     }
     // Without the lost partition's machines the batch goes through.
     let kept: Vec<Put<'_>> = puts
@@ -211,7 +226,11 @@ fn a_lapsed_lease_nobody_took_is_renewed_under_the_same_epoch() {
     });
     let beat = a.heartbeat().unwrap();
     assert_eq!(beat.renewed, 8);
-    assert_eq!(a.owner_epoch(&m).unwrap(), 1, "same epoch: nobody else wrote");
+    assert_eq!(
+        a.owner_epoch(&m).unwrap(),
+        1,
+        "same epoch: nobody else wrote"
+    );
     a.put(&m, None, &snap(1)).unwrap();
 }
 
@@ -280,9 +299,15 @@ fn names_and_settings_are_checked_before_any_sql_runs() {
         .table("snap\"; DROP TABLE x; --")
         .open()
         .unwrap_err();
-    assert!(matches!(err, OpenError::InvalidName { what: "table", .. }), "{err}");
+    assert!(
+        matches!(err, OpenError::InvalidName { what: "table", .. }),
+        "{err}"
+    );
     let err = builder.clone().schema("Public").open().unwrap_err();
-    assert!(matches!(err, OpenError::InvalidName { what: "schema", .. }), "{err}");
+    assert!(
+        matches!(err, OpenError::InvalidName { what: "schema", .. }),
+        "{err}"
+    );
     let err = builder.clone().pool_size(0).open().unwrap_err();
     assert!(matches!(err, OpenError::InvalidPool(_)), "{err}");
     let err = builder
@@ -315,18 +340,30 @@ fn corrupt_or_oversized_rows_are_refused_never_returned() {
     .unwrap();
     assert!(matches!(
         store.get(&flipped),
-        Err(StoreError::Corrupt { problem: Corruption::Envelope(_), .. })
+        Err(StoreError::Corrupt {
+            problem: Corruption::Envelope(_),
+            ..
+        })
     ));
     assert!(matches!(
         store.get(&stale),
-        Err(StoreError::Corrupt { problem: Corruption::Generation { expected: 5, found: 1 }, .. })
+        Err(StoreError::Corrupt {
+            problem: Corruption::Generation {
+                expected: 5,
+                found: 1
+            },
+            ..
+        })
     ));
     let large = Snapshot::new("Test", 1, 1, Format::Postcard, &vec![7u8; 4096]).unwrap();
     store.put(&big, None, &large).unwrap();
     let small = builder.limits(Limits { max_payload: 1024 }).open().unwrap();
     assert!(matches!(
         small.get(&big),
-        Err(StoreError::Corrupt { problem: Corruption::Envelope(EnvelopeError::TooLarge { .. }), .. })
+        Err(StoreError::Corrupt {
+            problem: Corruption::Envelope(EnvelopeError::TooLarge { .. }),
+            ..
+        })
     ));
 }
 
@@ -424,8 +461,9 @@ fn a_connection_cut_while_a_write_waits_is_outcome_unknown_and_reading_back_reso
     let Some(server) = TestServer::start_or_skip("cut connection test") else {
         return;
     };
-    let store: &'static PostgresStore =
-        Box::leak(Box::new(PostgresStore::builder(server.config()).open().unwrap()));
+    let store: &'static PostgresStore = Box::leak(Box::new(
+        PostgresStore::builder(server.config()).open().unwrap(),
+    ));
     let m = id("order-1");
     store.put(&m, None, &snap(1)).unwrap();
     let mut locker = server.config().connect(postgres::NoTls).unwrap();
@@ -463,9 +501,16 @@ fn a_pool_whose_connections_all_stay_busy_answers_unavailable_in_time() {
     let started = Instant::now();
     let err = store.get(&m).unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
-    assert!(err.to_string().contains("all 1 pooled connections"), "{err}");
+    assert!(
+        err.to_string().contains("all 1 pooled connections"),
+        "{err}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(200));
-    assert_eq!(store.connections(), 1, "the pool never opens more than its size");
+    assert_eq!(
+        store.connections(),
+        1,
+        "the pool never opens more than its size"
+    );
     locker.batch_execute("ROLLBACK").unwrap();
     result.recv().unwrap().unwrap();
     assert_eq!(store.get(&m).unwrap(), snap(2));

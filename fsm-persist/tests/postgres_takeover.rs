@@ -49,7 +49,10 @@ fn kernel(store: Arc<dyn SnapshotStore>) -> Kernel<Tally> {
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "condition not reached in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -94,7 +97,14 @@ impl Ledger {
             Ok(_) => false,
             Err(CommandError::Fenced { error, .. }) => {
                 self.fenced += 1;
-                if matches!(*error, StoreError::Fenced { held: Some(1), current: Some(2), .. }) {
+                if matches!(
+                    *error,
+                    StoreError::Fenced {
+                        held: Some(1),
+                        current: Some(2),
+                        ..
+                    }
+                ) {
                     self.refused_by_database += 1;
                 }
                 true
@@ -134,7 +144,11 @@ impl Ledger {
                 (1..=seq).collect::<Vec<u64>>(),
                 "machine {m}: every commit acknowledged, no gap ({first} {a:?}, {second} {b:?})"
             );
-            assert_eq!(tally.total(), want, "machine {m}: every command applied once");
+            assert_eq!(
+                tally.total(),
+                want,
+                "machine {m}: every command applied once"
+            );
         }
     }
 }
@@ -146,8 +160,14 @@ fn the_standby_takes_over_from_the_last_acknowledged_state_when_the_owner_stops(
     }
     let lease = Duration::from_secs(2);
     let beat = Some(Duration::from_millis(100));
-    let store_a = open("takeover_stop", Ownership::new("a").lease(lease).heartbeat(beat));
-    let store_b = open("takeover_stop", Ownership::new("b").lease(lease).heartbeat(beat));
+    let store_a = open(
+        "takeover_stop",
+        Ownership::new("a").lease(lease).heartbeat(beat),
+    );
+    let store_b = open(
+        "takeover_stop",
+        Ownership::new("b").lease(lease).heartbeat(beat),
+    );
     assert_eq!(store_a.held().len(), PARTITIONS as usize);
     assert!(store_b.held().is_empty());
     let (ka, kb) = (kernel(store_a.clone()), kernel(store_b.clone()));
@@ -164,8 +184,14 @@ fn the_standby_takes_over_from_the_last_acknowledged_state_when_the_owner_stops(
             tickets.push((key, ta, tb));
         }
         for (key, ta, tb) in tickets {
-            assert!(ledger.settle('b', &key, tb), "round {round}: B owns nothing");
-            assert!(!ledger.settle('a', &key, ta), "round {round}: A owns everything");
+            assert!(
+                ledger.settle('b', &key, tb),
+                "round {round}: B owns nothing"
+            );
+            assert!(
+                !ledger.settle('a', &key, ta),
+                "round {round}: A owns everything"
+            );
         }
     }
     assert_eq!(kb.take_handed_back().len(), 5 * MACHINES);
@@ -265,7 +291,10 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
     }
     // A's heartbeat is driven here, so stopping it is A pausing.
     let lease = Duration::from_millis(600);
-    let store_a = open("takeover_pause", Ownership::new("a").lease(lease).heartbeat(None));
+    let store_a = open(
+        "takeover_pause",
+        Ownership::new("a").lease(lease).heartbeat(None),
+    );
     let store_b = open(
         "takeover_pause",
         Ownership::new("b")
@@ -292,7 +321,10 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
             assert!(!ledger.settle('a', &key, t));
         }
     }
-    assert!(store_b.held().is_empty(), "A's lease is live while it beats");
+    assert!(
+        store_b.held().is_empty(),
+        "A's lease is live while it beats"
+    );
 
     // A pauses in the middle of a commit and stops beating.
     paused.hold();
@@ -312,14 +344,20 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
         tickets.push((key, kb.submit(&machine(m), request).unwrap()));
     }
     for (key, t) in tickets {
-        assert!(!ledger.settle('b', &key, t), "{key}: B owns the machines now");
+        assert!(
+            !ledger.settle('b', &key, t),
+            "{key}: B owns the machines now"
+        );
     }
 
     // A resumes: its held commit reaches the database, which refuses it (stale epoch).
     paused.resume();
     let mut resubmit = Vec::new();
     for (key, t) in late {
-        assert!(ledger.settle('a', &key, t), "{key}: A's late write must be fenced");
+        assert!(
+            ledger.settle('a', &key, t),
+            "{key}: A's late write must be fenced"
+        );
         resubmit.push(key);
     }
     assert!(
@@ -344,7 +382,10 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
     let mut tickets = Vec::new();
     for key in resubmit {
         let m = ledger.sent[&key].0;
-        tickets.push((key.clone(), kb.submit(&machine(m), ledger.request(&key)).unwrap()));
+        tickets.push((
+            key.clone(),
+            kb.submit(&machine(m), ledger.request(&key)).unwrap(),
+        ));
     }
     for (key, t) in tickets {
         assert!(!ledger.settle('b', &key, t));
@@ -360,7 +401,10 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
         .connect(postgres::NoTls)
         .unwrap();
     let epochs: Vec<i64> = sql
-        .query("SELECT DISTINCT epoch FROM takeover_pause.fsm_snapshots", &[])
+        .query(
+            "SELECT DISTINCT epoch FROM takeover_pause.fsm_snapshots",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))

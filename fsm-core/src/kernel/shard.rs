@@ -670,10 +670,11 @@ impl<M: Durable> Shard<M> {
             // The store refused the batch because another node owns some of its machines:
             // those stop being served here, the rest is stored on its own.
             let error = Arc::new(result.unwrap_err());
-            let (mut lost, mut kept): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|(id, _, _)| {
-                let loaded = self.slots.get(id).map(|s| s.epoch);
-                store.owner_epoch(id).ok() != loaded
-            });
+            let (mut lost, mut kept): (Vec<_>, Vec<_>) =
+                snapshots.into_iter().partition(|(id, _, _)| {
+                    let loaded = self.slots.get(id).map(|s| s.epoch);
+                    store.owner_epoch(id).ok() != loaded
+                });
             if lost.is_empty() {
                 // The store cannot tell which: none of the batch holds.
                 std::mem::swap(&mut lost, &mut kept);

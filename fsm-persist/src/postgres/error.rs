@@ -73,8 +73,7 @@ pub(crate) fn classify(e: &postgres::Error, phase: Phase) -> Failure {
                 || code.starts_with("57P")
         }
         None => {
-            e.is_closed()
-                || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
     let error = match (connection, phase) {

@@ -164,13 +164,13 @@ impl PostgresStoreBuilder {
             ));
         }
         let sql = Sql::new(&self.schema, &self.table, self.ownership.is_some())?;
-        let mut client = self
-            .config
-            .connect(postgres::NoTls)
-            .map_err(|e| StoreError::Unavailable {
-                backend: BACKEND,
-                message: e.to_string(),
-            })?;
+        let mut client =
+            self.config
+                .connect(postgres::NoTls)
+                .map_err(|e| StoreError::Unavailable {
+                    backend: BACKEND,
+                    message: e.to_string(),
+                })?;
         create_schema(&mut client, &sql, self.ownership.as_ref())?;
         drop(client);
         let shared = Arc::new(Shared {
@@ -204,7 +204,10 @@ fn create_schema(
     ownership: Option<&Ownership>,
 ) -> Result<(), OpenError> {
     let fail = |e: postgres::Error| OpenError::Store(classify(&e, Phase::NothingWritten).error);
-    let fencing = ownership.map_or_else(|| "none".to_owned(), |o| format!("partitions={}", o.partitions));
+    let fencing = ownership.map_or_else(
+        || "none".to_owned(),
+        |o| format!("partitions={}", o.partitions),
+    );
     let mut tx = client.transaction().map_err(fail)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
@@ -394,9 +397,7 @@ impl PostgresStore {
     /// The owner table as the database holds it now.
     pub fn owners(&self) -> Result<Vec<OwnerRow>, StoreError> {
         let mut conn = self.shared.pool.get(&self.shared.sql)?;
-        let rows = read(&mut conn, |c| {
-            c.client.query(&c.statements.owners, &[])
-        })?;
+        let rows = read(&mut conn, |c| c.client.query(&c.statements.owners, &[]))?;
         rows.iter()
             .map(|r| {
                 let partition: i32 = r.try_get(0).map_err(|e| unexpected(e.to_string()))?;
@@ -510,10 +511,12 @@ impl Shared {
         let written: i64 = column(&row, 1)?;
         if self.fence.is_some() {
             match fence {
-                None => return Err(unexpected(format!(
+                None => {
+                    return Err(unexpected(format!(
                     "{}: no owner row for partition {part}; the owner table was changed by hand",
                     self.sql.table
-                ))),
+                )))
+                }
                 Some(current) if current != epoch => {
                     return Err(self.fenced(put.id, part, epoch, Some(current)))
                 }
@@ -629,9 +632,7 @@ impl Shared {
     /// Which write of a refused batch lost its compare-and-set, as the database holds it now.
     fn conflict_in(&self, conn: &mut Lent<'_>, batch: &[Put<'_>]) -> StoreError {
         let ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
-        let rows = match read(conn, |c| {
-            c.client.query(&c.statements.sequences, &[&ids])
-        }) {
+        let rows = match read(conn, |c| c.client.query(&c.statements.sequences, &[&ids])) {
             Ok(rows) => rows,
             Err(e) => return e,
         };
@@ -667,7 +668,8 @@ impl Shared {
         let limit = self.limits.max_envelope() as i64;
         let mut conn = self.pool.get(&self.sql)?;
         let row = read(&mut conn, |c| {
-            c.client.query_opt(&c.statements.get, &[&id.as_str(), &limit])
+            c.client
+                .query_opt(&c.statements.get, &[&id.as_str(), &limit])
         })?;
         drop(conn);
         let Some(row) = row else {
@@ -701,9 +703,7 @@ impl Shared {
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
         let mut conn = self.pool.get(&self.sql)?;
-        let rows = read(&mut conn, |c| {
-            c.client.query(&c.statements.ids, &[])
-        })?;
+        let rows = read(&mut conn, |c| c.client.query(&c.statements.ids, &[]))?;
         drop(conn);
         rows.iter()
             .map(|row| {
@@ -732,7 +732,8 @@ impl Shared {
             let asked = Instant::now();
             let mut conn = self.pool.get(&self.sql)?;
             let rows = run(&mut conn, Phase::Committing, |c| {
-                c.client.query(&c.statements.renew, &[&parts, &epochs, &lease])
+                c.client
+                    .query(&c.statements.renew, &[&parts, &epochs, &lease])
             })?;
             drop(conn);
             let mut renewed = HashSet::with_capacity(rows.len());
@@ -763,7 +764,10 @@ impl Shared {
                 backend: BACKEND,
             });
         };
-        if let Some(p) = partitions.iter().find(|&&p| p >= fence.ownership.partitions) {
+        if let Some(p) = partitions
+            .iter()
+            .find(|&&p| p >= fence.ownership.partitions)
+        {
             return Err(unexpected(format!(
                 "partition {p} does not exist; there are {} (0 to {})",
                 fence.ownership.partitions,

@@ -25,12 +25,9 @@ use super::error::OpenError;
 /// bytes, modulo `partitions`. Stable across versions, builds and platforms, so every node
 /// (and any tool routing commands) agrees.
 pub fn partition_of(id: &MachineId, partitions: u32) -> u32 {
-    let hash = id
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     (hash % u64::from(partitions.max(1))) as u32
 }
 
@@ -113,16 +110,10 @@ impl Ownership {
             ));
         }
         if self.partitions == 0 || self.partitions > 1 << 20 {
-            return bad(format!(
-                "{} partitions; use 1 to 1048576",
-                self.partitions
-            ));
+            return bad(format!("{} partitions; use 1 to 1048576", self.partitions));
         }
         if self.lease < Duration::from_millis(10) || self.lease > Duration::from_secs(24 * 3600) {
-            return bad(format!(
-                "a lease of {:?}; use 10 ms to 24 h",
-                self.lease
-            ));
+            return bad(format!("a lease of {:?}; use 10 ms to 24 h", self.lease));
         }
         if let Some(every) = self.heartbeat {
             if every.is_zero() || every * 2 > self.lease {
@@ -148,8 +139,15 @@ impl Ownership {
     pub(crate) fn wanted(&self, view: &View) -> Vec<i32> {
         let free = |p: &u32| view.held(*p).is_none();
         match &self.claim {
-            Claim::Free => (0..self.partitions).filter(free).map(|p| p as i32).collect(),
-            Claim::Only(parts) => parts.iter().filter(|p| free(p)).map(|&p| p as i32).collect(),
+            Claim::Free => (0..self.partitions)
+                .filter(free)
+                .map(|p| p as i32)
+                .collect(),
+            Claim::Only(parts) => parts
+                .iter()
+                .filter(|p| free(p))
+                .map(|&p| p as i32)
+                .collect(),
             Claim::Nothing => Vec::new(),
         }
     }
@@ -270,7 +268,10 @@ mod tests {
         // Pinned: changing these would move machines between owners across an upgrade.
         // FNV-1a 64 of "a" is the published test vector 0xaf63dc4c8601ec8c.
         let id = |s: &str| MachineId::new(s).unwrap();
-        assert_eq!(partition_of(&id("a"), 1000), (0xaf63_dc4c_8601_ec8c_u64 % 1000) as u32);
+        assert_eq!(
+            partition_of(&id("a"), 1000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as u32
+        );
         assert_eq!(partition_of(&id("a"), 1000), 996);
         assert_eq!(partition_of(&id("order-1"), 64), 45);
         assert_eq!(partition_of(&id("order-2"), 64), 20);
@@ -278,7 +279,11 @@ mod tests {
         let spread: std::collections::HashSet<u32> = (0..1000)
             .map(|i| partition_of(&id(&format!("m-{i}")), 16))
             .collect();
-        assert_eq!(spread.len(), 16, "1000 ids reach every one of 16 partitions");
+        assert_eq!(
+            spread.len(),
+            16,
+            "1000 ids reach every one of 16 partitions"
+        );
     }
 
     #[test]
@@ -293,7 +298,12 @@ mod tests {
         view.acquired(p, 7, Instant::now(), Duration::from_secs(60));
         assert_eq!(view.writable(&id).unwrap(), 7);
         // A lease asked for long ago has run out: held, but not writable.
-        view.acquired(p, 8, Instant::now() - Duration::from_secs(61), Duration::from_secs(60));
+        view.acquired(
+            p,
+            8,
+            Instant::now() - Duration::from_secs(61),
+            Duration::from_secs(60),
+        );
         assert!(matches!(
             view.writable(&id),
             Err(StoreError::Fenced { held: Some(8), .. })
@@ -305,7 +315,11 @@ mod tests {
         view.renewed(p, 8, Instant::now(), Duration::from_secs(60));
         assert!(matches!(
             view.writable(&id),
-            Err(StoreError::Fenced { held: None, current: Some(9), .. })
+            Err(StoreError::Fenced {
+                held: None,
+                current: Some(9),
+                ..
+            })
         ));
     }
 
@@ -318,10 +332,15 @@ mod tests {
             Ownership::new("n")
                 .lease(Duration::from_secs(4))
                 .heartbeat(Some(Duration::from_secs(3))),
-            Ownership::new("n").partitions(8).claim(Claim::Only(vec![3, 8])),
+            Ownership::new("n")
+                .partitions(8)
+                .claim(Claim::Only(vec![3, 8])),
         ];
         for o in bad {
-            assert!(matches!(o.check(), Err(OpenError::InvalidOwnership(_))), "{o:?}");
+            assert!(
+                matches!(o.check(), Err(OpenError::InvalidOwnership(_))),
+                "{o:?}"
+            );
         }
         Ownership::new("n")
             .lease(Duration::from_millis(300))

@@ -123,8 +123,8 @@ impl Pool {
                 },
                 e => e,
             })?;
-        let statements =
-            Statements::prepare(&mut client, sql).map_err(|e| classify(&e, Phase::NothingWritten).error)?;
+        let statements = Statements::prepare(&mut client, sql)
+            .map_err(|e| classify(&e, Phase::NothingWritten).error)?;
         Ok(Conn {
             client,
             statements,
@@ -163,13 +163,17 @@ impl Lent<'_> {
 impl Deref for Lent<'_> {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        self.conn.as_ref().expect("a lent connection is present until dropped")
+        self.conn
+            .as_ref()
+            .expect("a lent connection is present until dropped")
     }
 }
 
 impl DerefMut for Lent<'_> {
     fn deref_mut(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("a lent connection is present until dropped")
+        self.conn
+            .as_mut()
+            .expect("a lent connection is present until dropped")
     }
 }
 

@@ -44,8 +44,26 @@ fn step(step: &'static str, detail: impl fmt::Display) -> ServerError {
     }
 }
 
-/// A PostgreSQL server of its own on a temporary directory and Unix socket; see the
-/// [module documentation](self).
+/// A throwaway PostgreSQL server of its own, for tests and benchmarks.
+///
+/// [`TestServer::start`] runs `initdb` and `pg_ctl` from the machine's PostgreSQL server
+/// binaries ([`find_binaries`]) on a new temporary directory, listening only on a Unix socket
+/// inside it, with `fsync` on. PostgreSQL refuses to run as root, so under root the server
+/// runs as the `postgres` user (or `nobody`) through `runuser`. The server stops and its
+/// directory is removed when the `TestServer` is dropped, and also when the process that
+/// started it ends in any way, even by SIGKILL: a watchdog process waits for its end of a
+/// pipe to close. [`TestServer::shared`] is one server per process for many tests, each
+/// using a schema of its own.
+///
+/// ```no_run
+/// use fsm_persist::postgres::{PostgresStore, TestServer};
+///
+/// let Some(server) = TestServer::shared() else {
+///     return Ok(()); // not installed and not required: the skip was announced on stderr
+/// };
+/// let store = PostgresStore::builder(server.config()).schema("my_test").open()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct TestServer {
     bin: PathBuf,
     dir: PathBuf,
@@ -98,9 +116,7 @@ pub fn find_binaries() -> Option<PathBuf> {
             return Some(bin);
         }
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| complete(dir))
-    })
+    std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).find(|dir| complete(dir)))
 }
 
 /// The user to run the server as when running as root: `postgres` if it exists, else `nobody`.
@@ -111,7 +127,14 @@ fn server_user() -> Option<String> {
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let has = |name: &str| passwd.lines().any(|l| l.split(':').next() == Some(name));
-    Some(if has("postgres") { "postgres" } else { "nobody" }.to_owned())
+    Some(
+        if has("postgres") {
+            "postgres"
+        } else {
+            "nobody"
+        }
+        .to_owned(),
+    )
 }
 
 /// The uid and gid of `user`, from /etc/passwd.
@@ -119,7 +142,8 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&user) && f.len() > 3).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        (f.first() == Some(&user) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
     })
 }
 
@@ -189,7 +213,9 @@ impl TestServer {
     /// and not [`required`]. Panics if it is required but cannot start.
     pub fn shared() -> Option<&'static TestServer> {
         static SHARED: OnceLock<Option<TestServer>> = OnceLock::new();
-        SHARED.get_or_init(|| TestServer::start_or_skip("the shared server")).as_ref()
+        SHARED
+            .get_or_init(|| TestServer::start_or_skip("the shared server"))
+            .as_ref()
     }
 
     /// Starts a server of its own; `None`, after saying loudly on stderr that `what` did not

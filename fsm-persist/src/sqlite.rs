@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fsm_core::store::{
-    check_batch, Capabilities, Corruption, EnvelopeError, Limits, MachineId, Put, Snapshot,
-    SnapshotStore, StoreError,
+    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
+    StoreError,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -253,27 +253,7 @@ impl SnapshotStore for SqliteStore {
         let Some((seq, len, bytes)) = row else {
             return Err(StoreError::NotFound { id: id.clone() });
         };
-        let Some(bytes) = bytes else {
-            return Err(StoreError::corrupt(
-                id.to_string(),
-                EnvelopeError::TooLarge {
-                    len: len as usize,
-                    limit: self.limits.max_envelope(),
-                },
-            ));
-        };
-        let snapshot = Snapshot::from_bytes(bytes, &self.limits)
-            .map_err(|e| StoreError::corrupt(id.to_string(), e))?;
-        if snapshot.seq() != seq as u64 {
-            return Err(StoreError::corrupt(
-                id.to_string(),
-                Corruption::Generation {
-                    expected: seq as u64,
-                    found: snapshot.seq(),
-                },
-            ));
-        }
-        Ok(snapshot)
+        crate::row::verified(id, seq as u64, len as u64, bytes, &self.limits)
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

@@ -89,17 +89,23 @@ fn only_one_node_holds_a_partition_and_every_acquisition_raises_its_epoch() {
     assert!(b.owner_epoch(&m).unwrap_err().is_fenced());
 }
 
-#[test]
-fn a_write_under_a_stale_epoch_is_refused_and_changes_nothing() {
-    let Some(builder) = on_shared("own_stale") else {
-        return;
-    };
+/// Node `a` owning every partition and node `b` claiming none by itself, long leases.
+fn owner_and_bystander(builder: PostgresStoreBuilder) -> (PostgresStore, PostgresStore) {
     let lease = Duration::from_secs(60);
     let a = builder.clone().ownership(node("a", lease)).open().unwrap();
     let b = builder
         .ownership(node("b", lease).claim(Claim::Nothing))
         .open()
         .unwrap();
+    (a, b)
+}
+
+#[test]
+fn a_write_under_a_stale_epoch_is_refused_and_changes_nothing() {
+    let Some(builder) = on_shared("own_stale") else {
+        return;
+    };
+    let (a, b) = owner_and_bystander(builder);
     let m = id("order-7");
     let p = a.partition_of(&m).unwrap();
     let other = (0..)
@@ -135,12 +141,7 @@ fn a_batch_fenced_by_the_database_names_the_stale_partition_and_writes_nothing()
     let Some(builder) = on_shared("own_batch") else {
         return;
     };
-    let lease = Duration::from_secs(60);
-    let a = builder.clone().ownership(node("a", lease)).open().unwrap();
-    let b = builder
-        .ownership(node("b", lease).claim(Claim::Nothing))
-        .open()
-        .unwrap();
+    let (a, b) = owner_and_bystander(builder);
     let ids: Vec<MachineId> = (0..20).map(|i| id(&format!("batch-{i}"))).collect();
     let first: Vec<Snapshot> = ids.iter().map(|_| snap(1)).collect();
     let puts: Vec<Put<'_>> = ids
@@ -239,17 +240,18 @@ fn the_heartbeat_thread_keeps_the_leases_alive() {
     let Some(builder) = on_shared("own_thread") else {
         return;
     };
-    let lease = Duration::from_millis(300);
+    // Ten beats per lease: a loaded machine delays a beat, not ten.
+    let lease = Duration::from_secs(1);
     let a = builder
         .clone()
-        .ownership(node("a", lease).heartbeat(Some(Duration::from_millis(60))))
+        .ownership(node("a", lease).heartbeat(Some(Duration::from_millis(100))))
         .open()
         .unwrap();
     let b = builder.ownership(node("b", lease)).open().unwrap();
     let m = id("order-3");
     let start = Instant::now();
-    // Ten leases long, A keeps its partitions and B gets none.
-    while start.elapsed() < lease * 10 {
+    // Three leases long, A keeps its partitions and B gets none.
+    while start.elapsed() < lease * 3 {
         assert!(b.heartbeat().unwrap().acquired.is_empty());
         assert_eq!(a.owner_epoch(&m).unwrap(), 1);
         std::thread::sleep(Duration::from_millis(50));
@@ -278,6 +280,24 @@ fn every_node_must_open_the_table_with_the_same_ownership_settings() {
         .open()
         .unwrap_err();
     assert!(matches!(other, OpenError::Layout { .. }), "{other}");
+    // Owner rows deleted by hand are not made again (their epochs would start over).
+    let mut sql = TestServer::shared()
+        .unwrap()
+        .config()
+        .connect(postgres::NoTls)
+        .unwrap();
+    sql.execute(
+        "DELETE FROM own_layout.fsm_snapshots_owners WHERE partition = 5",
+        &[],
+    )
+    .unwrap();
+    let err = builder
+        .clone()
+        .ownership(node("c", Duration::from_secs(60)))
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Layout { .. }), "{err}");
+    assert!(err.to_string().contains("holds 7"), "{err}");
     // And a table created without fencing cannot be fenced later.
     let plain = builder.clone().table("plain").open().unwrap();
     drop(plain);

@@ -289,8 +289,9 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
     if TestServer::shared().is_none() {
         return;
     }
-    // A's heartbeat is driven here, so stopping it is A pausing.
-    let lease = Duration::from_millis(600);
+    // A's heartbeat is driven here (once per round), so stopping it is A pausing; the lease
+    // is long against a round, so a loaded machine does not lapse it early.
+    let lease = Duration::from_secs(2);
     let store_a = open(
         "takeover_pause",
         Ownership::new("a").lease(lease).heartbeat(None),

@@ -5,8 +5,8 @@
 //!   (`INSERT .. ON CONFLICT DO NOTHING` for a new machine, `UPDATE .. WHERE seq = expected`
 //!   after); a stale writer gets [`StoreError::Conflict`].
 //! - **Group commit.** [`put_many`](SnapshotStore::put_many) is one statement over arrays
-//!   (`unnest`) in one transaction: one round trip for the data, one commit (one WAL flush)
-//!   for the batch, all or nothing.
+//!   (`unnest`), all or nothing on its own (it aborts itself if any compare-and-set fails):
+//!   one round trip, one commit (one WAL flush) for the batch.
 //! - **Ownership with fencing tokens** ([`Ownership`], optional): the id space is cut into
 //!   partitions; a node acquires partitions and gets a rising *epoch* for each, renews them by
 //!   heartbeat, and every write carries its epoch. The database refuses a write whose epoch is
@@ -64,8 +64,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fsm_core::store::{
-    check_batch, Capabilities, Corruption, EnvelopeError, Limits, MachineId, Put, Snapshot,
-    SnapshotStore, StoreError,
+    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
+    StoreError,
 };
 use postgres::types::ToSql;
 
@@ -80,7 +80,7 @@ pub use server::{find_binaries, required, ServerError, TestServer, TEST_USER};
 use error::{classify, unexpected, Phase, BACKEND};
 use ownership::View;
 use pool::{Conn, Lent, Pool, PoolConfig};
-use sql::{Sql, LAYOUT};
+use sql::{Sql, LAYOUT, REFUSED};
 
 /// Options for a [`PostgresStore`]; from [`PostgresStore::builder`].
 #[derive(Clone)]
@@ -215,8 +215,16 @@ fn create_schema(
     )
     .map_err(fail)?;
     tx.batch_execute(&sql.create).map_err(fail)?;
-    tx.execute(&sql.meta_insert, &[&LAYOUT, &fencing])
-        .map_err(fail)?;
+    let created = tx
+        .execute(&sql.meta_insert, &[&LAYOUT, &fencing])
+        .map_err(fail)?
+        == 2;
+    // Owner rows are made once, with the table: made again later (after someone deleted
+    // them), their epochs would start over and two owners could share one.
+    if let (true, Some(o)) = (created, ownership) {
+        tx.execute(&sql.meta_owners, &[&(o.partitions as i32)])
+            .map_err(fail)?;
+    }
     let mut found: HashMap<String, String> = HashMap::new();
     for row in tx.query(&sql.meta_read, &[]).map_err(fail)? {
         let key: String = row.try_get(0).map_err(fail)?;
@@ -240,8 +248,13 @@ fn create_schema(
         )));
     }
     if let Some(o) = ownership {
-        tx.execute(&sql.meta_owners, &[&(o.partitions as i32)])
-            .map_err(fail)?;
+        let rows = found.get("partitions").map_or("", String::as_str);
+        if rows != o.partitions.to_string() {
+            return Err(layout_error(format!(
+                "it should hold {} owner rows and holds {rows}; owner rows were deleted or added by hand: restore them with their last epochs",
+                o.partitions
+            )));
+        }
     }
     tx.commit().map_err(fail)?;
     Ok(())
@@ -559,51 +572,33 @@ impl Shared {
             epochs.push(epoch);
         }
         let mut conn = self.pool.get(&self.sql)?;
-        let Conn {
-            client, statements, ..
-        } = &mut *conn;
-        let ended: Result<BatchEnd, error::Failure> = (|| {
-            // Until COMMIT is sent, a broken connection means the server rolls back.
-            let mut tx = client
-                .transaction()
-                .map_err(|e| classify(&e, Phase::NothingWritten))?;
-            let row = tx
-                .query_one(
-                    &statements.batch,
-                    &[&ids, &expected, &seqs, &snapshots, &parts, &epochs],
-                )
-                .map_err(|e| classify(&e, Phase::NothingWritten))?;
-            let written: Result<i64, _> = row.try_get(0);
-            let stale: Result<Option<Vec<i32>>, _> = row.try_get(1);
-            let current: Result<Option<Vec<Option<i64>>>, _> = row.try_get(2);
-            let (Ok(written), Ok(stale), Ok(current)) = (written, stale, current) else {
-                return Ok(BatchEnd::Refused(unexpected(
-                    "the batch statement answered an unexpected row",
-                )));
-            };
-            if let Some(stale) = stale.filter(|s| !s.is_empty()) {
-                let _ = tx.rollback();
-                return Ok(BatchEnd::Refused(
-                    self.fenced_batch(batch, &parts, &epochs, &stale, current),
-                ));
+        let c: &mut Conn = &mut conn;
+        let answer = c.client.query_one(
+            &c.statements.batch,
+            &[&ids, &expected, &seqs, &snapshots, &parts, &epochs],
+        );
+        let row = match answer {
+            Ok(row) => row,
+            // The statement aborted itself: a compare-and-set failed, nothing was written.
+            Err(e) if e.code().map(|c| c.code()) == Some(REFUSED) => {
+                return Err(self.conflict_in(&mut conn, batch))
             }
-            if written != n as i64 {
-                let _ = tx.rollback();
-                return Ok(BatchEnd::LostCompareAndSet);
-            }
-            tx.commit().map_err(|e| classify(&e, Phase::Committing))?;
-            Ok(BatchEnd::Committed)
-        })();
-        match ended {
-            Ok(BatchEnd::Committed) => Ok(()),
-            Ok(BatchEnd::LostCompareAndSet) => Err(self.conflict_in(&mut conn, batch)),
-            Ok(BatchEnd::Refused(e)) => Err(e),
-            Err(failure) => {
+            Err(e) => {
+                let failure = classify(&e, Phase::Committing);
                 if failure.broken {
                     conn.discard();
                 }
-                Err(failure.error)
+                return Err(failure.error);
             }
+        };
+        drop(conn);
+        let stale: Option<Vec<i32>> = column(&row, 1)?;
+        match stale.filter(|s| !s.is_empty()) {
+            Some(stale) => {
+                let current: Option<Vec<Option<i64>>> = column(&row, 2)?;
+                Err(self.fenced_batch(batch, &parts, &epochs, &stale, current))
+            }
+            None => Ok(()),
         }
     }
 
@@ -678,27 +673,7 @@ impl Shared {
         let seq: i64 = column(&row, 0)?;
         let len: i64 = column(&row, 1)?;
         let bytes: Option<Vec<u8>> = column(&row, 2)?;
-        let Some(bytes) = bytes else {
-            return Err(StoreError::corrupt(
-                id.to_string(),
-                EnvelopeError::TooLarge {
-                    len: len as usize,
-                    limit: self.limits.max_envelope(),
-                },
-            ));
-        };
-        let snapshot = Snapshot::from_bytes(bytes, &self.limits)
-            .map_err(|e| StoreError::corrupt(id.to_string(), e))?;
-        if snapshot.seq() != seq as u64 {
-            return Err(StoreError::corrupt(
-                id.to_string(),
-                Corruption::Generation {
-                    expected: seq as u64,
-                    found: snapshot.seq(),
-                },
-            ));
-        }
-        Ok(snapshot)
+        crate::row::verified(id, seq as u64, len as u64, bytes, &self.limits)
     }
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
@@ -827,15 +802,6 @@ impl Shared {
         })?;
         Ok(released as usize)
     }
-}
-
-/// How a batch's transaction ended.
-enum BatchEnd {
-    Committed,
-    /// Some row did not hold its expected sequence: rolled back.
-    LostCompareAndSet,
-    /// Fenced or unreadable: rolled back.
-    Refused(StoreError),
 }
 
 fn lease_ms(o: &Ownership) -> i64 {

@@ -20,8 +20,11 @@ use super::error::OpenError;
 
 /// Longest PostgreSQL identifier, in bytes.
 const MAX_IDENTIFIER: usize = 63;
-/// The longest suffix added to the table name (`_owners`).
+/// The longest suffix added to the table name (`_owners`, `_refuse`).
 const LONGEST_SUFFIX: usize = "_owners".len();
+
+/// The SQLSTATE the batch statement aborts with when a compare-and-set of the batch fails.
+pub(crate) const REFUSED: &str = "FS001";
 
 /// The layout this version writes and reads.
 pub(crate) const LAYOUT: &str = "1";
@@ -69,6 +72,7 @@ pub(crate) struct Sql {
     fenced: bool,
     snapshots: String,
     owners: String,
+    refuse: String,
 }
 
 impl Sql {
@@ -79,6 +83,7 @@ impl Sql {
         let snapshots = format!("\"{schema}\".\"{table}\"");
         let owners = format!("\"{schema}\".\"{table}_owners\"");
         let meta = format!("\"{schema}\".\"{table}_meta\"");
+        let refuse = format!("\"{schema}\".\"{table}_refuse\"");
         let create = format!(
             "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
              CREATE TABLE IF NOT EXISTS {snapshots} (
@@ -94,7 +99,12 @@ impl Sql {
                  owner text,
                  lease_until timestamptz NOT NULL,
                  acquired_at timestamptz
-             );"
+             );
+             CREATE OR REPLACE FUNCTION {refuse}(reason text) RETURNS bigint LANGUAGE plpgsql AS $fsm$
+             BEGIN
+                 RAISE EXCEPTION USING ERRCODE = '{REFUSED}', MESSAGE = reason;
+             END
+             $fsm$;"
         );
         Ok(Sql {
             table: format!("{schema}.{table}"),
@@ -116,6 +126,7 @@ impl Sql {
             fenced,
             snapshots,
             owners,
+            refuse,
         })
     }
 
@@ -184,10 +195,12 @@ impl Sql {
         }
     }
 
-    /// One statement for a whole batch, over arrays: the rows expected absent are inserted,
-    /// the others replaced where they hold the expected sequence; with fencing, nothing is
-    /// written if any partition's owner row holds another epoch. Returns the rows written and
-    /// the stale partitions with their owners' epochs.
+    /// One statement for a whole batch, over arrays, all or nothing on its own (autocommit):
+    /// the rows expected absent are inserted, the others replaced where they hold the expected
+    /// sequence, and if fewer rows were written than the batch holds the statement aborts
+    /// (SQLSTATE [`REFUSED`]), which undoes the rest. With fencing, nothing is written if any
+    /// partition's owner row holds another epoch. Returns the rows written and the stale
+    /// partitions with their owners' epochs.
     fn batch(&self) -> String {
         let t = &self.snapshots;
         let (fence, only_if_owned, stale) = if self.fenced {
@@ -211,6 +224,12 @@ impl Sql {
         } else {
             (String::new(), "", "NULL::int4[], NULL::int8[]")
         };
+        let or_fenced = if self.fenced {
+            "OR EXISTS (SELECT 1 FROM stale)"
+        } else {
+            ""
+        };
+        let refuse = &self.refuse;
         format!(
             "WITH batch AS (
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $5::int4[], $6::int8[])
@@ -226,8 +245,14 @@ impl Sql {
                  UPDATE {t} t SET seq = b.seq, snapshot = b.snapshot, epoch = b.epoch
                  FROM batch b WHERE t.id = b.id AND t.seq = b.expected {only_if_owned}
                  RETURNING 1
+             ),
+             written AS (
+                 SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated) AS n
              )
-             SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated), {stale}"
+             SELECT CASE WHEN n = cardinality($1::text[]) {or_fenced} THEN n
+                         ELSE {refuse}('a compare-and-set of the batch failed') END,
+                    {stale}
+             FROM written"
         )
     }
 }

@@ -225,4 +225,16 @@ pub mod kernel {
             })
         }
     }
+
+    /// One command to each machine of `ids`, submitted together (one group commit per
+    /// shard), waiting for every answer.
+    pub fn round(kernel: &fsm_core::kernel::Kernel<Blob>, ids: &[fsm_core::store::MachineId]) {
+        let tickets = kernel.submit_batch(
+            ids.iter()
+                .map(|id| (id.clone(), fsm_core::kernel::Request::new(BlobCmd::Bump))),
+        );
+        for t in tickets {
+            t.unwrap().wait().unwrap();
+        }
+    }
 }

@@ -15,22 +15,12 @@
 //! a second shard would only add a second fdatasync per iteration.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fsm_benches::kernel::{Blob, BlobCmd};
+use fsm_benches::kernel::{round, Blob};
 use fsm_benches::raw::AppendLog;
-use fsm_core::kernel::{Kernel, Request, Shutdown};
+use fsm_core::kernel::{Kernel, Shutdown};
 use fsm_core::store::{MachineId, MemoryStore};
 
 const MACHINES: usize = 100;
-
-fn round(kernel: &Kernel<Blob>, ids: &[MachineId]) {
-    let tickets = kernel.submit_batch(
-        ids.iter()
-            .map(|id| (id.clone(), Request::new(BlobCmd::Bump))),
-    );
-    for t in tickets {
-        t.unwrap().wait().unwrap();
-    }
-}
 
 fn bench_kernel(c: &mut Criterion) {
     let mut group = c.benchmark_group("kernel");

@@ -523,17 +523,14 @@ impl Shared {
         let fence: Option<i64> = column(&row, 0)?;
         let written: i64 = column(&row, 1)?;
         if self.fence.is_some() {
-            match fence {
-                None => {
-                    return Err(unexpected(format!(
-                    "{}: no owner row for partition {part}; the owner table was changed by hand",
+            let Some(current) = fence else {
+                return Err(unexpected(format!(
+                    "{}: no owner row for partition {part}; owner rows were deleted by hand",
                     self.sql.table
-                )))
-                }
-                Some(current) if current != epoch => {
-                    return Err(self.fenced(put.id, part, epoch, Some(current)))
-                }
-                Some(_) => {}
+                )));
+            };
+            if current != epoch {
+                return Err(self.fenced(put.id, part, epoch, Some(current)));
             }
         }
         if written == 1 {
@@ -550,7 +547,7 @@ impl Shared {
         check_batch(batch)?;
         match batch {
             [] => return Ok(()),
-            // One statement is atomic on its own: no transaction, one round trip.
+            // A lone snapshot takes the single put's shorter statement.
             [one] => return self.put(one),
             _ => {}
         }

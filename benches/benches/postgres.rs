@@ -169,6 +169,8 @@ fn pairs(
 fn bench_put(c: &mut Criterion, server: &TestServer) {
     let mut group = c.benchmark_group("postgres_put");
     group.sample_size(30);
+    // A commit is ~0.2 ms and the disk's noise is ±15% over seconds: 20 s per side.
+    group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(1));
     let mut raw = Writer::raw(server, "bench_raw_put", 1);
     let mut fenced = Writer::store(store(server, "bench_store_put", true), 1);

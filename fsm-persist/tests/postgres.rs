@@ -535,3 +535,29 @@ fn a_pool_whose_connections_all_stay_busy_answers_unavailable_in_time() {
     result.recv().unwrap().unwrap();
     assert_eq!(store.get(&m).unwrap(), snap(2));
 }
+
+#[test]
+fn a_custom_connector_opens_every_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(server) = TestServer::shared() else {
+        return;
+    };
+    let config = server.config();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counter = opened.clone();
+    let store = PostgresStore::builder_with(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        config.connect(postgres::NoTls)
+    })
+    .schema("own_connector")
+    .pool_size(2)
+    .open()
+    .unwrap();
+    let m = id("order-1");
+    store.put(&m, None, &snap(1)).unwrap();
+    assert_eq!(store.get(&m).unwrap(), snap(1));
+    // One for creating the schema, one pooled connection for the calls since.
+    assert_eq!(opened.load(Ordering::SeqCst), 1 + store.connections());
+    assert_eq!(store.connections(), 1);
+}

@@ -71,6 +71,9 @@ use postgres::types::ToSql;
 
 pub use error::OpenError;
 pub use ownership::{partition_of, Claim, Ownership, MAX_NODE_NAME};
+/// The client crate (`postgres`), re-exported, for its `Client`, `Error` and `NoTls` in
+/// [`PostgresStore::builder_with`] without a dependency of your own to keep in step.
+pub use postgres as client;
 /// The client crate's connection settings (host or socket directory, port, user, database,
 /// timeouts), re-exported: build one or parse a connection string.
 pub use postgres::Config;
@@ -79,13 +82,13 @@ pub use server::{find_binaries, required, ServerError, TestServer, TEST_USER};
 
 use error::{classify, unexpected, Phase, BACKEND};
 use ownership::View;
-use pool::{Conn, Lent, Pool, PoolConfig};
+use pool::{Conn, Connector, Lent, Pool, PoolConfig};
 use sql::{Sql, LAYOUT, REFUSED};
 
 /// Options for a [`PostgresStore`]; from [`PostgresStore::builder`].
 #[derive(Clone)]
 pub struct PostgresStoreBuilder {
-    config: postgres::Config,
+    connect: Connector,
     schema: String,
     table: String,
     pool: PoolConfig,
@@ -95,7 +98,7 @@ pub struct PostgresStoreBuilder {
 
 impl fmt::Debug for PostgresStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The client config may hold a password: only where the store goes is shown.
+        // The connection settings may hold a password: only where the store goes is shown.
         f.debug_struct("PostgresStoreBuilder")
             .field("schema", &self.schema)
             .field("table", &self.table)
@@ -164,17 +167,14 @@ impl PostgresStoreBuilder {
             ));
         }
         let sql = Sql::new(&self.schema, &self.table, self.ownership.is_some())?;
-        let mut client =
-            self.config
-                .connect(postgres::NoTls)
-                .map_err(|e| StoreError::Unavailable {
-                    backend: BACKEND,
-                    message: e.to_string(),
-                })?;
+        let mut client = (self.connect)().map_err(|e| StoreError::Unavailable {
+            backend: BACKEND,
+            message: e.to_string(),
+        })?;
         create_schema(&mut client, &sql, self.ownership.as_ref())?;
         drop(client);
         let shared = Arc::new(Shared {
-            pool: Pool::new(self.config, self.pool),
+            pool: Pool::new(self.connect, self.pool),
             fence: self.ownership.map(|ownership| Fence {
                 view: View::new(ownership.partitions),
                 ownership,
@@ -342,10 +342,29 @@ pub struct OwnerRow {
 }
 
 impl PostgresStore {
-    /// Options for a store over the database `config` connects to.
+    /// Options for a store over the database `config` connects to, without TLS (a Unix
+    /// socket, or a network you trust; see [`PostgresStore::builder_with`] for TLS).
     pub fn builder(config: postgres::Config) -> PostgresStoreBuilder {
+        PostgresStore::builder_with(move || config.connect(postgres::NoTls))
+    }
+
+    /// Options for a store whose connections `connect` opens: the way to bring TLS (a
+    /// `postgres-openssl`, `postgres-native-tls` or rustls connector) or anything else the
+    /// client crate can do. It is called for every new pooled connection.
+    ///
+    /// ```no_run
+    /// use fsm_persist::postgres::{client::NoTls, Config, PostgresStore};
+    ///
+    /// let config: Config = "host=db.internal user=fsm dbname=orders".parse()?;
+    /// // With a TLS crate: `move || config.connect(tls.clone())`.
+    /// let store = PostgresStore::builder_with(move || config.connect(NoTls)).open()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder_with(
+        connect: impl Fn() -> Result<postgres::Client, postgres::Error> + Send + Sync + 'static,
+    ) -> PostgresStoreBuilder {
         PostgresStoreBuilder {
-            config,
+            connect: Arc::new(connect),
             schema: "public".into(),
             table: "fsm_snapshots".into(),
             pool: PoolConfig {

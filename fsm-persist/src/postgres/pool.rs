@@ -6,14 +6,17 @@
 //! write whose outcome is unknown. A connection that failed is closed, never lent again.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use fsm_core::store::StoreError;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::error::{classify, Phase, BACKEND};
 use super::sql::{Sql, Statements};
+
+/// Opens one connection: the client's settings and TLS (or not), as the user chose.
+pub(crate) type Connector = Arc<dyn Fn() -> Result<Client, postgres::Error> + Send + Sync>;
 
 /// Pool settings.
 #[derive(Clone, Debug)]
@@ -36,16 +39,16 @@ struct State {
 }
 
 pub(crate) struct Pool {
-    config: postgres::Config,
+    connect: Connector,
     settings: PoolConfig,
     state: Mutex<State>,
     freed: Condvar,
 }
 
 impl Pool {
-    pub(crate) fn new(config: postgres::Config, settings: PoolConfig) -> Pool {
+    pub(crate) fn new(connect: Connector, settings: PoolConfig) -> Pool {
         Pool {
-            config,
+            connect,
             settings,
             state: Mutex::new(State {
                 idle: Vec::new(),
@@ -111,9 +114,7 @@ impl Pool {
     }
 
     fn connect(&self, sql: &Sql) -> Result<Conn, StoreError> {
-        let mut client = self
-            .config
-            .connect(NoTls)
+        let mut client = (self.connect)()
             .map_err(|e| classify(&e, Phase::NothingWritten).error)
             .map_err(|e| match e {
                 // A refused connection is the server being away, whatever the client says.

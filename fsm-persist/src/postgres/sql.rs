@@ -7,7 +7,10 @@
 //! - `T_owners (partition int primary key, epoch bigint, owner text, lease_until timestamptz,
 //!   acquired_at timestamptz)`: with fencing, one row per partition of the id space;
 //! - `T_meta (key text primary key, value text)`: the layout version and the fencing mode,
-//!   which every node opening the table must agree with.
+//!   which every node opening the table must agree with;
+//!
+//! and `T_refuse(reason)`, a PL/pgSQL function that raises SQLSTATE [`REFUSED`], with which the
+//! batch statement aborts itself when one of its compare-and-sets fails.
 //!
 //! Every write of a fenced store locks its partitions' owner rows `FOR SHARE` and writes only
 //! if they hold the writer's epoch. A takeover updates an owner row, which waits for those

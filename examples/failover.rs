@@ -9,59 +9,17 @@
 //! string for a server of your own (the demo works in a schema of its own and drops it):
 //! `cargo run --example failover -- "host=/run/postgresql user=me dbname=orders"`.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{CommandError, IdempotencyKey, Kernel, Request, Shutdown};
-use fsm_core::store::{Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError};
+use fsm_core::store::{MachineId, SnapshotStore};
 use fsm_examples::registrar::{Order, OrderCmd};
+use fsm_persist::fault::Pausable;
 use fsm_persist::postgres::{Ownership, PostgresStore, TestServer};
 
 const ORDERS: usize = 40;
 const LEASE: Duration = Duration::from_secs(1);
-
-/// Node A's store, with a switch that freezes its commits: the process paused mid-write.
-struct Freezable {
-    store: Arc<PostgresStore>,
-    frozen: Mutex<bool>,
-    thawed: Condvar,
-}
-
-impl Freezable {
-    fn set(&self, frozen: bool) {
-        *self.frozen.lock().unwrap() = frozen;
-        self.thawed.notify_all();
-    }
-}
-
-impl SnapshotStore for Freezable {
-    fn put(&self, id: &MachineId, expected: Option<u64>, s: &Snapshot) -> Result<(), StoreError> {
-        self.put_many(&[Put::new(id, expected, s)])
-    }
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        let mut frozen = self.frozen.lock().unwrap();
-        while *frozen {
-            frozen = self.thawed.wait(frozen).unwrap();
-        }
-        drop(frozen);
-        self.store.put_many(batch)
-    }
-    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        self.store.get(id)
-    }
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        self.store.sequence(id)
-    }
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        self.store.ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
-    }
-    fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
-        self.store.owner_epoch(id)
-    }
-}
 
 fn order(i: usize) -> MachineId {
     MachineId::new(format!("order-{i:03}")).expect("a valid id")
@@ -107,12 +65,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store_a.held().len(),
         store_b.held().len()
     );
-    let freezable = Arc::new(Freezable {
-        store: store_a.clone(),
-        frozen: Mutex::new(false),
-        thawed: Condvar::new(),
-    });
-    let (a, b) = (kernel(freezable.clone()), kernel(store_b.clone()));
+    // A's writes go through a gate: closing it is A pausing in the middle of a commit.
+    let gate = Arc::new(Pausable::new(store_a.clone()));
+    let (a, b) = (kernel(gate.clone()), kernel(store_b.clone()));
 
     // Customers submit and pay through a router that asks B too; B owns nothing, so it hands
     // every command back (answered Fenced) and A commits them.
@@ -140,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // A pauses in the middle of committing the registrar's confirmations.
-    freezable.set(true);
+    gate.pause();
     let late: Vec<_> = (0..ORDERS)
         .map(|i| a.submit(&order(i), keyed(OrderCmd::Confirm, &format!("confirm-{i}"))))
         .collect::<Result<_, _>>()?;
@@ -155,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store_b.held().iter().map(|&(_, e)| e).max().unwrap_or(0)
     );
     // A wakes up: its held commit reaches the database, which refuses the stale epoch.
-    freezable.set(false);
+    gate.resume();
     let mut fenced = 0;
     for ticket in late {
         match ticket.wait() {

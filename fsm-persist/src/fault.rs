@@ -1,4 +1,5 @@
-//! Fault injection for the file store (feature `fault-injection`; never in the default build).
+//! Fault injection for the file store (feature `fault-injection`; never in the default build),
+//! and [`Pausable`], a store wrapper that freezes writes as a paused process would.
 //!
 //! [`FaultyIo`] does real I/O through [`OsIo`] and counts every operation by [`Step`]. Given a
 //! plan (a step, which occurrence of it, and a [`Fault`]), it fails or crashes exactly there.
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::io::{Io, IoFile, OsIo};
+
+pub use crate::pausable::Pausable;
 
 /// A kind of disk operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

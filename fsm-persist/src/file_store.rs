@@ -699,16 +699,7 @@ impl SnapshotStore for FileStore {
                     .map_err(|e| StoreError::corrupt(id.to_string(), e))?
             }
         };
-        if snapshot.seq() != seq {
-            return Err(StoreError::corrupt(
-                id.to_string(),
-                Corruption::Generation {
-                    expected: seq,
-                    found: snapshot.seq(),
-                },
-            ));
-        }
-        Ok(snapshot)
+        crate::verify::recorded(id, snapshot, seq)
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

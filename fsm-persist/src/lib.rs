@@ -35,12 +35,13 @@ mod file_store;
 pub mod io;
 mod kernel;
 mod mirror;
+#[cfg(feature = "fault-injection")]
+mod pausable;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod verify;
 mod wal;
 
 pub use file_store::{FileStore, FileStoreBuilder, Recovery};

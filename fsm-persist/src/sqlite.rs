@@ -253,7 +253,7 @@ impl SnapshotStore for SqliteStore {
         let Some((seq, len, bytes)) = row else {
             return Err(StoreError::NotFound { id: id.clone() });
         };
-        crate::row::verified(id, seq as u64, len as u64, bytes, &self.limits)
+        crate::verify::row(id, seq as u64, len as u64, bytes, &self.limits)
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

@@ -8,14 +8,13 @@
 mod kernel_machine;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{CommandError, IdempotencyKey, Kernel, Outcome, Request, Shutdown};
 use fsm_core::queue::Ticket;
-use fsm_core::store::{
-    Capabilities, Codec, MachineId, Put, Snapshot, SnapshotStore, SnapshotStoreExt, StoreError,
-};
+use fsm_core::store::{Codec, MachineId, SnapshotStore, SnapshotStoreExt, StoreError};
+use fsm_persist::fault::Pausable;
 use fsm_persist::postgres::{Ownership, PostgresStore, TestServer};
 use kernel_machine::{Tally, TallyCmd};
 
@@ -225,65 +224,6 @@ fn the_standby_takes_over_from_the_last_acknowledged_state_when_the_owner_stops(
     assert_eq!(kb.metrics().total.counts.not_stored, 0);
 }
 
-/// The owner's store, behind a gate that can hold a commit in the middle (the process paused
-/// while writing).
-struct Paused {
-    store: Arc<PostgresStore>,
-    held: Mutex<bool>,
-    opened: Condvar,
-    waiting: Mutex<usize>,
-    arrived: Condvar,
-}
-
-impl Paused {
-    fn hold(&self) {
-        *self.held.lock().unwrap() = true;
-    }
-    fn resume(&self) {
-        *self.held.lock().unwrap() = false;
-        self.opened.notify_all();
-    }
-    fn wait_for_commit(&self) {
-        let mut w = self.waiting.lock().unwrap();
-        while *w == 0 {
-            w = self.arrived.wait(w).unwrap();
-        }
-    }
-}
-
-impl SnapshotStore for Paused {
-    fn put(&self, id: &MachineId, expected: Option<u64>, s: &Snapshot) -> Result<(), StoreError> {
-        self.put_many(&[Put::new(id, expected, s)])
-    }
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        let mut held = self.held.lock().unwrap();
-        if *held {
-            *self.waiting.lock().unwrap() += 1;
-            self.arrived.notify_all();
-        }
-        while *held {
-            held = self.opened.wait(held).unwrap();
-        }
-        drop(held);
-        self.store.put_many(batch)
-    }
-    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        self.store.get(id)
-    }
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        self.store.sequence(id)
-    }
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        self.store.ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
-    }
-    fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
-        self.store.owner_epoch(id)
-    }
-}
-
 #[test]
 fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_acknowledged() {
     if TestServer::shared().is_none() {
@@ -302,13 +242,8 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
             .lease(lease)
             .heartbeat(Some(Duration::from_millis(50))),
     );
-    let paused = Arc::new(Paused {
-        store: store_a.clone(),
-        held: Mutex::new(false),
-        opened: Condvar::new(),
-        waiting: Mutex::new(0),
-        arrived: Condvar::new(),
-    });
+    // A's writes go through a gate: closing it is A pausing in the middle of a commit.
+    let paused = Arc::new(Pausable::new(store_a.clone()));
     let (ka, kb) = (kernel(paused.clone()), kernel(store_b.clone()));
     let mut ledger = Ledger::default();
     for _ in 0..4 {
@@ -328,13 +263,13 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
     );
 
     // A pauses in the middle of a commit and stops beating.
-    paused.hold();
+    paused.pause();
     let mut late = Vec::new();
     for m in 0..MACHINES {
         let (key, request) = ledger.command(m);
         late.push((key, ka.submit(&machine(m), request).unwrap()));
     }
-    paused.wait_for_commit();
+    paused.wait_for_writer();
     // B takes every partition once A's lease ran out, and moves the machines on.
     eventually(Duration::from_secs(10), || {
         store_b.held().len() == PARTITIONS as usize

@@ -689,7 +689,7 @@ impl Shared {
         let seq: i64 = column(&row, 0)?;
         let len: i64 = column(&row, 1)?;
         let bytes: Option<Vec<u8>> = column(&row, 2)?;
-        crate::row::verified(id, seq as u64, len as u64, bytes, &self.limits)
+        crate::verify::row(id, seq as u64, len as u64, bytes, &self.limits)
     }
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {

@@ -3,6 +3,9 @@
 //! and checks that every machine holds at least its last acknowledged sequence, verified and
 //! with exactly the bytes written for it. Then the next child continues from there.
 //!
+//! Backends: the file store, SQLite, and PostgreSQL (on a server the test starts; the child is
+//! the client that dies, the server keeps what it acknowledged).
+//!
 //! `FSM_KILL_CYCLES` sets the cycles per backend (default 200; CI runs the default, 10000 for
 //! a long soak). `FSM_KILL_SEED` replays a run. The same binary is the child when
 //! `FSM_KILL_CHILD` is set.
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore};
 use fsm_persist::conformance::snapshot;
+use fsm_persist::postgres::{PostgresStore, TestServer};
 use fsm_persist::{FileStore, SqliteStore};
 
 const MACHINES: usize = 8;
@@ -28,6 +32,21 @@ fn open(backend: &str, dir: &Path) -> Box<dyn SnapshotStore> {
     match backend {
         "file" => Box::new(FileStore::open(dir).unwrap()),
         "sqlite" => Box::new(SqliteStore::open(dir.join("store.db")).unwrap()),
+        // `dir` is the server's socket directory.
+        "postgres" => {
+            let mut config = postgres::Config::new();
+            config
+                .host_path(dir)
+                .port(5432)
+                .user(fsm_persist::postgres::TEST_USER)
+                .dbname("postgres");
+            Box::new(
+                PostgresStore::builder(config)
+                    .schema("kill9_store")
+                    .open()
+                    .unwrap(),
+            )
+        }
         other => panic!("unknown backend {other}"),
     }
 }
@@ -72,15 +91,14 @@ fn child(backend: &str, dir: &Path) -> ! {
     }
 }
 
-/// One backend's loop; returns (cycles, acknowledgements seen).
-fn parent(backend: &str, cycles: usize, rng: &mut fastrand::Rng) -> (usize, u64) {
-    let dir = tempfile::tempdir().unwrap();
+/// One backend's loop over the store in `dir`; returns (cycles, acknowledgements seen).
+fn parent(backend: &str, dir: &Path, cycles: usize, rng: &mut fastrand::Rng) -> (usize, u64) {
     let mut acked: HashMap<usize, u64> = HashMap::new();
     let mut total_acks = 0u64;
     for cycle in 0..cycles {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env("FSM_KILL_CHILD", backend)
-            .env("FSM_KILL_DIR", dir.path())
+            .env("FSM_KILL_DIR", dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -112,7 +130,7 @@ fn parent(backend: &str, cycles: usize, rng: &mut fastrand::Rng) -> (usize, u64)
             seen += 1;
         }
         total_acks += seen as u64;
-        let store = open(backend, dir.path());
+        let store = open(backend, dir);
         for i in 0..MACHINES {
             let m = machine(i);
             let Some(&want) = acked.get(&i) else { continue };
@@ -156,9 +174,16 @@ fn main() {
     );
     println!("kill9: {cycles} cycles per backend, FSM_KILL_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    for backend in ["file", "sqlite"] {
+    let server = TestServer::start_or_skip("kill9 over PostgreSQL");
+    for backend in ["file", "sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = match (backend, &server) {
+            ("postgres", Some(server)) => server.socket_dir(),
+            ("postgres", None) => continue,
+            _ => dir.path(),
+        };
         let start = Instant::now();
-        let (cycles, acks) = parent(backend, cycles, &mut rng);
+        let (cycles, acks) = parent(backend, dir, cycles, &mut rng);
         println!(
             "kill9 {backend}: {cycles} SIGKILL cycles, {acks} acknowledged writes checked, {:.1?}",
             start.elapsed()

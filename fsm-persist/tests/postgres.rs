@@ -561,3 +561,36 @@ fn a_custom_connector_opens_every_connection() {
     assert_eq!(opened.load(Ordering::SeqCst), 1 + store.connections());
     assert_eq!(store.connections(), 1);
 }
+
+#[test]
+fn partitions_released_on_purpose_move_to_another_node_and_stop_writes_here() {
+    let Some(builder) = on_shared("own_move") else {
+        return;
+    };
+    let lease = Duration::from_secs(60);
+    // A keeps what it was given; B takes whatever is free.
+    let a = builder
+        .clone()
+        .ownership(node("a", lease).claim(Claim::Only((0..8).collect())))
+        .open()
+        .unwrap();
+    let b = builder.ownership(node("b", lease)).open().unwrap();
+    assert_eq!(a.held().len(), 8);
+    assert_eq!(a.release_partitions(&[0, 1, 2, 3, 42]).unwrap(), 4);
+    let moved = (0..)
+        .map(|i| id(&format!("m{i}")))
+        .find(|m| a.partition_of(m) == Some(2))
+        .unwrap();
+    assert!(
+        a.owner_epoch(&moved).unwrap_err().is_fenced(),
+        "writes stop at once"
+    );
+    let beat = b.heartbeat().unwrap();
+    assert_eq!(beat.acquired, vec![(0, 2), (1, 2), (2, 2), (3, 2)]);
+    assert_eq!(
+        a.held().iter().map(|&(p, _)| p).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    b.put(&moved, None, &snap(1)).unwrap();
+    assert!(a.put(&moved, Some(1), &snap(2)).unwrap_err().is_fenced());
+}

@@ -423,7 +423,15 @@ impl PostgresStore {
     /// Gives up every partition this node holds, so another node can take them at once.
     /// Writes stop here before the release is sent. Returns how many were released.
     pub fn release(&self) -> Result<usize, StoreError> {
-        self.shared.release()
+        self.shared.release(None)
+    }
+
+    /// Gives up these partitions (those of them this node holds), for a planned move to
+    /// another node or to even out the load. A node whose [`Claim`] covers them takes them
+    /// back at its next heartbeat if nobody else did first, so move them from a node that
+    /// claims only what it was given. Returns how many were released.
+    pub fn release_partitions(&self, partitions: &[u32]) -> Result<usize, StoreError> {
+        self.shared.release(Some(partitions))
     }
 
     /// The owner table as the database holds it now.
@@ -799,11 +807,14 @@ impl Shared {
         Ok(taken)
     }
 
-    fn release(&self) -> Result<usize, StoreError> {
+    fn release(&self, only: Option<&[u32]>) -> Result<usize, StoreError> {
         let Some(fence) = &self.fence else {
             return Ok(0);
         };
-        let held = fence.view.all_held();
+        let mut held = fence.view.all_held();
+        if let Some(only) = only {
+            held.retain(|(p, _)| only.contains(p));
+        }
         if held.is_empty() {
             return Ok(0);
         }
@@ -872,6 +883,6 @@ impl Drop for PostgresStore {
             let _ = handle.join();
         }
         // A planned stop hands over at once; if this fails, the leases run out instead.
-        let _ = self.shared.release();
+        let _ = self.shared.release(None);
     }
 }

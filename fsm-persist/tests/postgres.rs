@@ -32,6 +32,14 @@ fn on_shared(schema: &str) -> Option<PostgresStoreBuilder> {
     Some(PostgresStore::builder(server.config()).schema(schema))
 }
 
+/// A machine id that falls in partition `p` of `store`.
+fn machine_in(store: &PostgresStore, p: u32) -> MachineId {
+    (0..)
+        .map(|i| id(&format!("m{i}")))
+        .find(|m| store.partition_of(m) == Some(p))
+        .expect("some id falls in every partition")
+}
+
 /// A node with manual heartbeats (the test drives time), 8 partitions.
 fn node(name: &str, lease: Duration) -> Ownership {
     Ownership::new(name)
@@ -81,10 +89,7 @@ fn only_one_node_holds_a_partition_and_every_acquisition_raises_its_epoch() {
     assert_eq!(a.steal(&[3]).unwrap(), vec![(3, 3)]);
     let beat = b.heartbeat().unwrap();
     assert_eq!((beat.renewed, beat.lost.clone()), (7, vec![3]));
-    let m = (0..)
-        .map(|i| id(&format!("m{i}")))
-        .find(|m| a.partition_of(m) == Some(3))
-        .unwrap();
+    let m = machine_in(&a, 3);
     assert_eq!(a.owner_epoch(&m).unwrap(), 3);
     assert!(b.owner_epoch(&m).unwrap_err().is_fenced());
 }
@@ -577,10 +582,7 @@ fn partitions_released_on_purpose_move_to_another_node_and_stop_writes_here() {
     let b = builder.ownership(node("b", lease)).open().unwrap();
     assert_eq!(a.held().len(), 8);
     assert_eq!(a.release_partitions(&[0, 1, 2, 3, 42]).unwrap(), 4);
-    let moved = (0..)
-        .map(|i| id(&format!("m{i}")))
-        .find(|m| a.partition_of(m) == Some(2))
-        .unwrap();
+    let moved = machine_in(&a, 2);
     assert!(
         a.owner_epoch(&moved).unwrap_err().is_fenced(),
         "writes stop at once"

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::table::{Policy, StateId, Table};
+use crate::table::{Policy, StateId, Table, TransitionMeta};
 
 impl Table {
     /// The table as a Mermaid `stateDiagram-v2`: `[*]` into the initial state, one arrow per
@@ -19,7 +19,7 @@ impl Table {
                 "    {} --> {} : {}",
                 self.state_name(t.from),
                 self.state_name(t.to),
-                self.event_name(t.event)
+                self.edge_label(t)
             );
         }
         for (i, s) in self.states().iter().enumerate() {
@@ -66,11 +66,22 @@ impl Table {
                 "    {} -> {} [label=\"{}\"];",
                 self.state_name(t.from),
                 self.state_name(t.to),
-                self.event_name(t.event)
+                self.edge_label(t)
             );
         }
         out.push_str("}\n");
         out
+    }
+
+    /// The event's name, or `after 1200 ms / Missed` for the event of the state's timeout.
+    fn edge_label(&self, t: &TransitionMeta) -> String {
+        let name = self.event_name(t.event);
+        match self.state(t.from).and_then(|s| s.state_timeout()) {
+            Some(timeout) if timeout.event == t.event => {
+                format!("after {} / {name}", crate::timer::human_ms(timeout.after_ms))
+            }
+            _ => name.to_string(),
+        }
     }
 
     /// "defers Confirm; dumps others" style summary of a state's non-default policies.
@@ -144,5 +155,27 @@ mod tests {
         assert!(dot.contains("    __start -> Open;\n"));
         assert!(dot.contains("    Open -> Closed [label=\"Close\"];\n"));
         assert!(dot.ends_with("}\n"));
+    }
+
+    #[test]
+    fn a_state_timeout_is_drawn_as_after_n_ms_on_its_edge() {
+        const P: Table = Table::new(
+            "Pacer",
+            &[StateMeta::new("Sensing").timeout(1200, 1), StateMeta::new("Pacing").timeout(90_000, 1)],
+            &["Pulse", "Missed"],
+            &[
+                TransitionMeta::new(0, 0, 0),
+                TransitionMeta::new(0, 1, 1),
+                TransitionMeta::new(1, 0, 0),
+                TransitionMeta::new(1, 1, 1),
+            ],
+            0,
+        );
+        let mermaid = P.to_mermaid();
+        assert!(mermaid.contains("    Sensing --> Sensing : Pulse\n"), "{mermaid}");
+        assert!(mermaid.contains("    Sensing --> Pacing : after 1200 ms / Missed\n"), "{mermaid}");
+        assert!(mermaid.contains("    Pacing --> Pacing : after 90 s / Missed\n"), "{mermaid}");
+        let dot = P.to_dot();
+        assert!(dot.contains("    Sensing -> Pacing [label=\"after 1200 ms / Missed\"];\n"), "{dot}");
     }
 }

@@ -3,18 +3,138 @@
 //! Handlers push effects instead of doing I/O; the kernel runs them after the new state is
 //! durable, on workers that may fail without harming the machine.
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
-/// A buffer of effects emitted by handlers. Creating one does not allocate; it allocates on
-/// the first push.
+use crate::timer::{TimerEvent, TimerRequest};
+
+/// A buffer of effects emitted by handlers, and of what they asked of the machine's timers.
+/// Creating one does not allocate; it allocates on the first push.
+///
+/// Timers (see [`crate::timer`] for the rules): a handler arms, restarts or cancels them here;
+/// the kernel applies the requests of an accepted transition in the same durable write as the
+/// transition, and runs nothing of a rejected one.
+///
+/// ```
+/// use std::time::Duration;
+/// use fsm_core::Effects;
+/// # #[derive(Debug, Clone, PartialEq)] enum Cmd { Retry }
+/// let mut fx: Effects<()> = Effects::new();
+/// fx.start_timer("retry", Duration::from_secs(30), Cmd::Retry);
+/// fx.cancel_timer("retry");
+/// assert_eq!(fx.timers().len(), 2);
+/// assert!(fx.is_empty()); // no effect for the world, only timer requests
+/// ```
 pub struct Effects<F> {
     items: Vec<F>,
+    timers: Vec<TimerRequest>,
+}
+
+/// How far a buffer was filled, to rewind a rejected transition's pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    items: usize,
+    timers: usize,
+}
+
+impl Mark {
+    /// Timer requests held at the mark.
+    pub(crate) fn timers(self) -> usize {
+        self.timers
+    }
 }
 
 impl<F> Effects<F> {
     /// An empty buffer.
     pub const fn new() -> Self {
-        Effects { items: Vec::new() }
+        Effects {
+            items: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+
+    /// Arms the named timer (replacing a running timer of that name): `event` fires `after`
+    /// from now unless the timer is cancelled or restarted first. It survives state changes.
+    /// `event` must be the machine's event enum (`Cmd::Retry`); names are 1 to 64 bytes of
+    /// ASCII letters, digits and `. _ - : @ +`.
+    pub fn start_timer<E: Any + Send>(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        after: Duration,
+        event: E,
+    ) {
+        self.timers.push(TimerRequest::Start {
+            name: name.into(),
+            after,
+            event: TimerEvent::new(event),
+        });
+    }
+
+    /// Cancels the named timer (nothing happens if it is not running).
+    pub fn cancel_timer(&mut self, name: impl Into<Cow<'static, str>>) {
+        self.timers.push(TimerRequest::Cancel { name: name.into() });
+    }
+
+    /// Arms the event timeout: `event` fires `after` from now unless the machine accepts any
+    /// event first (replaces a running event timeout).
+    pub fn event_timeout<E: Any + Send>(&mut self, after: Duration, event: E) {
+        self.timers.push(TimerRequest::EventTimeout {
+            after,
+            event: TimerEvent::new(event),
+        });
+    }
+
+    /// Cancels the event timeout.
+    pub fn cancel_event_timeout(&mut self) {
+        self.timers.push(TimerRequest::CancelEventTimeout);
+    }
+
+    /// Arms the target state's declared timeout anew. A self-transition leaves a running state
+    /// timeout as it is; this restarts it (a pacemaker's pulse). The target state must declare
+    /// `state_timeout(..)`, or the transition is rejected.
+    pub fn restart_state_timeout(&mut self) {
+        self.timers.push(TimerRequest::RestartStateTimeout);
+    }
+
+    /// Cancels the state timeout.
+    pub fn cancel_state_timeout(&mut self) {
+        self.timers.push(TimerRequest::CancelStateTimeout);
+    }
+
+    /// The timer requests held, in the order they were made.
+    pub fn timers(&self) -> &[TimerRequest] {
+        &self.timers
+    }
+
+    /// Removes and returns the timer requests.
+    pub fn take_timers(&mut self) -> Vec<TimerRequest> {
+        std::mem::take(&mut self.timers)
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            items: self.items.len(),
+            timers: self.timers.len(),
+        }
+    }
+
+    /// Timer requests pushed since `mark`.
+    pub(crate) fn timers_since(&self, mark: Mark) -> &[TimerRequest] {
+        self.timers.get(mark.timers..).unwrap_or(&[])
+    }
+
+    /// Forgets effects and timer requests pushed after `mark` (a rejected transition's).
+    pub(crate) fn rewind(&mut self, mark: Mark) {
+        self.items.truncate(mark.items);
+        self.timers.truncate(mark.timers);
+    }
+
+    /// Forgets everything held.
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
+        self.timers.clear();
     }
 
     /// Appends an effect.
@@ -22,12 +142,12 @@ impl<F> Effects<F> {
         self.items.push(effect);
     }
 
-    /// Number of effects held.
+    /// Number of effects held (timer requests not counted).
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
-    /// Whether no effect is held.
+    /// Whether no effect is held (timer requests not counted).
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -52,10 +172,6 @@ impl<F> Effects<F> {
         self.items
     }
 
-    /// Forgets effects pushed after `len` (a rejected transition's).
-    pub(crate) fn truncate(&mut self, len: usize) {
-        self.items.truncate(len);
-    }
 }
 
 impl<F> Default for Effects<F> {
@@ -66,7 +182,13 @@ impl<F> Default for Effects<F> {
 
 impl<F: fmt::Debug> fmt::Debug for Effects<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(&self.items).finish()
+        if self.timers.is_empty() {
+            return f.debug_list().entries(&self.items).finish();
+        }
+        f.debug_struct("Effects")
+            .field("effects", &self.items)
+            .field("timers", &self.timers)
+            .finish()
     }
 }
 

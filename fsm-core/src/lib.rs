@@ -95,6 +95,7 @@ mod rejection;
 pub mod store;
 pub mod table;
 pub mod testing;
+pub mod timer;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -107,7 +108,7 @@ pub use machine::{
 };
 pub use redact::{Redact, Redacted};
 pub use rejection::{InvalidState, Reason, Refusal, Rejection};
-pub use table::{EventId, Policy, StateId, StateMeta, Table, TransitionMeta};
+pub use table::{EventId, Policy, StateId, StateMeta, StateTimeout, Table, TransitionMeta};
 
 pub use fsm_derive::{Event, StateMachine};
 

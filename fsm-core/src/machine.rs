@@ -63,6 +63,14 @@ pub trait StateMachine: Sized {
     /// from a transition (a restored snapshot, a value built by hand).
     fn validate(&self) -> Result<(), InvalidState>;
 
+    /// The event that `state`'s declared timeout fires (`state_timeout(ms = N => Event)`), if
+    /// it declares one. The derive writes it; a hand-written machine without state timeouts
+    /// keeps the default.
+    fn timeout_event(state: StateId) -> Option<Self::Event> {
+        let _ = state;
+        None
+    }
+
     /// The current state's name.
     fn state_name(&self) -> &'static str {
         Self::TABLE.state_name(self.state())

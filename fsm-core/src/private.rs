@@ -46,7 +46,7 @@ macro_rules! __fsm_if_arbitrary {
     ($($item:item)*) => {};
 }
 
-use crate::effects::Effects;
+use crate::effects::{Effects, Mark};
 use crate::machine::{EffectOf, Next, Rejected, StateMachine, Transition, TypedState};
 use crate::rejection::{Reason, Refusal, Rejection};
 use crate::table::{EventId, StateId};
@@ -67,6 +67,17 @@ pub trait Variant<const NAME_HASH: u64>: Event {
     fn split(self) -> Result<Self::Payload, Self>;
 }
 
+/// A variant of an event enum without fields, keyed like [`Variant`]: the events a declared
+/// state timeout may fire (the table holds no payload to build another from).
+#[diagnostic::on_unimplemented(
+    message = "the event of a `state_timeout(..)` must be a variant without fields",
+    label = "this event has fields, or is not a variant of the event enum",
+    note = "a state timeout fires a fixed event; for one that carries data, arm a named timer from the handler with `effects.start_timer(name, after, event)`"
+)]
+pub trait UnitVariant<const NAME_HASH: u64>: Variant<NAME_HASH> {
+    fn unit() -> Self;
+}
+
 /// A handler's result with the target's invariant applied: the new state, or why not.
 #[inline(always)]
 fn checked<T: TypedState>(result: Result<T, Refusal>) -> Result<T, Reason> {
@@ -78,6 +89,21 @@ fn checked<T: TypedState>(result: Result<T, Refusal>) -> Result<T, Reason> {
             refusal,
         }),
     }
+}
+
+/// The checks of the timer requests a handler made (zero or overlong durations, bad names, a
+/// restart of a timeout the target does not declare): a bad request rejects the transition.
+#[inline(always)]
+fn check_timers<T: TypedState>(effects: &Effects<EffectOf<T>>, mark: Mark) -> Result<(), Reason> {
+    let requests = effects.timers_since(mark);
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let table = <T::Machine as StateMachine>::TABLE;
+    requests
+        .iter()
+        .try_for_each(|r| crate::timer::check_request(r, table, T::ID))
+        .map_err(Reason::Timer)
 }
 
 /// Runs the handler of a declared transition and the target's invariant, for the runtime
@@ -100,14 +126,16 @@ where
 {
     let table = <S::Machine as StateMachine>::TABLE;
     let event_id = EventId::new(event_id);
-    let mark = effects.len();
-    match checked(handler(view, event, effects)) {
+    let mark = effects.mark();
+    let result = checked(handler(view, event, effects))
+        .and_then(|next| check_timers::<T>(effects, mark).map(|()| next));
+    match result {
         Ok(next) => Ok((
             next.into_machine(),
             Transition::new(table, S::ID, event_id, T::ID),
         )),
         Err(reason) => {
-            effects.truncate(mark);
+            effects.rewind(mark);
             Err(Rejection::new(table, S::ID, event_id, reason))
         }
     }
@@ -127,7 +155,10 @@ where
     H: FnOnce(&S, E, &mut Effects<EffectOf<S>>) -> Result<T, Refusal>,
 {
     let mut effects = Effects::new();
-    match checked(handler(&state, event, &mut effects)) {
+    let mark = effects.mark();
+    let result = checked(handler(&state, event, &mut effects))
+        .and_then(|next| check_timers::<T>(&effects, mark).map(|()| next));
+    match result {
         Ok(next) => Ok(Next {
             state: next,
             effects,

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::table::{EventId, Policy, StateId, Table};
+use crate::timer::TimerError;
 
 /// A handler's or an invariant's refusal, with a reason written for humans.
 ///
@@ -61,6 +62,9 @@ pub enum Reason {
     /// the command queue reports this: it catches the panic to answer the command, then lets
     /// the panic continue to whoever supervises the consumer.
     Panicked(Refusal),
+    /// The handler made a timer request that cannot be honoured (a zero or overlong duration,
+    /// a bad name, a restart of a state timeout the target does not declare).
+    Timer(TimerError),
 }
 
 /// An event a machine did not take. The machine is exactly as it was before.
@@ -141,6 +145,7 @@ impl fmt::Debug for Rejection {
             Reason::Terminal => d.field("reason", &"Terminal"),
             Reason::Refused(r) => d.field("refused", &r.reason()),
             Reason::Panicked(r) => d.field("panicked", &r.reason()),
+            Reason::Timer(e) => d.field("timer", e),
             Reason::Invalid { target, refusal } => d
                 .field("invalid_target", &self.table.state_name(*target))
                 .field("refused", &refusal.reason()),
@@ -175,6 +180,7 @@ impl fmt::Display for Rejection {
                 Ok(())
             }
             Reason::Terminal => f.write_str("the state is terminal and accepts no event"),
+            Reason::Timer(e) => write!(f, "a timer request of the handler: {e}"),
             Reason::Refused(r) => write!(f, "refused by the handler: {r}"),
             Reason::Panicked(r) => write!(
                 f,

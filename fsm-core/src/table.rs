@@ -87,6 +87,18 @@ pub struct StateMeta {
     validated: bool,
     policies: &'static [(EventId, Policy)],
     otherwise: Policy,
+    timeout: Option<StateTimeout>,
+}
+
+/// A state's declared timeout (`state_timeout(ms = 1200 => Missed)`): armed whenever a
+/// transition enters the state, cancelled by any transition that leaves it, firing `event`
+/// after `after_ms` milliseconds (see [`crate::timer`] for the rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StateTimeout {
+    /// Milliseconds from entering the state until the timeout fires.
+    pub after_ms: u64,
+    /// The event it fires (a variant without fields, with a transition from the state).
+    pub event: EventId,
 }
 
 impl StateMeta {
@@ -98,7 +110,23 @@ impl StateMeta {
             validated: false,
             policies: &[],
             otherwise: Policy::Reject,
+            timeout: None,
         }
+    }
+
+    /// Declares the state's timeout: `event` fires `after_ms` milliseconds after the state was
+    /// entered, unless a transition left it first.
+    pub const fn timeout(mut self, after_ms: u64, event: u16) -> Self {
+        self.timeout = Some(StateTimeout {
+            after_ms,
+            event: EventId(event),
+        });
+        self
+    }
+
+    /// The state's declared timeout, if any.
+    pub const fn state_timeout(&self) -> Option<StateTimeout> {
+        self.timeout
     }
 
     /// Marks the state terminal: it accepts no event.

@@ -362,7 +362,8 @@ where
             let event_value = format!("{event:?}");
             let declared = table.target(from, event_id);
             let terminal = table.is_terminal(from);
-            let mark = effects.len();
+            let mark = effects.mark();
+            let held = effects.len();
             let result = catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, &mut effects)));
             run.steps += 1;
             let mut step = Step {
@@ -437,12 +438,14 @@ where
                             &steps,
                         ));
                     }
-                    if effects.len() != mark {
+                    if effects.mark() != mark {
                         return Err(fail(
                             Property::RejectionLeavesStateUnchanged,
                             format!(
-                                "the effects buffer held {mark} effects and now holds {}",
-                                effects.len()
+                                "the effects buffer held {held} effects and {} timer requests and now holds {} and {}",
+                                mark.timers(),
+                                effects.len(),
+                                effects.timers().len()
                             ),
                             &steps,
                         ));
@@ -515,7 +518,7 @@ fn rejection_mismatch(
             "rejected as having no transition, but the table leads to `{}`",
             table.state_name(to)
         )),
-        (Reason::Refused(_) | Reason::Panicked(_), Some(_)) => None,
+        (Reason::Refused(_) | Reason::Panicked(_) | Reason::Timer(_), Some(_)) => None,
         (Reason::Invalid { target, .. }, Some(to)) if *target == to => None,
         (Reason::Invalid { target, .. }, Some(to)) => Some(format!(
             "the invariant of `{}` refused, but the table leads to `{}`",

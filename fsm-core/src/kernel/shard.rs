@@ -430,11 +430,11 @@ impl<M: Durable> Shard<M> {
                 }
             }
             Ok(Err(rejection)) => {
-                self.effects.truncate(0);
+                self.effects.clear();
                 pending.decision = Decision::Rejected(rejection);
             }
             Err(payload) => {
-                self.effects.truncate(0);
+                self.effects.clear();
                 self.counts.panicked += 1;
                 let message = crate::rejection::panic_message(&*payload);
                 pending.decision = Decision::Rejected(Rejection::new(

@@ -381,7 +381,7 @@ impl<M: StateMachine> Consumer<M> {
         effects: &mut Effects<M::Effect>,
     ) -> (Command<()>, Outcome) {
         let (event, shell) = cmd.split();
-        let (state, event_id, mark) = (machine.state(), event.id(), effects.len());
+        let (state, event_id, mark) = (machine.state(), event.id(), effects.mark());
         // The machine is unchanged when a handler panics (it only ever sees a view of the old
         // state), so the panic can be caught to answer the command and keep the counts exact;
         // `process` then lets it continue.
@@ -399,7 +399,7 @@ impl<M: StateMachine> Consumer<M> {
                 Outcome::Rejected(rejection)
             }
             Err(payload) => {
-                effects.truncate(mark);
+                effects.rewind(mark);
                 self.tally.rejected += 1;
                 let message = crate::rejection::panic_message(&*payload);
                 self.panic = Some(payload);

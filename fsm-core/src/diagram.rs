@@ -78,7 +78,10 @@ impl Table {
         let name = self.event_name(t.event);
         match self.state(t.from).and_then(|s| s.state_timeout()) {
             Some(timeout) if timeout.event == t.event => {
-                format!("after {} / {name}", crate::timer::human_ms(timeout.after_ms))
+                format!(
+                    "after {} / {name}",
+                    crate::timer::human_ms(timeout.after_ms)
+                )
             }
             _ => name.to_string(),
         }
@@ -161,7 +164,10 @@ mod tests {
     fn a_state_timeout_is_drawn_as_after_n_ms_on_its_edge() {
         const P: Table = Table::new(
             "Pacer",
-            &[StateMeta::new("Sensing").timeout(1200, 1), StateMeta::new("Pacing").timeout(90_000, 1)],
+            &[
+                StateMeta::new("Sensing").timeout(1200, 1),
+                StateMeta::new("Pacing").timeout(90_000, 1),
+            ],
             &["Pulse", "Missed"],
             &[
                 TransitionMeta::new(0, 0, 0),
@@ -172,10 +178,22 @@ mod tests {
             0,
         );
         let mermaid = P.to_mermaid();
-        assert!(mermaid.contains("    Sensing --> Sensing : Pulse\n"), "{mermaid}");
-        assert!(mermaid.contains("    Sensing --> Pacing : after 1200 ms / Missed\n"), "{mermaid}");
-        assert!(mermaid.contains("    Pacing --> Pacing : after 90 s / Missed\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("    Sensing --> Sensing : Pulse\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("    Sensing --> Pacing : after 1200 ms / Missed\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("    Pacing --> Pacing : after 90 s / Missed\n"),
+            "{mermaid}"
+        );
         let dot = P.to_dot();
-        assert!(dot.contains("    Sensing -> Pacing [label=\"after 1200 ms / Missed\"];\n"), "{dot}");
+        assert!(
+            dot.contains("    Sensing -> Pacing [label=\"after 1200 ms / Missed\"];\n"),
+            "{dot}"
+        );
     }
 }

@@ -171,7 +171,6 @@ impl<F> Effects<F> {
     pub fn into_vec(self) -> Vec<F> {
         self.items
     }
-
 }
 
 impl<F> Default for Effects<F> {

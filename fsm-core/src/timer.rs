@@ -269,7 +269,8 @@ fn check_name(name: &str) -> Result<(), TimerError> {
     if name.len() > MAX_TIMER_NAME {
         return bad("it is longer than 64 bytes");
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+');
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+');
     if !name.chars().all(allowed) {
         return bad("use ASCII letters, digits and `. _ - : @ +`");
     }
@@ -398,9 +399,9 @@ impl<P> Timers<P> {
         now: u64,
         event: Option<P>,
     ) -> Result<(), TimerError> {
-        let deadline = now
-            .checked_add(after)
-            .ok_or_else(|| TimerError::Overflow { timer: kind.clone() })?;
+        let deadline = now.checked_add(after).ok_or_else(|| TimerError::Overflow {
+            timer: kind.clone(),
+        })?;
         self.cancel(&kind);
         let instance = self.next;
         self.next += 1;
@@ -543,7 +544,10 @@ pub(crate) fn decode_section(
         return Err(format!("{} bytes after the timers section", rest.len()));
     }
     if stored.len() > SECTION_MAX_TIMERS {
-        return Err(format!("{} armed timers, more than any machine holds", stored.len()));
+        return Err(format!(
+            "{} armed timers, more than any machine holds",
+            stored.len()
+        ));
     }
     let mut timers = Timers {
         next,
@@ -560,7 +564,10 @@ pub(crate) fn decode_section(
             (k, _) => return Err(format!("unknown timer kind {k}")),
         };
         if s.instance >= next {
-            return Err(format!("{kind}: instance {} not below the next, {next}", s.instance));
+            return Err(format!(
+                "{kind}: instance {} not below the next, {next}",
+                s.instance
+            ));
         }
         if s.after == 0 || s.after > millis_ceil(MAX_TIMER_DURATION) {
             return Err(format!("{kind}: duration of {} ms", s.after));
@@ -662,7 +669,13 @@ mod tests {
         run(&mut timers, t(1, 0, 0), vec![], 1000).unwrap();
         run(&mut timers, t(0, 0, 0), vec![], 1100).unwrap();
         assert_eq!(timers.get(&TimerKind::State).unwrap().deadline, 2200);
-        run(&mut timers, t(0, 0, 0), vec![TimerRequest::RestartStateTimeout], 1100).unwrap();
+        run(
+            &mut timers,
+            t(0, 0, 0),
+            vec![TimerRequest::RestartStateTimeout],
+            1100,
+        )
+        .unwrap();
         let armed = timers.get(&TimerKind::State).unwrap();
         assert_eq!((armed.deadline, armed.instance), (2300, 2));
     }
@@ -674,7 +687,13 @@ mod tests {
             after: Duration::from_millis(50),
             event: TimerEvent::new(7u32),
         };
-        run(&mut timers, t(0, 0, 0), vec![idle, start("retry", 500, 9)], 0).unwrap();
+        run(
+            &mut timers,
+            t(0, 0, 0),
+            vec![idle, start("retry", 500, 9)],
+            0,
+        )
+        .unwrap();
         assert!(timers.get(&TimerKind::Event).is_some());
         run(&mut timers, t(0, 1, 1), vec![], 10).unwrap();
         assert!(timers.get(&TimerKind::Event).is_none());
@@ -686,7 +705,10 @@ mod tests {
     fn restarting_a_named_timer_replaces_it_with_a_new_instance() {
         let mut timers = Timers::default();
         run(&mut timers, t(1, 0, 0), vec![start("retry", 500, 1)], 0).unwrap();
-        let first = timers.get(&TimerKind::Named("retry".into())).unwrap().instance;
+        let first = timers
+            .get(&TimerKind::Named("retry".into()))
+            .unwrap()
+            .instance;
         run(&mut timers, t(0, 0, 0), vec![start("retry", 800, 2)], 100).unwrap();
         let named: Vec<_> = timers
             .armed
@@ -704,7 +726,12 @@ mod tests {
         let mut timers = Timers::default();
         let zero = run(&mut timers, t(0, 0, 0), vec![start("a", 0, 1)], 0).unwrap_err();
         assert!(matches!(zero, TimerError::ZeroDuration { .. }), "{zero}");
-        let many = vec![start("a", 1, 1), start("b", 1, 1), start("c", 1, 1), start("d", 1, 1)];
+        let many = vec![
+            start("a", 1, 1),
+            start("b", 1, 1),
+            start("c", 1, 1),
+            start("d", 1, 1),
+        ];
         let err = run(&mut timers, t(0, 0, 0), many, 0).unwrap_err();
         assert_eq!(err, TimerError::TooMany { armed: 4, limit: 3 });
         let wrong = TimerRequest::Start {
@@ -714,18 +741,33 @@ mod tests {
         };
         let err = run(&mut timers, t(0, 0, 0), vec![wrong], 0).unwrap_err();
         assert!(err.to_string().contains("&str"), "{err}");
-        let overflow = run(&mut timers, t(0, 0, 0), vec![start("a", 5, 1)], u64::MAX - 1).unwrap_err();
+        let overflow = run(
+            &mut timers,
+            t(0, 0, 0),
+            vec![start("a", 5, 1)],
+            u64::MAX - 1,
+        )
+        .unwrap_err();
         assert!(matches!(overflow, TimerError::Overflow { .. }));
         let bad_name = TimerRequest::Cancel { name: "a b".into() };
         assert!(check_request(&bad_name, &TABLE, StateId::new(0)).is_err());
         let no_timeout = check_request(&TimerRequest::RestartStateTimeout, &TABLE, StateId::new(1));
-        assert_eq!(no_timeout, Err(TimerError::NoStateTimeout { state: "Pacing" }));
+        assert_eq!(
+            no_timeout,
+            Err(TimerError::NoStateTimeout { state: "Pacing" })
+        );
     }
 
     #[test]
     fn due_timers_come_in_deadline_then_arming_order() {
         let mut timers = Timers::default();
-        run(&mut timers, t(1, 0, 0), vec![start("b", 1200, 1), start("a", 100, 2)], 0).unwrap();
+        run(
+            &mut timers,
+            t(1, 0, 0),
+            vec![start("b", 1200, 1), start("a", 100, 2)],
+            0,
+        )
+        .unwrap();
         let due = timers.due(1200);
         assert_eq!(
             due.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
@@ -737,7 +779,9 @@ mod tests {
     #[test]
     fn a_restored_deadline_never_waits_longer_than_its_duration() {
         let mut timers: Timers<Box<[u8]>> = Timers::default();
-        timers.arm(TimerKind::State, 1200, 10_000_000, None).unwrap();
+        timers
+            .arm(TimerKind::State, 1200, 10_000_000, None)
+            .unwrap();
         // The wall clock was stepped back an hour while the machine was down.
         timers.rebase(10_000_000 - 3_600_000);
         assert_eq!(timers.armed[0].deadline, 10_000_000 - 3_600_000 + 1200);
@@ -752,16 +796,26 @@ mod tests {
         let mut timers: Timers<Box<[u8]>> = Timers::default();
         timers.arm(TimerKind::State, 1200, 5, None).unwrap();
         timers
-            .arm(TimerKind::Named("retry".into()), 30, 5, Some(vec![1, 2, 3].into()))
+            .arm(
+                TimerKind::Named("retry".into()),
+                30,
+                5,
+                Some(vec![1, 2, 3].into()),
+            )
             .unwrap();
         let bytes = encode_section(&timers);
-        assert_eq!(decode_section(&bytes, &TABLE, StateId::new(0)).unwrap(), timers);
+        assert_eq!(
+            decode_section(&bytes, &TABLE, StateId::new(0)).unwrap(),
+            timers
+        );
         // Pacing declares no timeout: a state timeout there is corruption.
         let err = decode_section(&bytes, &TABLE, StateId::new(1)).unwrap_err();
         assert!(err.contains("declares none"), "{err}");
         let mut newer = bytes.clone();
         newer[0] = 2;
-        assert!(decode_section(&newer, &TABLE, StateId::new(0)).unwrap_err().contains("version 2"));
+        assert!(decode_section(&newer, &TABLE, StateId::new(0))
+            .unwrap_err()
+            .contains("version 2"));
         assert!(decode_section(&bytes[..bytes.len() - 1], &TABLE, StateId::new(0)).is_err());
         let mut longer = bytes.clone();
         longer.push(0);

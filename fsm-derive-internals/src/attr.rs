@@ -11,7 +11,7 @@ use crate::ctxt::Ctxt;
 pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
 pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
-    "initial, terminal, on(Event => Target), defer, dump, delegate, validate = path";
+    "initial, terminal, on(Event => Target), defer, dump, delegate, validate = path, state_timeout(ms = N => Event)";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -66,6 +66,16 @@ pub(crate) struct PolicyAttr {
     pub(crate) event: Option<Ident>,
 }
 
+/// `state_timeout(ms = 1200 => Missed)` (or `s = 30`): the state's declared timeout.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct TimeoutAttr {
+    pub(crate) keyword: Ident,
+    /// The duration in milliseconds, or `None` if it does not fit (reported by `check`).
+    pub(crate) ms: Option<u64>,
+    pub(crate) amount: syn::LitInt,
+    pub(crate) event: Ident,
+}
+
 /// Attributes on one variant (a state).
 #[derive(Default)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
@@ -75,6 +85,7 @@ pub(crate) struct StateAttrs {
     pub(crate) on: Vec<OnAttr>,
     pub(crate) policies: Vec<PolicyAttr>,
     pub(crate) validate: Vec<Path>,
+    pub(crate) timeouts: Vec<TimeoutAttr>,
 }
 
 /// Which kind of enum the container attributes belong to.
@@ -154,6 +165,11 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
                     syn::parenthesized!(content in meta.input);
                     parse_on(&content, &key, &mut out.on)?;
                 }
+                "state_timeout" => {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    out.timeouts.push(parse_timeout(&content, key)?);
+                }
                 "defer" | "dump" | "delegate" => {
                     let kind = match key.to_string().as_str() {
                         "defer" => PolicyKind::Defer,
@@ -229,6 +245,49 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
         });
     }
     Ok(())
+}
+
+/// `ms = 1200 => Missed` or `s = 30 => Expire`.
+fn parse_timeout(input: ParseStream<'_>, keyword: Ident) -> syn::Result<TimeoutAttr> {
+    let malformed = |span: Span| {
+        syn::Error::new(
+            span,
+            "malformed `state_timeout(..)`: write `state_timeout(ms = 1200 => Event)` or `state_timeout(s = 30 => Event)`",
+        )
+    };
+    let unit: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+    let scale: u64 = match unit.to_string().as_str() {
+        "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &unit,
+                format!("unknown unit `{unit}` in `state_timeout(..)`: use `ms`, `s` or `min`"),
+            ))
+        }
+    };
+    input
+        .parse::<Token![=]>()
+        .map_err(|e| malformed(e.span()))?;
+    let amount: syn::LitInt = input.parse().map_err(|e| malformed(e.span()))?;
+    input
+        .parse::<Token![=>]>()
+        .map_err(|e| malformed(e.span()))?;
+    let event: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+    if !input.is_empty() {
+        return Err(malformed(input.span()));
+    }
+    let ms = amount
+        .base10_parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale));
+    Ok(TimeoutAttr {
+        keyword,
+        ms,
+        amount,
+        event,
+    })
 }
 
 /// Attributes on a field of a state or an event.
@@ -313,6 +372,42 @@ mod tests {
         assert_eq!(s.policies[2].event, None);
         assert_eq!(s.policies[2].kind, PolicyKind::Dump);
         assert_eq!(s.validate, vec![parse_quote!(crate::ok)]);
+    }
+
+    #[test]
+    fn parses_a_state_timeout_in_each_unit() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[fsm(state_timeout(ms = 1200 => Missed))]),
+            parse_quote!(#[fsm(state_timeout(s = 30 => Expire), state_timeout(min = 2 => Late))]),
+        ];
+        let s = state(&cx, &attrs);
+        assert!(cx.check().is_ok());
+        let got: Vec<(Option<u64>, String)> = s
+            .timeouts
+            .iter()
+            .map(|t| (t.ms, t.event.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1200), "Missed"),
+                (Some(30_000), "Expire"),
+                (Some(120_000), "Late")
+            ]
+            .map(|(ms, e)| (ms, e.to_string()))
+        );
+        for bad in [
+            quote::quote!(#[fsm(state_timeout(ms 5 => A))]),
+            quote::quote!(#[fsm(state_timeout(hours = 5 => A))]),
+            quote::quote!(#[fsm(state_timeout(ms = 5))]),
+        ] {
+            let cx = Ctxt::new();
+            let attr: Attribute = parse_quote!(#bad);
+            state(&cx, &[attr]);
+            let err = cx.check().unwrap_err().to_string();
+            assert!(err.contains("state_timeout"), "{err}");
+        }
     }
 
     #[test]

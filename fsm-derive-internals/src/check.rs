@@ -29,7 +29,65 @@ pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
         all_reachable(cx, m);
     }
     policies_are_consistent(cx, m);
+    timeouts_are_sound(cx, m);
     no_view_name_clash(cx, m);
+}
+
+/// A state timeout: at most one per state, not on a terminal state, a positive duration that
+/// fits the timers' range, and an event the state has a transition for (it fires in that
+/// state, so it must be taken there).
+fn timeouts_are_sound(cx: &Ctxt, m: &Machine<'_>) {
+    // MAX_TIMER_DURATION of fsm_core::timer, in milliseconds.
+    const MAX_MS: u64 = 1 << 40;
+    for s in &m.states {
+        let state = s.variant.ident;
+        for extra in s.attrs.timeouts.iter().skip(1) {
+            cx.push(syn::Error::new_spanned(
+                &extra.keyword,
+                format!("second `state_timeout` on `{state}`: a state has one state timeout; arm more from its handlers with named timers (`effects.start_timer(..)`)"),
+            ));
+        }
+        let Some(t) = s.attrs.timeouts.first() else {
+            continue;
+        };
+        if !s.attrs.terminal.is_empty() {
+            cx.push(syn::Error::new_spanned(
+                &t.keyword,
+                format!("`state_timeout` on terminal state `{state}`: a terminal state accepts no event, so its timeout could never be taken; remove it"),
+            ));
+        }
+        match t.ms {
+            Some(0) => cx.push(syn::Error::new_spanned(
+                &t.amount,
+                "a state timeout of zero: give a positive duration",
+            )),
+            Some(ms) if ms <= MAX_MS => {}
+            _ => cx.push(syn::Error::new_spanned(
+                &t.amount,
+                "this state timeout is longer than the longest timer (2^40 ms, about 34 years)",
+            )),
+        }
+        if s.attrs.terminal.is_empty() && !s.attrs.on.iter().any(|on| on.event == t.event) {
+            let events: Vec<String> = s
+                .attrs
+                .on
+                .iter()
+                .map(|on| format!("`{}`", on.event))
+                .collect();
+            cx.push(syn::Error::new_spanned(
+                &t.event,
+                format!(
+                    "the state timeout of `{state}` fires `{ev}`, but `{state}` has no transition on `{ev}`: add `on({ev} => Target)` to `{state}`{also}",
+                    ev = t.event,
+                    also = if events.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (it has transitions on {})", events.join(", "))
+                    }
+                ),
+            ));
+        }
+    }
 }
 
 /// A state with data gets a view type `<State>Ref` in the generated module; a state of that

@@ -67,7 +67,21 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
             .collect();
         let back = variant_fields(v, &from_payload);
         let redact = redact_impls(payload.clone(), ev.generics, v, &paths);
+        // Only a variant without fields can be fired by a state timeout declared in a table.
+        let unit = (v.style == crate::ast::Style::Unit).then(|| {
+            quote! {
+                #[automatically_derived]
+                impl #impl_g #private::UnitVariant<#h> for #enum_ty #wc {
+                    #[inline]
+                    fn unit() -> Self {
+                        #ident::#vi
+                    }
+                }
+            }
+        });
         quote! {
+            #unit
+
             #[automatically_derived]
             impl #impl_g #private::Variant<#h> for #enum_ty #wc {
                 type Payload = #payload;

@@ -193,6 +193,11 @@ impl Gen<'_, '_> {
                 let policy = policy(krate, p.kind);
                 meta = quote!(#meta.otherwise(#policy));
             }
+            if let Some(t) = s.attrs.timeouts.first() {
+                let ms = t.ms.unwrap_or(0);
+                let variant = self.variant(&t.event);
+                meta = quote!(#meta.timeout(#ms, #variant::ID));
+            }
             meta
         });
         let transitions = m.states.iter().enumerate().flat_map(|(i, s)| {
@@ -251,6 +256,32 @@ impl Gen<'_, '_> {
                 let typed = self.typed(ident);
                 quote!(Self::#ident #pat => #private::validate::<#typed>(#view))
             });
+        let timeout_arms: Vec<TokenStream> = m
+            .states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let t = s.attrs.timeouts.first()?;
+                let i = i as u16;
+                let h = variant_hash(&t.event.to_string());
+                // Spanned at the event's name: a variant with fields is reported there.
+                let unit = respan(
+                    quote!(<#e as #private::UnitVariant<#h>>::unit()),
+                    t.event.span(),
+                );
+                Some(quote!(#i => #private::core::option::Option::Some(#unit),))
+            })
+            .collect();
+        let timeout_event = (!timeout_arms.is_empty()).then(|| {
+            quote! {
+                fn timeout_event(__fsm_state: #krate::StateId) -> #private::core::option::Option<#e> {
+                    match __fsm_state.index() as u16 {
+                        #(#timeout_arms)*
+                        _ => #private::core::option::Option::None,
+                    }
+                }
+            }
+        });
         let empty = if m.states.is_empty() {
             quote!(match *self {})
         } else {
@@ -277,6 +308,8 @@ impl Gen<'_, '_> {
                 ) -> #private::core::result::Result<(Self, #krate::Transition), #krate::Rejection> {
                     match self { #(#next_arms)* }
                 }
+
+                #timeout_event
 
                 fn validate(&self) -> #private::core::result::Result<(), #krate::InvalidState> {
                     #[allow(unreachable_patterns)]

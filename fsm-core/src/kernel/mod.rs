@@ -82,19 +82,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod builder;
 mod inbox;
 mod journal;
 mod outcome;
+mod quiet;
+mod report;
 mod request;
 mod shard;
 mod stats;
+mod store_cell;
+mod submit;
 mod supervisor;
 mod trace;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,19 +107,28 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::machine::StateMachine;
-use crate::queue::{Clock, Overflow, Overload, Route, Stamps, Ticket};
+use crate::queue::{Clock, Overflow, Overload, Stamps, Ticket};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
 
+pub use builder::{
+    BuildError, KernelBuilder, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_INBOX_CAPACITY,
+    DEFAULT_TRACE_CAPACITY,
+};
 pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
+pub use report::{RecoveryReport, Shutdown, ShutdownReport};
 pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
 pub use stats::{KernelCounts, KernelMetrics, ShardMetrics, WorkerMetrics};
+pub use submit::Submitter;
 pub use supervisor::{EffectError, EffectWorker, Escalation, Failure, Intensity};
 pub use trace::{TraceEntry, TraceFilter, TraceOutcome};
 
-use inbox::{Admitted, Closing, Cmd, Inbox, Job, Refusal};
-use shard::{HandedBack, Shard};
+use inbox::{Closing, Cmd, Inbox, Job};
+use quiet::Quiet;
+use shard::HandedBack;
 use stats::ShardStats;
-use supervisor::{Factory, WorkerMsg};
+use store_cell::StoreCell;
+use submit::enqueue;
+use supervisor::WorkerMsg;
 
 /// A machine the kernel can run: serializable (its snapshot), sendable to shard threads, with
 /// events and effects that can cross threads. Implemented for every such machine.
@@ -134,86 +148,6 @@ impl<M> Durable for M where
         + Send
         + 'static
 {
-}
-
-type Opener = Box<dyn Fn() -> Result<Arc<dyn SnapshotStore>, StoreError> + Send + Sync>;
-
-/// The store, and how to reopen it when it stops.
-struct StoreCell {
-    current: RwLock<(u64, Arc<dyn SnapshotStore>)>,
-    reopen: Option<Opener>,
-    reopening: Mutex<()>,
-    reopens: AtomicU64,
-}
-
-impl StoreCell {
-    fn current(&self) -> (u64, Arc<dyn SnapshotStore>) {
-        let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        (guard.0, guard.1.clone())
-    }
-
-    /// The store of `generation` stopped (it answers `Poisoned`): reopens it, once, whichever
-    /// shard asks first. Returns whether a newer store is in place.
-    fn reopen(&self, generation: u64) -> bool {
-        let _one_at_a_time = self
-            .reopening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if self.current().0 != generation {
-            return true;
-        }
-        let Some(reopen) = &self.reopen else {
-            return false;
-        };
-        match reopen() {
-            Ok(store) => {
-                let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
-                *guard = (generation + 1, store);
-                self.reopens.fetch_add(1, Ordering::Relaxed);
-                #[cfg(feature = "tracing")]
-                tracing::warn!(generation = generation + 1, "fsm.store_reopened");
-                true
-            }
-            Err(_e) => {
-                #[cfg(feature = "tracing")]
-                tracing::error!(error = %_e, "fsm.store_reopen_failed");
-                false
-            }
-        }
-    }
-}
-
-/// Counts the work in flight (queued commands and effects), so a draining shutdown knows when
-/// everything accepted has been decided and every effect run.
-struct Quiet {
-    busy: Mutex<i64>,
-    idle: Condvar,
-}
-
-impl Quiet {
-    fn more(&self, n: usize) {
-        if n > 0 {
-            *self.busy.lock().unwrap_or_else(PoisonError::into_inner) += n as i64;
-        }
-    }
-
-    fn done(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        *busy -= n as i64;
-        if *busy <= 0 {
-            self.idle.notify_all();
-        }
-    }
-
-    fn wait_idle(&self) {
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        while *busy > 0 {
-            busy = self.idle.wait(busy).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
 }
 
 struct Config {
@@ -322,419 +256,6 @@ impl<M: Durable> Inner<M> {
 
 /// What a submit call returns: the ticket of an accepted command, or why it was not.
 pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
-
-/// What recovery on start found.
-#[derive(Debug, Default)]
-pub struct RecoveryReport {
-    /// Machines loaded from their newest valid snapshot (invariants checked).
-    pub recovered: usize,
-    /// Machines whose snapshot is corrupt or invalid: quarantined, not run. The others run.
-    pub quarantined: Vec<Arc<Quarantined>>,
-    /// Machines that could not be read for another reason (the store failed); they are
-    /// loaded again on first use.
-    pub unavailable: Vec<(MachineId, String)>,
-    /// Stored machines another node owns (the store fences this one): not loaded here.
-    pub not_owned: usize,
-}
-
-impl fmt::Display for RecoveryReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "recovered {} machines, quarantined {}, unavailable {}",
-            self.recovered,
-            self.quarantined.len(),
-            self.unavailable.len()
-        )?;
-        if self.not_owned > 0 {
-            write!(f, ", owned by other nodes {}", self.not_owned)?;
-        }
-        for q in &self.quarantined {
-            write!(f, "\n  {q}")?;
-        }
-        for (id, e) in &self.unavailable {
-            write!(f, "\n  machine `{id}` unavailable: {e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// How [`Kernel::shutdown`] treats commands already accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Shutdown {
-    /// Stop intake, decide (and persist) every queued command, run every pending effect and
-    /// the events they feed back; hand back only postponed commands no state ever took.
-    Drain,
-    /// Stop intake, decide nothing more: hand back every queued and postponed command
-    /// (answered [`CommandError::Closed`]) and abandon effects not yet started.
-    HandBack,
-}
-
-/// What [`Kernel::shutdown`] returns.
-pub struct ShutdownReport<E> {
-    /// Commands that were accepted but never applied, handed back with their machine.
-    pub handed_back: Vec<(MachineId, Request<E>)>,
-    /// The kernel's final metrics.
-    pub metrics: KernelMetrics,
-}
-
-impl<E> fmt::Debug for ShutdownReport<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShutdownReport")
-            .field("handed_back", &self.handed_back.len())
-            .field("metrics", &self.metrics)
-            .finish()
-    }
-}
-
-/// Why a kernel could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// Zero shards, zero capacity, zero effect workers or a zero defer limit where a state
-    /// defers.
-    #[error("invalid kernel configuration: {0}")]
-    Config(String),
-    /// Delegation is in play but no overflow sink was given.
-    #[error("{needed_by} delegates commands but the kernel has no overflow sink; add KernelBuilder::overflow")]
-    MissingOverflow {
-        /// What delegates.
-        needed_by: String,
-    },
-    /// The store could not be opened or could not list its machines for recovery.
-    #[error("the store could not be read for recovery: {0}")]
-    Store(#[from] StoreError),
-    /// A thread could not be spawned.
-    #[error("cannot spawn a kernel thread: {0}")]
-    Spawn(std::io::Error),
-}
-
-/// Configures and starts a [`Kernel`].
-pub struct KernelBuilder<M: Durable> {
-    store: Result<Arc<dyn SnapshotStore>, StoreError>,
-    reopen: Option<Opener>,
-    initial: Box<dyn Fn(&MachineId) -> M + Send + Sync>,
-    codec: Codec<M>,
-    shards: usize,
-    capacity: usize,
-    overload: Overload,
-    overflow: Option<Arc<dyn Overflow<(MachineId, M::Event)>>>,
-    window: usize,
-    idle_after: Duration,
-    defer_limit: usize,
-    clock: Clock,
-    latency: bool,
-    trace: usize,
-    workers: Option<(usize, Factory<M>)>,
-    intensity: Intensity,
-    recover_on_start: bool,
-}
-
-/// The default number of idempotency keys remembered per machine.
-pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 64;
-/// The default capacity of each shard's inbox.
-pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
-/// The default number of trace entries kept.
-pub const DEFAULT_TRACE_CAPACITY: usize = 1024;
-
-impl<M: Durable> KernelBuilder<M> {
-    fn new(
-        store: Result<Arc<dyn SnapshotStore>, StoreError>,
-        initial: Box<dyn Fn(&MachineId) -> M + Send + Sync>,
-    ) -> Self {
-        KernelBuilder {
-            store,
-            reopen: None,
-            initial,
-            codec: Codec::new(1),
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            capacity: DEFAULT_INBOX_CAPACITY,
-            overload: Overload::Backpressure,
-            overflow: None,
-            window: DEFAULT_IDEMPOTENCY_WINDOW,
-            idle_after: Duration::from_secs(60),
-            defer_limit: crate::queue::DEFAULT_DEFER_LIMIT,
-            clock: Clock::System,
-            latency: true,
-            trace: DEFAULT_TRACE_CAPACITY,
-            workers: None,
-            intensity: Intensity::default(),
-            recover_on_start: true,
-        }
-    }
-
-    /// Codec for the machine's snapshots (default: `Codec::new(1)`, postcard). Register
-    /// migrations here when the machine's schema changes.
-    pub fn codec(mut self, codec: Codec<M>) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// Shard threads (default: the machine's available parallelism). A machine always runs
-    /// on the same shard (chosen by a stable hash of its id).
-    pub fn shards(mut self, n: usize) -> Self {
-        self.shards = n;
-        self
-    }
-
-    /// Commands each shard's inbox holds (default [`DEFAULT_INBOX_CAPACITY`]).
-    pub fn capacity(mut self, n: usize) -> Self {
-        self.capacity = n;
-        self
-    }
-
-    /// What a full inbox does with one more command (default [`Overload::Backpressure`]:
-    /// `submit` waits for room up to the request's deadline, `try_submit` refuses at once).
-    pub fn overload(mut self, policy: Overload) -> Self {
-        self.overload = policy;
-        self
-    }
-
-    /// Where delegated commands go (by [`Overload::Delegate`] or a state's `delegate(..)`).
-    pub fn overflow(mut self, sink: impl Overflow<(MachineId, M::Event)> + 'static) -> Self {
-        self.overflow = Some(Arc::new(sink));
-        self
-    }
-
-    /// Idempotency keys remembered per machine, inside its snapshot (default
-    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]). A retry older than the last `n` keyed commands of
-    /// its machine is no longer recognised.
-    pub fn idempotency_window(mut self, n: usize) -> Self {
-        self.window = n;
-        self
-    }
-
-    /// A machine untouched this long, with no postponed commands, is evicted from memory
-    /// (default 60 s, on the kernel's clock); it is reloaded on its next command.
-    pub fn idle_after(mut self, idle: Duration) -> Self {
-        self.idle_after = idle;
-        self
-    }
-
-    /// Commands one machine may hold postponed by `defer(..)` (default 1024); more are
-    /// dumped with [`DumpCause::DeferLimit`](crate::queue::DumpCause::DeferLimit).
-    pub fn defer_limit(mut self, n: usize) -> Self {
-        self.defer_limit = n;
-        self
-    }
-
-    /// The time source for deadlines, idleness, restart intensity and the trace (default
-    /// [`Clock::System`]; tests use a [`ManualClock`](crate::queue::ManualClock)).
-    pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Whether to measure latencies (default on).
-    pub fn latency(mut self, on: bool) -> Self {
-        self.latency = on;
-        self
-    }
-
-    /// Entries kept in the live trace (default [`DEFAULT_TRACE_CAPACITY`]; 0 turns it off).
-    pub fn trace_capacity(mut self, n: usize) -> Self {
-        self.trace = n;
-        self
-    }
-
-    /// Runs effects on `workers` threads, each with a worker made by `factory(index)` and
-    /// remade by it after a failure. A machine's effects always go to the same worker, in
-    /// order.
-    pub fn effects<W, F>(mut self, workers: usize, factory: F) -> Self
-    where
-        W: EffectWorker<M>,
-        F: Fn(usize) -> W + Send + Sync + 'static,
-    {
-        let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
-        self.workers = Some((workers, factory));
-        self
-    }
-
-    /// The effect workers' restart intensity (default [`Intensity::default`]).
-    pub fn restart_intensity(mut self, max_restarts: u32, within: Duration) -> Self {
-        self.intensity = Intensity {
-            max_restarts,
-            within,
-        };
-        self
-    }
-
-    /// Whether to load and check every stored machine when starting (default on); off, each
-    /// machine is checked when it is first used.
-    pub fn recover_on_start(mut self, on: bool) -> Self {
-        self.recover_on_start = on;
-        self
-    }
-
-    /// How to reopen the store after it stops (is poisoned, as the file store is after a
-    /// failed fsync); without it, a stopped store leaves every later command
-    /// [`CommandError::Unavailable`].
-    pub fn reopen_with(
-        mut self,
-        open: impl Fn() -> Result<Arc<dyn SnapshotStore>, StoreError> + Send + Sync + 'static,
-    ) -> Self {
-        self.reopen = Some(Box::new(open));
-        self
-    }
-
-    fn check(&self) -> Result<(), BuildError> {
-        if self.shards == 0 {
-            return Err(BuildError::Config("zero shards; use at least 1".into()));
-        }
-        if self.capacity == 0 {
-            return Err(BuildError::Config(
-                "zero inbox capacity; use at least 1".into(),
-            ));
-        }
-        if matches!(self.workers, Some((0, _))) {
-            return Err(BuildError::Config(
-                "zero effect workers; use at least 1, or no `effects` at all".into(),
-            ));
-        }
-        let routes = crate::queue::routes(M::TABLE);
-        let first = |route| crate::queue::states_with(M::TABLE, &routes, route).next();
-        if self.overflow.is_none() {
-            if self.overload == Overload::Delegate {
-                return Err(BuildError::MissingOverflow {
-                    needed_by: "the overload policy `Overload::Delegate`".into(),
-                });
-            }
-            if let Some(state) = first(Route::Delegate) {
-                return Err(BuildError::MissingOverflow {
-                    needed_by: format!("state `{state}` (`delegate(..)`)"),
-                });
-            }
-        }
-        if self.defer_limit == 0 {
-            if let Some(state) = first(Route::Defer) {
-                return Err(BuildError::Config(format!(
-                    "defer limit 0 but state `{state}` defers events"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts the shards (recovering every stored machine first, unless turned off) and the
-    /// effect workers.
-    pub fn start(self) -> Result<Kernel<M>, BuildError> {
-        self.check()?;
-        let store = self.store?;
-        let ids = if self.recover_on_start {
-            store.ids()?
-        } else {
-            Vec::new()
-        };
-        let (workers, factory) = match self.workers {
-            Some((n, f)) => (n, Some(f)),
-            None => (0, None),
-        };
-        let mut receivers = Vec::with_capacity(workers);
-        let mut effect_tx = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (tx, rx) = mpsc::channel();
-            effect_tx.push(tx);
-            receivers.push(rx);
-        }
-        let started = self.clock.now();
-        let inner = Arc::new(Inner {
-            inboxes: (0..self.shards).map(|_| Inbox::new()).collect(),
-            stats: (0..self.shards)
-                .map(|_| Mutex::new(ShardStats::new()))
-                .collect(),
-            store: StoreCell {
-                current: RwLock::new((0, store)),
-                reopen: self.reopen,
-                reopening: Mutex::new(()),
-                reopens: AtomicU64::new(0),
-            },
-            codec: self.codec,
-            initial: self.initial,
-            overflow: self.overflow,
-            config: Config {
-                capacity: self.capacity,
-                overload: self.overload,
-                window: self.window,
-                idle_after: self.idle_after,
-                defer_limit: self.defer_limit,
-                stamps: Stamps::new(&self.clock),
-                clock: self.clock,
-                latency: self.latency,
-                intensity: self.intensity,
-            },
-            trace: trace::Trace::new(self.trace),
-            workers: (0..workers)
-                .map(|_| WorkerBoard {
-                    escalated: AtomicBool::new(false),
-                    stats: Mutex::new(WorkerMetrics::default()),
-                })
-                .collect(),
-            effect_tx,
-            escalations: Mutex::new(Vec::new()),
-            handed_back: Mutex::new(Vec::new()),
-            quiet: Quiet {
-                busy: Mutex::new(0),
-                idle: Condvar::new(),
-            },
-            intake_open: AtomicBool::new(true),
-            abandon_effects: AtomicBool::new(false),
-            started,
-        });
-        let mut per_shard = vec![Vec::new(); self.shards];
-        for id in ids {
-            per_shard[inner.shard_of(&id)].push(id);
-        }
-        let mut kernel = Kernel {
-            inner: inner.clone(),
-            shards: Vec::with_capacity(self.shards),
-            workers: Vec::with_capacity(workers),
-            recovery: RecoveryReport::default(),
-            stopped: false,
-        };
-        let (report_tx, report_rx) = mpsc::channel();
-        for (index, ids) in per_shard.into_iter().enumerate() {
-            let inner = inner.clone();
-            let report_tx = report_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("fsm-shard-{index}"))
-                .spawn(move || {
-                    let mut shard = Shard::new(index, inner);
-                    let _ = report_tx.send(shard.recover(ids));
-                    drop(report_tx);
-                    shard.run()
-                })
-                .map_err(BuildError::Spawn)?;
-            kernel.shards.push(handle);
-        }
-        drop(report_tx);
-        for report in report_rx {
-            kernel.recovery.recovered += report.recovered;
-            kernel.recovery.quarantined.extend(report.quarantined);
-            kernel.recovery.unavailable.extend(report.unavailable);
-            kernel.recovery.not_owned += report.not_owned;
-        }
-        if let Some(factory) = factory {
-            for (index, rx) in receivers.into_iter().enumerate() {
-                let inner = inner.clone();
-                let factory = factory.clone();
-                let handle = std::thread::Builder::new()
-                    .name(format!("fsm-effects-{index}"))
-                    .spawn(move || supervisor::run(index, inner, factory, rx))
-                    .map_err(BuildError::Spawn)?;
-                kernel.workers.push(handle);
-            }
-        }
-        #[cfg(feature = "tracing")]
-        tracing::info!(
-            machine = M::TABLE.machine(),
-            recovered = kernel.recovery.recovered,
-            quarantined = kernel.recovery.quarantined.len(),
-            "fsm.kernel_started"
-        );
-        Ok(kernel)
-    }
-}
 
 /// Runs machines of type `M`: a registry keyed by [`MachineId`], sharded across threads,
 /// in front of a [`SnapshotStore`]. See the [module documentation](self) for what happens
@@ -1086,112 +607,6 @@ impl<M: Durable> Kernel<M> {
             "fsm.kernel_stopped"
         );
         handed_back
-    }
-}
-
-fn enqueue<M: Durable>(
-    inner: &Inner<M>,
-    id: &MachineId,
-    request: Request<M::Event>,
-    block: bool,
-) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-    let shard = inner.shard_of(id);
-    if let Some(worker) = inner.escalated_worker(id) {
-        let mut stats = inner.stats[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        stats.counts.submitted += 1;
-        stats.counts.escalated += 1;
-        return Err(SubmitError::Escalated { request, worker });
-    }
-    let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
-    let cmd = Cmd {
-        id: id.clone(),
-        request,
-        enqueued: 0,
-        reply: Some(reply),
-    };
-    inner.quiet.more(1);
-    let result = inner.inboxes[shard].submit(
-        cmd,
-        inner.config.capacity,
-        inner.config.overload,
-        &inner.config.clock,
-        block,
-        || inner.intake_open.load(Ordering::Acquire),
-        || inner.stamp(),
-    );
-    let (refusal, cmd) = match result {
-        Ok(Admitted::Queued) => return Ok(ticket),
-        Ok(Admitted::Evicted) => {
-            inner.quiet.done(1);
-            return Ok(ticket);
-        }
-        Err(refused) => refused,
-    };
-    inner.quiet.done(1);
-    // Refused: the ticket is not handed out; the request goes back to the caller.
-    drop(ticket);
-    let Cmd { id, request, .. } = cmd;
-    Err(match refusal {
-        Refusal::Full if inner.config.overload == Overload::Delegate => match &inner.overflow {
-            Some(sink) => {
-                match sink.delegate((id, request.event), &crate::queue::DelegateCause::QueueFull) {
-                    Ok(()) => {
-                        inner.inboxes[shard].count_delegated();
-                        SubmitError::Delegated
-                    }
-                    Err((_, event)) => SubmitError::Full(Request {
-                        event,
-                        key: request.key,
-                        deadline: request.deadline,
-                    }),
-                }
-            }
-            None => SubmitError::Full(request),
-        },
-        refusal => refusal.into_error(request),
-    })
-}
-
-/// Submits commands to a [`Kernel`] from any thread; cloning is cheap.
-pub struct Submitter<M: Durable> {
-    inner: Arc<Inner<M>>,
-}
-
-impl<M: Durable> Clone for Submitter<M> {
-    fn clone(&self) -> Self {
-        Submitter {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<M: Durable> Submitter<M> {
-    /// As [`Kernel::submit`].
-    pub fn submit(
-        &self,
-        id: &MachineId,
-        request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), true)
-    }
-
-    /// As [`Kernel::try_submit`].
-    pub fn try_submit(
-        &self,
-        id: &MachineId,
-        request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), false)
-    }
-}
-
-impl<M: Durable> fmt::Debug for Submitter<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Submitter")
-            .field("machine", &M::TABLE.machine())
-            .finish_non_exhaustive()
     }
 }
 

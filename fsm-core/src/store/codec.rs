@@ -155,6 +155,27 @@ where
         )?)
     }
 
+    /// Encodes `machine` with the kernel's sections: its `journal`, and its armed `timers`
+    /// when it has any (see [`Snapshot::with_sections`]); [`Codec::decode`] ignores both.
+    pub fn encode_with_sections(
+        &self,
+        machine: &M,
+        seq: u64,
+        journal: &[u8],
+        timers: Option<&[u8]>,
+    ) -> Result<Snapshot, EncodeError> {
+        let payload = serialize(machine, self.format)?;
+        Ok(Snapshot::with_sections(
+            M::TABLE.machine(),
+            self.schema,
+            seq,
+            self.format,
+            journal,
+            timers,
+            &payload,
+        )?)
+    }
+
     /// Decodes a verified snapshot into a valid machine.
     pub fn decode(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
         let expected = M::TABLE.machine();

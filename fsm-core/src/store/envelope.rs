@@ -5,7 +5,8 @@
 //!      0    4  magic "FSMS"
 //!      4    1  format version (1)
 //!      5    1  payload codec (0 postcard, 1 JSON)
-//!      6    2  flags: bit 0 = the payload starts with a journal; other bits reserved (0)
+//!      6    2  flags: bit 0 = the payload area holds a journal, bit 1 = it holds timers;
+//!                 other bits reserved (0)
 //!      8    4  schema version of the machine type      (little endian, as every number)
 //!     12    8  sequence
 //!     20    2  machine type name length n (at most 255)
@@ -20,6 +21,13 @@
 //! kernel's bookkeeping that must become durable in the same write as the state (the
 //! idempotency keys of the transitions that produced it); [`Snapshot::payload`] is the state
 //! alone, so a codec reads a journaled snapshot like any other.
+//!
+//! With flag bit 1 set, a **timers** section follows (after the journal, if there is one): a
+//! 4-byte length `t` and `t` bytes, the machine's armed timers with their deadlines (their
+//! own layout carries a version byte; see [`crate::timer`]). A snapshot of a machine with no
+//! armed timer has no such section, so it reads as before; a reader that predates the section
+//! refuses one that has it with [`EnvelopeError::ReservedFlags`] instead of silently dropping
+//! the timers.
 //!
 //! Decoding borrows the bytes it is given and allocates nothing; it checks the length fields
 //! against the bytes actually present and against [`Limits`] before anything else looks at
@@ -39,7 +47,9 @@ const CRC_LEN: usize = 4;
 pub const MAX_MACHINE_NAME: usize = 255;
 /// Flag bit: the payload area starts with a journal.
 const FLAG_JOURNAL: u16 = 1;
-/// Bytes of the journal's length field.
+/// Flag bit: the payload area holds the timers section (after the journal, if any).
+const FLAG_TIMERS: u16 = 2;
+/// Bytes of the journal's length field (and of the timers section's).
 const JOURNAL_LEN: usize = 4;
 
 /// How the payload (the machine's state) is encoded.
@@ -117,6 +127,8 @@ pub struct Snapshot {
     name_len: usize,
     /// Length of the journal (without its length field), if the snapshot has one.
     journal_len: Option<usize>,
+    /// Length of the timers section (without its length field), if the snapshot has one.
+    timers_len: Option<usize>,
 }
 
 impl Snapshot {
@@ -129,7 +141,7 @@ impl Snapshot {
         format: Format,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
-        Snapshot::build(machine, schema, seq, format, None, payload)
+        Snapshot::build(machine, schema, seq, format, None, None, payload)
     }
 
     /// Like [`Snapshot::new`], with a `journal` stored before the state in the same envelope
@@ -142,7 +154,21 @@ impl Snapshot {
         journal: &[u8],
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
-        Snapshot::build(machine, schema, seq, format, Some(journal), payload)
+        Snapshot::build(machine, schema, seq, format, Some(journal), None, payload)
+    }
+
+    /// Like [`Snapshot::with_journal`], with a `timers` section too when it is `Some` (the
+    /// kernel's armed timers, stored in the same write as the state; [`Snapshot::timers`]).
+    pub fn with_sections(
+        machine: &str,
+        schema: u32,
+        seq: u64,
+        format: Format,
+        journal: &[u8],
+        timers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<Snapshot, EnvelopeError> {
+        Snapshot::build(machine, schema, seq, format, Some(journal), timers, payload)
     }
 
     fn build(
@@ -151,18 +177,22 @@ impl Snapshot {
         seq: u64,
         format: Format,
         journal: Option<&[u8]>,
+        timers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
         if machine.len() > MAX_MACHINE_NAME {
             return Err(EnvelopeError::NameTooLong { len: machine.len() });
         }
-        let area = payload.len() + journal.map_or(0, |j| JOURNAL_LEN + j.len());
+        let area = payload.len()
+            + journal.map_or(0, |j| JOURNAL_LEN + j.len())
+            + timers.map_or(0, |t| JOURNAL_LEN + t.len());
         let too_large = || EnvelopeError::TooLarge {
             len: area,
             limit: u32::MAX as usize,
         };
         let payload_len = u32::try_from(area).map_err(|_| too_large())?;
-        let flags = if journal.is_some() { FLAG_JOURNAL } else { 0 };
+        let flags = if journal.is_some() { FLAG_JOURNAL } else { 0 }
+            | if timers.is_some() { FLAG_TIMERS } else { 0 };
         let mut bytes = Vec::with_capacity(FIXED + machine.len() + area + CRC_LEN);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(FORMAT_VERSION);
@@ -178,6 +208,10 @@ impl Snapshot {
             bytes.extend_from_slice(&(journal.len() as u32).to_le_bytes());
             bytes.extend_from_slice(journal);
         }
+        if let Some(timers) = timers {
+            bytes.extend_from_slice(&(timers.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(timers);
+        }
         bytes.extend_from_slice(payload);
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
@@ -188,6 +222,7 @@ impl Snapshot {
             seq,
             name_len: machine.len(),
             journal_len: journal.map(<[u8]>::len),
+            timers_len: timers.map(<[u8]>::len),
         })
     }
 
@@ -207,6 +242,7 @@ impl Snapshot {
             seq: header.seq,
             name_len: header.name_len,
             journal_len: header.journal_len,
+            timers_len: header.timers_len,
         })
     }
 
@@ -237,10 +273,21 @@ impl Snapshot {
         self.format
     }
 
-    /// The encoded machine state (without the journal, if there is one).
+    /// Where the timers section's length field starts.
+    fn timers_at(&self) -> usize {
+        FIXED + self.name_len + self.journal_len.map_or(0, |j| JOURNAL_LEN + j)
+    }
+
+    /// The encoded machine state (without the journal and timers, if there are any).
     pub fn payload(&self) -> &[u8] {
-        let start = FIXED + self.name_len + self.journal_len.map_or(0, |j| JOURNAL_LEN + j);
+        let start = self.timers_at() + self.timers_len.map_or(0, |t| JOURNAL_LEN + t);
         &self.bytes[start..self.bytes.len() - CRC_LEN]
+    }
+
+    /// The timers section stored with the state, if the snapshot has one.
+    pub fn timers(&self) -> Option<&[u8]> {
+        let start = self.timers_at() + JOURNAL_LEN;
+        self.timers_len.map(|t| &self.bytes[start..start + t])
     }
 
     /// The journal stored with the state, if the snapshot was made
@@ -281,6 +328,7 @@ impl fmt::Debug for Snapshot {
             .field("format", &self.format)
             .field("payload_len", &self.payload().len())
             .field("journal_len", &self.journal_len)
+            .field("timers_len", &self.timers_len)
             .finish()
     }
 }
@@ -291,6 +339,7 @@ struct Header {
     seq: u64,
     name_len: usize,
     journal_len: Option<usize>,
+    timers_len: Option<usize>,
     total: usize,
 }
 
@@ -316,7 +365,7 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     }
     let format = Format::from_tag(bytes[5]).ok_or(EnvelopeError::UnknownCodec { tag: bytes[5] })?;
     let flags = u16::from_le_bytes(le(bytes, 6));
-    if flags & !FLAG_JOURNAL != 0 {
+    if flags & !(FLAG_JOURNAL | FLAG_TIMERS) != 0 {
         return Err(EnvelopeError::ReservedFlags { flags });
     }
     let schema = u32::from_le_bytes(le(bytes, 8));
@@ -367,12 +416,33 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     } else {
         None
     };
+    let timers_len = if flags & FLAG_TIMERS != 0 {
+        let start = FIXED + name_len + journal_len.map_or(0, |j| JOURNAL_LEN + j);
+        let area = &bytes[start..total - CRC_LEN];
+        if area.len() < JOURNAL_LEN {
+            return Err(EnvelopeError::BadTimers {
+                declared: None,
+                area: area.len(),
+            });
+        }
+        let declared = u32::from_le_bytes(le(area, 0)) as usize;
+        if declared > area.len() - JOURNAL_LEN {
+            return Err(EnvelopeError::BadTimers {
+                declared: Some(declared),
+                area: area.len(),
+            });
+        }
+        Some(declared)
+    } else {
+        None
+    };
     Ok(Header {
         format,
         schema,
         seq,
         name_len,
         journal_len,
+        timers_len,
         total,
     })
 }
@@ -450,6 +520,16 @@ pub enum EnvelopeError {
         /// The payload area's size.
         area: usize,
     },
+    /// The timers flag is set but the section does not fit in what follows the journal.
+    #[error(
+        "timers section of {declared:?} bytes does not fit in the {area} bytes after the journal"
+    )]
+    BadTimers {
+        /// The section length declared, if the area even holds the length field.
+        declared: Option<usize>,
+        /// The bytes after the journal.
+        area: usize,
+    },
     /// The checksum does not match: flipped bits, a torn write, or garbage.
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -463,6 +543,44 @@ pub enum EnvelopeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timers_section_travels_beside_the_journal_and_the_state() {
+        let s =
+            Snapshot::with_sections("M", 1, 7, Format::Postcard, b"jj", Some(b"tttt"), b"state")
+                .unwrap();
+        let back = Snapshot::from_bytes(s.as_bytes().to_vec(), &Limits::DEFAULT).unwrap();
+        assert_eq!(back.journal(), Some(&b"jj"[..]));
+        assert_eq!(back.timers(), Some(&b"tttt"[..]));
+        assert_eq!(back.payload(), b"state");
+        let plain =
+            Snapshot::with_sections("M", 1, 7, Format::Postcard, b"jj", None, b"state").unwrap();
+        assert_eq!(plain.timers(), None);
+        assert_eq!(
+            plain.as_bytes(),
+            Snapshot::with_journal("M", 1, 7, Format::Postcard, b"jj", b"state")
+                .unwrap()
+                .as_bytes()
+        );
+        // A section longer than what follows the journal is refused before anything reads it.
+        let mut bytes = s.into_bytes();
+        let at = FIXED + 1 + JOURNAL_LEN + 2;
+        bytes[at..at + 4].copy_from_slice(&100u32.to_le_bytes());
+        let n = bytes.len();
+        let crc = crc32c::crc32c(&bytes[..n - CRC_LEN]);
+        bytes[n - CRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        let err = Snapshot::from_bytes(bytes, &Limits::DEFAULT).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvelopeError::BadTimers {
+                    declared: Some(100),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     fn sample() -> Snapshot {
         Snapshot::new("Order", 3, 42, Format::Postcard, b"payload bytes").unwrap()

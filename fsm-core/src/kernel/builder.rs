@@ -1,0 +1,367 @@
+//! Configuring and starting a kernel: [`KernelBuilder`], and why a start can fail.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use super::inbox::Inbox;
+use super::quiet::Quiet;
+use super::shard::Shard;
+use super::stats::ShardStats;
+use super::store_cell::{Opener, StoreCell};
+use super::supervisor::{self, Factory};
+use super::{
+    trace, Config, Durable, EffectWorker, Inner, Intensity, Kernel, RecoveryReport, WorkerBoard,
+    WorkerMetrics,
+};
+use crate::queue::{Clock, Overflow, Overload, Route, Stamps};
+use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
+
+/// Why a kernel could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Zero shards, zero capacity, zero effect workers or a zero defer limit where a state
+    /// defers.
+    #[error("invalid kernel configuration: {0}")]
+    Config(String),
+    /// Delegation is in play but no overflow sink was given.
+    #[error("{needed_by} delegates commands but the kernel has no overflow sink; add KernelBuilder::overflow")]
+    MissingOverflow {
+        /// What delegates.
+        needed_by: String,
+    },
+    /// The store could not be opened or could not list its machines for recovery.
+    #[error("the store could not be read for recovery: {0}")]
+    Store(#[from] StoreError),
+    /// A thread could not be spawned.
+    #[error("cannot spawn a kernel thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Configures and starts a [`Kernel`].
+pub struct KernelBuilder<M: Durable> {
+    store: Result<Arc<dyn SnapshotStore>, StoreError>,
+    reopen: Option<Opener>,
+    initial: Box<dyn Fn(&MachineId) -> M + Send + Sync>,
+    codec: Codec<M>,
+    shards: usize,
+    capacity: usize,
+    overload: Overload,
+    overflow: Option<Arc<dyn Overflow<(MachineId, M::Event)>>>,
+    window: usize,
+    idle_after: Duration,
+    defer_limit: usize,
+    clock: Clock,
+    latency: bool,
+    trace: usize,
+    workers: Option<(usize, Factory<M>)>,
+    intensity: Intensity,
+    recover_on_start: bool,
+}
+
+/// The default number of idempotency keys remembered per machine.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 64;
+/// The default capacity of each shard's inbox.
+pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
+/// The default number of trace entries kept.
+pub const DEFAULT_TRACE_CAPACITY: usize = 1024;
+
+impl<M: Durable> KernelBuilder<M> {
+    pub(super) fn new(
+        store: Result<Arc<dyn SnapshotStore>, StoreError>,
+        initial: Box<dyn Fn(&MachineId) -> M + Send + Sync>,
+    ) -> Self {
+        KernelBuilder {
+            store,
+            reopen: None,
+            initial,
+            codec: Codec::new(1),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            capacity: DEFAULT_INBOX_CAPACITY,
+            overload: Overload::Backpressure,
+            overflow: None,
+            window: DEFAULT_IDEMPOTENCY_WINDOW,
+            idle_after: Duration::from_secs(60),
+            defer_limit: crate::queue::DEFAULT_DEFER_LIMIT,
+            clock: Clock::System,
+            latency: true,
+            trace: DEFAULT_TRACE_CAPACITY,
+            workers: None,
+            intensity: Intensity::default(),
+            recover_on_start: true,
+        }
+    }
+
+    /// Codec for the machine's snapshots (default: `Codec::new(1)`, postcard). Register
+    /// migrations here when the machine's schema changes.
+    pub fn codec(mut self, codec: Codec<M>) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Shard threads (default: the machine's available parallelism). A machine always runs
+    /// on the same shard (chosen by a stable hash of its id).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+
+    /// Commands each shard's inbox holds (default [`DEFAULT_INBOX_CAPACITY`]).
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// What a full inbox does with one more command (default [`Overload::Backpressure`]:
+    /// `submit` waits for room up to the request's deadline, `try_submit` refuses at once).
+    pub fn overload(mut self, policy: Overload) -> Self {
+        self.overload = policy;
+        self
+    }
+
+    /// Where delegated commands go (by [`Overload::Delegate`] or a state's `delegate(..)`).
+    pub fn overflow(mut self, sink: impl Overflow<(MachineId, M::Event)> + 'static) -> Self {
+        self.overflow = Some(Arc::new(sink));
+        self
+    }
+
+    /// Idempotency keys remembered per machine, inside its snapshot (default
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]). A retry older than the last `n` keyed commands of
+    /// its machine is no longer recognised.
+    pub fn idempotency_window(mut self, n: usize) -> Self {
+        self.window = n;
+        self
+    }
+
+    /// A machine untouched this long, with no postponed commands, is evicted from memory
+    /// (default 60 s, on the kernel's clock); it is reloaded on its next command.
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        self.idle_after = idle;
+        self
+    }
+
+    /// Commands one machine may hold postponed by `defer(..)` (default 1024); more are
+    /// dumped with [`DumpCause::DeferLimit`](crate::queue::DumpCause::DeferLimit).
+    pub fn defer_limit(mut self, n: usize) -> Self {
+        self.defer_limit = n;
+        self
+    }
+
+    /// The time source for deadlines, idleness, restart intensity and the trace (default
+    /// [`Clock::System`]; tests use a [`ManualClock`](crate::queue::ManualClock)).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Whether to measure latencies (default on).
+    pub fn latency(mut self, on: bool) -> Self {
+        self.latency = on;
+        self
+    }
+
+    /// Entries kept in the live trace (default [`DEFAULT_TRACE_CAPACITY`]; 0 turns it off).
+    pub fn trace_capacity(mut self, n: usize) -> Self {
+        self.trace = n;
+        self
+    }
+
+    /// Runs effects on `workers` threads, each with a worker made by `factory(index)` and
+    /// remade by it after a failure. A machine's effects always go to the same worker, in
+    /// order.
+    pub fn effects<W, F>(mut self, workers: usize, factory: F) -> Self
+    where
+        W: EffectWorker<M>,
+        F: Fn(usize) -> W + Send + Sync + 'static,
+    {
+        let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
+        self.workers = Some((workers, factory));
+        self
+    }
+
+    /// The effect workers' restart intensity (default [`Intensity::default`]).
+    pub fn restart_intensity(mut self, max_restarts: u32, within: Duration) -> Self {
+        self.intensity = Intensity {
+            max_restarts,
+            within,
+        };
+        self
+    }
+
+    /// Whether to load and check every stored machine when starting (default on); off, each
+    /// machine is checked when it is first used.
+    pub fn recover_on_start(mut self, on: bool) -> Self {
+        self.recover_on_start = on;
+        self
+    }
+
+    /// How to reopen the store after it stops (is poisoned, as the file store is after a
+    /// failed fsync); without it, a stopped store leaves every later command
+    /// [`CommandError::Unavailable`].
+    pub fn reopen_with(
+        mut self,
+        open: impl Fn() -> Result<Arc<dyn SnapshotStore>, StoreError> + Send + Sync + 'static,
+    ) -> Self {
+        self.reopen = Some(Box::new(open));
+        self
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        if self.shards == 0 {
+            return Err(BuildError::Config("zero shards; use at least 1".into()));
+        }
+        if self.capacity == 0 {
+            return Err(BuildError::Config(
+                "zero inbox capacity; use at least 1".into(),
+            ));
+        }
+        if matches!(self.workers, Some((0, _))) {
+            return Err(BuildError::Config(
+                "zero effect workers; use at least 1, or no `effects` at all".into(),
+            ));
+        }
+        let routes = crate::queue::routes(M::TABLE);
+        let first = |route| crate::queue::states_with(M::TABLE, &routes, route).next();
+        if self.overflow.is_none() {
+            if self.overload == Overload::Delegate {
+                return Err(BuildError::MissingOverflow {
+                    needed_by: "the overload policy `Overload::Delegate`".into(),
+                });
+            }
+            if let Some(state) = first(Route::Delegate) {
+                return Err(BuildError::MissingOverflow {
+                    needed_by: format!("state `{state}` (`delegate(..)`)"),
+                });
+            }
+        }
+        if self.defer_limit == 0 {
+            if let Some(state) = first(Route::Defer) {
+                return Err(BuildError::Config(format!(
+                    "defer limit 0 but state `{state}` defers events"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the shards (recovering every stored machine first, unless turned off) and the
+    /// effect workers.
+    pub fn start(self) -> Result<Kernel<M>, BuildError> {
+        self.check()?;
+        let store = self.store?;
+        let ids = if self.recover_on_start {
+            store.ids()?
+        } else {
+            Vec::new()
+        };
+        let (workers, factory) = match self.workers {
+            Some((n, f)) => (n, Some(f)),
+            None => (0, None),
+        };
+        let mut receivers = Vec::with_capacity(workers);
+        let mut effect_tx = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::channel();
+            effect_tx.push(tx);
+            receivers.push(rx);
+        }
+        let started = self.clock.now();
+        let inner = Arc::new(Inner {
+            inboxes: (0..self.shards).map(|_| Inbox::new()).collect(),
+            stats: (0..self.shards)
+                .map(|_| Mutex::new(ShardStats::new()))
+                .collect(),
+            store: StoreCell {
+                current: RwLock::new((0, store)),
+                reopen: self.reopen,
+                reopening: Mutex::new(()),
+                reopens: AtomicU64::new(0),
+            },
+            codec: self.codec,
+            initial: self.initial,
+            overflow: self.overflow,
+            config: Config {
+                capacity: self.capacity,
+                overload: self.overload,
+                window: self.window,
+                idle_after: self.idle_after,
+                defer_limit: self.defer_limit,
+                stamps: Stamps::new(&self.clock),
+                clock: self.clock,
+                latency: self.latency,
+                intensity: self.intensity,
+            },
+            trace: trace::Trace::new(self.trace),
+            workers: (0..workers)
+                .map(|_| WorkerBoard {
+                    escalated: AtomicBool::new(false),
+                    stats: Mutex::new(WorkerMetrics::default()),
+                })
+                .collect(),
+            effect_tx,
+            escalations: Mutex::new(Vec::new()),
+            handed_back: Mutex::new(Vec::new()),
+            quiet: Quiet {
+                busy: Mutex::new(0),
+                idle: Condvar::new(),
+            },
+            intake_open: AtomicBool::new(true),
+            abandon_effects: AtomicBool::new(false),
+            started,
+        });
+        let mut per_shard = vec![Vec::new(); self.shards];
+        for id in ids {
+            per_shard[inner.shard_of(&id)].push(id);
+        }
+        let mut kernel = Kernel {
+            inner: inner.clone(),
+            shards: Vec::with_capacity(self.shards),
+            workers: Vec::with_capacity(workers),
+            recovery: RecoveryReport::default(),
+            stopped: false,
+        };
+        let (report_tx, report_rx) = mpsc::channel();
+        for (index, ids) in per_shard.into_iter().enumerate() {
+            let inner = inner.clone();
+            let report_tx = report_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("fsm-shard-{index}"))
+                .spawn(move || {
+                    let mut shard = Shard::new(index, inner);
+                    let _ = report_tx.send(shard.recover(ids));
+                    drop(report_tx);
+                    shard.run()
+                })
+                .map_err(BuildError::Spawn)?;
+            kernel.shards.push(handle);
+        }
+        drop(report_tx);
+        for report in report_rx {
+            kernel.recovery.recovered += report.recovered;
+            kernel.recovery.quarantined.extend(report.quarantined);
+            kernel.recovery.unavailable.extend(report.unavailable);
+            kernel.recovery.not_owned += report.not_owned;
+        }
+        if let Some(factory) = factory {
+            for (index, rx) in receivers.into_iter().enumerate() {
+                let inner = inner.clone();
+                let factory = factory.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("fsm-effects-{index}"))
+                    .spawn(move || supervisor::run(index, inner, factory, rx))
+                    .map_err(BuildError::Spawn)?;
+                kernel.workers.push(handle);
+            }
+        }
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            machine = M::TABLE.machine(),
+            recovered = kernel.recovery.recovered,
+            quarantined = kernel.recovery.quarantined.len(),
+            "fsm.kernel_started"
+        );
+        Ok(kernel)
+    }
+}

@@ -1,0 +1,54 @@
+//! The kernel's store, and how it is reopened when it stops (a file store poisoned by a
+//! failed fsync): one reopen, whichever shard asks first.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::store::{SnapshotStore, StoreError};
+
+pub(super) type Opener = Box<dyn Fn() -> Result<Arc<dyn SnapshotStore>, StoreError> + Send + Sync>;
+
+/// The store, and how to reopen it when it stops.
+pub(super) struct StoreCell {
+    pub(super) current: RwLock<(u64, Arc<dyn SnapshotStore>)>,
+    pub(super) reopen: Option<Opener>,
+    pub(super) reopening: Mutex<()>,
+    pub(super) reopens: AtomicU64,
+}
+
+impl StoreCell {
+    pub(super) fn current(&self) -> (u64, Arc<dyn SnapshotStore>) {
+        let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    /// The store of `generation` stopped (it answers `Poisoned`): reopens it, once, whichever
+    /// shard asks first. Returns whether a newer store is in place.
+    pub(super) fn reopen(&self, generation: u64) -> bool {
+        let _one_at_a_time = self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.current().0 != generation {
+            return true;
+        }
+        let Some(reopen) = &self.reopen else {
+            return false;
+        };
+        match reopen() {
+            Ok(store) => {
+                let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+                *guard = (generation + 1, store);
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "tracing")]
+                tracing::warn!(generation = generation + 1, "fsm.store_reopened");
+                true
+            }
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::error!(error = %_e, "fsm.store_reopen_failed");
+                false
+            }
+        }
+    }
+}

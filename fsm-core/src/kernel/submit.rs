@@ -1,0 +1,117 @@
+//! Submitting to a kernel from any thread: the shared path of `Kernel::submit` and
+//! [`Submitter`].
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use super::inbox::{Admitted, Cmd, Refusal};
+use super::{CommandError, Durable, Inner, Outcome, Request, SubmitError};
+use crate::queue::{Overload, Ticket};
+use crate::store::MachineId;
+
+pub(super) fn enqueue<M: Durable>(
+    inner: &Inner<M>,
+    id: &MachineId,
+    request: Request<M::Event>,
+    block: bool,
+) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+    let shard = inner.shard_of(id);
+    if let Some(worker) = inner.escalated_worker(id) {
+        let mut stats = inner.stats[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stats.counts.submitted += 1;
+        stats.counts.escalated += 1;
+        return Err(SubmitError::Escalated { request, worker });
+    }
+    let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+    let cmd = Cmd {
+        id: id.clone(),
+        request,
+        enqueued: 0,
+        reply: Some(reply),
+    };
+    inner.quiet.more(1);
+    let result = inner.inboxes[shard].submit(
+        cmd,
+        inner.config.capacity,
+        inner.config.overload,
+        &inner.config.clock,
+        block,
+        || inner.intake_open.load(Ordering::Acquire),
+        || inner.stamp(),
+    );
+    let (refusal, cmd) = match result {
+        Ok(Admitted::Queued) => return Ok(ticket),
+        Ok(Admitted::Evicted) => {
+            inner.quiet.done(1);
+            return Ok(ticket);
+        }
+        Err(refused) => refused,
+    };
+    inner.quiet.done(1);
+    // Refused: the ticket is not handed out; the request goes back to the caller.
+    drop(ticket);
+    let Cmd { id, request, .. } = cmd;
+    Err(match refusal {
+        Refusal::Full if inner.config.overload == Overload::Delegate => match &inner.overflow {
+            Some(sink) => {
+                match sink.delegate((id, request.event), &crate::queue::DelegateCause::QueueFull) {
+                    Ok(()) => {
+                        inner.inboxes[shard].count_delegated();
+                        SubmitError::Delegated
+                    }
+                    Err((_, event)) => SubmitError::Full(Request {
+                        event,
+                        key: request.key,
+                        deadline: request.deadline,
+                    }),
+                }
+            }
+            None => SubmitError::Full(request),
+        },
+        refusal => refusal.into_error(request),
+    })
+}
+
+/// Submits commands to a [`Kernel`] from any thread; cloning is cheap.
+pub struct Submitter<M: Durable> {
+    pub(super) inner: Arc<Inner<M>>,
+}
+
+impl<M: Durable> Clone for Submitter<M> {
+    fn clone(&self) -> Self {
+        Submitter {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: Durable> Submitter<M> {
+    /// As [`Kernel::submit`].
+    pub fn submit(
+        &self,
+        id: &MachineId,
+        request: impl Into<Request<M::Event>>,
+    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+        enqueue(&self.inner, id, request.into(), true)
+    }
+
+    /// As [`Kernel::try_submit`].
+    pub fn try_submit(
+        &self,
+        id: &MachineId,
+        request: impl Into<Request<M::Event>>,
+    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+        enqueue(&self.inner, id, request.into(), false)
+    }
+}
+
+impl<M: Durable> fmt::Debug for Submitter<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submitter")
+            .field("machine", &M::TABLE.machine())
+            .finish_non_exhaustive()
+    }
+}

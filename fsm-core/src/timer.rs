@@ -356,11 +356,6 @@ impl<P> Timers<P> {
         self.armed.is_empty()
     }
 
-    /// The earliest deadline.
-    pub(crate) fn earliest(&self) -> Option<u64> {
-        self.armed.iter().map(|a| a.deadline).min()
-    }
-
     pub(crate) fn get(&self, kind: &TimerKind) -> Option<&Armed<P>> {
         self.armed.iter().find(|a| &a.kind == kind)
     }

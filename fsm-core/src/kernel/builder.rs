@@ -5,12 +5,16 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use super::inbox::Inbox;
 use super::quiet::Quiet;
 use super::shard::Shard;
 use super::stats::ShardStats;
 use super::store_cell::{Opener, StoreCell};
 use super::supervisor::{self, Factory};
+use super::timers::{EventCodec, TimeBase};
 use super::{
     trace, Config, Durable, EffectWorker, Inner, Intensity, Kernel, RecoveryReport, WorkerBoard,
     WorkerMetrics,
@@ -59,6 +63,8 @@ pub struct KernelBuilder<M: Durable> {
     workers: Option<(usize, Factory<M>)>,
     intensity: Intensity,
     recover_on_start: bool,
+    max_timers: usize,
+    timer_events: Option<EventCodec<M::Event>>,
 }
 
 /// The default number of idempotency keys remembered per machine.
@@ -91,6 +97,8 @@ impl<M: Durable> KernelBuilder<M> {
             workers: None,
             intensity: Intensity::default(),
             recover_on_start: true,
+            max_timers: crate::timer::DEFAULT_MAX_TIMERS,
+            timer_events: None,
         }
     }
 
@@ -197,6 +205,27 @@ impl<M: Durable> KernelBuilder<M> {
         self
     }
 
+    /// Timers one machine may hold armed at once (default
+    /// [`DEFAULT_MAX_TIMERS`](crate::timer::DEFAULT_MAX_TIMERS)); a transition that would arm
+    /// more is refused with [`CommandError::Timer`](super::CommandError::Timer).
+    pub fn max_timers(mut self, n: usize) -> Self {
+        self.max_timers = n;
+        self
+    }
+
+    /// Stores the events of named timers and event timeouts in the snapshots (postcard), so
+    /// handlers may arm them ([`Effects::start_timer`](crate::Effects::start_timer),
+    /// [`Effects::event_timeout`](crate::Effects::event_timeout)). State timeouts need no
+    /// event storage (their event is in the table); without this, arming a timer that carries
+    /// an event is refused with [`TimerError::EventsNotStorable`](crate::timer::TimerError).
+    pub fn timer_events(mut self) -> Self
+    where
+        M::Event: Serialize + DeserializeOwned,
+    {
+        self.timer_events = Some(EventCodec::postcard());
+        self
+    }
+
     /// How to reopen the store after it stops (is poisoned, as the file store is after a
     /// failed fsync); without it, a stopped store leaves every later command
     /// [`CommandError::Unavailable`].
@@ -268,6 +297,7 @@ impl<M: Durable> KernelBuilder<M> {
             receivers.push(rx);
         }
         let started = self.clock.now();
+        let clock_for_time = self.clock.clone();
         let inner = Arc::new(Inner {
             inboxes: (0..self.shards).map(|_| Inbox::new()).collect(),
             stats: (0..self.shards)
@@ -292,6 +322,7 @@ impl<M: Durable> KernelBuilder<M> {
                 clock: self.clock,
                 latency: self.latency,
                 intensity: self.intensity,
+                max_timers: self.max_timers,
             },
             trace: trace::Trace::new(self.trace),
             workers: (0..workers)
@@ -310,6 +341,8 @@ impl<M: Durable> KernelBuilder<M> {
             intake_open: AtomicBool::new(true),
             abandon_effects: AtomicBool::new(false),
             started,
+            time: TimeBase::new(&clock_for_time),
+            timer_events: self.timer_events,
         });
         let mut per_shard = vec![Vec::new(); self.shards];
         for id in ids {

@@ -18,8 +18,19 @@ pub(crate) struct Cmd<M: Durable> {
     pub(crate) request: Request<M::Event>,
     /// Latency stamp taken when the inbox accepted it (0 when latencies are off).
     pub(crate) enqueued: u64,
-    /// Where the outcome goes; `None` for events fed back by effect workers.
+    /// Where the outcome goes; `None` for events fed back by effect workers and for timer
+    /// firings.
     pub(crate) reply: Option<Reply<Outcome>>,
+    /// The timer arming this command is the firing of, if it is one.
+    pub(crate) fire: Option<Box<Fire>>,
+}
+
+/// Which arming of which timer a firing command comes from: its idempotency key, checked
+/// against the armed timers in the machine's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fire {
+    pub(crate) kind: crate::timer::TimerKind,
+    pub(crate) instance: u64,
 }
 
 impl<M: Durable> Cmd<M> {
@@ -41,6 +52,8 @@ pub(crate) enum Job<M: Durable> {
     Release(MachineId, Reply<bool>),
     /// Show the machine (loading it if needed) and its durable sequence to a reader.
     Inspect(MachineId, Inspector<M>),
+    /// Fire the timers due now (the batch does so anyway); answers how many fired.
+    FireTimers(Reply<usize>),
 }
 
 /// A reader of one machine's state, run on its shard between batches.

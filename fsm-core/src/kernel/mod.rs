@@ -94,6 +94,7 @@ mod stats;
 mod store_cell;
 mod submit;
 mod supervisor;
+mod timers;
 mod trace;
 
 use std::fmt;
@@ -160,6 +161,7 @@ struct Config {
     stamps: Stamps,
     latency: bool,
     intensity: Intensity,
+    max_timers: usize,
 }
 
 struct WorkerBoard {
@@ -186,6 +188,10 @@ struct Inner<M: Durable> {
     intake_open: AtomicBool,
     abandon_effects: AtomicBool,
     started: Instant,
+    /// Where timer deadlines are placed (the wall clock, read once at start).
+    time: timers::TimeBase,
+    /// How timer events are stored, if the kernel was built to store them.
+    timer_events: Option<timers::EventCodec<M::Event>>,
 }
 
 /// A stable hash (FNV-1a, then a 64-bit finalizer so every bit depends on every byte), so a
@@ -242,6 +248,7 @@ impl<M: Durable> Inner<M> {
             request: Request::new(event),
             enqueued: self.stamp(),
             reply: None,
+            fire: None,
         };
         self.quiet.more(1);
         match self.inboxes[self.shard_of(id)].feedback(cmd) {
@@ -347,6 +354,7 @@ impl<M: Durable> Kernel<M> {
                     request,
                     enqueued: 0,
                     reply: Some(reply),
+                    fire: None,
                 },
             ));
         }
@@ -493,6 +501,21 @@ impl<M: Durable> Kernel<M> {
             .filter_map(|inbox| {
                 let (ticket, reply) = Ticket::new(|| 0);
                 inbox.control(Job::Sweep(reply)).then(|| ticket.wait())
+            })
+            .sum()
+    }
+
+    /// Fires every timer due now on every shard, and returns how many fired. Shards do this
+    /// on their own when a timer comes due on [`Clock::System`]; a kernel on a
+    /// [`ManualClock`](crate::queue::ManualClock) fires timers only in its batches, so a test
+    /// moves the clock, calls this, then [`Kernel::wait_idle`] to see the firings decided.
+    pub fn fire_due_timers(&self) -> usize {
+        self.inner
+            .inboxes
+            .iter()
+            .filter_map(|inbox| {
+                let (ticket, reply) = Ticket::new(|| 0);
+                inbox.control(Job::FireTimers(reply)).then(|| ticket.wait())
             })
             .sum()
     }

@@ -110,6 +110,11 @@ pub enum CommandError {
         /// What the store said.
         error: Arc<StoreError>,
     },
+    /// The transition asked for a timer the kernel cannot arm (too many armed, an event of
+    /// the wrong type, events it cannot store, a deadline past the clock): **not applied**,
+    /// the machine is exactly as it was.
+    #[error("timer refused, not applied: {0}")]
+    Timer(crate::timer::TimerError),
     /// The kernel shut down before the machine took the command; not applied.
     #[error("closed: the kernel shut down before the machine took the command")]
     Closed,
@@ -151,6 +156,10 @@ pub enum QuarantineCause {
     /// The kernel's journal inside the snapshot does not decode.
     #[error("the kernel journal in the snapshot does not decode: {0}")]
     Journal(String),
+    /// The snapshot's timers section does not decode or does not fit the machine (a state
+    /// timeout in a state that declares none, a timer event this kernel cannot decode).
+    #[error("the timers in the snapshot do not fit: {0}")]
+    Timers(String),
 }
 
 /// Why the kernel did not accept a command; the request is handed back where it was not

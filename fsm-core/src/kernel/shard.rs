@@ -12,14 +12,18 @@ use crate::queue::{DelegateCause, DumpCause, Reply, Route};
 use crate::rejection::{Reason, Refusal, Rejection};
 use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 
-use super::inbox::{Closing, Cmd, Job};
+use super::inbox::{Closing, Cmd, Fire, Job};
 use super::journal::{Entry, Journal};
 use super::outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined};
 use super::request::{IdempotencyKey, Request};
 use super::stats::KernelCounts;
 use super::supervisor::WorkerMsg;
+use super::timers::TimerIndex;
 use super::trace::{TraceEntry, TraceOutcome};
 use super::{Durable, Inner, RecoveryReport};
+use crate::timer::Timers;
+
+mod fire;
 
 /// One machine in memory.
 struct Slot<M: Durable> {
@@ -35,6 +39,28 @@ struct Slot<M: Durable> {
     /// Commands postponed by `defer(..)`, oldest first.
     deferred: VecDeque<Cmd<M>>,
     last_used: Instant,
+    /// Armed timers, if any (most machines have none: one pointer).
+    timers: Option<Box<SlotTimers>>,
+}
+
+/// A resident machine's armed timers (as stored: events encoded) and which of them have a
+/// firing on its way (queued or postponed), so they are not fired twice meanwhile.
+#[derive(Clone, Debug, Default)]
+struct SlotTimers {
+    armed: Timers<Box<[u8]>>,
+    firing: Vec<u64>,
+}
+
+impl SlotTimers {
+    /// The earliest deadline of a timer without a firing on its way.
+    fn earliest_waiting(&self) -> Option<u64> {
+        self.armed
+            .armed
+            .iter()
+            .filter(|a| !self.firing.contains(&a.instance))
+            .map(|a| a.deadline)
+            .min()
+    }
 }
 
 impl<M: Durable> Slot<M> {
@@ -67,6 +93,8 @@ struct Pending<M: Durable> {
     decision: Decision<M::Effect>,
     /// Decided against a state not yet stored: void if the machine's commit fails.
     after_change: bool,
+    /// A timer's firing (counted apart from submitted and fed-back commands).
+    timer: bool,
     from: &'static str,
     event: &'static str,
     enqueued: u64,
@@ -81,6 +109,7 @@ struct Shell {
     deadline: Option<Instant>,
     enqueued: u64,
     reply: Option<Reply<Outcome>>,
+    fire: Option<Box<Fire>>,
 }
 
 impl Shell {
@@ -90,6 +119,7 @@ impl Shell {
             request,
             enqueued,
             reply,
+            fire,
         } = cmd;
         let Request {
             event,
@@ -104,6 +134,7 @@ impl Shell {
                 deadline,
                 enqueued,
                 reply,
+                fire,
             },
         )
     }
@@ -118,6 +149,7 @@ impl Shell {
             },
             enqueued: self.enqueued,
             reply: self.reply,
+            fire: self.fire,
         }
     }
 }
@@ -142,6 +174,8 @@ pub(crate) struct Shard<M: Durable> {
     /// Commands postponed now, over all machines (a level, not a count).
     deferred: u64,
     last_sweep: Instant,
+    /// When this shard's machines' timers are due.
+    due: TimerIndex,
 }
 
 /// What a shard hands back when it stops.
@@ -165,6 +199,7 @@ impl<M: Durable> Shard<M> {
             counts: KernelCounts::default(),
             deferred: 0,
             last_sweep: now,
+            due: TimerIndex::default(),
         }
     }
 
@@ -228,10 +263,22 @@ impl<M: Durable> Shard<M> {
         (self.inner.config.idle_after / 4).max(Duration::from_millis(10))
     }
 
-    /// How long to sleep when idle: forever with nothing resident, else until the next sweep
-    /// (in real time; a manual clock is swept on demand through `Kernel::sweep`).
+    /// How long to sleep when idle: until the next timer is due, and with machines resident
+    /// until the next sweep (in real time; a manual clock is swept and its timers fired on
+    /// demand, through `Kernel::sweep` and `Kernel::fire_due_timers`).
     fn wait_bound(&self) -> Option<Duration> {
-        (!self.slots.is_empty()).then(|| self.sweep_every())
+        let sweep = (!self.slots.is_empty()).then(|| self.sweep_every());
+        let timer = match self.inner.config.clock {
+            crate::queue::Clock::System => self
+                .due
+                .next()
+                .map(|at| self.inner.time.until(Instant::now(), at)),
+            _ => None,
+        };
+        match (sweep, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn hand_back(&mut self, out: &mut HandedBack<M::Event>) {
@@ -255,7 +302,9 @@ impl<M: Durable> Shard<M> {
         let taken = self.inner.stamp();
         // One look at the store per batch: ownership is asked of it for every command.
         let (_, store) = self.inner.store.current();
-        let mut commands = 0u64;
+        // Timers due now fire first, ahead of the commands taken with them.
+        let fired = self.fire_due(now, &*store);
+        let mut commands = fired as u64;
         while let Some(job) = self.jobs.pop_front() {
             match job {
                 Job::Command(cmd) => {
@@ -278,6 +327,7 @@ impl<M: Durable> Shard<M> {
                     self.publish_quarantine();
                     reply.send(was);
                 }
+                Job::FireTimers(reply) => reply.send(fired),
             }
         }
         if commands == 0 && self.pending.is_empty() {
@@ -293,7 +343,7 @@ impl<M: Durable> Shard<M> {
 
     /// Runs one command against its machine (loading it if needed) and records the decision.
     fn decide(&mut self, cmd: Cmd<M>, now: Instant, taken: u64, store: &dyn SnapshotStore) {
-        let (event, shell) = Shell::split(cmd);
+        let (event, mut shell) = Shell::split(cmd);
         let event_name = event.name();
         #[cfg(feature = "tracing")]
         let _span =
@@ -304,6 +354,7 @@ impl<M: Durable> Shard<M> {
             fed_back: shell.reply.is_none(),
             decision: Decision::Deferred,
             after_change: false,
+            timer: shell.fire.is_some(),
             from: "-",
             event: event_name,
             enqueued: shell.enqueued,
@@ -317,6 +368,12 @@ impl<M: Durable> Shard<M> {
             return;
         }
         if let Err(e) = self.ensure_loaded(&shell.id, now, store) {
+            if shell.fire.is_some() {
+                // Not fired here: the timer stays armed in the store, for the machine's next
+                // load (here once it is loadable, or at its owner).
+                self.inner.quiet.done(1);
+                return;
+            }
             let mut cmd = shell.join(event);
             pending.reply = cmd.reply.take();
             if e.is_fenced() {
@@ -335,7 +392,23 @@ impl<M: Durable> Shard<M> {
         let state = slot.machine.state();
         pending.from = M::TABLE.state_name(state);
         pending.after_change = slot.dirty;
-        if let Some(entry) = shell.key.as_ref().and_then(|k| slot.journal.find(k)) {
+        if let Some(fire) = shell.fire.as_deref() {
+            // A firing applies only while its arming is armed: a timer cancelled or re-armed
+            // since it came due does not fire (and one already fired is no longer armed).
+            if !slot.timers.as_ref().is_some_and(|t| t.armed.is_armed(&fire.kind, fire.instance)) {
+                if let Some(t) = slot.timers.as_mut() {
+                    t.firing.retain(|&i| i != fire.instance);
+                }
+                self.inner.quiet.done(1);
+                return;
+            }
+        }
+        if let Some(entry) = shell
+            .key
+            .as_ref()
+            .filter(|_| shell.fire.is_none())
+            .and_then(|k| slot.journal.find(k))
+        {
             pending.reply = shell.reply;
             pending.decision = Decision::Duplicate {
                 transition: entry.transition,
@@ -362,6 +435,9 @@ impl<M: Durable> Shard<M> {
                 return;
             }
             Route::Dump => {
+                if let Some(fire) = shell.fire.take() {
+                    consume_fire(slot, &fire, &shell.id, &mut self.changed, &mut self.due);
+                }
                 pending.reply = shell.reply;
                 pending.decision = Decision::Failed(CommandError::Dumped(DumpCause::StatePolicy {
                     state: state_name,
@@ -370,6 +446,9 @@ impl<M: Durable> Shard<M> {
                 return;
             }
             Route::Delegate => {
+                if let Some(fire) = shell.fire.take() {
+                    consume_fire(slot, &fire, &shell.id, &mut self.changed, &mut self.due);
+                }
                 let cause = DelegateCause::StatePolicy { state: state_name };
                 let refused = match &self.inner.overflow {
                     Some(sink) => sink.delegate((shell.id.clone(), event), &cause).is_err(),
@@ -395,11 +474,40 @@ impl<M: Durable> Shard<M> {
         let result = panic::catch_unwind(AssertUnwindSafe(|| machine.next(event, effects)));
         pending.apply_ns = self.inner.nanos(started, self.inner.stamp());
         pending.reply = shell.reply;
+        let fire = shell.fire.take();
         match result {
             Ok(Ok((next, transition))) => {
+                let requests = self.effects.take_timers();
+                let timers = fire::after_transition::<M>(
+                    &self.inner,
+                    slot.timers.as_deref(),
+                    &transition,
+                    fire.as_deref(),
+                    requests,
+                    now,
+                );
+                let timers = match timers {
+                    Ok(timers) => timers,
+                    Err(e) => {
+                        // Not applied: the machine and its timers stay as they were.
+                        self.effects.clear();
+                        if let Some(fire) = &fire {
+                            consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
+                        }
+                        pending.decision = Decision::Failed(CommandError::Timer(e));
+                        self.pending.push(pending);
+                        return;
+                    }
+                };
                 slot.machine = next;
+                if timers.is_some() || slot.timers.is_some() {
+                    slot.timers = timers;
+                    if let Some(at) = slot.timers.as_ref().and_then(|t| t.earliest_waiting()) {
+                        self.due.schedule(&shell.id, at);
+                    }
+                }
                 let seq = slot.next_seq();
-                if let Some(key) = shell.key {
+                if let Some(key) = shell.key.filter(|_| fire.is_none()) {
                     slot.journal.record(
                         Entry {
                             key,
@@ -431,10 +539,17 @@ impl<M: Durable> Shard<M> {
             }
             Ok(Err(rejection)) => {
                 self.effects.clear();
+                if let Some(fire) = &fire {
+                    // The timer fired, and its event was refused: it is spent all the same.
+                    consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
+                }
                 pending.decision = Decision::Rejected(rejection);
             }
             Err(payload) => {
                 self.effects.clear();
+                if let Some(fire) = &fire {
+                    consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
+                }
                 self.counts.panicked += 1;
                 let message = crate::rejection::panic_message(&*payload);
                 pending.decision = Decision::Rejected(Rejection::new(
@@ -502,6 +617,10 @@ impl<M: Durable> Shard<M> {
             None => {}
         }
         let slot = self.load(id, now, epoch)?;
+        self.due.loaded(id);
+        if let Some(at) = slot.timers.as_ref().and_then(|t| t.earliest_waiting()) {
+            self.due.schedule(id, at);
+        }
         self.slots.insert(id.clone(), slot);
         Ok(())
     }
@@ -523,14 +642,23 @@ impl<M: Durable> Shard<M> {
             return;
         };
         let from = M::TABLE.state_name(slot.machine.state());
+        if error.is_fenced() {
+            self.due.forget(id);
+        } else {
+            // What is durable may hold timers this copy did not (or no longer) show: the
+            // machine is looked at again soon, which reloads it and indexes them.
+            let now = self.inner.time.floor(self.inner.config.clock.now());
+            self.due.evicted(id, now);
+        }
         for mut cmd in slot.deferred.drain(..) {
             self.deferred -= 1;
             self.inner.quiet.more(1);
             let reply = cmd.reply.take();
             let fed_back = reply.is_none();
+            let timer = cmd.fire.is_some();
             let event = cmd.request.event.name();
             let enqueued = cmd.enqueued;
-            if error.is_fenced() {
+            if error.is_fenced() && !timer {
                 self.route_to_owner(cmd);
             }
             self.pending.push(Pending {
@@ -539,6 +667,7 @@ impl<M: Durable> Shard<M> {
                 fed_back,
                 decision: Decision::Failed(error.clone()),
                 after_change: false,
+                timer,
                 from,
                 event,
                 enqueued,
@@ -571,7 +700,7 @@ impl<M: Durable> Shard<M> {
                 }
             }
         };
-        let slot = |machine, journal, seq| Slot {
+        let slot = |machine, journal, seq, timers| Slot {
             machine,
             journal,
             seq,
@@ -579,6 +708,7 @@ impl<M: Durable> Shard<M> {
             dirty: false,
             deferred: VecDeque::new(),
             last_used: now,
+            timers,
         };
         let Some(snapshot) = snapshot else {
             let machine = (self.inner.initial)(id);
@@ -598,7 +728,9 @@ impl<M: Durable> Shard<M> {
                     problem: invalid.to_string(),
                 });
             }
-            return Ok(slot(machine, Journal::default(), None));
+            // A new machine starts as if it had just entered its initial state.
+            let timers = fire::initial::<M>(&self.inner, now);
+            return Ok(slot(machine, Journal::default(), None, timers));
         };
         let machine = match self.inner.codec.decode(&snapshot) {
             Ok(m) => m,
@@ -611,7 +743,11 @@ impl<M: Durable> Shard<M> {
                 Err(message) => return Err(self.quarantine(id, QuarantineCause::Journal(message))),
             },
         };
-        Ok(slot(machine, journal, Some(snapshot.seq())))
+        let timers = match fire::restore::<M>(&self.inner, &snapshot, &machine, now) {
+            Ok(timers) => timers,
+            Err(message) => return Err(self.quarantine(id, QuarantineCause::Timers(message))),
+        };
+        Ok(slot(machine, journal, Some(snapshot.seq()), timers))
     }
 
     fn quarantine(&mut self, id: &MachineId, cause: QuarantineCause) -> CommandError {
@@ -622,6 +758,7 @@ impl<M: Durable> Shard<M> {
         #[cfg(feature = "tracing")]
         tracing::error!(machine = %id, cause = %q.cause, "fsm.quarantined");
         self.quarantined.insert(id.clone(), q.clone());
+        self.due.forget(id);
         self.publish_quarantine();
         CommandError::Quarantined(q)
     }
@@ -647,10 +784,16 @@ impl<M: Durable> Shard<M> {
             let Some(slot) = self.slots.get(&id) else {
                 continue;
             };
-            let encoded = self.inner.codec.encode_with_journal(
+            let timers = slot
+                .timers
+                .as_ref()
+                .filter(|t| !t.armed.is_empty())
+                .map(|t| crate::timer::encode_section(&t.armed));
+            let encoded = self.inner.codec.encode_with_sections(
                 &slot.machine,
                 slot.next_seq(),
                 &slot.journal.encode(),
+                timers.as_deref(),
             );
             match encoded {
                 Ok(snapshot) => snapshots.push((id, slot.seq, snapshot)),
@@ -821,7 +964,7 @@ impl<M: Durable> Shard<M> {
                 }
             };
             answered += 1;
-            self.count(&outcome, p.fed_back);
+            self.count(&outcome, p.fed_back, p.timer);
             let end = self.inner.nanos(p.enqueued, answered_at);
             let wait = self.inner.nanos(p.enqueued, p.taken);
             latencies.push((wait, p.apply_ns, end));
@@ -855,15 +998,17 @@ impl<M: Durable> Shard<M> {
         }
     }
 
-    fn count(&mut self, outcome: &Outcome, fed_back: bool) {
+    fn count(&mut self, outcome: &Outcome, fed_back: bool, timer: bool) {
         let c = &mut self.counts;
-        if fed_back {
+        if timer {
+            c.timers_fired += 1;
+        } else if fed_back {
             c.fed_back += 1;
         }
         match outcome {
             Ok(committed) if committed.duplicate => c.duplicates += 1,
             Ok(_) => c.committed += 1,
-            Err(CommandError::Rejected(_)) => c.rejected += 1,
+            Err(CommandError::Rejected(_) | CommandError::Timer(_)) => c.rejected += 1,
             Err(CommandError::Expired) => c.expired += 1,
             Err(CommandError::Dumped(_)) => c.dumped += 1,
             Err(CommandError::Delegated(_)) => c.delegated += 1,
@@ -920,10 +1065,19 @@ impl<M: Durable> Shard<M> {
             self.counts.expired += 1;
             cmd.answer(Err(CommandError::Expired));
         }
-        self.slots.retain(|_, s| {
-            s.dirty
+        let index = &mut self.due;
+        self.slots.retain(|id, s| {
+            let keep = s.dirty
                 || !s.deferred.is_empty()
-                || now.saturating_duration_since(s.last_used) < idle_after
+                || s.timers.as_ref().is_some_and(|t| !t.firing.is_empty())
+                || now.saturating_duration_since(s.last_used) < idle_after;
+            if !keep {
+                // Evicted machines keep their timers: the shard remembers when they are due.
+                if let Some(at) = s.timers.as_ref().and_then(|t| t.earliest_waiting()) {
+                    index.evicted(id, at);
+                }
+            }
+            keep
         });
         self.publish_gauges();
     }
@@ -964,6 +1118,34 @@ impl<M: Durable> Shard<M> {
     }
 }
 
+/// Spends a firing whose event was not applied (dumped, delegated, rejected): the timer is
+/// disarmed, and the machine stored, so that it does not fire again after a restart.
+fn consume_fire<M: Durable>(
+    slot: &mut Slot<M>,
+    fire: &Fire,
+    id: &MachineId,
+    changed: &mut Vec<MachineId>,
+    index: &mut TimerIndex,
+) {
+    let Some(t) = slot.timers.as_mut() else {
+        return;
+    };
+    t.firing.retain(|&i| i != fire.instance);
+    if t.armed.consume(&fire.kind, fire.instance).is_none() {
+        return;
+    }
+    if let Some(at) = t.earliest_waiting() {
+        index.schedule(id, at);
+    }
+    if t.armed.is_empty() && t.firing.is_empty() {
+        slot.timers = None;
+    }
+    if !slot.dirty {
+        slot.dirty = true;
+        changed.push(id.clone());
+    }
+}
+
 /// Stores a batch's snapshots with one `put_many` (nothing to do for none).
 fn put_all(
     store: &dyn SnapshotStore,
@@ -981,7 +1163,7 @@ fn put_all(
 
 fn kind_of(e: &CommandError) -> TraceOutcome {
     match e {
-        CommandError::Rejected(_) => TraceOutcome::Rejected,
+        CommandError::Rejected(_) | CommandError::Timer(_) => TraceOutcome::Rejected,
         CommandError::Expired => TraceOutcome::Expired,
         CommandError::Dumped(_) => TraceOutcome::Dumped,
         CommandError::Delegated(_) => TraceOutcome::Delegated,

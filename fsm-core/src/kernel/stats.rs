@@ -16,6 +16,9 @@ pub struct KernelCounts {
     pub submitted: u64,
     /// Events fed back by effect workers (not counted in `submitted`).
     pub fed_back: u64,
+    /// Timer firings decided (not counted in `submitted` or `fed_back`; their outcomes are
+    /// counted with the others).
+    pub timers_fired: u64,
     /// Applied and durable.
     pub committed: u64,
     /// Retried idempotency keys answered with their original outcome.
@@ -54,6 +57,7 @@ impl KernelCounts {
     pub(crate) fn add(&mut self, o: &KernelCounts) {
         self.submitted += o.submitted;
         self.fed_back += o.fed_back;
+        self.timers_fired += o.timers_fired;
         self.committed += o.committed;
         self.duplicates += o.duplicates;
         self.rejected += o.rejected;
@@ -260,8 +264,8 @@ impl fmt::Display for KernelMetrics {
         )?;
         writeln!(
             f,
-            "  submitted {} (+{} fed back): committed {}, duplicates {}, rejected {} ({} panicked), expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
-            c.submitted, c.fed_back, c.committed, c.duplicates, c.rejected, c.panicked, c.expired, c.dumped,
+            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
+            c.submitted, c.fed_back, c.timers_fired, c.committed, c.duplicates, c.rejected, c.panicked, c.expired, c.dumped,
             c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.fenced, c.closed, c.full, c.escalated,
             c.deferred, c.queued
         )?;

@@ -31,6 +31,7 @@ pub(super) fn enqueue<M: Durable>(
         request,
         enqueued: 0,
         reply: Some(reply),
+        fire: None,
     };
     inner.quiet.more(1);
     let result = inner.inboxes[shard].submit(

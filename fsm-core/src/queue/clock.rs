@@ -28,6 +28,16 @@ impl Clock {
         }
     }
 
+    /// Wall-clock milliseconds since the UNIX epoch: the system's real-time clock, or a
+    /// manual clock's own wall time. The kernel reads it once at start, to place durable
+    /// timer deadlines; everything after runs on the monotonic [`Clock::now`].
+    pub fn wall_ms(&self) -> u64 {
+        match self {
+            Clock::System => system_wall_ms(),
+            Clock::Manual(clock) => clock.wall_ms(),
+        }
+    }
+
     /// How long a blocked thread may sleep before it must look at this clock again, when it
     /// waits for `deadline`. A manual clock does not move with real time, so waiters poll it.
     pub(crate) fn sleep_bound(&self, deadline: Option<Instant>) -> Option<Duration> {
@@ -54,14 +64,29 @@ impl Clock {
 #[derive(Clone, Debug)]
 pub struct ManualClock {
     start: Instant,
+    /// Wall-clock milliseconds at `start`.
+    wall_start: u64,
     elapsed_nanos: Arc<AtomicU64>,
 }
 
+fn system_wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl ManualClock {
-    /// A clock standing at the current real instant.
+    /// A clock standing at the current real instant (and the current wall-clock time).
     pub fn new() -> Self {
+        ManualClock::at_wall_ms(system_wall_ms())
+    }
+
+    /// A clock whose wall time starts at `wall_ms` (milliseconds since the UNIX epoch): a
+    /// test that restarts a kernel "later" gives the next one a clock further on.
+    pub fn at_wall_ms(wall_ms: u64) -> Self {
         ManualClock {
             start: Instant::now(),
+            wall_start: wall_ms,
             elapsed_nanos: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -69,6 +94,13 @@ impl ManualClock {
     /// The clock's current instant.
     pub fn now(&self) -> Instant {
         self.start + Duration::from_nanos(self.elapsed_nanos.load(Ordering::Acquire))
+    }
+
+    /// The clock's wall time: its start plus how far it was moved, in milliseconds since the
+    /// UNIX epoch.
+    pub fn wall_ms(&self) -> u64 {
+        self.wall_start
+            .saturating_add(self.elapsed_nanos.load(Ordering::Acquire) / 1_000_000)
     }
 
     /// Moves the clock forward by `by` (saturating at about 584 years).

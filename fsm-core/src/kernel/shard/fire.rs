@@ -1,0 +1,226 @@
+//! A shard's timers: arming them after a transition, restoring them from a snapshot, and
+//! firing the due ones as commands through the normal path.
+
+use std::time::Instant;
+
+use super::{Shard, SlotTimers};
+use crate::kernel::inbox::{Cmd, Fire};
+use crate::kernel::outcome::{CommandError, QuarantineCause};
+use crate::kernel::request::Request;
+use crate::kernel::{Durable, Inner};
+use crate::machine::Transition;
+use crate::store::{MachineId, Snapshot, SnapshotStore};
+use crate::timer::{self, TimerError, TimerKind, TimerRequest, Timers};
+
+/// How long a machine whose timers came due but that could not be loaded waits before the
+/// shard tries again, in milliseconds.
+const RETRY_LOAD_MS: u64 = 1000;
+
+/// The timers after an accepted transition (the rules of [`crate::timer`]), or why the
+/// transition may not be applied. `None`: the machine has no timer armed and none in flight.
+pub(super) fn after_transition<M: Durable>(
+    inner: &Inner<M>,
+    current: Option<&SlotTimers>,
+    transition: &Transition,
+    fire: Option<&Fire>,
+    requests: Vec<TimerRequest>,
+    now: Instant,
+) -> Result<Option<Box<SlotTimers>>, TimerError> {
+    let enters_timeout = !transition.is_self_transition()
+        && M::TABLE
+            .state(transition.to())
+            .is_some_and(|s| s.state_timeout().is_some());
+    if current.is_none() && requests.is_empty() && !enters_timeout {
+        // The common case of a machine without timers: nothing to do, nothing allocated.
+        return Ok(None);
+    }
+    let mut next = current.cloned().unwrap_or_default();
+    if let Some(fire) = fire {
+        next.armed.consume(&fire.kind, fire.instance);
+        next.firing.retain(|&i| i != fire.instance);
+    }
+    let codec = inner.timer_events.as_ref();
+    timer::on_accepted(
+        &mut next.armed,
+        M::TABLE,
+        transition,
+        requests,
+        inner.time.ceil(now),
+        inner.config.max_timers,
+        |kind, event| {
+            let event = event
+                .downcast::<M::Event>()
+                .map_err(|e| TimerError::WrongEventType {
+                    timer: kind.clone(),
+                    expected: std::any::type_name::<M::Event>(),
+                    found: e.type_name(),
+                })?;
+            let codec = codec.ok_or_else(|| TimerError::EventsNotStorable {
+                timer: kind.clone(),
+            })?;
+            (codec.encode)(&event)
+                .map(Vec::into_boxed_slice)
+                .map_err(|message| TimerError::Unencodable {
+                    timer: kind.clone(),
+                    message,
+                })
+        },
+    )?;
+    let keep = !next.armed.is_empty() || !next.firing.is_empty();
+    Ok(keep.then(|| Box::new(next)))
+}
+
+/// The timers of a machine the store holds nothing for: it starts as if it had just entered
+/// its initial state, so that state's declared timeout is armed.
+pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<SlotTimers>> {
+    let declared = M::TABLE.state(M::TABLE.initial())?.state_timeout()?;
+    let mut armed = Timers::default();
+    let enter = Transition::new(
+        M::TABLE,
+        M::TABLE.initial(),
+        declared.event,
+        M::TABLE.initial(),
+    );
+    // Entering the initial state (a self-transition would not arm, so restart it).
+    timer::on_accepted(
+        &mut armed,
+        M::TABLE,
+        &enter,
+        [TimerRequest::RestartStateTimeout],
+        inner.time.ceil(now),
+        usize::MAX,
+        |_, _| Err(TimerError::EventsNotStorable {
+            timer: TimerKind::State,
+        }),
+    )
+    .ok()?;
+    Some(Box::new(SlotTimers {
+        armed,
+        firing: Vec::new(),
+    }))
+}
+
+/// The timers stored in `snapshot` for `machine`, moved onto this process's clock; an error
+/// (the section does not fit) quarantines the machine.
+pub(super) fn restore<M: Durable>(
+    inner: &Inner<M>,
+    snapshot: &Snapshot,
+    machine: &M,
+    now: Instant,
+) -> Result<Option<Box<SlotTimers>>, String> {
+    let Some(bytes) = snapshot.timers() else {
+        return Ok(None);
+    };
+    let mut armed = timer::decode_section(bytes, M::TABLE, machine.state())?;
+    for a in &armed.armed {
+        let Some(event) = &a.event else { continue };
+        let Some(codec) = &inner.timer_events else {
+            return Err(format!(
+                "the {} carries an event, and this kernel stores none: build it with KernelBuilder::timer_events()",
+                a.kind
+            ));
+        };
+        (codec.decode)(event).map_err(|e| format!("the event of the {} does not decode: {e}", a.kind))?;
+    }
+    armed.rebase(inner.time.floor(now));
+    Ok((!armed.is_empty()).then(|| {
+        Box::new(SlotTimers {
+            armed,
+            firing: Vec::new(),
+        })
+    }))
+}
+
+impl<M: Durable> Shard<M> {
+    /// Fires every timer due at `now`: each becomes a command at the end of the shard's work,
+    /// decided in this batch like any other. Machines evicted from memory are loaded first.
+    /// Returns how many fired.
+    pub(super) fn fire_due(&mut self, now: Instant, store: &dyn SnapshotStore) -> usize {
+        let now_ms = self.inner.time.floor(now);
+        if self.due.next().is_none_or(|next| next > now_ms) {
+            return 0;
+        }
+        let mut fired = 0;
+        let mut broken: Vec<(MachineId, String)> = Vec::new();
+        for (id, at) in self.due.take_due(now_ms) {
+            if !self.slots.contains_key(&id) {
+                if !self.due.is_current_evicted(&id, at) {
+                    continue;
+                }
+                match self.ensure_loaded(&id, now, store) {
+                    Ok(()) => {}
+                    Err(CommandError::Unavailable { .. }) => {
+                        self.due.evicted(&id, now_ms.saturating_add(RETRY_LOAD_MS));
+                        continue;
+                    }
+                    // Quarantined, owned by another node, or not startable: not fired here.
+                    Err(_) => continue,
+                }
+            }
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let state = slot.machine.state();
+            let Some(timers) = slot.timers.as_mut() else {
+                continue;
+            };
+            let due: Vec<(TimerKind, u64)> = timers
+                .armed
+                .due(now_ms)
+                .into_iter()
+                .filter(|(_, instance)| !timers.firing.contains(instance))
+                .collect();
+            for (kind, instance) in due {
+                let event = match &kind {
+                    TimerKind::State => M::timeout_event(state).ok_or_else(|| {
+                        format!(
+                            "a state timeout is armed in `{}`, which declares none",
+                            M::TABLE.state_name(state)
+                        )
+                    }),
+                    _ => match (
+                        timers.armed.get(&kind).and_then(|a| a.event.as_ref()),
+                        &self.inner.timer_events,
+                    ) {
+                        (Some(bytes), Some(codec)) => (codec.decode)(bytes)
+                            .map_err(|e| format!("the event of the {kind} does not decode: {e}")),
+                        _ => Err(format!("the {kind} has no event this kernel can decode")),
+                    },
+                };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(message) => {
+                        broken.push((id.clone(), message));
+                        break;
+                    }
+                };
+                timers.firing.push(instance);
+                self.work.push_back(Cmd {
+                    id: id.clone(),
+                    request: Request::new(event),
+                    enqueued: self.inner.stamp(),
+                    reply: None,
+                    fire: Some(Box::new(Fire { kind, instance })),
+                });
+                fired += 1;
+            }
+            if let Some(next) = timers.earliest_waiting() {
+                self.due.schedule(&id, next);
+            }
+        }
+        for (id, message) in broken {
+            let error = self.quarantine(&id, QuarantineCause::Timers(message));
+            self.evict(&id, &error);
+            self.due.forget(&id);
+        }
+        if self.due.wants_rebuild() {
+            let resident = self.slots.iter().filter_map(|(id, s)| {
+                let at = s.timers.as_ref()?.earliest_waiting()?;
+                Some((id.clone(), at))
+            });
+            self.due.rebuild(resident.collect::<Vec<_>>());
+        }
+        self.inner.quiet.more(fired);
+        fired
+    }
+}

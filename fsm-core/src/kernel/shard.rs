@@ -395,7 +395,11 @@ impl<M: Durable> Shard<M> {
         if let Some(fire) = shell.fire.as_deref() {
             // A firing applies only while its arming is armed: a timer cancelled or re-armed
             // since it came due does not fire (and one already fired is no longer armed).
-            if !slot.timers.as_ref().is_some_and(|t| t.armed.is_armed(&fire.kind, fire.instance)) {
+            if !slot
+                .timers
+                .as_ref()
+                .is_some_and(|t| t.armed.is_armed(&fire.kind, fire.instance))
+            {
                 if let Some(t) = slot.timers.as_mut() {
                     t.firing.retain(|&i| i != fire.instance);
                 }

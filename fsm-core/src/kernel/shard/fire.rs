@@ -89,9 +89,11 @@ pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<
         [TimerRequest::RestartStateTimeout],
         inner.time.ceil(now),
         usize::MAX,
-        |_, _| Err(TimerError::EventsNotStorable {
-            timer: TimerKind::State,
-        }),
+        |_, _| {
+            Err(TimerError::EventsNotStorable {
+                timer: TimerKind::State,
+            })
+        },
     )
     .ok()?;
     Some(Box::new(SlotTimers {
@@ -120,7 +122,8 @@ pub(super) fn restore<M: Durable>(
                 a.kind
             ));
         };
-        (codec.decode)(event).map_err(|e| format!("the event of the {} does not decode: {e}", a.kind))?;
+        (codec.decode)(event)
+            .map_err(|e| format!("the event of the {} does not decode: {e}", a.kind))?;
     }
     armed.rebase(inner.time.floor(now));
     Ok((!armed.is_empty()).then(|| {

@@ -1,0 +1,383 @@
+//! Timers under kill -9: a child process runs a kernel over a file store whose machines arm,
+//! re-arm and cancel named timers as the parent tells them (commands with idempotency keys on
+//! stdin, acknowledgements on stdout). The parent SIGKILLs it at random moments, starts it
+//! again (time has moved on: timers came due while nothing ran) and resubmits what was not
+//! acknowledged. Every machine logs, in its own state, each arming, cancel and firing in the
+//! order they were applied, so at the end the log is checked against the commands:
+//!
+//! - every command applied exactly once, in order (the log's armings and cancels are the
+//!   commands' sequence);
+//! - every firing belongs to the arming that was current for its timer when it fired: none of
+//!   a cancelled or replaced arming, none twice;
+//! - nothing is lost: once the last child has run long enough, every arming that was not
+//!   cancelled or replaced has fired (so a timer due while the process was down fired after
+//!   recovery), each exactly once.
+//!
+//! `FSM_TIMER_KILL_CYCLES` sets the cycles (default 200); `FSM_KILL_SEED` replays a run. The
+//! same binary is the child when `FSM_TIMER_CHILD` is set.
+#![allow(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::{IdempotencyKey, Outcome, Request, Shutdown};
+use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
+use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+use fsm_persist::FileStore;
+use serde::{Deserialize, Serialize};
+
+const MACHINES: u64 = 4;
+const TIMERS: u32 = 3;
+
+/// One entry of a machine's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    Arm { timer: u32, tag: u64 },
+    Cancel { timer: u32 },
+    Ring { timer: u32, tag: u64 },
+}
+
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(event = Op)]
+pub enum Board {
+    #[fsm(initial, on(Arm => Board), on(Cancel => Board), on(Ring => Board))]
+    Board { log: Vec<Entry> },
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Arm timer `timer` (replacing its running arming) to fire after `ms`.
+    Arm { timer: u32, tag: u64, ms: u64 },
+    Cancel { timer: u32 },
+    /// What the timers fire.
+    Ring { timer: u32, tag: u64 },
+}
+
+fn timer_name(timer: u32) -> String {
+    format!("t{timer}")
+}
+
+fn logged(s: board::BoardRef<'_>, entry: Entry) -> board::Board {
+    let mut log = s.log.clone();
+    log.push(entry);
+    board::Board { log }
+}
+
+impl Handler<op::Arm, board::Board> for board::Board {
+    fn handle(s: board::BoardRef<'_>, e: op::Arm, fx: &mut Effects<()>) -> Result<board::Board, Refusal> {
+        let ring = Op::Ring {
+            timer: e.timer,
+            tag: e.tag,
+        };
+        fx.start_timer(timer_name(e.timer), Duration::from_millis(e.ms), ring);
+        Ok(logged(s, Entry::Arm { timer: e.timer, tag: e.tag }))
+    }
+}
+
+impl Handler<op::Cancel, board::Board> for board::Board {
+    fn handle(s: board::BoardRef<'_>, e: op::Cancel, fx: &mut Effects<()>) -> Result<board::Board, Refusal> {
+        fx.cancel_timer(timer_name(e.timer));
+        Ok(logged(s, Entry::Cancel { timer: e.timer }))
+    }
+}
+
+impl Handler<op::Ring, board::Board> for board::Board {
+    fn handle(s: board::BoardRef<'_>, e: op::Ring, _: &mut Effects<()>) -> Result<board::Board, Refusal> {
+        Ok(logged(s, Entry::Ring { timer: e.timer, tag: e.tag }))
+    }
+}
+
+fn machine(i: u64) -> MachineId {
+    MachineId::new(format!("board-{i}")).unwrap()
+}
+
+fn initial(_: &MachineId) -> Board {
+    Board::Board { log: Vec::new() }
+}
+
+/// The armings a log leaves running, per timer.
+fn running(log: &[Entry]) -> HashMap<u32, u64> {
+    let mut armed = HashMap::new();
+    for e in log {
+        match *e {
+            Entry::Arm { timer, tag } => {
+                armed.insert(timer, tag);
+            }
+            Entry::Cancel { timer } => {
+                armed.remove(&timer);
+            }
+            Entry::Ring { timer, tag } => {
+                if armed.get(&timer) == Some(&tag) {
+                    armed.remove(&timer);
+                }
+            }
+        }
+    }
+    armed
+}
+
+/// The child: reads `<machine> <key> arm <timer> <tag> <ms>` / `<machine> <key> cancel
+/// <timer>`, answers `ack <key> <seq>` or `err <key> <why>`. With `FSM_TIMER_FINAL` set it
+/// stays, after stdin closes, until every machine's timers have fired, then drains.
+fn child(dir: &Path) {
+    let kernel = fsm_persist::file_kernel(dir, initial)
+        .shards(2)
+        .idempotency_window(1024)
+        .timer_events()
+        .start()
+        .expect("the kernel starts");
+    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
+    let acker = std::thread::spawn(move || {
+        let mut out = std::io::stdout().lock();
+        for (key, ticket) in rx {
+            match ticket.wait() {
+                Ok(c) => writeln!(out, "ack {key} {}", c.seq),
+                Err(e) => writeln!(out, "err {key} {e}"),
+            }
+            .unwrap();
+            out.flush().unwrap();
+        }
+    });
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let parts: Vec<&str> = line.split(' ').collect();
+        let op = match parts[2..] {
+            ["arm", timer, tag, ms] => Op::Arm {
+                timer: timer.parse().unwrap(),
+                tag: tag.parse().unwrap(),
+                ms: ms.parse().unwrap(),
+            },
+            ["cancel", timer] => Op::Cancel {
+                timer: timer.parse().unwrap(),
+            },
+            _ => panic!("bad line {line:?}"),
+        };
+        let request = Request::new(op).with_key(IdempotencyKey::new(parts[1]).unwrap());
+        let ticket = kernel
+            .submit(&MachineId::new(parts[0]).unwrap(), request)
+            .unwrap_or_else(|e| panic!("submit refused: {e}"));
+        tx.send((parts[1].to_owned(), ticket)).unwrap();
+    }
+    drop(tx);
+    acker.join().unwrap();
+    if std::env::var_os("FSM_TIMER_FINAL").is_some() {
+        // Liveness, not a margin: this returns as soon as everything armed has fired.
+        let start = Instant::now();
+        for i in 0..MACHINES {
+            loop {
+                let (Board::Board { log }, _) = kernel.state(&machine(i)).unwrap();
+                if running(&log).is_empty() {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "machine {i}: timers armed long past their deadlines never fired: {:?}",
+                    running(&log)
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    kernel.shutdown(Shutdown::Drain);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    Arm { timer: u32, tag: u64, ms: u64 },
+    Cancel { timer: u32 },
+}
+
+fn spawn(dir: &Path, last: bool) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env("FSM_TIMER_CHILD", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if last {
+        command.env("FSM_TIMER_FINAL", "1");
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, Cmd)>) -> usize {
+    let stdin = child.stdin.as_mut().unwrap();
+    let mut text = String::new();
+    for (key, (m, cmd)) in commands {
+        match cmd {
+            Cmd::Arm { timer, tag, ms } => {
+                text.push_str(&format!("{} {key} arm {timer} {tag} {ms}\n", machine(*m)))
+            }
+            Cmd::Cancel { timer } => {
+                text.push_str(&format!("{} {key} cancel {timer}\n", machine(*m)))
+            }
+        }
+    }
+    // The child may already be dead (killed): a broken pipe is fine.
+    let _ = stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush());
+    commands.len()
+}
+
+fn record(line: &str, pending: &mut BTreeMap<String, (u64, Cmd)>, acks: &mut u64, errors: &mut u64) {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next()) {
+        (Some("ack"), Some(key)) => {
+            *acks += 1;
+            pending.remove(key);
+        }
+        (Some("err"), Some(_)) => *errors += 1,
+        _ => panic!("unexpected line {line:?}"),
+    }
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os("FSM_TIMER_CHILD") {
+        child(&PathBuf::from(dir));
+        return;
+    }
+    let cycles: usize = std::env::var("FSM_TIMER_KILL_CYCLES")
+        .map_or(200, |v| v.parse().expect("a number of cycles"));
+    let seed: u64 = std::env::var("FSM_KILL_SEED").map_or_else(
+        |_| fastrand::u64(..),
+        |v| v.parse().expect("FSM_KILL_SEED is a number"),
+    );
+    println!("timer_kill9: {cycles} cycles, FSM_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("boards");
+    let started = Instant::now();
+    // Keys in order (zero-padded): per machine, the kernel applies them in this order.
+    let mut sent: BTreeMap<String, (u64, Cmd)> = BTreeMap::new();
+    let mut pending: BTreeMap<String, (u64, Cmd)> = BTreeMap::new();
+    let (mut acks, mut errors, mut next) = (0u64, 0u64, 0u64);
+    for cycle in 0..=cycles {
+        let last = cycle == cycles;
+        if !last {
+            for _ in 0..rng.usize(1..12) {
+                next += 1;
+                let m = rng.u64(0..MACHINES);
+                let timer = rng.u32(0..TIMERS);
+                // Short timers come due during a cycle or while the child is dead; a few
+                // cancels and many re-armings replace running ones.
+                let cmd = if rng.u8(0..4) == 0 {
+                    Cmd::Cancel { timer }
+                } else {
+                    Cmd::Arm {
+                        timer,
+                        tag: next,
+                        ms: rng.u64(1..80),
+                    }
+                };
+                let key = format!("k{next:08}");
+                sent.insert(key.clone(), (m, cmd));
+                pending.insert(key, (m, cmd));
+            }
+        }
+        let (mut child, lines) = spawn(&dir, last);
+        let batch = pending.clone();
+        let n = send(&mut child, &batch);
+        if last {
+            drop(child.stdin.take());
+            for line in lines {
+                record(&line, &mut pending, &mut acks, &mut errors);
+            }
+            assert!(child.wait().unwrap().success(), "the last child failed");
+            assert!(pending.is_empty(), "never acknowledged: {pending:?}");
+            break;
+        }
+        for _ in 0..rng.usize(0..=n) {
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => record(&line, &mut pending, &mut acks, &mut errors),
+                Err(e) => panic!("cycle {cycle}: no answer from the child: {e}"),
+            }
+        }
+        // A random extra moment: the kill lands in a commit, a firing, recovery, an answer.
+        let spin = Duration::from_micros(rng.u64(0..30_000));
+        let t = Instant::now();
+        while t.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for line in lines {
+            record(&line, &mut pending, &mut acks, &mut errors);
+        }
+    }
+
+    // The logs against the commands.
+    let store = FileStore::open(&dir).unwrap();
+    let codec = Codec::<Board>::new(1);
+    let (mut rings, mut replaced) = (0usize, 0usize);
+    for i in 0..MACHINES {
+        let log = match store.load(&machine(i), &codec).unwrap() {
+            Some((Board::Board { log }, _)) => log,
+            None => Vec::new(),
+        };
+        let commands: Vec<Entry> = sent
+            .values()
+            .filter(|(m, _)| *m == i)
+            .map(|(_, c)| match *c {
+                Cmd::Arm { timer, tag, .. } => Entry::Arm { timer, tag },
+                Cmd::Cancel { timer } => Entry::Cancel { timer },
+            })
+            .collect();
+        let applied: Vec<Entry> = log
+            .iter()
+            .copied()
+            .filter(|e| !matches!(e, Entry::Ring { .. }))
+            .collect();
+        assert_eq!(
+            applied, commands,
+            "machine {i}: the armings and cancels applied are not the commands, once each, in order (seed {seed})"
+        );
+        let mut current: HashMap<u32, u64> = HashMap::new();
+        let mut rang: HashMap<u64, usize> = HashMap::new();
+        for (at, e) in log.iter().enumerate() {
+            match *e {
+                Entry::Arm { timer, tag } => {
+                    if current.insert(timer, tag).is_some() {
+                        replaced += 1;
+                    }
+                }
+                Entry::Cancel { timer } => {
+                    current.remove(&timer);
+                }
+                Entry::Ring { timer, tag } => {
+                    assert_eq!(
+                        current.get(&timer),
+                        Some(&tag),
+                        "machine {i}, entry {at}: timer {timer} fired arming {tag}, which was not its current arming (cancelled, replaced or fired already) (seed {seed})"
+                    );
+                    current.remove(&timer);
+                    *rang.entry(tag).or_default() += 1;
+                    rings += 1;
+                }
+            }
+        }
+        assert!(
+            current.is_empty(),
+            "machine {i}: armings never fired: {current:?} (seed {seed})"
+        );
+        assert!(rang.values().all(|&n| n == 1), "a firing repeated (seed {seed})");
+    }
+    println!(
+        "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({acks} acknowledgements, {errors} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {:.1?}",
+        sent.len(),
+        started.elapsed()
+    );
+}

@@ -186,3 +186,152 @@ fn a_failing_file_store_never_loses_an_acknowledged_command_nor_runs_an_unacknow
     );
     assert!(refused > 0 && unknown > 0 && reopened > 0);
 }
+
+/// A machine whose commands arm timers: `Arm` starts timer `t<amount>` firing `Fire`, which
+/// records the amount. A commit that carries a timer change (an arming, or a firing that
+/// disarms) goes through the same faulty store as any other.
+mod ticker {
+    use std::time::Duration;
+
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[fsm(event = TickerCmd)]
+    pub enum Ticker {
+        #[fsm(initial, on(Arm => Counting), on(Fire => Counting))]
+        Counting { fired: Vec<u64> },
+    }
+
+    #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum TickerCmd {
+        Arm { amount: u64 },
+        Fire { amount: u64 },
+    }
+
+    impl Handler<ticker_cmd::Arm, ticker::Counting> for ticker::Counting {
+        fn handle(
+            s: ticker::CountingRef<'_>,
+            e: ticker_cmd::Arm,
+            fx: &mut Effects<()>,
+        ) -> Result<ticker::Counting, Refusal> {
+            let fire = TickerCmd::Fire { amount: e.amount };
+            fx.start_timer(format!("t{}", e.amount), Duration::from_millis(1), fire);
+            Ok(ticker::Counting {
+                fired: s.fired.clone(),
+            })
+        }
+    }
+
+    impl Handler<ticker_cmd::Fire, ticker::Counting> for ticker::Counting {
+        fn handle(
+            s: ticker::CountingRef<'_>,
+            e: ticker_cmd::Fire,
+            _: &mut Effects<()>,
+        ) -> Result<ticker::Counting, Refusal> {
+            let mut fired = s.fired.clone();
+            fired.push(e.amount);
+            Ok(ticker::Counting { fired })
+        }
+    }
+}
+
+/// Arms a timer per command over a store whose first opening faults at `io`, fires what is
+/// due, then lets a clean kernel over the same directory, later, fire the rest. Returns the
+/// amounts acknowledged, answered unknown, and fired (as stored at the end).
+fn timer_scenario(io: FaultyIo, label: &str) -> (BTreeSet<u64>, BTreeSet<u64>, Vec<u64>) {
+    use fsm_core::queue::ManualClock;
+    use std::time::Duration;
+    use ticker::{Ticker, TickerCmd};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let opener = {
+        let (path, opened) = (path.clone(), opened.clone());
+        move || {
+            let store = if opened.fetch_add(1, Ordering::SeqCst) == 0 {
+                FileStore::builder(&path).io(io.clone()).open()?
+            } else {
+                FileStore::open(&path)?
+            };
+            Ok(Arc::new(store) as Arc<dyn SnapshotStore>)
+        }
+    };
+    let initial = |_: &MachineId| Ticker::Counting { fired: Vec::new() };
+    let clock = ManualClock::at_wall_ms(1_000_000);
+    let kernel = Kernel::builder_reopening(opener, initial)
+        .shards(1)
+        .clock(clock.clock())
+        .timer_events()
+        .start()
+        .unwrap_or_else(|e| panic!("{label}: start: {e}"));
+    let m = MachineId::new("ticker").unwrap();
+    let (mut acked, mut unknown) = (BTreeSet::new(), BTreeSet::new());
+    for i in 0..6u32 {
+        let amount = 1u64 << i;
+        match kernel.submit(&m, TickerCmd::Arm { amount }).unwrap().wait() {
+            Ok(_) => acked.insert(amount),
+            Err(CommandError::NotStored { .. }) => false,
+            Err(e) if e.is_outcome_unknown() => unknown.insert(amount),
+            Err(e) => panic!("{label}: arm {i}: unexpected {e}"),
+        };
+        if i % 2 == 1 {
+            // Firings in the middle: their commits meet the fault too.
+            clock.advance(Duration::from_millis(2));
+            kernel.fire_due_timers();
+            kernel.wait_idle();
+        }
+    }
+    drop(kernel);
+    // Later, in a clean process: whatever is still armed fires now, once.
+    let later = ManualClock::at_wall_ms(2_000_000);
+    let kernel = fsm_persist::file_kernel(&path, initial)
+        .shards(1)
+        .clock(later.clock())
+        .timer_events()
+        .start()
+        .unwrap();
+    for _ in 0..3 {
+        kernel.fire_due_timers();
+        kernel.wait_idle();
+    }
+    let (Ticker::Counting { fired }, _) = kernel.state(&m).unwrap();
+    drop(kernel);
+    (acked, unknown, fired)
+}
+
+#[test]
+fn a_commit_that_carries_a_timer_change_fails_safe_at_every_fault_point() {
+    let counting = FaultyIo::counting();
+    let (acked, _, fired) = timer_scenario(counting.clone(), "no fault");
+    assert_eq!(acked.len(), 6);
+    assert_eq!(fired.iter().copied().collect::<BTreeSet<_>>(), acked);
+    let mut points = 0;
+    for step in Step::ALL {
+        for nth in 0..counting.count(step) {
+            let io = FaultyIo::new(step, nth, Fault::FailOnce);
+            let label = format!("FailOnce at {step:?} #{nth}");
+            let (acked, unknown, fired) = timer_scenario(io.clone(), &label);
+            assert!(io.injected(), "{label}");
+            points += 1;
+            let set: BTreeSet<u64> = fired.iter().copied().collect();
+            assert_eq!(
+                set.len(),
+                fired.len(),
+                "{label}: a timer fired twice: {fired:?}"
+            );
+            assert!(
+                acked.is_subset(&set),
+                "{label}: acknowledged armings {acked:?}, fired {fired:?}"
+            );
+            let possible: BTreeSet<u64> = acked.union(&unknown).copied().collect();
+            assert!(
+                set.is_subset(&possible),
+                "{label}: fired {fired:?}, possible {possible:?}"
+            );
+        }
+    }
+    println!("kernel faults with timers: {points} fault points, every acknowledged timer fired exactly once");
+    assert!(points >= 6, "the scenario did too little I/O: {points}");
+}

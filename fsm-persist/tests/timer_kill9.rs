@@ -51,10 +51,19 @@ pub enum Board {
 #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Arm timer `timer` (replacing its running arming) to fire after `ms`.
-    Arm { timer: u32, tag: u64, ms: u64 },
-    Cancel { timer: u32 },
+    Arm {
+        timer: u32,
+        tag: u64,
+        ms: u64,
+    },
+    Cancel {
+        timer: u32,
+    },
     /// What the timers fire.
-    Ring { timer: u32, tag: u64 },
+    Ring {
+        timer: u32,
+        tag: u64,
+    },
 }
 
 fn timer_name(timer: u32) -> String {
@@ -68,26 +77,50 @@ fn logged(s: board::BoardRef<'_>, entry: Entry) -> board::Board {
 }
 
 impl Handler<op::Arm, board::Board> for board::Board {
-    fn handle(s: board::BoardRef<'_>, e: op::Arm, fx: &mut Effects<()>) -> Result<board::Board, Refusal> {
+    fn handle(
+        s: board::BoardRef<'_>,
+        e: op::Arm,
+        fx: &mut Effects<()>,
+    ) -> Result<board::Board, Refusal> {
         let ring = Op::Ring {
             timer: e.timer,
             tag: e.tag,
         };
         fx.start_timer(timer_name(e.timer), Duration::from_millis(e.ms), ring);
-        Ok(logged(s, Entry::Arm { timer: e.timer, tag: e.tag }))
+        Ok(logged(
+            s,
+            Entry::Arm {
+                timer: e.timer,
+                tag: e.tag,
+            },
+        ))
     }
 }
 
 impl Handler<op::Cancel, board::Board> for board::Board {
-    fn handle(s: board::BoardRef<'_>, e: op::Cancel, fx: &mut Effects<()>) -> Result<board::Board, Refusal> {
+    fn handle(
+        s: board::BoardRef<'_>,
+        e: op::Cancel,
+        fx: &mut Effects<()>,
+    ) -> Result<board::Board, Refusal> {
         fx.cancel_timer(timer_name(e.timer));
         Ok(logged(s, Entry::Cancel { timer: e.timer }))
     }
 }
 
 impl Handler<op::Ring, board::Board> for board::Board {
-    fn handle(s: board::BoardRef<'_>, e: op::Ring, _: &mut Effects<()>) -> Result<board::Board, Refusal> {
-        Ok(logged(s, Entry::Ring { timer: e.timer, tag: e.tag }))
+    fn handle(
+        s: board::BoardRef<'_>,
+        e: op::Ring,
+        _: &mut Effects<()>,
+    ) -> Result<board::Board, Refusal> {
+        Ok(logged(
+            s,
+            Entry::Ring {
+                timer: e.timer,
+                tag: e.tag,
+            },
+        ))
     }
 }
 
@@ -229,11 +262,18 @@ fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, Cmd)>
         }
     }
     // The child may already be dead (killed): a broken pipe is fine.
-    let _ = stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush());
+    let _ = stdin
+        .write_all(text.as_bytes())
+        .and_then(|()| stdin.flush());
     commands.len()
 }
 
-fn record(line: &str, pending: &mut BTreeMap<String, (u64, Cmd)>, acks: &mut u64, errors: &mut u64) {
+fn record(
+    line: &str,
+    pending: &mut BTreeMap<String, (u64, Cmd)>,
+    acks: &mut u64,
+    errors: &mut u64,
+) {
     let mut parts = line.splitn(3, ' ');
     match (parts.next(), parts.next()) {
         (Some("ack"), Some(key)) => {
@@ -373,7 +413,10 @@ fn main() {
             current.is_empty(),
             "machine {i}: armings never fired: {current:?} (seed {seed})"
         );
-        assert!(rang.values().all(|&n| n == 1), "a firing repeated (seed {seed})");
+        assert!(
+            rang.values().all(|&n| n == 1),
+            "a firing repeated (seed {seed})"
+        );
     }
     println!(
         "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({acks} acknowledgements, {errors} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {:.1?}",

@@ -54,6 +54,12 @@
 //! - [`Property::SnapshotRoundTrips`] (with [`Checker::snapshots`]): every state visited,
 //!   encoded into an envelope and decoded from its bytes, is equal to itself.
 //!
+//! With timers ([`Checker::check_timed`], [`Checker::run_timed`]), a sequence also holds
+//! "time passes" steps ([`Input::Elapse`]): the timers due fire in deadline order, each
+//! applied like any event, under the kernel's rules (see [`crate::timer`]), and two more
+//! properties hold: [`Property::TimerRequestsHold`] and
+//! [`Property::TimeoutsFireOnlyWhileArmed`].
+//!
 //! A failure is a [`Violation`]: the property, what was seen, and the whole sequence up to it with
 //! state and event names. [`Checker::run`] (proptest) shrinks a failing sequence to a minimal one
 //! before reporting it; [`Checker::fuzz`] (arbitrary) decodes a fuzzer's bytes into a sequence.
@@ -67,7 +73,10 @@ use serde::Serialize;
 use crate::rejection::panic_message;
 use crate::store::Codec;
 use crate::table::{StateId, Table};
-use crate::{Effects, Event, Reason, StateMachine};
+use crate::{Effects, Event, Reason, StateMachine, Transition};
+
+mod timed;
+pub use timed::Input;
 
 /// A property of a machine that [`Checker`] verifies after every step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +96,12 @@ pub enum Property {
     VisitedStatesAreReachable,
     /// Every state visited round-trips through a snapshot envelope to an equal state.
     SnapshotRoundTrips,
+    /// Every timer request a handler makes can be honoured (the machine's event type, a valid
+    /// duration and name, within the default bound of armed timers).
+    TimerRequestsHold,
+    /// A timeout fires only while it is armed: a state timeout only in the state that armed
+    /// it, and no timer after a cancel, a replacement or a state change cancelled it.
+    TimeoutsFireOnlyWhileArmed,
 }
 
 impl Property {
@@ -100,6 +115,8 @@ impl Property {
             Property::TerminalAcceptsNothing => "a terminal state accepts nothing",
             Property::VisitedStatesAreReachable => "visited states are reachable",
             Property::SnapshotRoundTrips => "snapshots round-trip",
+            Property::TimerRequestsHold => "timer requests can be honoured",
+            Property::TimeoutsFireOnlyWhileArmed => "timeouts fire only while armed",
         }
     }
 }
@@ -177,6 +194,8 @@ pub struct Run {
     pub rejected: usize,
     /// Indices into the table's transitions of those taken, in order.
     pub transitions: Vec<usize>,
+    /// Timers fired (by [`Checker::check_timed`]; their events count as steps too).
+    pub fired: usize,
 }
 
 /// What a whole [`Checker::run`] covered: which of the table's transitions the random
@@ -337,128 +356,11 @@ where
         start: &M,
         events: impl IntoIterator<Item = M::Event>,
     ) -> Result<Run, Violation> {
-        let table = M::TABLE;
-        let reachable = reachable_set(table);
-        let mut machine = start.clone();
-        let mut steps: Vec<Step> = Vec::new();
-        let mut run = Run::default();
-        let fail = |property: Property, detail: String, steps: &[Step]| Violation {
-            machine: table.machine(),
-            property,
-            detail,
-            start: format!("{start:?}"),
-            steps: steps.to_vec(),
-        };
-
-        self.check_state(&machine, &reachable)
-            .map_err(|(p, d)| fail(p, format!("the start state: {d}"), &steps))?;
-
-        let mut effects: Effects<M::Effect> = Effects::new();
+        let mut walk = Walk::new(self, start)?;
         for event in events {
-            let before = machine.clone();
-            let from = machine.state();
-            let event_id = event.id();
-            let event_name = event.name();
-            let event_value = format!("{event:?}");
-            let declared = table.target(from, event_id);
-            let terminal = table.is_terminal(from);
-            let mark = effects.mark();
-            let held = effects.len();
-            let result = catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, &mut effects)));
-            run.steps += 1;
-            let mut step = Step {
-                from: table.state_name(from),
-                event: event_name,
-                event_value,
-                outcome: String::new(),
-            };
-            match result {
-                Err(panic) => {
-                    step.outcome = "panicked".to_owned();
-                    steps.push(step);
-                    return Err(fail(
-                        Property::NeverPanics,
-                        format!(
-                            "the handler or invariant panicked: {}",
-                            panic_message(&*panic)
-                        ),
-                        &steps,
-                    ));
-                }
-                Ok(Ok(transition)) => {
-                    step.outcome = format!("-> {}", transition.to_name());
-                    steps.push(step);
-                    run.accepted += 1;
-                    let reported = (transition.from(), transition.event(), transition.to());
-                    if terminal {
-                        return Err(fail(
-                            Property::TerminalAcceptsNothing,
-                            format!(
-                                "terminal state `{}` accepted `{event_name}` and moved to `{}`",
-                                table.state_name(from),
-                                table.state_name(machine.state())
-                            ),
-                            &steps,
-                        ));
-                    }
-                    if declared != Some(machine.state())
-                        || reported != (from, event_id, machine.state())
-                    {
-                        return Err(fail(
-                            Property::AcceptsExactlyTheTable,
-                            format!(
-                                "accepted as {transition:?} and the machine is now in `{}`, but the table {}",
-                                table.state_name(machine.state()),
-                                match declared {
-                                    Some(to) => format!("leads to `{}`", table.state_name(to)),
-                                    None => "has no transition for this event here".to_owned(),
-                                }
-                            ),
-                            &steps,
-                        ));
-                    }
-                    if let Some(i) = table
-                        .transitions()
-                        .iter()
-                        .position(|t| t.from == from && t.event == event_id)
-                    {
-                        run.transitions.push(i);
-                    }
-                    self.check_state(&machine, &reachable)
-                        .map_err(|(p, d)| fail(p, format!("the state entered: {d}"), &steps))?;
-                }
-                Ok(Err(rejection)) => {
-                    step.outcome = format!("rejected: {rejection}");
-                    steps.push(step);
-                    run.rejected += 1;
-                    if machine != before {
-                        return Err(fail(
-                            Property::RejectionLeavesStateUnchanged,
-                            format!("the machine was {before:?} and is now {machine:?}"),
-                            &steps,
-                        ));
-                    }
-                    if effects.mark() != mark {
-                        return Err(fail(
-                            Property::RejectionLeavesStateUnchanged,
-                            format!(
-                                "the effects buffer held {held} effects and {} timer requests and now holds {} and {}",
-                                mark.timers(),
-                                effects.len(),
-                                effects.timers().len()
-                            ),
-                            &steps,
-                        ));
-                    }
-                    if let Some(problem) =
-                        rejection_mismatch(table, from, event_id, declared, terminal, &rejection)
-                    {
-                        return Err(fail(Property::AcceptsExactlyTheTable, problem, &steps));
-                    }
-                }
-            }
+            walk.event(event)?;
         }
-        Ok(run)
+        Ok(walk.run)
     }
 
     /// The per-state properties: invariant, reachability, snapshot round trip.
@@ -484,6 +386,154 @@ where
             round_trip(machine).map_err(|d| (Property::SnapshotRoundTrips, d))?;
         }
         Ok(())
+    }
+}
+
+/// One checked sequence in progress: the machine, what it did, and the report so far.
+struct Walk<'c, M: StateMachine> {
+    checker: &'c Checker<M>,
+    start: String,
+    reachable: Vec<bool>,
+    machine: M,
+    steps: Vec<Step>,
+    run: Run,
+    effects: Effects<M::Effect>,
+}
+
+impl<'c, M> Walk<'c, M>
+where
+    M: StateMachine + Clone + PartialEq + fmt::Debug,
+    M::Event: fmt::Debug,
+{
+    /// Starts from `start`, which must pass the per-state properties itself.
+    fn new(checker: &'c Checker<M>, start: &M) -> Result<Self, Violation> {
+        let walk = Walk {
+            checker,
+            start: format!("{start:?}"),
+            reachable: reachable_set(M::TABLE),
+            machine: start.clone(),
+            steps: Vec::new(),
+            run: Run::default(),
+            effects: Effects::new(),
+        };
+        walk.checker
+            .check_state(&walk.machine, &walk.reachable)
+            .map_err(|(p, d)| walk.fail(p, format!("the start state: {d}")))?;
+        Ok(walk)
+    }
+
+    fn fail(&self, property: Property, detail: String) -> Violation {
+        Violation {
+            machine: M::TABLE.machine(),
+            property,
+            detail,
+            start: self.start.clone(),
+            steps: self.steps.clone(),
+        }
+    }
+
+    /// Applies one event and checks every property; the transition taken, if accepted.
+    fn event(&mut self, event: M::Event) -> Result<Option<Transition>, Violation> {
+        let before = self.machine.clone();
+        let table = M::TABLE;
+        let from = self.machine.state();
+        let event_id = event.id();
+        let event_name = event.name();
+        let event_value = format!("{event:?}");
+        let declared = table.target(from, event_id);
+        let terminal = table.is_terminal(from);
+        let mark = self.effects.mark();
+        let held = self.effects.len();
+        let (machine, effects) = (&mut self.machine, &mut self.effects);
+        let result = catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, effects)));
+        self.run.steps += 1;
+        let mut step = Step {
+            from: table.state_name(from),
+            event: event_name,
+            event_value,
+            outcome: String::new(),
+        };
+        match result {
+            Err(panic) => {
+                step.outcome = "panicked".to_owned();
+                self.steps.push(step);
+                return Err(self.fail(
+                    Property::NeverPanics,
+                    format!(
+                        "the handler or invariant panicked: {}",
+                        panic_message(&*panic)
+                    ),
+                ));
+            }
+            Ok(Ok(transition)) => {
+                step.outcome = format!("-> {}", transition.to_name());
+                self.steps.push(step);
+                self.run.accepted += 1;
+                let reported = (transition.from(), transition.event(), transition.to());
+                if terminal {
+                    return Err(self.fail(
+                        Property::TerminalAcceptsNothing,
+                        format!(
+                            "terminal state `{}` accepted `{event_name}` and moved to `{}`",
+                            table.state_name(from),
+                            table.state_name(self.machine.state())
+                        ),
+                    ));
+                }
+                if declared != Some(self.machine.state())
+                    || reported != (from, event_id, self.machine.state())
+                {
+                    return Err(self.fail(Property::AcceptsExactlyTheTable,
+                        format!(
+                            "accepted as {transition:?} and the machine is now in `{}`, but the table {}",
+                            table.state_name(self.machine.state()),
+                            match declared {
+                                Some(to) => format!("leads to `{}`", table.state_name(to)),
+                                None => "has no transition for this event here".to_owned(),
+                            }
+                        )
+                    ));
+                }
+                if let Some(i) = table
+                    .transitions()
+                    .iter()
+                    .position(|t| t.from == from && t.event == event_id)
+                {
+                    self.run.transitions.push(i);
+                }
+                self.checker
+                    .check_state(&self.machine, &self.reachable)
+                    .map_err(|(p, d)| self.fail(p, format!("the state entered: {d}")))?;
+                return Ok(Some(transition));
+            }
+            Ok(Err(rejection)) => {
+                step.outcome = format!("rejected: {rejection}");
+                self.steps.push(step);
+                self.run.rejected += 1;
+                if self.machine != before {
+                    return Err(self.fail(
+                        Property::RejectionLeavesStateUnchanged,
+                        format!("the machine was {before:?} and is now {:?}", self.machine),
+                    ));
+                }
+                if self.effects.mark() != mark {
+                    return Err(self.fail(Property::RejectionLeavesStateUnchanged,
+                        format!(
+                            "the effects buffer held {held} effects and {} timer requests and now holds {} and {}",
+                            mark.timers(),
+                            self.effects.len(),
+                            self.effects.timers().len()
+                        )
+                    ));
+                }
+                if let Some(problem) =
+                    rejection_mismatch(table, from, event_id, declared, terminal, &rejection)
+                {
+                    return Err(self.fail(Property::AcceptsExactlyTheTable, problem));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -581,6 +631,9 @@ mod with_proptest {
     use super::{Checker, Coverage, Violation};
     use crate::StateMachine;
 
+    /// How one generated sequence of inputs is checked.
+    type CheckFn<M, V> = fn(&Checker<M>, &M, Vec<V>) -> Result<super::Run, Violation>;
+
     /// Why [`Checker::run`] failed: a property broken (the sequence already shrunk), or
     /// proptest gave up (too many rejected inputs).
     #[derive(Debug)]
@@ -624,6 +677,23 @@ mod with_proptest {
             S: Strategy<Value = M>,
             E: Strategy<Value = M::Event>,
         {
+            self.run_inputs(starts, events, |checker, start, events| {
+                checker.check_sequence(start, events)
+            })
+        }
+
+        /// Runs [`Checker::cases`] sequences of `inputs` from `starts` through `check`, and
+        /// re-checks the sequence proptest shrank a failure to.
+        pub(crate) fn run_inputs<S, I>(
+            &self,
+            starts: S,
+            inputs: I,
+            check: CheckFn<M, I::Value>,
+        ) -> Result<Coverage, Failure>
+        where
+            S: Strategy<Value = M>,
+            I: Strategy,
+        {
             let config = Config {
                 cases: self.cases,
                 failure_persistence: None,
@@ -631,26 +701,23 @@ mod with_proptest {
             };
             let mut runner = TestRunner::new(config);
             let coverage = RefCell::new(Coverage::new(M::TABLE));
-            let strategy = (starts, vec(events, 0..=self.max_len));
-            let result = runner.run(&strategy, |(start, events)| {
-                let run = self
-                    .check_sequence(&start, events)
-                    .map_err(|v| TestCaseError::fail(v.to_string()))?;
+            let strategy = (starts, vec(inputs, 0..=self.max_len));
+            let result = runner.run(&strategy, |(start, inputs)| {
+                let run =
+                    check(self, &start, inputs).map_err(|v| TestCaseError::fail(v.to_string()))?;
                 coverage.borrow_mut().add(&run);
                 Ok(())
             });
             match result {
                 Ok(()) => Ok(coverage.into_inner()),
-                Err(TestError::Fail(reason, (start, events))) => {
-                    match self.check_sequence(&start, events) {
-                        Err(v) => Err(Failure::Violated(v)),
-                        // A property that fails once and not again (a handler that is not a
-                        // function of its inputs): report what proptest saw.
-                        Ok(_) => Err(Failure::Aborted(format!(
-                            "a sequence failed, then passed when run again (is a handler not deterministic?): {reason}"
-                        ))),
-                    }
-                }
+                Err(TestError::Fail(reason, (start, inputs))) => match check(self, &start, inputs) {
+                    Err(v) => Err(Failure::Violated(v)),
+                    // A property that fails once and not again (a handler that is not a
+                    // function of its inputs): report what proptest saw.
+                    Ok(_) => Err(Failure::Aborted(format!(
+                        "a sequence failed, then passed when run again (is a handler not deterministic?): {reason}"
+                    ))),
+                },
                 Err(TestError::Abort(reason)) => Err(Failure::Aborted(reason.to_string())),
             }
         }
@@ -688,6 +755,24 @@ mod with_proptest {
 
 #[cfg(feature = "proptest")]
 pub use with_proptest::{check_machine, Failure};
+
+/// [`check_machine`] with time: random sequences of events and "time passes" steps
+/// ([`Checker::run_timed`]), every property including the timer ones and the snapshot round
+/// trip; panics with the shrunk sequence if one fails. Prints the coverage.
+#[cfg(feature = "proptest")]
+pub fn check_timed_machine<M>(start: M) -> Coverage
+where
+    M: StateMachine + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned + 'static,
+    M::Event: Clone + fmt::Debug + proptest::arbitrary::Arbitrary + 'static,
+{
+    match Checker::<M>::new().snapshots().run_timed(start) {
+        Ok(coverage) => {
+            println!("{coverage}");
+            coverage
+        }
+        Err(failure) => panic!("{failure}"),
+    }
+}
 
 #[cfg(feature = "arbitrary")]
 mod with_arbitrary {

@@ -626,3 +626,152 @@ fn generic_enums_get_bounded_strategies() {
     let w = Wrapped::<u8>::arbitrary(&mut Unstructured::new(&data)).unwrap();
     assert!(matches!(w, Wrapped::Put(_) | Wrapped::Clear));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Timers: sequences with "time passes" steps.
+
+#[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[fsm(event = BeatEv)]
+pub enum Heart {
+    #[fsm(initial, on(Pulse => Sensing), on(Missed => Pacing), on(Snooze => Sensing), on(Wake => Sensing), state_timeout(ms = 1200 => Missed))]
+    Sensing,
+    #[fsm(on(Pulse => Sensing), on(Missed => Pacing), on(Snooze => Pacing), on(Wake => Pacing), state_timeout(ms = 800 => Missed))]
+    Pacing,
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BeatEv {
+    Pulse,
+    Missed,
+    /// Arms a named timer that fires `Wake`.
+    Snooze {
+        ms: u16,
+    },
+    Wake,
+}
+
+impl Handler<beat_ev::Pulse, heart::Sensing> for heart::Sensing {
+    fn handle(
+        _: heart::Sensing,
+        _: beat_ev::Pulse,
+        fx: &mut Effects<()>,
+    ) -> Result<heart::Sensing, Refusal> {
+        fx.restart_state_timeout();
+        Ok(heart::Sensing)
+    }
+}
+impl Handler<beat_ev::Missed, heart::Pacing> for heart::Sensing {
+    fn handle(
+        _: heart::Sensing,
+        _: beat_ev::Missed,
+        _: &mut Effects<()>,
+    ) -> Result<heart::Pacing, Refusal> {
+        Ok(heart::Pacing)
+    }
+}
+impl Handler<beat_ev::Pulse, heart::Sensing> for heart::Pacing {
+    fn handle(
+        _: heart::Pacing,
+        _: beat_ev::Pulse,
+        _: &mut Effects<()>,
+    ) -> Result<heart::Sensing, Refusal> {
+        Ok(heart::Sensing)
+    }
+}
+impl Handler<beat_ev::Missed, heart::Pacing> for heart::Pacing {
+    fn handle(
+        _: heart::Pacing,
+        _: beat_ev::Missed,
+        fx: &mut Effects<()>,
+    ) -> Result<heart::Pacing, Refusal> {
+        fx.restart_state_timeout();
+        Ok(heart::Pacing)
+    }
+}
+macro_rules! snooze {
+    ($($s:ident),*) => {$(
+        impl Handler<beat_ev::Snooze, heart::$s> for heart::$s {
+            fn handle(_: heart::$s, e: beat_ev::Snooze, fx: &mut Effects<()>) -> Result<heart::$s, Refusal> {
+                fx.start_timer("snooze", std::time::Duration::from_millis(e.ms.into()), BeatEv::Wake);
+                Ok(heart::$s)
+            }
+        }
+        impl Handler<beat_ev::Wake, heart::$s> for heart::$s {
+            fn handle(_: heart::$s, _: beat_ev::Wake, _: &mut Effects<()>) -> Result<heart::$s, Refusal> {
+                Ok(heart::$s)
+            }
+        }
+    )*};
+}
+snooze!(Sensing, Pacing);
+
+#[test]
+fn time_passing_fires_the_state_timeout_and_named_timers_in_order() {
+    use fsm_core::testing::Input;
+    use std::time::Duration;
+    let ms = |n| Input::Elapse(Duration::from_millis(n));
+    let run = Checker::<Heart>::new()
+        .snapshots()
+        .check_timed(
+            &Heart::Sensing,
+            [
+                ms(1000),                                 // nothing due yet (1200)
+                Input::Event(BeatEv::Pulse),              // restarts: due at 2200
+                Input::Event(BeatEv::Snooze { ms: 500 }), // Wake at 1500
+                ms(1500),                                 // to 2500: Wake at 1500, Missed at 2200
+            ],
+        )
+        .unwrap();
+    // Missed took the machine to Pacing, whose own timeout (due at 3000) is beyond 2500.
+    assert_eq!(run.fired, 2);
+    assert_eq!(run.steps, 4);
+}
+
+#[test]
+fn a_timed_machine_holds_every_property_under_random_time() {
+    let coverage = Checker::<Heart>::new()
+        .snapshots()
+        .run_timed(Heart::Sensing)
+        .unwrap();
+    // The timeout transitions are taken only when time passes.
+    assert!(coverage.missed().is_empty(), "{coverage}");
+    fsm_core::testing::check_timed_machine(Heart::Pacing);
+}
+
+#[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[fsm(event = PokeEv)]
+pub enum Poked {
+    #[fsm(initial, on(Poke => Idle))]
+    Idle,
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PokeEv {
+    Poke { n: u8 },
+}
+
+impl Handler<poke_ev::Poke, poked::Idle> for poked::Idle {
+    fn handle(
+        _: poked::Idle,
+        e: poke_ev::Poke,
+        fx: &mut Effects<()>,
+    ) -> Result<poked::Idle, Refusal> {
+        if e.n > 200 {
+            // A bug: a number, not the machine's event.
+            fx.start_timer("x", std::time::Duration::from_millis(10), e.n);
+        }
+        Ok(poked::Idle)
+    }
+}
+
+#[test]
+fn a_timer_request_that_cannot_be_honoured_is_caught_and_shrunk() {
+    let failure = Checker::<Poked>::new().run_timed(Poked::Idle).unwrap_err();
+    let Failure::Violated(v) = failure else {
+        panic!("{failure}");
+    };
+    assert_eq!(v.property, Property::TimerRequestsHold, "{v}");
+    assert!(v.detail.contains("u8"), "{v}");
+    assert_eq!(v.steps.len(), 1, "shrunk to the one poke: {v}");
+    assert_eq!(v.steps[0].event_value, "Poke { n: 201 }", "{v}");
+}

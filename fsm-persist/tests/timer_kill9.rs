@@ -33,19 +33,46 @@ use serde::{Deserialize, Serialize};
 const MACHINES: u64 = 4;
 const TIMERS: u32 = 3;
 
-/// One entry of a machine's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of a machine's log (stored as a plain tuple, see `Entry::pack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
     Arm { timer: u32, tag: u64 },
     Cancel { timer: u32 },
     Ring { timer: u32, tag: u64 },
 }
 
+impl Entry {
+    /// As `(kind, timer, tag)`: plain data, so the machine's field has the test strategies
+    /// every field needs when fsm-core's `proptest` and `arbitrary` features are on.
+    fn pack(self) -> (u8, u32, u64) {
+        match self {
+            Entry::Arm { timer, tag } => (0, timer, tag),
+            Entry::Cancel { timer } => (1, timer, 0),
+            Entry::Ring { timer, tag } => (2, timer, tag),
+        }
+    }
+
+    fn unpack((kind, timer, tag): (u8, u32, u64)) -> Entry {
+        match kind {
+            0 => Entry::Arm { timer, tag },
+            1 => Entry::Cancel { timer },
+            _ => Entry::Ring { timer, tag },
+        }
+    }
+}
+
 #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[fsm(event = Op)]
 pub enum Board {
     #[fsm(initial, on(Arm => Board), on(Cancel => Board), on(Ring => Board))]
-    Board { log: Vec<Entry> },
+    Board { log: Vec<(u8, u32, u64)> },
+}
+
+impl Board {
+    fn entries(&self) -> Vec<Entry> {
+        let Board::Board { log } = self;
+        log.iter().copied().map(Entry::unpack).collect()
+    }
 }
 
 #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +99,7 @@ fn timer_name(timer: u32) -> String {
 
 fn logged(s: board::BoardRef<'_>, entry: Entry) -> board::Board {
     let mut log = s.log.clone();
-    log.push(entry);
+    log.push(entry.pack());
     board::Board { log }
 }
 
@@ -202,7 +229,7 @@ fn child(dir: &Path) {
         let start = Instant::now();
         for i in 0..MACHINES {
             loop {
-                let (Board::Board { log }, _) = kernel.state(&machine(i)).unwrap();
+                let log = kernel.state(&machine(i)).unwrap().0.entries();
                 if running(&log).is_empty() {
                     break;
                 }
@@ -365,7 +392,7 @@ fn main() {
     let (mut rings, mut replaced) = (0usize, 0usize);
     for i in 0..MACHINES {
         let log = match store.load(&machine(i), &codec).unwrap() {
-            Some((Board::Board { log }, _)) => log,
+            Some((board, _)) => board.entries(),
             None => Vec::new(),
         };
         let commands: Vec<Entry> = sent

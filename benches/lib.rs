@@ -1,6 +1,9 @@
 //! Benchmarks only; see `benches/`. The library holds the drivers that both the criterion
 //! benches and the stand-alone measuring binaries run.
 
+#[path = "alloc.rs"]
+pub mod alloc;
+
 pub mod dispatch {
     //! The dispatch bench's driver, shared with the instruction-counting binary.
 
@@ -235,6 +238,181 @@ pub mod kernel {
         );
         for t in tickets {
             t.unwrap().wait().unwrap();
+        }
+    }
+}
+
+/// The machine of the timers bench: one command with and one without a timer, otherwise the
+/// same work, and the firing that records how late it came.
+pub mod timers {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use fsm_core::kernel::{EffectError, EffectWorker};
+    use fsm_core::store::MachineId;
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use hdrhistogram::Histogram;
+    use serde::{Deserialize, Serialize};
+
+    /// Where bench time starts: deadlines and firing times are microseconds since it.
+    pub fn micros() -> u64 {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A counter with a timer.
+    #[derive(StateMachine, Debug, Clone, Serialize, Deserialize)]
+    #[fsm(event = BeatCmd, effect = Fired)]
+    pub enum Beat {
+        /// Not yet touched.
+        #[fsm(initial, on(Bump => Live), on(Arm => Live), on(Fire => Live))]
+        New,
+        /// Touched at least once.
+        #[fsm(on(Bump => Live), on(Arm => Live), on(Fire => Live))]
+        Live {
+            /// Commands so far.
+            n: u64,
+        },
+    }
+
+    /// The commands.
+    #[derive(Event, Debug, Clone, Serialize, Deserialize)]
+    pub enum BeatCmd {
+        /// Count one more.
+        Bump,
+        /// Count one more and (re-)arm the timer `t` to fire at `due` (bench microseconds),
+        /// or `after_ms` from now when `due` is 0.
+        Arm {
+            /// Microseconds since the bench's base.
+            due: u64,
+            /// Used when `due` is 0.
+            after_ms: u64,
+        },
+        /// What the timer fires.
+        Fire {
+            /// The deadline it was armed for.
+            due: u64,
+        },
+    }
+
+    /// A firing, for the effect worker to time.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Fired {
+        /// The deadline, in bench microseconds.
+        pub due: u64,
+    }
+
+    fn arm(e: &beat_cmd::Arm, fx: &mut Effects<Fired>) {
+        let (after, due) = if e.due == 0 {
+            let after = Duration::from_millis(e.after_ms);
+            (after, micros() + e.after_ms * 1000)
+        } else {
+            let now = micros();
+            (
+                Duration::from_micros(e.due.saturating_sub(now).max(1000)),
+                e.due,
+            )
+        };
+        fx.start_timer("t", after, BeatCmd::Fire { due });
+    }
+
+    impl Handler<beat_cmd::Bump, beat::Live> for beat::New {
+        fn handle(
+            _: beat::New,
+            _: beat_cmd::Bump,
+            _: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            Ok(beat::Live { n: 1 })
+        }
+    }
+    impl Handler<beat_cmd::Arm, beat::Live> for beat::New {
+        fn handle(
+            _: beat::New,
+            e: beat_cmd::Arm,
+            fx: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            arm(&e, fx);
+            Ok(beat::Live { n: 1 })
+        }
+    }
+    impl Handler<beat_cmd::Fire, beat::Live> for beat::New {
+        fn handle(
+            _: beat::New,
+            e: beat_cmd::Fire,
+            fx: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            fx.push(Fired { due: e.due });
+            Ok(beat::Live { n: 1 })
+        }
+    }
+
+    impl Handler<beat_cmd::Bump, beat::Live> for beat::Live {
+        fn handle(
+            s: beat::LiveRef<'_>,
+            _: beat_cmd::Bump,
+            _: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            Ok(beat::Live { n: s.n + 1 })
+        }
+    }
+    impl Handler<beat_cmd::Arm, beat::Live> for beat::Live {
+        fn handle(
+            s: beat::LiveRef<'_>,
+            e: beat_cmd::Arm,
+            fx: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            arm(&e, fx);
+            Ok(beat::Live { n: s.n + 1 })
+        }
+    }
+    impl Handler<beat_cmd::Fire, beat::Live> for beat::Live {
+        fn handle(
+            s: beat::LiveRef<'_>,
+            e: beat_cmd::Fire,
+            fx: &mut Effects<Fired>,
+        ) -> Result<beat::Live, Refusal> {
+            fx.push(Fired { due: e.due });
+            Ok(beat::Live { n: s.n + 1 })
+        }
+    }
+
+    /// Lateness of firings (microseconds from deadline to the effect running, after the
+    /// firing is durable), and how many came.
+    #[derive(Clone)]
+    pub struct Lateness {
+        /// The histogram.
+        pub hist: Arc<Mutex<Histogram<u64>>>,
+        /// Firings seen.
+        pub seen: Arc<AtomicU64>,
+        /// When the last one ran, in bench microseconds.
+        pub last: Arc<AtomicU64>,
+    }
+
+    impl Default for Lateness {
+        fn default() -> Self {
+            Lateness {
+                hist: Arc::new(Mutex::new(
+                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+                )),
+                seen: Arc::new(AtomicU64::new(0)),
+                last: Arc::new(AtomicU64::new(0)),
+            }
+        }
+    }
+
+    impl EffectWorker<Beat> for Lateness {
+        fn run(&mut self, _: &MachineId, f: &Fired) -> Result<Option<BeatCmd>, EffectError> {
+            let now = micros();
+            let _ = self
+                .hist
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(now.saturating_sub(f.due).max(1));
+            self.last.fetch_max(now, Ordering::Relaxed);
+            self.seen.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
         }
     }
 }

@@ -591,3 +591,24 @@ fn a_snapshot_whose_timers_do_not_fit_is_quarantined() {
         "the others run"
     );
 }
+
+#[test]
+fn a_timer_re_armed_again_and_again_before_its_deadline_keeps_the_index_bounded() {
+    let r = rig();
+    let m = id("pacer");
+    // A pacemaker's pulses: each restarts A's state timeout long before it is due.
+    for _ in 0..5000 {
+        r.send(&m, Cmd::Restart).unwrap();
+    }
+    let entries = r.kernel.metrics().total.timer_entries;
+    assert!(
+        entries <= 2 * 1024 + 8,
+        "{entries} index entries for one armed timer"
+    );
+    assert_eq!(
+        r.advance(1000),
+        1,
+        "and it fires once, at the last restart's deadline"
+    );
+    assert_eq!(r.fired(&m), ["A --Tick--> C"]);
+}

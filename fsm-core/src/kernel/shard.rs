@@ -339,6 +339,7 @@ impl<M: Durable> Shard<M> {
         }
         let (failed, persist_ns) = self.commit();
         self.answer(&failed, persist_ns);
+        self.compact_index();
     }
 
     /// Runs one command against its machine (loading it if needed) and records the decision.
@@ -621,7 +622,6 @@ impl<M: Durable> Shard<M> {
             None => {}
         }
         let slot = self.load(id, now, epoch)?;
-        self.due.loaded(id);
         if let Some(at) = slot.timers.as_ref().and_then(|t| t.earliest_waiting()) {
             self.due.schedule(id, at);
         }
@@ -646,13 +646,11 @@ impl<M: Durable> Shard<M> {
             return;
         };
         let from = M::TABLE.state_name(slot.machine.state());
-        if error.is_fenced() {
-            self.due.forget(id);
-        } else {
+        if !error.is_fenced() {
             // What is durable may hold timers this copy did not (or no longer) show: the
             // machine is looked at again soon, which reloads it and indexes them.
             let now = self.inner.time.floor(self.inner.config.clock.now());
-            self.due.evicted(id, now);
+            self.due.schedule(id, now);
         }
         for mut cmd in slot.deferred.drain(..) {
             self.deferred -= 1;
@@ -762,7 +760,6 @@ impl<M: Durable> Shard<M> {
         #[cfg(feature = "tracing")]
         tracing::error!(machine = %id, cause = %q.cause, "fsm.quarantined");
         self.quarantined.insert(id.clone(), q.clone());
-        self.due.forget(id);
         self.publish_quarantine();
         CommandError::Quarantined(q)
     }
@@ -1069,19 +1066,12 @@ impl<M: Durable> Shard<M> {
             self.counts.expired += 1;
             cmd.answer(Err(CommandError::Expired));
         }
-        let index = &mut self.due;
-        self.slots.retain(|id, s| {
-            let keep = s.dirty
+        // Evicted machines keep their timers: their entries stay in the shard's index.
+        self.slots.retain(|_, s| {
+            s.dirty
                 || !s.deferred.is_empty()
                 || s.timers.as_ref().is_some_and(|t| !t.firing.is_empty())
-                || now.saturating_duration_since(s.last_used) < idle_after;
-            if !keep {
-                // Evicted machines keep their timers: the shard remembers when they are due.
-                if let Some(at) = s.timers.as_ref().and_then(|t| t.earliest_waiting()) {
-                    index.evicted(id, at);
-                }
-            }
-            keep
+                || now.saturating_duration_since(s.last_used) < idle_after
         });
         self.publish_gauges();
     }
@@ -1092,6 +1082,7 @@ impl<M: Durable> Shard<M> {
             .unwrap_or_else(PoisonError::into_inner);
         stats.resident = self.slots.len();
         stats.quarantined = self.quarantined.len();
+        stats.timer_entries = self.due.len();
         stats.counts.deferred = self.deferred;
     }
 
@@ -1119,6 +1110,7 @@ impl<M: Durable> Shard<M> {
         }
         stats.resident = self.slots.len();
         stats.quarantined = self.quarantined.len();
+        stats.timer_entries = self.due.len();
     }
 }
 

@@ -116,6 +116,7 @@ pub(crate) struct ShardStats {
     pub(crate) commits: u64,
     pub(crate) snapshots: u64,
     pub(crate) resident: usize,
+    pub(crate) timer_entries: usize,
     pub(crate) quarantined: usize,
     /// The shard's quarantined machines, published when the set changes.
     pub(crate) quarantine: Vec<std::sync::Arc<super::Quarantined>>,
@@ -129,6 +130,7 @@ impl ShardStats {
             commits: 0,
             snapshots: 0,
             resident: 0,
+            timer_entries: 0,
             quarantined: 0,
             quarantine: Vec::new(),
         }
@@ -148,6 +150,9 @@ pub struct ShardMetrics {
     pub resident: usize,
     /// Machines quarantined now.
     pub quarantined: usize,
+    /// Entries in the shard's timer index now: about one per machine with a timer armed,
+    /// resident or evicted (plus re-armed ones not yet dropped; rebuilt when those dominate).
+    pub timer_entries: usize,
     /// The most commands that waited in an inbox at once.
     pub high_water: usize,
     /// From acceptance to the shard taking the command.
@@ -175,6 +180,7 @@ impl ShardMetrics {
             snapshots: stats.snapshots,
             resident: stats.resident,
             quarantined: stats.quarantined,
+            timer_entries: stats.timer_entries,
             high_water,
             wait: LatencySummary::of(&hist.wait),
             apply: LatencySummary::of(&hist.apply),
@@ -238,6 +244,7 @@ impl KernelMetrics {
             total.snapshots += s.snapshots;
             total.resident += s.resident;
             total.quarantined += s.quarantined;
+            total.timer_entries += s.timer_entries;
         }
         let high_water = shards.iter().map(|s| s.2).max().unwrap_or(0);
         ShardMetrics::of(counts, &hist, &total, high_water)

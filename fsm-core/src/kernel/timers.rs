@@ -15,10 +15,12 @@
 //! Per shard, a binary heap of `(deadline, machine)` holds each machine's earliest deadline,
 //! so the shard sleeps exactly until the next one. Entries are never updated in place: a
 //! re-armed timer pushes a new entry and the old one is recognised as stale when it comes up
-//! (the resident machine's timers no longer hold it, or, for a machine evicted from memory,
-//! the shard's record of evicted deadlines does not). Evicted machines keep their timers: the
-//! shard keeps the earliest deadline of every machine it evicted, and loads the machine from
-//! the store when it comes due. A heap beats a timing wheel here because deadlines span
+//! (the resident machine's timers no longer hold it). Evicted machines keep their timers: their
+//! entries stay in the heap (24 bytes and the id each), and a machine not in memory is loaded
+//! from the store when an entry of its comes due. A stale entry of an evicted machine (it was
+//! re-armed before it was evicted) costs one such load, after which the machine is resident
+//! again and its real deadline indexed; the heap is rebuilt when stale entries outnumber
+//! live ones, keeping one entry per machine. The store is never scanned for deadlines. A heap beats a timing wheel here because deadlines span
 //! milliseconds to years and the shard only ever needs the minimum: push and pop are
 //! `O(log n)` on 24-byte entries, and a wheel's slots would cost memory per tick of range.
 
@@ -92,19 +94,18 @@ impl<E: Serialize + DeserializeOwned> EventCodec<E> {
     }
 }
 
-/// A shard's index of due times (see the module documentation).
+/// A shard's index of due times (see the module documentation): a min-heap of
+/// `(deadline, machine)`, each entry possibly stale.
 #[derive(Default)]
 pub(crate) struct TimerIndex {
     heap: BinaryHeap<Reverse<(u64, MachineId)>>,
-    /// The earliest deadline of each machine evicted from memory with timers armed (or to be
-    /// reloaded to find out, after a failed commit).
-    evicted: HashMap<MachineId, u64>,
     /// Heap length after the last rebuild, to tell when stale entries dominate.
     rebuilt_at: usize,
 }
 
 impl TimerIndex {
-    /// Machine `id` has a timer due at `at` (or is to be looked at then).
+    /// Machine `id` has a timer due at `at`, or is to be looked at then (loaded from the store
+    /// if it is not in memory).
     pub(crate) fn schedule(&mut self, id: &MachineId, at: u64) {
         self.heap.push(Reverse((at, id.clone())));
     }
@@ -115,45 +116,17 @@ impl TimerIndex {
     }
 
     /// Takes the machines with an entry due at `now`, each once, in deadline order.
-    pub(crate) fn take_due(&mut self, now: u64) -> Vec<(MachineId, u64)> {
-        let mut out: Vec<(MachineId, u64)> = Vec::new();
-        while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((at, id))) = self.heap.pop() else {
+    pub(crate) fn take_due(&mut self, now: u64) -> Vec<MachineId> {
+        let mut out: Vec<MachineId> = Vec::new();
+        while self.heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Some(Reverse((_, id))) = self.heap.pop() else {
                 break;
             };
-            if !out.iter().any(|(o, _)| *o == id) {
-                out.push((id, at));
+            if !out.contains(&id) {
+                out.push(id);
             }
         }
         out
-    }
-
-    /// Machine `id` left memory with `earliest` as its first deadline.
-    pub(crate) fn evicted(&mut self, id: &MachineId, earliest: u64) {
-        let at = self
-            .evicted
-            .get(id)
-            .map_or(earliest, |&known| known.min(earliest));
-        self.evicted.insert(id.clone(), at);
-        self.schedule(id, at);
-    }
-
-    /// Machine `id` is back in memory: its slot is the authority on its timers again.
-    pub(crate) fn loaded(&mut self, id: &MachineId) {
-        self.evicted.remove(id);
-    }
-
-    /// Whether a heap entry at `at` for an evicted machine is its current one.
-    pub(crate) fn is_current_evicted(&self, id: &MachineId, at: u64) -> bool {
-        self.evicted.get(id) == Some(&at)
-    }
-
-    /// Forgets an evicted machine (quarantined, or owned by another node now).
-    pub(crate) fn forget(&mut self, id: &MachineId) {
-        self.evicted.remove(id);
     }
 
     /// Whether stale entries outnumber live ones enough to rebuild the heap.
@@ -161,25 +134,34 @@ impl TimerIndex {
         self.heap.len() > 2 * self.rebuilt_at + 1024
     }
 
-    /// Rebuilds the heap from the live entries: `resident` (each resident machine's earliest
-    /// deadline) and the evicted record.
-    pub(crate) fn rebuild(&mut self, resident: impl IntoIterator<Item = (MachineId, u64)>) {
-        let mut entries: Vec<Reverse<(u64, MachineId)>> = resident
+    /// Rebuilds the heap: a resident machine keeps exactly its earliest deadline (`resident`
+    /// says which machines are in memory, and when their first timer is due); a machine not
+    /// in memory keeps its earliest entry, which is either its real first deadline or a stale
+    /// one that loads it, whereupon its real one is indexed again.
+    pub(crate) fn rebuild(&mut self, resident: impl Fn(&MachineId) -> Option<Option<u64>>) {
+        let mut first: HashMap<MachineId, u64> = HashMap::new();
+        for Reverse((at, id)) in std::mem::take(&mut self.heap).into_vec() {
+            match resident(&id) {
+                Some(Some(due)) => {
+                    first.insert(id, due);
+                }
+                Some(None) => {}
+                None => {
+                    let e = first.entry(id).or_insert(at);
+                    *e = (*e).min(at);
+                }
+            }
+        }
+        self.heap = first
             .into_iter()
             .map(|(id, at)| Reverse((at, id)))
             .collect();
-        entries.extend(
-            self.evicted
-                .iter()
-                .map(|(id, &at)| Reverse((at, id.clone()))),
-        );
-        self.heap = BinaryHeap::from(entries);
         self.heap.shrink_to_fit();
         self.rebuilt_at = self.heap.len();
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Entries now, stale ones included.
+    pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
 }
@@ -212,32 +194,29 @@ mod tests {
         index.schedule(&id("b"), 15);
         index.schedule(&id("c"), 99);
         assert_eq!(index.next(), Some(10));
-        let due = index.take_due(20);
-        assert_eq!(due, vec![(id("a"), 10), (id("b"), 15)]);
+        assert_eq!(index.take_due(20), vec![id("a"), id("b")]);
         assert_eq!(index.next(), Some(99));
     }
 
     #[test]
-    fn an_evicted_machine_keeps_only_its_current_entry() {
-        let mut index = TimerIndex::default();
-        index.schedule(&id("m"), 50);
-        index.evicted(&id("m"), 70);
-        assert!(!index.is_current_evicted(&id("m"), 50));
-        assert!(index.is_current_evicted(&id("m"), 70));
-        index.loaded(&id("m"));
-        assert!(!index.is_current_evicted(&id("m"), 70));
-    }
-
-    #[test]
-    fn a_rebuild_drops_stale_entries() {
+    fn a_rebuild_keeps_one_entry_per_machine() {
         let mut index = TimerIndex::default();
         for at in 0..3000 {
             index.schedule(&id("busy"), at);
         }
-        index.evicted(&id("idle"), 5);
+        index.schedule(&id("idle"), 7);
+        index.schedule(&id("idle"), 5);
+        index.schedule(&id("done"), 1);
         assert!(index.wants_rebuild());
-        index.rebuild([(id("busy"), 2999)]);
+        // `busy` is resident with its first timer at 2999, `done` resident with none, `idle`
+        // evicted: it keeps its earliest entry.
+        index.rebuild(|m| match m.as_str() {
+            "busy" => Some(Some(2999)),
+            "done" => Some(None),
+            _ => None,
+        });
         assert_eq!(index.len(), 2);
-        assert_eq!(index.take_due(u64::MAX).len(), 2);
+        assert_eq!(index.next(), Some(5));
+        assert_eq!(index.take_due(u64::MAX), vec![id("idle"), id("busy")]);
     }
 }

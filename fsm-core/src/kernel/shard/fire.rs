@@ -145,15 +145,14 @@ impl<M: Durable> Shard<M> {
         }
         let mut fired = 0;
         let mut broken: Vec<(MachineId, String)> = Vec::new();
-        for (id, at) in self.due.take_due(now_ms) {
+        for id in self.due.take_due(now_ms) {
             if !self.slots.contains_key(&id) {
-                if !self.due.is_current_evicted(&id, at) {
-                    continue;
-                }
+                // Loading indexes the machine's timers (its real first deadline, if this
+                // entry was a stale one).
                 match self.ensure_loaded(&id, now, store) {
                     Ok(()) => {}
                     Err(CommandError::Unavailable { .. }) => {
-                        self.due.evicted(&id, now_ms.saturating_add(RETRY_LOAD_MS));
+                        self.due.schedule(&id, now_ms.saturating_add(RETRY_LOAD_MS));
                         continue;
                     }
                     // Quarantined, owned by another node, or not startable: not fired here.
@@ -214,16 +213,22 @@ impl<M: Durable> Shard<M> {
         for (id, message) in broken {
             let error = self.quarantine(&id, QuarantineCause::Timers(message));
             self.evict(&id, &error);
-            self.due.forget(&id);
-        }
-        if self.due.wants_rebuild() {
-            let resident = self.slots.iter().filter_map(|(id, s)| {
-                let at = s.timers.as_ref()?.earliest_waiting()?;
-                Some((id.clone(), at))
-            });
-            self.due.rebuild(resident.collect::<Vec<_>>());
         }
         self.inner.quiet.more(fired);
         fired
+    }
+
+    /// Rebuilds the index when stale entries (re-armed timers) dominate it; run after every
+    /// batch, so a machine re-armed again and again before its deadline (a pacemaker's pulse)
+    /// does not grow it without bound.
+    pub(super) fn compact_index(&mut self) {
+        if self.due.wants_rebuild() {
+            let slots = &self.slots;
+            self.due.rebuild(|id| {
+                slots
+                    .get(id)
+                    .map(|s| s.timers.as_ref().and_then(|t| t.earliest_waiting()))
+            });
+        }
     }
 }

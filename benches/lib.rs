@@ -13,7 +13,9 @@ pub mod dispatch {
     use fsm_examples::registrar::{OrderCmd, OrderEffect};
 
     /// Feeds every event to the machine through the runtime dispatch, reusing one effects
-    /// buffer; returns how many were accepted.
+    /// buffer; returns how many were accepted. Never inlined, so that what the compiler
+    /// inlines into the loop does not depend on the binary that calls it.
+    #[inline(never)]
     pub fn drive<M: StateMachine<Event = OrderCmd, Effect = OrderEffect>>(
         mut machine: M,
         events: Vec<OrderCmd>,

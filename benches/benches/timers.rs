@@ -112,7 +112,12 @@ fn population(n: usize, cmd: fn() -> BeatCmd, evict: bool) -> (isize, usize) {
         .trace_capacity(0)
         .latency(false)
         .timer_events()
-        .idle_after(Duration::from_millis(1))
+        // Resident: nothing idles out while the population is built.
+        .idle_after(if evict {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_secs(3600)
+        })
         .start()
         .unwrap();
     let ids = ids("m", n);

@@ -113,6 +113,7 @@ impl<F> Effects<F> {
         std::mem::take(&mut self.timers)
     }
 
+    #[inline]
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             items: self.items.len(),
@@ -126,6 +127,7 @@ impl<F> Effects<F> {
     }
 
     /// Forgets effects and timer requests pushed after `mark` (a rejected transition's).
+    #[inline]
     pub(crate) fn rewind(&mut self, mark: Mark) {
         self.items.truncate(mark.items);
         self.timers.truncate(mark.timers);
@@ -163,6 +165,7 @@ impl<F> Effects<F> {
     }
 
     /// Removes and yields every effect, keeping the allocation for reuse.
+    #[inline]
     pub fn drain(&mut self) -> std::vec::Drain<'_, F> {
         self.items.drain(..)
     }

@@ -99,6 +99,7 @@ pub trait StateMachine: Sized {
     }
 
     /// Like [`StateMachine::apply`], appending effects to a buffer the caller reuses.
+    #[inline]
     fn apply_into(
         &mut self,
         event: Self::Event,

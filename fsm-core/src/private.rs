@@ -93,17 +93,27 @@ fn checked<T: TypedState>(result: Result<T, Refusal>) -> Result<T, Reason> {
 
 /// The checks of the timer requests a handler made (zero or overlong durations, bad names, a
 /// restart of a timeout the target does not declare): a bad request rejects the transition.
+/// Only the emptiness test is inline; a machine without timers pays one comparison.
 #[inline(always)]
 fn check_timers<T: TypedState>(effects: &Effects<EffectOf<T>>, mark: Mark) -> Result<(), Reason> {
-    let requests = effects.timers_since(mark);
-    if requests.is_empty() {
+    if effects.timers().len() == mark.timers() {
         return Ok(());
     }
+    check_timer_requests::<T>(effects, mark)
+}
+
+#[cold]
+#[inline(never)]
+fn check_timer_requests<T: TypedState>(
+    effects: &Effects<EffectOf<T>>,
+    mark: Mark,
+) -> Result<(), Reason> {
     let table = <T::Machine as StateMachine>::TABLE;
-    requests
+    effects
+        .timers_since(mark)
         .iter()
         .try_for_each(|r| crate::timer::check_request(r, table, T::ID))
-        .map_err(Reason::Timer)
+        .map_err(|e| Reason::Timer(Box::new(e)))
 }
 
 /// Runs the handler of a declared transition and the target's invariant, for the runtime

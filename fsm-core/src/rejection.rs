@@ -63,8 +63,9 @@ pub enum Reason {
     /// the panic continue to whoever supervises the consumer.
     Panicked(Refusal),
     /// The handler made a timer request that cannot be honoured (a zero or overlong duration,
-    /// a bad name, a restart of a state timeout the target does not declare).
-    Timer(TimerError),
+    /// a bad name, a restart of a state timeout the target does not declare). Boxed, so that
+    /// every rejection stays as small as it was without timers.
+    Timer(Box<TimerError>),
 }
 
 /// An event a machine did not take. The machine is exactly as it was before.

@@ -490,7 +490,7 @@ fn bad_timer_requests_are_typed_errors_and_leave_the_machine_as_it_was() {
     match &zero {
         CommandError::Rejected(rej) => {
             assert!(
-                matches!(rej.reason(), Reason::Timer(TimerError::ZeroDuration { .. })),
+                matches!(rej.reason(), Reason::Timer(e) if matches!(**e, TimerError::ZeroDuration { .. })),
                 "{zero}"
             )
         }

@@ -25,7 +25,7 @@
 //! `O(log n)` on 24-byte entries, and a wheel's slots would cost memory per tick of range.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -118,11 +118,12 @@ impl TimerIndex {
     /// Takes the machines with an entry due at `now`, each once, in deadline order.
     pub(crate) fn take_due(&mut self, now: u64) -> Vec<MachineId> {
         let mut out: Vec<MachineId> = Vec::new();
+        let mut seen: HashSet<MachineId> = HashSet::new();
         while self.heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((_, id))) = self.heap.pop() else {
                 break;
             };
-            if !out.contains(&id) {
+            if seen.insert(id.clone()) {
                 out.push(id);
             }
         }

@@ -66,6 +66,8 @@ pub(super) fn after_transition<M: Durable>(
                 })
         },
     )?;
+    // A machine holds few timers: no room kept for more (a new Vec would keep four).
+    next.armed.armed.shrink_to_fit();
     let keep = !next.armed.is_empty() || !next.firing.is_empty();
     Ok(keep.then(|| Box::new(next)))
 }

@@ -59,7 +59,11 @@
 //! - `defer(E, ..)`, `dump(E, ..)`, `delegate(E, ..)`, or bare `defer` / `dump` / `delegate`
 //!   for every other event: the [`Policy`] for events the state has no transition for (the
 //!   command queue acts on it; [`StateMachine::apply`] always rejects such events);
-//! - `validate = path`: the state's invariant, a `fn(view) -> Result<(), Refusal>`.
+//! - `validate = path`: the state's invariant, a `fn(view) -> Result<(), Refusal>`;
+//! - `state_timeout(ms = N => Event)` (or `s = N`, `min = N`): the state's timeout, firing
+//!   `Event` (a variant without fields that the state has a transition for) N after the state
+//!   was entered unless a transition left it first; handlers arm event timeouts and named
+//!   timers through [`Effects`] (see [`timer`] for the rules).
 //!
 //! On a field of a state or an event: `sensitive`, which [`Redacted`] prints as `<redacted>`.
 //!

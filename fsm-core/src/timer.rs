@@ -387,16 +387,10 @@ impl<P> Timers<P> {
         self.armed.retain(|a| &a.kind != kind);
     }
 
-    fn arm(
-        &mut self,
-        kind: TimerKind,
-        after: u64,
-        now: u64,
-        event: Option<P>,
-    ) -> Result<(), TimerError> {
-        let deadline = now.checked_add(after).ok_or_else(|| TimerError::Overflow {
-            timer: kind.clone(),
-        })?;
+    /// Arms `kind` for `after` milliseconds from `now` (checked by the caller not to
+    /// overflow), replacing a running arming of it.
+    fn arm(&mut self, kind: TimerKind, after: u64, now: u64, event: Option<P>) {
+        let deadline = now.saturating_add(after);
         self.cancel(&kind);
         let instance = self.next;
         self.next += 1;
@@ -407,7 +401,6 @@ impl<P> Timers<P> {
             after,
             event,
         });
-        Ok(())
     }
 
     /// Moves the deadlines of timers restored from a snapshot onto this process's clock: a
@@ -424,8 +417,14 @@ impl<P> Timers<P> {
     }
 }
 
+/// A request with its event converted and its duration in milliseconds, checked.
+enum Step<P> {
+    Arm(TimerKind, u64, Option<P>),
+    Cancel(TimerKind),
+}
+
 /// The rules for one accepted event (see the module documentation), applied to `timers` in
-/// place. On error `timers` may be partly changed: callers work on a copy.
+/// place. All or nothing: on error `timers` is exactly as it was.
 ///
 /// `payload` turns a request's event into how `P` holds it.
 pub(crate) fn on_accepted<P>(
@@ -437,45 +436,87 @@ pub(crate) fn on_accepted<P>(
     limit: usize,
     mut payload: impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
 ) -> Result<(), TimerError> {
-    timers.cancel(&TimerKind::Event);
     let declared = table.state(transition.to()).and_then(|s| s.state_timeout());
-    if !transition.is_self_transition() {
-        timers.cancel(&TimerKind::State);
+    let enters = !transition.is_self_transition();
+    let deadline = |kind: &TimerKind, after: u64| {
+        now.checked_add(after)
+            .map(|_| ())
+            .ok_or_else(|| TimerError::Overflow {
+                timer: kind.clone(),
+            })
+    };
+    // Check and convert everything first: nothing changes until all of it holds.
+    let mut steps: Vec<Step<P>> = Vec::new();
+    if enters {
+        steps.push(Step::Cancel(TimerKind::State));
         if let Some(t) = declared {
-            timers.arm(TimerKind::State, t.after_ms, now, None)?;
+            deadline(&TimerKind::State, t.after_ms)?;
+            steps.push(Step::Arm(TimerKind::State, t.after_ms, None));
         }
     }
     for request in requests {
-        match request {
+        steps.push(match request {
             TimerRequest::Start { name, after, event } => {
                 let kind = TimerKind::Named(name.as_ref().into());
                 check_after(&kind, after)?;
+                let ms = millis_ceil(after);
+                deadline(&kind, ms)?;
                 let p = payload(&kind, event)?;
-                timers.arm(kind, millis_ceil(after), now, Some(p))?;
+                Step::Arm(kind, ms, Some(p))
             }
-            TimerRequest::Cancel { name } => timers.cancel(&TimerKind::Named(name.as_ref().into())),
+            TimerRequest::Cancel { name } => Step::Cancel(TimerKind::Named(name.as_ref().into())),
             TimerRequest::EventTimeout { after, event } => {
                 check_after(&TimerKind::Event, after)?;
+                let ms = millis_ceil(after);
+                deadline(&TimerKind::Event, ms)?;
                 let p = payload(&TimerKind::Event, event)?;
-                timers.arm(TimerKind::Event, millis_ceil(after), now, Some(p))?;
+                Step::Arm(TimerKind::Event, ms, Some(p))
             }
-            TimerRequest::CancelEventTimeout => timers.cancel(&TimerKind::Event),
+            TimerRequest::CancelEventTimeout => Step::Cancel(TimerKind::Event),
             TimerRequest::RestartStateTimeout => match declared {
-                Some(t) => timers.arm(TimerKind::State, t.after_ms, now, None)?,
+                Some(t) => {
+                    deadline(&TimerKind::State, t.after_ms)?;
+                    Step::Arm(TimerKind::State, t.after_ms, None)
+                }
                 None => {
                     return Err(TimerError::NoStateTimeout {
                         state: table.state_name(transition.to()),
                     })
                 }
             },
-            TimerRequest::CancelStateTimeout => timers.cancel(&TimerKind::State),
+            TimerRequest::CancelStateTimeout => Step::Cancel(TimerKind::State),
+        });
+    }
+    // How many would be armed after.
+    let mut kinds: Vec<&TimerKind> = timers
+        .armed
+        .iter()
+        .map(|a| &a.kind)
+        .filter(|k| **k != TimerKind::Event)
+        .collect();
+    for step in &steps {
+        match step {
+            Step::Arm(kind, _, _) => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            Step::Cancel(kind) => kinds.retain(|k| *k != kind),
         }
     }
-    if timers.armed.len() > limit {
+    if kinds.len() > limit {
         return Err(TimerError::TooMany {
-            armed: timers.armed.len(),
+            armed: kinds.len(),
             limit,
         });
+    }
+    // Apply: cannot fail from here on.
+    timers.cancel(&TimerKind::Event);
+    for step in steps {
+        match step {
+            Step::Arm(kind, after, event) => timers.arm(kind, after, now, event),
+            Step::Cancel(kind) => timers.cancel(&kind),
+        }
     }
     Ok(())
 }
@@ -485,7 +526,7 @@ const SECTION_VERSION: u8 = 1;
 /// Armed timers a section may hold, whatever the kernel's bound: more is corruption.
 const SECTION_MAX_TIMERS: usize = 4096;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredTimer {
     /// 0 state timeout, 1 event timeout, 2 named.
     kind: u8,
@@ -496,24 +537,37 @@ struct StoredTimer {
     event: Option<Vec<u8>>,
 }
 
-/// The timers section of a snapshot: a version byte's worth of layout, then every armed timer.
+/// How `encode_section` writes a timer: the same fields as [`StoredTimer`], borrowed (postcard
+/// writes a borrowed string or byte slice exactly as the owned one).
+#[derive(Serialize)]
+struct StoredTimerRef<'a> {
+    kind: u8,
+    name: Option<&'a str>,
+    instance: u64,
+    deadline: u64,
+    after: u64,
+    event: Option<&'a [u8]>,
+}
+
+/// The timers section of a snapshot: its layout version, the next instance number, then every
+/// armed timer.
 pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
-    let stored: Vec<StoredTimer> = timers
+    let stored: Vec<StoredTimerRef<'_>> = timers
         .armed
         .iter()
         .map(|a| {
             let (kind, name) = match &a.kind {
                 TimerKind::State => (0, None),
                 TimerKind::Event => (1, None),
-                TimerKind::Named(n) => (2, Some(n.to_string())),
+                TimerKind::Named(n) => (2, Some(&**n)),
             };
-            StoredTimer {
+            StoredTimerRef {
                 kind,
                 name,
                 instance: a.instance,
                 deadline: a.deadline,
                 after: a.after,
-                event: a.event.as_ref().map(|e| e.to_vec()),
+                event: a.event.as_deref(),
             }
         })
         .collect();
@@ -754,6 +808,38 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_transition_leaves_the_timers_exactly_as_they_were() {
+        let mut timers = Timers::default();
+        run(&mut timers, t(1, 0, 0), vec![start("a", 100, 1)], 0).unwrap();
+        let before = timers.clone();
+        // Leaving the state and cancelling `a` would have happened; the third named timer
+        // is one too many: none of it happens.
+        let requests = vec![
+            TimerRequest::Cancel { name: "a".into() },
+            start("b", 5, 2),
+            start("c", 5, 3),
+            start("d", 5, 4),
+            start("e", 5, 5),
+        ];
+        let err = run(&mut timers, t(0, 1, 1), requests, 10).unwrap_err();
+        assert!(
+            matches!(err, TimerError::TooMany { armed: 4, limit: 3 }),
+            "{err}"
+        );
+        assert_eq!(timers, before);
+        let wrong = vec![
+            start("b", 5, 2),
+            TimerRequest::Start {
+                name: "c".into(),
+                after: Duration::from_millis(1),
+                event: TimerEvent::new("text"),
+            },
+        ];
+        assert!(run(&mut timers, t(0, 1, 1), wrong, 10).is_err());
+        assert_eq!(timers, before);
+    }
+
+    #[test]
     fn due_timers_come_in_deadline_then_arming_order() {
         let mut timers = Timers::default();
         run(
@@ -774,9 +860,7 @@ mod tests {
     #[test]
     fn a_restored_deadline_never_waits_longer_than_its_duration() {
         let mut timers: Timers<Box<[u8]>> = Timers::default();
-        timers
-            .arm(TimerKind::State, 1200, 10_000_000, None)
-            .unwrap();
+        timers.arm(TimerKind::State, 1200, 10_000_000, None);
         // The wall clock was stepped back an hour while the machine was down.
         timers.rebase(10_000_000 - 3_600_000);
         assert_eq!(timers.armed[0].deadline, 10_000_000 - 3_600_000 + 1200);
@@ -789,15 +873,13 @@ mod tests {
     #[test]
     fn the_section_round_trips_and_refuses_what_does_not_fit() {
         let mut timers: Timers<Box<[u8]>> = Timers::default();
-        timers.arm(TimerKind::State, 1200, 5, None).unwrap();
-        timers
-            .arm(
-                TimerKind::Named("retry".into()),
-                30,
-                5,
-                Some(vec![1, 2, 3].into()),
-            )
-            .unwrap();
+        timers.arm(TimerKind::State, 1200, 5, None);
+        timers.arm(
+            TimerKind::Named("retry".into()),
+            30,
+            5,
+            Some(vec![1, 2, 3].into()),
+        );
         let bytes = encode_section(&timers);
         assert_eq!(
             decode_section(&bytes, &TABLE, StateId::new(0)).unwrap(),

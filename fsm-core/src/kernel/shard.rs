@@ -482,34 +482,31 @@ impl<M: Durable> Shard<M> {
         let fire = shell.fire.take();
         match result {
             Ok(Ok((next, transition))) => {
+                if let Some(fire) = &fire {
+                    // The firing is spent whatever the transition's own timer requests meet.
+                    consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
+                }
                 let requests = self.effects.take_timers();
+                let first = slot.timers.as_ref().and_then(|t| t.earliest_waiting());
                 let timers = fire::after_transition::<M>(
                     &self.inner,
-                    slot.timers.as_deref(),
+                    &mut slot.timers,
                     &transition,
-                    fire.as_deref(),
                     requests,
                     now,
                 );
-                let timers = match timers {
-                    Ok(timers) => timers,
-                    Err(e) => {
-                        // Not applied: the machine and its timers stay as they were.
-                        self.effects.clear();
-                        if let Some(fire) = &fire {
-                            consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
-                        }
-                        pending.decision = Decision::Failed(CommandError::Timer(e));
-                        self.pending.push(pending);
-                        return;
-                    }
-                };
+                if let Err(e) = timers {
+                    // Not applied: the machine and its timers stay as they were.
+                    self.effects.clear();
+                    pending.decision = Decision::Failed(CommandError::Timer(e));
+                    self.pending.push(pending);
+                    return;
+                }
                 slot.machine = next;
-                if timers.is_some() || slot.timers.is_some() {
-                    slot.timers = timers;
-                    if let Some(at) = slot.timers.as_ref().and_then(|t| t.earliest_waiting()) {
-                        self.due.schedule(&shell.id, at);
-                    }
+                // The index holds the machine's first deadline already unless it changed.
+                let now_first = slot.timers.as_ref().and_then(|t| t.earliest_waiting());
+                if let Some(at) = now_first.filter(|at| Some(*at) != first) {
+                    self.due.schedule(&shell.id, at);
                 }
                 let seq = slot.next_seq();
                 if let Some(key) = shell.key.filter(|_| fire.is_none()) {

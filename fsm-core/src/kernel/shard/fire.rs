@@ -16,32 +16,28 @@ use crate::timer::{self, TimerError, TimerKind, TimerRequest, Timers};
 /// shard tries again, in milliseconds.
 const RETRY_LOAD_MS: u64 = 1000;
 
-/// The timers after an accepted transition (the rules of [`crate::timer`]), or why the
-/// transition may not be applied. `None`: the machine has no timer armed and none in flight.
+/// Applies the rules of [`crate::timer`] for an accepted transition to a machine's timers, in
+/// place, or says why the transition may not be applied (then they are as they were). A firing
+/// is consumed by the caller before.
 pub(super) fn after_transition<M: Durable>(
     inner: &Inner<M>,
-    current: Option<&SlotTimers>,
+    timers: &mut Option<Box<SlotTimers>>,
     transition: &Transition,
-    fire: Option<&Fire>,
     requests: Vec<TimerRequest>,
     now: Instant,
-) -> Result<Option<Box<SlotTimers>>, TimerError> {
+) -> Result<(), TimerError> {
     let enters_timeout = !transition.is_self_transition()
         && M::TABLE
             .state(transition.to())
             .is_some_and(|s| s.state_timeout().is_some());
-    if current.is_none() && requests.is_empty() && !enters_timeout {
+    if timers.is_none() && requests.is_empty() && !enters_timeout {
         // The common case of a machine without timers: nothing to do, nothing allocated.
-        return Ok(None);
-    }
-    let mut next = current.cloned().unwrap_or_default();
-    if let Some(fire) = fire {
-        next.armed.consume(&fire.kind, fire.instance);
-        next.firing.retain(|&i| i != fire.instance);
+        return Ok(());
     }
     let codec = inner.timer_events.as_ref();
-    timer::on_accepted(
-        &mut next.armed,
+    let slot = timers.get_or_insert_with(Box::default);
+    let result = timer::on_accepted(
+        &mut slot.armed,
         M::TABLE,
         transition,
         requests,
@@ -65,11 +61,13 @@ pub(super) fn after_transition<M: Durable>(
                     message,
                 })
         },
-    )?;
+    );
     // A machine holds few timers: no room kept for more (a new Vec would keep four).
-    next.armed.armed.shrink_to_fit();
-    let keep = !next.armed.is_empty() || !next.firing.is_empty();
-    Ok(keep.then(|| Box::new(next)))
+    slot.armed.armed.shrink_to_fit();
+    if slot.armed.is_empty() && slot.firing.is_empty() {
+        *timers = None;
+    }
+    result
 }
 
 /// The timers of a machine the store holds nothing for: it starts as if it had just entered

@@ -113,6 +113,11 @@ impl<F> Effects<F> {
         std::mem::take(&mut self.timers)
     }
 
+    /// Removes and yields the timer requests, keeping the allocation for reuse.
+    pub fn drain_timers(&mut self) -> std::vec::Drain<'_, TimerRequest> {
+        self.timers.drain(..)
+    }
+
     #[inline]
     pub(crate) fn mark(&self) -> Mark {
         Mark {

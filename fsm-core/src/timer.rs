@@ -55,8 +55,8 @@ pub enum TimerKind {
     State,
     /// The event timeout.
     Event,
-    /// A named timer.
-    Named(Box<str>),
+    /// A named timer (a name given as a `&'static str` is not copied).
+    Named(Cow<'static, str>),
 }
 
 impl fmt::Display for TimerKind {
@@ -152,7 +152,7 @@ impl TimerRequest {
     pub fn kind(&self) -> TimerKind {
         match self {
             TimerRequest::Start { name, .. } | TimerRequest::Cancel { name } => {
-                TimerKind::Named(name.as_ref().into())
+                TimerKind::Named(name.clone())
             }
             TimerRequest::EventTimeout { .. } | TimerRequest::CancelEventTimeout => {
                 TimerKind::Event
@@ -457,14 +457,14 @@ pub(crate) fn on_accepted<P>(
     for request in requests {
         steps.push(match request {
             TimerRequest::Start { name, after, event } => {
-                let kind = TimerKind::Named(name.as_ref().into());
+                let kind = TimerKind::Named(name);
                 check_after(&kind, after)?;
                 let ms = millis_ceil(after);
                 deadline(&kind, ms)?;
                 let p = payload(&kind, event)?;
                 Step::Arm(kind, ms, Some(p))
             }
-            TimerRequest::Cancel { name } => Step::Cancel(TimerKind::Named(name.as_ref().into())),
+            TimerRequest::Cancel { name } => Step::Cancel(TimerKind::Named(name)),
             TimerRequest::EventTimeout { after, event } => {
                 check_after(&TimerKind::Event, after)?;
                 let ms = millis_ceil(after);
@@ -487,26 +487,39 @@ pub(crate) fn on_accepted<P>(
             TimerRequest::CancelStateTimeout => Step::Cancel(TimerKind::State),
         });
     }
-    // How many would be armed after.
-    let mut kinds: Vec<&TimerKind> = timers
+    // How many would be armed after: those armed now that no step touches (the event timeout
+    // is always cancelled), plus every kind whose last step arms it. A handful of steps: no
+    // allocation for the count.
+    let last_arms = |kind: &TimerKind| {
+        steps.iter().rev().find_map(|step| match step {
+            Step::Arm(k, _, _) if k == kind => Some(true),
+            Step::Cancel(k) if k == kind => Some(false),
+            _ => None,
+        })
+    };
+    let untouched = timers
         .armed
         .iter()
-        .map(|a| &a.kind)
-        .filter(|k| **k != TimerKind::Event)
-        .collect();
-    for step in &steps {
-        match step {
+        .filter(|a| a.kind != TimerKind::Event && last_arms(&a.kind).is_none())
+        .count();
+    let armed_by_steps = steps
+        .iter()
+        .enumerate()
+        .filter(|(i, step)| match step {
+            // Count each kind once: at its first arming step, if its last step arms it.
             Step::Arm(kind, _, _) => {
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
+                last_arms(kind) == Some(true)
+                    && !steps[..*i]
+                        .iter()
+                        .any(|s| matches!(s, Step::Arm(k, _, _) if k == kind))
             }
-            Step::Cancel(kind) => kinds.retain(|k| *k != kind),
-        }
-    }
-    if kinds.len() > limit {
+            Step::Cancel(_) => false,
+        })
+        .count();
+    let after = untouched + armed_by_steps;
+    if after > limit {
         return Err(TimerError::TooMany {
-            armed: kinds.len(),
+            armed: after,
             limit,
         });
     }
@@ -559,7 +572,7 @@ pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
             let (kind, name) = match &a.kind {
                 TimerKind::State => (0, None),
                 TimerKind::Event => (1, None),
-                TimerKind::Named(n) => (2, Some(&**n)),
+                TimerKind::Named(n) => (2, Some(n.as_ref())),
             };
             StoredTimerRef {
                 kind,
@@ -608,7 +621,7 @@ pub(crate) fn decode_section(
             (1, None) => TimerKind::Event,
             (2, Some(name)) => {
                 check_name(&name).map_err(|e| e.to_string())?;
-                TimerKind::Named(name.into())
+                TimerKind::Named(Cow::Owned(name))
             }
             (k, _) => return Err(format!("unknown timer kind {k}")),
         };

@@ -486,13 +486,12 @@ impl<M: Durable> Shard<M> {
                     // The firing is spent whatever the transition's own timer requests meet.
                     consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
                 }
-                let requests = self.effects.take_timers();
                 let first = slot.timers.as_ref().and_then(|t| t.earliest_waiting());
                 let timers = fire::after_transition::<M>(
                     &self.inner,
                     &mut slot.timers,
                     &transition,
-                    requests,
+                    self.effects.drain_timers(),
                     now,
                 );
                 if let Err(e) = timers {

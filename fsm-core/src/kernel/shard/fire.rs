@@ -23,14 +23,14 @@ pub(super) fn after_transition<M: Durable>(
     inner: &Inner<M>,
     timers: &mut Option<Box<SlotTimers>>,
     transition: &Transition,
-    requests: Vec<TimerRequest>,
+    requests: std::vec::Drain<'_, TimerRequest>,
     now: Instant,
 ) -> Result<(), TimerError> {
     let enters_timeout = !transition.is_self_transition()
         && M::TABLE
             .state(transition.to())
             .is_some_and(|s| s.state_timeout().is_some());
-    if timers.is_none() && requests.is_empty() && !enters_timeout {
+    if timers.is_none() && requests.len() == 0 && !enters_timeout {
         // The common case of a machine without timers: nothing to do, nothing allocated.
         return Ok(());
     }

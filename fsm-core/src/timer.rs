@@ -35,7 +35,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 
 use crate::machine::Transition;
 use crate::table::{StateId, Table};
@@ -384,7 +386,10 @@ impl<P> Timers<P> {
     }
 
     fn cancel(&mut self, kind: &TimerKind) {
-        self.armed.retain(|a| &a.kind != kind);
+        // At most one arming per kind.
+        if let Some(at) = self.armed.iter().position(|a| &a.kind == kind) {
+            self.armed.swap_remove(at);
+        }
     }
 
     /// Arms `kind` for `after` milliseconds from `now` (checked by the caller not to
@@ -418,7 +423,7 @@ impl<P> Timers<P> {
 }
 
 /// A request with its event converted and its duration in milliseconds, checked.
-enum Step<P> {
+pub(crate) enum Step<P> {
     Arm(TimerKind, u64, Option<P>),
     Cancel(TimerKind),
 }
@@ -434,7 +439,60 @@ pub(crate) fn on_accepted<P>(
     requests: impl IntoIterator<Item = TimerRequest>,
     now: u64,
     limit: usize,
+    payload: impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
+) -> Result<(), TimerError> {
+    let mut scratch = Vec::new();
+    on_accepted_in(
+        &mut scratch,
+        timers,
+        table,
+        transition,
+        requests,
+        now,
+        limit,
+        payload,
+    )
+}
+
+/// [`on_accepted`] with a buffer the caller keeps between calls (the kernel's shard, which
+/// arms timers for every command of a busy machine), so the rules allocate nothing of their
+/// own. `steps` is left empty.
+#[allow(clippy::too_many_arguments)] // on_accepted's arguments and the buffer
+pub(crate) fn on_accepted_in<P>(
+    steps: &mut Vec<Step<P>>,
+    timers: &mut Timers<P>,
+    table: &Table,
+    transition: &Transition,
+    requests: impl IntoIterator<Item = TimerRequest>,
+    now: u64,
+    limit: usize,
     mut payload: impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
+) -> Result<(), TimerError> {
+    steps.clear();
+    let result = plan_and_apply(
+        steps,
+        timers,
+        table,
+        transition,
+        requests,
+        now,
+        limit,
+        &mut payload,
+    );
+    steps.clear();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_and_apply<P>(
+    steps: &mut Vec<Step<P>>,
+    timers: &mut Timers<P>,
+    table: &Table,
+    transition: &Transition,
+    requests: impl IntoIterator<Item = TimerRequest>,
+    now: u64,
+    limit: usize,
+    payload: &mut impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
 ) -> Result<(), TimerError> {
     let declared = table.state(transition.to()).and_then(|s| s.state_timeout());
     let enters = !transition.is_self_transition();
@@ -446,7 +504,6 @@ pub(crate) fn on_accepted<P>(
             })
     };
     // Check and convert everything first: nothing changes until all of it holds.
-    let mut steps: Vec<Step<P>> = Vec::new();
     if enters {
         steps.push(Step::Cancel(TimerKind::State));
         if let Some(t) = declared {
@@ -525,7 +582,7 @@ pub(crate) fn on_accepted<P>(
     }
     // Apply: cannot fail from here on.
     timers.cancel(&TimerKind::Event);
-    for step in steps {
+    for step in steps.drain(..) {
         match step {
             Step::Arm(kind, after, event) => timers.arm(kind, after, now, event),
             Step::Cancel(kind) => timers.cancel(&kind),
@@ -540,6 +597,7 @@ const SECTION_VERSION: u8 = 1;
 const SECTION_MAX_TIMERS: usize = 4096;
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredTimer {
     /// 0 state timeout, 1 event timeout, 2 named.
     kind: u8,
@@ -550,42 +608,63 @@ struct StoredTimer {
     event: Option<Vec<u8>>,
 }
 
-/// How `encode_section` writes a timer: the same fields as [`StoredTimer`], borrowed (postcard
-/// writes a borrowed string or byte slice exactly as the owned one).
-#[derive(Serialize)]
-struct StoredTimerRef<'a> {
-    kind: u8,
-    name: Option<&'a str>,
-    instance: u64,
-    deadline: u64,
-    after: u64,
-    event: Option<&'a [u8]>,
+/// Appends `v` as postcard writes an unsigned integer (LEB128: seven bits a byte, low first).
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends `bytes` as postcard writes a string or byte sequence: length, then the bytes.
+fn counted(out: &mut Vec<u8>, bytes: &[u8]) {
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 /// The timers section of a snapshot: its layout version, the next instance number, then every
-/// armed timer.
+/// armed timer, in postcard's format for `(u8, u64, Vec<StoredTimer>)` (what
+/// [`decode_section`] reads with postcard), written by hand: it is written with every commit
+/// of a machine with timers, and a generic serializer costs several times as much here.
 pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
-    let stored: Vec<StoredTimerRef<'_>> = timers
-        .armed
-        .iter()
-        .map(|a| {
-            let (kind, name) = match &a.kind {
-                TimerKind::State => (0, None),
-                TimerKind::Event => (1, None),
-                TimerKind::Named(n) => (2, Some(n.as_ref())),
-            };
-            StoredTimerRef {
-                kind,
-                name,
-                instance: a.instance,
-                deadline: a.deadline,
-                after: a.after,
-                event: a.event.as_deref(),
+    let size = 12
+        + timers
+            .armed
+            .iter()
+            .map(|a| {
+                32 + a.event.as_ref().map_or(0, |e| e.len())
+                    + match &a.kind {
+                        TimerKind::Named(n) => n.len(),
+                        _ => 0,
+                    }
+            })
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(SECTION_VERSION);
+    varint(&mut out, timers.next);
+    varint(&mut out, timers.armed.len() as u64);
+    for a in &timers.armed {
+        match &a.kind {
+            TimerKind::State => out.extend_from_slice(&[0, 0]),
+            TimerKind::Event => out.extend_from_slice(&[1, 0]),
+            TimerKind::Named(n) => {
+                out.extend_from_slice(&[2, 1]);
+                counted(&mut out, n.as_bytes());
             }
-        })
-        .collect();
-    // Plain data: serializing into a Vec cannot fail.
-    postcard::to_allocvec(&(SECTION_VERSION, timers.next, stored)).unwrap_or_default()
+        }
+        varint(&mut out, a.instance);
+        varint(&mut out, a.deadline);
+        varint(&mut out, a.after);
+        match &a.event {
+            None => out.push(0),
+            Some(e) => {
+                out.push(1);
+                counted(&mut out, e);
+            }
+        }
+    }
+    out
 }
 
 /// Decodes a timers section written for a machine with `table` that is now in `state`,
@@ -910,6 +989,41 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_section(&longer, &TABLE, StateId::new(0)).is_err());
+    }
+
+    #[test]
+    fn the_hand_written_section_is_what_postcard_writes() {
+        let mut timers: Timers<Box<[u8]>> = Timers::default();
+        timers.next = 300;
+        timers.arm(TimerKind::State, 1200, 1_800_000_000_000, None);
+        timers.arm(TimerKind::Event, 1 << 35, 7, Some(vec![9; 200].into()));
+        timers.arm(
+            TimerKind::Named("a-long-enough-name".into()),
+            5,
+            0,
+            Some(vec![].into()),
+        );
+        let stored: Vec<StoredTimer> = timers
+            .armed
+            .iter()
+            .map(|a| StoredTimer {
+                kind: match a.kind {
+                    TimerKind::State => 0,
+                    TimerKind::Event => 1,
+                    TimerKind::Named(_) => 2,
+                },
+                name: match &a.kind {
+                    TimerKind::Named(n) => Some(n.to_string()),
+                    _ => None,
+                },
+                instance: a.instance,
+                deadline: a.deadline,
+                after: a.after,
+                event: a.event.as_ref().map(|e| e.to_vec()),
+            })
+            .collect();
+        let by_postcard = postcard::to_allocvec(&(SECTION_VERSION, timers.next, stored)).unwrap();
+        assert_eq!(encode_section(&timers), by_postcard);
     }
 
     #[test]

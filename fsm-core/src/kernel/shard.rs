@@ -49,9 +49,23 @@ struct Slot<M: Durable> {
 struct SlotTimers {
     armed: Timers<Box<[u8]>>,
     firing: Vec<u64>,
+    /// The deadline of this machine's entry in the shard's index, if it has one not yet
+    /// taken: a deadline moved later needs no new entry (the earlier one comes up first and
+    /// the machine is indexed again then), so re-arming never grows the index.
+    indexed: Option<u64>,
 }
 
 impl SlotTimers {
+    /// Makes sure the index holds an entry no later than this machine's first deadline.
+    fn reindex(&mut self, id: &MachineId, due: &mut TimerIndex) {
+        if let Some(first) = self.earliest_waiting() {
+            if self.indexed.is_none_or(|at| first < at) {
+                due.schedule(id, first);
+                self.indexed = Some(first);
+            }
+        }
+    }
+
     /// The earliest deadline of a timer without a firing on its way.
     fn earliest_waiting(&self) -> Option<u64> {
         self.armed
@@ -176,6 +190,8 @@ pub(crate) struct Shard<M: Durable> {
     last_sweep: Instant,
     /// When this shard's machines' timers are due.
     due: TimerIndex,
+    /// The timer rules' working buffer, kept between commands.
+    timer_steps: Vec<crate::timer::Step<Box<[u8]>>>,
 }
 
 /// What a shard hands back when it stops.
@@ -200,6 +216,7 @@ impl<M: Durable> Shard<M> {
             deferred: 0,
             last_sweep: now,
             due: TimerIndex::default(),
+            timer_steps: Vec::new(),
         }
     }
 
@@ -486,9 +503,9 @@ impl<M: Durable> Shard<M> {
                     // The firing is spent whatever the transition's own timer requests meet.
                     consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
                 }
-                let first = slot.timers.as_ref().and_then(|t| t.earliest_waiting());
                 let timers = fire::after_transition::<M>(
                     &self.inner,
+                    &mut self.timer_steps,
                     &mut slot.timers,
                     &transition,
                     self.effects.drain_timers(),
@@ -502,10 +519,8 @@ impl<M: Durable> Shard<M> {
                     return;
                 }
                 slot.machine = next;
-                // The index holds the machine's first deadline already unless it changed.
-                let now_first = slot.timers.as_ref().and_then(|t| t.earliest_waiting());
-                if let Some(at) = now_first.filter(|at| Some(*at) != first) {
-                    self.due.schedule(&shell.id, at);
+                if let Some(t) = slot.timers.as_mut() {
+                    t.reindex(&shell.id, &mut self.due);
                 }
                 let seq = slot.next_seq();
                 if let Some(key) = shell.key.filter(|_| fire.is_none()) {
@@ -617,9 +632,9 @@ impl<M: Durable> Shard<M> {
             }
             None => {}
         }
-        let slot = self.load(id, now, epoch)?;
-        if let Some(at) = slot.timers.as_ref().and_then(|t| t.earliest_waiting()) {
-            self.due.schedule(id, at);
+        let mut slot = self.load(id, now, epoch)?;
+        if let Some(t) = slot.timers.as_mut() {
+            t.reindex(id, &mut self.due);
         }
         self.slots.insert(id.clone(), slot);
         Ok(())
@@ -1126,9 +1141,7 @@ fn consume_fire<M: Durable>(
     if t.armed.consume(&fire.kind, fire.instance).is_none() {
         return;
     }
-    if let Some(at) = t.earliest_waiting() {
-        index.schedule(id, at);
-    }
+    t.reindex(id, index);
     if t.armed.is_empty() && t.firing.is_empty() {
         slot.timers = None;
     }

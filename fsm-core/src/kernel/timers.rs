@@ -84,7 +84,14 @@ pub(crate) struct EventCodec<E> {
 impl<E: Serialize + DeserializeOwned> EventCodec<E> {
     pub(crate) fn postcard() -> Self {
         EventCodec {
-            encode: |e| postcard::to_allocvec(e).map_err(|e| e.to_string()),
+            encode: |e| {
+                // Most events are a few bytes: encode on the stack, allocate exactly once.
+                let mut buf = [0u8; 64];
+                match postcard::to_slice(e, &mut buf) {
+                    Ok(used) => Ok(used.to_vec()),
+                    Err(_) => postcard::to_allocvec(e).map_err(|e| e.to_string()),
+                }
+            },
             decode: |b| match postcard::take_from_bytes(b) {
                 Ok((e, [])) => Ok(e),
                 Ok((_, rest)) => Err(format!("{} bytes after the event", rest.len())),

@@ -21,6 +21,7 @@ const RETRY_LOAD_MS: u64 = 1000;
 /// is consumed by the caller before.
 pub(super) fn after_transition<M: Durable>(
     inner: &Inner<M>,
+    scratch: &mut Vec<timer::Step<Box<[u8]>>>,
     timers: &mut Option<Box<SlotTimers>>,
     transition: &Transition,
     requests: std::vec::Drain<'_, TimerRequest>,
@@ -36,7 +37,8 @@ pub(super) fn after_transition<M: Durable>(
     }
     let codec = inner.timer_events.as_ref();
     let slot = timers.get_or_insert_with(Box::default);
-    let result = timer::on_accepted(
+    let result = timer::on_accepted_in(
+        scratch,
         &mut slot.armed,
         M::TABLE,
         transition,
@@ -98,7 +100,7 @@ pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<
     .ok()?;
     Some(Box::new(SlotTimers {
         armed,
-        firing: Vec::new(),
+        ..SlotTimers::default()
     }))
 }
 
@@ -129,7 +131,7 @@ pub(super) fn restore<M: Durable>(
     Ok((!armed.is_empty()).then(|| {
         Box::new(SlotTimers {
             armed,
-            firing: Vec::new(),
+            ..SlotTimers::default()
         })
     }))
 }
@@ -206,9 +208,11 @@ impl<M: Durable> Shard<M> {
                 });
                 fired += 1;
             }
-            if let Some(next) = timers.earliest_waiting() {
-                self.due.schedule(&id, next);
+            // Every entry due now was taken: index the machine's next deadline.
+            if timers.indexed.is_some_and(|at| at <= now_ms) {
+                timers.indexed = None;
             }
+            timers.reindex(&id, &mut self.due);
         }
         for (id, message) in broken {
             let error = self.quarantine(&id, QuarantineCause::Timers(message));
@@ -229,6 +233,10 @@ impl<M: Durable> Shard<M> {
                     .get(id)
                     .map(|s| s.timers.as_ref().and_then(|t| t.earliest_waiting()))
             });
+            // What the rebuild kept for each resident machine is its first deadline.
+            for t in self.slots.values_mut().filter_map(|s| s.timers.as_mut()) {
+                t.indexed = t.earliest_waiting();
+            }
         }
     }
 }

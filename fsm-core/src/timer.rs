@@ -993,8 +993,10 @@ mod tests {
 
     #[test]
     fn the_hand_written_section_is_what_postcard_writes() {
-        let mut timers: Timers<Box<[u8]>> = Timers::default();
-        timers.next = 300;
+        let mut timers: Timers<Box<[u8]>> = Timers {
+            next: 300,
+            ..Timers::default()
+        };
         timers.arm(TimerKind::State, 1200, 1_800_000_000_000, None);
         timers.arm(TimerKind::Event, 1 << 35, 7, Some(vec![9; 200].into()));
         timers.arm(

@@ -204,3 +204,13 @@ pub fn validate<S: TypedState>(view: S::Ref<'_>) -> Result<(), crate::InvalidSta
     S::check(view)
         .map_err(|r| crate::InvalidState::new(<S::Machine as StateMachine>::TABLE, S::ID, r))
 }
+
+/// Decodes a snapshot's timers section for machine `M` in `state` and encodes it again, for the
+/// `envelope_decode` fuzz target (the decoder runs on bytes from disk).
+pub fn timers_section_round_trip<M: StateMachine>(
+    bytes: &[u8],
+    state: StateId,
+) -> Result<Vec<u8>, String> {
+    let timers = crate::timer::decode_section(bytes, M::TABLE, state)?;
+    Ok(crate::timer::encode_section(&timers))
+}

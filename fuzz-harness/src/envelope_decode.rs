@@ -1,6 +1,8 @@
 //! Arbitrary bytes into the snapshot envelope decoder.
 
+use fsm_core::__private::timers_section_round_trip;
 use fsm_core::store::{Codec, Limits, Snapshot};
+use fsm_core::StateMachine;
 use fsm_examples::registrar::Order;
 
 use crate::alloc;
@@ -24,7 +26,8 @@ fn allocation_bound(input: usize) -> usize {
 /// make the decoder allocate what the input does not hold); an envelope that verifies whole
 /// also verifies as a prefix of the same length, and one that verifies as a prefix verifies
 /// whole when cut there; input longer than the limits allow is refused; and a machine that
-/// decodes re-encodes to an envelope that decodes to the same machine, sequence and journal.
+/// decodes re-encodes to an envelope that decodes to the same machine, sequence and journal;
+/// a timers section that decodes re-encodes to one that decodes the same.
 pub fn envelope_decode(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -73,9 +76,27 @@ fn decode(data: &[u8]) {
     }
 
     if let (Ok((machine, seq)), Ok(snapshot)) = (&decoded, &whole) {
-        let again = match snapshot.journal() {
-            Some(journal) => codec.encode_with_journal(machine, *seq, journal),
-            None => codec.encode(machine, *seq),
+        // A timers section that decodes for this machine's state encodes to bytes that decode
+        // to the same timers (and never panics or allocates past the bound on the way).
+        let timers = snapshot.timers().and_then(|t| {
+            let (again, peak) =
+                alloc::peak_during(|| timers_section_round_trip::<Order>(t, machine.state()));
+            assert!(
+                peak <= allocation_bound(t.len()),
+                "a timers section of {} bytes allocated {peak}",
+                t.len()
+            );
+            let again = again.ok()?;
+            let twice = timers_section_round_trip::<Order>(&again, machine.state())
+                .unwrap_or_else(|e| panic!("a re-encoded timers section does not decode: {e}"));
+            assert_eq!(twice, again, "the timers section does not round-trip");
+            Some(again)
+        });
+        let again = match (snapshot.journal(), &timers) {
+            (Some(journal), _) => {
+                codec.encode_with_sections(machine, *seq, journal, timers.as_deref())
+            }
+            (None, _) => codec.encode(machine, *seq),
         }
         .unwrap_or_else(|e| panic!("{machine:?} decoded but does not encode: {e}"));
         assert_eq!(again.journal(), snapshot.journal());

@@ -67,7 +67,42 @@ fn envelopes() -> Vec<Vec<u8>> {
             out.push([&[mode][..], &journaled].concat());
         }
     }
+    // With a timers section: a named timer and an event timeout, as a kernel writes them
+    // (postcard's layout of `(version, next instance, [(kind, name, instance, deadline,
+    // duration, event)])`).
+    let mut timers = vec![1u8];
+    varint(&mut timers, 9);
+    varint(&mut timers, 2);
+    timers.extend_from_slice(&[2, 1, 5]);
+    timers.extend_from_slice(b"retry");
+    for v in [3, 1_800_000_000_000, 30_000] {
+        varint(&mut timers, v);
+    }
+    timers.extend_from_slice(&[1, 3, 0, 1, 2]);
+    timers.extend_from_slice(&[1, 0]);
+    for v in [8, 1_800_000_005_000, 5_000] {
+        varint(&mut timers, v);
+    }
+    timers.extend_from_slice(&[1, 1, 4]);
+    let journal = [1u8, 0];
+    for (i, s) in states.iter().enumerate() {
+        let timed = codec
+            .encode_with_sections(s, i as u64 + 1, &journal, Some(&timers))
+            .expect("encodes")
+            .into_bytes();
+        for mode in [0u8, 1] {
+            out.push([&[mode][..], &timed].concat());
+        }
+    }
     out
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Well-formed declarations, for the raw-text mode of `derive_input`.

@@ -1,6 +1,7 @@
 //! Runs rounds of one command to 100 machines through a kernel over the memory store, with
-//! or without arming a timer, for instruction counting under callgrind (the arming cost of
-//! the `timers` bench, repeatably):
+//! or without arming a timer, for profiling the arming cost of the `timers` bench under
+//! callgrind (`callgrind_annotate` per function: the timer code's own lines are repeatable;
+//! the totals move by a few percent with how the submitter and shard threads interleave):
 //!
 //! `valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/timer_icount arm`
 //!

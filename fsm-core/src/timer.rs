@@ -456,7 +456,7 @@ pub(crate) fn on_accepted<P>(
 
 /// [`on_accepted`] with a buffer the caller keeps between calls (the kernel's shard, which
 /// arms timers for every command of a busy machine), so the rules allocate nothing of their
-/// own. `steps` is left empty.
+/// own. `steps` is cleared at the start.
 #[allow(clippy::too_many_arguments)] // on_accepted's arguments and the buffer
 pub(crate) fn on_accepted_in<P>(
     steps: &mut Vec<Step<P>>,
@@ -469,31 +469,6 @@ pub(crate) fn on_accepted_in<P>(
     mut payload: impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
 ) -> Result<(), TimerError> {
     steps.clear();
-    let result = plan_and_apply(
-        steps,
-        timers,
-        table,
-        transition,
-        requests,
-        now,
-        limit,
-        &mut payload,
-    );
-    steps.clear();
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_and_apply<P>(
-    steps: &mut Vec<Step<P>>,
-    timers: &mut Timers<P>,
-    table: &Table,
-    transition: &Transition,
-    requests: impl IntoIterator<Item = TimerRequest>,
-    now: u64,
-    limit: usize,
-    payload: &mut impl FnMut(&TimerKind, TimerEvent) -> Result<P, TimerError>,
-) -> Result<(), TimerError> {
     let declared = table.state(transition.to()).and_then(|s| s.state_timeout());
     let enters = !transition.is_self_transition();
     let deadline = |kind: &TimerKind, after: u64| {
@@ -511,23 +486,22 @@ fn plan_and_apply<P>(
             steps.push(Step::Arm(TimerKind::State, t.after_ms, None));
         }
     }
+    // A timer that carries an event: duration, deadline and event checked.
+    let mut carrying = |kind: TimerKind, after: Duration, event: TimerEvent| {
+        check_after(&kind, after)?;
+        let ms = millis_ceil(after);
+        deadline(&kind, ms)?;
+        let p = payload(&kind, event)?;
+        Ok::<_, TimerError>(Step::Arm(kind, ms, Some(p)))
+    };
     for request in requests {
         steps.push(match request {
             TimerRequest::Start { name, after, event } => {
-                let kind = TimerKind::Named(name);
-                check_after(&kind, after)?;
-                let ms = millis_ceil(after);
-                deadline(&kind, ms)?;
-                let p = payload(&kind, event)?;
-                Step::Arm(kind, ms, Some(p))
+                carrying(TimerKind::Named(name), after, event)?
             }
             TimerRequest::Cancel { name } => Step::Cancel(TimerKind::Named(name)),
             TimerRequest::EventTimeout { after, event } => {
-                check_after(&TimerKind::Event, after)?;
-                let ms = millis_ceil(after);
-                deadline(&TimerKind::Event, ms)?;
-                let p = payload(&TimerKind::Event, event)?;
-                Step::Arm(TimerKind::Event, ms, Some(p))
+                carrying(TimerKind::Event, after, event)?
             }
             TimerRequest::CancelEventTimeout => Step::Cancel(TimerKind::Event),
             TimerRequest::RestartStateTimeout => match declared {

@@ -40,24 +40,32 @@ struct Run {
     reopens: u64,
 }
 
+/// Opens the file store in `path`: the first time with its I/O through `io`, later (after the
+/// store stopped) plainly, as after a restart.
+fn faulty_then_plain(
+    path: &std::path::Path,
+    io: FaultyIo,
+) -> impl Fn() -> Result<Arc<dyn SnapshotStore>, fsm_core::store::StoreError> + Send + Sync + 'static
+{
+    let path = path.to_owned();
+    let opened = AtomicUsize::new(0);
+    move || {
+        let store = if opened.fetch_add(1, Ordering::SeqCst) == 0 {
+            FileStore::builder(&path).io(io.clone()).open()?
+        } else {
+            FileStore::open(&path)?
+        };
+        Ok(Arc::new(store) as Arc<dyn SnapshotStore>)
+    }
+}
+
 /// Adds 2^i to machine `i % 2` for each command i, one at a time, over a file store whose
 /// first opening does its I/O through `io`; later openings (after the store stopped) are
 /// plain, as after a restart. Then one probe command per machine, which must commit.
 fn scenario(io: FaultyIo, label: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let opened = Arc::new(AtomicUsize::new(0));
-    let opener = {
-        let (path, opened) = (path.clone(), opened.clone());
-        move || {
-            let store = if opened.fetch_add(1, Ordering::SeqCst) == 0 {
-                FileStore::builder(&path).io(io.clone()).open()?
-            } else {
-                FileStore::open(&path)?
-            };
-            Ok(Arc::new(store) as Arc<dyn SnapshotStore>)
-        }
-    };
+    let opener = faulty_then_plain(&path, io);
     let effects = Arc::new(Mutex::new(Vec::new()));
     let recorder = effects.clone();
     let kernel = Kernel::builder_reopening(opener, |_| Tally::Open { total: 0 })
@@ -247,18 +255,7 @@ fn timer_scenario(io: FaultyIo, label: &str) -> (BTreeSet<u64>, BTreeSet<u64>, V
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let opened = Arc::new(AtomicUsize::new(0));
-    let opener = {
-        let (path, opened) = (path.clone(), opened.clone());
-        move || {
-            let store = if opened.fetch_add(1, Ordering::SeqCst) == 0 {
-                FileStore::builder(&path).io(io.clone()).open()?
-            } else {
-                FileStore::open(&path)?
-            };
-            Ok(Arc::new(store) as Arc<dyn SnapshotStore>)
-        }
-    };
+    let opener = faulty_then_plain(&path, io);
     let initial = |_: &MachineId| Ticker::Counting { fired: Vec::new() };
     let clock = ManualClock::at_wall_ms(1_000_000);
     let kernel = Kernel::builder_reopening(opener, initial)

@@ -16,12 +16,12 @@
 //! binary is the child when `FSM_KERNEL_CHILD` is set.
 #![allow(missing_docs)]
 
+mod child;
 mod kernel_machine;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -198,36 +198,15 @@ impl Model {
 }
 
 fn spawn(backend: &Backend) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("FSM_KERNEL_CHILD", backend.to_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    child::spawn(&[("FSM_KERNEL_CHILD", backend.to_env().as_ref())])
 }
 
 fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, u64)>) -> usize {
-    let stdin = child.stdin.as_mut().unwrap();
     let mut text = String::new();
     for (key, (m, amount)) in commands {
         text.push_str(&format!("{} {key} {amount}\n", machine(*m)));
     }
-    // The child may already be dead (killed): a broken pipe is fine.
-    let _ = stdin
-        .write_all(text.as_bytes())
-        .and_then(|()| stdin.flush());
+    child::write(child, &text);
     commands.len()
 }
 

@@ -17,10 +17,11 @@
 //! same binary is the child when `FSM_TIMER_CHILD` is set.
 #![allow(missing_docs)]
 
+mod child;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -181,7 +182,7 @@ fn running(log: &[Entry]) -> HashMap<u32, u64> {
 }
 
 /// The child: reads `<machine> <key> arm <timer> <tag> <ms>` / `<machine> <key> cancel
-/// <timer>`, answers `ack <key> <seq>` or `err <key> <why>`. With `FSM_TIMER_FINAL` set it
+/// <timer>`, answers `ack <key> <seq> <duplicate>` or `err <key> <why>`. With `FSM_TIMER_FINAL` set it
 /// stays, after stdin closes, until every machine's timers have fired, then drains.
 fn child(dir: &Path) {
     let kernel = fsm_persist::file_kernel(dir, initial)
@@ -195,7 +196,7 @@ fn child(dir: &Path) {
         let mut out = std::io::stdout().lock();
         for (key, ticket) in rx {
             match ticket.wait() {
-                Ok(c) => writeln!(out, "ack {key} {}", c.seq),
+                Ok(c) => writeln!(out, "ack {key} {} {}", c.seq, c.duplicate),
                 Err(e) => writeln!(out, "err {key} {e}"),
             }
             .unwrap();
@@ -252,31 +253,14 @@ enum Cmd {
 }
 
 fn spawn(dir: &Path, last: bool) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .env("FSM_TIMER_CHILD", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut vars = vec![("FSM_TIMER_CHILD", dir.as_os_str())];
     if last {
-        command.env("FSM_TIMER_FINAL", "1");
+        vars.push(("FSM_TIMER_FINAL", "1".as_ref()));
     }
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    child::spawn(&vars)
 }
 
 fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, Cmd)>) -> usize {
-    let stdin = child.stdin.as_mut().unwrap();
     let mut text = String::new();
     for (key, (m, cmd)) in commands {
         match cmd {
@@ -288,26 +272,30 @@ fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, Cmd)>
             }
         }
     }
-    // The child may already be dead (killed): a broken pipe is fine.
-    let _ = stdin
-        .write_all(text.as_bytes())
-        .and_then(|()| stdin.flush());
+    child::write(child, &text);
     commands.len()
 }
 
-fn record(
-    line: &str,
-    pending: &mut BTreeMap<String, (u64, Cmd)>,
-    acks: &mut u64,
-    errors: &mut u64,
-) {
-    let mut parts = line.splitn(3, ' ');
-    match (parts.next(), parts.next()) {
-        (Some("ack"), Some(key)) => {
-            *acks += 1;
+/// What the parent counts of the answers.
+#[derive(Default)]
+struct Tally {
+    acks: u64,
+    duplicates: u64,
+    errors: u64,
+}
+
+fn record(line: &str, pending: &mut BTreeMap<String, (u64, Cmd)>, tally: &mut Tally) {
+    let mut parts = line.splitn(4, ' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("ack"), Some(key), Some(_seq), Some(dup)) => {
+            tally.acks += 1;
+            if dup == "true" {
+                // Applied before a kill, its answer lost: answered from the journal now.
+                tally.duplicates += 1;
+            }
             pending.remove(key);
         }
-        (Some("err"), Some(_)) => *errors += 1,
+        (Some("err"), Some(_), _, _) => tally.errors += 1,
         _ => panic!("unexpected line {line:?}"),
     }
 }
@@ -331,7 +319,8 @@ fn main() {
     // Keys in order (zero-padded): per machine, the kernel applies them in this order.
     let mut sent: BTreeMap<String, (u64, Cmd)> = BTreeMap::new();
     let mut pending: BTreeMap<String, (u64, Cmd)> = BTreeMap::new();
-    let (mut acks, mut errors, mut next) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
+    let mut next = 0u64;
     for cycle in 0..=cycles {
         let last = cycle == cycles;
         if !last {
@@ -361,7 +350,7 @@ fn main() {
         if last {
             drop(child.stdin.take());
             for line in lines {
-                record(&line, &mut pending, &mut acks, &mut errors);
+                record(&line, &mut pending, &mut tally);
             }
             assert!(child.wait().unwrap().success(), "the last child failed");
             assert!(pending.is_empty(), "never acknowledged: {pending:?}");
@@ -369,7 +358,7 @@ fn main() {
         }
         for _ in 0..rng.usize(0..=n) {
             match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => record(&line, &mut pending, &mut acks, &mut errors),
+                Ok(line) => record(&line, &mut pending, &mut tally),
                 Err(e) => panic!("cycle {cycle}: no answer from the child: {e}"),
             }
         }
@@ -382,7 +371,7 @@ fn main() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         for line in lines {
-            record(&line, &mut pending, &mut acks, &mut errors);
+            record(&line, &mut pending, &mut tally);
         }
     }
 
@@ -446,8 +435,11 @@ fn main() {
         );
     }
     println!(
-        "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({acks} acknowledgements, {errors} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {:.1?}",
+        "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({} acknowledgements, {} of them duplicates answered from the journal, {} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {:.1?}",
         sent.len(),
+        tally.acks,
+        tally.duplicates,
+        tally.errors,
         started.elapsed()
     );
 }

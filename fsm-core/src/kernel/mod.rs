@@ -33,6 +33,20 @@
 //! and the rest of the batch is stored. A machine owned again under a newer epoch is reloaded,
 //! so it continues from what the other owner stored.
 //!
+//! # Timers
+//! Handlers arm timers through their [`Effects`](crate::Effects) and states declare timeouts
+//! in the table (see [`crate::timer`] for the rules). The kernel stores a machine's armed
+//! timers in its snapshot, in the same write as the transition that armed them, and fires each
+//! as a command through the normal path when its deadline passes (on the system clock the
+//! shard sleeps exactly until the next one; on a [`ManualClock`](crate::queue::ManualClock)
+//! timers fire in the shard's batches and on [`Kernel::fire_due_timers`]). A firing disarms
+//! its timer in the same write as the transition it causes: after a crash a timer that had not
+//! fired fires once, promptly if its deadline passed meanwhile, and one that fired does not
+//! fire again. Deadlines are wall-clock milliseconds read once at start and advanced by the
+//! monotonic clock; a restored timer never waits longer than its own duration (a clock set
+//! back while the process was down). Named timers and event timeouts carry an event, stored
+//! only by a kernel built with [`KernelBuilder::timer_events`].
+//!
 //! # Delivery semantics
 //! Submission is **at least once**: a submitter that did not get an answer (a timeout, a crash
 //! of either side) must retry. Application is **exactly once per idempotency key**: the kernel

@@ -228,7 +228,7 @@ impl<M: Durable> KernelBuilder<M> {
 
     /// How to reopen the store after it stops (is poisoned, as the file store is after a
     /// failed fsync); without it, a stopped store leaves every later command
-    /// [`CommandError::Unavailable`].
+    /// [`CommandError::Unavailable`](super::CommandError::Unavailable).
     pub fn reopen_with(
         mut self,
         open: impl Fn() -> Result<Arc<dyn SnapshotStore>, StoreError> + Send + Sync + 'static,

@@ -43,7 +43,7 @@ impl fmt::Display for RecoveryReport {
     }
 }
 
-/// How [`Kernel::shutdown`] treats commands already accepted.
+/// How [`Kernel::shutdown`](super::Kernel::shutdown) treats commands already accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Shutdown {
@@ -51,11 +51,11 @@ pub enum Shutdown {
     /// the events they feed back; hand back only postponed commands no state ever took.
     Drain,
     /// Stop intake, decide nothing more: hand back every queued and postponed command
-    /// (answered [`CommandError::Closed`]) and abandon effects not yet started.
+    /// (answered [`CommandError::Closed`](super::CommandError::Closed)) and abandon effects not yet started.
     HandBack,
 }
 
-/// What [`Kernel::shutdown`] returns.
+/// What [`Kernel::shutdown`](super::Kernel::shutdown) returns.
 pub struct ShutdownReport<E> {
     /// Commands that were accepted but never applied, handed back with their machine.
     pub handed_back: Vec<(MachineId, Request<E>)>,

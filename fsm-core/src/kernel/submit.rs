@@ -76,7 +76,7 @@ pub(super) fn enqueue<M: Durable>(
     })
 }
 
-/// Submits commands to a [`Kernel`] from any thread; cloning is cheap.
+/// Submits commands to a [`Kernel`](super::Kernel) from any thread; cloning is cheap.
 pub struct Submitter<M: Durable> {
     pub(super) inner: Arc<Inner<M>>,
 }
@@ -90,7 +90,7 @@ impl<M: Durable> Clone for Submitter<M> {
 }
 
 impl<M: Durable> Submitter<M> {
-    /// As [`Kernel::submit`].
+    /// As [`Kernel::submit`](super::Kernel::submit).
     pub fn submit(
         &self,
         id: &MachineId,
@@ -99,7 +99,7 @@ impl<M: Durable> Submitter<M> {
         enqueue(&self.inner, id, request.into(), true)
     }
 
-    /// As [`Kernel::try_submit`].
+    /// As [`Kernel::try_submit`](super::Kernel::try_submit).
     pub fn try_submit(
         &self,
         id: &MachineId,

@@ -231,7 +231,7 @@ pub type EffectOf<S> = <<S as TypedState>::Machine as StateMachine>::Effect;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no declared transition on `{E}` into `{T}`",
     label = "this transition is not in the machine's table",
-    note = "declare it on the state with `#[fsm(on(Event => Target))]`, or remove this handler"
+    note = "declare it on the state with `#[fsm(on(Event => Target))]`, or remove this handler (a transition marked `plain` has none)"
 )]
 pub trait Declared<E, T> {}
 

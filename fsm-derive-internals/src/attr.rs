@@ -11,7 +11,7 @@ use crate::ctxt::Ctxt;
 pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
 pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
-    "initial, terminal, on(Event => Target), defer, dump, delegate, validate = path, state_timeout(ms = N => Event)";
+    "initial, terminal, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, state_timeout(ms = N => Event)";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -48,6 +48,8 @@ pub(crate) struct OnAttr {
     pub(crate) keyword: Ident,
     pub(crate) event: Ident,
     pub(crate) target: Ident,
+    /// `plain`: the transition needs no handler (its target is built from nothing).
+    pub(crate) plain: Option<Ident>,
 }
 
 impl OnAttr {
@@ -212,12 +214,12 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
     out
 }
 
-/// `Event => Target` or `A | B => Target`.
+/// `Event => Target`, `A | B => Target`, either followed by `, plain`.
 fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> syn::Result<()> {
     let malformed = |span: Span| {
         syn::Error::new(
             span,
-            "malformed `on(..)`: write `on(Event => Target)` or `on(EventA | EventB => Target)`",
+            "malformed `on(..)`: write `on(Event => Target)` or `on(EventA | EventB => Target)`, with `, plain` at the end for a transition that needs no handler",
         )
     };
     let mut events = Vec::new();
@@ -234,6 +236,18 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
         .parse::<Token![=>]>()
         .map_err(|e| malformed(e.span()))?;
     let target: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+    let mut plain = None;
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+        let marker: Ident = input.parse().map_err(|e| malformed(e.span()))?;
+        if marker != "plain" {
+            return Err(syn::Error::new_spanned(
+                &marker,
+                format!("unknown marker `{marker}` in `on(..)`: the only one is `plain` (a transition that needs no handler)"),
+            ));
+        }
+        plain = Some(marker);
+    }
     if !input.is_empty() {
         return Err(malformed(input.span()));
     }
@@ -242,6 +256,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             keyword: keyword.clone(),
             event,
             target: target.clone(),
+            plain: plain.clone(),
         });
     }
     Ok(())
@@ -408,6 +423,21 @@ mod tests {
             let err = cx.check().unwrap_err().to_string();
             assert!(err.contains("state_timeout"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_plain_marker_follows_the_target() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(on(A | B => S2, plain), on(C => S3))])];
+        let s = state(&cx, &attrs);
+        assert!(cx.check().is_ok());
+        let plain: Vec<bool> = s.on.iter().map(|o| o.plain.is_some()).collect();
+        assert_eq!(plain, [true, true, false]);
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[fsm(on(A => S2, plan))])];
+        state(&cx, &attrs);
+        let err = cx.check().unwrap_err().to_string();
+        assert!(err.contains("unknown marker `plan`"), "{err}");
     }
 
     #[test]

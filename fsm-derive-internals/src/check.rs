@@ -30,7 +30,33 @@ pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
     }
     policies_are_consistent(cx, m);
     timeouts_are_sound(cx, m);
+    plain_targets_hold_no_data(cx, m);
     no_view_name_clash(cx, m);
+}
+
+/// A `plain` transition builds its target from nothing, so the target must be a state without
+/// fields.
+fn plain_targets_hold_no_data(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        for on in &s.attrs.on {
+            let Some(plain) = &on.plain else { continue };
+            let Some(target) = m.state_index(&on.target).map(|i| &m.states[i]) else {
+                continue;
+            };
+            if !target.variant.fields.is_empty() {
+                cx.push(syn::Error::new_spanned(
+                    plain,
+                    format!(
+                        "`plain` transition into `{}`, which holds data: a plain transition builds its target from nothing; remove `plain` and write `impl Handler<..> for {}` for `on({} => {})`",
+                        on.target,
+                        s.variant.ident,
+                        on.event,
+                        on.target
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// A state timeout: at most one per state, not on a terminal state, a positive duration that

@@ -409,7 +409,9 @@ impl Gen<'_, '_> {
         let into_variant = variant_fields(v, &self_vals);
         let typed_from_binds = own_fields(v, m.generics, &idents(&binds), quote!(#marker));
 
-        let declared = s.attrs.on.iter().map(|on| {
+        // A plain transition has no handler, so it is not `Declared`: a handler written for it
+        // anyway is an error (it would never run).
+        let declared = s.attrs.on.iter().filter(|on| on.plain.is_none()).map(|on| {
             let variant = self.variant(&on.event);
             let target = self.typed(&on.target);
             quote! {
@@ -447,9 +449,22 @@ impl Gen<'_, '_> {
             let forward = forwarder(&on.event);
             let f = &self.effect;
             // The one place that requires the user's handler impl, spanned at the `on(..)`
-            // event so that a missing handler is reported there, once.
-            let handle = quote_spanned! {on.event.span()=>
-                <Self as #krate::Handler<#variant::Payload, #target>>::handle
+            // event so that a missing handler is reported there, once. A plain transition
+            // builds its (unit) target instead.
+            let body = match self.m.state_index(&on.target).map(|i| &self.m.states[i]) {
+                Some(target_state) if on.plain.is_some() => {
+                    let unit = self.view_expr(target_state, &[]);
+                    quote!({
+                        let _ = (view, event, effects);
+                        #private::core::result::Result::Ok(#unit)
+                    })
+                }
+                _ => {
+                    let handle = quote_spanned! {on.event.span()=>
+                        <Self as #krate::Handler<#variant::Payload, #target>>::handle
+                    };
+                    quote!(#handle(view, event, effects))
+                }
             };
             quote! {
                 #[inline(always)]
@@ -461,7 +476,7 @@ impl Gen<'_, '_> {
                 where
                     Self: '__fsm_v,
                 {
-                    #handle(view, event, effects)
+                    #body
                 }
             }
         });

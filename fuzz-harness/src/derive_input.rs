@@ -113,7 +113,7 @@ fn container_attrs(u: &mut Unstructured<'_>) -> String {
 fn state_attrs(u: &mut Unstructured<'_>) -> String {
     let mut parts = Vec::new();
     for _ in 0..count(u, 4) {
-        let part = match u.choose_index(14).unwrap_or(0) {
+        let part = match u.choose_index(16).unwrap_or(0) {
             0 => "initial".to_owned(),
             1 => "terminal".to_owned(),
             2 | 3 => format!("on({} => {})", pick(u, EVENTS), pick(u, STATES)),
@@ -135,6 +135,18 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
             )
             .to_owned(),
             12 => "sensitive".to_owned(),
+            13 => format!(
+                "on({} => {}, {})",
+                pick(u, EVENTS),
+                pick(u, STATES),
+                pick(u, &["plain", "plan", "plain, plain"])
+            ),
+            14 => format!(
+                "state_timeout({} = {} => {})",
+                pick(u, &["ms", "s", "min", "hours"]),
+                pick(u, &["0", "1200", "99999999999999999999", "1_000"]),
+                pick(u, EVENTS)
+            ),
             _ => "inital".to_owned(),
         };
         parts.push(part);

@@ -55,7 +55,8 @@
 //! On each variant (a state):
 //! - `initial` (exactly one state), `terminal` (accepts no event);
 //! - `on(Event => Target)`, `on(A | B => Target)`: declared transitions, each needing a
-//!   [`Handler`] impl;
+//!   [`Handler`] impl; `on(Event => Target, plain)`: one into a state without data that needs
+//!   none (the target is built from nothing; its invariant still runs);
 //! - `defer(E, ..)`, `dump(E, ..)`, `delegate(E, ..)`, or bare `defer` / `dump` / `delegate`
 //!   for every other event: the [`Policy`] for events the state has no transition for (the
 //!   command queue acts on it; [`StateMachine::apply`] always rejects such events);

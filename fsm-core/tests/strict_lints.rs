@@ -129,3 +129,37 @@ fn strict_machine_runs() {
     t.apply(Input::Push).unwrap();
     assert_eq!(t, Turnstile::Locked);
 }
+
+/// A lamp that switches itself off: plain transitions and a state timeout, under the same lints.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq)]
+#[fsm(event = Switch)]
+pub enum Lamp {
+    /// Dark.
+    #[fsm(initial, on(Toggle => Lit, plain))]
+    Dark,
+    /// Lit, for a minute at most.
+    #[fsm(on(Toggle | Timeout => Dark, plain), state_timeout(min = 1 => Timeout))]
+    Lit,
+}
+
+/// What a lamp is told.
+#[derive(Event, Debug, Clone)]
+pub enum Switch {
+    /// Flip it.
+    Toggle,
+    /// Its minute is up.
+    Timeout,
+}
+
+#[test]
+fn plain_transitions_and_timeouts_compile_under_strict_lints() {
+    let mut lamp = Lamp::Dark;
+    lamp.apply(Switch::Toggle).unwrap();
+    assert_eq!(lamp, Lamp::Lit);
+    assert!(matches!(
+        Lamp::timeout_event(fsm_core::StateId::new(1)),
+        Some(Switch::Timeout)
+    ));
+    lamp.apply(Switch::Timeout).unwrap();
+    assert_eq!(lamp, Lamp::Dark);
+}

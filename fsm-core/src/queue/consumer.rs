@@ -151,6 +151,9 @@ impl<M: StateMachine> Consumer<M> {
     /// Runs until intake is closed (by [`Sender::close`](super::Sender::close), by
     /// [`Consumer::close`], or by dropping every sender) and every queued command is decided.
     /// After each batch, `on_effects` receives the effects of the commands applied in it.
+    /// The queue keeps no time: timer requests handlers make are dropped after each batch
+    /// (a [`Kernel`](crate::kernel::Kernel) runs them; [`Consumer::drain`] leaves them in the
+    /// buffer for a caller that does).
     ///
     /// Returns the postponed commands that the final state never took, handed back (their
     /// tickets answered [`Outcome::Closed`]).
@@ -164,6 +167,9 @@ impl<M: StateMachine> Consumer<M> {
             self.drain(machine, &mut effects);
             if !effects.is_empty() {
                 on_effects(effects.drain());
+            }
+            if !effects.timers().is_empty() {
+                drop(effects.drain_timers());
             }
             if !self.wait() {
                 break;

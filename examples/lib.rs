@@ -4,6 +4,7 @@
 //! - [`registrar`]: a domain-registration order, derived with `#[derive(StateMachine)]`.
 //! - [`registrar_by_hand`]: the same machine written by hand against the core traits.
 //! - [`workload`]: event streams for benchmarks and tests.
+//! - [`pacemaker`]: a pacemaker whose state timeout paces when no pulse came in time.
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
@@ -13,3 +14,6 @@ pub mod registrar_by_hand;
 
 #[path = "machines/workload.rs"]
 pub mod workload;
+
+#[path = "machines/pacemaker.rs"]
+pub mod pacemaker;

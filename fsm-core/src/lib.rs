@@ -61,6 +61,10 @@
 //!   for every other event: the [`Policy`] for events the state has no transition for (the
 //!   command queue acts on it; [`StateMachine::apply`] always rejects such events);
 //! - `validate = path`: the state's invariant, a `fn(view) -> Result<(), Refusal>`;
+//! - `enter = path`, `exit = path`: hooks, `fn(view, &mut Effects<F>)`, run on every
+//!   transition that changes the state (exit, handler, enter; a self-transition only when
+//!   marked `on(E => S, reenter)`), never when a snapshot is restored; they push effects and
+//!   timer requests and cannot refuse;
 //! - `state_timeout(ms = N => Event)` (or `s = N`, `min = N`): the state's timeout, firing
 //!   `Event` (a variant without fields that the state has a transition for) N after the state
 //!   was entered unless a transition left it first; handlers arm event timeouts and named

@@ -138,9 +138,21 @@ pub enum Lamp {
     #[fsm(initial, on(Toggle => Lit, plain))]
     Dark,
     /// Lit, for a minute at most.
-    #[fsm(on(Toggle | Timeout => Dark, plain), state_timeout(min = 1 => Timeout))]
+    #[fsm(
+        on(Toggle | Timeout => Dark, plain),
+        on(Stay => Lit, plain, reenter),
+        state_timeout(min = 1 => Timeout),
+        enter = lamp_lit,
+        exit = lamp_dark
+    )]
     Lit,
 }
+
+fn lamp_lit(_: lamp::Lit, fx: &mut Effects<()>) {
+    fx.restart_state_timeout();
+}
+
+fn lamp_dark(_: lamp::Lit, _: &mut Effects<()>) {}
 
 /// What a lamp is told.
 #[derive(Event, Debug, Clone)]
@@ -149,6 +161,8 @@ pub enum Switch {
     Toggle,
     /// Its minute is up.
     Timeout,
+    /// Stay lit: a new minute.
+    Stay,
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::ctxt::Ctxt;
 pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
 pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
-    "initial, terminal, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, state_timeout(ms = N => Event)";
+    "initial, terminal, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, enter = path, exit = path, state_timeout(ms = N => Event)";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -50,6 +50,8 @@ pub(crate) struct OnAttr {
     pub(crate) target: Ident,
     /// `plain`: the transition needs no handler (its target is built from nothing).
     pub(crate) plain: Option<Ident>,
+    /// `reenter`: a self-transition that runs the state's exit and enter hooks.
+    pub(crate) reenter: Option<Ident>,
 }
 
 impl OnAttr {
@@ -87,6 +89,10 @@ pub(crate) struct StateAttrs {
     pub(crate) on: Vec<OnAttr>,
     pub(crate) policies: Vec<PolicyAttr>,
     pub(crate) validate: Vec<Path>,
+    /// `enter = path`: runs when a transition enters the state.
+    pub(crate) enter: Vec<Path>,
+    /// `exit = path`: runs when a transition leaves the state.
+    pub(crate) exit: Vec<Path>,
     pub(crate) timeouts: Vec<TimeoutAttr>,
 }
 
@@ -162,6 +168,8 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
                 "initial" => out.initial.push(key),
                 "terminal" => out.terminal.push(key),
                 "validate" => out.validate.push(meta.value()?.parse()?),
+                "enter" => out.enter.push(meta.value()?.parse()?),
+                "exit" => out.exit.push(meta.value()?.parse()?),
                 "on" => {
                     let content;
                     syn::parenthesized!(content in meta.input);
@@ -219,7 +227,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
     let malformed = |span: Span| {
         syn::Error::new(
             span,
-            "malformed `on(..)`: write `on(Event => Target)` or `on(EventA | EventB => Target)`, with `, plain` at the end for a transition that needs no handler",
+            "malformed `on(..)`: write `on(Event => Target)` or `on(EventA | EventB => Target)`, with `, plain` (no handler) or `, reenter` (a self-transition that runs the exit and enter hooks) at the end",
         )
     };
     let mut events = Vec::new();
@@ -236,17 +244,27 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
         .parse::<Token![=>]>()
         .map_err(|e| malformed(e.span()))?;
     let target: Ident = input.parse().map_err(|e| malformed(e.span()))?;
-    let mut plain = None;
-    if input.peek(Token![,]) {
+    let (mut plain, mut reenter) = (None, None);
+    while input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
         let marker: Ident = input.parse().map_err(|e| malformed(e.span()))?;
-        if marker != "plain" {
+        let slot = match marker.to_string().as_str() {
+            "plain" => &mut plain,
+            "reenter" => &mut reenter,
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &marker,
+                    format!("unknown marker `{marker}` in `on(..)`: the markers are `plain` (a transition that needs no handler) and `reenter` (a self-transition that runs the exit and enter hooks)"),
+                ))
+            }
+        };
+        if slot.is_some() {
             return Err(syn::Error::new_spanned(
                 &marker,
-                format!("unknown marker `{marker}` in `on(..)`: the only one is `plain` (a transition that needs no handler)"),
+                format!("duplicate marker `{marker}` in `on(..)`: give it once"),
             ));
         }
-        plain = Some(marker);
+        *slot = Some(marker);
     }
     if !input.is_empty() {
         return Err(malformed(input.span()));
@@ -257,6 +275,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             event,
             target: target.clone(),
             plain: plain.clone(),
+            reenter: reenter.clone(),
         });
     }
     Ok(())

@@ -31,7 +31,27 @@ pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
     policies_are_consistent(cx, m);
     timeouts_are_sound(cx, m);
     plain_targets_hold_no_data(cx, m);
+    reenter_is_a_self_transition(cx, m);
     no_view_name_clash(cx, m);
+}
+
+/// `reenter` runs a state's exit and enter hooks on a self-transition; any other transition
+/// runs them anyway.
+fn reenter_is_a_self_transition(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        for on in &s.attrs.on {
+            let Some(reenter) = &on.reenter else { continue };
+            if on.target != *s.variant.ident {
+                cx.push(syn::Error::new_spanned(
+                    reenter,
+                    format!(
+                        "`reenter` on `on({} => {})`, which leaves `{}`: a transition into another state runs the exit and enter hooks anyway; `reenter` is for a self-transition (`on({} => {})`)",
+                        on.event, on.target, s.variant.ident, on.event, s.variant.ident
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// A `plain` transition builds its target from nothing, so the target must be a state without
@@ -205,6 +225,17 @@ fn flags_once(cx: &Ctxt, m: &Machine<'_>) {
                     s.variant.ident
                 ),
             ));
+        }
+        for (key, paths) in [("enter", &s.attrs.enter), ("exit", &s.attrs.exit)] {
+            for p in paths.iter().skip(1) {
+                cx.push(syn::Error::new_spanned(
+                    p,
+                    format!(
+                        "second `{key}` on `{}`: a state has one {key} hook; call both functions from one",
+                        s.variant.ident
+                    ),
+                ));
+            }
         }
         for p in s.attrs.validate.iter().skip(1) {
             cx.push(syn::Error::new_spanned(

@@ -451,20 +451,53 @@ impl Gen<'_, '_> {
             // The one place that requires the user's handler impl, spanned at the `on(..)`
             // event so that a missing handler is reported there, once. A plain transition
             // builds its (unit) target instead.
-            let body = match self.m.state_index(&on.target).map(|i| &self.m.states[i]) {
+            let target_state = self.m.state_index(&on.target).map(|i| &self.m.states[i]);
+            let next = match target_state {
                 Some(target_state) if on.plain.is_some() => {
                     let unit = self.view_expr(target_state, &[]);
                     quote!({
-                        let _ = (view, event, effects);
-                        #private::core::result::Result::Ok(#unit)
+                        let _ = event;
+                        #unit
                     })
                 }
                 _ => {
                     let handle = quote_spanned! {on.event.span()=>
                         <Self as #krate::Handler<#variant::Payload, #target>>::handle
                     };
-                    quote!(#handle(view, event, effects))
+                    quote!(#handle(view, event, effects)?)
                 }
+            };
+            // The state's exit hook, the handler, the target's enter hook: on every transition
+            // that changes the state, and on a self-transition marked `reenter`.
+            let moves = on.target != *ident || on.reenter.is_some();
+            // `let () =`: a hook returns nothing, so one that returns a verdict (which would be
+            // ignored) does not compile.
+            let exit = s.attrs.exit.first().filter(|_| moves).map(|hook| {
+                quote_spanned!(hook.span()=> let () = #hook(view, effects);)
+            });
+            let enter = target_state
+                .and_then(|t| t.attrs.enter.first())
+                .filter(|_| moves)
+                .map(|hook| {
+                    quote_spanned!(hook.span()=> let () = #hook(#krate::TypedState::view(&__fsm_next), effects);)
+                });
+            let body = match (&exit, &enter, on.plain.is_some()) {
+                // No hook: exactly the handler's call (or the plain target), nothing around it,
+                // so a machine without hooks pays nothing for them.
+                (None, None, false) => quote_spanned! {on.event.span()=>
+                    <Self as #krate::Handler<#variant::Payload, #target>>::handle(view, event, effects)
+                },
+                (None, None, true) => quote!({
+                    let _ = (view, effects);
+                    #private::core::result::Result::Ok(#next)
+                }),
+                _ => quote!({
+                    let _ = (&view, &effects);
+                    #exit
+                    let __fsm_next = #next;
+                    #enter
+                    #private::core::result::Result::Ok(__fsm_next)
+                }),
             };
             quote! {
                 #[inline(always)]

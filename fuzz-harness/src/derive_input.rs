@@ -113,7 +113,7 @@ fn container_attrs(u: &mut Unstructured<'_>) -> String {
 fn state_attrs(u: &mut Unstructured<'_>) -> String {
     let mut parts = Vec::new();
     for _ in 0..count(u, 4) {
-        let part = match u.choose_index(16).unwrap_or(0) {
+        let part = match u.choose_index(17).unwrap_or(0) {
             0 => "initial".to_owned(),
             1 => "terminal".to_owned(),
             2 | 3 => format!("on({} => {})", pick(u, EVENTS), pick(u, STATES)),
@@ -147,6 +147,17 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
                 pick(u, &["0", "1200", "99999999999999999999", "1_000"]),
                 pick(u, EVENTS)
             ),
+            15 => pick(
+                u,
+                &[
+                    "enter = hook",
+                    "exit = hook",
+                    "enter = hook, enter = hook",
+                    "on(Go => A, reenter)",
+                    "on(Go => A, plain, reenter, reenter)",
+                ],
+            )
+            .to_owned(),
             _ => "inital".to_owned(),
         };
         parts.push(part);

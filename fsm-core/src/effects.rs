@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use crate::machine::Event;
+use crate::table::EventId;
 use crate::timer::{TimerEvent, TimerRequest};
 
 /// A buffer of effects emitted by handlers, and of what they asked of the machine's timers.
@@ -30,6 +32,7 @@ use crate::timer::{TimerEvent, TimerRequest};
 pub struct Effects<F> {
     items: Vec<F>,
     timers: Vec<TimerRequest>,
+    raised: Vec<Raised>,
 }
 
 /// How far a buffer was filled, to rewind a rejected transition's pushes.
@@ -37,12 +40,18 @@ pub struct Effects<F> {
 pub(crate) struct Mark {
     items: usize,
     timers: usize,
+    raised: usize,
 }
 
 impl Mark {
     /// Timer requests held at the mark.
     pub(crate) fn timers(self) -> usize {
         self.timers
+    }
+
+    /// Raised events held at the mark.
+    pub(crate) fn raised(self) -> usize {
+        self.raised
     }
 }
 
@@ -52,6 +61,7 @@ impl<F> Effects<F> {
         Effects {
             items: Vec::new(),
             timers: Vec::new(),
+            raised: Vec::new(),
         }
     }
 
@@ -103,6 +113,50 @@ impl<F> Effects<F> {
         self.timers.push(TimerRequest::CancelStateTimeout);
     }
 
+    /// Raises `event` to this machine (gen_statem's `next_event`): it is applied right after the
+    /// transition that raised it, before any other command, as part of the same step. `event`
+    /// must be the machine's event enum (`Cmd::Settle`).
+    ///
+    /// A command and the events its transitions raise are one step: all of them are applied,
+    /// or none (a raised event that is rejected rejects the command, with
+    /// [`Reason::Raised`](crate::Reason::Raised)). Events raised by one transition are applied
+    /// in the order raised, each followed at once by the events it raises in turn (depth
+    /// first, as gen_statem inserts them). At most
+    /// [`RAISE_LIMIT`](crate::RAISE_LIMIT) events are raised per command; a cycle
+    /// meets that bound and is rejected with [`Reason::RaiseLimit`](crate::Reason::RaiseLimit).
+    ///
+    /// ```
+    /// use fsm_core::{Effects, Event};
+    /// #[derive(Event, Debug)]
+    /// enum Cmd { Settle }
+    /// # fn main() {
+    /// let mut fx: Effects<()> = Effects::new();
+    /// fx.raise(Cmd::Settle);
+    /// assert_eq!(fx.raised()[0].name(), "Settle");
+    /// assert!(fx.is_empty()); // raised events are not effects for the world
+    /// # }
+    /// ```
+    pub fn raise<E: Event + Any + Send>(&mut self, event: E) {
+        self.raised.push(Raised {
+            id: event.id(),
+            name: event.name(),
+            event: TimerEvent::new(event),
+        });
+    }
+
+    /// The raised events not yet applied, in the order raised.
+    pub fn raised(&self) -> &[Raised] {
+        &self.raised
+    }
+
+    /// Raised events pushed since `mark`, removed.
+    pub(crate) fn split_raised(&mut self, mark: usize) -> Vec<Raised> {
+        if self.raised.len() <= mark {
+            return Vec::new();
+        }
+        self.raised.split_off(mark)
+    }
+
     /// The timer requests held, in the order they were made.
     pub fn timers(&self) -> &[TimerRequest] {
         &self.timers
@@ -118,11 +172,18 @@ impl<F> Effects<F> {
         self.timers.drain(..)
     }
 
+    /// Removes and yields the first `n` timer requests (all of them if fewer are held).
+    pub(crate) fn drain_timers_front(&mut self, n: usize) -> std::vec::Drain<'_, TimerRequest> {
+        let n = n.min(self.timers.len());
+        self.timers.drain(..n)
+    }
+
     #[inline]
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             items: self.items.len(),
             timers: self.timers.len(),
+            raised: self.raised.len(),
         }
     }
 
@@ -136,12 +197,14 @@ impl<F> Effects<F> {
     pub(crate) fn rewind(&mut self, mark: Mark) {
         self.items.truncate(mark.items);
         self.timers.truncate(mark.timers);
+        self.raised.truncate(mark.raised);
     }
 
     /// Forgets everything held.
     pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.timers.clear();
+        self.raised.clear();
     }
 
     /// Appends an effect.
@@ -189,12 +252,13 @@ impl<F> Default for Effects<F> {
 
 impl<F: fmt::Debug> fmt::Debug for Effects<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.timers.is_empty() {
+        if self.timers.is_empty() && self.raised.is_empty() {
             return f.debug_list().entries(&self.items).finish();
         }
         f.debug_struct("Effects")
             .field("effects", &self.items)
             .field("timers", &self.timers)
+            .field("raised", &self.raised)
             .finish()
     }
 }
@@ -212,6 +276,31 @@ impl<'a, F> IntoIterator for &'a Effects<F> {
     type IntoIter = std::slice::Iter<'a, F>;
     fn into_iter(self) -> Self::IntoIter {
         self.items.iter()
+    }
+}
+
+/// An event a handler raised ([`Effects::raise`]), waiting to be applied.
+#[derive(Debug)]
+pub struct Raised {
+    id: EventId,
+    name: &'static str,
+    event: TimerEvent,
+}
+
+impl Raised {
+    /// The event's variant id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The event's variant name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The event itself, type-erased.
+    pub fn into_event(self) -> TimerEvent {
+        self.event
     }
 }
 

@@ -110,10 +110,10 @@ pub mod timer;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use effects::{Effects, NoEffect};
+pub use effects::{Effects, NoEffect, Raised};
 pub use machine::{
     Applied, Declared, EffectOf, Event, Handler, Next, Rejected, StateMachine, Transition,
-    TypedState,
+    TypedState, RAISE_LIMIT,
 };
 pub use redact::{Redact, Redacted};
 pub use rejection::{InvalidState, Reason, Refusal, Rejection};

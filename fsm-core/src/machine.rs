@@ -2,11 +2,18 @@
 //! commands it accepts), [`TypedState`] (one type per state, the typestate API), and
 //! [`Handler`] (the user's logic, one impl per declared transition).
 
+use std::convert::Infallible;
 use std::fmt;
 
 use crate::effects::Effects;
-use crate::rejection::{InvalidState, Refusal, Rejection};
+use crate::rejection::{InvalidState, Reason, Refusal, Rejection};
 use crate::table::{EventId, StateId, Table};
+use crate::timer::TimerEvent;
+
+/// The most events the transitions of one command may raise ([`Effects::raise`]), counted over
+/// the whole chain: a cycle of raised events meets it and the command is rejected with
+/// [`Reason::RaiseLimit`] instead of running forever.
+pub const RAISE_LIMIT: usize = 64;
 
 /// The events (commands) a machine accepts: an enum deriving [`Event`](macro@crate::Event).
 ///
@@ -26,6 +33,100 @@ pub trait Event: Sized {
             .copied()
             .unwrap_or("<unknown>")
     }
+
+    /// The event a handler raised ([`Effects::raise`]), if it is of this type; itself back if
+    /// not. The derive writes it for an enum without generic parameters; the default takes
+    /// nothing, so a machine whose event type is generic (or written by hand without this)
+    /// rejects a raise with [`Reason::RaisedWrongType`].
+    fn from_raised(raised: TimerEvent) -> Result<Self, TimerEvent> {
+        Err(raised)
+    }
+}
+
+/// Why a chain of raised events stopped: a rejection, or the caller's step check.
+pub(crate) enum Stop<X> {
+    Rejected(Rejection),
+    Step(X),
+}
+
+/// Applies `event` to `machine` and then every event the transitions raise (depth first, at
+/// most [`RAISE_LIMIT`]), leaving `machine` untouched: the final machine and the command's own
+/// transition, or why not. `step` sees each transition taken, in order, with the effects
+/// buffer as the step left it (its raised events not yet taken); an error from it stops the
+/// chain. On any error the effects are rewound to where they were.
+#[inline]
+pub(crate) fn settle<M: StateMachine, X>(
+    machine: &M,
+    event: M::Event,
+    effects: &mut Effects<M::Effect>,
+    mut step: impl FnMut(&Transition, &mut Effects<M::Effect>) -> Result<(), X>,
+) -> Result<(M, Transition), Stop<X>> {
+    let mark = effects.mark();
+    let event_id = event.id();
+    let (next, first) = machine.next(event, effects).map_err(Stop::Rejected)?;
+    if let Err(x) = step(&first, effects) {
+        effects.rewind(mark);
+        return Err(Stop::Step(x));
+    }
+    if effects.raised().len() == mark.raised() {
+        return Ok((next, first));
+    }
+    settle_raised(machine.state(), event_id, next, first, effects, mark, step)
+}
+
+/// The rest of [`settle`], for a transition that raised events.
+#[cold]
+#[inline(never)]
+fn settle_raised<M: StateMachine, X>(
+    from: StateId,
+    event_id: EventId,
+    mut current: M,
+    first: Transition,
+    effects: &mut Effects<M::Effect>,
+    mark: crate::effects::Mark,
+    mut step: impl FnMut(&Transition, &mut Effects<M::Effect>) -> Result<(), X>,
+) -> Result<(M, Transition), Stop<X>> {
+    let reject = |effects: &mut Effects<M::Effect>, reason| {
+        effects.rewind(mark);
+        Err(Stop::Rejected(Rejection::new(
+            M::TABLE,
+            from,
+            event_id,
+            reason,
+        )))
+    };
+    let mut stack = effects.split_raised(mark.raised());
+    let mut count = stack.len();
+    stack.reverse();
+    while let Some(raised) = stack.pop() {
+        if count > RAISE_LIMIT {
+            return reject(effects, Reason::RaiseLimit { limit: RAISE_LIMIT });
+        }
+        let event = match M::Event::from_raised(raised.into_event()) {
+            Ok(event) => event,
+            Err(raised) => {
+                let reason = Reason::RaisedWrongType {
+                    expected: std::any::type_name::<M::Event>(),
+                    found: raised.type_name(),
+                };
+                return reject(effects, reason);
+            }
+        };
+        match current.next(event, effects) {
+            Ok((next, transition)) => {
+                if let Err(x) = step(&transition, effects) {
+                    effects.rewind(mark);
+                    return Err(Stop::Step(x));
+                }
+                current = next;
+                let more = effects.split_raised(mark.raised());
+                count += more.len();
+                stack.extend(more.into_iter().rev());
+            }
+            Err(rejection) => return reject(effects, Reason::Raised(Box::new(rejection))),
+        }
+    }
+    Ok((current, first))
 }
 
 /// A state machine: an enum deriving [`StateMachine`](macro@crate::StateMachine), whose
@@ -87,25 +188,38 @@ pub trait StateMachine: Sized {
         Self::TABLE.target(self.state(), event.id()).is_some()
     }
 
-    /// Applies `event`: on success the machine is in the new state and the effects are
-    /// returned; on rejection the machine is exactly as it was.
+    /// Applies `event`, and the events its transitions raise ([`Effects::raise`]): on success
+    /// the machine is in the new state and the effects are returned; on rejection (of the
+    /// event or of one it raised) the machine is exactly as it was.
     fn apply(&mut self, event: impl Into<Self::Event>) -> Result<Applied<Self::Effect>, Rejection> {
         let mut effects = Effects::new();
-        let transition = self.apply_into(event.into(), &mut effects)?;
+        let mut raised = Vec::new();
+        let mut first = true;
+        let (next, transition) = settle(self, event.into(), &mut effects, |t, _| {
+            if !std::mem::take(&mut first) {
+                raised.push(*t);
+            }
+            Ok::<(), Infallible>(())
+        })
+        .map_err(unstoppable)?;
+        *self = next;
         Ok(Applied {
             transition,
+            raised,
             effects,
         })
     }
 
-    /// Like [`StateMachine::apply`], appending effects to a buffer the caller reuses.
+    /// Like [`StateMachine::apply`], appending effects to a buffer the caller reuses; the
+    /// transition returned is the event's own (raised events may have moved the machine on).
     #[inline]
     fn apply_into(
         &mut self,
         event: Self::Event,
         effects: &mut Effects<Self::Effect>,
     ) -> Result<Transition, Rejection> {
-        let (next, transition) = self.next(event, effects)?;
+        let (next, transition) =
+            settle(self, event, effects, |_, _| Ok::<(), Infallible>(())).map_err(unstoppable)?;
         *self = next;
         Ok(transition)
     }
@@ -186,11 +300,22 @@ impl fmt::Display for Transition {
     }
 }
 
+/// A chain without a step check stops only on a rejection.
+fn unstoppable(stop: Stop<Infallible>) -> Rejection {
+    match stop {
+        Stop::Rejected(r) => r,
+        Stop::Step(never) => match never {},
+    }
+}
+
 /// The result of [`StateMachine::apply`]: the transition taken and the effects to run.
 #[derive(Debug)]
 pub struct Applied<F> {
     /// The transition taken.
     pub transition: Transition,
+    /// The transitions the raised events took after it, in the order applied (empty unless a
+    /// handler raised an event).
+    pub raised: Vec<Transition>,
     /// Effects for the world, to run after the new state is durable.
     pub effects: Effects<F>,
 }

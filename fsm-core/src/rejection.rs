@@ -66,6 +66,24 @@ pub enum Reason {
     /// a bad name, a restart of a state timeout the target does not declare). Boxed, so that
     /// every rejection stays as small as it was without timers.
     Timer(Box<TimerError>),
+    /// An event raised by the transition (or by one it raised in turn) was rejected, so the
+    /// whole command is: the inner rejection names the state the chain had reached, the raised
+    /// event and why.
+    Raised(Box<Rejection>),
+    /// The command's transitions raised more than [`RAISE_LIMIT`](crate::RAISE_LIMIT)
+    /// events: most likely a cycle (an event whose handler raises it again).
+    RaiseLimit {
+        /// The bound that was met.
+        limit: usize,
+    },
+    /// A handler raised a value that is not the machine's event enum (or the event type does
+    /// not take raised events: see [`Event::from_raised`](crate::Event::from_raised)).
+    RaisedWrongType {
+        /// The machine's event type.
+        expected: &'static str,
+        /// The type raised.
+        found: &'static str,
+    },
 }
 
 /// An event a machine did not take. The machine is exactly as it was before.
@@ -147,6 +165,11 @@ impl fmt::Debug for Rejection {
             Reason::Refused(r) => d.field("refused", &r.reason()),
             Reason::Panicked(r) => d.field("panicked", &r.reason()),
             Reason::Timer(e) => d.field("timer", e),
+            Reason::Raised(r) => d.field("raised", r),
+            Reason::RaiseLimit { limit } => d.field("raise_limit", limit),
+            Reason::RaisedWrongType { expected, found } => {
+                d.field("raised_type", found).field("expected", expected)
+            }
             Reason::Invalid { target, refusal } => d
                 .field("invalid_target", &self.table.state_name(*target))
                 .field("refused", &refusal.reason()),
@@ -182,6 +205,15 @@ impl fmt::Display for Rejection {
             }
             Reason::Terminal => f.write_str("the state is terminal and accepts no event"),
             Reason::Timer(e) => write!(f, "a timer request of the handler: {e}"),
+            Reason::Raised(r) => write!(f, "an event it raised was rejected: {r}"),
+            Reason::RaiseLimit { limit } => write!(
+                f,
+                "its transitions raised more than {limit} events (a cycle of raised events?)"
+            ),
+            Reason::RaisedWrongType { expected, found } => write!(
+                f,
+                "a handler raised a `{found}`, which is not the machine's event type `{expected}`"
+            ),
             Reason::Refused(r) => write!(f, "refused by the handler: {r}"),
             Reason::Panicked(r) => write!(
                 f,

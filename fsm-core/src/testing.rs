@@ -38,7 +38,8 @@
 //!
 //! # The properties
 //! Every sequence starts from a given state (by default the machine's initial value) and applies
-//! the events one by one through [`StateMachine::apply_into`]. After each step the checker
+//! the events one by one as [`StateMachine::apply_into`] and the kernel do: the machine's
+//! [`StateMachine::next`], then the events its handlers raised. After each step the checker
 //! requires, and names the first [`Property`] that does not hold:
 //! - [`Property::NeverPanics`]: applying an event answers, it does not unwind;
 //! - [`Property::RejectionLeavesStateUnchanged`]: a rejected event leaves the machine equal to
@@ -102,6 +103,10 @@ pub enum Property {
     /// A timeout fires only while it is armed: a state timeout only in the state that armed
     /// it, and no timer after a cancel, a replacement or a state change cancelled it.
     TimeoutsFireOnlyWhileArmed,
+    /// The events a handler raised are applied right after its transition, depth first in the
+    /// order raised, each as a transition of the table from where the chain had reached; all
+    /// of them are applied or, if one is rejected, none.
+    RaisedEventsInOrder,
 }
 
 impl Property {
@@ -117,6 +122,7 @@ impl Property {
             Property::SnapshotRoundTrips => "snapshots round-trip",
             Property::TimerRequestsHold => "timer requests can be honoured",
             Property::TimeoutsFireOnlyWhileArmed => "timeouts fire only while armed",
+            Property::RaisedEventsInOrder => "raised events are applied in order",
         }
     }
 }
@@ -445,7 +451,23 @@ where
         let mark = self.effects.mark();
         let held = self.effects.len();
         let (machine, effects) = (&mut self.machine, &mut self.effects);
-        let result = catch_unwind(AssertUnwindSafe(|| machine.apply_into(event, effects)));
+        // Every transition of the chain, with the ids of the events it raised.
+        let mut chain: Vec<(Transition, Vec<crate::EventId>)> = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let settled = crate::machine::settle(machine, event, effects, |t, fx| {
+                let raised = fx.raised().get(mark.raised()..).unwrap_or(&[]);
+                chain.push((*t, raised.iter().map(|r| r.id()).collect()));
+                Ok::<(), std::convert::Infallible>(())
+            });
+            match settled {
+                Ok((next, transition)) => {
+                    *machine = next;
+                    Ok(transition)
+                }
+                Err(crate::machine::Stop::Rejected(r)) => Err(r),
+                Err(crate::machine::Stop::Step(never)) => match never {},
+            }
+        }));
         self.run.steps += 1;
         let mut step = Step {
             from: table.state_name(from),
@@ -480,8 +502,13 @@ where
                         ),
                     ));
                 }
-                if declared != Some(self.machine.state())
-                    || reported != (from, event_id, self.machine.state())
+                // The command's own transition is a transition of the table; without raised
+                // events, it is where the machine is now.
+                let raised = chain.len() > 1;
+                if declared != Some(reported.2)
+                    || reported.0 != from
+                    || reported.1 != event_id
+                    || (!raised && reported.2 != self.machine.state())
                 {
                     return Err(self.fail(Property::AcceptsExactlyTheTable,
                         format!(
@@ -494,12 +521,17 @@ where
                         )
                     ));
                 }
-                if let Some(i) = table
-                    .transitions()
-                    .iter()
-                    .position(|t| t.from == from && t.event == event_id)
-                {
-                    self.run.transitions.push(i);
+                if let Err(detail) = check_chain(table, &chain, self.machine.state()) {
+                    return Err(self.fail(Property::RaisedEventsInOrder, detail));
+                }
+                for (t, _) in &chain {
+                    if let Some(i) = table
+                        .transitions()
+                        .iter()
+                        .position(|d| d.from == t.from() && d.event == t.event())
+                    {
+                        self.run.transitions.push(i);
+                    }
                 }
                 self.checker
                     .check_state(&self.machine, &self.reachable)
@@ -537,6 +569,54 @@ where
     }
 }
 
+/// What is wrong with a chain of transitions (a command's, then those of the events raised
+/// along the way), if anything: each step must be a transition of the table from where the
+/// previous one ended, the raised events must be applied depth first in the order raised, and
+/// the machine must be where the last step ended.
+fn check_chain(
+    table: &'static Table,
+    chain: &[(Transition, Vec<crate::EventId>)],
+    now: StateId,
+) -> Result<(), String> {
+    let mut expected: Vec<crate::EventId> = Vec::new();
+    let mut at = None;
+    for (i, (t, raised)) in chain.iter().enumerate() {
+        if let Some(prev) = at {
+            let want = expected.pop();
+            if want != Some(t.event()) {
+                return Err(format!(
+                    "step {i} applied `{}`, but the next raised event was {}",
+                    t.event_name(),
+                    want.map_or("none".to_owned(), |e| format!("`{}`", table.event_name(e)))
+                ));
+            }
+            if t.from() != prev || table.target(t.from(), t.event()) != Some(t.to()) {
+                return Err(format!(
+                    "raised `{}` was applied as {t:?} after the chain reached `{}`, which the table does not allow",
+                    t.event_name(),
+                    table.state_name(prev)
+                ));
+            }
+        }
+        expected.extend(raised.iter().rev());
+        at = Some(t.to());
+    }
+    if let Some(left) = expected.last() {
+        return Err(format!(
+            "raised `{}` was never applied",
+            table.event_name(*left)
+        ));
+    }
+    if at.is_some_and(|end| end != now) {
+        return Err(format!(
+            "the chain ended in `{}` but the machine is in `{}`",
+            at.map_or("-", |s| table.state_name(s)),
+            table.state_name(now)
+        ));
+    }
+    Ok(())
+}
+
 /// What is wrong with a rejection given what the table says, if anything.
 fn rejection_mismatch(
     table: &'static Table,
@@ -568,7 +648,15 @@ fn rejection_mismatch(
             "rejected as having no transition, but the table leads to `{}`",
             table.state_name(to)
         )),
-        (Reason::Refused(_) | Reason::Panicked(_) | Reason::Timer(_), Some(_)) => None,
+        (
+            Reason::Refused(_)
+            | Reason::Panicked(_)
+            | Reason::Timer(_)
+            | Reason::Raised(_)
+            | Reason::RaiseLimit { .. }
+            | Reason::RaisedWrongType { .. },
+            Some(_),
+        ) => None,
         (Reason::Invalid { target, .. }, Some(to)) if *target == to => None,
         (Reason::Invalid { target, .. }, Some(to)) => Some(format!(
             "the invariant of `{}` refused, but the table leads to `{}`",
@@ -829,5 +917,71 @@ mod with_arbitrary {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::check_chain;
+    use crate::table::{EventId, StateId, StateMeta, Table, TransitionMeta};
+    use crate::Transition;
+
+    // A -x-> B, B -y-> C, B -z-> B, C -y-> A.
+    static TABLE: Table = Table::new(
+        "T",
+        &[
+            StateMeta::new("A"),
+            StateMeta::new("B"),
+            StateMeta::new("C"),
+        ],
+        &["x", "y", "z"],
+        &[
+            TransitionMeta::new(0, 0, 1),
+            TransitionMeta::new(1, 1, 2),
+            TransitionMeta::new(1, 2, 1),
+            TransitionMeta::new(2, 1, 0),
+        ],
+        0,
+    );
+
+    fn t(from: u16, event: u16, to: u16) -> Transition {
+        Transition::new(
+            &TABLE,
+            StateId::new(from),
+            EventId::new(event),
+            StateId::new(to),
+        )
+    }
+
+    fn ids(list: &[u16]) -> Vec<EventId> {
+        list.iter().map(|&i| EventId::new(i)).collect()
+    }
+
+    #[test]
+    fn a_chain_in_depth_first_order_passes_and_any_other_order_fails() {
+        // x raised [z, y]; z raised nothing: z, then y.
+        let good = [
+            (t(0, 0, 1), ids(&[2, 1])),
+            (t(1, 2, 1), ids(&[])),
+            (t(1, 1, 2), ids(&[])),
+        ];
+        assert_eq!(check_chain(&TABLE, &good, StateId::new(2)), Ok(()));
+        let swapped = [
+            (t(0, 0, 1), ids(&[1, 2])),
+            (t(1, 2, 1), ids(&[])),
+            (t(1, 1, 2), ids(&[])),
+        ];
+        let e = check_chain(&TABLE, &swapped, StateId::new(2)).unwrap_err();
+        assert!(
+            e.contains("step 1 applied `z`, but the next raised event was `y`"),
+            "{e}"
+        );
+        let unapplied = [(t(0, 0, 1), ids(&[2]))];
+        assert!(check_chain(&TABLE, &unapplied, StateId::new(1)).is_err());
+        // A raised step that is not a transition of the table from where the chain was.
+        let off_table = [(t(0, 0, 1), ids(&[1])), (t(2, 1, 0), ids(&[]))];
+        assert!(check_chain(&TABLE, &off_table, StateId::new(0)).is_err());
+        // The machine is not where the chain ended.
+        assert!(check_chain(&TABLE, &good, StateId::new(0)).is_err());
     }
 }

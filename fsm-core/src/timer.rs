@@ -71,9 +71,11 @@ impl fmt::Display for TimerKind {
     }
 }
 
-/// The event a timer fires, as a handler gave it. [`Effects`](crate::Effects) does not know the
-/// machine's event type, so the value travels type-erased; the kernel checks that it is the
-/// machine's event enum ([`TimerError::WrongEventType`] if not).
+/// The event a timer fires, or a handler raised, as the handler gave it.
+/// [`Effects`](crate::Effects) does not know the machine's event type, so the value travels
+/// type-erased; whoever applies it checks that it is the machine's event enum
+/// ([`TimerError::WrongEventType`], [`Reason::RaisedWrongType`](crate::Reason::RaisedWrongType)
+/// if not).
 pub struct TimerEvent {
     value: Box<dyn Any + Send>,
     type_name: &'static str,

@@ -28,6 +28,18 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
     let enum_ty = quote!(#ident #ty_g);
     let names = ev.variants.iter().map(|v| v.ident.to_string());
     let empty = ev.variants.is_empty().then(|| quote!(match *self {}));
+    // A raised event travels type-erased; only a type without parameters can be taken back
+    // from `Any` (the impl cannot ask its parameters to be `'static`).
+    let from_raised = ev.generics.params.is_empty().then(|| {
+        quote! {
+            #[inline]
+            fn from_raised(
+                raised: #krate::timer::TimerEvent,
+            ) -> #private::core::result::Result<Self, #krate::timer::TimerEvent> {
+                raised.downcast::<Self>()
+            }
+        }
+    });
 
     let id_arms = ev.variants.iter().enumerate().map(|(i, v)| {
         let vi = v.ident;
@@ -143,6 +155,7 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
                     #empty
                     match self { #(#id_arms)* }
                 }
+                #from_raised
             }
 
             #redact

@@ -7,7 +7,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::effects::Effects;
-use crate::machine::{Event, Transition};
+use std::convert::Infallible;
+
+use crate::machine::{settle, Event, Stop, Transition};
 use crate::queue::{DelegateCause, DumpCause, Reply, Route};
 use crate::rejection::{Reason, Refusal, Rejection};
 use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
@@ -192,6 +194,9 @@ pub(crate) struct Shard<M: Durable> {
     due: TimerIndex,
     /// The timer rules' working buffer, kept between commands.
     timer_steps: Vec<crate::timer::Step<Box<[u8]>>>,
+    /// The transitions of the command being decided (its own, then its raised events'), each
+    /// with the number of timer requests held when it ended.
+    chain: Vec<(Transition, usize)>,
 }
 
 /// What a shard hands back when it stops.
@@ -217,6 +222,7 @@ impl<M: Durable> Shard<M> {
             last_sweep: now,
             due: TimerIndex::default(),
             timer_steps: Vec::new(),
+            chain: Vec::new(),
         }
     }
 
@@ -493,24 +499,51 @@ impl<M: Durable> Shard<M> {
         let event_id = event.id();
         let machine = &slot.machine;
         let effects = &mut self.effects;
-        let result = panic::catch_unwind(AssertUnwindSafe(|| machine.next(event, effects)));
+        let chain = &mut self.chain;
+        chain.clear();
+        // The command's transition and those of the events it raises are one step; each
+        // step's timer requests are applied after it in order, so where they end is noted.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            settle(machine, event, effects, |t, fx| {
+                chain.push((*t, fx.timers().len()));
+                Ok::<(), Infallible>(())
+            })
+        }));
         pending.apply_ns = self.inner.nanos(started, self.inner.stamp());
         pending.reply = shell.reply;
         let fire = shell.fire.take();
+        let result = result.map(|r| {
+            r.map_err(|stop| match stop {
+                Stop::Rejected(r) => r,
+                Stop::Step(never) => match never {},
+            })
+        });
         match result {
             Ok(Ok((next, transition))) => {
                 if let Some(fire) = &fire {
                     // The firing is spent whatever the transition's own timer requests meet.
                     consume_fire(slot, fire, &shell.id, &mut self.changed, &mut self.due);
                 }
-                let timers = fire::after_transition::<M>(
-                    &self.inner,
-                    &mut self.timer_steps,
-                    &mut slot.timers,
-                    &transition,
-                    self.effects.drain_timers(),
-                    now,
-                );
+                let timers = if self.chain.len() == 1 {
+                    fire::after_transition::<M>(
+                        &self.inner,
+                        &mut self.timer_steps,
+                        &mut slot.timers,
+                        &transition,
+                        self.effects.drain_timers(),
+                        now,
+                    )
+                } else {
+                    self.counts.raised += self.chain.len() as u64 - 1;
+                    fire::after_chain::<M>(
+                        &self.inner,
+                        &mut self.timer_steps,
+                        &mut slot.timers,
+                        &self.chain,
+                        &mut self.effects,
+                        now,
+                    )
+                };
                 if let Err(e) = timers {
                     // Not applied: the machine and its timers stay as they were.
                     self.effects.clear();
@@ -518,6 +551,8 @@ impl<M: Durable> Shard<M> {
                     self.pending.push(pending);
                     return;
                 }
+                // A chain that went through another state changed it, even if it came back.
+                let changed = self.chain.iter().any(|(t, _)| !t.is_self_transition());
                 slot.machine = next;
                 if let Some(t) = slot.timers.as_mut() {
                     t.reindex(&shell.id, &mut self.due);
@@ -543,7 +578,7 @@ impl<M: Durable> Shard<M> {
                     seq,
                     effects: self.effects.drain().collect(),
                 };
-                if !transition.is_self_transition() && !slot.deferred.is_empty() {
+                if changed && !slot.deferred.is_empty() {
                     // Replay postponed commands, oldest first, before anything newer.
                     let n = slot.deferred.len();
                     for cmd in slot.deferred.drain(..).rev() {

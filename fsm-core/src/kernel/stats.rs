@@ -27,6 +27,9 @@ pub struct KernelCounts {
     pub rejected: u64,
     /// Handlers or invariants that panicked (their commands are in `rejected`).
     pub panicked: u64,
+    /// Events raised by handlers and applied as part of their command (counted in no other
+    /// field: the command's outcome is theirs).
+    pub raised: u64,
     /// Deadline passed (at submit or in the inbox).
     pub expired: u64,
     /// Dropped by policy (inbox overload, state `dump(..)`, defer limit).
@@ -62,6 +65,7 @@ impl KernelCounts {
         self.duplicates += o.duplicates;
         self.rejected += o.rejected;
         self.panicked += o.panicked;
+        self.raised += o.raised;
         self.expired += o.expired;
         self.dumped += o.dumped;
         self.delegated += o.delegated;
@@ -271,8 +275,8 @@ impl fmt::Display for KernelMetrics {
         )?;
         writeln!(
             f,
-            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
-            c.submitted, c.fed_back, c.timers_fired, c.committed, c.duplicates, c.rejected, c.panicked, c.expired, c.dumped,
+            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), raised {}, expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
+            c.submitted, c.fed_back, c.timers_fired, c.committed, c.duplicates, c.rejected, c.panicked, c.raised, c.expired, c.dumped,
             c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.fenced, c.closed, c.full, c.escalated,
             c.deferred, c.queued
         )?;

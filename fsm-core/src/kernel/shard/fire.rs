@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::{Shard, SlotTimers};
+use crate::effects::Effects;
 use crate::kernel::inbox::{Cmd, Fire};
 use crate::kernel::outcome::{CommandError, QuarantineCause};
 use crate::kernel::request::Request;
@@ -70,6 +71,31 @@ pub(super) fn after_transition<M: Durable>(
         *timers = None;
     }
     result
+}
+
+/// [`after_transition`] for each transition of a chain (a command's, then those of the events
+/// it raised), in order, each with the timer requests its step made (`chain` holds, per step,
+/// how many requests the buffer held when it ended). All or nothing: on an error the timers
+/// are as they were.
+pub(super) fn after_chain<M: Durable>(
+    inner: &Inner<M>,
+    scratch: &mut Vec<timer::Step<Box<[u8]>>>,
+    timers: &mut Option<Box<SlotTimers>>,
+    chain: &[(Transition, usize)],
+    effects: &mut Effects<M::Effect>,
+    now: Instant,
+) -> Result<(), TimerError> {
+    let saved = timers.clone();
+    let mut taken = 0;
+    for (transition, end) in chain {
+        let requests = effects.drain_timers_front(end.saturating_sub(taken));
+        taken = *end;
+        if let Err(e) = after_transition::<M>(inner, scratch, timers, transition, requests, now) {
+            *timers = saved;
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The timers of a machine the store holds nothing for: it starts as if it had just entered

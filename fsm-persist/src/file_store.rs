@@ -657,7 +657,7 @@ impl SnapshotStore for FileStore {
     }
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         inner.check_poison()?;
         let (seq, at) = match inner.index.get(id) {
             None => return Err(StoreError::NotFound { id: id.clone() }),
@@ -666,19 +666,14 @@ impl SnapshotStore for FileStore {
             }
             Some(Entry::Valid { seq, at }) => (*seq, *at),
         };
-        let snapshot = match at {
+        let read = match at {
             Location::File => {
                 let path = self.snap_path(id);
                 match self.read_verified(&path) {
-                    Ok(s) => s,
-                    Err(ReadFailure::Corrupt(problem)) => {
-                        return Err(StoreError::corrupt(id.to_string(), problem))
-                    }
+                    Ok(s) => Ok(s),
+                    Err(ReadFailure::Corrupt(problem)) => Err(problem),
                     Err(ReadFailure::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(StoreError::corrupt(
-                            id.to_string(),
-                            Corruption::Other(format!("{} disappeared", path.display())),
-                        ))
+                        Err(Corruption::Other(format!("{} disappeared", path.display())))
                     }
                     Err(ReadFailure::Io(e)) => {
                         return Err(self.io_error("reading a snapshot", Some(path), e))
@@ -695,11 +690,21 @@ impl SnapshotStore for FileStore {
                     .io
                     .read_at(&path, offset, len)
                     .map_err(|e| self.io_error("reading the log", Some(path), e))?;
-                Snapshot::from_bytes(bytes, &self.limits)
-                    .map_err(|e| StoreError::corrupt(id.to_string(), e))?
+                Snapshot::from_bytes(bytes, &self.limits).map_err(Corruption::from)
             }
         };
-        crate::verify::recorded(id, snapshot, seq)
+        let result = read
+            .map_err(|problem| StoreError::corrupt(id.to_string(), problem))
+            .and_then(|snapshot| crate::verify::recorded(id, snapshot, seq));
+        if let Err(StoreError::Corrupt { problem, .. }) = &result {
+            // Damaged since it was written (a bad sector, a stray write): from now on the
+            // machine's copy counts as corrupt, as if found so at open, so that a repair (a
+            // write expecting nothing, as a mirror's) may replace it.
+            inner
+                .index
+                .insert(id.clone(), Entry::Corrupt(problem.clone()));
+        }
+        result
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

@@ -331,6 +331,57 @@ fn the_mirror_serves_the_valid_copy_and_repairs_a_corrupt_one() {
     );
 }
 
+/// Found by the lunar module example: a copy damaged while the store is open (after it was
+/// verified at open) was detected on read but could not be repaired: the store still counted
+/// it valid at its old sequence, so the mirror's repair (a write at that same sequence) was
+/// refused and counted as a failure of the side.
+#[test]
+fn the_mirror_repairs_a_copy_damaged_while_the_stores_are_open() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m = id("m");
+    let store = mirror(a.path(), b.path());
+    store.put(&m, None, &snapshot("m", 1, 200)).unwrap();
+    let path = snap_file(b.path(), "m");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&path, bytes).unwrap();
+
+    assert_eq!(store.get(&m).unwrap(), snapshot("m", 1, 200));
+    let counts = store.counts();
+    assert_eq!((counts.repairs, counts.failures), (1, [0, 0]), "{counts:?}");
+    assert_eq!(store.status(), MirrorStatus::Healthy);
+    // The next write goes through on both sides, from the repaired sequence.
+    store.put(&m, Some(1), &snapshot("m", 2, 200)).unwrap();
+    drop(store);
+    assert_eq!(
+        FileStore::open(b.path()).unwrap().get(&m).unwrap(),
+        snapshot("m", 2, 200)
+    );
+}
+
+/// On its own, a file store that finds a copy damaged on read keeps reporting it corrupt (it
+/// does not serve it again nor accept a write that expects the old sequence), and a write that
+/// expects nothing replaces it.
+#[test]
+fn a_copy_found_damaged_on_read_stays_corrupt_until_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = id("m");
+    let store = FileStore::open(dir.path()).unwrap();
+    store.put(&m, None, &snapshot("m", 1, 200)).unwrap();
+    let path = snap_file(dir.path(), "m");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(matches!(store.get(&m), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.sequence(&m),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(store.put(&m, Some(1), &snapshot("m", 2, 200)).is_err());
+    store.put(&m, None, &snapshot("m", 2, 200)).unwrap();
+    assert_eq!(store.get(&m).unwrap(), snapshot("m", 2, 200));
+}
+
 #[test]
 fn the_mirror_brings_a_stale_or_missing_copy_forward_on_read() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

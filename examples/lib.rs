@@ -5,6 +5,7 @@
 //! - [`registrar_by_hand`]: the same machine written by hand against the core traits.
 //! - [`workload`]: event streams for benchmarks and tests.
 //! - [`pacemaker`]: a pacemaker whose state timeout paces when no pulse came in time.
+//! - [`lunar_module`]: a descent with physical invariants, over a mirrored store.
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
@@ -17,3 +18,6 @@ pub mod workload;
 
 #[path = "machines/pacemaker.rs"]
 pub mod pacemaker;
+
+#[path = "machines/lunar_module.rs"]
+pub mod lunar_module;

@@ -6,6 +6,7 @@
 //! - [`workload`]: event streams for benchmarks and tests.
 //! - [`pacemaker`]: a pacemaker whose state timeout paces when no pulse came in time.
 //! - [`lunar_module`]: a descent with physical invariants, over a mirrored store.
+//! - [`torrent`]: a registry of torrents with peers that come and go, over SQLite.
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
@@ -21,3 +22,6 @@ pub mod pacemaker;
 
 #[path = "machines/lunar_module.rs"]
 pub mod lunar_module;
+
+#[path = "machines/torrent.rs"]
+pub mod torrent;

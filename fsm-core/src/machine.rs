@@ -62,7 +62,6 @@ pub(crate) fn settle<M: StateMachine, X>(
     mut step: impl FnMut(&Transition, &mut Effects<M::Effect>) -> Result<(), X>,
 ) -> Result<(M, Transition), Stop<X>> {
     let mark = effects.mark();
-    let event_id = event.id();
     let (next, first) = machine.next(event, effects).map_err(Stop::Rejected)?;
     if let Err(x) = step(&first, effects) {
         effects.rewind(mark);
@@ -71,7 +70,15 @@ pub(crate) fn settle<M: StateMachine, X>(
     if effects.raised().len() == mark.raised() {
         return Ok((next, first));
     }
-    settle_raised(machine.state(), event_id, next, first, effects, mark, step)
+    settle_raised(
+        first.from(),
+        first.event(),
+        next,
+        first,
+        effects,
+        mark,
+        step,
+    )
 }
 
 /// The rest of [`settle`], for a transition that raised events.
@@ -218,10 +225,27 @@ pub trait StateMachine: Sized {
         event: Self::Event,
         effects: &mut Effects<Self::Effect>,
     ) -> Result<Transition, Rejection> {
-        let (next, transition) =
-            settle(self, event, effects, |_, _| Ok::<(), Infallible>(())).map_err(unstoppable)?;
+        // `settle`, written out so that the common case (nothing raised) moves the new
+        // machine once, as a plain `next` would.
+        let mark = effects.mark();
+        let (next, first) = self.next(event, effects)?;
+        if effects.raised().len() == mark.raised() {
+            *self = next;
+            return Ok(first);
+        }
+        let step = |_: &Transition, _: &mut Effects<Self::Effect>| Ok::<(), Infallible>(());
+        let (next, first) = settle_raised(
+            first.from(),
+            first.event(),
+            next,
+            first,
+            effects,
+            mark,
+            step,
+        )
+        .map_err(unstoppable)?;
         *self = next;
-        Ok(transition)
+        Ok(first)
     }
 }
 

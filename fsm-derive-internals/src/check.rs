@@ -249,6 +249,24 @@ fn flags_once(cx: &Ctxt, m: &Machine<'_>) {
     }
 }
 
+/// The Levenshtein distance between two names (they are short: the quadratic table is fine).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// Returns whether every target is known.
 fn targets_exist(cx: &Ctxt, m: &Machine<'_>) -> bool {
     let mut known = true;
@@ -256,10 +274,18 @@ fn targets_exist(cx: &Ctxt, m: &Machine<'_>) -> bool {
         for on in &s.attrs.on {
             if m.state_index(&on.target).is_none() {
                 known = false;
+                let written = on.target.to_string();
+                let near = m
+                    .states
+                    .iter()
+                    .map(|s| s.variant.ident.to_string())
+                    .filter(|name| edit_distance(name, &written) <= 1 + written.len() / 4)
+                    .min_by_key(|name| edit_distance(name, &written));
+                let hint = near.map_or_else(String::new, |n| format!("; did you mean `{n}`?"));
                 cx.push(syn::Error::new_spanned(
                     &on.target,
                     format!(
-                        "unknown target state `{}` in `on({} => {})`: the states of `{}` are {}",
+                        "unknown target state `{}` in `on({} => {})`: the states of `{}` are {}{hint}",
                         on.target,
                         on.event,
                         on.target,
@@ -446,6 +472,9 @@ mod tests {
                 C,
             }
         });
+        assert_eq!(super::edit_distance("Onn", "On"), 1);
+        assert_eq!(super::edit_distance("Toggel", "Toggle"), 2);
+        assert_eq!(super::edit_distance("", "ab"), 2);
         let expected = [
             "missing event type",
             "more than one initial state",

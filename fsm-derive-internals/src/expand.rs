@@ -55,10 +55,12 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(i, s)| g.state_impls(i, s));
+    let names = g.name_checks();
     quote! {
         #module
         #[doc(hidden)]
         const _: () = {
+            #names
             #machine
             #redact
             #strategies
@@ -67,15 +69,252 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
     }
 }
 
+/// What a machine whose table has errors still gets, beside the `compile_error!`s: its typed
+/// states' module, a `StateMachine` impl and a method per declared transition, with bodies that
+/// never run (the crate does not compile). Code that uses the machine then meets no second
+/// round of errors ("no method named `apply`", "undeclared module") hiding the real one.
+pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
+    let Some(event) = m.attrs.event.as_ref() else {
+        return quote!();
+    };
+    let g = Gen {
+        m,
+        paths: Paths::new(m.attrs.krate.as_ref()),
+        module: m
+            .attrs
+            .module
+            .clone()
+            .unwrap_or_else(|| snake_ident(m.ident, m.ident.span())),
+        event,
+        effect: m
+            .attrs
+            .effect
+            .as_ref()
+            .map_or_else(|| quote!(()), |t| quote!(#t)),
+    };
+    let krate = &g.paths.krate;
+    let private = &g.paths.private;
+    let module = g.module_items();
+    let ident = m.ident;
+    let f = &g.effect;
+    let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+    let name = ident.to_string();
+    let never = quote!(#private::core::unreachable!("the machine's table has errors"));
+    let methods = m.states.iter().map(|s| {
+        let typed = g.typed(s.variant.ident);
+        let mut names: Vec<String> = Vec::new();
+        let fns: Vec<TokenStream> = s
+            .attrs
+            .on
+            .iter()
+            .filter_map(|on| {
+                let method = snake_ident(&on.event, on.event.span());
+                let key = method.to_string();
+                if names.contains(&key) {
+                    return None;
+                }
+                names.push(key);
+                Some(quote! {
+                    #[allow(dead_code, unused_variables, clippy::diverging_sub_expression)]
+                    pub fn #method<__FsmE>(self, event: __FsmE) -> ! { #never }
+                })
+            })
+            .collect();
+        (!fns.is_empty()).then(|| quote!(impl #impl_g #typed #wc { #(#fns)* }))
+    });
+    let out = quote! {
+        #module
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            #[allow(unused_variables, unreachable_code)]
+            impl #impl_g #krate::StateMachine for #ident #ty_g #wc {
+                type Event = #event;
+                type Effect = #f;
+                const TABLE: &'static #krate::Table = &#krate::Table::new(#name, &[], &[], &[], 0);
+                fn state(&self) -> #krate::StateId { #never }
+                fn next(
+                    &self,
+                    event: #event,
+                    effects: &mut #krate::Effects<#f>,
+                ) -> #private::core::result::Result<(Self, #krate::Transition), #krate::Rejection> {
+                    #never
+                }
+                fn validate(&self) -> #private::core::result::Result<(), #krate::InvalidState> {
+                    #never
+                }
+            }
+            #(#methods)*
+        };
+    };
+    // The input had errors; if what it holds cannot even be written back as items (a field
+    // type only the parser's leniency accepted), the errors alone are better than more.
+    match syn::parse2::<syn::File>(out.clone()) {
+        Ok(_) => out,
+        Err(_) => quote!(),
+    }
+}
+
 impl Gen<'_, '_> {
-    /// `<Events as Variant<hash>>` for an event name, spanned at the name so that an unknown
+    /// `<Events as Variant<key>>` for an event name, spanned at the name so that an unknown
     /// event is reported there.
+    ///
+    /// The key is the name's hash. For an event type without generic arguments it goes
+    /// through a const of its own (see [`Gen::name_checks`]) whose body names the variant
+    /// (`Cmd::Toggle { .. }`): a misspelt name is then one error, rustc's own "no variant named
+    /// `Toggel`, there is a variant with a similar name: `Toggle`", and every use of the const
+    /// is an error already reported, which rustc does not report again.
     fn variant(&self, event: &Ident) -> TokenStream {
         let e = self.event;
         let private = &self.paths.private;
-        let h = variant_hash(&event.to_string());
+        let key = match self.event_path() {
+            Some(_) => {
+                let c = name_const(event);
+                quote!(#c)
+            }
+            None => {
+                let h = variant_hash(&event.to_string());
+                quote!(#h)
+            }
+        };
         // Every token at the event's name, so that rustc reports an unknown event there.
-        respan(quote!(<#e as #private::Variant<#h>>), event.span())
+        respan(quote!(<#e as #private::Variant<#key>>), event.span())
+    }
+
+    /// The event type as a path a pattern can name variants through, if it has no generic
+    /// arguments (a const cannot name a machine's type parameters).
+    fn event_path(&self) -> Option<&syn::Path> {
+        match self.event {
+            Type::Path(tp)
+                if tp.qself.is_none()
+                    && tp
+                        .path
+                        .segments
+                        .iter()
+                        .all(|s| matches!(s.arguments, syn::PathArguments::None)) =>
+            {
+                Some(&tp.path)
+            }
+            _ => None,
+        }
+    }
+
+    /// One const per event name the table mentions, holding its hash, whose body checks that
+    /// the event enum has a variant of that name (spanned at the name's first mention).
+    fn name_checks(&self) -> TokenStream {
+        let Some(path) = self.event_path() else {
+            return quote!();
+        };
+        let private = &self.paths.private;
+        let mut seen: Vec<String> = Vec::new();
+        let mut out = TokenStream::new();
+        let names = self.m.states.iter().flat_map(|s| {
+            let on = s.attrs.on.iter().map(|o| &o.event);
+            let policies = s.attrs.policies.iter().filter_map(|p| p.event.as_ref());
+            let timeouts = s.attrs.timeouts.iter().map(|t| &t.event);
+            on.chain(policies).chain(timeouts)
+        });
+        for name in names {
+            let text = name.to_string();
+            if seen.contains(&text) {
+                continue;
+            }
+            let c = name_const(name);
+            let h = variant_hash(&text);
+            let pattern = quote!(#path::#name { .. });
+            out.extend(quote! {
+                #[allow(non_upper_case_globals)]
+                const #c: u64 = {
+                    let _ = |__fsm_e: &#path| #private::core::matches!(*__fsm_e, #pattern);
+                    #h
+                };
+            });
+            seen.push(text);
+        }
+        out
+    }
+
+    /// The hidden trait through which the forwarder of the transition `on` from state `s`
+    /// calls the user's handler. It holds for every type with that `Handler` impl; its own
+    /// `on_unimplemented` turns a missing handler into one error, at the `on(..)`, whose note
+    /// is the impl to write with every path spelt out (rustc's printing of the types would
+    /// drop the modules, and the pasted code would not compile).
+    fn need_handler(&self, s: &State<'_>, on: &crate::attr::OnAttr) -> TokenStream {
+        let krate = &self.paths.krate;
+        let need = need_trait(s.variant.ident, &on.event);
+        let module = &self.module;
+        let from = s.variant.ident;
+        let to = &on.target;
+        let state_param = if s.variant.fields.is_empty() {
+            format!("{module}::{from}")
+        } else {
+            format!("{module}::{from}Ref<'_>")
+        };
+        let event_module = self.event_module();
+        let krate_text = tidy(&krate.to_string());
+        let krate_text = krate_text.trim_start_matches("::");
+        let effect = tidy(&self.effect.to_string());
+        let message = format!(
+            "missing handler: state `{from}` declares a transition on `{}` into `{to}` but has no handler for it",
+            on.event
+        );
+        let note = format!(
+            "write `impl {krate_text}::Handler<{event_module}{ev}, {module}::{to}> for {module}::{from} {{{{ fn handle(state: {state_param}, event: {event_module}{ev}, effects: &mut {krate_text}::Effects<{effect}>) -> Result<{module}::{to}, {krate_text}::Refusal> {{{{ .. }}}} }}}}`, or mark the transition `plain` if it needs no handler",
+            ev = on.event
+        );
+        quote! {
+            #[diagnostic::on_unimplemented(
+                message = #message,
+                label = "this transition needs a handler",
+                note = #note
+            )]
+            #[doc(hidden)]
+            #[allow(non_camel_case_types)]
+            trait #need<__FsmE, __FsmT: #krate::TypedState>: #krate::TypedState {
+                fn __fsm_handle<'__fsm_v>(
+                    view: <Self as #krate::TypedState>::Ref<'__fsm_v>,
+                    event: __FsmE,
+                    effects: &mut #krate::Effects<#krate::EffectOf<Self>>,
+                ) -> ::core::result::Result<__FsmT, #krate::Refusal>
+                where
+                    Self: '__fsm_v;
+            }
+
+            #[automatically_derived]
+            impl<__FsmS, __FsmE, __FsmT> #need<__FsmE, __FsmT> for __FsmS
+            where
+                __FsmS: #krate::Handler<__FsmE, __FsmT>,
+                __FsmT: #krate::TypedState,
+            {
+                #[inline(always)]
+                fn __fsm_handle<'__fsm_v>(
+                    view: <Self as #krate::TypedState>::Ref<'__fsm_v>,
+                    event: __FsmE,
+                    effects: &mut #krate::Effects<#krate::EffectOf<Self>>,
+                ) -> ::core::result::Result<__FsmT, #krate::Refusal>
+                where
+                    Self: '__fsm_v,
+                {
+                    <Self as #krate::Handler<__FsmE, __FsmT>>::handle(view, event, effects)
+                }
+            }
+        }
+    }
+
+    /// The path prefix of the event enum's payload types, `order_cmd::`, as the event derive
+    /// names its module by default (a module renamed there is not known here).
+    fn event_module(&self) -> String {
+        let Type::Path(tp) = self.event else {
+            return String::new();
+        };
+        let segments: Vec<&Ident> = tp.path.segments.iter().map(|s| &s.ident).collect();
+        let Some((last, prefix)) = segments.split_last() else {
+            return String::new();
+        };
+        let module = snake_ident(last, last.span());
+        let mut out: String = prefix.iter().map(|p| format!("{p}::")).collect();
+        out.push_str(&format!("{module}::"));
+        out
     }
 
     /// The typed state's type, `order::Submitted<T>`.
@@ -263,10 +502,19 @@ impl Gen<'_, '_> {
             .filter_map(|(i, s)| {
                 let t = s.attrs.timeouts.first()?;
                 let i = i as u16;
-                let h = variant_hash(&t.event.to_string());
+                let key = match self.event_path() {
+                    Some(_) => {
+                        let c = name_const(&t.event);
+                        quote!(#c)
+                    }
+                    None => {
+                        let h = variant_hash(&t.event.to_string());
+                        quote!(#h)
+                    }
+                };
                 // Spanned at the event's name: a variant with fields is reported there.
                 let unit = respan(
-                    quote!(<#e as #private::UnitVariant<#h>>::unit()),
+                    quote!(<#e as #private::UnitVariant<#key>>::unit()),
                     t.event.span(),
                 );
                 Some(quote!(#i => #private::core::option::Option::Some(#unit),))
@@ -419,6 +667,12 @@ impl Gen<'_, '_> {
                 impl #impl_g #krate::Declared<#variant::Payload, #target> for #typed #wc {}
             }
         });
+        let needs = s
+            .attrs
+            .on
+            .iter()
+            .filter(|on| on.plain.is_none())
+            .map(|on| self.need_handler(s, on));
         let methods = s.attrs.on.iter().map(|on| {
             let variant = self.variant(&on.event);
             let target = self.typed(&on.target);
@@ -461,8 +715,9 @@ impl Gen<'_, '_> {
                     })
                 }
                 _ => {
+                    let need = need_trait(ident, &on.event);
                     let handle = quote_spanned! {on.event.span()=>
-                        <Self as #krate::Handler<#variant::Payload, #target>>::handle
+                        <Self as #need<#variant::Payload, #target>>::__fsm_handle
                     };
                     quote!(#handle(view, event, effects)?)
                 }
@@ -484,9 +739,12 @@ impl Gen<'_, '_> {
             let body = match (&exit, &enter, on.plain.is_some()) {
                 // No hook: exactly the handler's call (or the plain target), nothing around it,
                 // so a machine without hooks pays nothing for them.
-                (None, None, false) => quote_spanned! {on.event.span()=>
-                    <Self as #krate::Handler<#variant::Payload, #target>>::handle(view, event, effects)
-                },
+                (None, None, false) => {
+                    let need = need_trait(ident, &on.event);
+                    quote_spanned! {on.event.span()=>
+                        <Self as #need<#variant::Payload, #target>>::__fsm_handle(view, event, effects)
+                    }
+                }
                 (None, None, true) => quote!({
                     let _ = (view, effects);
                     #private::core::result::Result::Ok(#next)
@@ -571,11 +829,42 @@ impl Gen<'_, '_> {
             }
 
             #(#declared)*
+            #(#needs)*
             #inherent
             #redact_owned
             #redact_view
         }
     }
+}
+
+/// The hidden trait the forwarder of `state`'s transition on `event` calls the handler
+/// through (see [`Gen::need_handler`]).
+fn need_trait(state: &Ident, event: &Ident) -> Ident {
+    let (s, e) = (state.to_string(), event.to_string());
+    format_ident!(
+        "__FsmHandler_{}_{}",
+        s.trim_start_matches("r#"),
+        e.trim_start_matches("r#")
+    )
+}
+
+/// Type tokens as a person writes them (`&'static str`, not `& 'static str`).
+fn tidy(tokens: &str) -> String {
+    tokens
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
+        .replace("& ", "&")
+        .replace("( )", "()")
+}
+
+/// The const holding the key of event name `event` (see [`Gen::variant`]).
+fn name_const(event: &Ident) -> Ident {
+    let name = event.to_string();
+    format_ident!("__FSM_EVENT_{}", name.trim_start_matches("r#"))
 }
 
 /// The private associated function that forwards to the handler of the transition on `event`.

@@ -43,7 +43,11 @@ pub fn state_machine_from(input: &DeriveInput) -> TokenStream {
     check::check(&cx, &machine);
     match cx.check() {
         Ok(()) => expand::expand(&machine),
-        Err(e) => e.to_compile_error(),
+        Err(e) => {
+            let mut out = e.to_compile_error();
+            out.extend(expand::fallback(&machine));
+            out
+        }
     }
 }
 

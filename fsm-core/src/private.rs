@@ -184,18 +184,13 @@ where
 /// The rejection for an event that (non-terminal) `state` has no transition for.
 #[cold]
 pub fn no_transition<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
-    Rejection::new(
-        M::TABLE,
-        StateId::new(state),
-        event.id(),
-        Reason::NoTransition,
-    )
+    Rejection::no_transition(M::TABLE, StateId::new(state), event.id())
 }
 
 /// The rejection for any event in terminal `state`.
 #[cold]
 pub fn terminal<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
-    Rejection::new(M::TABLE, StateId::new(state), event.id(), Reason::Terminal)
+    Rejection::terminal(M::TABLE, StateId::new(state), event.id())
 }
 
 /// Runs a typed state's invariant for [`StateMachine::validate`].

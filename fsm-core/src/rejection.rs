@@ -95,17 +95,67 @@ pub struct Rejection {
     table: &'static Table,
     state: StateId,
     event: EventId,
-    reason: Reason,
+    reason: Stored,
 }
+
+/// A rejection's reason as held: the two that carry nothing apart, so that dropping the
+/// commonest rejections (an event the state has no transition for) is known to free nothing
+/// and costs nothing, where dropping a [`Reason`] is a call into its drop glue.
+#[derive(Clone, PartialEq, Eq)]
+enum Stored {
+    NoTransition,
+    Terminal,
+    Other(Reason),
+}
+
+static NO_TRANSITION: Reason = Reason::NoTransition;
+static TERMINAL: Reason = Reason::Terminal;
 
 impl Rejection {
     /// A rejection of `event` in `state` of the machine described by `table`.
+    #[inline]
     pub fn new(table: &'static Table, state: StateId, event: EventId, reason: Reason) -> Self {
+        let light = match &reason {
+            Reason::NoTransition => Some(Stored::NoTransition),
+            Reason::Terminal => Some(Stored::Terminal),
+            _ => None,
+        };
+        let reason = match light {
+            Some(light) => {
+                // Holds nothing to free; dropping it would still be a call into the glue.
+                std::mem::forget(reason);
+                light
+            }
+            None => Stored::Other(reason),
+        };
         Rejection {
             table,
             state,
             event,
             reason,
+        }
+    }
+
+    /// A rejection of `event` in `state` for which the table has no transition
+    /// ([`Reason::NoTransition`]).
+    #[inline]
+    pub fn no_transition(table: &'static Table, state: StateId, event: EventId) -> Self {
+        Rejection {
+            table,
+            state,
+            event,
+            reason: Stored::NoTransition,
+        }
+    }
+
+    /// A rejection of `event` in terminal `state` ([`Reason::Terminal`]).
+    #[inline]
+    pub fn terminal(table: &'static Table, state: StateId, event: EventId) -> Self {
+        Rejection {
+            table,
+            state,
+            event,
+            reason: Stored::Terminal,
         }
     }
 
@@ -135,8 +185,13 @@ impl Rejection {
     }
 
     /// Why it was rejected.
+    #[inline]
     pub fn reason(&self) -> &Reason {
-        &self.reason
+        match &self.reason {
+            Stored::NoTransition => &NO_TRANSITION,
+            Stored::Terminal => &TERMINAL,
+            Stored::Other(reason) => reason,
+        }
     }
 
     /// The machine's table.
@@ -147,8 +202,8 @@ impl Rejection {
     /// What the state's policy says about this event, when it has no transition for it.
     pub fn policy(&self) -> Option<Policy> {
         match self.reason {
-            Reason::NoTransition | Reason::Terminal => self.table.policy(self.state, self.event),
-            _ => None,
+            Stored::NoTransition | Stored::Terminal => self.table.policy(self.state, self.event),
+            Stored::Other(_) => None,
         }
     }
 }
@@ -159,7 +214,7 @@ impl fmt::Debug for Rejection {
         d.field("machine", &self.machine_name())
             .field("state", &self.state_name())
             .field("event", &self.event_name());
-        match &self.reason {
+        match self.reason() {
             Reason::NoTransition => d.field("reason", &"NoTransition"),
             Reason::Terminal => d.field("reason", &"Terminal"),
             Reason::Refused(r) => d.field("refused", &r.reason()),
@@ -187,7 +242,7 @@ impl fmt::Display for Rejection {
             self.event_name(),
             self.state_name()
         )?;
-        match &self.reason {
+        match self.reason() {
             Reason::NoTransition => {
                 f.write_str("no transition for it here")?;
                 let mut accepted = self.table.accepted_events(self.state).peekable();

@@ -105,7 +105,7 @@ pub struct Rejection {
 enum Stored {
     NoTransition,
     Terminal,
-    Other(Reason),
+    Other(Box<Reason>),
 }
 
 static NO_TRANSITION: Reason = Reason::NoTransition;
@@ -126,7 +126,7 @@ impl Rejection {
                 std::mem::forget(reason);
                 light
             }
-            None => Stored::Other(reason),
+            None => Stored::Other(Box::new(reason)),
         };
         Rejection {
             table,

@@ -317,6 +317,22 @@ impl Gen<'_, '_> {
         out
     }
 
+    /// Whether the transition `on` from `s` is a plain one with nothing around it: no hook
+    /// runs (none declared, or a self-transition not marked `reenter`) and the target has no
+    /// invariant. Its dispatch and typestate method then build the target directly, with no
+    /// forwarder and no generic runner: the same behaviour, less code for rustc to check.
+    fn is_direct(&self, s: &State<'_>, on: &crate::attr::OnAttr) -> bool {
+        if on.plain.is_none() {
+            return false;
+        }
+        let Some(target) = self.m.state_index(&on.target).map(|i| &self.m.states[i]) else {
+            return false;
+        };
+        let moves = on.target != *s.variant.ident || on.reenter.is_some();
+        let hooks = moves && (!s.attrs.exit.is_empty() || !target.attrs.enter.is_empty());
+        !hooks && target.attrs.validate.is_empty() && target.variant.fields.is_empty()
+    }
+
     /// The typed state's type, `order::Submitted<T>`.
     fn typed(&self, state: &Ident) -> TokenStream {
         let module = &self.module;
@@ -591,8 +607,27 @@ impl Gen<'_, '_> {
         let pat = variant_fields(v, &idents(&binds));
         let view = self.view_expr(s, &idents(&binds));
         let typed = self.typed(ident);
+        let krate = &self.paths.krate;
         let tries = s.attrs.on.iter().map(|on| {
             let variant = self.variant(&on.event);
+            if self.is_direct(s, on) {
+                let target = &on.target;
+                let to = self.m.state_index(&on.target).unwrap_or(0) as u16;
+                return quote! {
+                    if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
+                        let _ = (__fsm_event, __fsm_effects);
+                        return #private::core::result::Result::Ok((
+                            Self::#target,
+                            #krate::Transition::new(
+                                <Self as #krate::StateMachine>::TABLE,
+                                #krate::StateId::new(#i),
+                                #krate::EventId::new(#variant::ID),
+                                #krate::StateId::new(#to),
+                            ),
+                        ));
+                    }
+                };
+            }
             let target = self.typed(&on.target);
             let forward = forwarder(&on.event);
             let run = quote!(#private::run::<#typed, _, #target, _>);
@@ -612,6 +647,7 @@ impl Gen<'_, '_> {
         quote! {
             Self::#ident #pat => {
                 let __fsm_view = #view;
+                let _ = &__fsm_view;
                 #(#tries)*
                 #reject
             }
@@ -682,6 +718,27 @@ impl Gen<'_, '_> {
                 "Takes the declared transition on `{}` from `{ident}` into `{}`: runs its handler, then the target's invariant. On rejection the state is handed back unchanged.",
                 on.event, on.target
             );
+            if self.is_direct(s, on) {
+                let unit = self
+                    .m
+                    .state_index(&on.target)
+                    .map(|i| self.view_expr(&self.m.states[i], &[]))
+                    .unwrap_or_default();
+                return quote! {
+                    #[doc = #doc]
+                    #[inline]
+                    pub fn #name(
+                        self,
+                        event: #variant::Payload,
+                    ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
+                        let _ = (self, event);
+                        #private::core::result::Result::Ok(#krate::Next {
+                            state: #unit,
+                            effects: #krate::Effects::new(),
+                        })
+                    }
+                };
+            }
             let forward = forwarder(&on.event);
             let typed_fn = quote!(#private::typed::<Self, _, #target, _>);
             quote! {
@@ -697,7 +754,7 @@ impl Gen<'_, '_> {
                 }
             }
         });
-        let forwarders = s.attrs.on.iter().map(|on| {
+        let forwarders = s.attrs.on.iter().filter(|on| !self.is_direct(s, on)).map(|on| {
             let variant = self.variant(&on.event);
             let target = self.typed(&on.target);
             let forward = forwarder(&on.event);

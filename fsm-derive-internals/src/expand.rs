@@ -26,24 +26,9 @@ struct Gen<'m, 'a> {
 }
 
 pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
-    let Some(event) = m.attrs.event.as_ref() else {
-        // `check` reported it; nothing sensible can be generated.
+    let Some(g) = Gen::new(m) else {
+        // `check` reported the missing event type; nothing sensible can be generated.
         return quote!();
-    };
-    let g = Gen {
-        m,
-        paths: Paths::new(m.attrs.krate.as_ref()),
-        module: m
-            .attrs
-            .module
-            .clone()
-            .unwrap_or_else(|| snake_ident(m.ident, m.ident.span())),
-        event,
-        effect: m
-            .attrs
-            .effect
-            .as_ref()
-            .map_or_else(|| quote!(()), |t| quote!(#t)),
     };
     let module = g.module_items();
     let machine = g.machine_impl();
@@ -74,24 +59,10 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
 /// never run (the crate does not compile). Code that uses the machine then meets no second
 /// round of errors ("no method named `apply`", "undeclared module") hiding the real one.
 pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
-    let Some(event) = m.attrs.event.as_ref() else {
+    let Some(g) = Gen::new(m) else {
         return quote!();
     };
-    let g = Gen {
-        m,
-        paths: Paths::new(m.attrs.krate.as_ref()),
-        module: m
-            .attrs
-            .module
-            .clone()
-            .unwrap_or_else(|| snake_ident(m.ident, m.ident.span())),
-        event,
-        effect: m
-            .attrs
-            .effect
-            .as_ref()
-            .map_or_else(|| quote!(()), |t| quote!(#t)),
-    };
+    let event = g.event;
     let krate = &g.paths.krate;
     let private = &g.paths.private;
     let module = g.module_items();
@@ -152,6 +123,28 @@ pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
     match syn::parse2::<syn::File>(out.clone()) {
         Ok(_) => out,
         Err(_) => quote!(),
+    }
+}
+
+impl<'m, 'a> Gen<'m, 'a> {
+    /// The generator for `m`, if it names its event type.
+    fn new(m: &'m Machine<'a>) -> Option<Self> {
+        let event = m.attrs.event.as_ref()?;
+        Some(Gen {
+            m,
+            paths: Paths::new(m.attrs.krate.as_ref()),
+            module: m
+                .attrs
+                .module
+                .clone()
+                .unwrap_or_else(|| snake_ident(m.ident, m.ident.span())),
+            event,
+            effect: m
+                .attrs
+                .effect
+                .as_ref()
+                .map_or_else(|| quote!(()), |t| quote!(#t)),
+        })
     }
 }
 

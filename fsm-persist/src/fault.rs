@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::io::{Io, IoFile, OsIo};
 
 pub use crate::pausable::Pausable;
+pub use crate::power::{Image, Outcome, PowerLossIo, Unsynced, BLOCK};
 
 /// A kind of disk operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

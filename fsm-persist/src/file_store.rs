@@ -58,6 +58,9 @@ pub struct FileStore {
     io: Arc<dyn Io>,
     limits: Limits,
     checkpoint_bytes: u64,
+    /// Test-only: `put` leaves out its directory fsync (a deliberately broken write path the
+    /// power-loss model must catch).
+    put_syncs_dir: bool,
     inner: Mutex<Inner>,
     recovery: Recovery,
 }
@@ -103,6 +106,7 @@ pub struct FileStoreBuilder {
     io: Arc<dyn Io>,
     limits: Limits,
     checkpoint_bytes: u64,
+    put_syncs_dir: bool,
 }
 
 impl fmt::Debug for FileStoreBuilder {
@@ -132,6 +136,16 @@ impl FileStoreBuilder {
     /// Does all I/O through `io` (the fault-injection seam); default [`OsIo`].
     pub fn io(mut self, io: impl Io) -> Self {
         self.io = Arc::new(io);
+        self
+    }
+
+    /// A deliberately broken write path, for the test that shows the power-loss model catches
+    /// a missing directory fsync: `put` renames its snapshot into place without syncing the
+    /// directory. Never use it outside that test.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn broken_put_without_dir_sync(mut self) -> Self {
+        self.put_syncs_dir = false;
         self
     }
 
@@ -199,6 +213,7 @@ impl FileStore {
             io: Arc::new(OsIo),
             limits: Limits::DEFAULT,
             checkpoint_bytes: 64 << 20,
+            put_syncs_dir: true,
         }
     }
 
@@ -230,6 +245,7 @@ impl FileStore {
             io,
             limits,
             checkpoint_bytes,
+            put_syncs_dir,
         } = options;
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -250,6 +266,7 @@ impl FileStore {
             io,
             limits,
             checkpoint_bytes,
+            put_syncs_dir,
             inner: Mutex::new(Inner {
                 index: HashMap::new(),
                 poisoned: None,
@@ -612,7 +629,7 @@ impl SnapshotStore for FileStore {
             snapshot,
             inner.index.get(id).and_then(Entry::cas_seq),
         )?;
-        self.replace_file(&mut inner, id, snapshot.as_bytes(), true)?;
+        self.replace_file(&mut inner, id, snapshot.as_bytes(), self.put_syncs_dir)?;
         inner.index.insert(
             id.clone(),
             Entry::Valid {

@@ -39,6 +39,8 @@ mod mirror;
 mod pausable;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "fault-injection")]
+mod power;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod verify;

@@ -2,10 +2,11 @@
 //! session, checked against an in-memory model of what may be stored.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arbitrary::Unstructured;
 use fsm_core::store::{Format, MachineId, Put, Snapshot, SnapshotStore, StoreError};
-use fsm_persist::fault::{Fault, FaultyIo, Step};
+use fsm_persist::fault::{Fault, FaultyIo, PowerLossIo, Step};
 use fsm_persist::FileStore;
 
 /// Machines the operations touch: few, so that operations meet on the same ones.
@@ -14,7 +15,10 @@ const MACHINES: u8 = 6;
 /// Decodes operations (put, put-many, get, sequence, ids, checkpoint, reopen with a new fault
 /// plan, reopen clean) and runs them on a `FileStore` in a temporary directory whose disk I/O
 /// goes through `FaultyIo` (one planned fault per session: fail once, fail for ever, crash,
-/// torn write, garbage write, at the n-th create/write/sync/rename/sync-dir/remove).
+/// torn write, garbage write, at the n-th create/write/sync/rename/sync-dir/remove) or through
+/// the power-loss model `PowerLossIo` (the power fails before the n-th operation, and the next
+/// reopen finds one of the disk states a POSIX file system may leave, chosen by a seed the
+/// input gives).
 ///
 /// The model keeps, per machine, the set of sequences the store may hold: one after an
 /// acknowledged write, more after a write whose outcome is unknown, collapsed again by what a
@@ -28,8 +32,7 @@ pub fn store_ops(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let dir = scratch_dir();
     let mut model = Model::default();
-    let mut io = FaultyIo::counting();
-    let mut store = open(dir.path(), &io);
+    let (mut store, mut io) = open(dir.path(), Disk::Faulty(FaultyIo::counting()));
     while !u.is_empty() {
         let Ok(op) = u.choose_index(8) else { break };
         match op {
@@ -100,19 +103,20 @@ pub fn store_ops(data: &[u8]) {
             6 => {
                 let Ok(plan) = draw_fault(&mut u) else { break };
                 drop(store);
-                io = plan;
-                store = open(dir.path(), &io);
+                io.reboot(&mut u);
+                (store, io) = open(dir.path(), plan.start(dir.path()));
             }
             _ => {
                 drop(store);
-                io = FaultyIo::counting();
-                store = open(dir.path(), &io);
+                io.reboot(&mut u);
+                (store, io) = open(dir.path(), Disk::Faulty(FaultyIo::counting()));
             }
         }
     }
     // Whatever happened, a clean reopen shows a state the model allows, for every machine.
     drop(store);
-    let store = open(dir.path(), &FaultyIo::counting());
+    io.reboot(&mut u);
+    let (store, _) = open(dir.path(), Disk::Faulty(FaultyIo::counting()));
     for id in 0..MACHINES {
         let seq = match store.get(&machine_id(id)) {
             Ok(s) => Some(s.seq()),
@@ -137,24 +141,96 @@ fn scratch_dir() -> tempfile::TempDir {
     dir.expect("a temporary directory")
 }
 
-/// Opens the store; if the planned fault makes opening fail, opens it again without faults
-/// (recovery must succeed on a healthy disk).
-fn open(dir: &std::path::Path, io: &FaultyIo) -> FileStore {
-    match FileStore::builder(dir).io(io.clone()).open() {
-        Ok(store) => store,
-        Err(e) if io.injected() => FileStore::builder(dir)
-            .io(FaultyIo::counting())
-            .open()
-            .unwrap_or_else(|e2| panic!("reopen failed after {e}, then on a healthy disk: {e2}")),
+static POWER_REBOOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many sessions of [`store_ops`] in this process ended in a power cut and a reboot (the
+/// corpus test checks that its inputs reach the power-loss model).
+pub fn store_ops_power_reboots() -> usize {
+    POWER_REBOOTS.load(Ordering::Relaxed)
+}
+
+/// The disk of a session: real I/O with one planned fault, or the power-loss model.
+enum Disk {
+    Faulty(FaultyIo),
+    /// The power fails before the planned operation; a session may also end with the power
+    /// on, and then the reboot cuts it where the session stopped.
+    Power(PowerLossIo),
+}
+
+impl Disk {
+    /// Whether a failure is explained: the planned fault happened, or the power is off.
+    fn injected(&self) -> bool {
+        match self {
+            Disk::Faulty(io) => io.injected(),
+            Disk::Power(io) => io.is_off(),
+        }
+    }
+
+    /// For the power-loss model, the end of the session: the power fails (if it has not) and
+    /// the directory becomes one of the disk states the cut may leave, chosen by the input.
+    fn reboot(&self, u: &mut Unstructured<'_>) {
+        if let Disk::Power(io) = self {
+            let seed = u.arbitrary::<u64>().unwrap_or(0);
+            io.restart(seed).expect("writing the rebooted disk");
+            POWER_REBOOTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Opens the store; if the planned fault makes opening fail, reboots (for a power cut) and
+/// opens it again without faults (recovery must succeed on a healthy disk). Returns the store
+/// and the disk it runs on.
+fn open(dir: &std::path::Path, io: Disk) -> (FileStore, Disk) {
+    let opened = match &io {
+        Disk::Faulty(faulty) => FileStore::builder(dir).io(faulty.clone()).open(),
+        Disk::Power(power) => FileStore::builder(dir).io(power.clone()).open(),
+    };
+    match opened {
+        Ok(store) => (store, io),
+        Err(e) if io.injected() => {
+            io.reboot(&mut Unstructured::new(&[]));
+            let healthy = FaultyIo::counting();
+            let store = FileStore::builder(dir)
+                .io(healthy.clone())
+                .open()
+                .unwrap_or_else(|e2| {
+                    panic!("reopen failed after {e}, then on a healthy disk: {e2}")
+                });
+            (store, Disk::Faulty(healthy))
+        }
         Err(e) => panic!("open failed without an injected fault: {e}"),
     }
 }
 
-fn draw_fault(u: &mut Unstructured<'_>) -> arbitrary::Result<FaultyIo> {
+/// The next session's disk, drawn before the previous session ends.
+enum Plan {
+    Fault(Step, usize, Fault),
+    PowerCut(usize),
+}
+
+impl Plan {
+    /// The disk, from the directory as the previous session (and its reboot) left it.
+    fn start(self, dir: &std::path::Path) -> Disk {
+        match self {
+            Plan::Fault(step, nth, fault) => Disk::Faulty(FaultyIo::new(step, nth, fault)),
+            Plan::PowerCut(cut) => Disk::Power(
+                PowerLossIo::new(dir)
+                    .expect("the directory is readable")
+                    .cut_before(cut),
+            ),
+        }
+    }
+}
+
+fn draw_fault(u: &mut Unstructured<'_>) -> arbitrary::Result<Plan> {
+    let nth = u.int_in_range(0..=5)?;
+    // One plan in five is a power cut, at any of the first 48 operations.
+    if u.ratio(1, 5)? {
+        return Ok(Plan::PowerCut(nth * 8 + u.int_in_range(0..=7)?));
+    }
     let step = Step::ALL[u.choose_index(Step::ALL.len())?];
     let fault = Fault::ALL[u.choose_index(Fault::ALL.len())?];
-    let nth = u.int_in_range(0..=5)?;
-    Ok(FaultyIo::new(step, nth, fault))
+    Ok(Plan::Fault(step, nth, fault))
 }
 
 fn machine_id(id: u8) -> MachineId {

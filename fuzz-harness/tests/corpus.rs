@@ -61,6 +61,9 @@ fn queue_ops_corpus_holds() {
 #[test]
 fn store_ops_corpus_holds() {
     run("store_ops");
+    let reboots = fsm_fuzz_harness::store_ops_power_reboots();
+    println!("store_ops: {reboots} sessions ended in a power cut");
+    assert!(reboots > 0, "no corpus input reaches the power-loss model");
 }
 
 #[test]

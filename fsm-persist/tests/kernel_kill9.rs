@@ -6,14 +6,24 @@
 //! none lost, none twice), and a key acknowledged twice was acknowledged with the same
 //! sequence both times.
 //!
-//! It runs twice: over a file store, and over a `PostgresStore` with ownership on a real
-//! server, where every child is a new node taking the machines over from the one just
-//! killed: by stealing its partitions (an operator who knows it is dead) or by waiting for
-//! its lease to run out, in turns.
+//! It runs three times: over a file store; over a file store on the power-loss model, where
+//! every kill is a power cut; and over a `PostgresStore` with ownership on a real server,
+//! where every child is a new node taking the machines over from the one just killed: by
+//! stealing its partitions (an operator who knows it is dead) or by waiting for its lease to
+//! run out, in turns.
+//!
+//! The power-loss run: the child's file store does its I/O through `PowerLossIo` with a
+//! journal, so nothing the child writes reaches the store's directory except through the
+//! model. After the SIGKILL the parent replays the journal and writes one of the disk states
+//! the cut may leave (seeded: unsynced bytes dropped, kept, in part; unsynced renames and
+//! creations kept or undone), and the next child recovers from that. This is a power cut for
+//! the whole process, not only for the store's calls, without a FUSE file system (none that
+//! models unsynced data is packaged for Debian, and /dev/fuse needs privileges CI may lack).
 //!
 //! `FSM_KERNEL_KILL_CYCLES` sets the file store's cycles (default 300),
-//! `FSM_PG_KILL_CYCLES` PostgreSQL's (default 60); `FSM_KILL_SEED` replays a run. The same
-//! binary is the child when `FSM_KERNEL_CHILD` is set.
+//! `FSM_POWER_KILL_CYCLES` the power-loss run's (default 150), `FSM_PG_KILL_CYCLES`
+//! PostgreSQL's (default 60); `FSM_KILL_SEED` replays a run. The same binary is the child when
+//! `FSM_KERNEL_CHILD` is set.
 #![allow(missing_docs)]
 
 mod child;
@@ -27,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{IdempotencyKey, Kernel, KernelBuilder, Outcome, Request, Shutdown};
 use fsm_core::store::{Codec, MachineId, SnapshotStore, SnapshotStoreExt};
+use fsm_persist::fault::PowerLossIo;
 use fsm_persist::postgres::{Claim, Ownership, PostgresStore, TestServer};
 use fsm_persist::FileStore;
 use kernel_machine::{Tally, TallyCmd};
@@ -44,6 +55,12 @@ const LEASE: Duration = Duration::from_millis(300);
 #[derive(Clone, Debug)]
 enum Backend {
     File(std::path::PathBuf),
+    /// The store's directory, on the power-loss model with its journal beside it; the power
+    /// may fail at a planned operation (the child then runs on until killed, its disk dead).
+    PowerLoss {
+        dir: std::path::PathBuf,
+        cut: Option<usize>,
+    },
     /// The server's socket directory and the node name; `steal` takes the partitions at once.
     Postgres {
         socket: std::path::PathBuf,
@@ -56,6 +73,10 @@ impl Backend {
     fn to_env(&self) -> String {
         match self {
             Backend::File(dir) => format!("file {}", dir.display()),
+            Backend::PowerLoss { dir, cut } => match cut {
+                Some(cut) => format!("power {cut} {}", dir.display()),
+                None => format!("power - {}", dir.display()),
+            },
             Backend::Postgres {
                 socket,
                 node,
@@ -68,6 +89,10 @@ impl Backend {
         let mut parts = text.splitn(4, ' ');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("file"), Some(dir), None, None) => Backend::File(dir.into()),
+            (Some("power"), Some(cut), Some(dir), None) => Backend::PowerLoss {
+                dir: dir.into(),
+                cut: cut.parse().ok(),
+            },
             (Some("postgres"), Some(node), Some(steal), Some(socket)) => Backend::Postgres {
                 socket: socket.into(),
                 node: node.to_owned(),
@@ -97,6 +122,21 @@ fn kernel_builder(backend: &Backend) -> KernelBuilder<Tally> {
     let initial = |_: &MachineId| Tally::Open { total: 0 };
     match backend {
         Backend::File(dir) => fsm_persist::file_kernel(dir, initial),
+        Backend::PowerLoss { dir, cut } => {
+            let planned = cut.is_some();
+            let mut io = PowerLossIo::new(dir)
+                .and_then(|io| io.journal(journal_of(dir)))
+                .expect("the power-loss model starts");
+            if let Some(cut) = cut {
+                io = io.cut_before(*cut);
+            }
+            match FileStore::builder(dir).io(io.clone()).open() {
+                Ok(store) => Kernel::builder(store, initial),
+                // The machine lost its power while the store recovered: nothing to serve.
+                Err(_) if planned && io.is_off() => std::process::exit(POWER_FAILED_AT_START),
+                Err(e) => panic!("the file store does not open on the model: {e}"),
+            }
+        }
         Backend::Postgres {
             socket,
             node,
@@ -119,6 +159,28 @@ fn kernel_builder(backend: &Backend) -> KernelBuilder<Tally> {
             Kernel::builder(store, initial)
         }
     }
+}
+
+/// The exit status of a power-loss child whose power failed before its store opened.
+const POWER_FAILED_AT_START: i32 = 3;
+
+/// Where the power-loss child journals its I/O: beside the store's directory, not in it.
+fn journal_of(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("journal")
+}
+
+/// After a power-loss child is gone (killed or exited): the disk state its cut leaves,
+/// chosen by `seed`, written over the store's directory, and the journal removed. Returns
+/// what was not durable (nothing, if the child died before it started its journal).
+fn power_cut(dir: &Path, seed: u64) -> fsm_persist::fault::Outcome {
+    let journal = journal_of(dir);
+    if !journal.exists() {
+        return fsm_persist::fault::Outcome::default();
+    }
+    let io = PowerLossIo::replay(dir, &journal).expect("replaying the child's journal");
+    let outcome = io.restart(seed).expect("writing the image");
+    std::fs::remove_file(&journal).unwrap();
+    outcome
 }
 
 /// The child: a kernel over `backend`; reads `<machine> <key> <amount>` lines, answers
@@ -230,6 +292,44 @@ fn main() {
         seed,
         |_| Backend::File(path.clone()),
         || Box::new(FileStore::open(&path).unwrap()),
+        |_| {},
+    );
+    let power_dir = dir.path().join("power");
+    std::fs::create_dir(&power_dir).unwrap();
+    let mut cut_rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let unsynced = std::cell::Cell::new((0usize, 0u64, 0usize));
+    let power_cycles = cycles("FSM_POWER_KILL_CYCLES", 150);
+    run(
+        "file store, every kill a power cut",
+        power_cycles,
+        seed,
+        // Every other child's power fails at a planned operation, so that the kill finds
+        // unsynced data and entries more often than a kill at a random moment does (a commit's
+        // write-to-fsync window is short); the others, and the last ones (which answer
+        // everything left), run with the power on.
+        |cycle| Backend::PowerLoss {
+            dir: power_dir.clone(),
+            cut: (cycle % 2 == 1 && cycle < power_cycles)
+                .then(|| fastrand::Rng::with_seed(seed ^ cycle as u64).usize(0..48)),
+        },
+        || Box::new(FileStore::open(&power_dir).unwrap()),
+        |_| {
+            let outcome = power_cut(&power_dir, cut_rng.u64(..));
+            let (cuts, bytes, ops) = unsynced.get();
+            unsynced.set((
+                cuts + 1,
+                bytes + outcome.dropped_bytes,
+                ops + outcome.dir_ops - outcome.dir_ops_kept,
+            ));
+        },
+    );
+    let (cuts, bytes, ops) = unsynced.get();
+    println!(
+        "kernel_kill9 (power loss): {cuts} power cuts dropped {bytes} unsynced bytes and undid {ops} unsynced directory operations"
+    );
+    assert!(
+        bytes > 0 || ops > 0,
+        "the power cuts never dropped anything"
     );
     let Some(server) = TestServer::start_or_skip("kernel_kill9 over PostgreSQL") else {
         return;
@@ -252,18 +352,20 @@ fn main() {
                     .heartbeat(None),
             ))
         },
+        |_| {},
     );
 }
 
-/// `cycles` children over the backend `backend(cycle)` gives, each killed at a random moment;
-/// then a last one answers everything left; then the store `open` gives must hold every
-/// command applied exactly once.
+/// `cycles` children over the backend `backend(cycle)` gives, each killed at a random moment
+/// (and `after_exit` called once each is gone); then a last one answers everything left; then
+/// the store `open` gives must hold every command applied exactly once.
 fn run(
     name: &str,
     cycles: usize,
     seed: u64,
     backend: impl Fn(usize) -> Backend,
     open: impl Fn() -> Box<dyn SnapshotStore>,
+    mut after_exit: impl FnMut(usize),
 ) {
     println!("kernel_kill9 ({name}): {cycles} cycles, FSM_KILL_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -294,6 +396,9 @@ fn run(
         for _ in 0..wait_for {
             match lines.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => model.record(&line, cycle),
+                // It exited by itself (a power-loss child whose power failed while it
+                // recovered): its exit status is checked below.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(e) => panic!("cycle {cycle}: no answer from the child: {e}"),
             }
         }
@@ -302,8 +407,16 @@ fn run(
         while t.elapsed() < spin {
             std::hint::spin_loop();
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        // SIGKILL; a child that already exited is reaped below.
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        assert!(
+            status
+                .code()
+                .is_none_or(|code| code == POWER_FAILED_AT_START),
+            "cycle {cycle}: the child failed: {status}"
+        );
+        after_exit(cycle);
         // Answers already in the pipe were given before the kill: they count.
         for line in lines {
             model.record(&line, cycle);
@@ -326,6 +439,7 @@ fn run(
             model.record(&line, cycles);
         }
         assert!(child.wait().unwrap().success(), "the last child failed");
+        after_exit(cycles + rounds);
     }
 
     // The model: every key applied exactly once.

@@ -157,7 +157,9 @@ fn the_standby_takes_over_from_the_last_acknowledged_state_when_the_owner_stops(
     if TestServer::shared().is_none() {
         return;
     }
-    let lease = Duration::from_secs(2);
+    // The lease only bounds the takeover asserted below (a released partition is taken at
+    // B's next beat, 100 ms): long, so that a loaded machine cannot stretch a beat past it.
+    let lease = Duration::from_secs(20);
     let beat = Some(Duration::from_millis(100));
     let store_a = open(
         "takeover_stop",
@@ -230,8 +232,9 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
         return;
     }
     // A's heartbeat is driven here (once per round), so stopping it is A pausing; the lease
-    // is long against a round, so a loaded machine does not lapse it early.
-    let lease = Duration::from_secs(2);
+    // is long against a round (six commands), so a loaded machine does not lapse it early,
+    // and B waits it out once after A pauses.
+    let lease = Duration::from_secs(5);
     let store_a = open(
         "takeover_pause",
         Ownership::new("a").lease(lease).heartbeat(None),
@@ -271,9 +274,7 @@ fn an_owner_paused_past_its_lease_mid_commit_is_fenced_and_loses_nothing_it_ackn
     }
     paused.wait_for_writer();
     // B takes every partition once A's lease ran out, and moves the machines on.
-    eventually(Duration::from_secs(10), || {
-        store_b.held().len() == PARTITIONS as usize
-    });
+    eventually(lease * 10, || store_b.held().len() == PARTITIONS as usize);
     let mut tickets = Vec::new();
     for m in 0..MACHINES {
         let (key, request) = ledger.command(m);

@@ -96,6 +96,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod builder;
 mod inbox;
 mod journal;

@@ -100,6 +100,7 @@ pub struct TraceFilter {
     state: Option<String>,
     event: Option<String>,
     outcome: Option<TraceOutcome>,
+    since: Option<Duration>,
     limit: Option<usize>,
 }
 
@@ -137,6 +138,14 @@ impl TraceFilter {
         self
     }
 
+    /// Only entries decided at or after `at` (time since the kernel started, as
+    /// [`TraceEntry::at`]).
+    #[must_use]
+    pub fn since(mut self, at: Duration) -> Self {
+        self.since = Some(at);
+        self
+    }
+
     /// At most the `n` newest matching entries.
     #[must_use]
     pub fn last(mut self, n: usize) -> Self {
@@ -152,20 +161,42 @@ impl TraceFilter {
                 .is_none_or(|s| e.from == s || e.to == Some(s))
             && self.event.as_deref().is_none_or(|ev| e.event == ev)
             && self.outcome.is_none_or(|o| o == e.outcome)
+            && self.since.is_none_or(|t| e.at >= t)
     }
 }
 
 /// The ring buffer.
 pub(crate) struct Trace {
     capacity: usize,
-    entries: Mutex<VecDeque<TraceEntry>>,
+    entries: Mutex<Ring>,
+}
+
+struct Ring {
+    entries: VecDeque<TraceEntry>,
+    /// Entries ever appended: the position after the newest.
+    appended: u64,
+}
+
+/// What [`Trace::read_after`] found.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
+pub(crate) struct Followed {
+    /// Matching entries appended after the cursor, oldest first.
+    pub(crate) entries: Vec<TraceEntry>,
+    /// The cursor to read from next.
+    pub(crate) cursor: u64,
+    /// Entries appended after the cursor that the ring dropped before this read (matching
+    /// or not: they are gone).
+    pub(crate) overrun: u64,
 }
 
 impl Trace {
     pub(crate) fn new(capacity: usize) -> Self {
         Trace {
             capacity,
-            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            entries: Mutex::new(Ring {
+                entries: VecDeque::with_capacity(capacity.min(1 << 16)),
+                appended: 0,
+            }),
         }
     }
 
@@ -178,19 +209,21 @@ impl Trace {
         if self.capacity == 0 {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         for e in batch {
-            if entries.len() == self.capacity {
-                entries.pop_front();
+            if ring.entries.len() == self.capacity {
+                ring.entries.pop_front();
             }
-            entries.push_back(e);
+            ring.entries.push_back(e);
+            ring.appended += 1;
         }
     }
 
     /// Matching entries, oldest first.
     pub(crate) fn read(&self, filter: &TraceFilter) -> Vec<TraceEntry> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<TraceEntry> = entries
+        let ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<TraceEntry> = ring
+            .entries
             .iter()
             .rev()
             .filter(|e| filter.matches(e))
@@ -199,5 +232,37 @@ impl Trace {
             .collect();
         out.reverse();
         out
+    }
+
+    /// The position after the newest entry: where a follower starts.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn cursor(&self) -> u64 {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .appended
+    }
+
+    /// Entries appended after `cursor` that match `filter` (its `last` ignored), oldest
+    /// first, at most `max` of them; the cursor moves past every entry looked at.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn read_after(&self, cursor: u64, filter: &TraceFilter, max: usize) -> Followed {
+        let ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let oldest = ring.appended - ring.entries.len() as u64;
+        let overrun = oldest.saturating_sub(cursor);
+        let mut at = cursor.max(oldest);
+        let mut entries = Vec::new();
+        while at < ring.appended && entries.len() < max {
+            let e = &ring.entries[(at - oldest) as usize];
+            if filter.matches(e) {
+                entries.push(e.clone());
+            }
+            at += 1;
+        }
+        Followed {
+            entries,
+            cursor: at,
+            overrun,
+        }
     }
 }

@@ -1,0 +1,963 @@
+//! The admin endpoint (feature `admin`): a running kernel answers an operator's questions on
+//! a Unix domain socket (or, if asked, a loopback TCP port), one JSON object per line.
+//!
+//! Off by default: nothing listens until [`Kernel::serve_admin`](super::Kernel::serve_admin)
+//! is called, and dropping the returned [`AdminServer`] stops it and removes its socket.
+//!
+//! # Protocol
+//! Each request is one line holding a JSON object with an `op`; each answer is one line,
+//! `{"ok": ...}` or `{"error": {"kind": ..., "message": ...}}`. A connection takes any number
+//! of requests in turn.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `{"op":"metrics"}` | counts, queue depths and latency percentiles per shard and in total, workers, uptime |
+//! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
+//! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
+//! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`](crate::Redact) (sensitive fields never leave the process), its durable sequence |
+//! | `{"op":"quarantined"}` | quarantined machines and why |
+//! | `{"op":"escalations"}` | effect workers that exceeded their restart intensity |
+//! | `{"op":"restart_worker", "worker": n}` | `{"restarted": bool}` |
+//! | `{"op":"release", "machine": id}` | `{"released": bool}` |
+//!
+//! Error kinds: `bad_request` (not JSON, an unknown op or field, a bad value), `too_long`
+//! (a line over [`AdminConfig::max_line`]; the connection is closed), `busy` (more clients than
+//! [`AdminConfig::max_clients`]; closed), `timeout` (no complete request within
+//! [`AdminConfig::timeout`]; closed), `not_found` (no such machine), `closed` (the kernel
+//! stopped), `unavailable` (the machine could not be loaded).
+//!
+//! # Bounds
+//! A line is at most `max_line` bytes, a client gets `timeout` to send each request and to
+//! take each answer (a client that stops reading is dropped, never waited for), at most
+//! `max_clients` are served at once, a trace answer holds at most `max_entries` entries, and a
+//! watch sends at most `max_per_sec` entries a second. The endpoint only reads what the
+//! kernel already keeps (metrics, the trace ring) or asks a shard between batches, as
+//! [`Kernel::state`](super::Kernel::state) does; it holds no lock while it writes to a client,
+//! so a slow or dead client never blocks a shard.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::stats::{KernelCounts, ShardMetrics};
+use super::trace::Trace;
+use super::{Durable, Inner, Kernel, TraceEntry, TraceFilter, TraceOutcome};
+use crate::queue::LatencySummary;
+use crate::store::MachineId;
+use crate::Redact;
+
+/// Where and how the admin endpoint listens; from [`AdminConfig::unix`] or
+/// [`AdminConfig::tcp`].
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    address: Address,
+    allow_remote: bool,
+    max_clients: usize,
+    max_line: usize,
+    timeout: Duration,
+    max_entries: usize,
+    max_per_sec: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Address {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl AdminConfig {
+    /// A Unix domain socket at `path`, created with mode 0600 (only this user can connect).
+    /// Refused if `path` exists and is not a socket, or is a socket another process serves; a
+    /// stale socket nobody listens on (a crashed process's) is replaced.
+    pub fn unix(path: impl AsRef<Path>) -> Self {
+        AdminConfig::at(Address::Unix(path.as_ref().to_path_buf()))
+    }
+
+    /// A TCP port. Only a loopback address is accepted unless
+    /// [`allow_remote`](AdminConfig::allow_remote) says otherwise: the endpoint has no
+    /// authentication, and anyone who reaches it can release machines and restart workers.
+    pub fn tcp(address: SocketAddr) -> Self {
+        AdminConfig::at(Address::Tcp(address))
+    }
+
+    fn at(address: Address) -> Self {
+        AdminConfig {
+            address,
+            allow_remote: false,
+            max_clients: 8,
+            max_line: 64 << 10,
+            timeout: Duration::from_secs(10),
+            max_entries: 10_000,
+            max_per_sec: 1_000,
+        }
+    }
+
+    /// Accepts a TCP address that is not loopback (the caller has put the port behind
+    /// something that authenticates).
+    #[must_use]
+    pub fn allow_remote(mut self, allow: bool) -> Self {
+        self.allow_remote = allow;
+        self
+    }
+
+    /// Clients served at once (default 8); one more is answered `busy` and closed.
+    #[must_use]
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.max_clients = n.max(1);
+        self
+    }
+
+    /// The longest request line, in bytes (default 64 KiB).
+    #[must_use]
+    pub fn max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes.max(64);
+        self
+    }
+
+    /// How long a client may take to send a request, or to take an answer (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most entries one trace answer holds (default 10,000).
+    #[must_use]
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// The most entries a watch sends per second, whatever the client asks (default 1,000).
+    #[must_use]
+    pub fn max_per_sec(mut self, n: u32) -> Self {
+        self.max_per_sec = n.max(1);
+        self
+    }
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The socket path exists and is not a socket: nothing was touched.
+    #[error("{0} exists and is not a socket; choose another path or remove it")]
+    PathExists(PathBuf),
+    /// Another process answers on the socket.
+    #[error("{0} is served by another process; stop it or choose another path")]
+    InUse(PathBuf),
+    /// A TCP address that is not loopback, without `allow_remote(true)`.
+    #[error("{0} is not a loopback address; the admin endpoint has no authentication (use AdminConfig::allow_remote to insist)")]
+    Remote(SocketAddr),
+    /// Binding or preparing the socket failed.
+    #[error("admin endpoint at {address}: {source}")]
+    Io {
+        /// The address.
+        address: String,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// A running admin endpoint; dropping it stops it (and removes its socket file).
+#[derive(Debug)]
+pub struct AdminServer {
+    shared: Arc<Shared>,
+    listener: Option<JoinHandle<()>>,
+    address: String,
+    socket: Option<PathBuf>,
+}
+
+impl AdminServer {
+    /// Where it listens: the socket path, or the TCP address (with the port it got).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered so far (errors included).
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        match &self.socket {
+            Some(path) => drop(UnixStream::connect(path)),
+            None => {
+                if let Ok(addr) = self.address.parse::<SocketAddr>() {
+                    drop(TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+                }
+            }
+        }
+        if let Some(listener) = self.listener.take() {
+            let _ = listener.join();
+        }
+        if let Some(path) = &self.socket {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    active: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// What the endpoint needs of a kernel, whatever its machine type.
+trait Target: Send + Sync {
+    fn machine(&self) -> &'static str;
+    fn metrics(&self) -> Value;
+    fn trace(&self) -> &Trace;
+    fn show(&self, id: &MachineId) -> Result<Value, (&'static str, String)>;
+    fn quarantined(&self) -> Value;
+    fn escalations(&self) -> Value;
+    fn restart_worker(&self, worker: usize) -> bool;
+    fn release(&self, id: &MachineId) -> bool;
+}
+
+/// A kernel handle that owns no thread: it reads and asks the kernel's shared state, and its
+/// drop stops nothing.
+struct View<M: Durable>(Kernel<M>);
+
+impl<M: Durable> View<M> {
+    fn of(kernel: &Kernel<M>) -> Self {
+        View(Kernel {
+            inner: kernel.inner.clone(),
+            shards: Vec::new(),
+            workers: Vec::new(),
+            recovery: super::RecoveryReport::default(),
+            // Already "stopped": dropping the view stops nothing.
+            stopped: true,
+        })
+    }
+
+    fn inner(&self) -> &Inner<M> {
+        &self.0.inner
+    }
+}
+
+impl<M: Durable + Redact + Clone> Target for View<M> {
+    fn machine(&self) -> &'static str {
+        M::TABLE.machine()
+    }
+
+    fn metrics(&self) -> Value {
+        let m = self.0.metrics();
+        json!({
+            "machine": m.machine,
+            "uptime_ms": millis(m.uptime),
+            "store_reopens": m.store_reopens,
+            "total": shard_json(&m.total),
+            "shards": m.shards.iter().map(shard_json).collect::<Vec<_>>(),
+            "workers": m.workers.iter().enumerate().map(|(i, w)| json!({
+                "worker": i,
+                "effects": w.effects,
+                "errors": w.errors,
+                "panics": w.panics,
+                "restarts": w.restarts,
+                "fed_back": w.fed_back,
+                "abandoned": w.abandoned,
+                "escalated": w.escalated,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn trace(&self) -> &Trace {
+        &self.inner().trace
+    }
+
+    fn show(&self, id: &MachineId) -> Result<Value, (&'static str, String)> {
+        match self.0.state(id) {
+            Ok((machine, seq)) => {
+                let mut value = String::new();
+                let _ = write!(value, "{:?}", crate::Redacted(&machine));
+                Ok(json!({
+                    "machine": id.as_str(),
+                    "state": machine.state_name(),
+                    "value": value,
+                    "seq": seq,
+                }))
+            }
+            Err(super::CommandError::Closed) => Err(("closed", "the kernel stopped".into())),
+            Err(e) => Err(("unavailable", e.to_string())),
+        }
+    }
+
+    fn quarantined(&self) -> Value {
+        Value::Array(
+            self.0
+                .quarantined()
+                .iter()
+                .map(|q| json!({"machine": q.id.as_str(), "cause": q.cause.to_string()}))
+                .collect(),
+        )
+    }
+
+    fn escalations(&self) -> Value {
+        Value::Array(
+            self.0
+                .escalations()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "worker": e.worker,
+                        "at_ms": millis(e.at),
+                        "max_restarts": e.intensity.max_restarts,
+                        "within_ms": millis(e.intensity.within),
+                        "failure": e.failure.to_string(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn restart_worker(&self, worker: usize) -> bool {
+        self.0.restart_worker(worker)
+    }
+
+    fn release(&self, id: &MachineId) -> bool {
+        self.0.release(id)
+    }
+}
+
+impl<M: Durable + Redact + Clone> Kernel<M> {
+    /// Starts the admin endpoint (see [`admin`](self::super::admin)): a thread that accepts
+    /// clients on `config`'s socket, and a thread per client. Stops when the returned server
+    /// is dropped.
+    ///
+    /// ```no_run
+    /// # fn run(kernel: &fsm_core::kernel::Kernel<impl fsm_core::kernel::Durable + fsm_core::Redact + Clone>) {
+    /// use fsm_core::kernel::admin::AdminConfig;
+    /// let admin = kernel.serve_admin(AdminConfig::unix("/run/orders/admin.sock")).unwrap();
+    /// // `fsm top /run/orders/admin.sock` now shows the kernel live.
+    /// # drop(admin);
+    /// # }
+    /// ```
+    pub fn serve_admin(&self, config: AdminConfig) -> Result<AdminServer, AdminError> {
+        let target: Arc<dyn Target> = Arc::new(View::of(self));
+        let shared = Arc::new(Shared::default());
+        let (listener, address, socket) = bind(&config)?;
+        let handle = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("fsm-admin".into())
+                .spawn(move || accept_loop(listener, target, config, shared))
+                .map_err(|source| AdminError::Io {
+                    address: address.clone(),
+                    source,
+                })?
+        };
+        Ok(AdminServer {
+            shared,
+            listener: Some(handle),
+            address,
+            socket,
+        })
+    }
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+fn bind(config: &AdminConfig) -> Result<(Listener, String, Option<PathBuf>), AdminError> {
+    match &config.address {
+        Address::Tcp(addr) => {
+            if !addr.ip().is_loopback() && !config.allow_remote {
+                return Err(AdminError::Remote(*addr));
+            }
+            let listener = TcpListener::bind(addr).map_err(|source| AdminError::Io {
+                address: addr.to_string(),
+                source,
+            })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| AdminError::Io {
+                    address: addr.to_string(),
+                    source,
+                })?
+                .to_string();
+            Ok((Listener::Tcp(listener), local, None))
+        }
+        Address::Unix(path) => {
+            let io_error = |source| AdminError::Io {
+                address: path.display().to_string(),
+                source,
+            };
+            match fs::symlink_metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    return Err(AdminError::PathExists(path.clone()))
+                }
+                Ok(_) => {
+                    if UnixStream::connect(path).is_ok() {
+                        return Err(AdminError::InUse(path.clone()));
+                    }
+                    // A stale socket: its server is gone.
+                    fs::remove_file(path).map_err(io_error)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(e)),
+            }
+            // Bind inside a fresh directory only this user can enter, make the socket 0600,
+            // then move it into place: nobody can connect in between with looser rights.
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let private = parent.join(format!(
+                ".fsm-admin-{}-{}",
+                std::process::id(),
+                NEXT_PRIVATE.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&private)
+                .map_err(io_error)?;
+            let staged = private.join("admin.sock");
+            let result = UnixListener::bind(&staged)
+                .and_then(|listener| {
+                    fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
+                    fs::rename(&staged, path)?;
+                    Ok(listener)
+                })
+                .map_err(io_error);
+            let _ = fs::remove_file(&staged);
+            let _ = fs::remove_dir(&private);
+            let listener = result?;
+            Ok((
+                Listener::Unix(listener),
+                path.display().to_string(),
+                Some(path.clone()),
+            ))
+        }
+    }
+}
+
+static NEXT_PRIVATE: AtomicUsize = AtomicUsize::new(0);
+
+fn accept_loop(
+    listener: Listener,
+    target: Arc<dyn Target>,
+    config: AdminConfig,
+    shared: Arc<Shared>,
+) {
+    let config = Arc::new(config);
+    loop {
+        let accepted = match &listener {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(mut stream) = accepted else {
+            // A failed accept (out of descriptors): back off instead of spinning.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if stream.set_timeouts(config.timeout).is_err() {
+            continue;
+        }
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= config.max_clients {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            let _ = send(
+                &mut stream,
+                &error(
+                    "busy",
+                    &format!(
+                        "{} clients are connected, the most this endpoint serves",
+                        config.max_clients
+                    ),
+                ),
+            );
+            continue;
+        }
+        let (target, config, client_shared) = (target.clone(), config.clone(), shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fsm-admin-client".into())
+            .spawn(move || {
+                serve_client(stream, &*target, &config, &client_shared);
+                client_shared.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn send(stream: &mut Stream, value: &Value) -> io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    stream.flush()
+}
+
+fn error(kind: &str, message: &str) -> Value {
+    json!({"error": {"kind": kind, "message": message}})
+}
+
+fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, shared: &Shared) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        line.clear();
+        let read = (&mut reader)
+            .take(config.max_line as u64 + 1)
+            .read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let _ = send(
+                    &mut writer,
+                    &error(
+                        "timeout",
+                        &format!("no complete request within {:?}", config.timeout),
+                    ),
+                );
+                return;
+            }
+            Err(_) => return,
+        }
+        // No newline: a line over the limit, or the client closed in the middle of one (then
+        // what came is answered, and the next read ends the connection).
+        if line.last() != Some(&b'\n') && line.len() > config.max_line {
+            shared.requests.fetch_add(1, Ordering::SeqCst);
+            let _ = send(
+                &mut writer,
+                &error(
+                    "too_long",
+                    &format!(
+                        "a request line is at most {} bytes; closing",
+                        config.max_line
+                    ),
+                ),
+            );
+            return;
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let answer = match serde_json::from_slice::<Request>(text) {
+            Err(e) => error("bad_request", &format!("{e}")),
+            Ok(Request::Watch {
+                machine,
+                state,
+                event,
+                outcome,
+                since_ms,
+                max_per_sec,
+            }) => {
+                let spec = FilterSpec {
+                    machine,
+                    state,
+                    event,
+                    outcome,
+                    since_ms,
+                };
+                match spec.build() {
+                    Ok(filter) => {
+                        let rate = max_per_sec.unwrap_or(config.max_per_sec);
+                        watch(
+                            &mut writer,
+                            target,
+                            &filter,
+                            rate.clamp(1, config.max_per_sec),
+                            shared,
+                        );
+                    }
+                    Err(message) => {
+                        let _ = send(&mut writer, &error("bad_request", &message));
+                    }
+                }
+                // A watch ends the connection (the client stopped reading, or we stop).
+                return;
+            }
+            Ok(request) => answer(request, target, config),
+        };
+        if send(&mut writer, &answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// Filter fields shared by `trace` and `watch`.
+struct FilterSpec {
+    machine: Option<String>,
+    state: Option<String>,
+    event: Option<String>,
+    outcome: Option<String>,
+    since_ms: Option<f64>,
+}
+
+impl FilterSpec {
+    fn build(self) -> Result<TraceFilter, String> {
+        let mut filter = TraceFilter::new();
+        if let Some(m) = self.machine {
+            let id = MachineId::new(m).map_err(|e| format!("machine: {e}"))?;
+            filter = filter.machine(&id);
+        }
+        if let Some(s) = &self.state {
+            filter = filter.state(s);
+        }
+        if let Some(e) = &self.event {
+            filter = filter.event(e);
+        }
+        if let Some(o) = &self.outcome {
+            filter = filter.outcome(outcome_named(o).ok_or_else(|| {
+                format!(
+                    "outcome: `{o}` is none of {}",
+                    OUTCOMES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?);
+        }
+        if let Some(ms) = self.since_ms {
+            if !(ms.is_finite() && ms >= 0.0) {
+                return Err(format!(
+                    "since_ms: {ms} is not a time since the kernel started"
+                ));
+            }
+            filter = filter.since(Duration::from_secs_f64(ms / 1000.0));
+        }
+        Ok(filter)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Metrics,
+    Trace {
+        machine: Option<String>,
+        state: Option<String>,
+        event: Option<String>,
+        outcome: Option<String>,
+        since_ms: Option<f64>,
+        limit: Option<usize>,
+    },
+    Watch {
+        machine: Option<String>,
+        state: Option<String>,
+        event: Option<String>,
+        outcome: Option<String>,
+        since_ms: Option<f64>,
+        max_per_sec: Option<u32>,
+    },
+    Show {
+        machine: String,
+    },
+    Quarantined,
+    Escalations,
+    RestartWorker {
+        worker: usize,
+    },
+    Release {
+        machine: String,
+    },
+}
+
+const OUTCOMES: [(&str, TraceOutcome); 11] = [
+    ("committed", TraceOutcome::Committed),
+    ("duplicate", TraceOutcome::Duplicate),
+    ("rejected", TraceOutcome::Rejected),
+    ("deferred", TraceOutcome::Deferred),
+    ("dumped", TraceOutcome::Dumped),
+    ("delegated", TraceOutcome::Delegated),
+    ("expired", TraceOutcome::Expired),
+    ("not_stored", TraceOutcome::NotStored),
+    ("outcome_unknown", TraceOutcome::OutcomeUnknown),
+    ("unavailable", TraceOutcome::Unavailable),
+    ("fenced", TraceOutcome::Fenced),
+];
+
+fn outcome_named(name: &str) -> Option<TraceOutcome> {
+    OUTCOMES.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+}
+
+fn outcome_name(outcome: TraceOutcome) -> &'static str {
+    OUTCOMES
+        .iter()
+        .find(|(_, o)| *o == outcome)
+        .map_or("unknown", |(n, _)| n)
+}
+
+fn machine_id(text: &str) -> Result<MachineId, Value> {
+    MachineId::new(text).map_err(|e| error("bad_request", &format!("machine: {e}")))
+}
+
+fn answer(request: Request, target: &dyn Target, config: &AdminConfig) -> Value {
+    let ok = |v: Value| json!({ "ok": v });
+    match request {
+        Request::Metrics => ok(target.metrics()),
+        Request::Trace {
+            machine,
+            state,
+            event,
+            outcome,
+            since_ms,
+            limit,
+        } => {
+            let spec = FilterSpec {
+                machine,
+                state,
+                event,
+                outcome,
+                since_ms,
+            };
+            match spec.build() {
+                Ok(filter) => {
+                    let limit = limit.unwrap_or(config.max_entries).min(config.max_entries);
+                    let entries = target.trace().read(&filter.last(limit));
+                    ok(Value::Array(entries.iter().map(entry_json).collect()))
+                }
+                Err(message) => error("bad_request", &message),
+            }
+        }
+        Request::Watch { .. } => unreachable!("handled by the caller"),
+        Request::Show { machine } => match machine_id(&machine) {
+            Ok(id) => match target.show(&id) {
+                Ok(v) => ok(v),
+                Err((kind, message)) => error(kind, &message),
+            },
+            Err(e) => e,
+        },
+        Request::Quarantined => ok(target.quarantined()),
+        Request::Escalations => ok(target.escalations()),
+        Request::RestartWorker { worker } => {
+            ok(json!({ "restarted": target.restart_worker(worker) }))
+        }
+        Request::Release { machine } => match machine_id(&machine) {
+            Ok(id) => ok(json!({ "released": target.release(&id) })),
+            Err(e) => e,
+        },
+    }
+}
+
+/// Streams matching entries as they are appended, at most `rate` a second, until the client
+/// stops reading or the endpoint stops. Polls the ring: the shards never wait for a watcher.
+fn watch(
+    writer: &mut Stream,
+    target: &dyn Target,
+    filter: &TraceFilter,
+    rate: u32,
+    shared: &Shared,
+) {
+    const POLL: Duration = Duration::from_millis(50);
+    let trace = target.trace();
+    let mut cursor = trace.cursor();
+    if send(
+        writer,
+        &json!({"ok": {"watching": target.machine(), "max_per_sec": rate}}),
+    )
+    .is_err()
+    {
+        return;
+    }
+    let mut window = Instant::now();
+    let (mut sent, mut dropped, mut overrun) = (0u32, 0u64, 0u64);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let followed = trace.read_after(cursor, filter, 4096);
+        cursor = followed.cursor;
+        overrun += followed.overrun;
+        for entry in &followed.entries {
+            if sent < rate {
+                sent += 1;
+                if send(writer, &json!({ "entry": entry_json(entry) })).is_err() {
+                    return;
+                }
+            } else {
+                dropped += 1;
+            }
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 || overrun > 0 {
+                let note = json!({
+                    "dropped": dropped + overrun,
+                    "rate_limited": dropped,
+                    "overrun": overrun,
+                    "max_per_sec": rate,
+                });
+                if send(writer, &note).is_err() {
+                    return;
+                }
+            }
+            window = Instant::now();
+            (sent, dropped, overrun) = (0, 0, 0);
+        }
+        if followed.entries.len() < 4096 {
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn latency_json(l: &LatencySummary) -> Value {
+    json!({
+        "count": l.count,
+        "p50_us": micros(l.p50),
+        "p95_us": micros(l.p95),
+        "p99_us": micros(l.p99),
+        "max_us": micros(l.max),
+    })
+}
+
+fn counts_json(c: &KernelCounts) -> Value {
+    let mut map = Map::new();
+    for (name, value) in [
+        ("submitted", c.submitted),
+        ("fed_back", c.fed_back),
+        ("timers_fired", c.timers_fired),
+        ("committed", c.committed),
+        ("duplicates", c.duplicates),
+        ("rejected", c.rejected),
+        ("panicked", c.panicked),
+        ("raised", c.raised),
+        ("expired", c.expired),
+        ("dumped", c.dumped),
+        ("delegated", c.delegated),
+        ("not_stored", c.not_stored),
+        ("outcome_unknown", c.outcome_unknown),
+        ("unavailable", c.unavailable),
+        ("fenced", c.fenced),
+        ("closed", c.closed),
+        ("full", c.full),
+        ("escalated", c.escalated),
+        ("deferred", c.deferred),
+        ("queued", c.queued),
+    ] {
+        map.insert(name.into(), value.into());
+    }
+    Value::Object(map)
+}
+
+fn shard_json(s: &ShardMetrics) -> Value {
+    json!({
+        "counts": counts_json(&s.counts),
+        "commits": s.commits,
+        "snapshots": s.snapshots,
+        "resident": s.resident,
+        "quarantined": s.quarantined,
+        "timer_entries": s.timer_entries,
+        "high_water": s.high_water,
+        "wait": latency_json(&s.wait),
+        "apply": latency_json(&s.apply),
+        "persist": latency_json(&s.persist),
+        "end_to_end": latency_json(&s.end_to_end),
+        "batch": {
+            "count": s.batch.count,
+            "p50": s.batch.p50.as_nanos() as u64,
+            "p99": s.batch.p99.as_nanos() as u64,
+            "max": s.batch.max.as_nanos() as u64,
+        },
+    })
+}
+
+fn entry_json(e: &TraceEntry) -> Value {
+    json!({
+        "at_ms": millis(e.at),
+        "machine": e.machine.as_str(),
+        "from": e.from,
+        "event": e.event,
+        "to": e.to,
+        "outcome": outcome_name(e.outcome),
+        "wait_us": micros(e.wait),
+        "apply_us": micros(e.apply),
+        "persist_us": micros(e.persist),
+        "end_to_end_us": micros(e.end_to_end),
+    })
+}

@@ -1,0 +1,568 @@
+//! The admin endpoint over a real Unix socket: every request, malformed and oversized ones, a
+//! client that never reads, more clients than allowed, a socket path that exists, the created
+//! socket's permissions, the watch stream and its rate limit; and the kernel's counts stay
+//! exact throughout.
+#![cfg(feature = "admin")]
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::admin::{AdminConfig, AdminError};
+use fsm_core::kernel::{EffectError, EffectWorker, Kernel};
+use fsm_core::store::{Format, MachineId, MemoryStore, Snapshot, SnapshotStore};
+use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(event = Cmd, effect = Charge)]
+pub enum Account {
+    #[fsm(initial, on(Open => Active))]
+    New,
+    #[fsm(on(Pay => Active), on(Close => Closed))]
+    Active {
+        balance: u64,
+        #[fsm(sensitive)]
+        card: String,
+    },
+    #[fsm(terminal)]
+    Closed,
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    Open { card: String },
+    Pay { cents: u64 },
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge(u64);
+
+impl Handler<cmd::Open, account::Active> for account::New {
+    fn handle(
+        _: account::New,
+        e: cmd::Open,
+        _: &mut Effects<Charge>,
+    ) -> Result<account::Active, Refusal> {
+        Ok(account::Active {
+            balance: 0,
+            card: e.card,
+        })
+    }
+}
+
+impl Handler<cmd::Pay, account::Active> for account::Active {
+    fn handle(
+        s: account::ActiveRef<'_>,
+        e: cmd::Pay,
+        fx: &mut Effects<Charge>,
+    ) -> Result<account::Active, Refusal> {
+        fx.push(Charge(e.cents));
+        Ok(account::Active {
+            balance: s.balance + e.cents,
+            card: s.card.clone(),
+        })
+    }
+}
+
+impl Handler<cmd::Close, account::Closed> for account::Active {
+    fn handle(
+        _: account::ActiveRef<'_>,
+        _: cmd::Close,
+        _: &mut Effects<Charge>,
+    ) -> Result<account::Closed, Refusal> {
+        Ok(account::Closed)
+    }
+}
+
+/// Fails every charge of 13 cents: with an intensity of no restarts, the first escalates.
+struct Biller;
+
+impl EffectWorker<Account> for Biller {
+    fn run(&mut self, _: &MachineId, effect: &Charge) -> Result<Option<Cmd>, EffectError> {
+        if effect.0 == 13 {
+            Err("the card was declined".into())
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn id(s: &str) -> MachineId {
+    MachineId::new(s).unwrap()
+}
+
+fn kernel(store: MemoryStore) -> Kernel<Account> {
+    Kernel::builder(store, |_| Account::New)
+        .shards(2)
+        .effects(1, |_| Biller)
+        .restart_intensity(0, Duration::from_secs(3600))
+        .start()
+        .unwrap()
+}
+
+/// One connection: requests in, answers out, line by line.
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        // Generous: the answer is there long before; this only stops a broken test hanging.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn line(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("every answer is JSON")),
+        }
+    }
+
+    fn ask(&mut self, request: Value) -> Value {
+        let mut text = request.to_string();
+        text.push('\n');
+        self.send_raw(text.as_bytes());
+        self.line().expect("an answer")
+    }
+
+    fn ok(&mut self, request: Value) -> Value {
+        let answer = self.ask(request.clone());
+        answer
+            .get("ok")
+            .cloned()
+            .unwrap_or_else(|| panic!("{request} answered {answer}"))
+    }
+}
+
+fn error_kind(answer: &Value) -> &str {
+    answer["error"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {answer}"))
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn every_request_is_answered_from_the_running_kernel_and_secrets_stay_inside() {
+    let store = MemoryStore::new();
+    // A machine whose stored bytes are garbage: quarantined at start.
+    store
+        .put(
+            &id("broken"),
+            None,
+            &Snapshot::new("Account", 1, 1, Format::Postcard, b"\xff\xff").unwrap(),
+        )
+        .unwrap();
+    let k = kernel(store);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let server = k.serve_admin(AdminConfig::unix(&path)).unwrap();
+    assert_eq!(server.address(), path.display().to_string());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is for its owner only");
+
+    for m in ["a", "b"] {
+        k.submit(
+            &id(m),
+            Cmd::Open {
+                card: "4111-SECRET".into(),
+            },
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+    }
+    k.submit(&id("a"), Cmd::Pay { cents: 500 })
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(k
+        .submit(&id("a"), Cmd::Open { card: "x".into() })
+        .unwrap()
+        .wait()
+        .is_err());
+    // The biller declines 13 cents and, allowed no restart, escalates.
+    k.submit(&id("b"), Cmd::Pay { cents: 13 })
+        .unwrap()
+        .wait()
+        .unwrap();
+    k.wait_idle();
+
+    let mut c = Client::connect(&path);
+    let metrics = c.ok(json!({"op": "metrics"}));
+    let kernel_counts = k.metrics().total.counts;
+    assert_eq!(metrics["machine"], "Account");
+    assert_eq!(
+        metrics["total"]["counts"]["committed"],
+        kernel_counts.committed
+    );
+    assert_eq!(
+        metrics["total"]["counts"]["rejected"],
+        kernel_counts.rejected
+    );
+    assert_eq!(metrics["total"]["counts"]["committed"], 4);
+    assert_eq!(metrics["shards"].as_array().unwrap().len(), 2);
+    assert!(metrics["total"]["end_to_end"]["p99_us"].as_f64().unwrap() > 0.0);
+
+    let trace = c.ok(json!({"op": "trace", "machine": "a"}));
+    let events: Vec<&str> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["Open", "Pay", "Open"]);
+    let rejected = c.ok(json!({"op": "trace", "outcome": "rejected"}));
+    assert_eq!(rejected.as_array().unwrap().len(), 1);
+    let last = c.ok(json!({"op": "trace", "limit": 1}));
+    assert_eq!(last.as_array().unwrap().len(), 1);
+
+    let shown = c.ok(json!({"op": "show", "machine": "a"}));
+    assert_eq!(shown["state"], "Active");
+    assert_eq!(shown["seq"], 2);
+    let value = shown["value"].as_str().unwrap();
+    assert!(value.contains("balance: 500"), "{value}");
+    assert!(
+        !value.contains("SECRET"),
+        "a sensitive field left the process: {value}"
+    );
+    assert!(value.contains("<redacted>"), "{value}");
+
+    let quarantined = c.ok(json!({"op": "quarantined"}));
+    assert_eq!(quarantined[0]["machine"], "broken");
+    let cause = quarantined[0]["cause"].as_str().unwrap();
+    assert_eq!(cause, k.quarantined()[0].cause.to_string());
+
+    eventually("the biller escalates", || !k.escalations().is_empty());
+    let escalations = c.ok(json!({"op": "escalations"}));
+    assert_eq!(escalations[0]["worker"], 0);
+    assert!(escalations[0]["failure"]
+        .as_str()
+        .unwrap()
+        .contains("declined"));
+    assert_eq!(
+        c.ok(json!({"op": "restart_worker", "worker": 0}))["restarted"],
+        true
+    );
+    assert_eq!(
+        c.ok(json!({"op": "restart_worker", "worker": 9}))["restarted"],
+        false
+    );
+    eventually("the worker takes commands again", || {
+        k.submit(&id("b"), Cmd::Pay { cents: 1 })
+            .map(|t| t.wait().is_ok())
+            .unwrap_or(false)
+    });
+
+    assert_eq!(
+        c.ok(json!({"op": "release", "machine": "broken"}))["released"],
+        true
+    );
+    assert_eq!(
+        c.ok(json!({"op": "release", "machine": "broken"}))["released"],
+        false
+    );
+    let missing = c.ok(json!({"op": "show", "machine": "never-seen"}));
+    assert_eq!(
+        missing["state"], "New",
+        "an unknown machine is at its initial state"
+    );
+    assert!(missing["seq"].is_null());
+    assert_eq!(server.clients(), 1);
+    drop(server);
+    assert!(
+        !path.exists(),
+        "the socket is removed when the endpoint stops"
+    );
+}
+
+#[test]
+fn bad_requests_get_typed_errors_and_the_kernel_keeps_counting() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let _server = k
+        .serve_admin(AdminConfig::unix(&path).max_line(1024))
+        .unwrap();
+    let mut c = Client::connect(&path);
+    for (request, kind, says) in [
+        ("{not json", "bad_request", "key must be a string"),
+        ("[1, 2]", "bad_request", ""),
+        (r#"{"op": "format_disk"}"#, "bad_request", "unknown variant"),
+        (
+            r#"{"op": "trace", "colour": "red"}"#,
+            "bad_request",
+            "unknown field",
+        ),
+        (
+            r#"{"op": "trace", "outcome": "won"}"#,
+            "bad_request",
+            "committed",
+        ),
+        (
+            r#"{"op": "trace", "since_ms": -1}"#,
+            "bad_request",
+            "since_ms",
+        ),
+        (
+            r#"{"op": "show", "machine": "../etc"}"#,
+            "bad_request",
+            "machine",
+        ),
+        (r#"{"op": "show"}"#, "bad_request", "missing field"),
+        (
+            r#"{"op": "restart_worker", "worker": "one"}"#,
+            "bad_request",
+            "invalid type",
+        ),
+    ] {
+        c.send_raw(format!("{request}\n").as_bytes());
+        let answer = c.line().expect("an answer");
+        assert_eq!(error_kind(&answer), kind, "{request}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{request}: {message}");
+        // The connection still serves, and so does the kernel.
+        k.submit(&id("a"), Cmd::Open { card: "c".into() })
+            .unwrap()
+            .wait()
+            .ok();
+        assert!(c.ok(json!({"op": "metrics"}))["total"].is_object());
+    }
+    // Blank lines are ignored.
+    c.send_raw(b"\n\n");
+    assert!(c.ok(json!({"op": "metrics"}))["uptime_ms"].is_number());
+
+    // A huge line: refused by its length, without reading it all, and the connection closed.
+    let mut big = Client::connect(&path);
+    big.send_raw(&vec![b'x'; 4096]);
+    let answer = big.line().expect("an answer before closing");
+    assert_eq!(error_kind(&answer), "too_long");
+    assert!(big.line().is_none(), "closed after a line over the limit");
+
+    // The kernel's counts are exact: one Open committed, the rest rejected (already open).
+    k.wait_idle();
+    let counts = k.metrics().total.counts;
+    assert_eq!(counts.committed, 1);
+    assert_eq!(counts.rejected, 8);
+    assert_eq!(counts.submitted, 9);
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_slow_the_kernel_and_is_dropped() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let server = k
+        .serve_admin(
+            AdminConfig::unix(&path)
+                .timeout(Duration::from_secs(2))
+                .max_per_sec(1_000_000),
+        )
+        .unwrap();
+    // A watcher that never reads: its socket buffer fills, the endpoint's writes stall.
+    let mut stuck = UnixStream::connect(&path).unwrap();
+    stuck.write_all(b"{\"op\":\"watch\"}\n").unwrap();
+    eventually("the watcher is connected", || server.clients() == 1);
+    k.submit(&id("m"), Cmd::Open { card: "c".into() })
+        .unwrap()
+        .wait()
+        .unwrap();
+    // Many commands, each traced and matching the watch: the kernel decides all of them.
+    let mut tickets = Vec::new();
+    for i in 0..20_000u64 {
+        tickets.push(k.submit(&id("m"), Cmd::Pay { cents: i % 7 }).unwrap());
+    }
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    k.wait_idle();
+    assert_eq!(k.metrics().total.counts.committed, 20_001);
+    // The endpoint gives up on the stuck client once a write has waited its timeout.
+    eventually("the stuck watcher is dropped", || server.clients() == 0);
+    // It had been sent something before its buffer filled.
+    let mut some = [0u8; 16];
+    assert!(stuck.read(&mut some).unwrap() > 0);
+    // And the endpoint serves others.
+    assert!(Client::connect(&path).ok(json!({"op": "metrics"}))["total"].is_object());
+}
+
+#[test]
+fn clients_beyond_the_limit_are_told_busy_and_a_silent_one_times_out() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let server = k
+        .serve_admin(
+            AdminConfig::unix(&path)
+                .max_clients(2)
+                .timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let mut first = Client::connect(&path);
+    let mut second = Client::connect(&path);
+    first.ok(json!({"op": "metrics"}));
+    second.ok(json!({"op": "metrics"}));
+    let mut third = Client::connect(&path);
+    let answer = third.line().expect("told why");
+    assert_eq!(error_kind(&answer), "busy");
+    assert!(third.line().is_none());
+    // A client that sends nothing is told so and dropped (here after 300 ms of silence, a
+    // lower bound: the test waits as long as it takes).
+    let answer = first.line().expect("told why");
+    assert_eq!(error_kind(&answer), "timeout");
+    eventually("both silent clients dropped", || server.clients() == 0);
+    // Now there is room again.
+    Client::connect(&path).ok(json!({"op": "metrics"}));
+    drop(second);
+}
+
+#[test]
+fn many_clients_at_once_all_get_their_answers() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let _server = k
+        .serve_admin(AdminConfig::unix(&path).max_clients(16))
+        .unwrap();
+    k.submit(&id("m"), Cmd::Open { card: "c".into() })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&path);
+                for _ in 0..50 {
+                    assert_eq!(
+                        c.ok(json!({"op": "show", "machine": "m"}))["state"],
+                        "Active"
+                    );
+                    assert_eq!(
+                        c.ok(json!({"op": "metrics"}))["total"]["counts"]["committed"],
+                        1
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn the_socket_path_must_be_free_or_a_stale_socket_of_a_dead_server() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"precious").unwrap();
+    let err = k.serve_admin(AdminConfig::unix(&file)).unwrap_err();
+    assert!(matches!(err, AdminError::PathExists(_)), "{err}");
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious", "untouched");
+
+    let path = dir.path().join("admin.sock");
+    let live = k.serve_admin(AdminConfig::unix(&path)).unwrap();
+    let err = k.serve_admin(AdminConfig::unix(&path)).unwrap_err();
+    assert!(matches!(err, AdminError::InUse(_)), "{err}");
+    drop(live);
+
+    // A socket left by a process that died: nobody listens, so it is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let _server = k.serve_admin(AdminConfig::unix(&stale)).unwrap();
+    Client::connect(&stale).ok(json!({"op": "metrics"}));
+}
+
+#[test]
+fn tcp_is_loopback_only_unless_asked() {
+    let k = kernel(MemoryStore::new());
+    let err = k
+        .serve_admin(AdminConfig::tcp("0.0.0.0:0".parse().unwrap()))
+        .unwrap_err();
+    assert!(matches!(err, AdminError::Remote(_)), "{err}");
+    let server = k
+        .serve_admin(AdminConfig::tcp("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    stream.write_all(b"{\"op\":\"metrics\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["ok"]["machine"], "Account");
+}
+
+#[test]
+fn watch_streams_matching_decisions_and_says_how_many_it_dropped() {
+    let k = kernel(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let _server = k.serve_admin(AdminConfig::unix(&path)).unwrap();
+    let mut w = Client::connect(&path);
+    let started =
+        w.ask(json!({"op": "watch", "machine": "watched", "event": "Pay", "max_per_sec": 5}));
+    assert_eq!(started["ok"]["max_per_sec"], 5);
+    for m in ["watched", "other"] {
+        k.submit(&id(m), Cmd::Open { card: "c".into() })
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    for i in 0..100u64 {
+        for m in ["watched", "other"] {
+            // Even amounts: the biller declines only 13.
+            k.submit(&id(m), Cmd::Pay { cents: 2 * i })
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+    }
+    // Every matching decision is either sent or counted as dropped: 100 in all.
+    let (mut entries, mut dropped) = (Vec::new(), 0u64);
+    while entries.len() as u64 + dropped < 100 {
+        let message = w.line().expect("the stream goes on");
+        if let Some(entry) = message.get("entry") {
+            assert_eq!(entry["machine"], "watched");
+            assert_eq!(entry["event"], "Pay");
+            entries.push(entry["to"].clone());
+        } else {
+            dropped += message["dropped"]
+                .as_u64()
+                .expect("an entry or a drop count");
+            assert_eq!(message["max_per_sec"], 5);
+        }
+    }
+    assert_eq!(entries.len() as u64 + dropped, 100);
+    assert!(dropped > 0, "100 decisions at once exceed 5 a second");
+    assert!(!entries.is_empty());
+    k.wait_idle();
+    assert_eq!(k.metrics().total.counts.committed, 202);
+}

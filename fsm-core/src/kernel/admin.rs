@@ -14,7 +14,7 @@
 //! | `{"op":"metrics"}` | counts, queue depths and latency percentiles per shard and in total, workers, uptime |
 //! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
 //! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
-//! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`](crate::Redact) (sensitive fields never leave the process), its durable sequence |
+//! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`] (sensitive fields never leave the process), its durable sequence |
 //! | `{"op":"quarantined"}` | quarantined machines and why |
 //! | `{"op":"escalations"}` | effect workers that exceeded their restart intensity |
 //! | `{"op":"restart_worker", "worker": n}` | `{"restarted": bool}` |

@@ -40,7 +40,7 @@ mod pausable;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "fault-injection")]
-mod power;
+pub mod power;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod verify;

@@ -6,7 +6,7 @@
 //! fsync/fdatasync; per directory, the entries created, renamed and removed since its last
 //! fsync. When the power is cut, [`PowerLossIo::image`] chooses, from a seed, one of the disk
 //! states a POSIX file system may leave, and [`Image::write_to`] puts it on the real disk, where
-//! the store is reopened with plain [`OsIo`](crate::io::OsIo) as after a reboot.
+//! the store is reopened with plain [`OsIo`] as after a reboot.
 //!
 //! # The model
 //! - The directory's content when the model starts is durable (written by an earlier process

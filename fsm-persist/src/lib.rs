@@ -32,6 +32,7 @@ pub mod conformance;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod file_store;
+pub mod inspect;
 pub mod io;
 mod kernel;
 mod mirror;

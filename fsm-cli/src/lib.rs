@@ -1,0 +1,299 @@
+//! `fsm`, the operator's tool: a running kernel seen through its admin socket
+//! (`fsm_core::kernel::admin`), and stores checked, listed, exported and compacted offline.
+//!
+//! ```text
+//! fsm top /run/orders/admin.sock            live view: shards, queues, throughput, latency
+//! fsm trace SOCKET --machine order-7 -f     one machine's decisions, as they happen
+//! fsm show SOCKET order-7                   its state now (sensitive fields redacted)
+//! fsm quarantined SOCKET / fsm release SOCKET order-7
+//! fsm verify /var/lib/orders                every snapshot and log record checked (exit 1 on damage)
+//! fsm ls orders.sqlite                      machines, types, schema versions, sequences, sizes
+//! fsm export --json postgres://host/db      envelopes as JSON lines
+//! fsm compact /var/lib/orders               fold the log into the snapshot files
+//! ```
+//!
+//! A store is a directory (the file store), a file (SQLite), or a `postgres://` URL. The
+//! binary decodes no machine type: `show` and `export` on a store print envelopes. A service
+//! ships its own binary that also prints states, with one call:
+//!
+//! ```no_run
+//! # use fsm_core::kernel::Durable;
+//! # fn demo<Order: Durable + fsm_core::Redact>() -> std::process::ExitCode {
+//! use fsm_core::store::Codec;
+//! // fn main() -> ExitCode {
+//! fsm_cli::run(Codec::<Order>::new(1))
+//! // }
+//! # }
+//! ```
+//!
+//! Exit status: 0 done, 1 damage found (`verify`) or nothing done (`release` of a machine that
+//! was not quarantined), 2 an error (bad arguments, unreachable socket or store).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fsm_core::kernel::Durable;
+use fsm_core::store::{Codec, Snapshot};
+use fsm_core::{Redact, Redacted};
+use serde_json::Value;
+
+mod offline;
+mod online;
+
+/// Decodes a machine type's snapshots for `show` and `export` on a store.
+pub trait Decode {
+    /// The machine type it decodes (envelopes of other types are shown undecoded).
+    fn machine(&self) -> &'static str;
+    /// The state's name and its value printed with sensitive fields redacted.
+    fn describe(&self, snapshot: &Snapshot) -> Result<(&'static str, String), String>;
+    /// The state as JSON (for `export`: the operator's own data, in full).
+    fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String>;
+}
+
+struct Typed<M: Durable>(Codec<M>);
+
+impl<M: Durable + Redact> Decode for Typed<M> {
+    fn machine(&self) -> &'static str {
+        M::TABLE.machine()
+    }
+
+    fn describe(&self, snapshot: &Snapshot) -> Result<(&'static str, String), String> {
+        let m = self.0.decode(snapshot).map_err(|e| e.to_string())?;
+        Ok((m.state_name(), format!("{:?}", Redacted(&m))))
+    }
+
+    fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String> {
+        let m = self.0.decode(snapshot).map_err(|e| e.to_string())?;
+        serde_json::to_value(&m).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fsm",
+    version,
+    about = "Inspect a running fsm kernel through its admin socket; verify, list, export and compact stores offline",
+    after_help = "A SOCKET is an admin socket path (or a loopback host:port). A STORE is a file store's directory, a SQLite file, or a postgres:// URL (with --schema)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A live view of a running kernel: shards, queue depths, throughput, latency percentiles,
+    /// worker restarts, the busiest machines.
+    Top {
+        socket: String,
+        /// Refresh interval, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one frame (two samples an interval apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The kernel's recent decisions, oldest first; with --follow, new ones as they happen.
+    Trace {
+        socket: String,
+        #[arg(long)]
+        machine: Option<String>,
+        /// Decisions that left or entered this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        /// committed, duplicate, rejected, deferred, dumped, delegated, expired, not_stored,
+        /// outcome_unknown, unavailable or fenced.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only decisions this many milliseconds after the kernel started, or later.
+        #[arg(long)]
+        since_ms: Option<f64>,
+        /// At most this many (the newest).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep streaming new decisions (until interrupted).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// With --follow: at most this many entries a second (the kernel says how many it
+        /// dropped).
+        #[arg(long)]
+        max_per_sec: Option<u32>,
+        /// Print the JSON lines as they come.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One machine: its live state from a running kernel (SOCKET), or as stored (STORE).
+    Show { target: String, id: String },
+    /// Quarantined machines and why.
+    Quarantined { socket: String },
+    /// Effect workers that exceeded their restart intensity.
+    Escalations { socket: String },
+    /// Lifts a machine's quarantine after its snapshot was repaired.
+    Release { socket: String, id: String },
+    /// Restarts an escalated effect worker.
+    RestartWorker { socket: String, worker: usize },
+    /// The kernel's metrics as JSON.
+    Metrics { socket: String },
+    /// Checks every snapshot and log record of a store, like fsck; exit status 1 on damage.
+    Verify {
+        store: String,
+        /// PostgreSQL schema.
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
+    /// Machine ids, type, schema version, sequence and size of each machine's newest snapshot.
+    Ls {
+        store: String,
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
+    /// Each machine's newest envelope as a JSON line.
+    Export {
+        store: String,
+        /// JSON lines (the only format).
+        #[arg(long, required = true)]
+        json: bool,
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
+    /// Folds a file store's log into its snapshot files (as opening it does).
+    Compact { store: String },
+}
+
+/// The exit status of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Done.
+    Ok,
+    /// Damage found, or nothing to do.
+    Found,
+    /// An error.
+    Error,
+}
+
+impl From<Status> for ExitCode {
+    fn from(s: Status) -> ExitCode {
+        ExitCode::from(match s {
+            Status::Ok => 0,
+            Status::Found => 1,
+            Status::Error => 2,
+        })
+    }
+}
+
+/// A [`Decode`] for machine type `M`, for [`run_from`].
+pub fn decoder<M: Durable + Redact>(codec: Codec<M>) -> Box<dyn Decode> {
+    Box::new(Typed(codec))
+}
+
+/// Runs `fsm` with this process's arguments, decoding no machine type.
+pub fn run_untyped() -> ExitCode {
+    run_from(
+        None,
+        std::env::args_os(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    )
+    .into()
+}
+
+/// Runs `fsm` with this process's arguments; `show` and `export` on a store decode snapshots
+/// of `M` with `codec` and print real states.
+pub fn run<M: Durable + Redact>(codec: Codec<M>) -> ExitCode {
+    let typed = Typed(codec);
+    run_from(
+        Some(&typed),
+        std::env::args_os(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    )
+    .into()
+}
+
+/// Runs `fsm` with `args` (the first is the program name), writing to `out` and `err`.
+pub fn run_from<I, T>(
+    decode: Option<&dyn Decode>,
+    args: I,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Status
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let help = matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            let _ = if help {
+                out.write_all(text.as_bytes())
+            } else {
+                err.write_all(text.as_bytes())
+            };
+            return if help { Status::Ok } else { Status::Error };
+        }
+    };
+    let result = match cli.command {
+        Command::Top {
+            socket,
+            interval_ms,
+            once,
+        } => online::top(&socket, interval_ms, once, out),
+        Command::Trace {
+            socket,
+            machine,
+            state,
+            event,
+            outcome,
+            since_ms,
+            limit,
+            follow,
+            max_per_sec,
+            json,
+        } => {
+            let filter = online::Filter {
+                machine,
+                state,
+                event,
+                outcome,
+                since_ms,
+            };
+            online::trace(&socket, &filter, limit, follow, max_per_sec, json, out)
+        }
+        Command::Show { target, id } => {
+            if online::is_socket(&target) {
+                online::show(&target, &id, out)
+            } else {
+                offline::show(&target, &id, decode, out)
+            }
+        }
+        Command::Quarantined { socket } => online::quarantined(&socket, out),
+        Command::Escalations { socket } => online::escalations(&socket, out),
+        Command::Release { socket, id } => online::release(&socket, &id, out),
+        Command::RestartWorker { socket, worker } => online::restart_worker(&socket, worker, out),
+        Command::Metrics { socket } => online::metrics(&socket, out),
+        Command::Verify { store, schema } => offline::verify(&store, &schema, out),
+        Command::Ls { store, schema } => offline::ls(&store, &schema, out),
+        Command::Export {
+            store,
+            json: _,
+            schema,
+        } => offline::export(&store, &schema, decode, out),
+        Command::Compact { store } => offline::compact(&store, out),
+    };
+    match result {
+        Ok(status) => status,
+        Err(message) => {
+            let _ = writeln!(err, "fsm: {message}");
+            Status::Error
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Commands on a store at rest: a file store's directory, a SQLite file, a PostgreSQL URL.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
+use fsm_persist::inspect::{self, Header, Source};
+use fsm_persist::{FileStore, SqliteStore};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{Decode, Status};
+
+enum Store {
+    Dir(PathBuf),
+    Sqlite(PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl Store {
+    fn parse(target: &str, schema: &str) -> Result<Store, String> {
+        if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+            return Ok(Store::Postgres {
+                url: target.to_owned(),
+                schema: schema.to_owned(),
+            });
+        }
+        let path = Path::new(target);
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Store::Dir(path.to_path_buf())),
+            Ok(m) if m.is_file() => Ok(Store::Sqlite(path.to_path_buf())),
+            Ok(_) => Err(format!("{target} is neither a directory (a file store) nor a file (SQLite)")),
+            Err(e) => Err(format!("{target}: {e} (a store is a file store's directory, a SQLite file, or a postgres:// URL)")),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Store::Dir(_) => "file store",
+            Store::Sqlite(_) => "SQLite",
+            Store::Postgres { .. } => "PostgreSQL",
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn SnapshotStore>, String> {
+        match self {
+            Store::Dir(dir) => FileStore::open(dir)
+                .map(|s| Box::new(s) as Box<dyn SnapshotStore>)
+                .map_err(|e| e.to_string()),
+            Store::Sqlite(path) => SqliteStore::open(path)
+                .map(|s| Box::new(s) as Box<dyn SnapshotStore>)
+                .map_err(|e| e.to_string()),
+            Store::Postgres { url, schema } => {
+                let config: postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+                fsm_persist::postgres::PostgresStore::builder(config)
+                    .schema(schema.clone())
+                    .open()
+                    .map(|s| Box::new(s) as Box<dyn SnapshotStore>)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn io(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+/// One machine's newest snapshot, for `ls`, `export` and `show`.
+struct Row {
+    id: MachineId,
+    source: String,
+    size: u64,
+    verdict: Result<(Header, Snapshot), String>,
+}
+
+/// Every machine's newest snapshot (in id order), with a progress bar on long stores.
+fn rows(store: &Store) -> Result<Vec<Row>, String> {
+    match store {
+        Store::Dir(dir) => {
+            let mut progress = None;
+            let found = inspect::inspect(dir, &Limits::DEFAULT, |done, total| {
+                progress
+                    .get_or_insert_with(|| bar(total, "reading"))
+                    .set_position(done);
+            })
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(p) = progress {
+                p.finish_and_clear();
+            }
+            let mut rows = Vec::new();
+            for (id, f) in found.newest() {
+                let verdict = match &f.verdict {
+                    Ok(h) => match inspect::read(dir, f, &Limits::DEFAULT).map_err(io)? {
+                        Ok(snapshot) => Ok((h.clone(), snapshot)),
+                        Err(problem) => Err(problem.to_string()),
+                    },
+                    Err(problem) => Err(problem.to_string()),
+                };
+                rows.push(Row {
+                    id,
+                    source: match f.source {
+                        Source::File => "file".to_owned(),
+                        Source::Log(n) => format!("log {n}"),
+                        _ => "?".to_owned(),
+                    },
+                    size: f.size,
+                    verdict,
+                });
+            }
+            Ok(rows)
+        }
+        _ => {
+            let opened = store.open()?;
+            let mut ids = opened.ids().map_err(|e| e.to_string())?;
+            ids.sort();
+            let progress = bar(ids.len() as u64, "reading");
+            let mut rows = Vec::new();
+            for id in ids {
+                let verdict = match opened.get(&id) {
+                    Ok(s) => Ok((inspect::header(&s), s)),
+                    Err(e @ StoreError::Corrupt { .. }) => Err(e.to_string()),
+                    Err(StoreError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let size = verdict.as_ref().map_or(0, |(_, s)| s.len() as u64);
+                rows.push(Row {
+                    id,
+                    source: store.kind().to_owned(),
+                    size,
+                    verdict,
+                });
+                progress.inc(1);
+            }
+            progress.finish_and_clear();
+            Ok(rows)
+        }
+    }
+}
+
+pub(crate) fn verify(target: &str, schema: &str, out: &mut dyn Write) -> Result<Status, String> {
+    let store = Store::parse(target, schema)?;
+    writeln!(out, "fsm verify: {target} ({})", store.kind()).map_err(io)?;
+    let damaged = match &store {
+        Store::Dir(dir) => {
+            let mut progress = None;
+            let found = inspect::inspect(dir, &Limits::DEFAULT, |done, total| {
+                progress
+                    .get_or_insert_with(|| bar(total, "verifying"))
+                    .set_position(done);
+            })
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(p) = progress {
+                p.finish_and_clear();
+            }
+            let files = found
+                .found
+                .iter()
+                .filter(|f| f.source == Source::File)
+                .count();
+            let records: usize = found.segments.iter().map(|s| s.records).sum();
+            let in_log: usize = found.segments.iter().map(|s| s.snapshots).sum();
+            writeln!(
+                out,
+                "  {files} snapshot files; {} log segments with {records} records holding {in_log} snapshots; {} stray temp files; {} foreign files",
+                found.segments.len(),
+                found.stray_temps.len(),
+                found.foreign.len()
+            )
+            .map_err(io)?;
+            for f in found.corrupt() {
+                let place = match f.source {
+                    Source::File => format!("{}.snap", f.id),
+                    Source::Log(n) => format!("a snapshot of {} in log segment {n}", f.id),
+                    _ => f.id.to_string(),
+                };
+                if let Err(problem) = &f.verdict {
+                    writeln!(out, "  DAMAGED {place}: {problem}").map_err(io)?;
+                }
+            }
+            for s in found.segments.iter().filter(|s| s.torn_bytes > 0) {
+                writeln!(
+                    out,
+                    "  DAMAGED {}: {} bytes after its last valid record do not form one (a batch torn by a crash, or damaged since; recovery drops them)",
+                    s.name, s.torn_bytes
+                )
+                .map_err(io)?;
+            }
+            for t in &found.stray_temps {
+                writeln!(
+                    out,
+                    "  note: {t} is the temp file of an interrupted write (recovery removes it)"
+                )
+                .map_err(io)?;
+            }
+            for f in &found.foreign {
+                writeln!(out, "  note: {f} is not a file of the store (left alone)").map_err(io)?;
+            }
+            let machines = found.newest();
+            let bad = machines.values().filter(|f| f.verdict.is_err()).count();
+            writeln!(
+                out,
+                "  {} machines: {} verified, {bad} without a valid snapshot",
+                machines.len(),
+                machines.len() - bad
+            )
+            .map_err(io)?;
+            found.is_damaged()
+        }
+        _ => {
+            let rows = rows(&store)?;
+            let bad: Vec<&Row> = rows.iter().filter(|r| r.verdict.is_err()).collect();
+            for r in &bad {
+                if let Err(problem) = &r.verdict {
+                    writeln!(out, "  DAMAGED {}: {problem}", r.id).map_err(io)?;
+                }
+            }
+            writeln!(
+                out,
+                "  {} machines: {} verified, {} damaged",
+                rows.len(),
+                rows.len() - bad.len(),
+                bad.len()
+            )
+            .map_err(io)?;
+            !bad.is_empty()
+        }
+    };
+    writeln!(out, "{}", if damaged { "DAMAGE FOUND" } else { "clean" }).map_err(io)?;
+    Ok(if damaged { Status::Found } else { Status::Ok })
+}
+
+pub(crate) fn ls(target: &str, schema: &str, out: &mut dyn Write) -> Result<Status, String> {
+    let store = Store::parse(target, schema)?;
+    let rows = rows(&store)?;
+    writeln!(
+        out,
+        "{:<32} {:<16} {:>7} {:>10} {:>9}  where",
+        "machine", "type", "schema", "sequence", "bytes"
+    )
+    .map_err(io)?;
+    for r in &rows {
+        match &r.verdict {
+            Ok((h, _)) => writeln!(
+                out,
+                "{:<32} {:<16} {:>7} {:>10} {:>9}  {}",
+                r.id.as_str(),
+                h.machine,
+                h.schema_version,
+                h.seq,
+                r.size,
+                r.source
+            ),
+            Err(problem) => writeln!(
+                out,
+                "{:<32} DAMAGED: {problem} ({} bytes, {})",
+                r.id.as_str(),
+                r.size,
+                r.source
+            ),
+        }
+        .map_err(io)?;
+    }
+    writeln!(out, "{} machines", rows.len()).map_err(io)?;
+    Ok(Status::Ok)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub(crate) fn export(
+    target: &str,
+    schema: &str,
+    decode: Option<&dyn Decode>,
+    out: &mut dyn Write,
+) -> Result<Status, String> {
+    let store = Store::parse(target, schema)?;
+    let mut damaged = false;
+    for r in rows(&store)? {
+        let line = match &r.verdict {
+            Ok((h, snapshot)) => {
+                let mut line = json!({
+                    "id": r.id.as_str(),
+                    "machine": h.machine,
+                    "schema_version": h.schema_version,
+                    "seq": h.seq,
+                    "format": format!("{:?}", h.format),
+                    "bytes": r.size,
+                    "payload_hex": hex(snapshot.payload()),
+                });
+                if let Some(d) = decode.filter(|d| d.machine() == h.machine) {
+                    match d.to_json(snapshot) {
+                        Ok(state) => line["state"] = state,
+                        Err(e) => line["decode_error"] = json!(e),
+                    }
+                }
+                line
+            }
+            Err(problem) => {
+                damaged = true;
+                json!({"id": r.id.as_str(), "damaged": problem})
+            }
+        };
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    Ok(if damaged { Status::Found } else { Status::Ok })
+}
+
+pub(crate) fn show(
+    target: &str,
+    id: &str,
+    decode: Option<&dyn Decode>,
+    out: &mut dyn Write,
+) -> Result<Status, String> {
+    let store = Store::parse(target, "public")?;
+    let id = MachineId::new(id).map_err(|e| e.to_string())?;
+    let rows = rows(&store)?;
+    let Some(r) = rows.into_iter().find(|r| r.id == id) else {
+        writeln!(out, "{id}: nothing stored").map_err(io)?;
+        return Ok(Status::Found);
+    };
+    match &r.verdict {
+        Ok((h, snapshot)) => {
+            writeln!(
+                out,
+                "{id}: {} schema {} sequence {} ({} bytes, {})",
+                h.machine, h.schema_version, h.seq, r.size, r.source
+            )
+            .map_err(io)?;
+            match decode.filter(|d| d.machine() == h.machine) {
+                Some(d) => match d.describe(snapshot) {
+                    Ok((state, value)) => writeln!(out, "state {state}\n{value}").map_err(io)?,
+                    Err(e) => {
+                        writeln!(out, "does not decode as {}: {e}", d.machine()).map_err(io)?
+                    }
+                },
+                None => writeln!(
+                    out,
+                    "{} payload bytes (this binary decodes no `{}`: see fsm_cli::run)",
+                    snapshot.payload().len(),
+                    h.machine
+                )
+                .map_err(io)?,
+            }
+            Ok(Status::Ok)
+        }
+        Err(problem) => {
+            writeln!(out, "{id}: DAMAGED: {problem}").map_err(io)?;
+            Ok(Status::Found)
+        }
+    }
+}
+
+pub(crate) fn compact(target: &str, out: &mut dyn Write) -> Result<Status, String> {
+    match Store::parse(target, "public")? {
+        Store::Dir(dir) => {
+            let store = FileStore::open(&dir).map_err(|e| e.to_string())?;
+            let recovery = store.recovery().clone();
+            store.checkpoint().map_err(|e| e.to_string())?;
+            writeln!(
+                out,
+                "{}: compacted; {} machines, {} log segments folded ({} snapshots taken from the log), {} torn bytes dropped, {} stray temp files removed, {} corrupt files kept for repair",
+                dir.display(),
+                recovery.machines,
+                recovery.wal_segments,
+                recovery.wal_snapshots_applied,
+                recovery.wal_torn_bytes,
+                recovery.stray_temps_removed,
+                recovery.corrupt.len()
+            )
+            .map_err(io)?;
+            Ok(Status::Ok)
+        }
+        other => Err(format!(
+            "compact is for the file store; {} compacts its own log (SQLite checkpoints its WAL, PostgreSQL vacuums)",
+            other.kind()
+        )),
+    }
+}

@@ -1,0 +1,385 @@
+//! The real `fsm` binary against a data directory the registrar's kernel wrote (clean, then
+//! with a flipped bit and a torn log), a SQLite file, a PostgreSQL database, and a running
+//! kernel's admin socket; plus the library entry with the registrar's decoder.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::admin::AdminConfig;
+use fsm_core::kernel::Kernel;
+use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
+use fsm_examples::registrar::{Order, OrderCmd};
+use fsm_persist::SqliteStore;
+
+fn fsm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fsm"))
+        .args(args)
+        .output()
+        .expect("the fsm binary runs")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn order(i: usize) -> MachineId {
+    MachineId::new(format!("order-{i:03}")).unwrap()
+}
+
+fn pay() -> OrderCmd {
+    OrderCmd::Pay {
+        cents: 1200,
+        card_token: "tok_SECRET".into(),
+    }
+}
+
+/// A registrar data directory: 40 orders submitted (compacted into snapshot files by a
+/// reopen), then 10 of them paid (still in the log).
+fn registrar_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let kernel = fsm_persist::file_kernel(dir.path(), |_| Order::Draft)
+            .shards(2)
+            .start()
+            .unwrap();
+        for i in 0..40 {
+            let cmd = if round == 0 {
+                OrderCmd::Submit {
+                    domain: format!("d{i}.example"),
+                }
+            } else if i < 10 {
+                pay()
+            } else {
+                continue;
+            };
+            kernel.submit(&order(i), cmd).unwrap().wait().unwrap();
+        }
+        kernel.wait_idle();
+    }
+    dir
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn verify_ls_export_and_compact_a_clean_data_directory() {
+    let dir = registrar_dir();
+    let path = dir.path().to_str().unwrap();
+    assert!(
+        !files_ending(dir.path(), ".log").is_empty(),
+        "the paid orders are in the log"
+    );
+
+    let verified = fsm(&["verify", path]);
+    let report = text(&verified);
+    assert_eq!(verified.status.code(), Some(0), "{report}");
+    assert!(report.contains("40 snapshot files"), "{report}");
+    assert!(report.contains("10 snapshots"), "{report}");
+    assert!(report.contains("40 machines: 40 verified"), "{report}");
+    assert!(report.trim_end().ends_with("clean"), "{report}");
+
+    let listed = text(&fsm(&["ls", path]));
+    assert!(listed.contains("40 machines"), "{listed}");
+    let line = listed.lines().find(|l| l.starts_with("order-003")).unwrap();
+    assert!(
+        line.contains("Order") && line.contains("log"),
+        "paid: newest in the log: {line}"
+    );
+    let line = listed.lines().find(|l| l.starts_with("order-030")).unwrap();
+    assert!(line.contains("file"), "{line}");
+
+    let exported = fsm(&["export", "--json", path]);
+    assert_eq!(exported.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = text(&exported)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40);
+    assert_eq!(lines[3]["id"], "order-003");
+    assert_eq!(lines[3]["machine"], "Order");
+    assert_eq!(lines[3]["seq"], 2);
+    assert!(lines[3]["payload_hex"].as_str().unwrap().len() > 2);
+    assert!(
+        lines[3].get("state").is_none(),
+        "the plain binary decodes no machine type"
+    );
+
+    let compacted = fsm(&["compact", path]);
+    assert_eq!(compacted.status.code(), Some(0), "{}", text(&compacted));
+    assert!(
+        files_ending(dir.path(), ".log").is_empty(),
+        "the log was folded into the files"
+    );
+    assert_eq!(fsm(&["verify", path]).status.code(), Some(0));
+}
+
+#[test]
+fn verify_reports_a_flipped_bit_and_a_torn_log_and_fails() {
+    let dir = registrar_dir();
+    let path = dir.path().to_str().unwrap();
+    // A flipped bit in an order that lives only in its file.
+    let victim = dir.path().join("order-030.snap");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&victim, &bytes).unwrap();
+    // A torn log: its last record loses its last bytes.
+    let log = files_ending(dir.path(), ".log").pop().unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+
+    let verified = fsm(&["verify", path]);
+    let report = text(&verified);
+    assert_eq!(
+        verified.status.code(),
+        Some(1),
+        "damage is exit status 1: {report}"
+    );
+    assert!(report.contains("DAMAGED order-030.snap"), "{report}");
+    let log_name = log.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(report.contains(&format!("DAMAGED {log_name}")), "{report}");
+    assert!(report.contains("without a valid snapshot"), "{report}");
+    assert!(report.trim_end().ends_with("DAMAGE FOUND"), "{report}");
+    // Verifying changed nothing: the damage is still there to repair.
+    assert_eq!(std::fs::read(&victim).unwrap(), bytes);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), len - 7);
+
+    let listed = text(&fsm(&["ls", path]));
+    let line = listed.lines().find(|l| l.starts_with("order-030")).unwrap();
+    assert!(line.contains("DAMAGED"), "{line}");
+    let exported = fsm(&["export", "--json", path]);
+    assert_eq!(exported.status.code(), Some(1));
+    assert!(text(&exported).contains("\"damaged\""));
+}
+
+#[test]
+fn a_service_binary_decodes_its_own_machine_type() {
+    let dir = registrar_dir();
+    let path = dir.path().to_str().unwrap();
+    let decoder = fsm_cli::decoder(Codec::<Order>::new(1));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = fsm_cli::run_from(
+        Some(&*decoder),
+        ["fsm", "show", path, "order-003"],
+        &mut out,
+        &mut err,
+    );
+    let shown = String::from_utf8(out).unwrap();
+    assert_eq!(status, fsm_cli::Status::Ok, "{shown}");
+    assert!(shown.contains("state Paid"), "{shown}");
+    assert!(shown.contains("d3.example"), "{shown}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    fsm_cli::run_from(
+        Some(&*decoder),
+        ["fsm", "export", "--json", path],
+        &mut out,
+        &mut err,
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["state"]["Paid"]["domain"], "d0.example", "{first}");
+    assert_eq!(first["state"]["Paid"]["cents"], 1200, "{first}");
+    // The plain binary says what it cannot do.
+    let plain = text(&fsm(&["show", path, "order-003"]));
+    assert!(plain.contains("decodes no `Order`"), "{plain}");
+}
+
+#[test]
+fn sqlite_and_postgres_stores_are_verified_and_listed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.sqlite");
+    {
+        let store = SqliteStore::open(&file).unwrap();
+        let codec = Codec::<Order>::new(1);
+        for i in 0..5 {
+            store.save(&order(i), None, &Order::Draft, &codec).unwrap();
+        }
+    }
+    let path = file.to_str().unwrap();
+    let verified = fsm(&["verify", path]);
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    assert!(text(&verified).contains("5 machines: 5 verified"));
+    assert!(text(&fsm(&["ls", path])).contains("5 machines"));
+    let compact = fsm(&["compact", path]);
+    assert_eq!(compact.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&compact.stderr).contains("file store"));
+
+    let Some(server) = fsm_persist::postgres::TestServer::shared() else {
+        eprintln!(
+            "SKIPPED: the PostgreSQL half of this test (no server binaries; CI installs them)"
+        );
+        return;
+    };
+    let store = fsm_persist::postgres::PostgresStore::builder(server.config())
+        .schema("cli_ls")
+        .open()
+        .unwrap();
+    let codec = Codec::<Order>::new(1);
+    for i in 0..3 {
+        store.save(&order(i), None, &Order::Draft, &codec).unwrap();
+    }
+    let url = format!(
+        "postgresql://{}@{}/postgres",
+        fsm_persist::postgres::TEST_USER,
+        server
+            .socket_dir()
+            .display()
+            .to_string()
+            .replace('/', "%2F")
+    );
+    let verified = fsm(&["verify", &url, "--schema", "cli_ls"]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}{}",
+        text(&verified),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        text(&verified).contains("3 machines: 3 verified"),
+        "{}",
+        text(&verified)
+    );
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_online_commands_read_a_running_kernel() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel: Kernel<Order> = fsm_persist::file_kernel(data.path(), |_| Order::Draft)
+        .shards(2)
+        .start()
+        .unwrap();
+    let socket = data.path().with_extension("sock");
+    let _admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let s = socket.to_str().unwrap();
+    for i in 0..6 {
+        let cmd = OrderCmd::Submit {
+            domain: format!("d{i}.example"),
+        };
+        kernel.submit(&order(i), cmd).unwrap().wait().unwrap();
+    }
+    kernel.submit(&order(1), pay()).unwrap().wait().unwrap();
+
+    // `top --once`: one frame from two samples an interval apart; commands keep arriving.
+    let busy = std::thread::scope(|scope| {
+        let k = &kernel;
+        let feeder = scope.spawn(move || {
+            // The first cancel commits, the 199 after it are refused (the order is over).
+            for _ in 0..200 {
+                let _ = k.submit(&order(5), OrderCmd::Cancel).map(|t| t.wait());
+            }
+        });
+        let frame = fsm(&["top", s, "--once", "--interval-ms", "200"]);
+        feeder.join().unwrap();
+        frame
+    });
+    let frame = text(&busy);
+    assert_eq!(busy.status.code(), Some(0), "{frame}");
+    assert!(frame.starts_with("fsm top: Order"), "{frame}");
+    assert!(
+        frame.contains("commits/s") && frame.contains("p99 us"),
+        "{frame}"
+    );
+    assert!(frame.lines().any(|l| l.starts_with("all ")), "{frame}");
+    assert!(frame.contains("busiest machines"), "{frame}");
+
+    let traced = text(&fsm(&["trace", s, "--machine", "order-001"]));
+    let lines: Vec<&str> = traced.lines().collect();
+    assert_eq!(lines.len(), 2, "{traced}");
+    assert!(
+        lines[1].contains("--Pay--> Paid") && lines[1].contains("committed"),
+        "{traced}"
+    );
+    let json_lines = text(&fsm(&["trace", s, "--event", "Pay", "--json"]));
+    let entry: serde_json::Value =
+        serde_json::from_str(json_lines.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["machine"], "order-001");
+
+    let shown = text(&fsm(&["show", s, "order-001"]));
+    assert!(
+        shown.starts_with("order-001: Paid (durable sequence 2)"),
+        "{shown}"
+    );
+    assert!(shown.contains("d1.example"), "{shown}");
+
+    assert!(text(&fsm(&["quarantined", s])).contains("no machine is quarantined"));
+    assert!(text(&fsm(&["escalations", s])).contains("no worker escalated"));
+    let release = fsm(&["release", s, "order-001"]);
+    assert_eq!(release.status.code(), Some(1), "nothing to release");
+    let restart = fsm(&["restart-worker", s, "3"]);
+    assert_eq!(restart.status.code(), Some(1), "there are no workers");
+    let metrics: serde_json::Value = serde_json::from_slice(&fsm(&["metrics", s]).stdout).unwrap();
+    assert_eq!(metrics["machine"], "Order");
+
+    // `trace --follow` streams what happens after it started.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_fsm"))
+        .args(["trace", s, "--machine", "order-004", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.contains("--Submit--> Submitted"),
+        "the trace so far comes first: {first}"
+    );
+    wait_for("the watch is attached", || _admin.clients() >= 1);
+    kernel.submit(&order(4), pay()).unwrap().wait().unwrap();
+    let next = lines.next().unwrap().unwrap();
+    assert!(next.contains("--Pay--> Paid"), "{next}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    // The kernel's counts are exactly its commands': the admin traffic changed nothing.
+    kernel.wait_idle();
+    let counts = kernel.metrics().total.counts;
+    assert_eq!(
+        counts.committed,
+        6 + 1 + 1 + 1,
+        "submits, a pay, a cancel, a pay"
+    );
+    assert_eq!(counts.rejected, 199);
+    assert_eq!(counts.submitted, 208);
+}
+
+#[test]
+fn bad_arguments_and_unreachable_targets_are_errors_with_a_reason() {
+    let nowhere = fsm(&["top", "/nonexistent/admin.sock", "--once"]);
+    assert_eq!(nowhere.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(err.contains("cannot connect to the admin socket"), "{err}");
+    let unknown = fsm(&["frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unrecognized subcommand"));
+    let missing = fsm(&["verify", "/nonexistent/store"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("a store is a file store's directory")
+    );
+    let help = fsm(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help).contains("verify"));
+}

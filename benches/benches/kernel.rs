@@ -13,10 +13,26 @@
 //!
 //! The file-store kernel runs one shard: the file store serializes writers with one lock, so
 //! a second shard would only add a second fdatasync per iteration.
+//!
+//! Group `kernel_admin`, the operator's endpoint beside the memory-store kernel (its trace
+//! on, as the endpoint needs), side by side:
+//! - `traced/100machines`: no endpoint;
+//! - `admin_watch/100machines`: the admin endpoint serving, a `watch` client reading every
+//!   line it is sent (default rate limit, 1,000 entries a second) and a `metrics` request
+//!   every 100 ms, as `fsm top` and `fsm trace -f` do;
+//! - `admin_watch_unlimited/100machines`: the same with the watch's rate limit lifted, so
+//!   every decision is serialized and sent: the endpoint's worst case.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fsm_benches::kernel::{round, Blob};
 use fsm_benches::raw::AppendLog;
+use fsm_core::kernel::admin::AdminConfig;
 use fsm_core::kernel::{Kernel, Shutdown};
 use fsm_core::store::{MachineId, MemoryStore};
 
@@ -61,5 +77,83 @@ fn bench_kernel(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_kernel);
+/// Attaches what an operator runs: a watch client reading everything, and a metrics poller.
+fn attach(socket: &std::path::Path, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let watcher = {
+        let stream = UnixStream::connect(socket).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        writer.write_all(b"{\"op\":\"watch\"}\n").unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stream).lines();
+            while !stop.load(Ordering::Relaxed) {
+                if lines.next().is_none() {
+                    return;
+                }
+            }
+        })
+    };
+    let poller = {
+        let stream = UnixStream::connect(socket).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            // Ends when told to, or when the endpoint is gone.
+            while !stop.load(Ordering::Relaxed) {
+                line.clear();
+                let asked = writer
+                    .write_all(b"{\"op\":\"metrics\"}\n")
+                    .and_then(|()| reader.read_line(&mut line));
+                if !matches!(asked, Ok(n) if n > 0) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    vec![watcher, poller]
+}
+
+fn bench_admin(c: &mut Criterion) {
+    let mut group = c.benchmark_group("kernel_admin");
+    group.sample_size(40);
+    group.throughput(Throughput::Elements(MACHINES as u64));
+    let ids: Vec<MachineId> = (0..MACHINES)
+        .map(|i| MachineId::new(format!("blob-{i}")).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, admin) in [
+        ("traced/100machines", None),
+        ("admin_watch/100machines", Some(1_000)),
+        ("admin_watch_unlimited/100machines", Some(u32::MAX)),
+    ] {
+        let kernel = Kernel::builder(MemoryStore::new(), |_| Blob::New)
+            .shards(1)
+            .start()
+            .unwrap();
+        round(&kernel, &ids);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut attached = Vec::new();
+        let server = admin.map(|rate| {
+            let socket = dir.path().join(format!("{rate}.sock"));
+            let server = kernel
+                .serve_admin(AdminConfig::unix(&socket).max_per_sec(rate))
+                .unwrap();
+            attached = attach(&socket, &stop);
+            server
+        });
+        group.bench_function(name, |b| b.iter(|| round(&kernel, &ids)));
+        stop.store(true, Ordering::Relaxed);
+        drop(server);
+        for t in attached {
+            let _ = t.join();
+        }
+        kernel.shutdown(Shutdown::Drain);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_kernel, bench_admin);
 criterion_main!(benches);

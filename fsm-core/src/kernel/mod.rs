@@ -99,6 +99,8 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 mod builder;
+#[cfg(feature = "metrics")]
+mod export;
 mod inbox;
 mod journal;
 mod outcome;

@@ -9,8 +9,11 @@ use super::stats::ShardMetrics;
 use super::{Durable, Kernel};
 use crate::queue::LatencySummary;
 
+/// Reads one count.
+type Read = fn(&super::KernelCounts) -> u64;
+
 /// The `outcome` label of `fsm_kernel_commands_total`, with the count it reads.
-const OUTCOMES: [(&str, fn(&super::KernelCounts) -> u64); 14] = [
+const OUTCOMES: [(&str, Read); 14] = [
     ("committed", |c| c.committed),
     ("duplicate", |c| c.duplicates),
     ("rejected", |c| c.rejected),

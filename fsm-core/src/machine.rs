@@ -225,28 +225,39 @@ pub trait StateMachine: Sized {
         event: Self::Event,
         effects: &mut Effects<Self::Effect>,
     ) -> Result<Transition, Rejection> {
-        // `settle`, written out so that the common case (nothing raised) moves the new
-        // machine once, as a plain `next` would.
-        let mark = effects.mark();
-        let (next, first) = self.next(event, effects)?;
-        if effects.raised().len() == mark.raised() {
-            *self = next;
-            return Ok(first);
-        }
-        let step = |_: &Transition, _: &mut Effects<Self::Effect>| Ok::<(), Infallible>(());
-        let (next, first) = settle_raised(
-            first.from(),
-            first.event(),
-            next,
-            first,
-            effects,
-            mark,
-            step,
-        )
-        .map_err(unstoppable)?;
-        *self = next;
-        Ok(first)
+        apply_into(self, event, effects)
     }
+}
+
+/// [`StateMachine::apply_into`]'s default body, which the derive's own `apply_into` falls back
+/// to for whatever its direct arms do not cover.
+#[inline]
+pub(crate) fn apply_into<M: StateMachine>(
+    machine: &mut M,
+    event: M::Event,
+    effects: &mut Effects<M::Effect>,
+) -> Result<Transition, Rejection> {
+    // `settle`, written out so that the common case (nothing raised) moves the new machine
+    // once, as a plain `next` would.
+    let mark = effects.mark();
+    let (next, first) = machine.next(event, effects)?;
+    if effects.raised().len() == mark.raised() {
+        *machine = next;
+        return Ok(first);
+    }
+    let step = |_: &Transition, _: &mut Effects<M::Effect>| Ok::<(), Infallible>(());
+    let (next, first) = settle_raised(
+        first.from(),
+        first.event(),
+        next,
+        first,
+        effects,
+        mark,
+        step,
+    )
+    .map_err(unstoppable)?;
+    *machine = next;
+    Ok(first)
 }
 
 /// A transition that was taken: from, event, to, with names from the table.

@@ -181,14 +181,25 @@ where
     }
 }
 
+/// `StateMachine::apply_into`'s default body: the derive's `apply_into` takes its direct
+/// transitions (plain, no hook, no invariant) in place and falls back to this for the rest.
+#[inline]
+pub fn apply_into<M: StateMachine>(
+    machine: &mut M,
+    event: M::Event,
+    effects: &mut Effects<M::Effect>,
+) -> Result<Transition, Rejection> {
+    crate::machine::apply_into(machine, event, effects)
+}
+
 /// The rejection for an event that (non-terminal) `state` has no transition for.
-#[cold]
+#[inline]
 pub fn no_transition<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
     Rejection::no_transition(M::TABLE, StateId::new(state), event.id())
 }
 
 /// The rejection for any event in terminal `state`.
-#[cold]
+#[inline]
 pub fn terminal<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {
     Rejection::terminal(M::TABLE, StateId::new(state), event.id())
 }

@@ -539,6 +539,7 @@ impl Gen<'_, '_> {
                 }
             }
         });
+        let apply_into = self.apply_into();
         let empty = if m.states.is_empty() {
             quote!(match *self {})
         } else {
@@ -566,6 +567,8 @@ impl Gen<'_, '_> {
                     match self { #(#next_arms)* }
                 }
 
+                #apply_into
+
                 #timeout_event
 
                 fn validate(&self) -> #private::core::result::Result<(), #krate::InvalidState> {
@@ -577,6 +580,88 @@ impl Gen<'_, '_> {
                 }
             }
         }
+    }
+
+    /// `apply_into` for a machine with direct transitions (see [`Gen::is_direct`]): each of
+    /// them writes its target in place and returns, the way a hand-written `match` on `*self`
+    /// would, instead of building `(Self, Transition)` for the default body to move into
+    /// `self`. A state whose transitions are all direct (or which has none) also rejects in
+    /// place; anything else falls through to the default body. `None` when no transition is
+    /// direct: the default is then exactly right and the machine's code does not grow.
+    fn apply_into(&self) -> Option<TokenStream> {
+        let m = self.m;
+        let any_direct = m
+            .states
+            .iter()
+            .any(|s| s.attrs.on.iter().any(|on| self.is_direct(s, on)));
+        if !any_direct {
+            return None;
+        }
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let e = self.event;
+        let f = &self.effect;
+        let arms = m.states.iter().enumerate().filter_map(|(i, s)| {
+            let ident = s.variant.ident;
+            let all_direct = s.attrs.on.iter().all(|on| self.is_direct(s, on));
+            let i = i as u16;
+            let tries: Vec<TokenStream> = s
+                .attrs
+                .on
+                .iter()
+                .filter(|on| self.is_direct(s, on))
+                .map(|on| {
+                    let variant = self.variant(&on.event);
+                    let target = &on.target;
+                    let to = m.state_index(&on.target).unwrap_or(0) as u16;
+                    quote! {
+                        if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
+                            let _ = (__fsm_event, __fsm_effects);
+                            *self = Self::#target;
+                            return #private::core::result::Result::Ok(#krate::Transition::new(
+                                <Self as #krate::StateMachine>::TABLE,
+                                #krate::StateId::new(#i),
+                                #krate::EventId::new(#variant::ID),
+                                #krate::StateId::new(#to),
+                            ));
+                        }
+                    }
+                })
+                .collect();
+            if all_direct {
+                let reject_fn = if s.attrs.terminal.is_empty() {
+                    quote!(#private::no_transition::<Self>)
+                } else {
+                    quote!(#private::terminal::<Self>)
+                };
+                Some(quote! {
+                    Self::#ident { .. } => {
+                        #(#tries)*
+                        let _ = __fsm_effects;
+                        return #private::core::result::Result::Err(#reject_fn(#i, &__fsm_event));
+                    }
+                })
+            } else if tries.is_empty() {
+                None
+            } else {
+                Some(quote!(Self::#ident { .. } => { #(#tries)* }))
+            }
+        });
+        Some(quote! {
+            #[inline]
+            fn apply_into(
+                &mut self,
+                __fsm_event: #e,
+                __fsm_effects: &mut #krate::Effects<#f>,
+            ) -> #private::core::result::Result<#krate::Transition, #krate::Rejection> {
+                #[allow(unreachable_patterns)]
+                match *self {
+                    #(#arms)*
+                    _ => {}
+                }
+                #private::apply_into::<Self>(self, __fsm_event, __fsm_effects)
+            }
+        })
     }
 
     /// The dispatch arm of one state: test the event's id against each declared event, split

@@ -1,6 +1,6 @@
 //! Dispatch against the crates users would pick instead: one plain machine (six unit states,
 //! seven events, eleven transitions; see `peers/machines.rs`) written with this crate's
-//! derive, by hand, and with statig, rust-fsm, smlang, sm and finny, over three streams of
+//! derive, by hand (both also with the enums declared in name order, smlang's numbering), and with statig, rust-fsm, smlang, sm and finny, over three streams of
 //! 1,000,000 events built before timing with a fixed seed. Every implementation is checked
 //! against the hand-written one on every (state, event) pair and on each stream first. At the
 //! end: a table of ns/event and the ratio to the hand-written match, and the sizes of the
@@ -23,7 +23,7 @@ const SEED: u64 = 0x5eed;
 
 /// ns/event per (stream, implementation), measured again after criterion's runs (the mean of
 /// five timed passes) for the summary table.
-static TABLE: Mutex<Vec<(String, [f64; 7])>> = Mutex::new(Vec::new());
+static TABLE: Mutex<Vec<(String, [f64; 9])>> = Mutex::new(Vec::new());
 
 fn bench_peers(c: &mut Criterion) {
     let streams = machines::streams(LEN, SEED);
@@ -39,6 +39,12 @@ fn bench_peers(c: &mut Criterion) {
         group.bench_function("fsm_derive", |b| {
             b.iter(|| machines::run_derived(black_box(&p.derived)))
         });
+        group.bench_function("hand_match_sorted", |b| {
+            b.iter(|| machines::sorted::run_hand(black_box(&p.sorted)))
+        });
+        group.bench_function("fsm_derive_sorted", |b| {
+            b.iter(|| machines::sorted::run_derived(black_box(&p.sorted)))
+        });
         group.bench_function("statig", |b| {
             b.iter(|| statig_impl::run(black_box(&p.hand)))
         });
@@ -51,11 +57,13 @@ fn bench_peers(c: &mut Criterion) {
         group.bench_function("sm", |b| b.iter(|| sm_impl::run(black_box(&p.hand))));
         group.bench_function("finny", |b| b.iter(|| finny_impl::run(black_box(&p.finny))));
         group.finish();
-        let mut row = [0.0; 7];
+        let mut row = [0.0; 9];
         for _ in 0..5 {
-            let timed: [Box<dyn Fn() -> u64>; 7] = [
+            let timed: [Box<dyn Fn() -> u64>; 9] = [
                 Box::new(|| machines::run_hand(&p.hand)),
                 Box::new(|| machines::run_derived(&p.derived)),
+                Box::new(|| machines::sorted::run_hand(&p.sorted)),
+                Box::new(|| machines::sorted::run_derived(&p.sorted)),
                 Box::new(|| statig_impl::run(&p.hand)),
                 Box::new(|| machines::run_rustfsm(&p.rustfsm)),
                 Box::new(|| machines::run_smlang(&p.smlang)),

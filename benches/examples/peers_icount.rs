@@ -6,7 +6,8 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/peers_icount derive half_invalid
 //! ```
 //!
-//! Implementations: `hand`, `derive`, `statig`, `rust-fsm`, `smlang`, `sm`, `finny`, `setup`
+//! Implementations: `hand`, `derive`, `hand-sorted`, `derive-sorted` (the same enums declared
+//! in name order, the numbering smlang gives them), `statig`, `rust-fsm`, `smlang`, `sm`, `finny`, `setup`
 //! (only builds the streams, to subtract). Streams: `lifecycle`, `random_walk`,
 //! `half_invalid`. 1,000,000 events.
 
@@ -18,7 +19,7 @@ use machines::{finny_impl, sm_impl, statig_impl, Prepared};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(which), Some(stream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: peers_icount <hand|derive|statig|rust-fsm|smlang|sm|finny|setup> <lifecycle|random_walk|half_invalid>");
+        eprintln!("usage: peers_icount <hand|derive|hand-sorted|derive-sorted|statig|rust-fsm|smlang|sm|finny|setup> <lifecycle|random_walk|half_invalid>");
         std::process::exit(2);
     };
     let streams = machines::streams(1_000_000, 0x5eed);
@@ -30,6 +31,8 @@ fn main() {
     let h = match which.as_str() {
         "hand" => machines::run_hand(&p.hand),
         "derive" => machines::run_derived(&p.derived),
+        "hand-sorted" => machines::sorted::run_hand(&p.sorted),
+        "derive-sorted" => machines::sorted::run_derived(&p.sorted),
         "statig" => statig_impl::run(&p.hand),
         "rust-fsm" => machines::run_rustfsm(&p.rustfsm),
         "smlang" => machines::run_smlang(&p.smlang),

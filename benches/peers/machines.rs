@@ -9,6 +9,10 @@
 //! Stopping --Finish--> Done          Done     --Reset--> Idle
 //! ```
 //!
+//! The hand-written match and the derive run twice: on the enums in the order above, and on
+//! the same enums declared in name order ([`sorted`]), the numbering smlang gives every
+//! machine.
+//!
 //! Every implementation runs a stream of events (each library's own event type, converted
 //! before timing) and returns a fingerprint of the states it went through (each loop does
 //! the same: apply the event, drop whatever the library returns, fold the state in); the streams are
@@ -195,6 +199,134 @@ pub fn run_derived(events: &[derived::Cmd]) -> u64 {
         h = mix(h, derived_state(m) as u8);
     }
     h
+}
+
+// ---------------------------------------------------------------- the same, names sorted
+
+/// The same machine with its states and events declared in name order (Done, Idle, Paused,
+/// Running, Starting, Stopping; Finish, Pause, Ready, Reset, Resume, Start, Stop): the
+/// discriminants smlang gives every machine, since it sorts the names. The numbering decides
+/// which shape LLVM picks for a `match` over the two enums, so the like-for-like comparison
+/// with smlang is on these; the hand-written match is here too, over the same numbering.
+pub mod sorted {
+    use fsm_core::{Effects, Event, StateMachine};
+
+    #[derive(StateMachine, Debug, Clone, Copy, PartialEq, Eq)]
+    #[fsm(event = Cmd)]
+    pub enum Phase {
+        #[fsm(on(Reset => Idle, plain))]
+        Done,
+        #[fsm(initial, on(Start => Starting, plain))]
+        Idle,
+        #[fsm(on(Resume => Running, plain), on(Stop => Stopping, plain), on(Reset => Idle, plain))]
+        Paused,
+        #[fsm(on(Pause => Paused, plain), on(Stop => Stopping, plain), on(Finish => Done, plain))]
+        Running,
+        #[fsm(on(Ready => Running, plain), on(Stop => Stopping, plain))]
+        Starting,
+        #[fsm(on(Finish => Done, plain))]
+        Stopping,
+    }
+
+    #[derive(Event, Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Cmd {
+        Finish,
+        Pause,
+        Ready,
+        Reset,
+        Resume,
+        Start,
+        Stop,
+    }
+
+    pub fn cmd(e: super::Ev) -> Cmd {
+        use super::Ev;
+        match e {
+            Ev::Start => Cmd::Start,
+            Ev::Ready => Cmd::Ready,
+            Ev::Pause => Cmd::Pause,
+            Ev::Resume => Cmd::Resume,
+            Ev::Stop => Cmd::Stop,
+            Ev::Finish => Cmd::Finish,
+            Ev::Reset => Cmd::Reset,
+        }
+    }
+
+    fn st(p: Phase) -> super::St {
+        use super::St;
+        match p {
+            Phase::Idle => St::Idle,
+            Phase::Starting => St::Starting,
+            Phase::Running => St::Running,
+            Phase::Paused => St::Paused,
+            Phase::Stopping => St::Stopping,
+            Phase::Done => St::Done,
+        }
+    }
+
+    /// The hand-written nested `match` over the sorted enums (the derive's own enums: no
+    /// library code runs).
+    #[inline(always)]
+    fn hand_next(s: Phase, e: Cmd) -> Option<Phase> {
+        use Cmd::*;
+        use Phase::*;
+        match s {
+            Done => match e {
+                Reset => Some(Idle),
+                _ => None,
+            },
+            Idle => match e {
+                Start => Some(Starting),
+                _ => None,
+            },
+            Paused => match e {
+                Resume => Some(Running),
+                Stop => Some(Stopping),
+                Reset => Some(Idle),
+                _ => None,
+            },
+            Running => match e {
+                Pause => Some(Paused),
+                Stop => Some(Stopping),
+                Finish => Some(Done),
+                _ => None,
+            },
+            Starting => match e {
+                Ready => Some(Running),
+                Stop => Some(Stopping),
+                _ => None,
+            },
+            Stopping => match e {
+                Finish => Some(Done),
+                _ => None,
+            },
+        }
+    }
+
+    #[inline(never)]
+    pub fn run_hand(events: &[Cmd]) -> u64 {
+        let mut s = Phase::Idle;
+        let mut h = super::SEED;
+        for &e in events {
+            if let Some(next) = hand_next(s, e) {
+                s = next;
+            }
+            h = super::mix(h, st(s) as u8);
+        }
+        h
+    }
+
+    #[inline(never)]
+    pub fn run_derived(events: &[Cmd]) -> u64 {
+        let mut m = Phase::Idle;
+        let mut fx = Effects::new();
+        let mut h = super::SEED;
+        for &e in events {
+            let _ = m.apply_into(e, &mut fx);
+            h = super::mix(h, st(m) as u8);
+        }
+        h
+    }
 }
 
 // ---------------------------------------------------------------- rust-fsm
@@ -690,9 +822,11 @@ pub fn streams(len: usize, seed: u64) -> [(&'static str, Vec<Ev>); 3] {
 }
 
 /// The implementations' names, in the order of [`run_all`]'s results.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 9] = [
     "hand_match",
     "fsm (derive)",
+    "hand_match (sorted)",
+    "fsm (derive, sorted)",
     "statig",
     "rust-fsm",
     "smlang",
@@ -704,6 +838,7 @@ pub const NAMES: [&str; 7] = [
 pub struct Prepared {
     pub hand: Vec<Ev>,
     pub derived: Vec<derived::Cmd>,
+    pub sorted: Vec<sorted::Cmd>,
     pub rustfsm: Vec<rustfsm::phase::Input>,
     pub smlang: Vec<smlang_impl::Events>,
     pub finny: Vec<finny_impl::Events>,
@@ -714,6 +849,7 @@ impl Prepared {
         Prepared {
             hand: events.to_vec(),
             derived: events.iter().copied().map(to_derived).collect(),
+            sorted: events.iter().copied().map(sorted::cmd).collect(),
             rustfsm: events.iter().copied().map(to_rustfsm).collect(),
             smlang: events.iter().copied().map(to_smlang).collect(),
             finny: events.iter().copied().map(finny_impl::event).collect(),
@@ -722,10 +858,12 @@ impl Prepared {
 }
 
 /// Every implementation's fingerprint of the stream, in [`NAMES`] order.
-pub fn run_all(p: &Prepared) -> [u64; 7] {
+pub fn run_all(p: &Prepared) -> [u64; 9] {
     [
         run_hand(&p.hand),
         run_derived(&p.derived),
+        sorted::run_hand(&p.sorted),
+        sorted::run_derived(&p.sorted),
         statig_impl::run(&p.hand),
         run_rustfsm(&p.rustfsm),
         run_smlang(&p.smlang),

@@ -192,6 +192,18 @@ pub fn apply_into<M: StateMachine>(
     crate::machine::apply_into(machine, event, effects)
 }
 
+/// The record of a direct transition `from --event--> to`, which the derive's `apply_into`
+/// has already written in place: one call per transition keeps the generated code small.
+#[inline(always)]
+pub fn direct<M: StateMachine>(from: u16, event: u16, to: u16) -> Result<Transition, Rejection> {
+    Ok(Transition::new(
+        M::TABLE,
+        StateId::new(from),
+        EventId::new(event),
+        StateId::new(to),
+    ))
+}
+
 /// The rejection for an event that (non-terminal) `state` has no transition for.
 #[inline]
 pub fn no_transition<M: StateMachine>(state: u16, event: &M::Event) -> Rejection {

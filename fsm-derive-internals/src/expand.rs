@@ -616,14 +616,8 @@ impl Gen<'_, '_> {
                     let to = m.state_index(&on.target).unwrap_or(0) as u16;
                     quote! {
                         if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
-                            let _ = (__fsm_event, __fsm_effects);
                             *self = Self::#target;
-                            return #private::core::result::Result::Ok(#krate::Transition::new(
-                                <Self as #krate::StateMachine>::TABLE,
-                                #krate::StateId::new(#i),
-                                #krate::EventId::new(#variant::ID),
-                                #krate::StateId::new(#to),
-                            ));
+                            return #private::direct::<Self>(#i, #variant::ID, #to);
                         }
                     }
                 })
@@ -637,7 +631,6 @@ impl Gen<'_, '_> {
                 Some(quote! {
                     Self::#ident { .. } => {
                         #(#tries)*
-                        let _ = __fsm_effects;
                         return #private::core::result::Result::Err(#reject_fn(#i, &__fsm_event));
                     }
                 })

@@ -192,6 +192,34 @@ pub fn apply_into<M: StateMachine>(
     crate::machine::apply_into(machine, event, effects)
 }
 
+/// Whether `event` is the variant with id `id`: the test in front of each declared
+/// transition of the derive's dispatch (one call instead of a method, a conversion and a
+/// comparison for rustc to check at every transition; the same code once inlined).
+#[inline(always)]
+pub fn is<E: Event>(event: &E, id: u16) -> bool {
+    event.id().index() == usize::from(id)
+}
+
+/// `StateMachine::next` of a direct transition `from --event--> to` into `target` (see
+/// [`direct`]).
+#[inline(always)]
+pub fn direct_next<M: StateMachine>(
+    target: M,
+    from: u16,
+    event: u16,
+    to: u16,
+) -> Result<(M, Transition), Rejection> {
+    Ok((
+        target,
+        Transition::new(
+            M::TABLE,
+            StateId::new(from),
+            EventId::new(event),
+            StateId::new(to),
+        ),
+    ))
+}
+
 /// The record of a direct transition `from --event--> to`, which the derive's `apply_into`
 /// has already written in place: one call per transition keeps the generated code small.
 #[inline(always)]

@@ -14,6 +14,11 @@ pub(crate) struct Machine<'a> {
     pub(crate) generics: &'a Generics,
     pub(crate) attrs: ContainerAttrs,
     pub(crate) states: Vec<State<'a>>,
+    /// Each state's name and index, sorted by name: [`Machine::state_index`] is asked for
+    /// every transition several times, and comparing two `Ident`s inside the compiler turns
+    /// both into strings across the proc-macro bridge, so a linear scan made expansion grow
+    /// with states x transitions.
+    names: Vec<(String, usize)>,
 }
 
 /// An enum deriving `Event`.
@@ -72,19 +77,42 @@ impl<'a> Machine<'a> {
                 variant: Variant::from_syn(cx, v),
                 attrs: attr::state(cx, &v.attrs),
             })
+            .collect::<Vec<State<'a>>>();
+        let mut names: Vec<(String, usize)> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (unraw(s.variant.ident), i))
             .collect();
+        // A name declared twice keeps its first index (rustc reports the duplicate variant).
+        names.sort();
         Some(Machine {
             ident: &input.ident,
             vis: &input.vis,
             generics: &input.generics,
             attrs,
             states,
+            names,
         })
     }
 
     /// The index of the state named `name`.
     pub(crate) fn state_index(&self, name: &Ident) -> Option<usize> {
-        self.states.iter().position(|s| s.variant.ident == name)
+        let name = unraw(name);
+        let at = self.names.partition_point(|(n, _)| *n < name);
+        match self.names.get(at) {
+            Some((n, i)) if *n == name => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// An identifier's name without the `r#` of a raw identifier (`r#Mid` and `Mid` are the same
+/// name to rustc).
+fn unraw(ident: &Ident) -> String {
+    let name = ident.to_string();
+    match name.strip_prefix("r#") {
+        Some(bare) => bare.to_owned(),
+        None => name,
     }
 }
 
@@ -200,6 +228,33 @@ mod tests {
             Member::Unnamed(0.into())
         );
         assert_eq!(m.state_index(&parse_quote!(B)), Some(1));
+    }
+
+    #[test]
+    fn state_index_finds_every_state_in_declaration_order() {
+        // Names whose sorted order differs from their declaration order, a raw identifier,
+        // and a duplicate (rustc rejects it; the index must still answer the first one).
+        let input: DeriveInput = parse_quote! {
+            #[fsm(event = Cmd)]
+            enum M { Zeta, Alpha, r#Mid, Beta, Alpha2, Beta, r#Zz }
+        };
+        let cx = Ctxt::new();
+        let m = Machine::from_input(&cx, &input).unwrap();
+        let at = |name: &str| m.state_index(&syn::parse_str::<Ident>(name).unwrap());
+        assert_eq!(at("Zeta"), Some(0));
+        assert_eq!(at("Alpha"), Some(1));
+        assert_eq!(at("r#Mid"), Some(2));
+        assert_eq!(at("Beta"), Some(3));
+        assert_eq!(at("Alpha2"), Some(4));
+        assert_eq!(
+            at("Mid"),
+            Some(2),
+            "`r#Mid` and `Mid` are one identifier to rustc"
+        );
+        assert_eq!(at("Zz"), Some(6));
+        assert_eq!(at("r#Zz"), Some(6));
+        assert_eq!(at("Gamma"), None);
+        assert_eq!(at("Alph"), None);
     }
 
     #[test]

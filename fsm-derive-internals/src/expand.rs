@@ -174,6 +174,30 @@ impl Gen<'_, '_> {
         respan(quote!(<#e as #private::Variant<#key>>), event.span())
     }
 
+    /// The id (`u16`) of event `event`: for an event type without generic arguments the
+    /// const [`Gen::name_checks`] defines once per name, so that the many uses (the table, the
+    /// dispatch, the typestate methods) are plain constants and not each a trait projection
+    /// for rustc to resolve; else `<Events as Variant<key>>::ID`.
+    fn id(&self, event: &Ident) -> TokenStream {
+        if self.event_path().is_some() {
+            let c = id_const(event);
+            return quote!(#c);
+        }
+        let variant = self.variant(event);
+        quote!(#variant::ID)
+    }
+
+    /// The payload type of event `event`, through an alias defined once per name like
+    /// [`Gen::id`].
+    fn payload(&self, event: &Ident) -> TokenStream {
+        if self.event_path().is_some() {
+            let a = payload_alias(event);
+            return quote!(#a);
+        }
+        let variant = self.variant(event);
+        quote!(#variant::Payload)
+    }
+
     /// The event type as a path a pattern can name variants through, if it has no generic
     /// arguments (a const cannot name a machine's type parameters).
     fn event_path(&self) -> Option<&syn::Path> {
@@ -215,12 +239,19 @@ impl Gen<'_, '_> {
             let c = name_const(name);
             let h = variant_hash(&text);
             let pattern = quote!(#path::#name { .. });
+            let id = id_const(name);
+            let payload = payload_alias(name);
+            let variant = self.variant(name);
             out.extend(quote! {
                 #[allow(non_upper_case_globals)]
                 const #c: u64 = {
                     let _ = |__fsm_e: &#path| #private::core::matches!(*__fsm_e, #pattern);
                     #h
                 };
+                #[allow(non_upper_case_globals)]
+                const #id: u16 = #variant::ID;
+                #[allow(non_camel_case_types)]
+                type #payload = #variant::Payload;
             });
             seen.push(text);
         }
@@ -429,9 +460,9 @@ impl Gen<'_, '_> {
                 .iter()
                 .filter_map(|p| {
                     let ev = p.event.as_ref()?;
-                    let variant = self.variant(ev);
+                    let id = self.id(ev);
                     let policy = policy(krate, p.kind);
-                    Some(quote!((#krate::EventId::new(#variant::ID), #policy)))
+                    Some(quote!((#krate::EventId::new(#id), #policy)))
                 })
                 .collect();
             if !named.is_empty() {
@@ -443,8 +474,8 @@ impl Gen<'_, '_> {
             }
             if let Some(t) = s.attrs.timeouts.first() {
                 let ms = t.ms.unwrap_or(0);
-                let variant = self.variant(&t.event);
-                meta = quote!(#meta.timeout(#ms, #variant::ID));
+                let id = self.id(&t.event);
+                meta = quote!(#meta.timeout(#ms, #id));
             }
             meta
         });
@@ -452,8 +483,8 @@ impl Gen<'_, '_> {
             s.attrs.on.iter().map(move |on| {
                 let from = i as u16;
                 let to = m.state_index(&on.target).unwrap_or(0) as u16;
-                let variant = self.variant(&on.event);
-                quote!(#krate::TransitionMeta::new(#from, #variant::ID, #to))
+                let id = self.id(&on.event);
+                quote!(#krate::TransitionMeta::new(#from, #id, #to))
             })
         });
         let initial = m
@@ -611,13 +642,13 @@ impl Gen<'_, '_> {
                 .iter()
                 .filter(|on| self.is_direct(s, on))
                 .map(|on| {
-                    let variant = self.variant(&on.event);
+                    let id = self.id(&on.event);
                     let target = &on.target;
                     let to = m.state_index(&on.target).unwrap_or(0) as u16;
                     quote! {
-                        if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
+                        if #private::is(&__fsm_event, #id) {
                             *self = Self::#target;
-                            return #private::direct::<Self>(#i, #variant::ID, #to);
+                            return #private::direct::<Self>(#i, #id, #to);
                         }
                     }
                 })
@@ -678,24 +709,16 @@ impl Gen<'_, '_> {
         let pat = variant_fields(v, &idents(&binds));
         let view = self.view_expr(s, &idents(&binds));
         let typed = self.typed(ident);
-        let krate = &self.paths.krate;
         let tries = s.attrs.on.iter().map(|on| {
             let variant = self.variant(&on.event);
+            let id = self.id(&on.event);
             if self.is_direct(s, on) {
                 let target = &on.target;
                 let to = self.m.state_index(&on.target).unwrap_or(0) as u16;
                 return quote! {
-                    if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
-                        let _ = (__fsm_event, __fsm_effects);
-                        return #private::core::result::Result::Ok((
-                            Self::#target,
-                            #krate::Transition::new(
-                                <Self as #krate::StateMachine>::TABLE,
-                                #krate::StateId::new(#i),
-                                #krate::EventId::new(#variant::ID),
-                                #krate::StateId::new(#to),
-                            ),
-                        ));
+                    if #private::is(&__fsm_event, #id) {
+                        let _ = __fsm_effects;
+                        return #private::direct_next::<Self>(Self::#target, #i, #id, #to);
                     }
                 };
             }
@@ -703,10 +726,10 @@ impl Gen<'_, '_> {
             let forward = forwarder(&on.event);
             let run = quote!(#private::run::<#typed, _, #target, _>);
             quote! {
-                if #private::Event::id(&__fsm_event).index() == #variant::ID as usize {
+                if #private::is(&__fsm_event, #id) {
                     return match #variant::split(__fsm_event) {
                         #private::core::result::Result::Ok(__fsm_p) => {
-                            #run(__fsm_view, __fsm_p, __fsm_effects, #variant::ID, <#typed>::#forward)
+                            #run(__fsm_view, __fsm_p, __fsm_effects, #id, <#typed>::#forward)
                         }
                         #private::core::result::Result::Err(__fsm_e) => {
                             #private::core::result::Result::Err(#reject_fn(#i, &__fsm_e))
@@ -752,13 +775,16 @@ impl Gen<'_, '_> {
         let self_vals = self_fields(v);
         let refs: Vec<TokenStream> = self_vals.iter().map(|f| quote!(&#f)).collect();
         let view_of_self = self.view_expr(s, &refs);
-        let check = match s.attrs.validate.first() {
-            Some(path) => quote_spanned!(path.span()=> #path(__fsm_view)),
-            None => quote!({
-                let _ = __fsm_view;
-                #private::core::result::Result::Ok(())
-            }),
-        };
+        // A state without an invariant keeps the trait's default `check` (always `Ok`).
+        let check = s.attrs.validate.first().map(|path| {
+            let call = quote_spanned!(path.span()=> #path(__fsm_view));
+            quote! {
+                #[inline]
+                fn check(__fsm_view: #view_ty_anon) -> #private::core::result::Result<(), #krate::Refusal> {
+                    #call
+                }
+            }
+        });
         let binds = bindings(v);
         let pat = variant_fields(v, &idents(&binds));
         let into_variant = variant_fields(v, &self_vals);
@@ -767,11 +793,11 @@ impl Gen<'_, '_> {
         // A plain transition has no handler, so it is not `Declared`: a handler written for it
         // anyway is an error (it would never run).
         let declared = s.attrs.on.iter().filter(|on| on.plain.is_none()).map(|on| {
-            let variant = self.variant(&on.event);
+            let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
             quote! {
                 #[automatically_derived]
-                impl #impl_g #krate::Declared<#variant::Payload, #target> for #typed #wc {}
+                impl #impl_g #krate::Declared<#payload, #target> for #typed #wc {}
             }
         });
         let needs = s
@@ -781,14 +807,23 @@ impl Gen<'_, '_> {
             .filter(|on| on.plain.is_none())
             .map(|on| self.need_handler(s, on));
         let methods = s.attrs.on.iter().map(|on| {
-            let variant = self.variant(&on.event);
+            let id = self.id(&on.event);
+            let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
             let name = snake_ident(&on.event, on.event.span());
             let f = &self.effect;
-            let doc = format!(
-                "Takes the declared transition on `{}` from `{ident}` into `{}`: runs its handler, then the target's invariant. On rejection the state is handed back unchanged.",
-                on.event, on.target
-            );
+            let doc = if self.is_direct(s, on) {
+                format!(
+                    "Takes the declared plain transition on `{}` from `{ident}` into `{}`: no handler, hook or invariant, so it is never refused.",
+                    on.event, on.target
+                )
+            } else {
+                let handler = if on.plain.is_some() { "builds the target (a plain transition)" } else { "runs its handler" };
+                format!(
+                    "Takes the declared transition on `{}` from `{ident}` into `{}`: {handler}, its hooks, then the target's invariant. On rejection the state is handed back unchanged.",
+                    on.event, on.target
+                )
+            };
             if self.is_direct(s, on) {
                 let unit = self
                     .m
@@ -800,7 +835,7 @@ impl Gen<'_, '_> {
                     #[inline]
                     pub fn #name(
                         self,
-                        event: #variant::Payload,
+                        event: #payload,
                     ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
                         let _ = (self, event);
                         #private::core::result::Result::Ok(#krate::Next {
@@ -817,16 +852,16 @@ impl Gen<'_, '_> {
                 #[inline]
                 pub fn #name(
                     self,
-                    event: #variant::Payload,
+                    event: #payload,
                 ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
-                    #typed_fn(self, event, #variant::ID, |__fsm_s, __fsm_e, __fsm_fx| {
+                    #typed_fn(self, event, #id, |__fsm_s, __fsm_e, __fsm_fx| {
                         Self::#forward(#krate::TypedState::view(__fsm_s), __fsm_e, __fsm_fx)
                     })
                 }
             }
         });
         let forwarders = s.attrs.on.iter().filter(|on| !self.is_direct(s, on)).map(|on| {
-            let variant = self.variant(&on.event);
+            let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
             let forward = forwarder(&on.event);
             let f = &self.effect;
@@ -845,7 +880,7 @@ impl Gen<'_, '_> {
                 _ => {
                     let need = need_trait(ident, &on.event);
                     let handle = quote_spanned! {on.event.span()=>
-                        <Self as #need<#variant::Payload, #target>>::__fsm_handle
+                        <Self as #need<#payload, #target>>::__fsm_handle
                     };
                     quote!(#handle(view, event, effects)?)
                 }
@@ -870,7 +905,7 @@ impl Gen<'_, '_> {
                 (None, None, false) => {
                     let need = need_trait(ident, &on.event);
                     quote_spanned! {on.event.span()=>
-                        <Self as #need<#variant::Payload, #target>>::__fsm_handle(view, event, effects)
+                        <Self as #need<#payload, #target>>::__fsm_handle(view, event, effects)
                     }
                 }
                 (None, None, true) => quote!({
@@ -889,7 +924,7 @@ impl Gen<'_, '_> {
                 #[inline(always)]
                 fn #forward<'__fsm_v>(
                     view: <Self as #krate::TypedState>::Ref<'__fsm_v>,
-                    event: #variant::Payload,
+                    event: #payload,
                     effects: &mut #krate::Effects<#f>,
                 ) -> #private::core::result::Result<#target, #krate::Refusal>
                 where
@@ -924,10 +959,7 @@ impl Gen<'_, '_> {
                     #view_of_self
                 }
 
-                #[inline]
-                fn check(__fsm_view: #view_ty_anon) -> #private::core::result::Result<(), #krate::Refusal> {
-                    #check
-                }
+                #check
 
                 #[inline]
                 fn into_machine(self) -> #machine_ty {
@@ -1024,4 +1056,16 @@ fn policy(krate: &TokenStream, kind: PolicyKind) -> TokenStream {
         PolicyKind::Dump => quote!(#krate::Policy::Dump),
         PolicyKind::Delegate => quote!(#krate::Policy::Delegate),
     }
+}
+
+/// The const holding the id of event name `event` (see [`Gen::id`]).
+fn id_const(event: &Ident) -> Ident {
+    let name = event.to_string();
+    format_ident!("__FSM_ID_{}", name.trim_start_matches("r#"))
+}
+
+/// The alias of the payload type of event name `event` (see [`Gen::payload`]).
+fn payload_alias(event: &Ident) -> Ident {
+    let name = event.to_string();
+    format_ident!("__FsmPayload_{}", name.trim_start_matches("r#"))
 }

@@ -657,6 +657,7 @@ pub fn run_swarm(
     // Add what the store does not hold yet; resume what it holds (a new process has nothing
     // in flight).
     let mut adds = Vec::new();
+    let mut resumes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         match kernel.state(id)?.0 {
             Torrent::New => {
@@ -665,13 +666,25 @@ pub fn run_swarm(
                     peer: peers_of(i)[0].clone(),
                 };
                 adds.push((id.clone(), Request::new(add)));
+                resumes.push(false);
             }
-            Torrent::Fetching { .. } => adds.push((id.clone(), Request::new(Swarm::Resume))),
+            Torrent::Fetching { .. } => {
+                adds.push((id.clone(), Request::new(Swarm::Resume)));
+                resumes.push(true);
+            }
             _ => {}
         }
     }
-    for ticket in kernel.submit_batch(adds) {
-        ticket?.wait()?;
+    for (ticket, resume) in kernel.submit_batch(adds).into_iter().zip(resumes) {
+        match ticket?.wait() {
+            Ok(_) => {}
+            // Loading a torrent re-arms its stored peer timers, and one can fire between the
+            // state read above and its resume: the torrent lost its last peer and stalled,
+            // where a resume is dumped by the table. Nothing is lost; the next sign of life
+            // from a peer brings it back.
+            Err(fsm_core::kernel::CommandError::Dumped(_)) if resume => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 
     let mut report = SwarmReport::default();

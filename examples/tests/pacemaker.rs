@@ -61,7 +61,14 @@ fn main() {
                 rng.u64(0..(3 * INTERVAL.as_millis() as u64)),
             ));
             child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            let status = child.wait().unwrap();
+            // A device that ended by itself before the kill failed (it printed why).
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "the device ended by itself: {status}"
+            );
         }
         for line in answers {
             let mut parts = line.split(' ');

@@ -163,6 +163,16 @@ fn main() {
             }
         }
         let status = child.wait().unwrap();
+        if !last {
+            // A child that ended on its own before the kill failed (it printed why): the
+            // download cannot be done by then.
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "child {kill} ended by itself ({status}) before it was killed"
+            );
+        }
         let stored = torrent::stored(dir).unwrap();
         assert_eq!(
             stored.len(),

@@ -5,6 +5,7 @@ use syn::{Data, DeriveInput, Fields, Generics, Ident, Member, Type, Visibility};
 
 use crate::attr::{self, ContainerAttrs, Derive, FieldAttrs, StateAttrs};
 use crate::ctxt::Ctxt;
+use crate::names::bare;
 
 /// An enum deriving `StateMachine`.
 #[cfg_attr(test, derive(Debug, PartialEq))]
@@ -81,7 +82,7 @@ impl<'a> Machine<'a> {
         let mut names: Vec<(String, usize)> = states
             .iter()
             .enumerate()
-            .map(|(i, s)| (unraw(s.variant.ident), i))
+            .map(|(i, s)| (bare(s.variant.ident), i))
             .collect();
         // A name declared twice keeps its first index (rustc reports the duplicate variant).
         names.sort();
@@ -97,22 +98,12 @@ impl<'a> Machine<'a> {
 
     /// The index of the state named `name`.
     pub(crate) fn state_index(&self, name: &Ident) -> Option<usize> {
-        let name = unraw(name);
+        let name = bare(name);
         let at = self.names.partition_point(|(n, _)| *n < name);
         match self.names.get(at) {
             Some((n, i)) if *n == name => Some(*i),
             _ => None,
         }
-    }
-}
-
-/// An identifier's name without the `r#` of a raw identifier (`r#Mid` and `Mid` are the same
-/// name to rustc).
-fn unraw(ident: &Ident) -> String {
-    let name = ident.to_string();
-    match name.strip_prefix("r#") {
-        Some(bare) => bare.to_owned(),
-        None => name,
     }
 }
 

@@ -10,6 +10,7 @@ use syn::Ident;
 
 use crate::ast::Machine;
 use crate::ctxt::Ctxt;
+use crate::names::bare;
 
 pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
     // An attribute that did not parse leaves the table incomplete: checks of the whole graph
@@ -41,7 +42,7 @@ fn reenter_is_a_self_transition(cx: &Ctxt, m: &Machine<'_>) {
     for s in &m.states {
         for on in &s.attrs.on {
             let Some(reenter) = &on.reenter else { continue };
-            if on.target != *s.variant.ident {
+            if bare(&on.target) != bare(s.variant.ident) {
                 cx.push(syn::Error::new_spanned(
                     reenter,
                     format!(
@@ -113,7 +114,13 @@ fn timeouts_are_sound(cx: &Ctxt, m: &Machine<'_>) {
                 "this state timeout is longer than the longest timer (2^40 ms, about 34 years)",
             )),
         }
-        if s.attrs.terminal.is_empty() && !s.attrs.on.iter().any(|on| on.event == t.event) {
+        if s.attrs.terminal.is_empty()
+            && !s
+                .attrs
+                .on
+                .iter()
+                .any(|on| bare(&on.event) == bare(&t.event))
+        {
             let events: Vec<String> = s
                 .attrs
                 .on
@@ -140,8 +147,8 @@ fn timeouts_are_sound(cx: &Ctxt, m: &Machine<'_>) {
 /// very name would define the same type twice.
 fn no_view_name_clash(cx: &Ctxt, m: &Machine<'_>) {
     for s in m.states.iter().filter(|s| !s.variant.fields.is_empty()) {
-        let view = format!("{}Ref", s.variant.ident);
-        if let Some(clash) = m.states.iter().find(|o| *o.variant.ident == view) {
+        let view = format!("{}Ref", bare(s.variant.ident));
+        if let Some(clash) = m.states.iter().find(|o| bare(o.variant.ident) == view) {
             cx.push(syn::Error::new_spanned(
                 clash.variant.ident,
                 format!(
@@ -303,7 +310,7 @@ fn no_duplicate_pairs(cx: &Ctxt, m: &Machine<'_>) {
     for s in &m.states {
         let mut seen: HashMap<String, &Ident> = HashMap::new();
         for on in &s.attrs.on {
-            match seen.get(&on.event.to_string()) {
+            match seen.get(&bare(&on.event)) {
                 Some(earlier) => cx.push(syn::Error::new_spanned(
                     &on.event,
                     format!(
@@ -312,7 +319,7 @@ fn no_duplicate_pairs(cx: &Ctxt, m: &Machine<'_>) {
                     ),
                 )),
                 None => {
-                    seen.insert(on.event.to_string(), &on.target);
+                    seen.insert(bare(&on.event), &on.target);
                 }
             }
         }
@@ -398,14 +405,14 @@ fn policies_are_consistent(cx: &Ctxt, m: &Machine<'_>) {
             }
             match &p.event {
                 Some(event) => {
-                    if s.attrs.on.iter().any(|on| on.event == *event) {
+                    if s.attrs.on.iter().any(|on| bare(&on.event) == bare(event)) {
                         cx.push(syn::Error::new_spanned(
                             event,
                             format!(
                                 "`{kw}({event})` on `{state}`, which has a transition on `{event}`: a policy applies only to events without a transition; remove one of them"
                             ),
                         ));
-                    } else if let Some(earlier) = named.insert(event.to_string(), kw) {
+                    } else if let Some(earlier) = named.insert(bare(event), kw) {
                         cx.push(syn::Error::new_spanned(
                             event,
                             format!(

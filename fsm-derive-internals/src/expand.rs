@@ -9,7 +9,7 @@ use syn::{Ident, Type};
 use crate::ast::{Machine, State};
 use crate::attr::PolicyKind;
 use crate::generics::{inner_visibility, with_view_lifetime};
-use crate::names::{snake_ident, variant_hash};
+use crate::names::{bare, snake_ident, variant_hash};
 use crate::shape::{
     bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, self_fields,
     variant_fields, view_struct, Paths,
@@ -232,7 +232,8 @@ impl Gen<'_, '_> {
             on.chain(policies).chain(timeouts)
         });
         for name in names {
-            let text = name.to_string();
+            // `r#Next` and `Next` are one name, and one set of consts.
+            let text = bare(name);
             if seen.contains(&text) {
                 continue;
             }
@@ -352,7 +353,7 @@ impl Gen<'_, '_> {
         let Some(target) = self.m.state_index(&on.target).map(|i| &self.m.states[i]) else {
             return false;
         };
-        let moves = on.target != *s.variant.ident || on.reenter.is_some();
+        let moves = bare(&on.target) != bare(s.variant.ident) || on.reenter.is_some();
         let hooks = moves && (!s.attrs.exit.is_empty() || !target.attrs.enter.is_empty());
         !hooks && target.attrs.validate.is_empty() && target.variant.fields.is_empty()
     }
@@ -887,7 +888,7 @@ impl Gen<'_, '_> {
             };
             // The state's exit hook, the handler, the target's enter hook: on every transition
             // that changes the state, and on a self-transition marked `reenter`.
-            let moves = on.target != *ident || on.reenter.is_some();
+            let moves = bare(&on.target) != bare(ident) || on.reenter.is_some();
             // `let () =`: a hook returns nothing, so one that returns a verdict (which would be
             // ignored) does not compile.
             let exit = s.attrs.exit.first().filter(|_| moves).map(|hook| {

@@ -15,11 +15,22 @@ pub(crate) fn snake_ident(ident: &Ident, span: Span) -> Ident {
     }
 }
 
+/// An identifier's name without the `r#` of a raw identifier: `r#Go` and `Go` are one name to
+/// rustc, so every table the derive keys by name keys by this.
+pub(crate) fn bare(ident: &Ident) -> String {
+    let name = ident.to_string();
+    match name.strip_prefix("r#") {
+        Some(rest) => rest.to_owned(),
+        None => name,
+    }
+}
+
 /// FNV-1a, 64 bits, of a variant name: the key under which the event derive implements the
-/// variant's trait and the state derive finds it. Both derives use this one function.
+/// variant's trait and the state derive finds it. Both derives use this one function. The
+/// `r#` of a raw identifier is not part of the name (`r#Next` and `Next` are one identifier).
 pub(crate) fn variant_hash(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
+    for b in name.trim_start_matches("r#").bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -46,5 +57,10 @@ mod tests {
         assert_eq!(variant_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(variant_hash("a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(variant_hash("Pay"), variant_hash("Pya"));
+        assert_eq!(
+            variant_hash("r#Pay"),
+            variant_hash("Pay"),
+            "r#Pay and Pay are one name"
+        );
     }
 }

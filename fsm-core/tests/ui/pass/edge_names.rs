@@ -1,5 +1,6 @@
 //! Names that could collide with generated code: fields called `event`, `effects`, `view`;
-//! an event whose method name is a keyword; a restricted visibility; a renamed module.
+//! an event whose method name is a keyword; a restricted visibility; a renamed module; names
+//! spelt raw (`r#Go`) in one place and plain (`Go`) in another, which are one name to rustc.
 
 pub(crate) mod inner {
     use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
@@ -50,6 +51,41 @@ pub(crate) mod inner {
     }
 }
 
+mod raw {
+    use fsm_core::{Event, StateMachine};
+
+    #[derive(Event, Debug, Clone, Copy)]
+    pub enum Sig {
+        r#Go,
+        Stop,
+    }
+
+    #[derive(StateMachine, Debug, PartialEq)]
+    #[fsm(event = Sig)]
+    pub enum Light {
+        #[fsm(initial, on(Go => r#Green, plain), on(r#Stop => Red, plain))]
+        r#Red,
+        #[fsm(on(r#Stop => r#Red, plain), on(Go => Amber, plain))]
+        Green,
+        #[fsm(on(r#Go => Green, plain))]
+        Amber,
+    }
+
+    pub fn run() {
+        let mut l = Light::Red;
+        l.apply(Sig::Go).unwrap();
+        assert_eq!(l, Light::Green);
+        l.apply(Sig::r#Go).unwrap();
+        assert_eq!(l, Light::Amber);
+        l.apply(Sig::Go).unwrap();
+        l.apply(Sig::r#Stop).unwrap();
+        assert_eq!(l, Light::Red);
+        let amber = light::Green.go(sig::Go).unwrap().state;
+        assert_eq!(Light::from(amber.go(sig::r#Go).unwrap().state), Light::Green);
+    }
+}
+
 fn main() {
     inner::run();
+    raw::run();
 }

@@ -179,23 +179,29 @@ impl Gen<'_, '_> {
     /// dispatch, the typestate methods) are plain constants and not each a trait projection
     /// for rustc to resolve; else `<Events as Variant<key>>::ID`.
     fn id(&self, event: &Ident) -> TokenStream {
-        if self.event_path().is_some() {
-            let c = id_const(event);
-            return quote!(#c);
-        }
-        let variant = self.variant(event);
-        quote!(#variant::ID)
+        self.resolved(event, id_const, quote!(ID))
     }
 
     /// The payload type of event `event`, through an alias defined once per name like
     /// [`Gen::id`].
     fn payload(&self, event: &Ident) -> TokenStream {
+        self.resolved(event, payload_alias, quote!(Payload))
+    }
+
+    /// The per-name item `local(event)` where [`Gen::name_checks`] defines one, else the
+    /// projection `<Events as Variant<key>>::member`.
+    fn resolved(
+        &self,
+        event: &Ident,
+        local: fn(&Ident) -> Ident,
+        member: TokenStream,
+    ) -> TokenStream {
         if self.event_path().is_some() {
-            let a = payload_alias(event);
-            return quote!(#a);
+            let item = local(event);
+            return quote!(#item);
         }
         let variant = self.variant(event);
-        quote!(#variant::Payload)
+        quote!(#variant::#member)
     }
 
     /// The event type as a path a pattern can name variants through, if it has no generic
@@ -813,7 +819,8 @@ impl Gen<'_, '_> {
             let target = self.typed(&on.target);
             let name = snake_ident(&on.event, on.event.span());
             let f = &self.effect;
-            let doc = if self.is_direct(s, on) {
+            let direct = self.is_direct(s, on);
+            let doc = if direct {
                 format!(
                     "Takes the declared plain transition on `{}` from `{ident}` into `{}`: no handler, hook or invariant, so it is never refused.",
                     on.event, on.target
@@ -825,7 +832,7 @@ impl Gen<'_, '_> {
                     on.event, on.target
                 )
             };
-            if self.is_direct(s, on) {
+            if direct {
                 let unit = self
                     .m
                     .state_index(&on.target)
@@ -1001,12 +1008,8 @@ impl Gen<'_, '_> {
 /// The hidden trait the forwarder of `state`'s transition on `event` calls the handler
 /// through (see [`Gen::need_handler`]).
 fn need_trait(state: &Ident, event: &Ident) -> Ident {
-    let (s, e) = (state.to_string(), event.to_string());
-    format_ident!(
-        "__FsmHandler_{}_{}",
-        s.trim_start_matches("r#"),
-        e.trim_start_matches("r#")
-    )
+    // `format_ident!` writes an `Ident` argument without its `r#`, here and below.
+    format_ident!("__FsmHandler_{}_{}", state, event)
 }
 
 /// Type tokens as a person writes them (`&'static str`, not `& 'static str`).
@@ -1024,14 +1027,12 @@ fn tidy(tokens: &str) -> String {
 
 /// The const holding the key of event name `event` (see [`Gen::variant`]).
 fn name_const(event: &Ident) -> Ident {
-    let name = event.to_string();
-    format_ident!("__FSM_EVENT_{}", name.trim_start_matches("r#"))
+    format_ident!("__FSM_EVENT_{}", event)
 }
 
 /// The private associated function that forwards to the handler of the transition on `event`.
 fn forwarder(event: &Ident) -> Ident {
-    let name = snake_ident(event, event.span()).to_string();
-    format_ident!("__fsm_on_{}", name.trim_start_matches("r#"))
+    format_ident!("__fsm_on_{}", snake_ident(event, event.span()))
 }
 
 /// `tokens` with every span set to `span`, recursively.
@@ -1061,12 +1062,10 @@ fn policy(krate: &TokenStream, kind: PolicyKind) -> TokenStream {
 
 /// The const holding the id of event name `event` (see [`Gen::id`]).
 fn id_const(event: &Ident) -> Ident {
-    let name = event.to_string();
-    format_ident!("__FSM_ID_{}", name.trim_start_matches("r#"))
+    format_ident!("__FSM_ID_{}", event)
 }
 
 /// The alias of the payload type of event name `event` (see [`Gen::payload`]).
 fn payload_alias(event: &Ident) -> Ident {
-    let name = event.to_string();
-    format_ident!("__FsmPayload_{}", name.trim_start_matches("r#"))
+    format_ident!("__FsmPayload_{}", event)
 }

@@ -1,0 +1,335 @@
+//! How the kernel's throughput and latency change with its shard count, beside the raw limit
+//! of the disk measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p fsm-benches --example kernel_scale -- [--max-shards N] [--seconds S]
+//!     [--stores memory,file,sqlite] [--machines M] [--window W]
+//! ```
+//!
+//! For 1, 2, 4, ... N shards (default: the machine's cores, and at least 8) it runs a counter
+//! machine over M machine ids (default 100,000) through a kernel over each store, for S
+//! seconds per point (default 3), and prints commands per second, the ratio to the 1-shard
+//! figure, and the submit-to-answer latency p50/p99 seen by the clients, with the kernel's
+//! commit (persist) p99 beside it.
+//!
+//! **Load.** One client thread per shard (at least two), each keeping a window of W commands
+//! in flight (default 64) through a [`Submitter`]: it submits until W tickets are open, then
+//! waits for the oldest and submits the next. A closed loop with a window is what a service
+//! in front of the kernel looks like (each request thread waits for its answer), and it keeps
+//! `clients x W` commands offered, enough for every shard to fill its batches; ids are drawn
+//! uniformly, so every shard gets its share.
+//!
+//! **Raw limit.** The same number of threads as shards, each appending batches of 64 records
+//! of 64 bytes with one fdatasync per batch: to one file per thread, and to one file shared
+//! under one lock. The first is what partitioned logs can reach, the second what one log can.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::{Kernel, KernelBuilder, Shutdown, Submitter};
+use fsm_core::store::{MachineId, MemoryStore};
+use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+use fsm_persist::SqliteStore;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// The measured machine: a counter, as small as a real machine's kernel can be.
+#[derive(StateMachine, Debug, Clone, Serialize, Deserialize)]
+#[fsm(event = CountCmd)]
+enum Counter {
+    #[fsm(initial, on(Bump => Counting))]
+    Zero,
+    #[fsm(on(Bump => Counting))]
+    Counting { n: u64 },
+}
+
+#[derive(Event, Debug, Clone)]
+enum CountCmd {
+    Bump,
+}
+
+impl Handler<count_cmd::Bump, counter::Counting> for counter::Zero {
+    fn handle(
+        _: counter::Zero,
+        _: count_cmd::Bump,
+        _: &mut Effects<()>,
+    ) -> Result<counter::Counting, Refusal> {
+        Ok(counter::Counting { n: 1 })
+    }
+}
+
+impl Handler<count_cmd::Bump, counter::Counting> for counter::Counting {
+    fn handle(
+        s: counter::CountingRef<'_>,
+        _: count_cmd::Bump,
+        _: &mut Effects<()>,
+    ) -> Result<counter::Counting, Refusal> {
+        Ok(counter::Counting { n: s.n + 1 })
+    }
+}
+
+struct Options {
+    max_shards: usize,
+    seconds: f64,
+    stores: Vec<String>,
+    machines: usize,
+    window: usize,
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("kernel_scale: {problem}");
+    eprintln!(
+        "usage: kernel_scale [--max-shards N] [--seconds S] [--stores memory,file,sqlite] \
+         [--machines M] [--window W]"
+    );
+    std::process::exit(2)
+}
+
+fn options() -> Options {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut o = Options {
+        max_shards: cores.max(8),
+        seconds: 3.0,
+        stores: vec!["memory".into(), "file".into(), "sqlite".into()],
+        machines: 100_000,
+        window: 64,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--max-shards" => o.max_shards = value().parse().unwrap_or(0),
+            "--seconds" => o.seconds = value().parse().unwrap_or(0.0),
+            "--machines" => o.machines = value().parse().unwrap_or(0),
+            "--window" => o.window = value().parse().unwrap_or(0),
+            "--stores" => o.stores = value().split(',').map(str::to_owned).collect(),
+            other => usage(&format!("unknown argument `{other}`")),
+        }
+    }
+    if o.max_shards == 0 || o.machines == 0 || o.window == 0 || o.seconds.is_nan() {
+        usage("--max-shards, --machines and --window take a whole number above 0");
+    }
+    if o.seconds <= 0.0 {
+        usage("--seconds takes a number above 0");
+    }
+    for s in &o.stores {
+        if !["memory", "file", "sqlite"].contains(&s.as_str()) {
+            usage(&format!("unknown store `{s}` (memory, file or sqlite)"));
+        }
+    }
+    o
+}
+
+/// One point: throughput and latency of a kernel with a given shard count.
+struct Point {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    commit_p99: Duration,
+}
+
+fn kernel_for(store: &str, dir: &Path) -> KernelBuilder<Counter> {
+    let initial = |_: &MachineId| Counter::Zero;
+    match store {
+        "memory" => Kernel::builder(MemoryStore::new(), initial),
+        "file" => fsm_persist::file_kernel(dir.join("file"), initial),
+        "sqlite" => Kernel::builder(
+            SqliteStore::open(dir.join("kernel.sqlite")).expect("opening SQLite"),
+            initial,
+        ),
+        _ => unreachable!("checked in options()"),
+    }
+}
+
+fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options) -> Point {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kernel = kernel_for(store, dir.path())
+        .shards(shards)
+        .trace_capacity(0)
+        .capacity(o.window * shards.max(2) * 2)
+        .start()
+        .expect("starting the kernel");
+    let clients = shards.max(2);
+    let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let submitter = kernel.submitter();
+            let ids = ids.clone();
+            let window = o.window;
+            std::thread::spawn(move || client(&submitter, &ids, window, deadline, c as u64))
+        })
+        .collect();
+    let mut latency = latency_histogram();
+    let mut done = 0;
+    for t in threads {
+        let (n, h) = t.join().expect("a client thread");
+        done += n;
+        latency.add(h).expect("histograms of one shape");
+    }
+    let elapsed = started.elapsed();
+    let report = kernel.shutdown(Shutdown::Drain);
+    Point {
+        per_second: done as f64 / elapsed.as_secs_f64(),
+        p50: Duration::from_nanos(latency.value_at_quantile(0.50)),
+        p99: Duration::from_nanos(latency.value_at_quantile(0.99)),
+        commit_p99: report.metrics.total.persist.p99,
+    }
+}
+
+/// A client: keeps `window` commands in flight until `deadline`, then waits for the rest.
+/// Returns the commands answered and their submit-to-answer latencies.
+fn client(
+    submitter: &Submitter<Counter>,
+    ids: &[MachineId],
+    window: usize,
+    deadline: Instant,
+    seed: u64,
+) -> (u64, Histogram<u64>) {
+    let mut rng = fastrand::Rng::with_seed(0x5ca1e ^ seed);
+    let mut open = VecDeque::with_capacity(window);
+    let mut latency = latency_histogram();
+    let mut done = 0;
+    let mut answer = |(at, ticket): (Instant, fsm_core::queue::Ticket<_>)| {
+        let outcome: fsm_core::kernel::Outcome = ticket.wait();
+        outcome.expect("every bump commits");
+        latency.saturating_record(at.elapsed().as_nanos() as u64);
+        done += 1;
+    };
+    while Instant::now() < deadline {
+        while open.len() < window {
+            let id = &ids[rng.usize(..ids.len())];
+            let ticket = submitter
+                .submit(id, CountCmd::Bump)
+                .expect("the kernel accepts under back-pressure");
+            open.push_back((Instant::now(), ticket));
+        }
+        answer(open.pop_front().expect("the window is full"));
+    }
+    open.into_iter().for_each(&mut answer);
+    (done, latency)
+}
+
+/// Records per second of `threads` threads appending batches of 64 x 64-byte records with
+/// one fdatasync per batch, each to its own file (`shared` false) or all to one file under
+/// one lock.
+fn run_raw(threads: usize, shared: bool, seconds: f64) -> f64 {
+    const BATCH: usize = 64;
+    const RECORD: usize = 64;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let open = |name: String| {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.path().join(name))
+            .expect("a log file")
+    };
+    let one = Arc::new(Mutex::new(open("shared.log".into())));
+    let files: Vec<Arc<Mutex<File>>> = (0..threads)
+        .map(|t| {
+            if shared {
+                one.clone()
+            } else {
+                Arc::new(Mutex::new(open(format!("log-{t}.log"))))
+            }
+        })
+        .collect();
+    let records = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = files
+        .into_iter()
+        .map(|file| {
+            let records = records.clone();
+            std::thread::spawn(move || {
+                let batch = vec![0x5a_u8; BATCH * RECORD];
+                while Instant::now() < deadline {
+                    let mut f = file.lock().expect("no panics while appending");
+                    f.write_all(&batch).expect("appending");
+                    f.sync_data().expect("fdatasync");
+                    drop(f);
+                    records.fetch_add(BATCH as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("an appending thread");
+    }
+    records.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Nanoseconds from 1 ns to a minute, three significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+fn counts(max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut n = 1;
+    while n < max {
+        out.push(n);
+        n *= 2;
+    }
+    out.push(max);
+    out
+}
+
+fn human(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M", per_second / 1e6)
+    } else {
+        format!("{:.1}k", per_second / 1e3)
+    }
+}
+
+fn main() {
+    let o = options();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ids: Arc<Vec<MachineId>> = Arc::new(
+        (0..o.machines)
+            .map(|i| MachineId::new(format!("c-{i}")).expect("a valid id"))
+            .collect(),
+    );
+    let shard_counts = counts(o.max_shards);
+    println!(
+        "kernel_scale: {cores} cores, {} machines, window {} per client, {} s per point",
+        o.machines, o.window, o.seconds
+    );
+    for store in &o.stores {
+        println!();
+        println!("store: {store}");
+        println!("| shards | commands/s | x 1 shard | latency p50 | latency p99 | commit p99 |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        let mut first = None;
+        for &shards in &shard_counts {
+            let p = run_kernel(store, shards, &ids, &o);
+            let base = *first.get_or_insert(p.per_second);
+            println!(
+                "| {shards} | {} | {:.2} | {:.2?} | {:.2?} | {:.2?} |",
+                human(p.per_second),
+                p.per_second / base,
+                p.p50,
+                p.p99,
+                p.commit_p99
+            );
+        }
+    }
+    println!();
+    println!("raw limit: 64 x 64-byte records per batch, one fdatasync per batch");
+    println!("| threads | one file each (records/s) | one shared file (records/s) |");
+    println!("| --- | --- | --- |");
+    for &threads in &shard_counts {
+        let each = run_raw(threads, false, o.seconds);
+        let shared = run_raw(threads, true, o.seconds);
+        println!("| {threads} | {} | {} |", human(each), human(shared));
+    }
+}

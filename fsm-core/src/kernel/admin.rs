@@ -844,7 +844,7 @@ fn watch(
     let mut window = Instant::now();
     let (mut sent, mut dropped, mut overrun) = (0u32, 0u64, 0u64);
     while !shared.stop.load(Ordering::SeqCst) {
-        let followed = trace.read_after(cursor, filter, 4096);
+        let followed = trace.read_after(&cursor, filter, 4096);
         cursor = followed.cursor;
         overrun += followed.overrun;
         for entry in &followed.entries {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -305,6 +305,7 @@ impl<M: Durable> KernelBuilder<M> {
                 .collect(),
             store: StoreCell {
                 current: RwLock::new((0, store)),
+                generation: AtomicU64::new(0),
                 reopen: self.reopen,
                 reopening: Mutex::new(()),
                 reopens: AtomicU64::new(0),
@@ -324,7 +325,7 @@ impl<M: Durable> KernelBuilder<M> {
                 intensity: self.intensity,
                 max_timers: self.max_timers,
             },
-            trace: trace::Trace::new(self.trace),
+            trace: trace::Trace::new(self.trace, self.shards),
             workers: (0..workers)
                 .map(|_| WorkerBoard {
                     escalated: AtomicBool::new(false),
@@ -334,10 +335,7 @@ impl<M: Durable> KernelBuilder<M> {
             effect_tx,
             escalations: Mutex::new(Vec::new()),
             handed_back: Mutex::new(Vec::new()),
-            quiet: Quiet {
-                busy: Mutex::new(0),
-                idle: Condvar::new(),
-            },
+            quiet: Quiet::new(self.shards),
             intake_open: AtomicBool::new(true),
             abandon_effects: AtomicBool::new(false),
             started,

@@ -83,6 +83,9 @@ pub(crate) struct State<M: Durable> {
     pub(crate) closed: u64,
 }
 
+// A cache line (pair) of its own: each shard's inbox is written by its clients and its shard,
+// never by another shard's.
+#[repr(align(128))]
 pub(crate) struct Inbox<M: Durable> {
     state: Mutex<State<M>>,
     work: Condvar,

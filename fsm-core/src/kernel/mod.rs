@@ -212,18 +212,10 @@ struct Inner<M: Durable> {
     timer_events: Option<timers::EventCodec<M::Event>>,
 }
 
-/// A stable hash (FNV-1a, then a 64-bit finalizer so every bit depends on every byte), so a
-/// machine stays on the same shard and worker across runs and builds.
+/// A stable hash of the id (see [`MachineId::stable_hash`]), so a machine stays on the same
+/// shard and worker across runs and builds.
 fn stable_hash(id: &MachineId, salt: u64) -> u64 {
-    let h = id
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325 ^ salt, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    let h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    id.salted_hash(salt)
 }
 
 impl<M: Durable> Inner<M> {
@@ -268,11 +260,12 @@ impl<M: Durable> Inner<M> {
             reply: None,
             fire: None,
         };
-        self.quiet.more(1);
-        match self.inboxes[self.shard_of(id)].feedback(cmd) {
+        let shard = self.shard_of(id);
+        self.quiet.more(shard, 1);
+        match self.inboxes[shard].feedback(cmd) {
             Ok(()) => true,
             Err(_) => {
-                self.quiet.done(1);
+                self.quiet.done(shard, 1);
                 false
             }
         }
@@ -381,7 +374,7 @@ impl<M: Durable> Kernel<M> {
                 continue;
             }
             let (slots, cmds): (Vec<usize>, Vec<Cmd<M>>) = group.into_iter().unzip();
-            inner.quiet.more(cmds.len());
+            inner.quiet.more(shard, cmds.len());
             let results = inner.inboxes[shard].submit_many(
                 cmds,
                 inner.config.capacity,
@@ -391,7 +384,7 @@ impl<M: Durable> Kernel<M> {
             );
             for (i, result) in slots.into_iter().zip(results) {
                 if let Err((refusal, cmd)) = result {
-                    inner.quiet.done(1);
+                    inner.quiet.done(shard, 1);
                     out[i] = Some(Err(refusal.into_error(cmd.request)));
                 }
             }

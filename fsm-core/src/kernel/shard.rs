@@ -194,6 +194,8 @@ pub(crate) struct Shard<M: Durable> {
     due: TimerIndex,
     /// The timer rules' working buffer, kept between commands.
     timer_steps: Vec<crate::timer::Step<Box<[u8]>>>,
+    /// This shard's handle on the kernel's store (refreshed when it is reopened).
+    store: (u64, Arc<dyn SnapshotStore>),
     /// The transitions of the command being decided (its own, then its raised events'), each
     /// with the number of timer requests held when it ended.
     chain: Vec<(Transition, usize)>,
@@ -205,6 +207,7 @@ pub(crate) type HandedBack<E> = Vec<(MachineId, Request<E>)>;
 impl<M: Durable> Shard<M> {
     pub(crate) fn new(index: usize, inner: Arc<Inner<M>>) -> Self {
         let now = inner.config.clock.now();
+        let store = inner.store.current();
         Shard {
             index,
             inner,
@@ -222,15 +225,23 @@ impl<M: Durable> Shard<M> {
             last_sweep: now,
             due: TimerIndex::default(),
             timer_steps: Vec::new(),
+            store,
             chain: Vec::new(),
         }
+    }
+
+    /// The kernel's store as of now, with its generation; no lock taken unless it was
+    /// reopened since this shard last looked.
+    fn store(&mut self) -> (u64, Arc<dyn SnapshotStore>) {
+        self.inner.store.refresh(&mut self.store);
+        self.store.clone()
     }
 
     /// Loads every machine in `ids` (recovery on start).
     pub(crate) fn recover(&mut self, ids: Vec<MachineId>) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let now = self.inner.config.clock.now();
-        let (_, store) = self.inner.store.current();
+        let (_, store) = self.store();
         for id in ids {
             match self.ensure_loaded(&id, now, &*store) {
                 Ok(()) => report.recovered += 1,
@@ -318,13 +329,13 @@ impl<M: Durable> Shard<M> {
                 }
             }
         }
-        self.inner.quiet.done(n);
+        self.inner.quiet.done(self.index, n);
     }
 
     fn batch(&mut self, now: Instant) {
         let taken = self.inner.stamp();
         // One look at the store per batch: ownership is asked of it for every command.
-        let (_, store) = self.inner.store.current();
+        let (_, store) = self.store();
         // Timers due now fire first, ahead of the commands taken with them.
         let fired = self.fire_due(now, &*store);
         let mut commands = fired as u64;
@@ -395,7 +406,7 @@ impl<M: Durable> Shard<M> {
             if shell.fire.is_some() {
                 // Not fired here: the timer stays armed in the store, for the machine's next
                 // load (here once it is loadable, or at its owner).
-                self.inner.quiet.done(1);
+                self.inner.quiet.done(self.index, 1);
                 return;
             }
             let mut cmd = shell.join(event);
@@ -427,7 +438,7 @@ impl<M: Durable> Shard<M> {
                 if let Some(t) = slot.timers.as_mut() {
                     t.firing.retain(|&i| i != fire.instance);
                 }
-                self.inner.quiet.done(1);
+                self.inner.quiet.done(self.index, 1);
                 return;
             }
         }
@@ -585,7 +596,7 @@ impl<M: Durable> Shard<M> {
                         self.work.push_front(cmd);
                     }
                     self.deferred -= n as u64;
-                    self.inner.quiet.more(n);
+                    self.inner.quiet.more(self.index, n);
                 }
             }
             Ok(Err(rejection)) => {
@@ -700,7 +711,7 @@ impl<M: Durable> Shard<M> {
         }
         for mut cmd in slot.deferred.drain(..) {
             self.deferred -= 1;
-            self.inner.quiet.more(1);
+            self.inner.quiet.more(self.index, 1);
             let reply = cmd.reply.take();
             let fed_back = reply.is_none();
             let timer = cmd.fire.is_some();
@@ -730,7 +741,7 @@ impl<M: Durable> Shard<M> {
     fn load(&mut self, id: &MachineId, now: Instant, epoch: u64) -> Result<Slot<M>, CommandError> {
         let mut reopened = false;
         let snapshot = loop {
-            let (generation, store) = self.inner.store.current();
+            let (generation, store) = self.store();
             match store.get(id) {
                 Ok(s) => break Some(s),
                 Err(StoreError::NotFound { .. }) => break None,
@@ -854,7 +865,7 @@ impl<M: Durable> Shard<M> {
             }
         }
         let started = self.inner.stamp();
-        let (generation, store) = self.inner.store.current();
+        let (generation, store) = self.store();
         let mut result = put_all(&*store, &snapshots);
         if matches!(result, Err(ref e) if e.is_fenced()) {
             // The store refused the batch because another node owns some of its machines:
@@ -1028,17 +1039,17 @@ impl<M: Durable> Shard<M> {
         if !self.inner.effect_tx.is_empty() {
             self.inner
                 .quiet
-                .more(effects.iter().map(|(_, fx)| fx.len()).sum());
+                .more(self.index, effects.iter().map(|(_, fx)| fx.len()).sum());
         }
         if tracing_on {
-            self.inner.trace.extend(trace);
+            self.inner.trace.extend(self.index, trace);
         }
         // Counts first, so a submitter that reads the metrics after its answer sees it.
         self.publish(&latencies, persist_ns);
         for (reply, outcome) in replies {
             reply.send(outcome);
         }
-        self.inner.quiet.done(answered);
+        self.inner.quiet.done(self.index, answered);
         // Effects after every answer: the transitions they come from are durable.
         if !effects.is_empty() {
             self.dispatch(effects);
@@ -1081,7 +1092,7 @@ impl<M: Durable> Shard<M> {
                 };
                 if workers[worker].send(msg).is_err() {
                     // The worker thread is gone (shutdown): the effect is abandoned.
-                    self.inner.quiet.done(1);
+                    self.inner.quiet.done(self.index, 1);
                 }
             }
         }

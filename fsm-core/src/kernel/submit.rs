@@ -33,7 +33,7 @@ pub(super) fn enqueue<M: Durable>(
         reply: Some(reply),
         fire: None,
     };
-    inner.quiet.more(1);
+    inner.quiet.more(shard, 1);
     let result = inner.inboxes[shard].submit(
         cmd,
         inner.config.capacity,
@@ -46,12 +46,12 @@ pub(super) fn enqueue<M: Durable>(
     let (refusal, cmd) = match result {
         Ok(Admitted::Queued) => return Ok(ticket),
         Ok(Admitted::Evicted) => {
-            inner.quiet.done(1);
+            inner.quiet.done(shard, 1);
             return Ok(ticket);
         }
         Err(refused) => refused,
     };
-    inner.quiet.done(1);
+    inner.quiet.done(shard, 1);
     // Refused: the ticket is not handed out; the request goes back to the caller.
     drop(ticket);
     let Cmd { id, request, .. } = cmd;

@@ -155,7 +155,7 @@ pub(crate) fn run<M: Durable>(
             }
             WorkerMsg::Effect { id, effect } => {
                 s.effect(&id, &effect);
-                s.inner.quiet.done(1);
+                s.inner.quiet.done(s.inner.shard_of(&id), 1);
             }
         }
     }

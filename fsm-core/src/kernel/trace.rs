@@ -165,17 +165,29 @@ impl TraceFilter {
     }
 }
 
-/// The ring buffer.
+/// The live trace: one ring per shard, so that shards never write to the same lock; reads
+/// merge the rings by time. A read returns at most `capacity` entries (the newest over all
+/// shards), as one ring of that capacity would.
 pub(crate) struct Trace {
     capacity: usize,
-    entries: Mutex<Ring>,
+    rings: Box<[Ring]>,
 }
 
+/// One shard's ring, on a cache line of its own.
+#[repr(align(128))]
 struct Ring {
+    entries: Mutex<RingEntries>,
+}
+
+struct RingEntries {
     entries: VecDeque<TraceEntry>,
     /// Entries ever appended: the position after the newest.
     appended: u64,
 }
+
+/// Where a follower of the trace has read up to: a position in each shard's ring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TraceCursor(Box<[u64]>);
 
 /// What [`Trace::read_after`] found.
 #[cfg_attr(not(feature = "admin"), allow(dead_code))]
@@ -183,20 +195,24 @@ pub(crate) struct Followed {
     /// Matching entries appended after the cursor, oldest first.
     pub(crate) entries: Vec<TraceEntry>,
     /// The cursor to read from next.
-    pub(crate) cursor: u64,
-    /// Entries appended after the cursor that the ring dropped before this read (matching
+    pub(crate) cursor: TraceCursor,
+    /// Entries appended after the cursor that the rings dropped before this read (matching
     /// or not: they are gone).
     pub(crate) overrun: u64,
 }
 
 impl Trace {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, shards: usize) -> Self {
         Trace {
             capacity,
-            entries: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(capacity.min(1 << 16)),
-                appended: 0,
-            }),
+            rings: (0..shards.max(1))
+                .map(|_| Ring {
+                    entries: Mutex::new(RingEntries {
+                        entries: VecDeque::with_capacity(capacity.min(1 << 12)),
+                        appended: 0,
+                    }),
+                })
+                .collect(),
         }
     }
 
@@ -204,12 +220,20 @@ impl Trace {
         self.capacity > 0
     }
 
-    /// Appends a batch of entries under one lock, dropping the oldest beyond the capacity.
-    pub(crate) fn extend(&self, batch: impl IntoIterator<Item = TraceEntry>) {
+    fn ring(&self, shard: usize) -> std::sync::MutexGuard<'_, RingEntries> {
+        self.rings[shard]
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends a shard's batch of entries under its ring's lock, dropping the oldest beyond
+    /// the capacity.
+    pub(crate) fn extend(&self, shard: usize, batch: impl IntoIterator<Item = TraceEntry>) {
         if self.capacity == 0 {
             return;
         }
-        let mut ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ring = self.ring(shard);
         for e in batch {
             if ring.entries.len() == self.capacity {
                 ring.entries.pop_front();
@@ -219,50 +243,81 @@ impl Trace {
         }
     }
 
-    /// Matching entries, oldest first.
+    /// Matching entries, oldest first: the newest `capacity` (or the filter's `last`) over all
+    /// shards.
     pub(crate) fn read(&self, filter: &TraceFilter) -> Vec<TraceEntry> {
-        let ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<TraceEntry> = ring
-            .entries
-            .iter()
-            .rev()
-            .filter(|e| filter.matches(e))
-            .take(filter.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        out.reverse();
+        let limit = filter.limit.unwrap_or(usize::MAX).min(self.capacity);
+        let mut out: Vec<TraceEntry> = Vec::new();
+        for shard in 0..self.rings.len() {
+            let ring = self.ring(shard);
+            let from = out.len();
+            out.extend(
+                ring.entries
+                    .iter()
+                    .rev()
+                    .filter(|e| filter.matches(e))
+                    .take(limit)
+                    .cloned(),
+            );
+            out[from..].reverse();
+        }
+        merge_by_time(&mut out);
+        let excess = out.len().saturating_sub(limit);
+        out.drain(..excess);
         out
     }
 
-    /// The position after the newest entry: where a follower starts.
+    /// The position after the newest entry of every ring: where a follower starts.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
-    pub(crate) fn cursor(&self) -> u64 {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .appended
+    pub(crate) fn cursor(&self) -> TraceCursor {
+        TraceCursor(
+            (0..self.rings.len())
+                .map(|shard| self.ring(shard).appended)
+                .collect(),
+        )
     }
 
     /// Entries appended after `cursor` that match `filter` (its `last` ignored), oldest
-    /// first, at most `max` of them; the cursor moves past every entry looked at.
+    /// first, at most `max` of them from each ring; the cursor moves past every entry looked
+    /// at.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
-    pub(crate) fn read_after(&self, cursor: u64, filter: &TraceFilter, max: usize) -> Followed {
-        let ring = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let oldest = ring.appended - ring.entries.len() as u64;
-        let overrun = oldest.saturating_sub(cursor);
-        let mut at = cursor.max(oldest);
+    pub(crate) fn read_after(
+        &self,
+        cursor: &TraceCursor,
+        filter: &TraceFilter,
+        max: usize,
+    ) -> Followed {
         let mut entries = Vec::new();
-        while at < ring.appended && entries.len() < max {
-            let e = &ring.entries[(at - oldest) as usize];
-            if filter.matches(e) {
-                entries.push(e.clone());
+        let mut next = Vec::with_capacity(self.rings.len());
+        let mut overrun = 0;
+        for shard in 0..self.rings.len() {
+            let ring = self.ring(shard);
+            let from = cursor.0.get(shard).copied().unwrap_or(0);
+            let oldest = ring.appended - ring.entries.len() as u64;
+            overrun += oldest.saturating_sub(from);
+            let mut at = from.max(oldest);
+            let mut taken = 0;
+            while at < ring.appended && taken < max {
+                let e = &ring.entries[(at - oldest) as usize];
+                if filter.matches(e) {
+                    entries.push(e.clone());
+                    taken += 1;
+                }
+                at += 1;
             }
-            at += 1;
+            next.push(at);
         }
+        merge_by_time(&mut entries);
         Followed {
             entries,
-            cursor: at,
+            cursor: TraceCursor(next.into_boxed_slice()),
             overrun,
         }
     }
+}
+
+/// Orders entries gathered ring by ring by the time they were decided (stable: within a
+/// ring, entries of one instant keep their order).
+fn merge_by_time(entries: &mut [TraceEntry]) {
+    entries.sort_by_key(|e| e.at);
 }

@@ -40,6 +40,42 @@ impl MachineId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A 64-bit hash of the id, the same in every process, build and platform (FNV-1a over
+    /// its bytes, then a finalizer so that every bit depends on every byte): what the kernel
+    /// places machines on shards by, and what stores cut their id space into partitions by.
+    ///
+    /// ```
+    /// use fsm_core::store::MachineId;
+    ///
+    /// let id = MachineId::new("order-17")?;
+    /// assert_eq!(id.stable_hash(), MachineId::new("order-17")?.stable_hash());
+    /// assert!(id.partition(64) < 64);
+    /// # Ok::<(), fsm_core::store::InvalidId>(())
+    /// ```
+    pub fn stable_hash(&self) -> u64 {
+        self.salted_hash(0)
+    }
+
+    /// Which of `partitions` parts of the id space the id falls in (`stable_hash` modulo
+    /// `partitions`; 0 when `partitions` is 0).
+    pub fn partition(&self, partitions: usize) -> usize {
+        if partitions == 0 {
+            return 0;
+        }
+        (self.stable_hash() % partitions as u64) as usize
+    }
+
+    /// [`MachineId::stable_hash`] started from another seed, for a second placement
+    /// independent of the first (the kernel's effect workers).
+    pub(crate) fn salted_hash(&self, salt: u64) -> u64 {
+        let h = self.0.bytes().fold(0xcbf2_9ce4_8422_2325 ^ salt, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        let h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
 }
 
 fn check(id: &str) -> Result<(), IdProblem> {

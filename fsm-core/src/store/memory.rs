@@ -7,11 +7,36 @@ use super::{
     check_batch, check_put, Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError,
 };
 
+/// Parts of the id space with a lock each, so that writers of different machines (the
+/// kernel's shards) rarely wait for each other.
+const PARTITIONS: usize = 64;
+
 /// A [`SnapshotStore`] in memory: atomic, versioned and verified like every store, not durable
 /// (it is gone with the process).
-#[derive(Debug, Default)]
+///
+/// The id space is cut into partitions ([`MachineId::partition`]), each with its own map and
+/// lock; a batch locks the partitions it touches, in ascending order, so that its
+/// compare-and-set holds for the whole batch and two batches cannot deadlock.
+#[derive(Debug)]
 pub struct MemoryStore {
+    partitions: Box<[Partition]>,
+}
+
+/// One partition, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Partition {
     snapshots: Mutex<HashMap<MachineId, Snapshot>>,
+}
+
+type Map = HashMap<MachineId, Snapshot>;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            partitions: (0..PARTITIONS).map(|_| Partition::default()).collect(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -20,12 +45,17 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<MachineId, Snapshot>> {
-        // Every critical section below leaves the map consistent, so a panic elsewhere while
+    fn lock(&self, partition: usize) -> MutexGuard<'_, Map> {
+        // Every critical section below leaves its map consistent, so a panic elsewhere while
         // holding the lock cannot have left it half-written.
-        self.snapshots
+        self.partitions[partition]
+            .snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn of(&self, id: &MachineId) -> MutexGuard<'_, Map> {
+        self.lock(id.partition(PARTITIONS))
     }
 }
 
@@ -36,7 +66,7 @@ impl SnapshotStore for MemoryStore {
         expected: Option<u64>,
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
-        let mut map = self.lock();
+        let mut map = self.of(id);
         check_put(id, expected, snapshot, map.get(id).map(Snapshot::seq))?;
         map.insert(id.clone(), snapshot.clone());
         Ok(())
@@ -44,29 +74,38 @@ impl SnapshotStore for MemoryStore {
 
     fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
         check_batch(batch)?;
-        let mut map = self.lock();
-        for put in batch {
-            put.check(map.get(put.id).map(Snapshot::seq))?;
+        let mut parts: Vec<usize> = batch.iter().map(|p| p.id.partition(PARTITIONS)).collect();
+        let placed = parts.clone();
+        parts.sort_unstable();
+        parts.dedup();
+        // Ascending order: two batches that share partitions cannot each hold what the other
+        // waits for.
+        let mut guards: Vec<MutexGuard<'_, Map>> = parts.iter().map(|&p| self.lock(p)).collect();
+        let slot = |p: usize| parts.binary_search(&p).expect("locked above");
+        for (put, &p) in batch.iter().zip(&placed) {
+            put.check(guards[slot(p)].get(put.id).map(Snapshot::seq))?;
         }
-        for put in batch {
-            map.insert(put.id.clone(), put.snapshot.clone());
+        for (put, &p) in batch.iter().zip(&placed) {
+            guards[slot(p)].insert(put.id.clone(), put.snapshot.clone());
         }
         Ok(())
     }
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        self.lock()
+        self.of(id)
             .get(id)
             .cloned()
             .ok_or_else(|| StoreError::NotFound { id: id.clone() })
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        Ok(self.lock().get(id).map(Snapshot::seq))
+        Ok(self.of(id).get(id).map(Snapshot::seq))
     }
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        Ok(self.lock().keys().cloned().collect())
+        Ok((0..self.partitions.len())
+            .flat_map(|p| self.lock(p).keys().cloned().collect::<Vec<_>>())
+            .collect())
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -244,7 +244,7 @@ impl<M: Durable> Shard<M> {
             let error = self.quarantine(&id, QuarantineCause::Timers(message));
             self.evict(&id, &error);
         }
-        self.inner.quiet.more(fired);
+        self.inner.quiet.more(self.index, fired);
         fired
     }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p fsm-benches --example kernel_scale -- [--max-shards N] [--seconds S]
-//!     [--stores memory,file,sqlite] [--machines M] [--window W]
+//!     [--stores memory,file,sqlite] [--machines M] [--window W] [--clients C]
 //! ```
 //!
 //! For 1, 2, 4, ... N shards (default: the machine's cores, and at least 8) it runs a counter
@@ -12,12 +12,14 @@
 //! figure, and the submit-to-answer latency p50/p99 seen by the clients, with the kernel's
 //! commit (persist) p99 beside it.
 //!
-//! **Load.** One client thread per shard (at least two), each keeping a window of W commands
-//! in flight (default 64) through a [`Submitter`]: it submits until W tickets are open, then
-//! waits for the oldest and submits the next. A closed loop with a window is what a service
-//! in front of the kernel looks like (each request thread waits for its answer), and it keeps
-//! `clients x W` commands offered, enough for every shard to fill its batches; ids are drawn
-//! uniformly, so every shard gets its share.
+//! **Load.** C client threads (default: the largest shard count, at least two), each keeping a
+//! window of W commands in flight (default 64) through a [`Submitter`]: it submits until W
+//! tickets are open, then waits for the oldest and submits the next. A closed loop with a
+//! window is what a service in front of the kernel looks like (each request thread waits for
+//! its answer). The same clients at every shard count, so every point is offered the same
+//! `C x W` commands and only the shards change (with clients per shard, a closed loop's
+//! throughput is in-flight / latency, and the load, not the kernel, would grow with the
+//! shards); ids are drawn uniformly, so every shard gets its share.
 //!
 //! **Raw limit.** The same number of threads as shards, each appending batches of 64 records
 //! of 64 bytes with one fdatasync per batch: to one file per thread, and to one file shared
@@ -32,9 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{Kernel, KernelBuilder, Shutdown, Submitter};
-use fsm_core::store::{MachineId, MemoryStore};
+use fsm_core::store::{Codec, MachineId, MemoryStore, Put, Snapshot, SnapshotStore};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
-use fsm_persist::SqliteStore;
+use fsm_persist::{FileStore, SqliteStore};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -79,13 +81,14 @@ struct Options {
     stores: Vec<String>,
     machines: usize,
     window: usize,
+    clients: usize,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("kernel_scale: {problem}");
     eprintln!(
         "usage: kernel_scale [--max-shards N] [--seconds S] [--stores memory,file,sqlite] \
-         [--machines M] [--window W]"
+         [--machines M] [--window W] [--clients C]"
     );
     std::process::exit(2)
 }
@@ -98,6 +101,7 @@ fn options() -> Options {
         stores: vec!["memory".into(), "file".into(), "sqlite".into()],
         machines: 100_000,
         window: 64,
+        clients: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -110,12 +114,16 @@ fn options() -> Options {
             "--seconds" => o.seconds = value().parse().unwrap_or(0.0),
             "--machines" => o.machines = value().parse().unwrap_or(0),
             "--window" => o.window = value().parse().unwrap_or(0),
+            "--clients" => o.clients = value().parse().unwrap_or(0),
             "--stores" => o.stores = value().split(',').map(str::to_owned).collect(),
             other => usage(&format!("unknown argument `{other}`")),
         }
     }
     if o.max_shards == 0 || o.machines == 0 || o.window == 0 || o.seconds.is_nan() {
         usage("--max-shards, --machines and --window take a whole number above 0");
+    }
+    if o.clients == 0 {
+        o.clients = o.max_shards.max(2);
     }
     if o.seconds <= 0.0 {
         usage("--seconds takes a number above 0");
@@ -154,10 +162,10 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
     let kernel = kernel_for(store, dir.path())
         .shards(shards)
         .trace_capacity(0)
-        .capacity(o.window * shards.max(2) * 2)
+        .capacity(o.window * o.clients)
         .start()
         .expect("starting the kernel");
-    let clients = shards.max(2);
+    let clients = o.clients;
     let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -272,6 +280,58 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
+/// Snapshots per second of `threads` threads each storing batches of 64 counter snapshots
+/// with `put_many` on one file store, each thread its own machines: the store without the
+/// kernel, between the kernel and the raw appends.
+fn run_store(threads: usize, seconds: f64) -> f64 {
+    const BATCH: usize = 64;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(FileStore::open(dir.path()).expect("opening the file store"));
+    let stored = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, stored) = (store.clone(), stored.clone());
+            let codec = Codec::<Counter>::new(1);
+            std::thread::spawn(move || {
+                let ids: Vec<MachineId> = (0..BATCH * 16)
+                    .map(|i| MachineId::new(format!("s{t}-{i}")).expect("a valid id"))
+                    .collect();
+                let mut seqs = vec![0_u64; ids.len()];
+                let mut round = 0;
+                while Instant::now() < deadline {
+                    let part = (round % 16) * BATCH..(round % 16 + 1) * BATCH;
+                    let snapshots: Vec<Snapshot> = part
+                        .clone()
+                        .map(|i| {
+                            let n = seqs[i] + 1;
+                            codec
+                                .encode(&Counter::Counting { n }, n)
+                                .expect("a counter encodes")
+                        })
+                        .collect();
+                    let puts: Vec<Put<'_>> = part
+                        .clone()
+                        .zip(&snapshots)
+                        .map(|(i, s)| Put::new(&ids[i], (seqs[i] > 0).then_some(seqs[i]), s))
+                        .collect();
+                    store.put_many(&puts).expect("the store takes the batch");
+                    for i in part {
+                        seqs[i] += 1;
+                    }
+                    stored.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a storing thread");
+    }
+    stored.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
 fn counts(max: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut n = 1;
@@ -301,8 +361,8 @@ fn main() {
     );
     let shard_counts = counts(o.max_shards);
     println!(
-        "kernel_scale: {cores} cores, {} machines, window {} per client, {} s per point",
-        o.machines, o.window, o.seconds
+        "kernel_scale: {cores} cores, {} machines, {} clients with {} commands each in flight, {} s per point",
+        o.machines, o.clients, o.window, o.seconds
     );
     for store in &o.stores {
         println!();
@@ -325,11 +385,20 @@ fn main() {
     }
     println!();
     println!("raw limit: 64 x 64-byte records per batch, one fdatasync per batch");
-    println!("| threads | one file each (records/s) | one shared file (records/s) |");
-    println!("| --- | --- | --- |");
+    println!("and the file store alone: threads each storing 64 snapshots per put_many");
+    println!(
+        "| threads | one file each (records/s) | one shared file (records/s) | file store put_many (snapshots/s) |"
+    );
+    println!("| --- | --- | --- | --- |");
     for &threads in &shard_counts {
         let each = run_raw(threads, false, o.seconds);
         let shared = run_raw(threads, true, o.seconds);
-        println!("| {threads} | {} | {} |", human(each), human(shared));
+        let store = run_store(threads, o.seconds);
+        println!(
+            "| {threads} | {} | {} | {} |",
+            human(each),
+            human(shared),
+            human(store)
+        );
     }
 }

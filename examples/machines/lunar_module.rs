@@ -336,13 +336,15 @@ pub fn descend(
     use fsm_core::queue::ManualClock;
     use fsm_core::store::{Codec, SnapshotStore, SnapshotStoreExt};
     use fsm_core::Reason;
-    use fsm_persist::{FileStore, MirroredStore};
+    use fsm_persist::{Compaction, FileStore, MirroredStore};
     use std::sync::Arc;
 
-    // A checkpoint after every write, so each side's per-machine file is current.
+    // A checkpoint after every write, on the committing thread, so each side's per-machine
+    // file is current when the write returns.
     let side = |name: &str| {
         FileStore::builder(dir.join(name))
             .checkpoint_bytes(1)
+            .compaction(Compaction::Inline)
             .open()
     };
     let mirror = Arc::new(MirroredStore::new(side("a")?, side("b")?));

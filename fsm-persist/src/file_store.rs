@@ -1,14 +1,19 @@
-//! The file store: the embedded default backend. One directory, a file per machine.
+//! The file store: the embedded default backend. One directory, a file per machine, and
+//! write-ahead log segments that batches from several threads append to in parallel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use fsm_core::store::{
-    check_batch, check_put, Capabilities, Corruption, Limits, MachineId, Put, Snapshot,
-    SnapshotStore, StoreError,
+    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
+    StoreError,
 };
 
 use crate::io::{Io, IoFile, OsIo};
@@ -18,30 +23,55 @@ const SNAP_SUFFIX: &str = ".snap";
 const TEMP_PREFIX: &str = ".tmp-";
 /// The largest log segment replay reads (a segment is compacted long before).
 const MAX_SEGMENT: u64 = 4 << 30;
+const PARTITIONS: usize = FileStore::PARTITIONS;
 
 /// A [`SnapshotStore`] in one directory of the local file system.
 ///
 /// # Layout and protocol
-/// - `<id>.snap`: machine `id`'s newest snapshot, a whole envelope. A single
+/// - `<id>.snap`: machine `id`'s newest compacted snapshot, a whole envelope. A single
 ///   [`put`](SnapshotStore::put) replaces it atomically: write a temp file `.tmp-<id>-<n>` in
 ///   the same directory, fsync it, rename it over `<id>.snap`, fsync the directory. A crash at
 ///   any point leaves the old file or the new one.
-/// - `wal-<n>.log`: the write-ahead log. [`put_many`](SnapshotStore::put_many) appends the
-///   whole batch as one checksummed record and fdatasyncs once, which is what lets a batch of
-///   a hundred snapshots cost one sync instead of a hundred. When the log passes
-///   [`FileStoreBuilder::checkpoint_bytes`] (and on every open) its newest snapshots are
-///   compacted into the per-machine files and the segments are removed.
+/// - `wal-<n>.log`: write-ahead log segments. [`put_many`](SnapshotStore::put_many) appends
+///   the whole batch as one checksummed record to a segment and fdatasyncs once, which is
+///   what lets a batch of a hundred snapshots cost one sync instead of a hundred. Up to
+///   [`FileStoreBuilder::lanes`] segments are open at once, so batches from several threads
+///   (the kernel's shards) append and sync in parallel instead of taking turns. Once the
+///   log holds [`FileStoreBuilder::checkpoint_bytes`] its segments are sealed and compacted
+///   into the per-machine files, then removed.
 /// - Files are created with mode 0600. Machine ids cannot name anything outside the directory
 ///   ([`MachineId`] refuses separators, `..`, NUL and leading dots).
 ///
+/// The layout is the same whatever the number of lanes or the kernel's shards: a directory
+/// can be reopened with other settings, and one written by earlier versions of this store
+/// (a single log) opens as it is.
+///
+/// # Concurrency
+/// The id space is cut into [`FileStore::PARTITIONS`] partitions, each with its own index and lock.
+/// A write first *reserves* its machines in their partitions (checking the compare-and-set
+/// there), then appends and syncs without holding any partition lock, then publishes the
+/// new locations; a second writer of a reserved machine waits for the first. So writers of
+/// different machines never wait for each other's syncs, and the compare-and-set of each
+/// machine is as strict as under one lock. Every rename onto `<id>.snap` happens under the
+/// machine's partition lock, after checking the index, so compaction never puts an older
+/// snapshot over a newer one.
+///
+/// # Compaction
+/// By default ([`Compaction::Background`]) a thread of the store compacts: committing
+/// threads only append. If compaction falls behind and the log reaches
+/// [`FileStoreBuilder::log_limit`], commits wait for it (counted in
+/// [`FileStore::stats`]). [`Compaction::Inline`] compacts on the committing thread instead,
+/// as soon as the log passes the threshold: every step happens in call order, which is what
+/// a test that counts disk operations needs.
+///
 /// # Opening is recovery
-/// [`FileStore::open`] removes stray temp files, verifies every snapshot file, replays the log
-/// segments (a record that does not verify ends a segment: the torn tail of a crash), keeps
-/// per machine the newest valid snapshot by sequence, and compacts. What it found is in
-/// [`FileStore::recovery`]. A snapshot file that does not verify is kept on disk and reported:
-/// [`get`](SnapshotStore::get) answers [`StoreError::Corrupt`] for it, and only a write that
-/// expects nothing (`expected = None`, as a mirror's repair or an operator's restore does) can
-/// replace it.
+/// [`FileStore::open`] removes stray temp files, verifies every snapshot file and replays the
+/// log segments (on several threads; a record that does not verify ends a segment: the torn
+/// tail of a crash), keeps per machine the newest valid snapshot by sequence, and compacts.
+/// What it found is in [`FileStore::recovery`]. A snapshot file that does not verify is kept
+/// on disk and reported: [`get`](SnapshotStore::get) answers [`StoreError::Corrupt`] for it,
+/// and only a write that expects nothing (`expected = None`, as a mirror's repair or an
+/// operator's restore does) can replace it.
 ///
 /// # Errors
 /// After a failed fsync (of a file or the directory) or rename the store is **poisoned**: the
@@ -50,27 +80,51 @@ const MAX_SEGMENT: u64 = 4 << 30;
 /// with [`StoreError::Poisoned`] until the store is reopened, which rereads and verifies the
 /// disk. Errors before anything reached its final name are [`StoreError::Io`]: the store is
 /// unchanged.
-///
-/// Calls are serialized by one lock; a put holds it through its fsyncs. For throughput with
-/// many machines, batch with `put_many`.
 pub struct FileStore {
-    dir: PathBuf,
-    io: Arc<dyn Io>,
-    limits: Limits,
-    checkpoint_bytes: u64,
-    /// Test-only: `put` leaves out its directory fsync (a deliberately broken write path the
-    /// power-loss model must catch).
-    put_syncs_dir: bool,
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
+    compactor: Option<JoinHandle<()>>,
     recovery: Recovery,
+}
+
+/// Who compacts the log into the per-machine files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compaction {
+    /// A thread of the store, beside the commits (the default).
+    #[default]
+    Background,
+    /// The committing thread whose batch took the log past the threshold, before it returns.
+    Inline,
+}
+
+/// What a [`FileStore`] has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileStoreStats {
+    /// Bytes in log segments not yet compacted.
+    pub log_bytes: u64,
+    /// Log segments not yet compacted.
+    pub log_segments: usize,
+    /// Compactions run.
+    pub compactions: u64,
+    /// Snapshots moved from the log into their files.
+    pub compacted_snapshots: u64,
+    /// Commits that waited because the log had reached its limit.
+    pub commit_waits: u64,
+    /// The time those commits waited, in all.
+    pub commit_wait: Duration,
 }
 
 impl fmt::Debug for FileStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
         f.debug_struct("FileStore")
-            .field("dir", &self.dir)
-            .field("limits", &self.limits)
-            .field("checkpoint_bytes", &self.checkpoint_bytes)
+            .field("dir", &s.dir)
+            .field("limits", &s.limits)
+            .field("checkpoint_bytes", &s.checkpoint_bytes)
+            .field("log_limit", &s.log_limit)
+            .field("lanes", &s.lanes.len())
+            .field("compaction", &s.compaction)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +160,9 @@ pub struct FileStoreBuilder {
     io: Arc<dyn Io>,
     limits: Limits,
     checkpoint_bytes: u64,
+    log_limit: Option<u64>,
+    lanes: usize,
+    compaction: Compaction,
     put_syncs_dir: bool,
 }
 
@@ -115,6 +172,9 @@ impl fmt::Debug for FileStoreBuilder {
             .field("dir", &self.dir)
             .field("limits", &self.limits)
             .field("checkpoint_bytes", &self.checkpoint_bytes)
+            .field("log_limit", &self.log_limit)
+            .field("lanes", &self.lanes)
+            .field("compaction", &self.compaction)
             .finish_non_exhaustive()
     }
 }
@@ -127,9 +187,33 @@ impl FileStoreBuilder {
     }
 
     /// Compacts the log into the per-machine files once it holds this many bytes (default
-    /// 64 MiB). Smaller means faster recovery and more frequent compaction pauses.
+    /// 64 MiB). Smaller means faster recovery and more compaction work.
     pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// The most bytes the log may hold while background compaction catches up; a commit that
+    /// finds the log this large waits for compaction (default four times
+    /// [`checkpoint_bytes`](Self::checkpoint_bytes), and at least 16 MiB). A value below
+    /// `checkpoint_bytes` is taken as `checkpoint_bytes`.
+    pub fn log_limit(mut self, bytes: u64) -> Self {
+        self.log_limit = Some(bytes);
+        self
+    }
+
+    /// How many log segments batches may append to at once (default [`FileStore::DEFAULT_LANES`]; at
+    /// least 1). A lane's segment is created on first use, so a store written by one thread
+    /// has one segment open whatever this says. One lane per thread that commits at the same
+    /// time (the kernel's shards) lets every one of them sync in parallel.
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
+    /// Who compacts (default [`Compaction::Background`]).
+    pub fn compaction(mut self, compaction: Compaction) -> Self {
+        self.compaction = compaction;
         self
     }
 
@@ -155,7 +239,7 @@ impl FileStoreBuilder {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Location {
     File,
     Wal {
@@ -181,6 +265,23 @@ impl Entry {
     }
 }
 
+/// One partition of the id space: its machines' entries, and which of them a write is
+/// making durable right now.
+#[repr(align(128))]
+#[derive(Default)]
+struct Partition {
+    state: Mutex<PartitionState>,
+    /// Signalled when reservations end.
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    index: HashMap<MachineId, Entry>,
+    writing: HashSet<MachineId>,
+}
+
+/// A segment open for appending.
 struct Segment {
     number: u64,
     file: Box<dyn IoFile>,
@@ -188,19 +289,102 @@ struct Segment {
     len: u64,
 }
 
-struct Inner {
-    index: HashMap<MachineId, Entry>,
-    poisoned: Option<String>,
-    /// The segment batches append to, if one is open.
-    open_segment: Option<Segment>,
-    /// Segments holding snapshots not yet compacted (the open one included).
-    live_segments: Vec<u64>,
-    next_segment: u64,
-    wal_bytes: u64,
-    temp_counter: u64,
+/// A log lane: at most one open segment, appended to by one writer at a time.
+#[repr(align(128))]
+#[derive(Default)]
+struct Lane {
+    segment: Mutex<Option<Segment>>,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// Segments holding snapshots not yet compacted: their bytes, and whether they are sealed
+    /// (no lane appends to them any more).
+    live: BTreeMap<u64, LiveSegment>,
+    bytes: u64,
+    /// Why the last background compaction failed, while it keeps failing.
+    compaction_failed: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct LiveSegment {
+    bytes: u64,
+    sealed: bool,
+}
+
+/// What the store's users, and its compactor thread, share.
+struct Shared {
+    dir: PathBuf,
+    io: Arc<dyn Io>,
+    limits: Limits,
+    checkpoint_bytes: u64,
+    log_limit: u64,
+    compaction: Compaction,
+    /// Test-only: `put` leaves out its directory fsync (a deliberately broken write path the
+    /// power-loss model must catch).
+    put_syncs_dir: bool,
+    partitions: Box<[Partition]>,
+    lanes: Box<[Lane]>,
+    log: Mutex<LogState>,
+    /// Signalled when the log passes the checkpoint (for the compactor), when it shrinks (for
+    /// commits waiting for room), when the store is poisoned, and on close.
+    log_changed: Condvar,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+    next_segment: AtomicU64,
+    temp_counter: AtomicU64,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+    closing: AtomicBool,
+    compactions: AtomicU64,
+    compacted: AtomicU64,
+    commit_waits: AtomicU64,
+    commit_wait_ns: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section of the store updates its state only after the I/O it describes
+    // succeeded, so a panic elsewhere cannot leave the state describing what the disk lacks.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// The lane this thread tries first, so that a thread that commits again tends to find
+    /// its own lane free (and its segment's pages warm).
+    static LANE_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
+
+fn lane_hint() -> usize {
+    LANE_HINT.with(|hint| {
+        if hint.get() == usize::MAX {
+            hint.set(NEXT_HINT.fetch_add(1, Ordering::Relaxed));
+        }
+        hint.get()
+    })
+}
+
+/// A write's machines by partition, ascending: (partition, indices into the batch).
+type Groups = BTreeMap<usize, Vec<usize>>;
+
+fn groups(batch: &[Put<'_>]) -> Groups {
+    let mut groups = Groups::new();
+    for (i, put) in batch.iter().enumerate() {
+        groups
+            .entry(put.id.partition(PARTITIONS))
+            .or_default()
+            .push(i);
+    }
+    groups
 }
 
 impl FileStore {
+    /// Parts of the id space ([`MachineId::partition`]) with an index and a lock each.
+    pub const PARTITIONS: usize = 64;
+
+    /// Log lanes (segments open for appending at once) unless told otherwise.
+    pub const DEFAULT_LANES: usize = 16;
+
     /// Opens the store in `dir` (created if missing) with the default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<FileStore, StoreError> {
         FileStore::builder(dir).open()
@@ -213,13 +397,16 @@ impl FileStore {
             io: Arc::new(OsIo),
             limits: Limits::DEFAULT,
             checkpoint_bytes: 64 << 20,
+            log_limit: None,
+            lanes: FileStore::DEFAULT_LANES,
+            compaction: Compaction::Background,
             put_syncs_dir: true,
         }
     }
 
     /// The store's directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// What opening found.
@@ -229,14 +416,32 @@ impl FileStore {
 
     /// Whether an earlier failure stopped the store (reopen it).
     pub fn is_poisoned(&self) -> bool {
-        self.lock().poisoned.is_some()
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// What the store has done since it was opened: the log, compactions, and commits that
+    /// waited for compaction.
+    pub fn stats(&self) -> FileStoreStats {
+        let s = &self.shared;
+        let (log_bytes, log_segments) = {
+            let log = lock(&s.log);
+            (log.bytes, log.live.len())
+        };
+        FileStoreStats {
+            log_bytes,
+            log_segments,
+            compactions: s.compactions.load(Ordering::Relaxed),
+            compacted_snapshots: s.compacted.load(Ordering::Relaxed),
+            commit_waits: s.commit_waits.load(Ordering::Relaxed),
+            commit_wait: Duration::from_nanos(s.commit_wait_ns.load(Ordering::Relaxed)),
+        }
     }
 
     /// Compacts the log into the per-machine files now and removes its segments.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        inner.check_poison()?;
-        self.compact(&mut inner)
+        self.shared.check_poison()?;
+        let _one = lock(&self.shared.compacting);
+        self.shared.compact_all()
     }
 
     fn open_with(options: FileStoreBuilder) -> Result<FileStore, StoreError> {
@@ -245,6 +450,9 @@ impl FileStore {
             io,
             limits,
             checkpoint_bytes,
+            log_limit,
+            lanes,
+            compaction,
             put_syncs_dir,
         } = options;
         if !dir.is_dir() {
@@ -261,129 +469,120 @@ impl FileStore {
                 })?;
             }
         }
-        let mut store = FileStore {
+        let log_limit = log_limit
+            .unwrap_or_else(|| checkpoint_bytes.saturating_mul(4).max(16 << 20))
+            .max(checkpoint_bytes);
+        let shared = Arc::new(Shared {
             dir,
             io,
             limits,
             checkpoint_bytes,
+            log_limit,
+            compaction,
             put_syncs_dir,
-            inner: Mutex::new(Inner {
-                index: HashMap::new(),
-                poisoned: None,
-                open_segment: None,
-                live_segments: Vec::new(),
-                next_segment: 1,
-                wal_bytes: 0,
-                temp_counter: 0,
-            }),
-            recovery: Recovery::default(),
+            partitions: (0..PARTITIONS).map(|_| Partition::default()).collect(),
+            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
+            log: Mutex::new(LogState::default()),
+            log_changed: Condvar::new(),
+            compacting: Mutex::new(()),
+            next_segment: AtomicU64::new(1),
+            temp_counter: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            compactions: AtomicU64::new(0),
+            compacted: AtomicU64::new(0),
+            commit_waits: AtomicU64::new(0),
+            commit_wait_ns: AtomicU64::new(0),
+        });
+        let recovery = shared.recover()?;
+        let compactor = match compaction {
+            Compaction::Inline => None,
+            Compaction::Background => {
+                let shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("fsm-file-store-compactor".into())
+                        .spawn(move || shared.compactor())
+                        .map_err(|source| StoreError::Io {
+                            operation: "starting the compaction thread",
+                            path: None,
+                            source,
+                        })?,
+                )
+            }
         };
-        store.recovery = store.recover()?;
-        Ok(store)
+        Ok(FileStore {
+            shared,
+            compactor,
+            recovery,
+        })
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake_log();
+        if let Some(compactor) = self.compactor.take() {
+            let _ = compactor.join();
+        }
+    }
+}
+
+enum ReadFailure {
+    Corrupt(Corruption),
+    Io(io::Error),
+}
+
+/// What one snapshot file held when recovery verified it.
+type Verified = (MachineId, String, Result<u64, ReadFailure>);
+
+impl Shared {
+    fn partition(&self, id: &MachineId) -> &Partition {
+        &self.partitions[id.partition(PARTITIONS)]
     }
 
-    fn recover(&self) -> Result<Recovery, StoreError> {
-        let mut report = Recovery::default();
-        let mut inner = self.lock();
-        let names = self
-            .io
-            .list(&self.dir)
-            .map_err(|e| self.io_error("listing the store directory", None, e))?;
-        let mut segments = BTreeMap::new();
-        for name in names {
-            let Some(name) = name.to_str().map(str::to_owned) else {
-                report.foreign_files.push(format!("{name:?}"));
-                continue;
-            };
-            if name.starts_with(TEMP_PREFIX) {
-                let path = self.dir.join(&name);
-                self.io
-                    .remove(&path)
-                    .map_err(|e| self.io_error("removing a stray temp file", Some(path), e))?;
-                report.stray_temps_removed += 1;
-            } else if let Some(stem) = name.strip_suffix(SNAP_SUFFIX) {
-                let Ok(id) = MachineId::new(stem) else {
-                    report.foreign_files.push(name);
-                    continue;
-                };
-                let path = self.dir.join(&name);
-                let entry = match self.read_verified(&path) {
-                    Ok(snapshot) => Entry::Valid {
-                        seq: snapshot.seq(),
-                        at: Location::File,
-                    },
-                    Err(ReadFailure::Corrupt(problem)) => {
-                        report.corrupt.push((name, problem.clone()));
-                        Entry::Corrupt(problem)
-                    }
-                    Err(ReadFailure::Io(e)) => {
-                        return Err(self.io_error("reading a snapshot", Some(path), e))
-                    }
-                };
-                inner.index.insert(id, entry);
-            } else if let Some(number) = wal::segment_number(&name) {
-                segments.insert(number, self.dir.join(&name));
-            } else {
-                report.foreign_files.push(name);
-            }
+    fn check_poison(&self) -> Result<(), StoreError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
         }
-        if report.stray_temps_removed > 0 {
-            self.io
-                .sync_dir(&self.dir)
-                .map_err(|e| self.io_error("fsync of the store directory", None, e))?;
-        }
-        for (&number, path) in &segments {
-            let bytes = self
-                .io
-                .read(path, MAX_SEGMENT)
-                .map_err(|e| self.io_error("reading a log segment", Some(path.clone()), e))?;
-            let replay = wal::replay(&bytes, &self.limits);
-            report.wal_segments += 1;
-            report.wal_records += replay.records;
-            report.wal_torn_bytes += replay.torn_bytes;
-            for e in replay.entries {
-                let newer = inner
-                    .index
-                    .get(&e.id)
-                    .and_then(Entry::cas_seq)
-                    .is_none_or(|s| e.seq > s);
-                if newer {
-                    report.wal_snapshots_applied += 1;
-                    inner.index.insert(
-                        e.id,
-                        Entry::Valid {
-                            seq: e.seq,
-                            at: Location::Wal {
-                                segment: number,
-                                offset: e.offset,
-                                len: e.len,
-                            },
-                        },
-                    );
-                }
-            }
-            inner.next_segment = number + 1;
-        }
-        inner.live_segments = segments.keys().copied().collect();
-        if !inner.live_segments.is_empty() {
-            self.compact(&mut inner)?;
-        }
-        report.machines = inner
-            .index
-            .values()
-            .filter(|e| matches!(e, Entry::Valid { .. }))
-            .count();
-        Ok(report)
+        Err(StoreError::Poisoned {
+            cause: lock(&self.poison_cause).clone().unwrap_or_default(),
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every critical section updates the index only after its I/O succeeded, so a panic
-        // cannot leave it describing something the disk does not hold.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn poison_with(&self, cause: String) {
+        lock(&self.poison_cause).get_or_insert(cause);
+        self.poisoned.store(true, Ordering::Release);
+        // Commits waiting for room must not wait for a compaction that will not come.
+        self.wake_log();
+    }
+
+    fn poison(&self, operation: &'static str, path: PathBuf, source: io::Error) -> StoreError {
+        self.poison_with(format!(
+            "{operation} of {} failed: {source}",
+            path.display()
+        ));
+        StoreError::OutcomeUnknown {
+            operation,
+            path: Some(path),
+            source,
+        }
+    }
+
+    /// Wakes whoever waits on the log (through its lock, so no waiter misses it).
+    fn wake_log(&self) {
+        let _log = lock(&self.log);
+        self.log_changed.notify_all();
     }
 
     fn snap_path(&self, id: &MachineId) -> PathBuf {
         self.dir.join(format!("{id}{SNAP_SUFFIX}"))
+    }
+
+    fn segment_path(&self, number: u64) -> PathBuf {
+        self.dir.join(wal::segment_name(number))
     }
 
     fn io_error(
@@ -410,40 +609,475 @@ impl FileStore {
         Snapshot::from_bytes(bytes, &self.limits).map_err(|e| ReadFailure::Corrupt(e.into()))
     }
 
-    /// The atomic replace protocol for one snapshot file: temp, write, fsync, rename, and
-    /// (if `sync_dir`) fsync the directory.
-    fn replace_file(
-        &self,
-        inner: &mut Inner,
-        id: &MachineId,
-        bytes: &[u8],
-        sync_dir: bool,
-    ) -> Result<(), StoreError> {
-        let temp = self.create_synced_temp(inner, id, bytes)?;
-        let target = self.snap_path(id);
-        if let Err(source) = self.io.rename(&temp, &target) {
-            let _ = self.io.remove(&temp);
-            return Err(inner.poison("rename", target, source));
-        }
-        if sync_dir {
-            if let Err(source) = self.io.sync_dir(&self.dir) {
-                return Err(inner.poison("fsync of the store directory", self.dir.clone(), source));
+    // ---- recovery ----
+
+    fn recover(&self) -> Result<Recovery, StoreError> {
+        let mut report = Recovery::default();
+        let names = self
+            .io
+            .list(&self.dir)
+            .map_err(|e| self.io_error("listing the store directory", None, e))?;
+        let mut snaps = Vec::new();
+        let mut segments = BTreeMap::new();
+        for name in names {
+            let Some(name) = name.to_str().map(str::to_owned) else {
+                report.foreign_files.push(format!("{name:?}"));
+                continue;
+            };
+            if name.starts_with(TEMP_PREFIX) {
+                let path = self.dir.join(&name);
+                self.io
+                    .remove(&path)
+                    .map_err(|e| self.io_error("removing a stray temp file", Some(path), e))?;
+                report.stray_temps_removed += 1;
+            } else if let Some(stem) = name.strip_suffix(SNAP_SUFFIX) {
+                match MachineId::new(stem) {
+                    Ok(id) => snaps.push((id, name)),
+                    Err(_) => report.foreign_files.push(name),
+                }
+            } else if let Some(number) = wal::segment_number(&name) {
+                segments.insert(number, self.dir.join(&name));
+            } else {
+                report.foreign_files.push(name);
             }
         }
+        if report.stray_temps_removed > 0 {
+            self.io
+                .sync_dir(&self.dir)
+                .map_err(|e| self.io_error("fsync of the store directory", None, e))?;
+        }
+        // Verifying files and replaying segments are independent reads: several threads.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let verified = self.verify_files(snaps, threads);
+        let replayed = self.replay_segments(&segments, threads);
+        for (id, name, found) in verified {
+            let entry = match found {
+                Ok(seq) => Entry::Valid {
+                    seq,
+                    at: Location::File,
+                },
+                Err(ReadFailure::Corrupt(problem)) => {
+                    report.corrupt.push((name, problem.clone()));
+                    Entry::Corrupt(problem)
+                }
+                Err(ReadFailure::Io(e)) => {
+                    let path = self.dir.join(&name);
+                    return Err(self.io_error("reading a snapshot", Some(path), e));
+                }
+            };
+            lock(&self.partition(&id).state).index.insert(id, entry);
+        }
+        let mut log = LogState::default();
+        // In segment order: of two copies with the same sequence, the older segment's stays.
+        for (number, replay) in replayed {
+            let (bytes, replay) = match replay {
+                Ok(found) => found,
+                Err(e) => {
+                    let path = self.segment_path(number);
+                    return Err(self.io_error("reading a log segment", Some(path), e));
+                }
+            };
+            report.wal_segments += 1;
+            report.wal_records += replay.records;
+            report.wal_torn_bytes += replay.torn_bytes;
+            for e in replay.entries {
+                let mut part = lock(&self.partition(&e.id).state);
+                let newer = part
+                    .index
+                    .get(&e.id)
+                    .and_then(Entry::cas_seq)
+                    .is_none_or(|s| e.seq > s);
+                if newer {
+                    report.wal_snapshots_applied += 1;
+                    part.index.insert(
+                        e.id,
+                        Entry::Valid {
+                            seq: e.seq,
+                            at: Location::Wal {
+                                segment: number,
+                                offset: e.offset,
+                                len: e.len,
+                            },
+                        },
+                    );
+                }
+            }
+            log.live.insert(
+                number,
+                LiveSegment {
+                    bytes,
+                    sealed: true,
+                },
+            );
+            log.bytes += bytes;
+            self.next_segment.fetch_max(number + 1, Ordering::Relaxed);
+        }
+        let replayed_any = !log.live.is_empty();
+        *lock(&self.log) = log;
+        if replayed_any {
+            let _one = lock(&self.compacting);
+            self.compact_all()?;
+        }
+        report.machines = self
+            .partitions
+            .iter()
+            .map(|p| {
+                lock(&p.state)
+                    .index
+                    .values()
+                    .filter(|e| matches!(e, Entry::Valid { .. }))
+                    .count()
+            })
+            .sum();
+        Ok(report)
+    }
+
+    /// Reads and verifies every snapshot file, on `threads` threads.
+    fn verify_files(&self, snaps: Vec<(MachineId, String)>, threads: usize) -> Vec<Verified> {
+        let chunk = snaps.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = snaps
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(id, name)| {
+                                let found =
+                                    self.read_verified(&self.dir.join(name)).map(|s| s.seq());
+                                (id.clone(), name.clone(), found)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("verifying files does not panic"))
+                .collect()
+        })
+    }
+
+    /// Replays every segment, on up to `threads` threads; returns them in segment order with
+    /// their lengths.
+    fn replay_segments(
+        &self,
+        segments: &BTreeMap<u64, PathBuf>,
+        threads: usize,
+    ) -> Vec<(u64, io::Result<(u64, wal::Replay)>)> {
+        let list: Vec<(u64, &PathBuf)> = segments.iter().map(|(n, p)| (*n, p)).collect();
+        let chunk = list.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = list
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|&(number, path)| {
+                                let replay = self.io.read(path, MAX_SEGMENT).map(|bytes| {
+                                    (bytes.len() as u64, wal::replay(&bytes, &self.limits))
+                                });
+                                (number, replay)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("replaying segments does not panic"))
+                .collect()
+        })
+    }
+
+    // ---- writes ----
+
+    /// Reserves the batch's machines in their partitions, checking each compare-and-set
+    /// there. A machine another write has reserved is waited for (holding no reservation
+    /// meanwhile), then everything is checked again.
+    fn reserve(&self, groups: &Groups, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        'again: loop {
+            let mut reserved: Groups = Groups::new();
+            for (&p, members) in groups {
+                let partition = &self.partitions[p];
+                let mut state = lock(&partition.state);
+                let busy = members
+                    .iter()
+                    .map(|&i| batch[i].id)
+                    .find(|id| state.writing.contains(*id))
+                    .cloned();
+                if let Some(busy) = busy {
+                    drop(state);
+                    self.release(&reserved, batch);
+                    let mut state = lock(&partition.state);
+                    while state.writing.contains(&busy) {
+                        state = partition
+                            .released
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    continue 'again;
+                }
+                for &i in members {
+                    let put = &batch[i];
+                    if let Err(e) = put.check(state.index.get(put.id).and_then(Entry::cas_seq)) {
+                        drop(state);
+                        self.release(&reserved, batch);
+                        return Err(e);
+                    }
+                }
+                for &i in members {
+                    state.writing.insert(batch[i].id.clone());
+                }
+                reserved.insert(p, members.clone());
+            }
+            return Ok(());
+        }
+    }
+
+    /// Ends the reservations of `groups` (a write that did not happen).
+    fn release(&self, groups: &Groups, batch: &[Put<'_>]) {
+        for (&p, members) in groups {
+            let partition = &self.partitions[p];
+            let mut state = lock(&partition.state);
+            for &i in members {
+                state.writing.remove(batch[i].id);
+            }
+            partition.released.notify_all();
+        }
+    }
+
+    /// Records where the batch's snapshots now are and ends their reservations.
+    fn publish(&self, groups: &Groups, batch: &[Put<'_>], at: impl Fn(usize) -> Location) {
+        for (&p, members) in groups {
+            let partition = &self.partitions[p];
+            let mut state = lock(&partition.state);
+            for &i in members {
+                let put = &batch[i];
+                state.writing.remove(put.id);
+                state.index.insert(
+                    put.id.clone(),
+                    Entry::Valid {
+                        seq: put.snapshot.seq(),
+                        at: at(i),
+                    },
+                );
+            }
+            partition.released.notify_all();
+        }
+    }
+
+    /// A lane to append to: this thread's own if it is free, else any free one, else this
+    /// thread's own once it is.
+    fn lane(&self) -> MutexGuard<'_, Option<Segment>> {
+        let n = self.lanes.len();
+        let first = lane_hint() % n;
+        for k in 0..n {
+            match self.lanes[(first + k) % n].segment.try_lock() {
+                Ok(guard) => return guard,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        lock(&self.lanes[first].segment)
+    }
+
+    /// Appends `record` to the lane's segment (opening one if it has none) and makes it
+    /// durable; returns the segment and the record's offset in it.
+    fn append(&self, lane: &mut Option<Segment>, record: &[u8]) -> Result<(u64, u64), StoreError> {
+        if lane.is_none() {
+            let number = self.next_segment.fetch_add(1, Ordering::Relaxed);
+            let path = self.segment_path(number);
+            let file = self
+                .io
+                .create(&path)
+                .map_err(|e| self.io_error("creating a log segment", Some(path.clone()), e))?;
+            // Live from now on: whatever happens next, compaction removes it.
+            lock(&self.log).live.insert(
+                number,
+                LiveSegment {
+                    bytes: 0,
+                    sealed: false,
+                },
+            );
+            *lane = Some(Segment {
+                number,
+                file,
+                len: 0,
+            });
+            if let Err(source) = self.io.sync_dir(&self.dir) {
+                self.seal(lane);
+                self.poison_with(format!("fsync of the store directory failed: {source}"));
+                return Err(self.io_error("fsync of the store directory", None, source));
+            }
+        }
+        let segment = lane.as_mut().expect("opened above");
+        let number = segment.number;
+        if let Err(e) = segment.file.write_all(record) {
+            // The segment may now end in a partial record: the next batch starts a new one
+            // (replay reads each segment up to its first invalid record).
+            self.seal(lane);
+            return Err(self.io_error("appending to the log", Some(self.segment_path(number)), e));
+        }
+        if let Err(source) = segment.file.sync_data() {
+            self.seal(lane);
+            return Err(self.poison("fdatasync of the log", self.segment_path(number), source));
+        }
+        let offset = segment.len;
+        segment.len += record.len() as u64;
+        let mut log = lock(&self.log);
+        log.bytes += record.len() as u64;
+        if let Some(live) = log.live.get_mut(&number) {
+            live.bytes += record.len() as u64;
+        }
+        Ok((number, offset))
+    }
+
+    /// Closes the lane's segment for appending; it stays live until compacted.
+    fn seal(&self, lane: &mut Option<Segment>) {
+        if let Some(segment) = lane.take() {
+            if let Some(live) = lock(&self.log).live.get_mut(&segment.number) {
+                live.sealed = true;
+            }
+        }
+    }
+
+    /// Waits while the log is at its limit and background compaction works it down.
+    fn wait_for_room(&self) -> Result<(), StoreError> {
+        if self.compaction == Compaction::Inline {
+            // Inline compaction keeps the log under the threshold on the commit path.
+            return Ok(());
+        }
+        let mut log = lock(&self.log);
+        if log.bytes < self.log_limit {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.commit_waits.fetch_add(1, Ordering::Relaxed);
+        self.log_changed.notify_all();
+        let outcome = loop {
+            if let Some(why) = &log.compaction_failed {
+                break Err(StoreError::Io {
+                    operation: "compacting the log, which is at its limit",
+                    path: Some(self.dir.clone()),
+                    source: io::Error::other(why.clone()),
+                });
+            }
+            if log.bytes < self.log_limit
+                || self.poisoned.load(Ordering::Acquire)
+                || self.closing.load(Ordering::Acquire)
+            {
+                break Ok(());
+            }
+            log = self
+                .log_changed
+                .wait(log)
+                .unwrap_or_else(PoisonError::into_inner);
+        };
+        drop(log);
+        self.commit_wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        outcome?;
+        self.check_poison()
+    }
+
+    /// After a batch reached the log: compacts if the log passed the threshold (inline), or
+    /// tells the compactor.
+    fn after_append(&self) {
+        let bytes = lock(&self.log).bytes;
+        if bytes < self.checkpoint_bytes {
+            return;
+        }
+        match self.compaction {
+            Compaction::Background => self.wake_log(),
+            Compaction::Inline => {
+                // The batch is durable in the log already; a failed compaction is reported by
+                // the next call (it poisons the store or leaves the log to be compacted later).
+                if let Ok(_one) = self.compacting.try_lock() {
+                    let _ = self.compact_all();
+                }
+            }
+        }
+    }
+
+    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        check_batch(batch)?;
+        self.check_poison()?;
+        let groups = groups(batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_room()?;
+        self.reserve(&groups, batch)?;
+        let (record, offsets) = wal::encode(batch);
+        // The lane is held until the index shows the new locations, so that a compaction,
+        // which seals segments through their lanes, never misses a batch it would delete.
+        let mut lane = self.lane();
+        let (segment, base) = match self.append(&mut lane, &record) {
+            Ok(at) => at,
+            Err(e) => {
+                drop(lane);
+                self.release(&groups, batch);
+                return Err(e);
+            }
+        };
+        self.publish(&groups, batch, |i| Location::Wal {
+            segment,
+            offset: base + offsets[i] as u64,
+            len: batch[i].snapshot.len(),
+        });
+        drop(lane);
+        self.after_append();
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        id: &MachineId,
+        expected: Option<u64>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.check_poison()?;
+        let batch = [Put::new(id, expected, snapshot)];
+        let groups = groups(&batch);
+        self.reserve(&groups, &batch)?;
+        let result = self.replace_file(id, snapshot);
+        self.release(&groups, &batch);
+        result
+    }
+
+    /// The atomic replace protocol for one snapshot file: temp, write, fsync, then under the
+    /// partition's lock rename, fsync the directory and point the index at the file.
+    fn replace_file(&self, id: &MachineId, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let temp = self.create_synced_temp(id, snapshot.as_bytes())?;
+        let target = self.snap_path(id);
+        let mut state = lock(&self.partition(id).state);
+        if let Err(source) = self.io.rename(&temp, &target) {
+            let _ = self.io.remove(&temp);
+            drop(state);
+            return Err(self.poison("rename", target, source));
+        }
+        if self.put_syncs_dir {
+            if let Err(source) = self.io.sync_dir(&self.dir) {
+                drop(state);
+                return Err(self.poison("fsync of the store directory", self.dir.clone(), source));
+            }
+        }
+        state.index.insert(
+            id.clone(),
+            Entry::Valid {
+                seq: snapshot.seq(),
+                at: Location::File,
+            },
+        );
         Ok(())
     }
 
     /// Writes and fsyncs a temp file holding `bytes`; returns its path.
-    fn create_synced_temp(
-        &self,
-        inner: &mut Inner,
-        id: &MachineId,
-        bytes: &[u8],
-    ) -> Result<PathBuf, StoreError> {
-        inner.temp_counter += 1;
-        let temp = self
-            .dir
-            .join(format!("{TEMP_PREFIX}{id}-{}", inner.temp_counter));
+    fn create_synced_temp(&self, id: &MachineId, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let temp = self.dir.join(format!("{TEMP_PREFIX}{id}-{n}"));
         let mut file = self
             .io
             .create(&temp)
@@ -458,7 +1092,7 @@ impl FileStore {
             let _ = self.io.remove(&temp);
             // Nothing reached the snapshot's name, but a failed fsync may have dropped dirty
             // pages the kernel will not write again: stop until reopened.
-            inner.poisoned = Some(format!("fsync of {} failed: {source}", temp.display()));
+            self.poison_with(format!("fsync of {} failed: {source}", temp.display()));
             return Err(StoreError::Io {
                 operation: "fsync of a new snapshot",
                 path: Some(temp),
@@ -468,75 +1102,59 @@ impl FileStore {
         Ok(temp)
     }
 
-    fn append_batch(&self, inner: &mut Inner, record: &[u8]) -> Result<(u64, u64), StoreError> {
-        if inner.open_segment.is_none() {
-            let number = inner.next_segment;
-            let path = self.dir.join(wal::segment_name(number));
-            let file = self
-                .io
-                .create(&path)
-                .map_err(|e| self.io_error("creating a log segment", Some(path.clone()), e))?;
-            if let Err(source) = self.io.sync_dir(&self.dir) {
-                inner.poisoned = Some(format!("fsync of the store directory failed: {source}"));
-                return Err(self.io_error("fsync of the store directory", None, source));
-            }
-            inner.next_segment += 1;
-            inner.live_segments.push(number);
-            inner.open_segment = Some(Segment {
-                number,
-                file,
-                len: 0,
-            });
+    // ---- compaction ----
+
+    /// Seals every open segment and compacts every sealed one. The caller holds
+    /// `compacting`.
+    fn compact_all(&self) -> Result<(), StoreError> {
+        for lane in self.lanes.iter() {
+            self.seal(&mut lock(&lane.segment));
         }
-        let segment = inner.open_segment.as_mut().expect("opened above");
-        let number = segment.number;
-        if let Err(e) = segment.file.write_all(record) {
-            // The segment may now end in a partial record: start a new one for the next batch
-            // (replay reads each segment up to its first invalid record).
-            inner.open_segment = None;
-            return Err(self.io_error(
-                "appending to the log",
-                Some(self.dir.join(wal::segment_name(number))),
-                e,
-            ));
+        let sealed: Vec<u64> = lock(&self.log)
+            .live
+            .iter()
+            .filter(|(_, s)| s.sealed)
+            .map(|(n, _)| *n)
+            .collect();
+        if sealed.is_empty() {
+            return Ok(());
         }
-        if let Err(source) = segment.file.sync_data() {
-            inner.open_segment = None;
-            return Err(inner.poison(
-                "fdatasync of the log",
-                self.dir.join(wal::segment_name(number)),
-                source,
-            ));
-        }
-        let offset = segment.len;
-        segment.len += record.len() as u64;
-        inner.wal_bytes += record.len() as u64;
-        Ok((number, offset))
+        self.compact(&sealed)
     }
 
-    /// Writes every snapshot that lives in the log into its file, then removes the segments.
-    fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
+    /// Writes every snapshot that lives in `segments` (sealed: nothing appends to them) into
+    /// its file, then removes the segments.
+    fn compact(&self, segments: &[u64]) -> Result<(), StoreError> {
+        let wanted: HashSet<u64> = segments.iter().copied().collect();
+        // What lives in them, by segment.
         let mut by_segment: BTreeMap<u64, Vec<(MachineId, u64, u64, usize)>> = BTreeMap::new();
-        for (id, entry) in &inner.index {
-            if let Entry::Valid {
-                seq,
-                at:
-                    Location::Wal {
-                        segment,
-                        offset,
-                        len,
-                    },
-            } = entry
-            {
-                by_segment
-                    .entry(*segment)
-                    .or_default()
-                    .push((id.clone(), *seq, *offset, *len));
+        for partition in self.partitions.iter() {
+            let state = lock(&partition.state);
+            for (id, entry) in &state.index {
+                if let Entry::Valid {
+                    seq,
+                    at:
+                        Location::Wal {
+                            segment,
+                            offset,
+                            len,
+                        },
+                } = entry
+                {
+                    if wanted.contains(segment) {
+                        by_segment.entry(*segment).or_default().push((
+                            id.clone(),
+                            *seq,
+                            *offset,
+                            *len,
+                        ));
+                    }
+                }
             }
         }
-        let mut written = Vec::new();
+        let mut renamed = Vec::new();
         for (segment, entries) in by_segment {
-            let path = self.dir.join(wal::segment_name(segment));
+            let path = self.segment_path(segment);
             let bytes = self
                 .io
                 .read(&path, MAX_SEGMENT)
@@ -550,133 +1168,111 @@ impl FileStore {
                             Corruption::Other("log segment shorter than its index".into()),
                         )
                     })?;
-                self.replace_file(inner, &id, envelope, false)?;
-                written.push((id, seq));
+                let temp = self.create_synced_temp(&id, envelope)?;
+                let here = Location::Wal {
+                    segment,
+                    offset,
+                    len,
+                };
+                // Only if the index still points at this copy: a newer write (to the log or
+                // the file) must not be replaced by it.
+                let state = lock(&self.partition(&id).state);
+                let current = matches!(
+                    state.index.get(&id),
+                    Some(Entry::Valid { seq: s, at }) if *s == seq && *at == here
+                );
+                if !current {
+                    drop(state);
+                    let _ = self.io.remove(&temp);
+                    continue;
+                }
+                let target = self.snap_path(&id);
+                if let Err(source) = self.io.rename(&temp, &target) {
+                    let _ = self.io.remove(&temp);
+                    drop(state);
+                    return Err(self.poison("rename", target, source));
+                }
+                drop(state);
+                renamed.push((id, here));
             }
         }
-        if !written.is_empty() {
+        if !renamed.is_empty() {
             if let Err(source) = self.io.sync_dir(&self.dir) {
-                return Err(inner.poison("fsync of the store directory", self.dir.clone(), source));
+                return Err(self.poison("fsync of the store directory", self.dir.clone(), source));
             }
         }
-        for (id, seq) in written {
-            inner.index.insert(
-                id,
-                Entry::Valid {
-                    seq,
-                    at: Location::File,
-                },
-            );
+        let moved = renamed.len() as u64;
+        for (id, here) in renamed {
+            let mut state = lock(&self.partition(&id).state);
+            if let Some(Entry::Valid { at, .. }) = state.index.get_mut(&id) {
+                if *at == here {
+                    *at = Location::File;
+                }
+            }
         }
-        inner.open_segment = None;
-        for segment in std::mem::take(&mut inner.live_segments) {
-            let path = self.dir.join(wal::segment_name(segment));
+        for &segment in segments {
+            let path = self.segment_path(segment);
             if let Err(source) = self.io.remove(&path) {
                 // Harmless for correctness (replay skips what the files already hold); retried
                 // at the next compaction or open.
-                inner.live_segments.push(segment);
                 return Err(self.io_error("removing a compacted log segment", Some(path), source));
             }
+            let mut log = lock(&self.log);
+            if let Some(live) = log.live.remove(&segment) {
+                log.bytes -= live.bytes;
+            }
         }
-        inner.wal_bytes = 0;
         if let Err(source) = self.io.sync_dir(&self.dir) {
-            return Err(inner.poison("fsync of the store directory", self.dir.clone(), source));
+            return Err(self.poison("fsync of the store directory", self.dir.clone(), source));
         }
-        Ok(())
-    }
-}
-
-enum ReadFailure {
-    Corrupt(Corruption),
-    Io(io::Error),
-}
-
-impl Inner {
-    fn check_poison(&self) -> Result<(), StoreError> {
-        match &self.poisoned {
-            Some(cause) => Err(StoreError::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn poison(&mut self, operation: &'static str, path: PathBuf, source: io::Error) -> StoreError {
-        self.poisoned = Some(format!(
-            "{operation} of {} failed: {source}",
-            path.display()
-        ));
-        StoreError::OutcomeUnknown {
-            operation,
-            path: Some(path),
-            source,
-        }
-    }
-}
-
-impl SnapshotStore for FileStore {
-    fn put(
-        &self,
-        id: &MachineId,
-        expected: Option<u64>,
-        snapshot: &Snapshot,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        inner.check_poison()?;
-        check_put(
-            id,
-            expected,
-            snapshot,
-            inner.index.get(id).and_then(Entry::cas_seq),
-        )?;
-        self.replace_file(&mut inner, id, snapshot.as_bytes(), self.put_syncs_dir)?;
-        inner.index.insert(
-            id.clone(),
-            Entry::Valid {
-                seq: snapshot.seq(),
-                at: Location::File,
-            },
-        );
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.compacted.fetch_add(moved, Ordering::Relaxed);
+        // Room for commits that waited.
+        self.wake_log();
         Ok(())
     }
 
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        check_batch(batch)?;
-        let mut inner = self.lock();
-        inner.check_poison()?;
-        for put in batch {
-            put.check(inner.index.get(put.id).and_then(Entry::cas_seq))?;
+    /// The background compactor: compacts whenever the log passes the threshold, until the
+    /// store closes or is poisoned.
+    fn compactor(&self) {
+        let mut log = lock(&self.log);
+        loop {
+            if self.closing.load(Ordering::Acquire) || self.poisoned.load(Ordering::Acquire) {
+                return;
+            }
+            if log.bytes < self.checkpoint_bytes {
+                log = self
+                    .log_changed
+                    .wait(log)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            drop(log);
+            let result = {
+                let _one = lock(&self.compacting);
+                self.compact_all()
+            };
+            log = lock(&self.log);
+            log.compaction_failed = result.as_ref().err().map(ToString::to_string);
+            self.log_changed.notify_all();
+            if result.is_err() {
+                // Not in a loop: try again in a while, or when woken.
+                log = self
+                    .log_changed
+                    .wait_timeout(log, Duration::from_millis(500))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (record, offsets) = wal::encode(batch);
-        let (segment, base) = self.append_batch(&mut inner, &record)?;
-        for (put, offset) in batch.iter().zip(offsets) {
-            inner.index.insert(
-                put.id.clone(),
-                Entry::Valid {
-                    seq: put.snapshot.seq(),
-                    at: Location::Wal {
-                        segment,
-                        offset: base + offset as u64,
-                        len: put.snapshot.len(),
-                    },
-                },
-            );
-        }
-        if inner.wal_bytes >= self.checkpoint_bytes {
-            // The batch is durable in the log already; a failed compaction is reported by the
-            // next call (it poisons the store or leaves the log to be compacted later).
-            let _ = self.compact(&mut inner);
-        }
-        Ok(())
     }
+
+    // ---- reads ----
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        let mut inner = self.lock();
-        inner.check_poison()?;
-        let (seq, at) = match inner.index.get(id) {
+        self.check_poison()?;
+        // Read under the partition's lock: no rename or compaction of this machine meanwhile.
+        let mut state = lock(&self.partition(id).state);
+        let (seq, at) = match state.index.get(id) {
             None => return Err(StoreError::NotFound { id: id.clone() }),
             Some(Entry::Corrupt(problem)) => {
                 return Err(StoreError::corrupt(id.to_string(), problem.clone()))
@@ -702,7 +1298,7 @@ impl SnapshotStore for FileStore {
                 offset,
                 len,
             } => {
-                let path = self.dir.join(wal::segment_name(segment));
+                let path = self.segment_path(segment);
                 let bytes = self
                     .io
                     .read_at(&path, offset, len)
@@ -717,7 +1313,7 @@ impl SnapshotStore for FileStore {
             // Damaged since it was written (a bad sector, a stray write): from now on the
             // machine's copy counts as corrupt, as if found so at open, so that a repair (a
             // write expecting nothing, as a mirror's) may replace it.
-            inner
+            state
                 .index
                 .insert(id.clone(), Entry::Corrupt(problem.clone()));
         }
@@ -725,9 +1321,8 @@ impl SnapshotStore for FileStore {
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        let inner = self.lock();
-        inner.check_poison()?;
-        match inner.index.get(id) {
+        self.check_poison()?;
+        match lock(&self.partition(id).state).index.get(id) {
             None => Ok(None),
             Some(Entry::Valid { seq, .. }) => Ok(Some(*seq)),
             Some(Entry::Corrupt(problem)) => {
@@ -737,9 +1332,39 @@ impl SnapshotStore for FileStore {
     }
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        let inner = self.lock();
-        inner.check_poison()?;
-        Ok(inner.index.keys().cloned().collect())
+        self.check_poison()?;
+        Ok(self
+            .partitions
+            .iter()
+            .flat_map(|p| lock(&p.state).index.keys().cloned().collect::<Vec<_>>())
+            .collect())
+    }
+}
+
+impl SnapshotStore for FileStore {
+    fn put(
+        &self,
+        id: &MachineId,
+        expected: Option<u64>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.shared.put(id, expected, snapshot)
+    }
+
+    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        self.shared.put_many(batch)
+    }
+
+    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
+        self.shared.get(id)
+    }
+
+    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
+        self.shared.sequence(id)
+    }
+
+    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
+        self.shared.ids()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -47,7 +47,7 @@ mod sqlite;
 mod verify;
 mod wal;
 
-pub use file_store::{FileStore, FileStoreBuilder, Recovery};
+pub use file_store::{Compaction, FileStore, FileStoreBuilder, FileStoreStats, Recovery};
 pub use kernel::file_kernel;
 pub use mirror::{MirrorCounts, MirrorStatus, MirroredStore, Side};
 #[cfg(feature = "sqlite")]

@@ -243,14 +243,6 @@ impl<M: Durable> Inner<M> {
         }
     }
 
-    fn nanos(&self, from: u64, to: u64) -> u64 {
-        if self.config.latency {
-            self.config.stamps.nanos(from, to)
-        } else {
-            0
-        }
-    }
-
     /// Queues an event an effect worker fed back; `false` if the kernel stopped.
     fn feed_back(&self, id: &MachineId, event: M::Event) -> bool {
         let cmd = Cmd {

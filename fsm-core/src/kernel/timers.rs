@@ -81,6 +81,15 @@ pub(crate) struct EventCodec<E> {
     pub(crate) decode: fn(&[u8]) -> Result<E, String>,
 }
 
+// Two function pointers: copied whatever `E` is (a derive would ask `E: Clone`).
+impl<E> Clone for EventCodec<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for EventCodec<E> {}
+
 impl<E: Serialize + DeserializeOwned> EventCodec<E> {
     pub(crate) fn postcard() -> Self {
         EventCodec {

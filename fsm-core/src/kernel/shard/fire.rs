@@ -3,12 +3,13 @@
 
 use std::time::Instant;
 
-use super::{Shard, SlotTimers};
+use super::core::{Core, Rules, SlotTimers};
+use super::Shard;
 use crate::effects::Effects;
 use crate::kernel::inbox::{Cmd, Fire};
 use crate::kernel::outcome::{CommandError, QuarantineCause};
 use crate::kernel::request::Request;
-use crate::kernel::{Durable, Inner};
+use crate::kernel::Durable;
 use crate::machine::Transition;
 use crate::store::{MachineId, Snapshot, SnapshotStore};
 use crate::timer::{self, TimerError, TimerKind, TimerRequest, Timers};
@@ -21,7 +22,7 @@ const RETRY_LOAD_MS: u64 = 1000;
 /// place, or says why the transition may not be applied (then they are as they were). A firing
 /// is consumed by the caller before.
 pub(super) fn after_transition<M: Durable>(
-    inner: &Inner<M>,
+    rules: &Rules<M>,
     scratch: &mut Vec<timer::Step<Box<[u8]>>>,
     timers: &mut Option<Box<SlotTimers>>,
     transition: &Transition,
@@ -36,7 +37,7 @@ pub(super) fn after_transition<M: Durable>(
         // The common case of a machine without timers: nothing to do, nothing allocated.
         return Ok(());
     }
-    let codec = inner.timer_events.as_ref();
+    let codec = rules.timer_events.as_ref();
     let slot = timers.get_or_insert_with(Box::default);
     let result = timer::on_accepted_in(
         scratch,
@@ -44,8 +45,8 @@ pub(super) fn after_transition<M: Durable>(
         M::TABLE,
         transition,
         requests,
-        inner.time.ceil(now),
-        inner.config.max_timers,
+        rules.time.ceil(now),
+        rules.max_timers,
         |kind, event| {
             let event = event
                 .downcast::<M::Event>()
@@ -78,7 +79,7 @@ pub(super) fn after_transition<M: Durable>(
 /// how many requests the buffer held when it ended). All or nothing: on an error the timers
 /// are as they were.
 pub(super) fn after_chain<M: Durable>(
-    inner: &Inner<M>,
+    rules: &Rules<M>,
     scratch: &mut Vec<timer::Step<Box<[u8]>>>,
     timers: &mut Option<Box<SlotTimers>>,
     chain: &[(Transition, usize)],
@@ -90,7 +91,7 @@ pub(super) fn after_chain<M: Durable>(
     for (transition, end) in chain {
         let requests = effects.drain_timers_front(end.saturating_sub(taken));
         taken = *end;
-        if let Err(e) = after_transition::<M>(inner, scratch, timers, transition, requests, now) {
+        if let Err(e) = after_transition::<M>(rules, scratch, timers, transition, requests, now) {
             *timers = saved;
             return Err(e);
         }
@@ -100,7 +101,7 @@ pub(super) fn after_chain<M: Durable>(
 
 /// The timers of a machine the store holds nothing for: it starts as if it had just entered
 /// its initial state, so that state's declared timeout is armed.
-pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<SlotTimers>> {
+pub(super) fn initial<M: Durable>(rules: &Rules<M>, now: Instant) -> Option<Box<SlotTimers>> {
     let declared = M::TABLE.state(M::TABLE.initial())?.state_timeout()?;
     let mut armed = Timers::default();
     let enter = Transition::new(
@@ -115,7 +116,7 @@ pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<
         M::TABLE,
         &enter,
         [TimerRequest::RestartStateTimeout],
-        inner.time.ceil(now),
+        rules.time.ceil(now),
         usize::MAX,
         |_, _| {
             Err(TimerError::EventsNotStorable {
@@ -133,7 +134,7 @@ pub(super) fn initial<M: Durable>(inner: &Inner<M>, now: Instant) -> Option<Box<
 /// The timers stored in `snapshot` for `machine`, moved onto this process's clock; an error
 /// (the section does not fit) quarantines the machine.
 pub(super) fn restore<M: Durable>(
-    inner: &Inner<M>,
+    rules: &Rules<M>,
     snapshot: &Snapshot,
     machine: &M,
     now: Instant,
@@ -144,7 +145,7 @@ pub(super) fn restore<M: Durable>(
     let mut armed = timer::decode_section(bytes, M::TABLE, machine.state())?;
     for a in &armed.armed {
         let Some(event) = &a.event else { continue };
-        let Some(codec) = &inner.timer_events else {
+        let Some(codec) = &rules.timer_events else {
             return Err(format!(
                 "the {} carries an event, and this kernel stores none: build it with KernelBuilder::timer_events()",
                 a.kind
@@ -153,7 +154,7 @@ pub(super) fn restore<M: Durable>(
         (codec.decode)(event)
             .map_err(|e| format!("the event of the {} does not decode: {e}", a.kind))?;
     }
-    armed.rebase(inner.time.floor(now));
+    armed.rebase(rules.time.floor(now));
     Ok((!armed.is_empty()).then(|| {
         Box::new(SlotTimers {
             armed,
@@ -167,78 +168,32 @@ impl<M: Durable> Shard<M> {
     /// decided in this batch like any other. Machines evicted from memory are loaded first.
     /// Returns how many fired.
     pub(super) fn fire_due(&mut self, now: Instant, store: &dyn SnapshotStore) -> usize {
-        let now_ms = self.inner.time.floor(now);
-        if self.due.next().is_none_or(|next| next > now_ms) {
+        let now_ms = self.core.rules.time.floor(now);
+        if self.core.due.next().is_none_or(|next| next > now_ms) {
             return 0;
         }
         let mut fired = 0;
         let mut broken: Vec<(MachineId, String)> = Vec::new();
-        for id in self.due.take_due(now_ms) {
-            if !self.slots.contains_key(&id) {
+        for id in self.core.due.take_due(now_ms) {
+            if !self.core.slots.contains_key(&id) {
                 // Loading indexes the machine's timers (its real first deadline, if this
                 // entry was a stale one).
                 match self.ensure_loaded(&id, now, store) {
                     Ok(()) => {}
                     Err(CommandError::Unavailable { .. }) => {
-                        self.due.schedule(&id, now_ms.saturating_add(RETRY_LOAD_MS));
+                        self.core
+                            .due
+                            .schedule(&id, now_ms.saturating_add(RETRY_LOAD_MS));
                         continue;
                     }
                     // Quarantined, owned by another node, or not startable: not fired here.
                     Err(_) => continue,
                 }
             }
-            let Some(slot) = self.slots.get_mut(&id) else {
-                continue;
-            };
-            let state = slot.machine.state();
-            let Some(timers) = slot.timers.as_mut() else {
-                continue;
-            };
-            let due: Vec<(TimerKind, u64)> = timers
-                .armed
-                .due(now_ms)
-                .into_iter()
-                .filter(|(_, instance)| !timers.firing.contains(instance))
-                .collect();
-            for (kind, instance) in due {
-                let event = match &kind {
-                    TimerKind::State => M::timeout_event(state).ok_or_else(|| {
-                        format!(
-                            "a state timeout is armed in `{}`, which declares none",
-                            M::TABLE.state_name(state)
-                        )
-                    }),
-                    _ => match (
-                        timers.armed.get(&kind).and_then(|a| a.event.as_ref()),
-                        &self.inner.timer_events,
-                    ) {
-                        (Some(bytes), Some(codec)) => (codec.decode)(bytes)
-                            .map_err(|e| format!("the event of the {kind} does not decode: {e}")),
-                        _ => Err(format!("the {kind} has no event this kernel can decode")),
-                    },
-                };
-                let event = match event {
-                    Ok(event) => event,
-                    Err(message) => {
-                        broken.push((id.clone(), message));
-                        break;
-                    }
-                };
-                timers.firing.push(instance);
-                self.work.push_back(Cmd {
-                    id: id.clone(),
-                    request: Request::new(event),
-                    enqueued: self.inner.stamp(),
-                    reply: None,
-                    fire: Some(Box::new(Fire { kind, instance })),
-                });
-                fired += 1;
+            match self.core.fire(&id, now_ms) {
+                Ok(n) => fired += n,
+                Err(message) => broken.push((id, message)),
             }
-            // Every entry due now was taken: index the machine's next deadline.
-            if timers.indexed.is_some_and(|at| at <= now_ms) {
-                timers.indexed = None;
-            }
-            timers.reindex(&id, &mut self.due);
         }
         for (id, message) in broken {
             let error = self.quarantine(&id, QuarantineCause::Timers(message));
@@ -246,6 +201,62 @@ impl<M: Durable> Shard<M> {
         }
         self.inner.quiet.more(self.index, fired);
         fired
+    }
+}
+
+impl<M: Durable> Core<M> {
+    /// Queues a firing for each of machine `id`'s timers due at `now_ms` that has none on its
+    /// way, and indexes its next deadline. Returns how many it queued, or why a due timer
+    /// cannot fire (the machine is then quarantined by the shell).
+    pub(super) fn fire(&mut self, id: &MachineId, now_ms: u64) -> Result<usize, String> {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return Ok(0);
+        };
+        let state = slot.machine.state();
+        let Some(timers) = slot.timers.as_mut() else {
+            return Ok(0);
+        };
+        let due: Vec<(TimerKind, u64)> = timers
+            .armed
+            .due(now_ms)
+            .into_iter()
+            .filter(|(_, instance)| !timers.firing.contains(instance))
+            .collect();
+        let mut fired = 0;
+        for (kind, instance) in due {
+            let event = match &kind {
+                TimerKind::State => M::timeout_event(state).ok_or_else(|| {
+                    format!(
+                        "a state timeout is armed in `{}`, which declares none",
+                        M::TABLE.state_name(state)
+                    )
+                }),
+                _ => match (
+                    timers.armed.get(&kind).and_then(|a| a.event.as_ref()),
+                    &self.rules.timer_events,
+                ) {
+                    (Some(bytes), Some(codec)) => (codec.decode)(bytes)
+                        .map_err(|e| format!("the event of the {kind} does not decode: {e}")),
+                    _ => Err(format!("the {kind} has no event this kernel can decode")),
+                },
+            };
+            let event = event?;
+            timers.firing.push(instance);
+            self.work.push_back(Cmd {
+                id: id.clone(),
+                request: Request::new(event),
+                enqueued: self.rules.stamp(),
+                reply: None,
+                fire: Some(Box::new(Fire { kind, instance })),
+            });
+            fired += 1;
+        }
+        // Every entry due now was taken: index the machine's next deadline.
+        if timers.indexed.is_some_and(|at| at <= now_ms) {
+            timers.indexed = None;
+        }
+        timers.reindex(id, &mut self.due);
+        Ok(fired)
     }
 
     /// Rebuilds the index when stale entries (re-armed timers) dominate it; run after every

@@ -11,8 +11,8 @@
 //! - `memory_store/100machines`: the same through a kernel over the memory store: the
 //!   runtime's own cost (dispatch, encoding, journal, answers), without a disk.
 //!
-//! The file-store kernel runs one shard: the file store serializes writers with one lock, so
-//! a second shard would only add a second fdatasync per iteration.
+//! The file-store kernel runs one shard: this group measures the runtime's cost against the
+//! raw append at one thread; how throughput changes with shards is `kernel_scale`'s table.
 //!
 //! Group `kernel_admin`, the operator's endpoint beside the memory-store kernel (its trace
 //! on, as the endpoint needs), side by side:

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p fsm-benches --example kernel_scale -- [--max-shards N] [--seconds S]
-//!     [--stores memory,file,sqlite] [--machines M] [--window W] [--clients C]
+//!     [--stores memory,file,sqlite] [--machines M] [--window W] [--clients C] [--lanes L]
 //! ```
 //!
 //! For 1, 2, 4, ... N shards (default: the machine's cores, and at least 8) it runs a counter
@@ -23,7 +23,7 @@
 //!
 //! **Raw limit.** The same number of threads as shards, each appending batches of 64 records
 //! of 64 bytes with one fdatasync per batch: to one file per thread, and to one file shared
-//! under one lock. The first is what partitioned logs can reach, the second what one log can.
+//! under one lock. The first is what parallel log lanes can reach, the second what one log can.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -82,13 +82,15 @@ struct Options {
     machines: usize,
     window: usize,
     clients: usize,
+    /// The file store's log lanes (`None`: its default, one per core).
+    lanes: Option<usize>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("kernel_scale: {problem}");
     eprintln!(
         "usage: kernel_scale [--max-shards N] [--seconds S] [--stores memory,file,sqlite] \
-         [--machines M] [--window W] [--clients C]"
+         [--machines M] [--window W] [--clients C] [--lanes L]"
     );
     std::process::exit(2)
 }
@@ -102,6 +104,7 @@ fn options() -> Options {
         machines: 100_000,
         window: 64,
         clients: 0,
+        lanes: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -115,6 +118,7 @@ fn options() -> Options {
             "--machines" => o.machines = value().parse().unwrap_or(0),
             "--window" => o.window = value().parse().unwrap_or(0),
             "--clients" => o.clients = value().parse().unwrap_or(0),
+            "--lanes" => o.lanes = Some(value().parse().unwrap_or(0)).filter(|&n| n > 0),
             "--stores" => o.stores = value().split(',').map(str::to_owned).collect(),
             other => usage(&format!("unknown argument `{other}`")),
         }
@@ -142,13 +146,50 @@ struct Point {
     p50: Duration,
     p99: Duration,
     commit_p99: Duration,
+    /// Processor time the whole process spent per command (user and system), in
+    /// microseconds: where it grows with shards, the shards cost work, not waiting.
+    cpu_us: f64,
+    /// What the store did meanwhile, where it says (the file store's compactions).
+    note: String,
 }
 
-fn kernel_for(store: &str, dir: &Path) -> KernelBuilder<Counter> {
+/// The process's processor time so far (user + system), from `/proc/self/stat`, in seconds;
+/// zero where there is no such file.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    // The kernel's clock ticks are 100 a second on Linux.
+    ticks / 100.0
+}
+
+fn kernel_for(
+    store: &str,
+    dir: &Path,
+    lanes: Option<usize>,
+    file: &mut Option<Arc<FileStore>>,
+) -> KernelBuilder<Counter> {
     let initial = |_: &MachineId| Counter::Zero;
     match store {
         "memory" => Kernel::builder(MemoryStore::new(), initial),
-        "file" => fsm_persist::file_kernel(dir.join("file"), initial),
+        "file" => {
+            let mut builder = FileStore::builder(dir.join("file"));
+            if let Some(lanes) = lanes {
+                builder = builder.lanes(lanes);
+            }
+            let opened = Arc::new(builder.open().expect("opening the file store"));
+            *file = Some(opened.clone());
+            Kernel::builder_shared(opened, initial)
+        }
         "sqlite" => Kernel::builder(
             SqliteStore::open(dir.join("kernel.sqlite")).expect("opening SQLite"),
             initial,
@@ -159,7 +200,8 @@ fn kernel_for(store: &str, dir: &Path) -> KernelBuilder<Counter> {
 
 fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options) -> Point {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let kernel = kernel_for(store, dir.path())
+    let mut file = None;
+    let kernel = kernel_for(store, dir.path(), o.lanes, &mut file)
         .shards(shards)
         .trace_capacity(0)
         .capacity(o.window * o.clients)
@@ -168,6 +210,7 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
     let clients = o.clients;
     let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let submitter = kernel.submitter();
@@ -184,12 +227,21 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
         latency.add(h).expect("histograms of one shape");
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
     let report = kernel.shutdown(Shutdown::Drain);
     Point {
         per_second: done as f64 / elapsed.as_secs_f64(),
         p50: Duration::from_nanos(latency.value_at_quantile(0.50)),
         p99: Duration::from_nanos(latency.value_at_quantile(0.99)),
         commit_p99: report.metrics.total.persist.p99,
+        cpu_us: cpu * 1e6 / done.max(1) as f64,
+        note: file.map_or_else(String::new, |f| {
+            let s = f.stats();
+            format!(
+                "{} compactions, {} commits waited ({:.1?})",
+                s.compactions, s.commit_waits, s.commit_wait
+            )
+        }),
     }
 }
 
@@ -367,19 +419,23 @@ fn main() {
     for store in &o.stores {
         println!();
         println!("store: {store}");
-        println!("| shards | commands/s | x 1 shard | latency p50 | latency p99 | commit p99 |");
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| shards | commands/s | x 1 shard | latency p50 | latency p99 | commit p99 | CPU/command | store |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut first = None;
         for &shards in &shard_counts {
             let p = run_kernel(store, shards, &ids, &o);
             let base = *first.get_or_insert(p.per_second);
             println!(
-                "| {shards} | {} | {:.2} | {:.2?} | {:.2?} | {:.2?} |",
+                "| {shards} | {} | {:.2} | {:.2?} | {:.2?} | {:.2?} | {:.2} µs | {} |",
                 human(p.per_second),
                 p.per_second / base,
                 p.p50,
                 p.p99,
-                p.commit_p99
+                p.commit_p99,
+                p.cpu_us,
+                p.note
             );
         }
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,8 @@ const PARTITIONS: usize = FileStore::PARTITIONS;
 ///   the whole batch as one checksummed record to a segment and fdatasyncs once, which is
 ///   what lets a batch of a hundred snapshots cost one sync instead of a hundred. Up to
 ///   [`FileStoreBuilder::lanes`] segments are open at once, so batches from several threads
-///   (the kernel's shards) append and sync in parallel instead of taking turns. Once the
+///   (the kernel's shards) sync in parallel instead of taking turns, and batches that meet on
+///   one lane share one write and one sync. Once the
 ///   log holds [`FileStoreBuilder::checkpoint_bytes`] its segments are sealed and compacted
 ///   into the per-machine files, then removed.
 /// - Files are created with mode 0600. Machine ids cannot name anything outside the directory
@@ -161,7 +162,7 @@ pub struct FileStoreBuilder {
     limits: Limits,
     checkpoint_bytes: u64,
     log_limit: Option<u64>,
-    lanes: usize,
+    lanes: Option<usize>,
     compaction: Compaction,
     put_syncs_dir: bool,
 }
@@ -202,12 +203,14 @@ impl FileStoreBuilder {
         self
     }
 
-    /// How many log segments batches may append to at once (default [`FileStore::DEFAULT_LANES`]; at
-    /// least 1). A lane's segment is created on first use, so a store written by one thread
-    /// has one segment open whatever this says. One lane per thread that commits at the same
-    /// time (the kernel's shards) lets every one of them sync in parallel.
+    /// How many log segments batches append to in parallel (default: the machine's cores, at
+    /// most 16; at least 1). Each committing thread (a kernel shard) keeps to one lane; threads
+    /// that share a lane share its writes: whoever finds no write under way appends every batch
+    /// waiting on the lane with one write and one fdatasync (group commit). So up to `lanes`
+    /// fdatasyncs run at once, and more committing threads than lanes make bigger groups, not
+    /// more syncs. A lane's segment is created on first use.
     pub fn lanes(mut self, lanes: usize) -> Self {
-        self.lanes = lanes.max(1);
+        self.lanes = Some(lanes.max(1));
         self
     }
 
@@ -289,11 +292,58 @@ struct Segment {
     len: u64,
 }
 
-/// A log lane: at most one open segment, appended to by one writer at a time.
+/// A log lane: at most one open segment, and the batches waiting to be appended to it. The
+/// writer that finds no write under way appends every waiting batch with one write and one
+/// fdatasync (group commit); the others wait for their result.
 #[repr(align(128))]
 #[derive(Default)]
 struct Lane {
-    segment: Mutex<Option<Segment>>,
+    state: Mutex<LaneState>,
+    /// Signalled when a group write ends.
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The open segment; with the writing leader while a group is written.
+    segment: Option<Segment>,
+    /// Batches' records waiting for the next group write, by ticket.
+    queue: Vec<(u64, Vec<u8>)>,
+    /// Results of group writes their writers have not collected yet.
+    done: HashMap<u64, Result<(u64, u64), AppendError>>,
+    next_ticket: u64,
+    /// A leader is writing a group.
+    writing: bool,
+}
+
+/// Why a group write failed, for every batch in the group (a `StoreError` is not `Clone`).
+#[derive(Clone)]
+struct AppendError {
+    operation: &'static str,
+    path: PathBuf,
+    kind: io::ErrorKind,
+    message: String,
+    /// The write may or may not be on disk (the store is poisoned).
+    unknown: bool,
+}
+
+impl AppendError {
+    fn into_store_error(self) -> StoreError {
+        let source = io::Error::new(self.kind, self.message);
+        if self.unknown {
+            StoreError::OutcomeUnknown {
+                operation: self.operation,
+                path: Some(self.path),
+                source,
+            }
+        } else {
+            StoreError::Io {
+                operation: self.operation,
+                path: Some(self.path),
+                source,
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -310,6 +360,9 @@ struct LogState {
 struct LiveSegment {
     bytes: u64,
     sealed: bool,
+    /// Batches appended to it whose index entries are not yet published: compaction waits
+    /// for them, so it never removes a segment holding a batch the index does not show yet.
+    unpublished: usize,
 }
 
 /// What the store's users, and its compactor thread, share.
@@ -364,6 +417,13 @@ fn lane_hint() -> usize {
     })
 }
 
+/// Lanes unless told otherwise: the syncs worth running at once, one per core.
+fn default_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16)
+}
+
 /// A write's machines by partition, ascending: (partition, indices into the batch).
 type Groups = BTreeMap<usize, Vec<usize>>;
 
@@ -382,9 +442,6 @@ impl FileStore {
     /// Parts of the id space ([`MachineId::partition`]) with an index and a lock each.
     pub const PARTITIONS: usize = 64;
 
-    /// Log lanes (segments open for appending at once) unless told otherwise.
-    pub const DEFAULT_LANES: usize = 16;
-
     /// Opens the store in `dir` (created if missing) with the default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<FileStore, StoreError> {
         FileStore::builder(dir).open()
@@ -398,7 +455,7 @@ impl FileStore {
             limits: Limits::DEFAULT,
             checkpoint_bytes: 64 << 20,
             log_limit: None,
-            lanes: FileStore::DEFAULT_LANES,
+            lanes: None,
             compaction: Compaction::Background,
             put_syncs_dir: true,
         }
@@ -481,7 +538,9 @@ impl FileStore {
             compaction,
             put_syncs_dir,
             partitions: (0..PARTITIONS).map(|_| Partition::default()).collect(),
-            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
+            lanes: (0..lanes.unwrap_or_else(default_lanes))
+                .map(|_| Lane::default())
+                .collect(),
             log: Mutex::new(LogState::default()),
             log_changed: Condvar::new(),
             compacting: Mutex::new(()),
@@ -709,6 +768,7 @@ impl Shared {
                 LiveSegment {
                     bytes,
                     sealed: true,
+                    unpublished: 0,
                 },
             );
             log.bytes += bytes;
@@ -868,37 +928,87 @@ impl Shared {
         }
     }
 
-    /// A lane to append to: this thread's own if it is free, else any free one, else this
-    /// thread's own once it is.
-    fn lane(&self) -> MutexGuard<'_, Option<Segment>> {
-        let n = self.lanes.len();
-        let first = lane_hint() % n;
-        for k in 0..n {
-            match self.lanes[(first + k) % n].segment.try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
+    /// Appends a batch's record through this thread's lane, together with the records other
+    /// threads queue on it meanwhile (one write, one fdatasync for all of them); returns the
+    /// segment and the record's offset in it. The caller publishes the batch, then calls
+    /// [`Shared::published`].
+    fn append(&self, record: Vec<u8>) -> Result<(u64, u64), StoreError> {
+        let lane = &self.lanes[lane_hint() % self.lanes.len()];
+        let mut state = lock(&lane.state);
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queue.push((ticket, record));
+        loop {
+            if let Some(result) = state.done.remove(&ticket) {
+                return result.map_err(AppendError::into_store_error);
             }
+            if state.writing {
+                state = lane
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // No write under way: this writer writes everything queued.
+            state.writing = true;
+            let group = std::mem::take(&mut state.queue);
+            let mut segment = state.segment.take();
+            drop(state);
+            let outcome = if let [(_, only)] = group.as_slice() {
+                self.append_group(&mut segment, only, 1)
+            } else {
+                let bytes: Vec<u8> = group.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                self.append_group(&mut segment, &bytes, group.len())
+            };
+            state = lock(&lane.state);
+            state.segment = segment;
+            state.writing = false;
+            match outcome {
+                Ok((number, mut offset)) => {
+                    for (t, record) in group {
+                        state.done.insert(t, Ok((number, offset)));
+                        offset += record.len() as u64;
+                    }
+                }
+                Err(e) => {
+                    for (t, _) in group {
+                        state.done.insert(t, Err(e.clone()));
+                    }
+                }
+            }
+            lane.written.notify_all();
         }
-        lock(&self.lanes[first].segment)
     }
 
-    /// Appends `record` to the lane's segment (opening one if it has none) and makes it
-    /// durable; returns the segment and the record's offset in it.
-    fn append(&self, lane: &mut Option<Segment>, record: &[u8]) -> Result<(u64, u64), StoreError> {
+    /// Appends `bytes` (the records of `records` batches) to the segment (opening one if
+    /// there is none) and makes them durable; returns the segment and where they start.
+    fn append_group(
+        &self,
+        lane: &mut Option<Segment>,
+        bytes: &[u8],
+        records: usize,
+    ) -> Result<(u64, u64), AppendError> {
+        let failure = |operation, path: PathBuf, e: &io::Error, unknown| AppendError {
+            operation,
+            path,
+            kind: e.kind(),
+            message: e.to_string(),
+            unknown,
+        };
         if lane.is_none() {
             let number = self.next_segment.fetch_add(1, Ordering::Relaxed);
             let path = self.segment_path(number);
             let file = self
                 .io
                 .create(&path)
-                .map_err(|e| self.io_error("creating a log segment", Some(path.clone()), e))?;
+                .map_err(|e| failure("creating a log segment", path.clone(), &e, false))?;
             // Live from now on: whatever happens next, compaction removes it.
             lock(&self.log).live.insert(
                 number,
                 LiveSegment {
                     bytes: 0,
                     sealed: false,
+                    unpublished: 0,
                 },
             );
             *lane = Some(Segment {
@@ -909,29 +1019,54 @@ impl Shared {
             if let Err(source) = self.io.sync_dir(&self.dir) {
                 self.seal(lane);
                 self.poison_with(format!("fsync of the store directory failed: {source}"));
-                return Err(self.io_error("fsync of the store directory", None, source));
+                return Err(failure(
+                    "fsync of the store directory",
+                    self.dir.clone(),
+                    &source,
+                    false,
+                ));
             }
         }
         let segment = lane.as_mut().expect("opened above");
         let number = segment.number;
-        if let Err(e) = segment.file.write_all(record) {
+        if let Err(e) = segment.file.write_all(bytes) {
             // The segment may now end in a partial record: the next batch starts a new one
             // (replay reads each segment up to its first invalid record).
             self.seal(lane);
-            return Err(self.io_error("appending to the log", Some(self.segment_path(number)), e));
+            return Err(failure(
+                "appending to the log",
+                self.segment_path(number),
+                &e,
+                false,
+            ));
         }
         if let Err(source) = segment.file.sync_data() {
             self.seal(lane);
-            return Err(self.poison("fdatasync of the log", self.segment_path(number), source));
+            let path = self.segment_path(number);
+            let error = failure("fdatasync of the log", path.clone(), &source, true);
+            self.poison("fdatasync of the log", path, source);
+            return Err(error);
         }
         let offset = segment.len;
-        segment.len += record.len() as u64;
+        segment.len += bytes.len() as u64;
         let mut log = lock(&self.log);
-        log.bytes += record.len() as u64;
+        log.bytes += bytes.len() as u64;
         if let Some(live) = log.live.get_mut(&number) {
-            live.bytes += record.len() as u64;
+            live.bytes += bytes.len() as u64;
+            live.unpublished += records;
         }
         Ok((number, offset))
+    }
+
+    /// A batch appended to `segment` is in the index now.
+    fn published(&self, segment: u64) {
+        let mut log = lock(&self.log);
+        if let Some(live) = log.live.get_mut(&segment) {
+            live.unpublished -= 1;
+            if live.unpublished == 0 && live.sealed {
+                self.log_changed.notify_all();
+            }
+        }
     }
 
     /// Closes the lane's segment for appending; it stays live until compacted.
@@ -1011,13 +1146,9 @@ impl Shared {
         self.wait_for_room()?;
         self.reserve(&groups, batch)?;
         let (record, offsets) = wal::encode(batch);
-        // The lane is held until the index shows the new locations, so that a compaction,
-        // which seals segments through their lanes, never misses a batch it would delete.
-        let mut lane = self.lane();
-        let (segment, base) = match self.append(&mut lane, &record) {
+        let (segment, base) = match self.append(record) {
             Ok(at) => at,
             Err(e) => {
-                drop(lane);
                 self.release(&groups, batch);
                 return Err(e);
             }
@@ -1027,7 +1158,7 @@ impl Shared {
             offset: base + offsets[i] as u64,
             len: batch[i].snapshot.len(),
         });
-        drop(lane);
+        self.published(segment);
         self.after_append();
         Ok(())
     }
@@ -1108,14 +1239,31 @@ impl Shared {
     /// `compacting`.
     fn compact_all(&self) -> Result<(), StoreError> {
         for lane in self.lanes.iter() {
-            self.seal(&mut lock(&lane.segment));
+            // Not while a group is being written: it has the segment.
+            let mut state = lock(&lane.state);
+            while state.writing {
+                state = lane
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            self.seal(&mut state.segment);
         }
-        let sealed: Vec<u64> = lock(&self.log)
+        // Batches already appended to the sealed segments publish their index entries first.
+        let mut log = lock(&self.log);
+        while log.live.values().any(|s| s.sealed && s.unpublished > 0) {
+            log = self
+                .log_changed
+                .wait(log)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let sealed: Vec<u64> = log
             .live
             .iter()
             .filter(|(_, s)| s.sealed)
             .map(|(n, _)| *n)
             .collect();
+        drop(log);
         if sealed.is_empty() {
             return Ok(());
         }

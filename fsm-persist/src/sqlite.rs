@@ -1,8 +1,9 @@
 //! The SQLite store (feature `sqlite`): bundled SQLite, WAL mode, `synchronous=FULL`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use fsm_core::store::{
     check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
@@ -81,6 +82,9 @@ impl SqliteStoreBuilder {
         .map_err(known)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            group: Mutex::new(Group::default()),
+            written: Condvar::new(),
             path: self.path,
             synchronous: self.synchronous,
             limits: self.limits,
@@ -94,10 +98,26 @@ impl SqliteStoreBuilder {
 /// `synchronous=FULL` unless [`Synchronous::NormalNotDurableAcrossPowerLoss`] is chosen
 /// explicitly. A put is one versioned statement (`INSERT .. ON CONFLICT DO NOTHING` for a new
 /// machine, `UPDATE .. WHERE seq = expected` after), so the compare-and-set happens inside
-/// SQLite; `put_many` is one `IMMEDIATE`
-/// transaction. Reads verify the envelope and that its sequence matches the row.
+/// SQLite. Reads verify the envelope and that its sequence matches the row.
+///
+/// `put_many` is group-committed: batches that arrive while another is being written wait,
+/// and the next writer stores all of them in one `IMMEDIATE` transaction, each batch in a
+/// savepoint of its own (a batch whose compare-and-set fails is rolled back alone and answered
+/// its own error), with one commit, one sync, for the group. So several threads (a kernel's
+/// shards) writing at once make bigger transactions, not more of them: SQLite has one writer.
+///
+/// Reads (`get`, `sequence`, `ids`) go through connections of their own, taken from a small
+/// pool: in WAL mode a reader sees the last committed state and never waits for the writer,
+/// so loading a machine does not wait for another thread's commit to sync.
 pub struct SqliteStore {
+    /// The one writing connection.
     conn: Mutex<Connection>,
+    /// Idle reading connections (opened on demand, kept for reuse).
+    readers: Mutex<Vec<Connection>>,
+    /// Batches waiting for the next group transaction, and the results of the last ones.
+    group: Mutex<Group>,
+    /// Signalled when a group transaction ends.
+    written: Condvar,
     path: PathBuf,
     synchronous: Synchronous,
     limits: Limits,
@@ -118,6 +138,37 @@ impl fmt::Debug for SqliteStore {
 const INSERT: &str = "INSERT INTO fsm_snapshots (id, seq, snapshot) VALUES (?1, ?2, ?3)
      ON CONFLICT (id) DO NOTHING";
 const REPLACE: &str = "UPDATE fsm_snapshots SET seq = ?2, snapshot = ?3 WHERE id = ?1 AND seq = ?4";
+
+/// One batch's writes, owned, so that whichever thread writes the group can store them.
+type OwnedBatch = Vec<(MachineId, Option<u64>, Snapshot)>;
+
+#[derive(Default)]
+struct Group {
+    waiting: Vec<(u64, OwnedBatch)>,
+    results: HashMap<u64, Result<(), StoreError>>,
+    next_ticket: u64,
+    writing: bool,
+}
+
+/// The same error for every batch of a group (a `StoreError` is not `Clone`).
+fn for_each_batch(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Backend {
+            backend,
+            message,
+            outcome_unknown,
+        } => StoreError::Backend {
+            backend,
+            message: message.clone(),
+            outcome_unknown: *outcome_unknown,
+        },
+        other => StoreError::Backend {
+            backend: BACKEND,
+            message: other.to_string(),
+            outcome_unknown: other.is_outcome_unknown(),
+        },
+    }
+}
 
 impl SqliteStore {
     /// Opens the database at `path` with the default (durable) options.
@@ -142,6 +193,74 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // rusqlite rolls back an open transaction when it is dropped during a panic.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `read` on a reading connection (an idle one, or a new one), then keeps it for the
+    /// next read.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(known)?,
+        };
+        let result = read(&conn);
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        // A few are enough: one per thread reading at once.
+        if readers.len() < 16 {
+            readers.push(conn);
+        }
+        result
+    }
+}
+
+impl SqliteStore {
+    /// Stores a group of batches in one transaction, each in its own savepoint; returns each
+    /// batch's result by ticket.
+    fn write_group(&self, batches: &[(u64, OwnedBatch)]) -> Vec<(u64, Result<(), StoreError>)> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = known(e);
+                return batches
+                    .iter()
+                    .map(|(t, _)| (*t, Err(for_each_batch(&e))))
+                    .collect();
+            }
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for (ticket, batch) in batches {
+            let result = tx.savepoint().map_err(known).and_then(|savepoint| {
+                for (id, expected, snapshot) in batch {
+                    // On error the savepoint is dropped, which rolls this batch back alone.
+                    upsert(&savepoint, &Put::new(id, *expected, snapshot))?;
+                }
+                savepoint.commit().map_err(writing)
+            });
+            results.push((*ticket, result));
+        }
+        if let Err(e) = tx.commit() {
+            // Nothing of the group holds (or, after an I/O error, it is not known what does).
+            let e = writing(e);
+            for (_, result) in &mut results {
+                if result.is_ok() {
+                    *result = Err(for_each_batch(&e));
+                }
+            }
+        }
+        results
     }
 }
 
@@ -218,19 +337,59 @@ impl SnapshotStore for SqliteStore {
 
     fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
         check_batch(batch)?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(known)?;
-        for put in batch {
-            // On error `tx` is dropped, which rolls the whole batch back.
-            upsert(&tx, put)?;
+        if batch.is_empty() {
+            return Ok(());
         }
-        tx.commit().map_err(writing)
+        let owned: OwnedBatch = batch
+            .iter()
+            .map(|p| (p.id.clone(), p.expected, p.snapshot.clone()))
+            .collect();
+        let mut group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = group.next_ticket;
+        group.next_ticket += 1;
+        group.waiting.push((ticket, owned));
+        loop {
+            if let Some(result) = group.results.remove(&ticket) {
+                return result;
+            }
+            if group.writing {
+                group = self
+                    .written
+                    .wait(group)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // No transaction under way: this writer stores everything waiting.
+            group.writing = true;
+            let batches = std::mem::take(&mut group.waiting);
+            drop(group);
+            let results = self.write_group(&batches);
+            group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+            group.writing = false;
+            group.results.extend(results);
+            self.written.notify_all();
+        }
     }
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        let conn = self.conn();
+        self.read(|conn| self.get_on(conn, id))
+    }
+
+    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| current(conn, id))
+    }
+
+    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
+        self.read(ids_on)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(BACKEND, true)
+    }
+}
+
+impl SqliteStore {
+    fn get_on(&self, conn: &Connection, id: &MachineId) -> Result<Snapshot, StoreError> {
         let row = conn
             .prepare_cached(
                 "SELECT seq, length(snapshot), CASE WHEN length(snapshot) <= ?2 THEN snapshot END
@@ -255,31 +414,22 @@ impl SnapshotStore for SqliteStore {
         };
         crate::verify::row(id, seq as u64, len as u64, bytes, &self.limits)
     }
+}
 
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        current(&self.conn(), id)
+fn ids_on(conn: &Connection) -> Result<Vec<MachineId>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM fsm_snapshots")
+        .map_err(known)?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(known)?;
+    let mut ids = Vec::new();
+    for row in rows {
+        let text = row.map_err(known)?;
+        let id = MachineId::new(text).map_err(|e| {
+            StoreError::corrupt("fsm_snapshots.id", Corruption::Other(e.to_string()))
+        })?;
+        ids.push(id);
     }
-
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT id FROM fsm_snapshots")
-            .map_err(known)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(known)?;
-        let mut ids = Vec::new();
-        for row in rows {
-            let text = row.map_err(known)?;
-            let id = MachineId::new(text).map_err(|e| {
-                StoreError::corrupt("fsm_snapshots.id", Corruption::Other(e.to_string()))
-            })?;
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(BACKEND, true)
-    }
+    Ok(ids)
 }

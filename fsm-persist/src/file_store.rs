@@ -16,6 +16,7 @@ use fsm_core::store::{
     StoreError,
 };
 
+use crate::group::GroupCommit;
 use crate::io::{Io, IoFile, OsIo};
 use crate::wal;
 
@@ -298,22 +299,10 @@ struct Segment {
 #[repr(align(128))]
 #[derive(Default)]
 struct Lane {
-    state: Mutex<LaneState>,
-    /// Signalled when a group write ends.
-    written: Condvar,
-}
-
-#[derive(Default)]
-struct LaneState {
-    /// The open segment; with the writing leader while a group is written.
-    segment: Option<Segment>,
-    /// Batches' records waiting for the next group write, by ticket.
-    queue: Vec<(u64, Vec<u8>)>,
-    /// Results of group writes their writers have not collected yet.
-    done: HashMap<u64, Result<(u64, u64), AppendError>>,
-    next_ticket: u64,
-    /// A leader is writing a group.
-    writing: bool,
+    group: GroupCommit<Vec<u8>, Result<(u64, u64), AppendError>>,
+    /// The open segment: held by the group's writer while it writes, and by compaction to
+    /// seal it.
+    segment: Mutex<Option<Segment>>,
 }
 
 /// Why a group write failed, for every batch in the group (a `StoreError` is not `Clone`).
@@ -414,6 +403,26 @@ fn lane_hint() -> usize {
             hint.set(NEXT_HINT.fetch_add(1, Ordering::Relaxed));
         }
         hint.get()
+    })
+}
+
+/// `f` over `items` on up to `threads` scoped threads, the results in the items' order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a recovery reader does not panic"))
+            .collect()
     })
 }
 
@@ -796,26 +805,9 @@ impl Shared {
 
     /// Reads and verifies every snapshot file, on `threads` threads.
     fn verify_files(&self, snaps: Vec<(MachineId, String)>, threads: usize) -> Vec<Verified> {
-        let chunk = snaps.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = snaps
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(id, name)| {
-                                let found =
-                                    self.read_verified(&self.dir.join(name)).map(|s| s.seq());
-                                (id.clone(), name.clone(), found)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("verifying files does not panic"))
-                .collect()
+        in_parallel(&snaps, threads, |(id, name)| {
+            let found = self.read_verified(&self.dir.join(name)).map(|s| s.seq());
+            (id.clone(), name.clone(), found)
         })
     }
 
@@ -827,27 +819,12 @@ impl Shared {
         threads: usize,
     ) -> Vec<(u64, io::Result<(u64, wal::Replay)>)> {
         let list: Vec<(u64, &PathBuf)> = segments.iter().map(|(n, p)| (*n, p)).collect();
-        let chunk = list.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = list
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|&(number, path)| {
-                                let replay = self.io.read(path, MAX_SEGMENT).map(|bytes| {
-                                    (bytes.len() as u64, wal::replay(&bytes, &self.limits))
-                                });
-                                (number, replay)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("replaying segments does not panic"))
-                .collect()
+        in_parallel(&list, threads, |&(number, path)| {
+            let replay = self
+                .io
+                .read(path, MAX_SEGMENT)
+                .map(|bytes| (bytes.len() as u64, wal::replay(&bytes, &self.limits)));
+            (number, replay)
         })
     }
 
@@ -934,50 +911,32 @@ impl Shared {
     /// [`Shared::published`].
     fn append(&self, record: Vec<u8>) -> Result<(u64, u64), StoreError> {
         let lane = &self.lanes[lane_hint() % self.lanes.len()];
-        let mut state = lock(&lane.state);
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.queue.push((ticket, record));
-        loop {
-            if let Some(result) = state.done.remove(&ticket) {
-                return result.map_err(AppendError::into_store_error);
-            }
-            if state.writing {
-                state = lane
-                    .written
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // No write under way: this writer writes everything queued.
-            state.writing = true;
-            let group = std::mem::take(&mut state.queue);
-            let mut segment = state.segment.take();
-            drop(state);
-            let outcome = if let [(_, only)] = group.as_slice() {
-                self.append_group(&mut segment, only, 1)
-            } else {
-                let bytes: Vec<u8> = group.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-                self.append_group(&mut segment, &bytes, group.len())
-            };
-            state = lock(&lane.state);
-            state.segment = segment;
-            state.writing = false;
-            match outcome {
-                Ok((number, mut offset)) => {
-                    for (t, record) in group {
-                        state.done.insert(t, Ok((number, offset)));
-                        offset += record.len() as u64;
-                    }
+        lane.group
+            .commit(record, |group| {
+                let mut segment = lock(&lane.segment);
+                let outcome = if let [(_, only)] = group.as_slice() {
+                    self.append_group(&mut segment, only, 1)
+                } else {
+                    let bytes: Vec<u8> =
+                        group.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                    self.append_group(&mut segment, &bytes, group.len())
+                };
+                match outcome {
+                    Ok((number, mut offset)) => group
+                        .into_iter()
+                        .map(|(t, record)| {
+                            let at = offset;
+                            offset += record.len() as u64;
+                            (t, Ok((number, at)))
+                        })
+                        .collect(),
+                    Err(e) => group
+                        .into_iter()
+                        .map(|(t, _)| (t, Err(e.clone())))
+                        .collect(),
                 }
-                Err(e) => {
-                    for (t, _) in group {
-                        state.done.insert(t, Err(e.clone()));
-                    }
-                }
-            }
-            lane.written.notify_all();
-        }
+            })
+            .map_err(AppendError::into_store_error)
     }
 
     /// Appends `bytes` (the records of `records` batches) to the segment (opening one if
@@ -1239,15 +1198,8 @@ impl Shared {
     /// `compacting`.
     fn compact_all(&self) -> Result<(), StoreError> {
         for lane in self.lanes.iter() {
-            // Not while a group is being written: it has the segment.
-            let mut state = lock(&lane.state);
-            while state.writing {
-                state = lane
-                    .written
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            self.seal(&mut state.segment);
+            // A group being written holds the segment: sealed after it.
+            self.seal(&mut lock(&lane.segment));
         }
         // Batches already appended to the sealed segments publish their index entries first.
         let mut log = lock(&self.log);

@@ -32,6 +32,7 @@ pub mod conformance;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod file_store;
+mod group;
 pub mod inspect;
 pub mod io;
 mod kernel;

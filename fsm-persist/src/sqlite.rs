@@ -1,10 +1,10 @@
 //! The SQLite store (feature `sqlite`): bundled SQLite, WAL mode, `synchronous=FULL`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::group::GroupCommit;
 use fsm_core::store::{
     check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
     StoreError,
@@ -87,8 +87,7 @@ impl SqliteStoreBuilder {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
-            group: Mutex::new(Group::default()),
-            written: Condvar::new(),
+            group: GroupCommit::default(),
             path: self.path,
             synchronous: self.synchronous,
             limits: self.limits,
@@ -119,10 +118,8 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// Idle reading connections (opened on demand, kept for reuse).
     readers: Mutex<Vec<Connection>>,
-    /// Batches waiting for the next group transaction, and the results of the last ones.
-    group: Mutex<Group>,
-    /// Signalled when a group transaction ends.
-    written: Condvar,
+    /// Batches waiting for the next group transaction.
+    group: GroupCommit<OwnedBatch, Result<(), StoreError>>,
     path: PathBuf,
     synchronous: Synchronous,
     limits: Limits,
@@ -146,14 +143,6 @@ const REPLACE: &str = "UPDATE fsm_snapshots SET seq = ?2, snapshot = ?3 WHERE id
 
 /// One batch's writes, owned, so that whichever thread writes the group can store them.
 type OwnedBatch = Vec<(MachineId, Option<u64>, Snapshot)>;
-
-#[derive(Default)]
-struct Group {
-    waiting: Vec<(u64, OwnedBatch)>,
-    results: HashMap<u64, Result<(), StoreError>>,
-    next_ticket: u64,
-    writing: bool,
-}
 
 /// The same error for every batch of a group (a `StoreError` is not `Clone`).
 fn for_each_batch(e: &StoreError) -> StoreError {
@@ -366,31 +355,8 @@ impl SnapshotStore for SqliteStore {
             .iter()
             .map(|p| (p.id.clone(), p.expected, p.snapshot.clone()))
             .collect();
-        let mut group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
-        let ticket = group.next_ticket;
-        group.next_ticket += 1;
-        group.waiting.push((ticket, owned));
-        loop {
-            if let Some(result) = group.results.remove(&ticket) {
-                return result;
-            }
-            if group.writing {
-                group = self
-                    .written
-                    .wait(group)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // No transaction under way: this writer stores everything waiting.
-            group.writing = true;
-            let batches = std::mem::take(&mut group.waiting);
-            drop(group);
-            let results = self.write_group(&batches);
-            group = self.group.lock().unwrap_or_else(PoisonError::into_inner);
-            group.writing = false;
-            group.results.extend(results);
-            self.written.notify_all();
-        }
+        self.group
+            .commit(owned, |batches| self.write_group(&batches))
     }
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 
-use super::inbox::{Closing, Job};
+use super::inbox::{Closing, Cmd, Job};
 use super::journal::Journal;
 use super::outcome::{CommandError, QuarantineCause, Quarantined};
 use super::supervisor::WorkerMsg;
@@ -112,19 +112,7 @@ impl<M: Durable> Shard<M> {
         // Postponed commands the machines never took go back to the caller.
         for slot in self.core.slots.values_mut() {
             for cmd in slot.deferred.drain(..) {
-                let outcome = Err(CommandError::Closed);
-                core::count(
-                    &mut self.core.counts,
-                    &outcome,
-                    cmd.reply.is_none(),
-                    cmd.fire.is_some(),
-                );
-                let id = cmd.id.clone();
-                let fed_back = cmd.reply.is_none();
-                let request = cmd.answer(outcome);
-                if !fed_back {
-                    handed_back.push((id, request));
-                }
+                close(&mut self.core.counts, cmd, &mut handed_back);
             }
         }
         self.core.deferred = 0;
@@ -161,19 +149,7 @@ impl<M: Durable> Shard<M> {
         for job in self.jobs.drain(..) {
             if let Job::Command(cmd) = job {
                 n += 1;
-                let outcome = Err(CommandError::Closed);
-                core::count(
-                    &mut self.core.counts,
-                    &outcome,
-                    cmd.reply.is_none(),
-                    cmd.fire.is_some(),
-                );
-                let id = cmd.id.clone();
-                let fed_back = cmd.reply.is_none();
-                let request = cmd.answer(outcome);
-                if !fed_back {
-                    out.push((id, request));
-                }
+                close(&mut self.core.counts, cmd, out);
             }
         }
         self.inner.quiet.done(self.index, n);
@@ -628,6 +604,23 @@ impl<M: Durable> Shard<M> {
         stats.resident = self.core.slots.len();
         stats.quarantined = self.quarantined.len();
         stats.timer_entries = self.core.due.len();
+    }
+}
+
+/// Answers a command the closing shard will not decide `Closed`, counts it, and hands its
+/// request back to the caller (unless a worker fed it back).
+fn close<M: Durable>(
+    counts: &mut crate::kernel::stats::KernelCounts,
+    cmd: Cmd<M>,
+    out: &mut HandedBack<M::Event>,
+) {
+    let outcome = Err(CommandError::Closed);
+    let fed_back = cmd.reply.is_none();
+    core::count(counts, &outcome, fed_back, cmd.fire.is_some());
+    let id = cmd.id.clone();
+    let request = cmd.answer(outcome);
+    if !fed_back {
+        out.push((id, request));
     }
 }
 

@@ -412,7 +412,12 @@ fn in_parallel<T: Sync, R: Send>(
     threads: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    // Threads cost more than they save for a few items (a fuzzer opens a small store
+    // thousands of times).
+    if threads <= 1 || items.len() < 64 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads).max(1);
     let f = &f;
     std::thread::scope(|scope| {
         let workers: Vec<_> = items
@@ -507,7 +512,7 @@ impl FileStore {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.shared.check_poison()?;
         let _one = lock(&self.shared.compacting);
-        self.shared.compact_all()
+        self.shared.compact_all(1)
     }
 
     fn open_with(options: FileStoreBuilder) -> Result<FileStore, StoreError> {
@@ -787,7 +792,7 @@ impl Shared {
         *lock(&self.log) = log;
         if replayed_any {
             let _one = lock(&self.compacting);
-            self.compact_all()?;
+            self.compact_all(1)?;
         }
         report.machines = self
             .partitions
@@ -1089,7 +1094,7 @@ impl Shared {
                 // The batch is durable in the log already; a failed compaction is reported by
                 // the next call (it poisons the store or leaves the log to be compacted later).
                 if let Ok(_one) = self.compacting.try_lock() {
-                    let _ = self.compact_all();
+                    let _ = self.compact_all(1);
                 }
             }
         }
@@ -1194,9 +1199,9 @@ impl Shared {
 
     // ---- compaction ----
 
-    /// Seals every open segment and compacts every sealed one. The caller holds
-    /// `compacting`.
-    fn compact_all(&self) -> Result<(), StoreError> {
+    /// Seals every open segment and compacts every sealed one, on up to `threads` threads.
+    /// The caller holds `compacting`.
+    fn compact_all(&self, threads: usize) -> Result<(), StoreError> {
         for lane in self.lanes.iter() {
             // A group being written holds the segment: sealed after it.
             self.seal(&mut lock(&lane.segment));
@@ -1219,12 +1224,62 @@ impl Shared {
         if sealed.is_empty() {
             return Ok(());
         }
-        self.compact(&sealed)
+        self.compact(&sealed, threads)
+    }
+
+    /// Moves machine `id`'s copy at `here` (sequence `seq`, in the segment `bytes` read from
+    /// `path`) into its file, if the index still points at it: returns the machine and the
+    /// copy it moved, or `None` if a newer write superseded it (before or during the move).
+    fn compact_one(
+        &self,
+        id: &MachineId,
+        seq: u64,
+        here: Location,
+        bytes: &[u8],
+        path: &Path,
+    ) -> Result<Option<(MachineId, Location)>, StoreError> {
+        let Location::Wal { offset, len, .. } = here else {
+            return Ok(None);
+        };
+        let current = |state: &PartitionState| {
+            matches!(
+                state.index.get(id),
+                Some(Entry::Valid { seq: s, at }) if *s == seq && *at == here
+            )
+        };
+        // A copy a newer write already replaced costs nothing (under load most do).
+        if !current(&lock(&self.partition(id).state)) {
+            return Ok(None);
+        }
+        let envelope = bytes
+            .get(offset as usize..offset as usize + len)
+            .ok_or_else(|| {
+                StoreError::corrupt(
+                    path.display().to_string(),
+                    Corruption::Other("log segment shorter than its index".into()),
+                )
+            })?;
+        let temp = self.create_synced_temp(id, envelope)?;
+        // Only if the index still points at this copy: a newer write (to the log or the file)
+        // must not be replaced by it.
+        let state = lock(&self.partition(id).state);
+        if !current(&state) {
+            drop(state);
+            let _ = self.io.remove(&temp);
+            return Ok(None);
+        }
+        let target = self.snap_path(id);
+        if let Err(source) = self.io.rename(&temp, &target) {
+            let _ = self.io.remove(&temp);
+            drop(state);
+            return Err(self.poison("rename", target, source));
+        }
+        Ok(Some((id.clone(), here)))
     }
 
     /// Writes every snapshot that lives in `segments` (sealed: nothing appends to them) into
-    /// its file, then removes the segments.
-    fn compact(&self, segments: &[u64]) -> Result<(), StoreError> {
+    /// its file, on up to `threads` threads, then removes the segments.
+    fn compact(&self, segments: &[u64], threads: usize) -> Result<(), StoreError> {
         let wanted: HashSet<u64> = segments.iter().copied().collect();
         // What lives in them, by segment.
         let mut by_segment: BTreeMap<u64, Vec<(MachineId, u64, u64, usize)>> = BTreeMap::new();
@@ -1259,41 +1314,20 @@ impl Shared {
                 .io
                 .read(&path, MAX_SEGMENT)
                 .map_err(|e| self.io_error("reading a log segment", Some(path.clone()), e))?;
-            for (id, seq, offset, len) in entries {
-                let envelope = bytes
-                    .get(offset as usize..offset as usize + len)
-                    .ok_or_else(|| {
-                        StoreError::corrupt(
-                            path.display().to_string(),
-                            Corruption::Other("log segment shorter than its index".into()),
-                        )
-                    })?;
-                let temp = self.create_synced_temp(&id, envelope)?;
+            // Each snapshot costs a file fsync: several at once when the disk takes them in
+            // parallel (the background compactor), one after the other otherwise.
+            let moved = in_parallel(&entries, threads, |(id, seq, offset, len)| {
                 let here = Location::Wal {
                     segment,
-                    offset,
-                    len,
+                    offset: *offset,
+                    len: *len,
                 };
-                // Only if the index still points at this copy: a newer write (to the log or
-                // the file) must not be replaced by it.
-                let state = lock(&self.partition(&id).state);
-                let current = matches!(
-                    state.index.get(&id),
-                    Some(Entry::Valid { seq: s, at }) if *s == seq && *at == here
-                );
-                if !current {
-                    drop(state);
-                    let _ = self.io.remove(&temp);
-                    continue;
+                self.compact_one(id, *seq, here, &bytes, &path)
+            });
+            for result in moved {
+                if let Some(done) = result? {
+                    renamed.push(done);
                 }
-                let target = self.snap_path(&id);
-                if let Err(source) = self.io.rename(&temp, &target) {
-                    let _ = self.io.remove(&temp);
-                    drop(state);
-                    return Err(self.poison("rename", target, source));
-                }
-                drop(state);
-                renamed.push((id, here));
             }
         }
         if !renamed.is_empty() {
@@ -1350,7 +1384,8 @@ impl Shared {
             drop(log);
             let result = {
                 let _one = lock(&self.compacting);
-                self.compact_all()
+                // As many file syncs at once as the store has lanes (one per core by default).
+                self.compact_all(self.lanes.len())
             };
             log = lock(&self.log);
             log.compaction_failed = result.as_ref().err().map(ToString::to_string);

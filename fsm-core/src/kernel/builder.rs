@@ -171,6 +171,8 @@ impl<M: Durable> KernelBuilder<M> {
     }
 
     /// Entries kept in the live trace (default [`DEFAULT_TRACE_CAPACITY`]; 0 turns it off).
+    /// Each shard keeps its own ring of this many, so that shards never write to the same
+    /// lock; a read returns at most this many, the newest over all shards.
     pub fn trace_capacity(mut self, n: usize) -> Self {
         self.trace = n;
         self

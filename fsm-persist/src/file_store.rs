@@ -1022,8 +1022,9 @@ impl Shared {
         Ok((number, offset))
     }
 
-    /// A batch appended to `segment` is in the index now.
-    fn published(&self, segment: u64) {
+    /// A batch appended to `segment` is in the index now. Returns whether the log holds enough
+    /// to compact (read under the same lock).
+    fn published(&self, segment: u64) -> bool {
         let mut log = lock(&self.log);
         if let Some(live) = log.live.get_mut(&segment) {
             live.unpublished -= 1;
@@ -1031,6 +1032,7 @@ impl Shared {
                 self.log_changed.notify_all();
             }
         }
+        log.bytes >= self.checkpoint_bytes
     }
 
     /// Closes the lane's segment for appending; it stays live until compacted.
@@ -1081,13 +1083,9 @@ impl Shared {
         self.check_poison()
     }
 
-    /// After a batch reached the log: compacts if the log passed the threshold (inline), or
-    /// tells the compactor.
-    fn after_append(&self) {
-        let bytes = lock(&self.log).bytes;
-        if bytes < self.checkpoint_bytes {
-            return;
-        }
+    /// After a batch took the log past the threshold: compacts (inline) or tells the
+    /// compactor.
+    fn compaction_due(&self) {
         match self.compaction {
             Compaction::Background => self.wake_log(),
             Compaction::Inline => {
@@ -1122,8 +1120,9 @@ impl Shared {
             offset: base + offsets[i] as u64,
             len: batch[i].snapshot.len(),
         });
-        self.published(segment);
-        self.after_append();
+        if self.published(segment) {
+            self.compaction_due();
+        }
         Ok(())
     }
 

@@ -12,7 +12,6 @@ use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
 
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::conformance::{id, snapshot};
@@ -26,46 +25,58 @@ fn snap(id: &MachineId, seq: u64) -> Snapshot {
     snapshot(id.as_str(), seq, PAYLOAD)
 }
 
-/// The power-loss model's I/O with every log fdatasync held until all `writers` have
-/// appended their batch of the round (or the power is off): a cut in the syncs of a round
-/// then finds several lanes with unsynced bytes, as a crash of a busy server does.
-#[derive(Clone)]
+/// Every log fdatasync held until all `writers` still writing have appended their batch of
+/// the round: a cut in the syncs of a round then finds several lanes with unsynced bytes, as
+/// a crash of a busy server does. No timer: a writer whose write fails (the power is off)
+/// leaves, and the rounds stop waiting for it.
 struct SyncTogether {
-    disk: PowerLossIo,
-    round: Arc<(Mutex<(usize, u64)>, Condvar)>,
+    round: Arc<(Mutex<Round>, Condvar)>,
     writers: usize,
 }
 
+#[derive(Default)]
+struct Round {
+    /// Writers waiting at this round's syncs.
+    arrived: usize,
+    generation: u64,
+    /// Writers that stopped (their write failed once the power was off): they never arrive.
+    gone: usize,
+}
+
 impl SyncTogether {
+    /// Releases the round once every writer still writing has arrived.
+    fn release_if_complete(&self, round: &mut Round, cvar: &Condvar) {
+        if round.arrived > 0 && round.arrived + round.gone >= self.writers {
+            round.arrived = 0;
+            round.generation += 1;
+            cvar.notify_all();
+        }
+    }
+
+    /// A writer's log sync waits here for the others of its round.
     fn arrive(&self) {
         let (lock, cvar) = &*self.round;
-        let mut state = lock.lock().unwrap();
-        let generation = state.1;
-        state.0 += 1;
-        if state.0 == self.writers {
-            *state = (0, generation + 1);
-            cvar.notify_all();
-            return;
+        let mut round = lock.lock().unwrap();
+        let generation = round.generation;
+        round.arrived += 1;
+        self.release_if_complete(&mut round, cvar);
+        while round.generation == generation {
+            round = cvar.wait(round).unwrap();
         }
-        // Not a timing margin: a round that never completes means two writers share a lane
-        // (the premise of the file's header failed), and the test says so instead of hanging.
-        let stuck_after = Instant::now() + Duration::from_secs(60);
-        while state.1 == generation && !self.disk.is_off() {
-            assert!(
-                Instant::now() < stuck_after,
-                "a round of syncs never completed: two writers share a log lane"
-            );
-            state = cvar
-                .wait_timeout(state, Duration::from_millis(10))
-                .unwrap()
-                .0;
-        }
+    }
+
+    /// A writer stops writing: the rounds no longer wait for it.
+    fn leave(&self) {
+        let (lock, cvar) = &*self.round;
+        let mut round = lock.lock().unwrap();
+        round.gone += 1;
+        self.release_if_complete(&mut round, cvar);
     }
 }
 
 struct HeldSyncs {
     file: Box<dyn IoFile>,
-    gate: SyncTogether,
+    gate: Arc<SyncTogether>,
 }
 
 impl IoFile for HeldSyncs {
@@ -81,7 +92,14 @@ impl IoFile for HeldSyncs {
     }
 }
 
-impl Io for SyncTogether {
+/// The power-loss model's I/O, with every log file's fdatasync held at the round's gate.
+#[derive(Clone)]
+struct Gate {
+    disk: PowerLossIo,
+    together: Arc<SyncTogether>,
+}
+
+impl Io for Gate {
     fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         self.disk.list(dir)
     }
@@ -95,7 +113,7 @@ impl Io for SyncTogether {
         let file = self.disk.create(path)?;
         Ok(Box::new(HeldSyncs {
             file,
-            gate: self.clone(),
+            gate: self.together.clone(),
         }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -119,14 +137,16 @@ struct Written {
 /// Four threads write through four lanes until the power fails at operation `cut`.
 fn concurrent_run(dir: &Path, cut: usize) -> (Vec<Written>, PowerLossIo) {
     let io = PowerLossIo::new(dir).unwrap().cut_before(cut);
-    let together = SyncTogether {
-        disk: io.clone(),
+    let together = Arc::new(SyncTogether {
         round: Arc::default(),
         writers: 4,
-    };
+    });
     let store = Arc::new(
         FileStore::builder(dir)
-            .io(together)
+            .io(Gate {
+                disk: io.clone(),
+                together: together.clone(),
+            })
             .lanes(4)
             .compaction(Compaction::Inline)
             .open()
@@ -134,7 +154,7 @@ fn concurrent_run(dir: &Path, cut: usize) -> (Vec<Written>, PowerLossIo) {
     );
     let threads: Vec<_> = (0..4)
         .map(|t| {
-            let store = store.clone();
+            let (store, together) = (store.clone(), together.clone());
             std::thread::spawn(move || {
                 let ids: Vec<MachineId> = (0..6).map(|i| id(&format!("p{t}-{i}"))).collect();
                 let mut w = Written::default();
@@ -150,6 +170,7 @@ fn concurrent_run(dir: &Path, cut: usize) -> (Vec<Written>, PowerLossIo) {
                         w.attempted.insert(m.clone(), seq);
                     }
                     if store.put_many(&batch).is_err() {
+                        together.leave();
                         break;
                     }
                     for m in &ids {

@@ -192,8 +192,14 @@ impl<M: Durable> Shard<M> {
             return;
         }
         while let Some(cmd) = self.core.work.pop_front() {
-            // Loading is the shell's: the core decides against what is in memory.
-            let loaded = self.ensure_loaded(&cmd.id, now, &*store);
+            // Loading is the shell's: the core decides against what is in memory. A command
+            // past its deadline is answered `Expired` before its machine is looked at: no read.
+            let expired = cmd.request.deadline.is_some_and(|d| now >= d);
+            let loaded = if expired {
+                Ok(())
+            } else {
+                self.ensure_loaded(&cmd.id, now, &*store)
+            };
             self.core.decide(cmd, now, taken, loaded);
             // Postponed commands a state change replayed are work in flight again.
             let replayed = std::mem::take(&mut self.core.replayed);

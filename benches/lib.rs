@@ -251,8 +251,7 @@ pub mod timers {
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
-    use fsm_core::kernel::{EffectError, EffectWorker};
-    use fsm_core::store::MachineId;
+    use fsm_core::kernel::{EffectCtx, EffectError, EffectWorker};
     use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
     use hdrhistogram::Histogram;
     use serde::{Deserialize, Serialize};
@@ -405,7 +404,7 @@ pub mod timers {
     }
 
     impl EffectWorker<Beat> for Lateness {
-        fn run(&mut self, _: &MachineId, f: &Fired) -> Result<Option<BeatCmd>, EffectError> {
+        fn run(&mut self, _: &EffectCtx, f: &Fired) -> Result<Option<BeatCmd>, EffectError> {
             let now = micros();
             let _ = self
                 .hist

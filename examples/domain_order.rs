@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fsm_core::kernel::{
-    CommandError, EffectError, EffectWorker, Failure, IdempotencyKey, Request, Shutdown,
-    TraceFilter,
+    CommandError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Request,
+    RetryPolicy, Shutdown, TraceFilter,
 };
 use fsm_core::store::{MachineId, SnapshotStore};
 use fsm_core::StateMachine;
@@ -35,7 +35,7 @@ struct FlakyRegistrar {
 impl EffectWorker<Order> for FlakyRegistrar {
     fn run(
         &mut self,
-        _: &MachineId,
+        _: &EffectCtx,
         effect: &OrderEffect,
     ) -> Result<Option<OrderCmd>, EffectError> {
         match effect {
@@ -65,11 +65,12 @@ impl EffectWorker<Order> for FlakyRegistrar {
         }
     }
 
-    /// A failed registration is reported to the order as a rejection (`Paid --Reject-->
-    /// Failed`, which refunds); the table decides whether the order takes it.
+    /// A registration whose attempts are spent is reported to the order as a rejection
+    /// (`Paid --Reject--> Failed`, which refunds); the table decides whether the order takes
+    /// it.
     fn failure_event(
         &self,
-        _: &MachineId,
+        _: &EffectCtx,
         effect: &OrderEffect,
         failure: &Failure,
     ) -> Option<OrderCmd> {
@@ -141,6 +142,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             refunded: r.clone(),
         })
         .restart_intensity(100, Duration::from_secs(10))
+        // A timed-out registration is tried again 10 ms later, then 20, 40, 80: five attempts
+        // under one idempotency key before the order is told it failed.
+        .retry(RetryPolicy::new(
+            Duration::from_millis(10),
+            2,
+            Duration::from_millis(100),
+            5,
+        )?)
         .start()?;
     let recovered = kernel.recovery();
     let run = recovered.recovered as u64 / ORDERS as u64 + 1;

@@ -29,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lead_dir = dir.clone();
     let kernel = fsm_persist::file_kernel(dir.join("store"), |_| Pacemaker::new())
         .shards(1)
-        .effects(1, move |_| {
+        // A pace is for this beat, never replayed after a restart: at most once.
+        .effects_at_most_once(1, move |_| {
             Lead::open(&lead_dir, started).expect("the pace log opens")
         })
         .start()?;

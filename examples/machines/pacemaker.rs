@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{EffectError, EffectWorker, Request, Shutdown};
+use fsm_core::kernel::{EffectCtx, EffectError, EffectWorker, Request, Shutdown};
 use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -177,7 +177,7 @@ impl Lead {
 }
 
 impl EffectWorker<Pacemaker> for Lead {
-    fn run(&mut self, _: &MachineId, pace: &Pace) -> Result<Option<Heart>, EffectError> {
+    fn run(&mut self, _: &EffectCtx, pace: &Pace) -> Result<Option<Heart>, EffectError> {
         writeln!(
             self.log,
             "pace {} {}",
@@ -213,7 +213,9 @@ pub fn run_device(
     let lead_dir: PathBuf = dir.to_owned();
     let kernel = fsm_persist::file_kernel(dir.join("store"), |_| Pacemaker::new())
         .shards(1)
-        .effects(1, move |_| {
+        // At most once: a pace is for this beat; delivered again after a restart it would be
+        // a pace at the wrong moment.
+        .effects_at_most_once(1, move |_| {
             Lead::open(&lead_dir, started).expect("the pace log opens")
         })
         .start()?;

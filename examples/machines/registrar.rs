@@ -77,8 +77,9 @@ pub enum OrderCmd {
     Cancel,
 }
 
-/// What an order asks the world to do once a transition is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an order asks the world to do once a transition is durable (kept in the order's
+/// outbox until the registrar's answer is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderEffect {
     /// Charge the card and ask the registrar to register the domain.
     Register {

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use fsm_core::kernel::{EffectError, EffectWorker, Failure};
+use fsm_core::kernel::{EffectCtx, EffectError, EffectWorker, Failure};
 use fsm_core::store::MachineId;
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -486,7 +486,8 @@ impl PeerWorker {
 }
 
 impl EffectWorker<Torrent> for PeerWorker {
-    fn run(&mut self, id: &MachineId, fetch: &Fetch) -> Result<Option<Swarm>, EffectError> {
+    fn run(&mut self, ctx: &EffectCtx, fetch: &Fetch) -> Result<Option<Swarm>, EffectError> {
+        let id = ctx.machine();
         if self
             .unreachable
             .as_ref()
@@ -517,7 +518,7 @@ impl EffectWorker<Torrent> for PeerWorker {
         }))
     }
 
-    fn failure_event(&self, _: &MachineId, fetch: &Fetch, _: &Failure) -> Option<Swarm> {
+    fn failure_event(&self, _: &EffectCtx, fetch: &Fetch, _: &Failure) -> Option<Swarm> {
         Some(Swarm::FetchFailed {
             n: fetch.n,
             peer: fetch.peer.clone(),
@@ -631,7 +632,9 @@ pub fn run_swarm(
         .timer_events()
         .idle_after(config.idle)
         .restart_intensity(1_000_000, Duration::from_secs(1))
-        .effects(2, move |i| {
+        // At most once: a torrent re-requests a piece from another peer on its own timers, so a
+        // fetch replayed after a crash would only duplicate one its machine already gave up.
+        .effects_at_most_once(2, move |i| {
             let mut w = PeerWorker::new(
                 cfg.corrupt_every,
                 cfg.crash_every,

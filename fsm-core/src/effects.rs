@@ -306,5 +306,5 @@ impl Raised {
 
 /// The effect type of a machine that declares none: it has no values, so no effect can be
 /// emitted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NoEffect {}

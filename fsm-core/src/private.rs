@@ -257,6 +257,6 @@ pub fn timers_section_round_trip<M: StateMachine>(
     bytes: &[u8],
     state: StateId,
 ) -> Result<Vec<u8>, String> {
-    let timers = crate::timer::decode_section(bytes, M::TABLE, state)?;
+    let timers = crate::timer::decode_section(bytes, M::TABLE, state).map_err(|e| e.to_string())?;
     Ok(crate::timer::encode_section(&timers))
 }

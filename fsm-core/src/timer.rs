@@ -39,7 +39,9 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
+use crate::kernel::SectionError;
 use crate::machine::Transition;
+use crate::store::Section;
 use crate::table::{StateId, Table};
 
 /// The longest timer name accepted, in bytes.
@@ -649,22 +651,15 @@ pub(crate) fn decode_section(
     bytes: &[u8],
     table: &Table,
     state: StateId,
-) -> Result<Timers<Box<[u8]>>, String> {
-    let ((version, next, stored), rest): ((u8, u64, Vec<StoredTimer>), _) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable: {e}"))?;
-    if version != SECTION_VERSION {
-        return Err(format!(
-            "timers section version {version}; this build reads version {SECTION_VERSION}"
-        ));
-    }
-    if !rest.is_empty() {
-        return Err(format!("{} bytes after the timers section", rest.len()));
-    }
+) -> Result<Timers<Box<[u8]>>, SectionError> {
+    let (next, stored): (u64, Vec<StoredTimer>) =
+        crate::kernel::section::decode_versioned(Section::Timers, bytes, SECTION_VERSION)?;
+    let invalid = |problem: String| SectionError::invalid(Section::Timers, problem);
     if stored.len() > SECTION_MAX_TIMERS {
-        return Err(format!(
+        return Err(invalid(format!(
             "{} armed timers, more than any machine holds",
             stored.len()
-        ));
+        )));
     }
     let mut timers = Timers {
         next,
@@ -675,36 +670,38 @@ pub(crate) fn decode_section(
             (0, None) => TimerKind::State,
             (1, None) => TimerKind::Event,
             (2, Some(name)) => {
-                check_name(&name).map_err(|e| e.to_string())?;
+                check_name(&name).map_err(|e| invalid(e.to_string()))?;
                 TimerKind::Named(Cow::Owned(name))
             }
-            (k, _) => return Err(format!("unknown timer kind {k}")),
+            (k, _) => return Err(invalid(format!("unknown timer kind {k}"))),
         };
         if s.instance >= next {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{kind}: instance {} not below the next, {next}",
                 s.instance
-            ));
+            )));
         }
         if s.after == 0 || s.after > millis_ceil(MAX_TIMER_DURATION) {
-            return Err(format!("{kind}: duration of {} ms", s.after));
+            return Err(invalid(format!("{kind}: duration of {} ms", s.after)));
         }
         match (&kind, &s.event) {
             (TimerKind::State, None) => {
                 let declared = table.state(state).and_then(|m| m.state_timeout());
                 if declared.is_none() {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "a state timeout armed in state `{}`, which declares none",
                         table.state_name(state)
-                    ));
+                    )));
                 }
             }
-            (TimerKind::State, Some(_)) => return Err("a state timeout with an event".into()),
-            (_, None) => return Err(format!("{kind} without its event")),
+            (TimerKind::State, Some(_)) => {
+                return Err(invalid("a state timeout with an event".into()))
+            }
+            (_, None) => return Err(invalid(format!("{kind} without its event"))),
             _ => {}
         }
         if timers.get(&kind).is_some() {
-            return Err(format!("{kind} armed twice"));
+            return Err(invalid(format!("{kind} armed twice")));
         }
         timers.armed.push(Armed {
             kind,
@@ -955,11 +952,12 @@ mod tests {
         );
         // Pacing declares no timeout: a state timeout there is corruption.
         let err = decode_section(&bytes, &TABLE, StateId::new(1)).unwrap_err();
-        assert!(err.contains("declares none"), "{err}");
+        assert!(err.to_string().contains("declares none"), "{err}");
         let mut newer = bytes.clone();
         newer[0] = 2;
         assert!(decode_section(&newer, &TABLE, StateId::new(0))
             .unwrap_err()
+            .to_string()
             .contains("version 2"));
         assert!(decode_section(&bytes[..bytes.len() - 1], &TABLE, StateId::new(0)).is_err());
         let mut longer = bytes.clone();

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use fsm_core::kernel::{EffectError, EffectWorker, Kernel, Shutdown};
+use fsm_core::kernel::{EffectCtx, EffectError, EffectWorker, Kernel, Shutdown};
 use fsm_core::store::{MachineId, MemoryStore, SnapshotStore};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -172,7 +172,7 @@ fn a_machine_with_hooks_holds_every_property() {
 struct Recorder(Arc<Mutex<Vec<String>>>);
 
 impl EffectWorker<Room> for Recorder {
-    fn run(&mut self, _: &MachineId, fx: &String) -> Result<Option<Door>, EffectError> {
+    fn run(&mut self, _: &EffectCtx, fx: &String) -> Result<Option<Door>, EffectError> {
         self.0.lock().unwrap().push(fx.clone());
         Ok(None)
     }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use fsm_core::kernel::{
-    CommandError, EffectError, EffectWorker, Failure, IdempotencyKey, Kernel, QuarantineCause,
-    Request, Shutdown, SubmitError, TraceFilter, TraceOutcome,
+    CommandError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Kernel,
+    QuarantineCause, Request, RetryPolicy, Shutdown, SubmitError, TraceFilter, TraceOutcome,
 };
 use fsm_core::queue::{ManualClock, Overload};
 use fsm_core::store::{
@@ -47,7 +47,7 @@ pub enum Cmd {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fx {
     Compile { attempt: u32 },
 }
@@ -225,15 +225,15 @@ const PANIC: usize = 1;
 const ERROR: usize = 2;
 
 impl EffectWorker<Build> for Worker {
-    fn run(&mut self, id: &MachineId, effect: &Fx) -> Result<Option<Cmd>, EffectError> {
-        let _ = self.seen.send((id.to_string(), effect.clone()));
+    fn run(&mut self, ctx: &EffectCtx, effect: &Fx) -> Result<Option<Cmd>, EffectError> {
+        let _ = self.seen.send((ctx.machine().to_string(), effect.clone()));
         match self.mode.load(Ordering::SeqCst) {
             PANIC => panic!("compiler crashed"),
             ERROR => Err("compiler said no".into()),
             _ => Ok(None),
         }
     }
-    fn failure_event(&self, _: &MachineId, _: &Fx, failure: &Failure) -> Option<Cmd> {
+    fn failure_event(&self, _: &EffectCtx, _: &Fx, failure: &Failure) -> Option<Cmd> {
         Some(Cmd::Fail {
             reason: failure.to_string(),
         })
@@ -356,9 +356,10 @@ fn a_refused_write_rolls_the_machine_back_answers_not_stored_and_runs_no_effect(
         seen.try_recv().is_err(),
         "an effect ran for a transition that was not stored"
     );
+    // Seq 1 owed the first effect, seq 2 settled it.
     assert_eq!(
         stored(&*store, &m),
-        Some((Build::Running { attempts: 1 }, 1))
+        Some((Build::Running { attempts: 1 }, 2))
     );
 
     // The store recovers: the machine continues from its last durable state.
@@ -368,13 +369,13 @@ fn a_refused_write_rolls_the_machine_back_answers_not_stored_and_runs_no_effect(
         .unwrap()
         .wait()
         .unwrap();
-    assert_eq!(c.seq, 2);
-    assert_eq!(
-        stored(&*store, &m),
-        Some((Build::Running { attempts: 2 }, 2))
-    );
+    assert_eq!(c.seq, 3);
     kernel.wait_idle();
     assert_eq!(seen.try_recv().unwrap().1, Fx::Compile { attempt: 2 });
+    assert_eq!(
+        stored(&*store, &m),
+        Some((Build::Running { attempts: 2 }, 4))
+    );
 }
 
 #[test]
@@ -488,6 +489,10 @@ fn a_panicking_worker_is_restarted_within_its_intensity_then_escalated() {
             mode: worker_mode.clone(),
         })
         .restart_intensity(2, Duration::from_secs(10))
+        // One attempt: a crash gives the effect up at once, and the failure event is fed back.
+        .retry(RetryPolicy::no_retry())
+        // The old contract, kept as an option: an escalated worker's machines take nothing.
+        .refuse_when_escalated(true)
         .start()
         .unwrap();
     let (a, b, c) = (id("job-a"), id("job-b"), id("job-c"));
@@ -548,14 +553,16 @@ fn a_panicking_worker_is_restarted_within_its_intensity_then_escalated() {
     };
     resumed.wait().unwrap();
     kernel.wait_idle();
+    // Seq 3 owes the effect; the worker's answer settled it in seq 4.
     assert!(matches!(
         stored(&*store, &b),
-        Some((Build::Running { attempts: 1 }, 3))
+        Some((Build::Running { attempts: 1 }, 4))
     ));
+    assert!(kernel.owed(&b).unwrap().is_empty());
 }
 
 #[test]
-fn a_worker_error_is_counted_and_fed_back_like_a_panic() {
+fn a_worker_error_is_a_failure_given_up_into_the_failure_event_not_a_crash() {
     let (seen_tx, _seen) = mpsc::channel();
     let mode = Arc::new(AtomicUsize::new(ERROR));
     let store: Arc<dyn SnapshotStore> = Arc::new(MemoryStore::new());
@@ -565,6 +572,7 @@ fn a_worker_error_is_counted_and_fed_back_like_a_panic() {
             seen: seen_tx.clone(),
             mode: mode.clone(),
         })
+        .retry(RetryPolicy::no_retry())
         .start()
         .unwrap();
     let m = id("job-1");
@@ -578,7 +586,11 @@ fn a_worker_error_is_counted_and_fed_back_like_a_panic() {
         }
     );
     let w = kernel.metrics().workers[kernel.worker_of(&m).unwrap()];
-    assert_eq!((w.errors, w.restarts, w.fed_back), (1, 1, 1));
+    assert_eq!(
+        (w.errors, w.panics, w.restarts, w.given_up, w.fed_back),
+        (1, 0, 0, 1, 1)
+    );
+    assert!(kernel.escalations().is_empty());
 }
 
 #[test]
@@ -650,7 +662,7 @@ fn recovery_quarantines_corrupt_or_invalid_machines_and_runs_the_others() {
             (
                 q.id.to_string(),
                 matches!(q.cause, QuarantineCause::Decode(_)),
-                matches!(q.cause, QuarantineCause::Journal(_)),
+                matches!(&q.cause, QuarantineCause::Section(e) if e.section() == fsm_core::store::Section::Journal),
             )
         })
         .collect();

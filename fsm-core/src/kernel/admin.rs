@@ -278,6 +278,9 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
                 "restarts": w.restarts,
                 "fed_back": w.fed_back,
                 "abandoned": w.abandoned,
+                "retries": w.retries,
+                "given_up": w.given_up,
+                "parked": w.parked,
                 "escalated": w.escalated,
             })).collect::<Vec<_>>(),
         })
@@ -919,6 +922,7 @@ fn counts_json(c: &KernelCounts) -> Value {
         ("escalated", c.escalated),
         ("deferred", c.deferred),
         ("queued", c.queued),
+        ("owed", c.owed),
     ] {
         map.insert(name.into(), value.into());
     }

@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::inbox::Inbox;
+use super::outbox::{EffectCodec, RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
+use super::shard::EffectRules;
 use super::quiet::Quiet;
 use super::shard::Shard;
 use super::stats::ShardStats;
@@ -61,6 +63,12 @@ pub struct KernelBuilder<M: Durable> {
     latency: bool,
     trace: usize,
     workers: Option<(usize, Factory<M>)>,
+    /// How effects are stored, when `effects` made them durable.
+    effect_codec: Option<EffectCodec<M::Effect>>,
+    at_most_once: Option<Arc<dyn Fn(&M::Effect) -> bool + Send + Sync>>,
+    max_owed: usize,
+    retry: RetryPolicy,
+    refuse_escalated: bool,
     intensity: Intensity,
     recover_on_start: bool,
     max_timers: usize,
@@ -95,6 +103,11 @@ impl<M: Durable> KernelBuilder<M> {
             latency: true,
             trace: DEFAULT_TRACE_CAPACITY,
             workers: None,
+            effect_codec: None,
+            at_most_once: None,
+            max_owed: DEFAULT_MAX_PENDING_EFFECTS,
+            retry: RetryPolicy::default(),
+            refuse_escalated: false,
             intensity: Intensity::default(),
             recover_on_start: true,
             max_timers: crate::timer::DEFAULT_MAX_TIMERS,
@@ -179,15 +192,73 @@ impl<M: Durable> KernelBuilder<M> {
     }
 
     /// Runs effects on `workers` threads, each with a worker made by `factory(index)` and
-    /// remade by it after a failure. A machine's effects always go to the same worker, in
-    /// order.
+    /// remade by it after a crash (a panic). A machine's effects always go to the same worker.
+    ///
+    /// Effects are **durable**: each is written into its machine's outbox in the same write
+    /// as the transition that emitted it, handed to the worker once that write is stored, one
+    /// at a time per machine in emission order, and removed in the write that decides the
+    /// worker's answer; a failed attempt is retried per [`KernelBuilder::retry`]. After a
+    /// crash every owed effect runs again, under the same [`EffectId`](super::EffectId): at
+    /// least once, exactly once for a receiver that deduplicates by its key. Effects for which
+    /// [`KernelBuilder::at_most_once`] says so are not stored, run once after the commit, and
+    /// lost in a crash. For an effect type that cannot be serialized, see
+    /// [`KernelBuilder::effects_at_most_once`].
     pub fn effects<W, F>(mut self, workers: usize, factory: F) -> Self
+    where
+        W: EffectWorker<M>,
+        F: Fn(usize) -> W + Send + Sync + 'static,
+        M::Effect: Serialize + DeserializeOwned,
+    {
+        let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
+        self.workers = Some((workers, factory));
+        self.effect_codec = Some(EffectCodec::postcard());
+        self
+    }
+
+    /// Like [`KernelBuilder::effects`], with every effect **at most once**: nothing is stored,
+    /// each effect is handed to its worker after the commit and lost if the process stops
+    /// first, and a failure is not retried (the machine gets the worker's `failure_event`).
+    /// For effect types that cannot be serialized, or machines whose state itself shows what
+    /// is still to do.
+    pub fn effects_at_most_once<W, F>(mut self, workers: usize, factory: F) -> Self
     where
         W: EffectWorker<M>,
         F: Fn(usize) -> W + Send + Sync + 'static,
     {
         let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
         self.workers = Some((workers, factory));
+        self.effect_codec = None;
+        self
+    }
+
+    /// Which effects are fire-and-forget (at most once: a log line, a metric) in a kernel whose
+    /// effects are durable: those for which `once` is true are not stored and never run again
+    /// after a crash.
+    pub fn at_most_once(mut self, once: impl Fn(&M::Effect) -> bool + Send + Sync + 'static) -> Self {
+        self.at_most_once = Some(Arc::new(once));
+        self
+    }
+
+    /// How failed durable effects are retried (default [`RetryPolicy::default`]: 1 s,
+    /// doubling, at most 5 minutes apart, 10 attempts).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Durable effects one machine may owe at once (default
+    /// [`DEFAULT_MAX_PENDING_EFFECTS`]); a transition that would owe more is refused with
+    /// [`CommandError::Outbox`](super::CommandError::Outbox), nothing changed.
+    pub fn max_pending_effects(mut self, n: usize) -> Self {
+        self.max_owed = n;
+        self
+    }
+
+    /// Whether submits for the machines of an escalated worker are refused with
+    /// [`SubmitError::Escalated`](super::SubmitError::Escalated) (default off: the machines
+    /// move on, and what they owe waits for the worker's restart).
+    pub fn refuse_when_escalated(mut self, on: bool) -> Self {
+        self.refuse_escalated = on;
         self
     }
 
@@ -246,6 +317,12 @@ impl<M: Durable> KernelBuilder<M> {
         if self.capacity == 0 {
             return Err(BuildError::Config(
                 "zero inbox capacity; use at least 1".into(),
+            ));
+        }
+        if self.max_owed == 0 && self.effect_codec.is_some() {
+            return Err(BuildError::Config(
+                "max_pending_effects 0 refuses every transition with an effect; use at least 1"
+                    .into(),
             ));
         }
         if matches!(self.workers, Some((0, _))) {
@@ -340,6 +417,14 @@ impl<M: Durable> KernelBuilder<M> {
             quiet: Quiet::new(self.shards),
             intake_open: AtomicBool::new(true),
             abandon_effects: AtomicBool::new(false),
+            effect_rules: self.effect_codec.map(|codec| EffectRules {
+                codec,
+                at_most_once: self.at_most_once,
+                limit: self.max_owed,
+                retry: self.retry,
+            }),
+            effect_retry: self.retry,
+            refuse_escalated: self.refuse_escalated,
             started,
             time: TimeBase::new(&clock_for_time),
             timer_events: self.timer_events,

@@ -42,11 +42,12 @@ impl<M: Durable> Kernel<M> {
     /// | `fsm_kernel_commands_total` | counter | machine, shard, outcome |
     /// | `fsm_kernel_fed_back_total`, `fsm_kernel_timers_fired_total`, `fsm_kernel_raised_total` | counter | machine, shard |
     /// | `fsm_kernel_commits_total`, `fsm_kernel_snapshots_written_total` | counter | machine, shard |
-    /// | `fsm_kernel_queued`, `fsm_kernel_deferred`, `fsm_kernel_inbox_high_water` | gauge | machine, shard |
+    /// | `fsm_kernel_queued`, `fsm_kernel_deferred`, `fsm_kernel_effects_owed`, `fsm_kernel_inbox_high_water` | gauge | machine, shard |
     /// | `fsm_kernel_resident_machines`, `fsm_kernel_quarantined_machines`, `fsm_kernel_timer_entries` | gauge | machine, shard |
     /// | `fsm_kernel_latency_seconds` | gauge | machine, shard, stage (wait, apply, persist, end_to_end), quantile (0.5, 0.95, 0.99, 1) |
-    /// | `fsm_kernel_worker_effects_total`, `..._errors_total`, `..._panics_total`, `..._restarts_total` | counter | machine, worker |
+    /// | `fsm_kernel_worker_effects_total`, `..._errors_total`, `..._panics_total`, `..._restarts_total`, `..._retries_total`, `..._given_up_total` | counter | machine, worker |
     /// | `fsm_kernel_worker_escalated` | gauge (0 or 1) | machine, worker |
+    /// | `fsm_kernel_worker_waiting` (effects waiting for an escalated worker's restart) | gauge | machine, worker |
     /// | `fsm_kernel_store_reopens_total` | counter | machine |
     /// | `fsm_kernel_uptime_seconds` | gauge | machine |
     pub fn publish_metrics(&self) {
@@ -62,6 +63,9 @@ impl<M: Durable> Kernel<M> {
             counter!("fsm_kernel_worker_errors_total", &labels).absolute(w.errors);
             counter!("fsm_kernel_worker_panics_total", &labels).absolute(w.panics);
             counter!("fsm_kernel_worker_restarts_total", &labels).absolute(w.restarts);
+            counter!("fsm_kernel_worker_retries_total", &labels).absolute(w.retries);
+            counter!("fsm_kernel_worker_given_up_total", &labels).absolute(w.given_up);
+            gauge!("fsm_kernel_worker_waiting", &labels).set(w.parked as f64);
             gauge!("fsm_kernel_worker_escalated", &labels).set(f64::from(u8::from(w.escalated)));
         }
         counter!("fsm_kernel_store_reopens_total", "machine" => machine).absolute(m.store_reopens);
@@ -88,6 +92,7 @@ fn publish_shard(machine: &'static str, shard: &str, s: &ShardMetrics) {
     counter!("fsm_kernel_snapshots_written_total", &labels).absolute(s.snapshots);
     gauge!("fsm_kernel_queued", &labels).set(c.queued as f64);
     gauge!("fsm_kernel_deferred", &labels).set(c.deferred as f64);
+    gauge!("fsm_kernel_effects_owed", &labels).set(c.owed as f64);
     gauge!("fsm_kernel_inbox_high_water", &labels).set(s.high_water as f64);
     gauge!("fsm_kernel_resident_machines", &labels).set(s.resident as f64);
     gauge!("fsm_kernel_quarantined_machines", &labels).set(s.quarantined as f64);

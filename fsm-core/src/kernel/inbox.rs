@@ -23,6 +23,20 @@ pub(crate) struct Cmd<M: Durable> {
     pub(crate) reply: Option<Reply<Outcome>>,
     /// The timer arming this command is the firing of, if it is one.
     pub(crate) fire: Option<Box<Fire>>,
+    /// The owed effect whose worker answered with this event, if it is such an answer: the
+    /// effect leaves the outbox in the write that decides the event.
+    pub(crate) settles: Option<Settles>,
+}
+
+/// Which owed effect of the command's machine an answer settles: its sequence and index.
+pub(crate) type Settles = (u64, u32);
+
+/// A worker's answer that carries no event for the machine: the effect is done (or given up)
+/// and leaves the outbox, or it failed and is to be retried.
+pub(crate) struct Answer {
+    pub(crate) id: MachineId,
+    pub(crate) settles: Settles,
+    pub(crate) retry: bool,
 }
 
 /// Which arming of which timer a firing command comes from: its idempotency key, checked
@@ -54,6 +68,10 @@ pub(crate) enum Job<M: Durable> {
     Inspect(MachineId, Inspector<M>),
     /// Fire the timers due now (the batch does so anyway); answers how many fired.
     FireTimers(Reply<usize>),
+    /// An effect worker's answer without an event.
+    Answer(Answer),
+    /// A reader of what machine `id` owes (loading it if needed).
+    Owed(MachineId, Reply<Result<Vec<crate::kernel::OwedEffect>, CommandError>>),
 }
 
 /// A reader of one machine's state, run on its shard between batches.
@@ -164,15 +182,15 @@ impl<M: Durable> Inbox<M> {
         true
     }
 
-    /// Queues an event fed back by an effect worker: never refused for room (fed-back events
-    /// are bounded by the effects in flight, and refusing them could deadlock a worker
+    /// Queues an event fed back by an effect worker, or its answer: never refused for room
+    /// (they are bounded by the effects in flight, and refusing them could deadlock a worker
     /// against its own shard), only once the shard stops.
-    pub(crate) fn feedback(&self, cmd: Cmd<M>) -> Result<(), Cmd<M>> {
+    pub(crate) fn feedback(&self, job: Job<M>) -> Result<(), Job<M>> {
         let mut state = self.lock();
         if state.closing.is_some() {
-            return Err(cmd);
+            return Err(job);
         }
-        state.jobs.push_back(Job::Command(cmd));
+        state.jobs.push_back(job);
         state.commands += 1;
         state.high_water = state.high_water.max(state.commands);
         self.wake_shard(state);

@@ -6,9 +6,11 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::Transition;
+use crate::store::Section;
 use crate::table::{EventId, StateId, Table};
 
 use super::request::IdempotencyKey;
+use super::section::{self, SectionError};
 
 /// The journal layout version this build writes and reads.
 const VERSION: u8 = 1;
@@ -75,29 +77,28 @@ impl Journal {
 
     /// Decodes a journal written for a machine with `table`, checking every key and every
     /// state and event id against it.
-    pub(crate) fn decode(bytes: &[u8], table: &'static Table) -> Result<Journal, String> {
-        let ((version, stored), rest): ((u8, Vec<StoredEntry<'_>>), _) =
-            postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
-        if version != VERSION {
-            return Err(format!(
-                "journal version {version}; this build reads version {VERSION}"
-            ));
-        }
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after the journal", rest.len()));
-        }
+    pub(crate) fn decode(
+        bytes: &[u8],
+        table: &'static Table,
+    ) -> Result<Journal, SectionError> {
+        let stored: Vec<StoredEntry<'_>> =
+            section::decode_versioned(Section::Journal, bytes, VERSION)?;
         let states = table.states().len();
         let events = table.events().len();
         let mut entries = VecDeque::with_capacity(stored.len());
         for e in stored {
-            let key = IdempotencyKey::new(e.key).map_err(|err| err.to_string())?;
+            let key = IdempotencyKey::new(e.key)
+                .map_err(|err| SectionError::invalid(Section::Journal, err.to_string()))?;
             if usize::from(e.from) >= states
                 || usize::from(e.to) >= states
                 || usize::from(e.event) >= events
             {
-                return Err(format!(
-                    "entry for key `{key}` names state or event ids outside the table of `{}`",
-                    table.machine()
+                return Err(SectionError::invalid(
+                    Section::Journal,
+                    format!(
+                        "entry for key `{key}` names state or event ids outside the table of `{}`",
+                        table.machine()
+                    ),
                 ));
             }
             let transition = Transition::new(
@@ -165,9 +166,11 @@ mod tests {
         .unwrap();
         assert!(Journal::decode(&bad, &TABLE)
             .unwrap_err()
+            .to_string()
             .contains("outside"));
         assert!(Journal::decode(&[2, 0], &TABLE)
             .unwrap_err()
+            .to_string()
             .contains("version 2"));
         assert!(Journal::decode(&[], &TABLE).is_err());
     }

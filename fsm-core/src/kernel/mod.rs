@@ -103,10 +103,12 @@ mod builder;
 mod export;
 mod inbox;
 mod journal;
+mod outbox;
 mod outcome;
 mod quiet;
 mod report;
 mod request;
+pub(crate) mod section;
 mod shard;
 mod stats;
 mod store_cell;
@@ -135,10 +137,14 @@ pub use builder::{
 };
 pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
 pub use report::{RecoveryReport, Shutdown, ShutdownReport};
+pub use outbox::{
+    EffectId, OutboxError, OwedEffect, RetryPolicy, RetryPolicyError, DEFAULT_MAX_PENDING_EFFECTS,
+};
+pub use section::SectionError;
 pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
 pub use stats::{KernelCounts, KernelMetrics, ShardMetrics, WorkerMetrics};
 pub use submit::Submitter;
-pub use supervisor::{EffectError, EffectWorker, Escalation, Failure, Intensity};
+pub use supervisor::{EffectCtx, EffectError, EffectWorker, Escalation, Failure, Intensity};
 pub use trace::{TraceEntry, TraceFilter, TraceOutcome};
 
 use inbox::{Closing, Cmd, Inbox, Job};
@@ -205,6 +211,12 @@ struct Inner<M: Durable> {
     quiet: Quiet,
     intake_open: AtomicBool,
     abandon_effects: AtomicBool,
+    /// How effects are kept owed, if they are durable.
+    effect_rules: Option<shard::EffectRules<M::Effect>>,
+    /// The retry policy of durable effects (workers read how many attempts there are).
+    effect_retry: RetryPolicy,
+    /// Whether submits for an escalated worker's machines are refused.
+    refuse_escalated: bool,
     started: Instant,
     /// Where timer deadlines are placed (the wall clock, read once at start).
     time: timers::TimeBase,
@@ -229,8 +241,12 @@ impl<M: Durable> Inner<M> {
         (n > 0).then(|| (stable_hash(id, 0x9e37_79b9_7f4a_7c15) % n) as usize)
     }
 
-    /// The escalated worker that serves machine `id`, if its worker escalated.
+    /// The escalated worker that serves machine `id`, if its worker escalated and the kernel
+    /// refuses such machines' commands.
     fn escalated_worker(&self, id: &MachineId) -> Option<usize> {
+        if !self.refuse_escalated {
+            return None;
+        }
         self.worker_of(id)
             .filter(|&w| self.workers[w].escalated.load(Ordering::Acquire))
     }
@@ -243,18 +259,31 @@ impl<M: Durable> Inner<M> {
         }
     }
 
-    /// Queues an event an effect worker fed back; `false` if the kernel stopped.
-    fn feed_back(&self, id: &MachineId, event: M::Event) -> bool {
+    /// Queues an event an effect worker fed back (the answer to owed effect `settles`, if it
+    /// is one); `false` if the kernel stopped.
+    fn feed_back(&self, id: &MachineId, event: M::Event, settles: Option<inbox::Settles>) -> bool {
         let cmd = Cmd {
             id: id.clone(),
             request: Request::new(event),
             enqueued: self.stamp(),
             reply: None,
             fire: None,
+            settles,
         };
+        self.to_shard(id, Job::Command(cmd))
+    }
+
+    /// Queues a worker's answer that carries no event; `false` if the kernel stopped.
+    fn answer(&self, answer: inbox::Answer) -> bool {
+        let id = answer.id.clone();
+        self.to_shard(&id, Job::Answer(answer))
+    }
+
+    /// Queues a job from a worker, counted as work in flight until its shard decides it.
+    fn to_shard(&self, id: &MachineId, job: Job<M>) -> bool {
         let shard = self.shard_of(id);
         self.quiet.more(shard, 1);
-        match self.inboxes[shard].feedback(cmd) {
+        match self.inboxes[shard].feedback(job) {
             Ok(()) => true,
             Err(_) => {
                 self.quiet.done(shard, 1);
@@ -358,6 +387,7 @@ impl<M: Durable> Kernel<M> {
                     enqueued: 0,
                     reply: Some(reply),
                     fire: None,
+                    settles: None,
                 },
             ));
         }
@@ -549,6 +579,17 @@ impl<M: Durable> Kernel<M> {
         let reader: inbox::Inspector<M> =
             Box::new(move |found| reply.send(found.map(|(m, seq)| (m.clone(), seq))));
         if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Inspect(id.clone(), reader)) {
+            return Err(CommandError::Closed);
+        }
+        ticket.wait()
+    }
+
+    /// The durable effects machine `id` owes now, oldest first: each with its key, failed
+    /// attempts, when the next attempt may start, and whether its worker runs it now. Read on
+    /// the machine's shard between batches; loads the machine if it is not in memory.
+    pub fn owed(&self, id: &MachineId) -> Result<Vec<OwedEffect>, CommandError> {
+        let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+        if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Owed(id.clone(), reply)) {
             return Err(CommandError::Closed);
         }
         ticket.wait()

@@ -115,6 +115,11 @@ pub enum CommandError {
     /// the machine is exactly as it was.
     #[error("timer refused, not applied: {0}")]
     Timer(crate::timer::TimerError),
+    /// The transition's effects cannot be owed (the machine would owe more than the kernel's
+    /// bound, or an effect does not encode): **not applied**, the machine is exactly as it
+    /// was.
+    #[error("effects refused, not applied: {0}")]
+    Outbox(super::outbox::OutboxError),
     /// The kernel shut down before the machine took the command; not applied.
     #[error("closed: the kernel shut down before the machine took the command")]
     Closed,
@@ -153,13 +158,11 @@ pub enum QuarantineCause {
     /// (another machine type, a newer schema, no migration, bad payload, invalid state).
     #[error("snapshot does not decode: {0}")]
     Decode(DecodeError),
-    /// The kernel's journal inside the snapshot does not decode.
-    #[error("the kernel journal in the snapshot does not decode: {0}")]
-    Journal(String),
-    /// The snapshot's timers section does not decode or does not fit the machine (a state
-    /// timeout in a state that declares none, a timer event this kernel cannot decode).
-    #[error("the timers in the snapshot do not fit: {0}")]
-    Timers(String),
+    /// One of the kernel's sections of the snapshot (the journal, the timers, the outbox) does
+    /// not decode or does not fit the machine (a state timeout in a state that declares none,
+    /// a timer event or an owed effect this kernel cannot decode).
+    #[error("{0}")]
+    Section(super::section::SectionError),
 }
 
 /// Why the kernel did not accept a command; the request is handed back where it was not

@@ -52,6 +52,9 @@ pub struct KernelCounts {
     pub escalated: u64,
     /// Postponed by `defer(..)` and waiting now.
     pub deferred: u64,
+    /// Durable effects owed now (in machines' outboxes, running or waiting), by the machines
+    /// in memory (every machine that owes one stays in memory).
+    pub owed: u64,
     /// Waiting in the inbox now.
     pub queued: u64,
 }
@@ -77,6 +80,7 @@ impl KernelCounts {
         self.full += o.full;
         self.escalated += o.escalated;
         self.deferred += o.deferred;
+        self.owed += o.owed;
         self.queued += o.queued;
     }
 }
@@ -200,7 +204,7 @@ impl ShardMetrics {
 pub struct WorkerMetrics {
     /// Effects run (successful or not).
     pub effects: u64,
-    /// Effects that returned an error.
+    /// Effects that returned an error (failures, not crashes).
     pub errors: u64,
     /// Effects that panicked.
     pub panics: u64,
@@ -208,8 +212,14 @@ pub struct WorkerMetrics {
     pub restarts: u64,
     /// Events fed back to machines (results and failure events).
     pub fed_back: u64,
-    /// Effects not run because the worker had escalated or the kernel shut down.
+    /// Effects not run because the kernel shut down (durable ones stay owed).
     pub abandoned: u64,
+    /// Failed attempts of durable effects that will be retried.
+    pub retries: u64,
+    /// Durable effects given up (their last attempt failed).
+    pub given_up: u64,
+    /// Effects waiting for the escalated worker's restart now.
+    pub parked: u64,
     /// Whether the worker exceeded its restart intensity and is stopped.
     pub escalated: bool,
 }
@@ -275,10 +285,10 @@ impl fmt::Display for KernelMetrics {
         )?;
         writeln!(
             f,
-            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), raised {}, expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}",
+            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), raised {}, expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}, effects owed now {}",
             c.submitted, c.fed_back, c.timers_fired, c.committed, c.duplicates, c.rejected, c.panicked, c.raised, c.expired, c.dumped,
             c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.fenced, c.closed, c.full, c.escalated,
-            c.deferred, c.queued
+            c.deferred, c.queued, c.owed
         )?;
         writeln!(
             f,
@@ -296,13 +306,16 @@ impl fmt::Display for KernelMetrics {
         for (i, w) in self.workers.iter().enumerate() {
             write!(
                 f,
-                "\n  worker {i}: {} effects, {} errors, {} panics, {} restarts, {} fed back, {} abandoned{}",
+                "\n  worker {i}: {} effects, {} errors, {} panics, {} restarts, {} retries, {} given up, {} fed back, {} abandoned, {} waiting{}",
                 w.effects,
                 w.errors,
                 w.panics,
                 w.restarts,
+                w.retries,
+                w.given_up,
                 w.fed_back,
                 w.abandoned,
+                w.parked,
                 if w.escalated { ", ESCALATED" } else { "" }
             )?;
         }

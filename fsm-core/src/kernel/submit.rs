@@ -32,6 +32,7 @@ pub(super) fn enqueue<M: Durable>(
         enqueued: 0,
         reply: Some(reply),
         fire: None,
+        settles: None,
     };
     inner.quiet.more(shard, 1);
     let result = inner.inboxes[shard].submit(

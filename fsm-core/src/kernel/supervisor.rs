@@ -14,7 +14,8 @@ use crate::machine::StateMachine;
 use crate::rejection::panic_message;
 use crate::store::MachineId;
 
-use super::{Durable, Inner};
+use super::inbox::{Answer, Settles};
+use super::{Durable, EffectId, Inner};
 
 /// What an effect worker returns when an effect fails.
 pub type EffectError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,27 +23,87 @@ pub type EffectError = Box<dyn std::error::Error + Send + Sync>;
 /// Carries out a machine's effects (charging a card, calling a registrar, sending mail) on a
 /// worker thread, after the transition that emitted them is durable.
 ///
-/// A worker may fail (return an error) or panic: the kernel catches it, counts it, asks
-/// [`failure_event`](EffectWorker::failure_event) for an event to tell the machine, and
-/// restarts the worker with a fresh instance from the factory given to
-/// [`KernelBuilder::effects`](super::KernelBuilder::effects), within the restart intensity.
-/// A worker never sees or changes a machine's state; its only way back is an event.
+/// **Failure is data, crashes are crashes.** An `Err` is an effect failure: a durable effect
+/// is retried per the kernel's [`RetryPolicy`](super::RetryPolicy) (the same
+/// [`EffectCtx::key`] every time), and when its attempts are spent the machine gets
+/// [`failure_event`](EffectWorker::failure_event). A panic is a crash of the worker: it is
+/// counted toward the restart intensity, the worker is remade by the factory given to
+/// [`KernelBuilder::effects`](super::KernelBuilder::effects), and the effect is retried like a
+/// failure. A worker never sees or changes a machine's state; its only way back is an event.
 pub trait EffectWorker<M: StateMachine>: Send + 'static {
-    /// Carries out `effect` of machine `id`. `Ok(Some(event))` feeds `event` back to the
-    /// machine (as a command the kernel applies like any other).
-    fn run(&mut self, id: &MachineId, effect: &M::Effect) -> Result<Option<M::Event>, EffectError>;
+    /// Carries out `effect`. `Ok(Some(event))` feeds `event` back to the machine (in the
+    /// same write that removes a durable effect from its outbox). Hand
+    /// [`ctx.key()`](EffectCtx::key) to the outside world as the idempotency key: a durable
+    /// effect may run more than once (after a crash, or a retry of an attempt whose answer
+    /// was lost), never with another key.
+    fn run(&mut self, ctx: &EffectCtx, effect: &M::Effect)
+        -> Result<Option<M::Event>, EffectError>;
 
-    /// The event that tells machine `id` that `effect` failed, if there is one. It is fed
-    /// back like a result; the machine applies it if its current state has a transition for
-    /// it (the table decides), and rejects it otherwise. Default: none.
+    /// The event that tells the machine that `effect` failed for good (its last attempt
+    /// failed, or it was at most once), if there is one. It is fed back like a result; the
+    /// machine applies it if its current state has a transition for it (the table decides),
+    /// and rejects it otherwise. Default: none.
     fn failure_event(
         &self,
-        id: &MachineId,
+        ctx: &EffectCtx,
         effect: &M::Effect,
         failure: &Failure,
     ) -> Option<M::Event> {
-        let _ = (id, effect, failure);
+        let _ = (ctx, effect, failure);
         None
+    }
+}
+
+/// What a worker knows of the effect it runs: its identity (the idempotency key) and which
+/// attempt this is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectCtx {
+    id: EffectId,
+    attempt: u32,
+    last: bool,
+    durable: bool,
+}
+
+impl EffectCtx {
+    /// A context, for testing a worker outside a kernel.
+    pub fn new(id: EffectId, attempt: u32, last: bool, durable: bool) -> Self {
+        EffectCtx {
+            id,
+            attempt,
+            last,
+            durable,
+        }
+    }
+
+    /// The effect's identity.
+    pub fn id(&self) -> &EffectId {
+        &self.id
+    }
+
+    /// The machine that emitted it.
+    pub fn machine(&self) -> &MachineId {
+        self.id.machine()
+    }
+
+    /// The idempotency key for the outside world (see [`EffectId::key`]).
+    pub fn key(&self) -> String {
+        self.id.key()
+    }
+
+    /// Which attempt this is, from 1 (counted across restarts: the count is stored).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether a failure of this attempt gives the effect up (no retry follows).
+    pub fn is_last_attempt(&self) -> bool {
+        self.last
+    }
+
+    /// Whether the effect is durable (kept in the outbox until answered) rather than at most
+    /// once.
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 }
 
@@ -91,8 +152,11 @@ impl Default for Intensity {
     }
 }
 
-/// A worker that exceeded its restart intensity. The kernel stopped it and takes no commands
-/// for its machines until [`Kernel::restart_worker`](super::Kernel::restart_worker).
+/// A worker that exceeded its restart intensity (it panicked too often). The kernel stopped
+/// it: the effects sent to it wait (durable ones in their machines' outboxes too) until
+/// [`Kernel::restart_worker`](super::Kernel::restart_worker) runs them. Its machines still take
+/// commands, unless the kernel was built with
+/// [`KernelBuilder::refuse_when_escalated`](super::KernelBuilder::refuse_when_escalated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Escalation {
     /// The worker.
@@ -109,7 +173,7 @@ impl fmt::Display for Escalation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "effect worker {} failed more than {} times within {:?} ({}); its machines take no commands until it is restarted",
+            "effect worker {} crashed more than {} times within {:?} ({}); its effects wait until it is restarted",
             self.worker, self.intensity.max_restarts, self.intensity.within, self.failure
         )
     }
@@ -118,9 +182,17 @@ impl fmt::Display for Escalation {
 pub(crate) type Factory<M> = Arc<dyn Fn(usize) -> Box<dyn EffectWorker<M>> + Send + Sync>;
 
 pub(crate) enum WorkerMsg<M: Durable> {
-    Effect { id: MachineId, effect: M::Effect },
+    Effect(Run<M>),
     Restart,
     Stop,
+}
+
+/// One effect to run.
+pub(crate) struct Run<M: Durable> {
+    pub(crate) id: EffectId,
+    pub(crate) effect: M::Effect,
+    pub(crate) attempt: u32,
+    pub(crate) durable: bool,
 }
 
 struct Supervised<M: Durable> {
@@ -129,6 +201,8 @@ struct Supervised<M: Durable> {
     factory: Factory<M>,
     worker: Option<Box<dyn EffectWorker<M>>>,
     restarts: VecDeque<Instant>,
+    /// Effects sent while the worker was escalated, run when it is restarted.
+    parked: VecDeque<Run<M>>,
 }
 
 /// The worker thread: runs effects one at a time, supervising the worker instance.
@@ -144,6 +218,7 @@ pub(crate) fn run<M: Durable>(
         factory,
         worker: None,
         restarts: VecDeque::new(),
+        parked: VecDeque::new(),
     };
     s.start(None);
     for msg in rx {
@@ -152,10 +227,19 @@ pub(crate) fn run<M: Durable>(
             WorkerMsg::Restart => {
                 s.restarts.clear();
                 s.start(None);
+                // What waited for the restart runs now, in the order it came.
+                for run in std::mem::take(&mut s.parked) {
+                    let shard = s.inner.shard_of(run.id.machine());
+                    s.inner.quiet.more(shard, 1);
+                    s.effect(run);
+                    s.inner.quiet.done(shard, 1);
+                }
+                s.stats().parked = s.parked.len() as u64;
             }
-            WorkerMsg::Effect { id, effect } => {
-                s.effect(&id, &effect);
-                s.inner.quiet.done(s.inner.shard_of(&id), 1);
+            WorkerMsg::Effect(run) => {
+                let shard = s.inner.shard_of(run.id.machine());
+                s.effect(run);
+                s.inner.quiet.done(shard, 1);
             }
         }
     }
@@ -190,49 +274,91 @@ impl<M: Durable> Supervised<M> {
         }
     }
 
-    fn effect(&mut self, id: &MachineId, effect: &M::Effect) {
+    fn effect(&mut self, run: Run<M>) {
         if self.inner.abandon_effects.load(Ordering::Acquire) {
+            // Shutting down: a durable effect stays owed in its outbox for the next start.
             self.stats().abandoned += 1;
             return;
         }
         let Some(worker) = self.worker.as_mut() else {
-            self.stats().abandoned += 1;
+            // Escalated: the effect waits for the operator's restart.
+            self.parked.push_back(run);
+            self.stats().parked = self.parked.len() as u64;
             return;
         };
-        let result = panic::catch_unwind(AssertUnwindSafe(|| worker.run(id, effect)));
+        let retries = self.inner.effect_retry.max_attempts();
+        let last = !run.durable || run.attempt >= retries;
+        let ctx = EffectCtx::new(run.id, run.attempt, last, run.durable);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| worker.run(&ctx, &run.effect)));
         self.stats().effects += 1;
-        let failure = match result {
+        let settles = run.durable.then(|| (ctx.id.seq(), ctx.id.index()));
+        let (failure, crashed) = match result {
             Ok(Ok(event)) => {
-                if let Some(event) = event {
-                    self.feed_back(id, event);
-                }
+                self.report(&ctx, event, settles);
                 return;
             }
             Ok(Err(e)) => {
                 self.stats().errors += 1;
-                Failure::Error {
-                    message: e.to_string(),
-                }
+                let message = e.to_string();
+                (Failure::Error { message }, false)
             }
             Err(p) => {
                 self.stats().panics += 1;
-                Failure::Panicked {
-                    message: panic_message(&*p),
-                }
+                let message = panic_message(&*p);
+                (Failure::Panicked { message }, true)
             }
         };
         #[cfg(feature = "tracing")]
-        tracing::warn!(worker = self.index, machine = %id, %failure, "fsm.effect_failed");
-        // Ask the instance that failed: the mapping is a pure function of its arguments, and
-        // asking before the restart means an escalating failure is still reported.
-        let event = self.worker.as_ref().and_then(|w| {
-            panic::catch_unwind(AssertUnwindSafe(|| w.failure_event(id, effect, &failure)))
+        tracing::warn!(worker = self.index, effect = %ctx.id, attempt = ctx.attempt, %failure, "fsm.effect_failed");
+        // The failure event is asked of the instance that failed, before a restart: the
+        // mapping is a pure function of its arguments.
+        let event = if last {
+            self.worker.as_ref().and_then(|w| {
+                panic::catch_unwind(AssertUnwindSafe(|| {
+                    w.failure_event(&ctx, &run.effect, &failure)
+                }))
                 .ok()
                 .flatten()
-        });
-        self.restart(failure);
-        if let Some(event) = event {
-            self.feed_back(id, event);
+            })
+        } else {
+            None
+        };
+        if crashed {
+            self.restart(failure);
+        }
+        if !last {
+            self.stats().retries += 1;
+            self.inner.answer(Answer {
+                id: ctx.id.machine().clone(),
+                settles: (ctx.id.seq(), ctx.id.index()),
+                retry: true,
+            });
+            return;
+        }
+        if run.durable {
+            self.stats().given_up += 1;
+        }
+        self.report(&ctx, event, settles);
+    }
+
+    /// Sends the machine the worker's event, if any; a durable effect is settled with it (or
+    /// alone, without one).
+    fn report(&mut self, ctx: &EffectCtx, event: Option<M::Event>, settles: Option<Settles>) {
+        let machine = ctx.id.machine();
+        match (event, settles) {
+            (Some(event), settles) => {
+                if self.inner.feed_back(machine, event, settles) {
+                    self.stats().fed_back += 1;
+                }
+            }
+            (None, Some(settles)) => {
+                self.inner.answer(Answer {
+                    id: machine.clone(),
+                    settles,
+                    retry: false,
+                });
+            }
+            (None, None) => {}
         }
     }
 
@@ -280,11 +406,5 @@ impl<M: Durable> Supervised<M> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(escalation);
-    }
-
-    fn feed_back(&mut self, id: &MachineId, event: M::Event) {
-        if self.inner.feed_back(id, event) {
-            self.stats().fed_back += 1;
-        }
     }
 }

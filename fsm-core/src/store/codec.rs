@@ -176,6 +176,25 @@ where
         )?)
     }
 
+    /// Encodes `machine` framed with the kernel's `sections` (see [`Snapshot::framed`]);
+    /// [`Codec::decode`] ignores them.
+    pub fn encode_framed(
+        &self,
+        machine: &M,
+        seq: u64,
+        sections: crate::store::Sections<'_>,
+    ) -> Result<Snapshot, EncodeError> {
+        let payload = serialize(machine, self.format)?;
+        Ok(Snapshot::framed(
+            M::TABLE.machine(),
+            self.schema,
+            seq,
+            self.format,
+            sections,
+            &payload,
+        )?)
+    }
+
     /// Decodes a verified snapshot into a valid machine.
     pub fn decode(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
         let expected = M::TABLE.machine();

@@ -5,8 +5,8 @@
 //!      0    4  magic "FSMS"
 //!      4    1  format version (1)
 //!      5    1  payload codec (0 postcard, 1 JSON)
-//!      6    2  flags: bit 0 = the payload area holds a journal, bit 1 = it holds timers;
-//!                 other bits reserved (0)
+//!      6    2  flags: bit 0 = the payload area holds a journal, bit 1 = timers,
+//!                 bit 2 = an outbox; other bits reserved (0)
 //!      8    4  schema version of the machine type      (little endian, as every number)
 //!     12    8  sequence
 //!     20    2  machine type name length n (at most 255)
@@ -22,12 +22,18 @@
 //! idempotency keys of the transitions that produced it); [`Snapshot::payload`] is the state
 //! alone, so a codec reads a journaled snapshot like any other.
 //!
-//! With flag bit 1 set, a **timers** section follows (after the journal, if there is one): a
-//! 4-byte length `t` and `t` bytes, the machine's armed timers with their deadlines (their
-//! own layout carries a version byte; see [`crate::timer`]). A snapshot of a machine with no
-//! armed timer has no such section, so it reads as before; a reader that predates the section
-//! refuses one that has it with [`EnvelopeError::ReservedFlags`] instead of silently dropping
-//! the timers.
+//! The kernel's other sections follow the journal in a fixed order, each present only when its
+//! flag bit is set, each a 4-byte length and that many bytes (their own layouts carry a version
+//! byte):
+//! - bit 1, **timers**: the machine's armed timers with their deadlines (see [`crate::timer`]);
+//! - bit 2, **outbox**: the effects the machine owes the world and that no worker has answered
+//!   yet (see [`crate::kernel`]'s durable effects).
+//!
+//! A snapshot of a machine with no armed timer and nothing owed has neither section, so it
+//! reads as before; a reader that predates a section refuses a snapshot that has it with
+//! [`EnvelopeError::ReservedFlags`] instead of silently dropping what it holds. Every section
+//! is located by one parser ([`Section`] names them), which checks its length against the bytes
+//! that follow it before anything reads it.
 //!
 //! Decoding borrows the bytes it is given and allocates nothing; it checks the length fields
 //! against the bytes actually present and against [`Limits`] before anything else looks at
@@ -45,12 +51,72 @@ const FIXED: usize = 26;
 const CRC_LEN: usize = 4;
 /// The longest machine type name an envelope carries.
 pub const MAX_MACHINE_NAME: usize = 255;
-/// Flag bit: the payload area starts with a journal.
-const FLAG_JOURNAL: u16 = 1;
-/// Flag bit: the payload area holds the timers section (after the journal, if any).
-const FLAG_TIMERS: u16 = 2;
-/// Bytes of the journal's length field (and of the timers section's).
-const JOURNAL_LEN: usize = 4;
+/// Bytes of a section's length field.
+const SECTION_LEN: usize = 4;
+/// Every flag bit a section uses; the others are reserved.
+const SECTION_FLAGS: u16 = 0b111;
+
+/// The kernel's sections of an envelope's payload area, in the order they are stored (each
+/// before the machine's state, each present only when its flag bit is set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Section {
+    /// The idempotency keys of the transitions that produced the state.
+    Journal,
+    /// The machine's armed timers.
+    Timers,
+    /// The effects the machine owes and no worker has answered yet.
+    Outbox,
+}
+
+impl Section {
+    /// Every section, in stored order.
+    pub const ALL: [Section; 3] = [Section::Journal, Section::Timers, Section::Outbox];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn flag(self) -> u16 {
+        1 << self.index()
+    }
+
+    /// The section's name, as errors say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Journal => "journal",
+            Section::Timers => "timers",
+            Section::Outbox => "outbox",
+        }
+    }
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kernel's sections to frame with a state (see [`Snapshot::framed`]); `None` leaves a
+/// section out (its flag clear).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sections<'a> {
+    /// The journal ([`Snapshot::journal`]).
+    pub journal: Option<&'a [u8]>,
+    /// The timers section ([`Snapshot::timers`]).
+    pub timers: Option<&'a [u8]>,
+    /// The outbox section ([`Snapshot::outbox`]).
+    pub outbox: Option<&'a [u8]>,
+}
+
+impl<'a> Sections<'a> {
+    fn get(&self, section: Section) -> Option<&'a [u8]> {
+        match section {
+            Section::Journal => self.journal,
+            Section::Timers => self.timers,
+            Section::Outbox => self.outbox,
+        }
+    }
+}
 
 /// How the payload (the machine's state) is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -125,10 +191,8 @@ pub struct Snapshot {
     schema: u32,
     seq: u64,
     name_len: usize,
-    /// Length of the journal (without its length field), if the snapshot has one.
-    journal_len: Option<usize>,
-    /// Length of the timers section (without its length field), if the snapshot has one.
-    timers_len: Option<usize>,
+    /// Per [`Section`], its length (without its length field), if the snapshot has it.
+    sections: [Option<usize>; 3],
 }
 
 impl Snapshot {
@@ -141,7 +205,7 @@ impl Snapshot {
         format: Format,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
-        Snapshot::build(machine, schema, seq, format, None, None, payload)
+        Snapshot::framed(machine, schema, seq, format, Sections::default(), payload)
     }
 
     /// Like [`Snapshot::new`], with a `journal` stored before the state in the same envelope
@@ -154,7 +218,11 @@ impl Snapshot {
         journal: &[u8],
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
-        Snapshot::build(machine, schema, seq, format, Some(journal), None, payload)
+        let sections = Sections {
+            journal: Some(journal),
+            ..Sections::default()
+        };
+        Snapshot::framed(machine, schema, seq, format, sections, payload)
     }
 
     /// Like [`Snapshot::with_journal`], with a `timers` section too when it is `Some` (the
@@ -168,31 +236,43 @@ impl Snapshot {
         timers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
-        Snapshot::build(machine, schema, seq, format, Some(journal), timers, payload)
+        let sections = Sections {
+            journal: Some(journal),
+            timers,
+            outbox: None,
+        };
+        Snapshot::framed(machine, schema, seq, format, sections, payload)
     }
 
-    fn build(
+    /// Frames `payload` with the kernel's `sections` (each one given is stored before the
+    /// state, in [`Section::ALL`]'s order, in the same write).
+    pub fn framed(
         machine: &str,
         schema: u32,
         seq: u64,
         format: Format,
-        journal: Option<&[u8]>,
-        timers: Option<&[u8]>,
+        sections: Sections<'_>,
         payload: &[u8],
     ) -> Result<Snapshot, EnvelopeError> {
         if machine.len() > MAX_MACHINE_NAME {
             return Err(EnvelopeError::NameTooLong { len: machine.len() });
         }
+        let present = Section::ALL.map(|s| sections.get(s));
         let area = payload.len()
-            + journal.map_or(0, |j| JOURNAL_LEN + j.len())
-            + timers.map_or(0, |t| JOURNAL_LEN + t.len());
+            + present
+                .iter()
+                .flatten()
+                .map(|b| SECTION_LEN + b.len())
+                .sum::<usize>();
         let too_large = || EnvelopeError::TooLarge {
             len: area,
             limit: u32::MAX as usize,
         };
         let payload_len = u32::try_from(area).map_err(|_| too_large())?;
-        let flags = if journal.is_some() { FLAG_JOURNAL } else { 0 }
-            | if timers.is_some() { FLAG_TIMERS } else { 0 };
+        let flags = Section::ALL
+            .iter()
+            .filter(|s| present[s.index()].is_some())
+            .fold(0u16, |f, s| f | s.flag());
         let mut bytes = Vec::with_capacity(FIXED + machine.len() + area + CRC_LEN);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(FORMAT_VERSION);
@@ -203,14 +283,10 @@ impl Snapshot {
         bytes.extend_from_slice(&(machine.len() as u16).to_le_bytes());
         bytes.extend_from_slice(&payload_len.to_le_bytes());
         bytes.extend_from_slice(machine.as_bytes());
-        if let Some(journal) = journal {
+        for section in present.iter().flatten() {
             // Fits: the whole area fits in a u32.
-            bytes.extend_from_slice(&(journal.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(journal);
-        }
-        if let Some(timers) = timers {
-            bytes.extend_from_slice(&(timers.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(timers);
+            bytes.extend_from_slice(&(section.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(section);
         }
         bytes.extend_from_slice(payload);
         let crc = crc32c::crc32c(&bytes);
@@ -221,8 +297,7 @@ impl Snapshot {
             schema,
             seq,
             name_len: machine.len(),
-            journal_len: journal.map(<[u8]>::len),
-            timers_len: timers.map(<[u8]>::len),
+            sections: present.map(|s| s.map(<[u8]>::len)),
         })
     }
 
@@ -241,8 +316,7 @@ impl Snapshot {
             schema: header.schema,
             seq: header.seq,
             name_len: header.name_len,
-            journal_len: header.journal_len,
-            timers_len: header.timers_len,
+            sections: header.sections,
         })
     }
 
@@ -273,28 +347,51 @@ impl Snapshot {
         self.format
     }
 
-    /// Where the timers section's length field starts.
-    fn timers_at(&self) -> usize {
-        FIXED + self.name_len + self.journal_len.map_or(0, |j| JOURNAL_LEN + j)
+    /// Where `section`'s length field would start: after the sections before it.
+    fn section_at(&self, section: Section) -> usize {
+        FIXED
+            + self.name_len
+            + self.sections[..section.index()]
+                .iter()
+                .flatten()
+                .map(|len| SECTION_LEN + len)
+                .sum::<usize>()
     }
 
-    /// The encoded machine state (without the journal and timers, if there are any).
+    /// A kernel section stored with the state, if the snapshot has it.
+    pub fn section(&self, section: Section) -> Option<&[u8]> {
+        let len = self.sections[section.index()]?;
+        let start = self.section_at(section) + SECTION_LEN;
+        Some(&self.bytes[start..start + len])
+    }
+
+    /// The encoded machine state (without the kernel's sections, if there are any).
     pub fn payload(&self) -> &[u8] {
-        let start = self.timers_at() + self.timers_len.map_or(0, |t| JOURNAL_LEN + t);
+        let start = FIXED
+            + self.name_len
+            + self
+                .sections
+                .iter()
+                .flatten()
+                .map(|len| SECTION_LEN + len)
+                .sum::<usize>();
         &self.bytes[start..self.bytes.len() - CRC_LEN]
     }
 
     /// The timers section stored with the state, if the snapshot has one.
     pub fn timers(&self) -> Option<&[u8]> {
-        let start = self.timers_at() + JOURNAL_LEN;
-        self.timers_len.map(|t| &self.bytes[start..start + t])
+        self.section(Section::Timers)
+    }
+
+    /// The outbox section stored with the state, if the snapshot has one.
+    pub fn outbox(&self) -> Option<&[u8]> {
+        self.section(Section::Outbox)
     }
 
     /// The journal stored with the state, if the snapshot was made
     /// [`with_journal`](Snapshot::with_journal).
     pub fn journal(&self) -> Option<&[u8]> {
-        let start = FIXED + self.name_len + JOURNAL_LEN;
-        self.journal_len.map(|j| &self.bytes[start..start + j])
+        self.section(Section::Journal)
     }
 
     /// The whole envelope, as a store writes it.
@@ -327,8 +424,7 @@ impl fmt::Debug for Snapshot {
             .field("seq", &self.seq)
             .field("format", &self.format)
             .field("payload_len", &self.payload().len())
-            .field("journal_len", &self.journal_len)
-            .field("timers_len", &self.timers_len)
+            .field("sections", &self.sections)
             .finish()
     }
 }
@@ -338,8 +434,7 @@ struct Header {
     schema: u32,
     seq: u64,
     name_len: usize,
-    journal_len: Option<usize>,
-    timers_len: Option<usize>,
+    sections: [Option<usize>; 3],
     total: usize,
 }
 
@@ -365,7 +460,7 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     }
     let format = Format::from_tag(bytes[5]).ok_or(EnvelopeError::UnknownCodec { tag: bytes[5] })?;
     let flags = u16::from_le_bytes(le(bytes, 6));
-    if flags & !(FLAG_JOURNAL | FLAG_TIMERS) != 0 {
+    if flags & !SECTION_FLAGS != 0 {
         return Err(EnvelopeError::ReservedFlags { flags });
     }
     let schema = u32::from_le_bytes(le(bytes, 8));
@@ -397,54 +492,45 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     if std::str::from_utf8(&bytes[FIXED..FIXED + name_len]).is_err() {
         return Err(EnvelopeError::NameNotUtf8);
     }
-    let journal_len = if flags & FLAG_JOURNAL != 0 {
-        let area = &bytes[FIXED + name_len..total - CRC_LEN];
-        if area.len() < JOURNAL_LEN {
-            return Err(EnvelopeError::BadJournal {
-                declared: None,
-                area: area.len(),
-            });
+    let mut sections = [None; 3];
+    let mut at = FIXED + name_len;
+    for section in Section::ALL {
+        if flags & section.flag() == 0 {
+            continue;
         }
-        let declared = u32::from_le_bytes(le(area, 0)) as usize;
-        if declared > area.len() - JOURNAL_LEN {
-            return Err(EnvelopeError::BadJournal {
-                declared: Some(declared),
-                area: area.len(),
-            });
-        }
-        Some(declared)
-    } else {
-        None
-    };
-    let timers_len = if flags & FLAG_TIMERS != 0 {
-        let start = FIXED + name_len + journal_len.map_or(0, |j| JOURNAL_LEN + j);
-        let area = &bytes[start..total - CRC_LEN];
-        if area.len() < JOURNAL_LEN {
-            return Err(EnvelopeError::BadTimers {
-                declared: None,
-                area: area.len(),
-            });
-        }
-        let declared = u32::from_le_bytes(le(area, 0)) as usize;
-        if declared > area.len() - JOURNAL_LEN {
-            return Err(EnvelopeError::BadTimers {
-                declared: Some(declared),
-                area: area.len(),
-            });
-        }
-        Some(declared)
-    } else {
-        None
-    };
+        let len = section_len(&bytes[at..total - CRC_LEN], section)?;
+        sections[section.index()] = Some(len);
+        at += SECTION_LEN + len;
+    }
     Ok(Header {
         format,
         schema,
         seq,
         name_len,
-        journal_len,
-        timers_len,
+        sections,
         total,
     })
+}
+
+/// The length of `section`, whose length field starts `area` (what is left of the payload
+/// area), checked to fit in it.
+fn section_len(area: &[u8], section: Section) -> Result<usize, EnvelopeError> {
+    if area.len() < SECTION_LEN {
+        return Err(EnvelopeError::BadSection {
+            section,
+            declared: None,
+            area: area.len(),
+        });
+    }
+    let declared = u32::from_le_bytes(le(area, 0)) as usize;
+    if declared > area.len() - SECTION_LEN {
+        return Err(EnvelopeError::BadSection {
+            section,
+            declared: Some(declared),
+            area: area.len(),
+        });
+    }
+    Ok(declared)
 }
 
 /// Why bytes are not a valid envelope. Every variant means "corrupt or not a snapshot";
@@ -512,22 +598,15 @@ pub enum EnvelopeError {
         /// The length present.
         actual: usize,
     },
-    /// The journal flag is set but the journal does not fit in the payload area.
-    #[error("journal of {declared:?} bytes does not fit in a payload area of {area} bytes")]
-    BadJournal {
-        /// The journal length declared, if the area even holds the length field.
+    /// A section's flag is set but the section does not fit in what is left of the payload
+    /// area after the sections before it.
+    #[error("{section} section of {declared:?} bytes does not fit in the {area} bytes left of the payload area")]
+    BadSection {
+        /// Which section.
+        section: Section,
+        /// The length declared, if the area even holds the length field.
         declared: Option<usize>,
-        /// The payload area's size.
-        area: usize,
-    },
-    /// The timers flag is set but the section does not fit in what follows the journal.
-    #[error(
-        "timers section of {declared:?} bytes does not fit in the {area} bytes after the journal"
-    )]
-    BadTimers {
-        /// The section length declared, if the area even holds the length field.
-        declared: Option<usize>,
-        /// The bytes after the journal.
+        /// The bytes left, length field included.
         area: usize,
     },
     /// The checksum does not match: flipped bits, a torn write, or garbage.
@@ -564,7 +643,7 @@ mod tests {
         );
         // A section longer than what follows the journal is refused before anything reads it.
         let mut bytes = s.into_bytes();
-        let at = FIXED + 1 + JOURNAL_LEN + 2;
+        let at = FIXED + 1 + SECTION_LEN + 2;
         bytes[at..at + 4].copy_from_slice(&100u32.to_le_bytes());
         let n = bytes.len();
         let crc = crc32c::crc32c(&bytes[..n - CRC_LEN]);
@@ -573,13 +652,61 @@ mod tests {
         assert!(
             matches!(
                 err,
-                EnvelopeError::BadTimers {
+                EnvelopeError::BadSection {
+                    section: Section::Timers,
                     declared: Some(100),
                     ..
                 }
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_section_is_found_by_its_flag_whichever_others_are_present() {
+        for mask in 0u8..8 {
+            let pick = |bit: u8, b: &'static [u8]| (mask & bit != 0).then_some(b);
+            let sections = Sections {
+                journal: pick(1, b"j"),
+                timers: pick(2, b"tt"),
+                outbox: pick(4, b"ooo"),
+            };
+            let s = Snapshot::framed("M", 1, 2, Format::Postcard, sections, b"state").unwrap();
+            let back = Snapshot::from_bytes(s.into_bytes(), &Limits::DEFAULT).unwrap();
+            assert_eq!(back.journal(), sections.journal, "mask {mask}");
+            assert_eq!(back.timers(), sections.timers, "mask {mask}");
+            assert_eq!(back.outbox(), sections.outbox, "mask {mask}");
+            assert_eq!(back.payload(), b"state", "mask {mask}");
+        }
+        // An outbox longer than what is left is refused, named.
+        let s = Snapshot::framed(
+            "M",
+            1,
+            2,
+            Format::Postcard,
+            Sections {
+                outbox: Some(b"ooo"),
+                ..Sections::default()
+            },
+            b"",
+        )
+        .unwrap();
+        let mut bytes = s.into_bytes();
+        let at = FIXED + 1;
+        bytes[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+        let n = bytes.len();
+        let crc = crc32c::crc32c(&bytes[..n - CRC_LEN]);
+        bytes[n - CRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        let err = Snapshot::from_bytes(bytes, &Limits::DEFAULT).unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::BadSection {
+                section: Section::Outbox,
+                declared: Some(9),
+                area: 7
+            }
+        );
+        assert!(err.to_string().starts_with("outbox section"), "{err}");
     }
 
     fn sample() -> Snapshot {
@@ -697,7 +824,8 @@ mod tests {
         bytes[end..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             Snapshot::from_bytes(bytes, &Limits::DEFAULT).unwrap_err(),
-            EnvelopeError::BadJournal {
+            EnvelopeError::BadSection {
+                section: Section::Journal,
                 declared: Some(10),
                 area: 13
             }
@@ -712,7 +840,8 @@ mod tests {
         short[end..].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             Snapshot::from_bytes(short, &Limits::DEFAULT),
-            Err(EnvelopeError::BadJournal {
+            Err(EnvelopeError::BadSection {
+                section: Section::Journal,
                 declared: None,
                 area: 2
             })

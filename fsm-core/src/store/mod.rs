@@ -48,7 +48,8 @@ mod memory;
 
 pub use codec::{Codec, DecodeError, EncodeError, LoadError};
 pub use envelope::{
-    EnvelopeError, Format, Limits, Snapshot, FORMAT_VERSION, MAGIC, MAX_MACHINE_NAME,
+    EnvelopeError, Format, Limits, Section, Sections, Snapshot, FORMAT_VERSION, MAGIC,
+    MAX_MACHINE_NAME,
 };
 pub use error::{Corruption, StoreError};
 pub use id::{InvalidId, MachineId, MAX_ID_LEN};

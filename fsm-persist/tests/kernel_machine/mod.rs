@@ -23,7 +23,7 @@ pub enum TallyCmd {
 }
 
 /// The effect of an addition: the amount added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Added(pub u64);
 
 impl Handler<tally_cmd::Add, tally::Open> for tally::Open {

@@ -18,11 +18,12 @@ use crate::effects::Effects;
 use crate::machine::{settle, Event, Stop, Transition};
 use crate::queue::{DelegateCause, DumpCause, Overflow, Reply, Route, Stamps};
 use crate::rejection::{Reason, Refusal, Rejection};
-use crate::store::{Codec, MachineId, Snapshot};
+use crate::store::{Codec, MachineId, Sections, Snapshot};
 use crate::timer::Timers;
 
-use crate::kernel::inbox::{Cmd, Fire};
+use crate::kernel::inbox::{Cmd, Fire, Settles};
 use crate::kernel::journal::{Entry, Journal};
+use crate::kernel::outbox::{self, EffectCodec, EffectId, Outbox, OutboxError, Owed, RetryPolicy};
 use crate::kernel::outcome::{CommandError, Committed, Outcome};
 use crate::kernel::request::{IdempotencyKey, Request};
 use crate::kernel::stats::KernelCounts;
@@ -45,6 +46,28 @@ pub(crate) struct Rules<M: Durable> {
     overflow: Option<Arc<dyn Overflow<(MachineId, M::Event)>>>,
     /// Latency stamps, when latencies are measured.
     stamps: Option<Stamps>,
+    /// How effects are kept owed, if the kernel keeps them (durable effects).
+    pub(super) effects: Option<EffectRules<M::Effect>>,
+}
+
+/// What makes a kernel's effects durable: how they are stored, which are at most once, how
+/// many a machine may owe, how failures are retried.
+pub(crate) struct EffectRules<F> {
+    pub(crate) codec: EffectCodec<F>,
+    pub(crate) at_most_once: Option<Arc<dyn Fn(&F) -> bool + Send + Sync>>,
+    pub(crate) limit: usize,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl<F> Clone for EffectRules<F> {
+    fn clone(&self) -> Self {
+        EffectRules {
+            codec: self.codec,
+            at_most_once: self.at_most_once.clone(),
+            limit: self.limit,
+            retry: self.retry,
+        }
+    }
 }
 
 impl<M: Durable> Rules<M> {
@@ -57,6 +80,7 @@ impl<M: Durable> Rules<M> {
         timer_events: Option<EventCodec<M::Event>>,
         overflow: Option<Arc<dyn Overflow<(MachineId, M::Event)>>>,
         stamps: Option<Stamps>,
+        effects: Option<EffectRules<M::Effect>>,
     ) -> Self {
         Rules {
             routes: crate::queue::routes(M::TABLE),
@@ -68,6 +92,7 @@ impl<M: Durable> Rules<M> {
             timer_events,
             overflow,
             stamps,
+            effects,
         }
     }
 
@@ -96,6 +121,11 @@ pub(super) struct Slot<M: Durable> {
     pub(super) last_used: Instant,
     /// Armed timers, if any (most machines have none: one pointer).
     pub(super) timers: Option<Box<SlotTimers>>,
+    /// Effects owed, oldest first, if any (most machines owe none: one pointer).
+    pub(super) outbox: Option<Box<Outbox<M::Effect>>>,
+    /// Effects emitted under a sequence not yet stored: the sequence and how many, so each
+    /// gets the next index.
+    emitted: (u64, u32),
 }
 
 impl<M: Durable> Slot<M> {
@@ -116,11 +146,40 @@ impl<M: Durable> Slot<M> {
             deferred: VecDeque::new(),
             last_used: now,
             timers,
+            outbox: None,
+            emitted: (0, 0),
         }
+    }
+
+    /// The same, owing `outbox` (a machine loaded from a snapshot that has one).
+    pub(super) fn owing(mut self, outbox: Outbox<M::Effect>) -> Self {
+        self.outbox = (!outbox.is_empty()).then(|| Box::new(outbox));
+        self
     }
 
     fn next_seq(&self) -> u64 {
         self.seq.map_or(1, |s| s + 1)
+    }
+
+    /// Effects owed now.
+    pub(super) fn owed(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| o.len())
+    }
+
+    /// The first owed effect, if it waits for a retry deadline rather than its worker.
+    fn retry_at(&self) -> Option<u64> {
+        let head = self.outbox.as_ref()?.front()?;
+        (!head.dispatched && head.not_before > 0).then_some(head.not_before)
+    }
+
+    /// When the index must look at this machine next: its first timer or its first owed
+    /// effect's retry, whichever comes first.
+    pub(super) fn first_due(&self) -> Option<u64> {
+        let timer = self.timers.as_ref().and_then(|t| t.earliest_waiting());
+        match (timer, self.retry_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -163,7 +222,8 @@ pub(super) enum Decision<F> {
     Applied {
         transition: Transition,
         seq: u64,
-        effects: Vec<F>,
+        /// The effects that are not owed (at most once), with their index.
+        effects: Vec<(u32, F)>,
     },
     Duplicate {
         transition: Transition,
@@ -223,6 +283,7 @@ struct Parts {
     enqueued: u64,
     reply: Option<Reply<Outcome>>,
     fire: Option<Box<Fire>>,
+    settles: Option<Settles>,
 }
 
 impl Parts {
@@ -233,6 +294,7 @@ impl Parts {
             enqueued,
             reply,
             fire,
+            settles,
         } = cmd;
         let Request {
             event,
@@ -248,6 +310,7 @@ impl Parts {
                 enqueued,
                 reply,
                 fire,
+                settles,
             },
         )
     }
@@ -263,6 +326,7 @@ impl Parts {
             enqueued: self.enqueued,
             reply: self.reply,
             fire: self.fire,
+            settles: self.settles,
         }
     }
 }
@@ -283,7 +347,8 @@ pub(super) type Writes = Vec<(MachineId, Option<u64>, Result<Snapshot, CommandEr
 pub(super) struct Settled<M: Durable> {
     pub(super) replies: Vec<(Reply<Outcome>, Outcome)>,
     pub(super) trace: Vec<TraceEntry>,
-    pub(super) effects: Vec<(MachineId, Vec<M::Effect>)>,
+    /// Effects not owed (at most once), to hand to the workers now.
+    pub(super) effects: Vec<(EffectId, M::Effect)>,
     /// Per answered command: queue wait, apply and end-to-end nanoseconds.
     pub(super) latencies: Vec<(u64, u64, u64)>,
     /// Commands whose work ended (the shell counts them done).
@@ -315,6 +380,11 @@ pub(crate) struct Core<M: Durable> {
     /// The transitions of the command being decided (its own, then its raised events'), each
     /// with the number of timer requests held when it ended.
     chain: Vec<(Transition, usize)>,
+    /// Machines whose first owed effect may be ready for its worker (see
+    /// [`Core::ready`]); looked at once the batch is committed.
+    pub(super) kicked: Vec<MachineId>,
+    /// Effects owed by the machines in memory (every machine that owes one stays in memory).
+    pub(super) owed: u64,
 }
 
 impl<M: Durable> Core<M> {
@@ -333,6 +403,8 @@ impl<M: Durable> Core<M> {
             due: TimerIndex::default(),
             timer_steps: Vec::new(),
             chain: Vec::new(),
+            kicked: Vec::new(),
+            owed: 0,
         }
     }
 
@@ -341,10 +413,20 @@ impl<M: Durable> Core<M> {
         !self.pending.is_empty()
     }
 
+    /// Whether a machine changed in this batch (an answer settled an effect of it).
+    pub(super) fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
     /// Adds a machine the shell loaded, indexing its timers.
     pub(super) fn insert(&mut self, id: &MachineId, mut slot: Slot<M>) {
         if let Some(t) = slot.timers.as_mut() {
             t.reindex(id, &mut self.due);
+        }
+        if slot.owed() > 0 {
+            // Owed by a durable snapshot: handed to the worker again once the batch is done.
+            self.owed += slot.owed() as u64;
+            self.kicked.push(id.clone());
         }
         self.slots.insert(id.clone(), slot);
     }
@@ -471,9 +553,19 @@ impl<M: Durable> Core<M> {
         if route == Route::Defer {
             return Verdict::Defer(event);
         }
-        // From here on the event meets its state: a firing is spent whatever happens to it.
+        // From here on the event meets its state: a firing is spent whatever happens to it,
+        // and so is the owed effect an answer settles (in the write that decides its event).
         if let Some(fire) = parts.fire.take() {
             consume_fire(slot, &fire, &parts.id, &mut self.changed, &mut self.due);
+        }
+        if let Some(settles) = parts.settles.take() {
+            if settle_owed(slot, settles, &parts.id, &mut self.changed).is_none() {
+                // Settled already, by the answer of an earlier run of the same effect (it ran
+                // twice, after a restart or a reload): its event was decided then.
+                return Verdict::Decided(Decision::Void);
+            }
+            self.owed -= 1;
+            self.kicked.push(parts.id.clone());
         }
         let state_name = pending.from;
         match route {
@@ -533,6 +625,15 @@ impl<M: Durable> Core<M> {
                 )));
             }
         };
+        // The effects are owed in the write that commits the transition, or it is refused.
+        let seq = slot.next_seq();
+        let staged = match stage(&self.rules, slot, seq, &mut self.effects, now) {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.effects.clear();
+                return Verdict::Decided(Decision::Failed(CommandError::Outbox(e)));
+            }
+        };
         let timers = if self.chain.len() == 1 {
             fire::after_transition::<M>(
                 &self.rules,
@@ -564,7 +665,17 @@ impl<M: Durable> Core<M> {
         if let Some(t) = slot.timers.as_mut() {
             t.reindex(&parts.id, &mut self.due);
         }
-        let seq = slot.next_seq();
+        slot.emitted = staged.emitted;
+        if !staged.owed.is_empty() {
+            self.owed += staged.owed.len() as u64;
+            if slot.owed() == 0 {
+                // A new first owed effect: ready for its worker once this batch is stored.
+                self.kicked.push(parts.id.clone());
+            }
+            slot.outbox
+                .get_or_insert_with(Box::default)
+                .extend(staged.owed);
+        }
         if let Some(key) = parts.key.take().filter(|_| !firing) {
             slot.journal.record(
                 Entry {
@@ -592,8 +703,94 @@ impl<M: Durable> Core<M> {
         Verdict::Decided(Decision::Applied {
             transition,
             seq,
-            effects: self.effects.drain().collect(),
+            effects: staged.loose,
         })
+    }
+
+    /// A worker's answer without an event for an owed effect of machine `id` (in memory): the
+    /// effect is done or given up, and leaves the outbox; or an attempt failed, and the next
+    /// waits for the retry policy's delay (stored with the effect). Either way the machine is
+    /// written. An answer for an effect no longer owed (it ran twice) changes nothing.
+    pub(super) fn answered(&mut self, id: &MachineId, settles: Settles, retry: bool, now: Instant) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if retry {
+            let policy = self
+                .rules
+                .effects
+                .as_ref()
+                .map_or_else(RetryPolicy::default, |e| e.retry);
+            let Some(owed) = slot
+                .outbox
+                .as_mut()
+                .and_then(|o| o.iter_mut().find(|o| (o.seq, o.index) == settles))
+                .filter(|o| o.dispatched)
+            else {
+                return;
+            };
+            owed.attempts = owed.attempts.saturating_add(1);
+            let delay = crate::timer::millis_ceil(policy.delay(owed.attempts));
+            owed.not_before = self.rules.time.ceil(now).saturating_add(delay).max(1);
+            owed.dispatched = false;
+            mark_changed(slot, id, &mut self.changed);
+        } else {
+            if settle_owed(slot, settles, id, &mut self.changed).is_none() {
+                return;
+            }
+            self.owed -= 1;
+        }
+        self.kicked.push(id.clone());
+    }
+
+    /// The first owed effect of each machine kicked in this batch that is ready for its worker
+    /// (stored, not running, its retry delay passed), marked running; a machine whose first
+    /// effect waits for a retry delay is indexed at it instead. Called once the batch is
+    /// stored, so no effect runs before the write that owes it.
+    pub(super) fn ready(&mut self, now_ms: u64) -> Vec<(EffectId, M::Effect, u32)> {
+        let mut out = Vec::new();
+        if self.kicked.is_empty() {
+            return out;
+        }
+        let Some(rules) = self.rules.effects.as_ref() else {
+            // This kernel stores no effects: what a snapshot owes is kept, not run.
+            self.kicked.clear();
+            return out;
+        };
+        for id in std::mem::take(&mut self.kicked) {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.dirty {
+                continue;
+            }
+            let Some(head) = slot.outbox.as_mut().and_then(|o| o.front_mut()) else {
+                continue;
+            };
+            if head.dispatched {
+                continue;
+            }
+            if head.not_before > now_ms {
+                self.due.schedule(&id, head.not_before);
+                continue;
+            }
+            let value = match head.value.take() {
+                Some(v) => v,
+                // Its value went to the worker on an earlier attempt: decoded again (the
+                // bytes were checked when they were encoded or loaded).
+                None => match (rules.codec.decode)(&head.bytes) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+            };
+            head.dispatched = true;
+            out.push((
+                EffectId::new(id, head.seq, head.index),
+                value,
+                head.attempts.saturating_add(1),
+            ));
+        }
+        out
     }
 
     /// Drops machine `id` from memory: it goes back to its last durable state (reloaded on next
@@ -604,6 +801,7 @@ impl<M: Durable> Core<M> {
         let Some(mut slot) = self.slots.remove(id) else {
             return 0;
         };
+        self.owed -= slot.owed() as u64;
         let from = M::TABLE.state_name(slot.machine.state());
         if !error.is_fenced() {
             // What is durable may hold timers this copy did not (or no longer) show: the
@@ -649,13 +847,15 @@ impl<M: Durable> Core<M> {
                 .as_ref()
                 .filter(|t| !t.armed.is_empty())
                 .map(|t| crate::timer::encode_section(&t.armed));
+            let outbox = slot.outbox.as_ref().map(|o| outbox::encode_section(o));
+            let journal = slot.journal.encode();
+            let sections = Sections {
+                journal: Some(&journal),
+                timers: timers.as_deref(),
+                outbox: outbox.as_deref(),
+            };
             let encoded = codec
-                .encode_with_sections(
-                    &slot.machine,
-                    slot.next_seq(),
-                    &slot.journal.encode(),
-                    timers.as_deref(),
-                )
+                .encode_framed(&slot.machine, slot.next_seq(), sections)
                 .map_err(|e| CommandError::Unencodable {
                     id: id.clone(),
                     message: e.to_string(),
@@ -717,8 +917,9 @@ impl<M: Durable> Core<M> {
                         effects,
                     },
                 ) => {
-                    if !effects.is_empty() {
-                        out.effects.push((p.id.clone(), effects));
+                    for (index, effect) in effects {
+                        out.effects
+                            .push((EffectId::new(p.id.clone(), seq, index), effect));
                     }
                     let to = Some(transition.to_name());
                     let committed = Committed {
@@ -782,7 +983,7 @@ pub(super) fn count(
         Err(e) => e,
     };
     match error {
-        CommandError::Rejected(_) | CommandError::Timer(_) => {
+        CommandError::Rejected(_) | CommandError::Timer(_) | CommandError::Outbox(_) => {
             c.rejected += 1;
             TraceOutcome::Rejected
         }
@@ -844,10 +1045,96 @@ fn consume_fire<M: Durable>(
     if t.armed.is_empty() && t.firing.is_empty() {
         slot.timers = None;
     }
+    mark_changed(slot, id, changed);
+}
+
+/// The machine changed in this batch: it is written with it.
+fn mark_changed<M: Durable>(slot: &mut Slot<M>, id: &MachineId, changed: &mut Vec<MachineId>) {
     if !slot.dirty {
         slot.dirty = true;
         changed.push(id.clone());
     }
+}
+
+/// Removes owed effect `settles` from the machine's outbox (it is written with the batch), or
+/// `None` if it is not owed (any more).
+fn settle_owed<M: Durable>(
+    slot: &mut Slot<M>,
+    settles: Settles,
+    id: &MachineId,
+    changed: &mut Vec<MachineId>,
+) -> Option<Owed<M::Effect>> {
+    let outbox = slot.outbox.as_mut()?;
+    let at = outbox.iter().position(|o| (o.seq, o.index) == settles)?;
+    let owed = outbox.remove(at);
+    if outbox.is_empty() {
+        slot.outbox = None;
+    }
+    mark_changed(slot, id, changed);
+    owed
+}
+
+/// A transition's effects, split: those owed (encoded, to join the machine's outbox in the
+/// same write) and those run at most once; each with its index under the sequence `seq`.
+struct Staged<F> {
+    owed: Vec<Owed<F>>,
+    loose: Vec<(u32, F)>,
+    emitted: (u64, u32),
+}
+
+fn stage<M: Durable>(
+    rules: &Rules<M>,
+    slot: &Slot<M>,
+    seq: u64,
+    effects: &mut Effects<M::Effect>,
+    now: Instant,
+) -> Result<Staged<M::Effect>, OutboxError> {
+    let mut index = if slot.emitted.0 == seq {
+        slot.emitted.1
+    } else {
+        0
+    };
+    let mut staged = Staged {
+        owed: Vec::new(),
+        loose: Vec::new(),
+        emitted: (seq, index),
+    };
+    if effects.is_empty() {
+        return Ok(staged);
+    }
+    let since = rules.time.floor(now);
+    for (i, effect) in effects.drain().enumerate() {
+        let this = index;
+        index = index.saturating_add(1);
+        match &rules.effects {
+            Some(r) if !r.at_most_once.as_ref().is_some_and(|once| once(&effect)) => {
+                let bytes = (r.codec.encode)(&effect)
+                    .map_err(|message| OutboxError::Unencodable { index: i, message })?;
+                staged.owed.push(Owed {
+                    seq,
+                    index: this,
+                    bytes: bytes.into_boxed_slice(),
+                    attempts: 0,
+                    not_before: 0,
+                    since,
+                    value: Some(effect),
+                    dispatched: false,
+                });
+            }
+            _ => staged.loose.push((this, effect)),
+        }
+    }
+    if let Some(r) = &rules.effects {
+        let owed = slot.owed() + staged.owed.len();
+        if owed > r.limit {
+            return Err(OutboxError::Full {
+                owed,
+                limit: r.limit,
+            });
+        }
+    }
+    staged.emitted = (seq, index);
+    Ok(staged)
 }
 
 fn entry<M: Durable>(
@@ -943,7 +1230,7 @@ mod tests {
 
     fn harness() -> Harness {
         let clock = ManualClock::new().clock();
-        let rules = Rules::new(8, 4, 16, TimeBase::new(&clock), None, None, None);
+        let rules = Rules::new(8, 4, 16, TimeBase::new(&clock), None, None, None, None);
         Harness {
             core: Core::new(rules),
             now: clock.now(),
@@ -970,6 +1257,7 @@ mod tests {
                 enqueued: 0,
                 reply: Some(reply),
                 fire: None,
+                settles: None,
             }
         }
 
@@ -1036,7 +1324,10 @@ mod tests {
         );
         // Both decided against the same durable base: each gets the sequence of the write.
         assert_eq!(outcomes(&settled), vec![Ok(1), Ok(1)]);
-        assert_eq!(settled.effects, vec![(m.clone(), vec![Fx::Started])]);
+        assert_eq!(
+            settled.effects,
+            vec![(EffectId::new(m.clone(), 1, 0), Fx::Started)]
+        );
         assert_eq!((settled.ended, h.core.counts.committed), (2, 2));
         assert_eq!(h.core.slots[&m].seq, Some(1));
         assert!(!h.core.slots[&m].dirty);
@@ -1057,7 +1348,10 @@ mod tests {
             vec![Err("NotStored".into()), Ok(1), Err("NotStored".into())]
         );
         // No effect of a change that did not hold is handed out.
-        assert_eq!(settled.effects, vec![(b.clone(), vec![Fx::Started])]);
+        assert_eq!(
+            settled.effects,
+            vec![(EffectId::new(b.clone(), 1, 0), Fx::Started)]
+        );
         assert_eq!((h.core.counts.not_stored, h.core.counts.committed), (2, 1));
     }
 
@@ -1139,6 +1433,7 @@ mod tests {
                     kind: TimerKind::State,
                     instance: 7,
                 })),
+                settles: None,
             },
             h.now,
             0,

@@ -11,7 +11,8 @@ use crate::kernel::outcome::{CommandError, QuarantineCause};
 use crate::kernel::request::Request;
 use crate::kernel::Durable;
 use crate::machine::Transition;
-use crate::store::{MachineId, Snapshot, SnapshotStore};
+use crate::kernel::SectionError;
+use crate::store::{MachineId, Section, Snapshot, SnapshotStore};
 use crate::timer::{self, TimerError, TimerKind, TimerRequest, Timers};
 
 /// How long a machine whose timers came due but that could not be loaded waits before the
@@ -138,21 +139,22 @@ pub(super) fn restore<M: Durable>(
     snapshot: &Snapshot,
     machine: &M,
     now: Instant,
-) -> Result<Option<Box<SlotTimers>>, String> {
+) -> Result<Option<Box<SlotTimers>>, SectionError> {
     let Some(bytes) = snapshot.timers() else {
         return Ok(None);
     };
     let mut armed = timer::decode_section(bytes, M::TABLE, machine.state())?;
+    let invalid = |problem: String| SectionError::invalid(Section::Timers, problem);
     for a in &armed.armed {
         let Some(event) = &a.event else { continue };
         let Some(codec) = &rules.timer_events else {
-            return Err(format!(
+            return Err(invalid(format!(
                 "the {} carries an event, and this kernel stores none: build it with KernelBuilder::timer_events()",
                 a.kind
-            ));
+            )));
         };
         (codec.decode)(event)
-            .map_err(|e| format!("the event of the {} does not decode: {e}", a.kind))?;
+            .map_err(|e| invalid(format!("the event of the {} does not decode: {e}", a.kind)))?;
     }
     armed.rebase(rules.time.floor(now));
     Ok((!armed.is_empty()).then(|| {
@@ -196,7 +198,8 @@ impl<M: Durable> Shard<M> {
             }
         }
         for (id, message) in broken {
-            let error = self.quarantine(&id, QuarantineCause::Timers(message));
+            let cause = QuarantineCause::Section(SectionError::invalid(Section::Timers, message));
+            let error = self.quarantine(&id, cause);
             self.evict(&id, &error);
         }
         self.inner.quiet.more(self.index, fired);
@@ -212,6 +215,12 @@ impl<M: Durable> Core<M> {
         let Some(slot) = self.slots.get_mut(id) else {
             return Ok(0);
         };
+        if slot.outbox.as_ref().and_then(|o| o.front()).is_some_and(|head| {
+            !head.dispatched && head.not_before > 0 && head.not_before <= now_ms
+        }) {
+            // Its first owed effect's retry delay passed: ready for its worker again.
+            self.kicked.push(id.clone());
+        }
         let state = slot.machine.state();
         let Some(timers) = slot.timers.as_mut() else {
             return Ok(0);
@@ -248,6 +257,7 @@ impl<M: Durable> Core<M> {
                 enqueued: self.rules.stamp(),
                 reply: None,
                 fire: Some(Box::new(Fire { kind, instance })),
+                settles: None,
             });
             fired += 1;
         }
@@ -265,14 +275,14 @@ impl<M: Durable> Core<M> {
     pub(super) fn compact_index(&mut self) {
         if self.due.wants_rebuild() {
             let slots = &self.slots;
-            self.due.rebuild(|id| {
-                slots
-                    .get(id)
-                    .map(|s| s.timers.as_ref().and_then(|t| t.earliest_waiting()))
-            });
-            // What the rebuild kept for each resident machine is its first deadline.
-            for t in self.slots.values_mut().filter_map(|s| s.timers.as_mut()) {
-                t.indexed = t.earliest_waiting();
+            self.due.rebuild(|id| slots.get(id).map(|s| s.first_due()));
+            // What the rebuild kept for each resident machine is its first deadline (a
+            // timer's or a retry's): the entry its timers now have in the index.
+            for slot in self.slots.values_mut() {
+                let first = slot.first_due();
+                if let Some(t) = slot.timers.as_mut() {
+                    t.indexed = first;
+                }
             }
         }
     }

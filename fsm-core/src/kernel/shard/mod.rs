@@ -16,12 +16,14 @@ use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use super::inbox::{Closing, Cmd, Job};
 use super::journal::Journal;
 use super::outcome::{CommandError, QuarantineCause, Quarantined};
-use super::supervisor::WorkerMsg;
-use super::{Durable, Inner, RecoveryReport};
+use super::outbox::{self, Outbox};
+use super::supervisor::{Run, WorkerMsg};
+use super::{Durable, EffectId, Inner, OwedEffect, RecoveryReport};
 
 mod core;
 mod fire;
 
+pub(crate) use self::core::EffectRules;
 use self::core::{Core, Rules, Slot};
 
 pub(crate) struct Shard<M: Durable> {
@@ -51,6 +53,7 @@ impl<M: Durable> Shard<M> {
             inner.timer_events,
             inner.overflow.clone(),
             config.latency.then(|| config.stamps.clone()),
+            inner.effect_rules.clone(),
         );
         Shard {
             index,
@@ -83,6 +86,8 @@ impl<M: Durable> Shard<M> {
                 Err(e) => report.unavailable.push((id, e.to_string())),
             }
         }
+        // What the machines owe goes to the workers again: after a crash it may not have run.
+        self.drive(now);
         self.publish_gauges();
         report
     }
@@ -162,6 +167,8 @@ impl<M: Durable> Shard<M> {
         // Timers due now fire first, ahead of the commands taken with them.
         let fired = self.fire_due(now, &*store);
         let mut commands = fired as u64;
+        // Workers' answers without an event, each work in flight until this batch is stored.
+        let mut answers = 0;
         while let Some(job) = self.jobs.pop_front() {
             match job {
                 Job::Command(cmd) => {
@@ -185,9 +192,22 @@ impl<M: Durable> Shard<M> {
                     reply.send(was);
                 }
                 Job::FireTimers(reply) => reply.send(fired),
+                Job::Answer(a) => {
+                    answers += 1;
+                    // A machine that cannot be loaded now keeps the effect owed in the store:
+                    // it is run again when the machine loads.
+                    if self.ensure_loaded(&a.id, now, &*store).is_ok() {
+                        self.core.answered(&a.id, a.settles, a.retry, now);
+                    }
+                }
+                Job::Owed(id, reply) => reply.send(self.owed_by(&id, now, &*store)),
             }
         }
-        if commands == 0 && !self.core.has_pending() {
+        if commands == 0 && !self.core.has_pending() && !self.core.has_changes() {
+            // The next effects count as work in flight before the answers count as done, so
+            // `Kernel::wait_idle` never sees a gap between the two.
+            self.drive(now);
+            self.inner.quiet.done(self.index, answers);
             self.publish_gauges();
             return;
         }
@@ -206,8 +226,60 @@ impl<M: Durable> Shard<M> {
             self.inner.quiet.more(self.index, replayed);
         }
         let (failed, persist_ns) = self.commit();
-        self.answer(&failed, persist_ns);
+        let ended = self.answer(&failed, persist_ns);
+        // The next effects count as work in flight before this batch's work counts as done.
+        self.drive(now);
+        self.inner.quiet.done(self.index, ended + answers);
         self.core.compact_index();
+    }
+
+    /// Hands each machine's first owed effect that is ready to its worker (see
+    /// [`Core::ready`]): only stored effects, one at a time per machine.
+    fn drive(&mut self, now: Instant) {
+        if self.inner.effect_tx.is_empty() {
+            self.core.kicked.clear();
+            return;
+        }
+        let now_ms = self.core.rules.time.floor(now);
+        for (id, effect, attempt) in self.core.ready(now_ms) {
+            let worker = self.inner.worker_of(id.machine()).unwrap_or(0);
+            self.inner.quiet.more(self.index, 1);
+            let msg = WorkerMsg::Effect(Run {
+                id,
+                effect,
+                attempt,
+                durable: true,
+            });
+            if self.inner.effect_tx[worker].send(msg).is_err() {
+                // The worker thread is gone (shutdown): the effect stays owed in the store.
+                self.inner.quiet.done(self.index, 1);
+            }
+        }
+    }
+
+    /// What machine `id` owes now, loading it if needed.
+    fn owed_by(
+        &mut self,
+        id: &MachineId,
+        now: Instant,
+        store: &dyn SnapshotStore,
+    ) -> Result<Vec<OwedEffect>, CommandError> {
+        self.ensure_loaded(id, now, store)?;
+        let Some(slot) = self.core.slots.get(id) else {
+            return Err(CommandError::Closed);
+        };
+        Ok(slot
+            .outbox
+            .iter()
+            .flat_map(|o| o.iter())
+            .map(|o| OwedEffect {
+                id: EffectId::new(id.clone(), o.seq, o.index),
+                attempts: o.attempts,
+                not_before_ms: o.not_before,
+                since_ms: o.since,
+                running: o.dispatched,
+            })
+            .collect())
     }
 
     /// Makes sure machine `id` is in memory and this node still owns it, loading it from the
@@ -337,12 +409,22 @@ impl<M: Durable> Shard<M> {
             None => Journal::default(),
             Some(bytes) => match Journal::decode(bytes, M::TABLE) {
                 Ok(j) => j,
-                Err(message) => return Err(self.quarantine(id, QuarantineCause::Journal(message))),
+                Err(e) => return Err(self.quarantine(id, QuarantineCause::Section(e))),
             },
         };
         let timers = match fire::restore::<M>(rules, &snapshot, &machine, now) {
             Ok(timers) => timers,
-            Err(message) => return Err(self.quarantine(id, QuarantineCause::Timers(message))),
+            Err(e) => return Err(self.quarantine(id, QuarantineCause::Section(e))),
+        };
+        let outbox = match snapshot.outbox() {
+            None => Outbox::new(),
+            Some(bytes) => {
+                let decode = rules.effects.as_ref().map(|e| e.codec.decode);
+                match outbox::decode_section(bytes, decode) {
+                    Ok(outbox) => outbox,
+                    Err(e) => return Err(self.quarantine(id, QuarantineCause::Section(e))),
+                }
+            }
         };
         Ok(Slot::new(
             machine,
@@ -351,7 +433,8 @@ impl<M: Durable> Shard<M> {
             epoch,
             now,
             timers,
-        ))
+        )
+        .owing(outbox))
     }
 
     fn quarantine(&mut self, id: &MachineId, cause: QuarantineCause) -> CommandError {
@@ -472,8 +555,10 @@ impl<M: Durable> Shard<M> {
     }
 
     /// Hands out what the core settled: commands for other nodes to the caller, answers,
-    /// trace, counts; then the committed effects to the workers.
-    fn answer(&mut self, failed: &HashMap<MachineId, CommandError>, persist_ns: u64) {
+    /// trace, counts; then the committed effects that are not owed to the workers. Returns
+    /// how many commands' work ended: the caller counts them done once the owed effects
+    /// they made ready are handed out too ([`Shard::drive`]).
+    fn answer(&mut self, failed: &HashMap<MachineId, CommandError>, persist_ns: u64) -> usize {
         if !self.core.to_owner.is_empty() {
             self.inner
                 .handed_back
@@ -495,10 +580,7 @@ impl<M: Durable> Shard<M> {
         // The effects about to be handed out count as work in flight before the answers
         // count as done, so `Kernel::wait_idle` never sees a gap between the two.
         if !self.inner.effect_tx.is_empty() {
-            self.inner.quiet.more(
-                self.index,
-                settled.effects.iter().map(|(_, fx)| fx.len()).sum(),
-            );
+            self.inner.quiet.more(self.index, settled.effects.len());
         }
         if tracing_on {
             self.inner.trace.extend(self.index, settled.trace);
@@ -508,29 +590,30 @@ impl<M: Durable> Shard<M> {
         for (reply, outcome) in settled.replies {
             reply.send(outcome);
         }
-        self.inner.quiet.done(self.index, settled.ended);
         // Effects after every answer: the transitions they come from are durable.
         if !settled.effects.is_empty() {
             self.dispatch(settled.effects);
         }
+        settled.ended
     }
 
-    fn dispatch(&mut self, effects: Vec<(MachineId, Vec<M::Effect>)>) {
+    /// Hands effects that are not owed (at most once) to their workers.
+    fn dispatch(&mut self, effects: Vec<(EffectId, M::Effect)>) {
         let workers = &self.inner.effect_tx;
         if workers.is_empty() {
             return;
         }
-        for (id, fx) in effects {
-            let worker = self.inner.worker_of(&id).unwrap_or(0);
-            for effect in fx {
-                let msg = WorkerMsg::Effect {
-                    id: id.clone(),
-                    effect,
-                };
-                if workers[worker].send(msg).is_err() {
-                    // The worker thread is gone (shutdown): the effect is abandoned.
-                    self.inner.quiet.done(self.index, 1);
-                }
+        for (id, effect) in effects {
+            let worker = self.inner.worker_of(id.machine()).unwrap_or(0);
+            let msg = WorkerMsg::Effect(Run {
+                id,
+                effect,
+                attempt: 1,
+                durable: false,
+            });
+            if workers[worker].send(msg).is_err() {
+                // The worker thread is gone (shutdown): the effect is abandoned.
+                self.inner.quiet.done(self.index, 1);
             }
         }
     }
@@ -563,12 +646,15 @@ impl<M: Durable> Shard<M> {
             for (cmd, from) in expired {
                 self.core.fail(cmd, from, CommandError::Expired);
             }
-            self.answer(&HashMap::new(), 0);
+            let ended = self.answer(&HashMap::new(), 0);
+            self.inner.quiet.done(self.index, ended);
         }
         // Evicted machines keep their timers: their entries stay in the shard's index.
+        // Machines that owe effects stay: their worker's answer is decided against them.
         self.core.slots.retain(|_, s| {
             s.dirty
                 || !s.deferred.is_empty()
+                || s.outbox.is_some()
                 || s.timers.as_ref().is_some_and(|t| !t.firing.is_empty())
                 || now.saturating_duration_since(s.last_used) < idle_after
         });
@@ -583,6 +669,7 @@ impl<M: Durable> Shard<M> {
         stats.quarantined = self.quarantined.len();
         stats.timer_entries = self.core.due.len();
         stats.counts.deferred = self.core.deferred;
+        stats.counts.owed = self.core.owed;
     }
 
     /// Adds this batch's counts and latencies to the shard's published stats.
@@ -592,8 +679,9 @@ impl<M: Durable> Shard<M> {
             .unwrap_or_else(PoisonError::into_inner);
         let c = std::mem::take(&mut self.core.counts);
         stats.counts.add(&c);
-        // `deferred` is a level, kept by the shard, not a count.
+        // `deferred` and `owed` are levels, kept by the shard, not counts.
         stats.counts.deferred = self.core.deferred;
+        stats.counts.owed = self.core.owed;
         if self.inner.config.latency {
             for &(wait, apply, end) in latencies {
                 stats.hist.wait.saturating_record(wait.max(1));

@@ -148,7 +148,9 @@ fn child(dir: &Path) {
             rng: fastrand::Rng::new(),
         })
         .at_most_once(|fx| matches!(fx, Fx::Note { .. }))
-        .retry(RetryPolicy::new(Duration::from_millis(1), 2, Duration::from_millis(8), 1000).unwrap())
+        .retry(
+            RetryPolicy::new(Duration::from_millis(1), 2, Duration::from_millis(8), 1000).unwrap(),
+        )
         .start()
         .expect("the kernel starts");
     let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
@@ -315,7 +317,11 @@ fn main() {
             continue;
         };
         let once: BTreeSet<u32> = bills.iter().copied().collect();
-        assert_eq!(once.len(), bills.len(), "machine {i}: a bill applied twice (seed {seed})");
+        assert_eq!(
+            once.len(),
+            bills.len(),
+            "machine {i}: a bill applied twice (seed {seed})"
+        );
         let answered: BTreeSet<u32> = charged.iter().copied().collect();
         assert_eq!(
             answered.len(),
@@ -328,7 +334,11 @@ fn main() {
         );
         billed.extend(once);
     }
-    assert_eq!(billed.len(), sent as usize, "every bill sent was committed (seed {seed})");
+    assert_eq!(
+        billed.len(),
+        sent as usize,
+        "every bill sent was committed (seed {seed})"
+    );
     let (charges, notes) = received(&dir);
     let mut key_of: HashMap<u32, String> = HashMap::new();
     for (key, n) in &charges {
@@ -337,10 +347,17 @@ fn main() {
             "a charge for bill {n}, which was never committed, reached the receiver (seed {seed})"
         );
         let first = key_of.entry(*n).or_insert_with(|| key.clone());
-        assert_eq!(first, key, "bill {n}'s charge came under two keys (seed {seed})");
+        assert_eq!(
+            first, key,
+            "bill {n}'s charge came under two keys (seed {seed})"
+        );
     }
     let keys: BTreeSet<&String> = key_of.values().collect();
-    assert_eq!(keys.len(), key_of.len(), "two charges shared a key (seed {seed})");
+    assert_eq!(
+        keys.len(),
+        key_of.len(),
+        "two charges shared a key (seed {seed})"
+    );
     let charged: BTreeSet<u32> = key_of.keys().copied().collect();
     assert_eq!(
         charged, billed,

@@ -44,7 +44,10 @@ fn owed_after_restart(path: &std::path::Path, label: &str) -> BTreeSet<u64> {
     kernel.wait_idle();
     for i in 0..2 {
         let owed = kernel.owed(&machine(i)).unwrap();
-        assert!(owed.is_empty(), "{label}: still owed after a restart: {owed:?}");
+        assert!(
+            owed.is_empty(),
+            "{label}: still owed after a restart: {owed:?}"
+        );
     }
     drop(kernel);
     let ran = effects.lock().unwrap().iter().copied().collect();
@@ -221,7 +224,10 @@ fn a_failing_file_store_never_loses_an_acknowledged_command_nor_runs_an_unacknow
                 }
                 let io = FaultyIo::new(step, nth, fault);
                 let run = scenario(io.clone(), &format!("{fault:?} at {step:?} #{nth}"));
-                assert!(io.injected(), "{fault:?} at {step:?} #{nth} was never reached");
+                assert!(
+                    io.injected(),
+                    "{fault:?} at {step:?} #{nth} was never reached"
+                );
                 points += 1;
                 refused += run.not_stored.len();
                 unknown += run.unknown.len();

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::inbox::Inbox;
 use super::outbox::{EffectCodec, RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
-use super::shard::EffectRules;
 use super::quiet::Quiet;
+use super::shard::EffectRules;
 use super::shard::Shard;
 use super::stats::ShardStats;
 use super::store_cell::{Opener, StoreCell};
@@ -234,7 +234,10 @@ impl<M: Durable> KernelBuilder<M> {
     /// Which effects are fire-and-forget (at most once: a log line, a metric) in a kernel whose
     /// effects are durable: those for which `once` is true are not stored and never run again
     /// after a crash.
-    pub fn at_most_once(mut self, once: impl Fn(&M::Effect) -> bool + Send + Sync + 'static) -> Self {
+    pub fn at_most_once(
+        mut self,
+        once: impl Fn(&M::Effect) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.at_most_once = Some(Arc::new(once));
         self
     }

@@ -71,7 +71,10 @@ pub(crate) enum Job<M: Durable> {
     /// An effect worker's answer without an event.
     Answer(Answer),
     /// A reader of what machine `id` owes (loading it if needed).
-    Owed(MachineId, Reply<Result<Vec<crate::kernel::OwedEffect>, CommandError>>),
+    Owed(
+        MachineId,
+        Reply<Result<Vec<crate::kernel::OwedEffect>, CommandError>>,
+    ),
 }
 
 /// A reader of one machine's state, run on its shard between batches.

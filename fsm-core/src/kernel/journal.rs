@@ -77,10 +77,7 @@ impl Journal {
 
     /// Decodes a journal written for a machine with `table`, checking every key and every
     /// state and event id against it.
-    pub(crate) fn decode(
-        bytes: &[u8],
-        table: &'static Table,
-    ) -> Result<Journal, SectionError> {
+    pub(crate) fn decode(bytes: &[u8], table: &'static Table) -> Result<Journal, SectionError> {
         let stored: Vec<StoredEntry<'_>> =
             section::decode_versioned(Section::Journal, bytes, VERSION)?;
         let states = table.states().len();

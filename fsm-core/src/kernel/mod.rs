@@ -135,13 +135,13 @@ pub use builder::{
     BuildError, KernelBuilder, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_INBOX_CAPACITY,
     DEFAULT_TRACE_CAPACITY,
 };
-pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
-pub use report::{RecoveryReport, Shutdown, ShutdownReport};
 pub use outbox::{
     EffectId, OutboxError, OwedEffect, RetryPolicy, RetryPolicyError, DEFAULT_MAX_PENDING_EFFECTS,
 };
-pub use section::SectionError;
+pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
+pub use report::{RecoveryReport, Shutdown, ShutdownReport};
 pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
+pub use section::SectionError;
 pub use stats::{KernelCounts, KernelMetrics, ShardMetrics, WorkerMetrics};
 pub use submit::Submitter;
 pub use supervisor::{EffectCtx, EffectError, EffectWorker, Escalation, Failure, Intensity};

@@ -396,7 +396,10 @@ mod tests {
         // An effect the kernel's type does not decode: named.
         let refuse: fn(&[u8]) -> Result<u32, String> = |_| Err("no".into());
         let err = decode_section(&bytes, Some(refuse)).unwrap_err();
-        assert!(err.to_string().contains("effect 3/0 does not decode"), "{err}");
+        assert!(
+            err.to_string().contains("effect 3/0 does not decode"),
+            "{err}"
+        );
         // Garbage never panics.
         for cut in 0..bytes.len() {
             let _ = decode_section(&bytes[..cut], Some(decode));

@@ -120,6 +120,8 @@ mod tests {
         assert_eq!(err.section(), Section::Timers);
         assert!(matches!(err, SectionError::Trailing { count: 1, .. }));
         let err = decode_versioned::<u32>(Section::Journal, &[1], 1).unwrap_err();
-        assert!(err.to_string().starts_with("the journal section does not decode"));
+        assert!(err
+            .to_string()
+            .starts_with("the journal section does not decode"));
     }
 }

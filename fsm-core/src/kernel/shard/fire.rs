@@ -10,8 +10,8 @@ use crate::kernel::inbox::{Cmd, Fire};
 use crate::kernel::outcome::{CommandError, QuarantineCause};
 use crate::kernel::request::Request;
 use crate::kernel::Durable;
-use crate::machine::Transition;
 use crate::kernel::SectionError;
+use crate::machine::Transition;
 use crate::store::{MachineId, Section, Snapshot, SnapshotStore};
 use crate::timer::{self, TimerError, TimerKind, TimerRequest, Timers};
 
@@ -215,9 +215,14 @@ impl<M: Durable> Core<M> {
         let Some(slot) = self.slots.get_mut(id) else {
             return Ok(0);
         };
-        if slot.outbox.as_ref().and_then(|o| o.front()).is_some_and(|head| {
-            !head.dispatched && head.not_before > 0 && head.not_before <= now_ms
-        }) {
+        if slot
+            .outbox
+            .as_ref()
+            .and_then(|o| o.front())
+            .is_some_and(|head| {
+                !head.dispatched && head.not_before > 0 && head.not_before <= now_ms
+            })
+        {
             // Its first owed effect's retry delay passed: ready for its worker again.
             self.kicked.push(id.clone());
         }

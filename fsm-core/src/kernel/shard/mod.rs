@@ -15,8 +15,8 @@ use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 
 use super::inbox::{Closing, Cmd, Job};
 use super::journal::Journal;
-use super::outcome::{CommandError, QuarantineCause, Quarantined};
 use super::outbox::{self, Outbox};
+use super::outcome::{CommandError, QuarantineCause, Quarantined};
 use super::supervisor::{Run, WorkerMsg};
 use super::{Durable, EffectId, Inner, OwedEffect, RecoveryReport};
 
@@ -169,6 +169,7 @@ impl<M: Durable> Shard<M> {
         let mut commands = fired as u64;
         // Workers' answers without an event, each work in flight until this batch is stored.
         let mut answers = 0;
+        let mut fire_replies = Vec::new();
         while let Some(job) = self.jobs.pop_front() {
             match job {
                 Job::Command(cmd) => {
@@ -191,7 +192,9 @@ impl<M: Durable> Shard<M> {
                     self.publish_quarantine();
                     reply.send(was);
                 }
-                Job::FireTimers(reply) => reply.send(fired),
+                // Answered once this batch's work is in flight (the effects whose retry came
+                // due included), so a caller's `wait_idle` then waits for all of it.
+                Job::FireTimers(reply) => fire_replies.push(reply),
                 Job::Answer(a) => {
                     answers += 1;
                     // A machine that cannot be loaded now keeps the effect owed in the store:
@@ -208,6 +211,9 @@ impl<M: Durable> Shard<M> {
             // `Kernel::wait_idle` never sees a gap between the two.
             self.drive(now);
             self.inner.quiet.done(self.index, answers);
+            for reply in fire_replies {
+                reply.send(fired);
+            }
             self.publish_gauges();
             return;
         }
@@ -229,6 +235,9 @@ impl<M: Durable> Shard<M> {
         let ended = self.answer(&failed, persist_ns);
         // The next effects count as work in flight before this batch's work counts as done.
         self.drive(now);
+        for reply in fire_replies {
+            reply.send(fired);
+        }
         self.inner.quiet.done(self.index, ended + answers);
         self.core.compact_index();
     }
@@ -426,15 +435,7 @@ impl<M: Durable> Shard<M> {
                 }
             }
         };
-        Ok(Slot::new(
-            machine,
-            journal,
-            Some(snapshot.seq()),
-            epoch,
-            now,
-            timers,
-        )
-        .owing(outbox))
+        Ok(Slot::new(machine, journal, Some(snapshot.seq()), epoch, now, timers).owing(outbox))
     }
 
     fn quarantine(&mut self, id: &MachineId, cause: QuarantineCause) -> CommandError {

@@ -212,7 +212,10 @@ fn spawn(dir: &Path, last: bool) -> (std::process::Child, mpsc::Receiver<String>
 
 /// What the receivers got: per kind, `(key, n)` for every complete line (a kill between a
 /// write and its sync may leave a torn last line: not received).
-fn received(dir: &Path) -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+/// Records of one kind: `(key, n)`.
+type Records = Vec<(String, u32)>;
+
+fn received(dir: &Path) -> (Records, Records) {
     let (mut charges, mut notes) = (Vec::new(), Vec::new());
     for worker in 0..2 {
         let mut text = String::new();

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::inbox::Inbox;
-use super::outbox::{EffectCodec, RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
+use super::outbox::{EffectCodec, OnceFilter, RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
 use super::quiet::Quiet;
 use super::shard::EffectRules;
 use super::shard::Shard;
@@ -65,7 +65,7 @@ pub struct KernelBuilder<M: Durable> {
     workers: Option<(usize, Factory<M>)>,
     /// How effects are stored, when `effects` made them durable.
     effect_codec: Option<EffectCodec<M::Effect>>,
-    at_most_once: Option<Arc<dyn Fn(&M::Effect) -> bool + Send + Sync>>,
+    at_most_once: Option<OnceFilter<M::Effect>>,
     max_owed: usize,
     retry: RetryPolicy,
     refuse_escalated: bool,

@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -212,10 +213,16 @@ pub enum OutboxError {
     },
 }
 
-/// How a kernel stores effects (postcard), and which of them are at most once.
+/// Decodes one stored effect.
+pub(crate) type DecodeEffect<F> = fn(&[u8]) -> Result<F, String>;
+
+/// Which effects are at most once (the builder's `at_most_once`).
+pub(crate) type OnceFilter<F> = Arc<dyn Fn(&F) -> bool + Send + Sync>;
+
+/// How a kernel stores effects (postcard).
 pub(crate) struct EffectCodec<F> {
     pub(crate) encode: fn(&F) -> Result<Vec<u8>, String>,
-    pub(crate) decode: fn(&[u8]) -> Result<F, String>,
+    pub(crate) decode: DecodeEffect<F>,
 }
 
 impl<F> Clone for EffectCodec<F> {
@@ -294,7 +301,7 @@ pub(crate) fn encode_section<F>(outbox: &Outbox<F>) -> Vec<u8> {
 /// the entries are kept as bytes, written back unchanged and not run).
 pub(crate) fn decode_section<F>(
     bytes: &[u8],
-    decode: Option<fn(&[u8]) -> Result<F, String>>,
+    decode: Option<DecodeEffect<F>>,
 ) -> Result<Outbox<F>, SectionError> {
     let stored: Vec<StoredOwed<'_>> =
         section::decode_versioned(Section::Outbox, bytes, SECTION_VERSION)?;

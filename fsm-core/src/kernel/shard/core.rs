@@ -23,7 +23,9 @@ use crate::timer::Timers;
 
 use crate::kernel::inbox::{Cmd, Fire, Settles};
 use crate::kernel::journal::{Entry, Journal};
-use crate::kernel::outbox::{self, EffectCodec, EffectId, Outbox, OutboxError, Owed, RetryPolicy};
+use crate::kernel::outbox::{
+    self, EffectCodec, EffectId, OnceFilter, Outbox, OutboxError, Owed, RetryPolicy,
+};
 use crate::kernel::outcome::{CommandError, Committed, Outcome};
 use crate::kernel::request::{IdempotencyKey, Request};
 use crate::kernel::stats::KernelCounts;
@@ -54,7 +56,7 @@ pub(crate) struct Rules<M: Durable> {
 /// many a machine may owe, how failures are retried.
 pub(crate) struct EffectRules<F> {
     pub(crate) codec: EffectCodec<F>,
-    pub(crate) at_most_once: Option<Arc<dyn Fn(&F) -> bool + Send + Sync>>,
+    pub(crate) at_most_once: Option<OnceFilter<F>>,
     pub(crate) limit: usize,
     pub(crate) retry: RetryPolicy,
 }

@@ -5,152 +5,138 @@
 //!
 //! Run with `cargo run --example domain_order [DATA_DIR]` (default
 //! `target/domain-order-data`).
+//!
+//! `cargo run --example domain_order -- DATA_DIR --kill-mid-run` runs the orders in a child
+//! process and SIGKILLs it while registrations are under way (some orders paid, their
+//! registration owed, running or retrying), then starts again on the same directory: the
+//! registrations the dead process owed run after the restart, and no order stays `Paid`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fsm_core::kernel::{
-    CommandError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Request,
-    RetryPolicy, Shutdown, TraceFilter,
-};
+use fsm_core::kernel::{CommandError, Request, Shutdown, TraceFilter};
 use fsm_core::store::{MachineId, SnapshotStore};
 use fsm_core::StateMachine;
-use fsm_examples::registrar::{Order, OrderCmd, OrderEffect};
+use fsm_examples::registrar::{Order, OrderCmd};
+use fsm_examples::registrar_service::{self, census, order_id, place, settle, Counters};
 
 /// Orders started by each run.
 const ORDERS: usize = 300;
 /// Client threads submitting concurrently.
 const CLIENTS: usize = 8;
 
-/// The registrar's API, as unreliable as the real thing: it sometimes times out (an error)
-/// and sometimes the connection dies under it (a panic in the worker).
-struct FlakyRegistrar {
-    rng: fastrand::Rng,
-    notified: Arc<AtomicU64>,
-    refunded: Arc<AtomicU64>,
+/// Places run `run`'s orders from `CLIENTS` threads, printing `placed <i>` as each is done.
+fn place_all(kernel: &fsm_core::kernel::Kernel<Order>, run: u64, progress: bool) {
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            let submitter = kernel.submitter();
+            s.spawn(move || {
+                let mut rng = fastrand::Rng::new();
+                for i in (c..ORDERS).step_by(CLIENTS) {
+                    place(&submitter, run, i, &mut rng);
+                    if progress {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "placed {i}").and_then(|()| out.flush());
+                    }
+                }
+            });
+        }
+    });
 }
 
-impl EffectWorker<Order> for FlakyRegistrar {
-    fn run(
-        &mut self,
-        _: &EffectCtx,
-        effect: &OrderEffect,
-    ) -> Result<Option<OrderCmd>, EffectError> {
-        match effect {
-            OrderEffect::Register { domain, .. } => {
-                let roll = self.rng.u32(0..100);
-                if roll < 3 {
-                    panic!("registrar connection reset while registering {domain}");
-                }
-                if roll < 15 {
-                    return Err("registry timeout".into());
-                }
-                if domain.starts_with("taken") {
-                    return Ok(Some(OrderCmd::Reject {
-                        reason: "domain already registered".into(),
-                    }));
-                }
-                Ok(Some(OrderCmd::Confirm))
-            }
-            OrderEffect::NotifyRegistered { .. } => {
-                self.notified.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-            OrderEffect::Refund { .. } => {
-                self.refunded.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
+/// The child of `--kill-mid-run`: places the orders of run 1 and waits to be killed.
+fn child(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    std::panic::set_hook(Box::new(|_| {}));
+    let kernel = registrar_service::start(Path::new(dir), &Counters::default())?;
+    place_all(&kernel, 1, true);
+    println!("done");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `--kill-mid-run`: the orders in a child, SIGKILLed mid-run, then a restart that settles
+/// what it owed.
+fn kill_mid_run(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([dir, "--child"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    // Killed once a third of the orders are placed: registrations of the paid ones are owed,
+    // running, or waiting for a retry.
+    let mut placed = 0;
+    for line in lines {
+        if line?.starts_with("placed") {
+            placed += 1;
+            if placed == ORDERS / 3 {
+                break;
             }
         }
     }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    println!("Killed the registrar (SIGKILL) after {placed} of {ORDERS} orders were placed.");
 
-    /// A registration whose attempts are spent is reported to the order as a rejection
-    /// (`Paid --Reject--> Failed`, which refunds); the table decides whether the order takes
-    /// it.
-    fn failure_event(
-        &self,
-        _: &EffectCtx,
-        effect: &OrderEffect,
-        failure: &Failure,
-    ) -> Option<OrderCmd> {
-        matches!(effect, OrderEffect::Register { .. }).then(|| OrderCmd::Reject {
-            reason: format!("registrar failed ({failure})"),
-        })
-    }
-}
+    // What the dead process left owed, read from the store before anything runs it.
+    let ids: Vec<MachineId> = (0..ORDERS).map(|i| order_id(1, i)).collect();
+    let store = fsm_persist::FileStore::open(dir)?;
+    let owing = ids
+        .iter()
+        .filter(|id| store.get(id).is_ok_and(|s| s.outbox().is_some()))
+        .count();
+    drop(store);
+    println!(
+        "The store holds {owing} orders that owe effects (a registration, a notice, a refund)."
+    );
 
-fn key(k: String) -> IdempotencyKey {
-    IdempotencyKey::new(k).expect("keys built here are valid")
-}
-
-/// One customer's order: submit, pay (sometimes too little first), and sometimes retry the
-/// payment as a client whose answer timed out would, with the same idempotency key.
-fn drive(kernel: &fsm_core::kernel::Submitter<Order>, run: u64, i: usize, rng: &mut fastrand::Rng) {
-    let id = MachineId::new(format!("order-{run}-{i}")).expect("valid id");
-    let domain = match rng.u32(0..100) {
-        0..5 => format!("not a domain {i}"), // refused by Submitted's invariant
-        5..15 => format!("taken{i}.example"),
-        _ => format!("shop{i}-{run}.example"),
-    };
-    let submit =
-        Request::new(OrderCmd::Submit { domain }).with_key(key(format!("submit-{run}-{i}")));
-    let submitted = kernel.submit(&id, submit).map(|t| t.wait());
-    if !matches!(submitted, Ok(Ok(_))) {
-        // The draft was never submitted: the customer gives up.
-        let _ = kernel.submit(&id, OrderCmd::Cancel).map(|t| t.wait());
-        return;
+    std::panic::set_hook(Box::new(|_| {}));
+    let counters = Counters::default();
+    let kernel = registrar_service::start(Path::new(dir), &counters)?;
+    println!("Restarted: {}.", kernel.recovery());
+    let took = settle(&kernel, &ids, Duration::from_secs(120))
+        .map_err(|owing| format!("still owing after 120 s: {owing:?}"))?;
+    kernel.wait_idle();
+    let states = census(&kernel, &ids);
+    println!(
+        "Settled in {took:.1?} ({} registration attempts after the restart): orders by state {states:?}",
+        counters.attempts.load(Ordering::Relaxed)
+    );
+    let paid = states.get("Paid").copied().unwrap_or(0);
+    kernel.shutdown(Shutdown::Drain);
+    if paid > 0 {
+        return Err(format!("{paid} orders stuck in Paid").into());
     }
-    if rng.u32(0..100) < 10 {
-        // Below the minimum price: the handler's guard refuses it.
-        let low = OrderCmd::Pay {
-            cents: 500,
-            card_token: format!("tok_{i}_secret"),
-        };
-        let _ = kernel.submit(&id, low).map(|t| t.wait());
-    }
-    let pay = || {
-        Request::new(OrderCmd::Pay {
-            cents: 1_500,
-            card_token: format!("tok_{i}_secret"),
-        })
-        .with_key(key(format!("pay-{run}-{i}")))
-    };
-    let _ = kernel.submit(&id, pay()).map(|t| t.wait());
-    if rng.u32(0..100) < 20 {
-        // The client did not hear back in time and sends the same payment again.
-        let _ = kernel.submit(&id, pay()).map(|t| t.wait());
-    }
+    println!(
+        "No order is stuck in Paid: every registration owed at the kill ran after the restart."
+    );
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "target/domain-order-data".to_owned());
+    if args.iter().any(|a| a == "--child") {
+        return child(&dir);
+    }
+    if args.iter().any(|a| a == "--kill-mid-run") {
+        return kill_mid_run(&dir);
+    }
     // The flaky registrar panics on purpose; the kernel catches and counts it. Keep the
     // output to the report.
     std::panic::set_hook(Box::new(|_| {}));
 
-    let notified = Arc::new(AtomicU64::new(0));
-    let refunded = Arc::new(AtomicU64::new(0));
-    let (n, r) = (notified.clone(), refunded.clone());
-    let kernel = fsm_persist::file_kernel(&dir, |_| Order::Draft)
-        .shards(2)
-        .effects(2, move |worker| FlakyRegistrar {
-            rng: fastrand::Rng::with_seed(worker as u64 * 7919 + fastrand::u64(..)),
-            notified: n.clone(),
-            refunded: r.clone(),
-        })
-        .restart_intensity(100, Duration::from_secs(10))
-        // A timed-out registration is tried again 10 ms later, then 20, 40, 80: five attempts
-        // under one idempotency key before the order is told it failed.
-        .retry(RetryPolicy::new(
-            Duration::from_millis(10),
-            2,
-            Duration::from_millis(100),
-            5,
-        )?)
-        .start()?;
+    let counters = Counters::default();
+    let kernel = registrar_service::start(Path::new(&dir), &counters)?;
     let recovered = kernel.recovery();
     let run = recovered.recovered as u64 / ORDERS as u64 + 1;
     println!("Data directory: {dir}");
@@ -161,18 +147,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Run {run}: {ORDERS} new orders from {CLIENTS} concurrent clients.\n");
 
-    // Phase 1: customers submit and pay; the registrar works the paid orders.
-    std::thread::scope(|s| {
-        for c in 0..CLIENTS {
-            let submitter = kernel.submitter();
-            s.spawn(move || {
-                let mut rng = fastrand::Rng::new();
-                for i in (c..ORDERS).step_by(CLIENTS) {
-                    drive(&submitter, run, i, &mut rng);
-                }
-            });
-        }
-    });
+    // Phase 1: customers submit and pay; the registrar works the paid orders (until nothing
+    // is owed: a registration waiting for its retry is not work in flight).
+    place_all(&kernel, run, false);
+    let ids: Vec<MachineId> = (0..ORDERS).map(|i| order_id(run, i)).collect();
+    settle(&kernel, &ids, Duration::from_secs(120)).map_err(|o| format!("still owing: {o:?}"))?;
     kernel.wait_idle();
 
     // Phase 2: customers whose registration failed retry once (a fresh payment).
@@ -186,7 +165,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 cents: 1_500,
                 card_token: format!("tok_{i}_secret"),
             })
-            .with_key(key(format!("pay-again-{run}-{i}")));
+            .with_key(fsm_core::kernel::IdempotencyKey::new(format!(
+                "pay-again-{run}-{i}"
+            ))?);
             if let Err(e) = kernel.submit(&id, pay)?.wait() {
                 println!("  retry of {id} refused: {e}");
             }
@@ -194,11 +175,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     kernel.wait_idle();
 
+    settle(&kernel, &ids, Duration::from_secs(120)).map_err(|o| format!("still owing: {o:?}"))?;
+    kernel.wait_idle();
+
     // Where every order of this run ended.
     let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for i in 0..ORDERS {
-        let id = MachineId::new(format!("order-{run}-{i}"))?;
-        match kernel.state(&id) {
+    for id in &ids {
+        match kernel.state(id) {
             Ok((order, _)) => *states.entry(order.state_name()).or_default() += 1,
             Err(CommandError::Quarantined(q)) => println!("  {q}"),
             Err(e) => println!("  {id}: {e}"),
@@ -225,9 +208,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for (i, w) in metrics.workers.iter().enumerate() {
         println!(
-            "Registrar worker {i}: {} effects, {} errors, {} panics, {} restarts{}",
+            "Registrar worker {i}: {} effects, {} errors (retried {}, given up {}), {} panics, {} restarts{}",
             w.effects,
             w.errors,
+            w.retries,
+            w.given_up,
             w.panics,
             w.restarts,
             if w.escalated { ", ESCALATED" } else { "" }
@@ -238,8 +223,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "Customers notified: {}, refunds: {}",
-        notified.load(Ordering::Relaxed),
-        refunded.load(Ordering::Relaxed)
+        counters.notified.load(Ordering::Relaxed),
+        counters.refunded.load(Ordering::Relaxed)
     );
     println!("\nThe last transitions into or out of `Failed` (live trace):");
     for entry in kernel.trace(&TraceFilter::new().state("Failed").last(3)) {

@@ -2,6 +2,8 @@
 //! benchmarks.
 //!
 //! - [`registrar`]: a domain-registration order, derived with `#[derive(StateMachine)]`.
+//! - [`registrar_service`]: the registrar as a service over a file store, with a flaky
+//!   registrar worker whose registrations are durable effects.
 //! - [`registrar_by_hand`]: the same machine written by hand against the core traits.
 //! - [`workload`]: event streams for benchmarks and tests.
 //! - [`pacemaker`]: a pacemaker whose state timeout paces when no pulse came in time.
@@ -10,6 +12,9 @@
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
+
+#[path = "machines/registrar_service.rs"]
+pub mod registrar_service;
 
 #[path = "machines/registrar_by_hand.rs"]
 pub mod registrar_by_hand;

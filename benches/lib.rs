@@ -417,3 +417,118 @@ pub mod timers {
         }
     }
 }
+
+pub mod effects {
+    //! The effects bench's machine: a ledger whose every entry owes a receipt.
+
+    use std::time::Duration;
+
+    use fsm_core::kernel::{
+        EffectCtx, EffectError, EffectWorker, Kernel, KernelBuilder, RetryPolicy,
+    };
+    use fsm_core::store::MachineId;
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    /// A ledger: the entries posted so far.
+    #[derive(StateMachine, Debug, Clone, Serialize, Deserialize)]
+    #[fsm(event = Post, effect = Receipt)]
+    pub enum Ledger {
+        /// Its one state.
+        #[fsm(initial, on(Entry => Ledger), on(Sent => Ledger))]
+        Ledger {
+            /// Entries posted.
+            n: u64,
+            /// Receipts the mailer confirmed.
+            sent: u64,
+        },
+    }
+
+    /// The one command.
+    #[derive(Event, Debug, Clone)]
+    pub enum Post {
+        /// Post an entry (owes a receipt).
+        Entry,
+        /// The mailer sent a receipt.
+        Sent,
+    }
+
+    /// What a posted entry asks for: a receipt sent out (a few bytes, as most effects).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Receipt {
+        /// The entry.
+        pub entry: u64,
+        /// Where it goes.
+        pub to: String,
+    }
+
+    impl Handler<post::Entry, ledger::Ledger> for ledger::Ledger {
+        fn handle(
+            s: ledger::LedgerRef<'_>,
+            _: post::Entry,
+            fx: &mut Effects<Receipt>,
+        ) -> Result<ledger::Ledger, Refusal> {
+            fx.push(Receipt {
+                entry: *s.n + 1,
+                to: "billing@example.org".into(),
+            });
+            Ok(ledger::Ledger {
+                n: *s.n + 1,
+                sent: *s.sent,
+            })
+        }
+    }
+
+    impl Handler<post::Sent, ledger::Ledger> for ledger::Ledger {
+        fn handle(
+            s: ledger::LedgerRef<'_>,
+            _: post::Sent,
+            _: &mut Effects<Receipt>,
+        ) -> Result<ledger::Ledger, Refusal> {
+            Ok(ledger::Ledger {
+                n: *s.n,
+                sent: *s.sent + 1,
+            })
+        }
+    }
+
+    /// Sends the receipt (does nothing) and answers without an event, or with `Sent` when
+    /// `reply`; with `crash`, panics instead (so an intensity of 0 escalates it and what is
+    /// owed waits).
+    #[derive(Clone, Copy)]
+    pub struct Mailer {
+        /// Panic instead of sending.
+        pub crash: bool,
+        /// Answer with `Sent`.
+        pub reply: bool,
+    }
+
+    impl EffectWorker<Ledger> for Mailer {
+        fn run(&mut self, _: &EffectCtx, r: &Receipt) -> Result<Option<Post>, EffectError> {
+            assert!(!self.crash, "the mail server is gone");
+            std::hint::black_box(r);
+            Ok(self.reply.then_some(Post::Sent))
+        }
+    }
+
+    /// `n` machine ids.
+    pub fn ids(n: usize) -> Vec<MachineId> {
+        (0..n)
+            .map(|i| MachineId::new(format!("ledger-{i}")).unwrap())
+            .collect()
+    }
+
+    /// Starts `b` with one `mailer` worker, effects durable or at most once; a crashed effect
+    /// waits an hour for its retry.
+    pub fn with_effects(b: KernelBuilder<Ledger>, durable: bool, mailer: Mailer) -> Kernel<Ledger> {
+        let hour = Duration::from_secs(3600);
+        let b = b
+            .trace_capacity(0)
+            .retry(RetryPolicy::new(hour, 1, hour, 10).unwrap());
+        if durable {
+            b.effects(1, move |_| mailer).start().unwrap()
+        } else {
+            b.effects_at_most_once(1, move |_| mailer).start().unwrap()
+        }
+    }
+}

@@ -62,7 +62,9 @@ pub struct KernelBuilder<M: Durable> {
     clock: Clock,
     latency: bool,
     trace: usize,
-    workers: Option<(usize, Factory<M>)>,
+    workers: Workers<M>,
+    /// How long an async worker's effect may run before it counts as a crash.
+    effect_timeout: Option<Duration>,
     /// How effects are stored, when `effects` made them durable.
     effect_codec: Option<EffectCodec<M::Effect>>,
     at_most_once: Option<OnceFilter<M::Effect>>,
@@ -74,6 +76,23 @@ pub struct KernelBuilder<M: Durable> {
     max_timers: usize,
     timer_events: Option<EventCodec<M::Event>>,
 }
+
+/// Who runs the effects.
+enum Workers<M: Durable> {
+    None,
+    /// Threads, each with a worker made by the factory.
+    Threads(usize, Factory<M>),
+    /// A pool of tasks on a tokio runtime, started on a dispatcher thread.
+    #[cfg(feature = "tokio")]
+    Async(AsyncStart<M>),
+}
+
+/// Starts an async pool's dispatcher (on the thread it is called on).
+#[cfg(feature = "tokio")]
+type AsyncStart<M> = Box<
+    dyn FnOnce(Arc<Inner<M>>, mpsc::Receiver<super::supervisor::WorkerMsg<M>>, Option<Duration>)
+        + Send,
+>;
 
 /// The default number of idempotency keys remembered per machine.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 64;
@@ -102,7 +121,8 @@ impl<M: Durable> KernelBuilder<M> {
             clock: Clock::System,
             latency: true,
             trace: DEFAULT_TRACE_CAPACITY,
-            workers: None,
+            workers: Workers::None,
+            effect_timeout: None,
             effect_codec: None,
             at_most_once: None,
             max_owed: DEFAULT_MAX_PENDING_EFFECTS,
@@ -210,8 +230,40 @@ impl<M: Durable> KernelBuilder<M> {
         M::Effect: Serialize + DeserializeOwned,
     {
         let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
-        self.workers = Some((workers, factory));
+        self.workers = Workers::Threads(workers, factory);
         self.effect_codec = Some(EffectCodec::postcard());
+        self
+    }
+
+    /// Runs effects as futures on `runtime` (feature `tokio`): each effect a task of
+    /// `worker` (shared by all of them), at most `concurrency` at once, durable as with
+    /// [`KernelBuilder::effects`]. A panicking task, or one that runs past
+    /// [`KernelBuilder::effect_timeout`], is a crash; the pool counts as worker 0 for
+    /// [`Kernel::restart_worker`](super::Kernel::restart_worker) and the metrics.
+    #[cfg(feature = "tokio")]
+    pub fn async_effects<W>(
+        mut self,
+        runtime: tokio::runtime::Handle,
+        concurrency: usize,
+        worker: W,
+    ) -> Self
+    where
+        W: super::AsyncEffectWorker<M>,
+        M::Effect: Serialize + DeserializeOwned + Sync,
+    {
+        let worker = Arc::new(worker);
+        self.workers = Workers::Async(Box::new(move |inner, rx, timeout| {
+            super::async_effects::run(inner, worker, runtime, concurrency, timeout, rx)
+        }));
+        self.effect_codec = Some(EffectCodec::postcard());
+        self
+    }
+
+    /// How long an effect of an async worker ([`KernelBuilder::async_effects`]) may run
+    /// before it is cancelled and counted as a crash (a hang); default: no limit. A thread
+    /// worker cannot be preempted, so this bounds async workers only.
+    pub fn effect_timeout(mut self, limit: Duration) -> Self {
+        self.effect_timeout = Some(limit);
         self
     }
 
@@ -226,7 +278,7 @@ impl<M: Durable> KernelBuilder<M> {
         F: Fn(usize) -> W + Send + Sync + 'static,
     {
         let factory: Factory<M> = Arc::new(move |i| Box::new(factory(i)));
-        self.workers = Some((workers, factory));
+        self.workers = Workers::Threads(workers, factory);
         self.effect_codec = None;
         self
     }
@@ -328,7 +380,7 @@ impl<M: Durable> KernelBuilder<M> {
                     .into(),
             ));
         }
-        if matches!(self.workers, Some((0, _))) {
+        if matches!(self.workers, Workers::Threads(0, _)) {
             return Err(BuildError::Config(
                 "zero effect workers; use at least 1, or no `effects` at all".into(),
             ));
@@ -367,9 +419,11 @@ impl<M: Durable> KernelBuilder<M> {
         } else {
             Vec::new()
         };
-        let (workers, factory) = match self.workers {
-            Some((n, f)) => (n, Some(f)),
-            None => (0, None),
+        let workers = match &self.workers {
+            Workers::None => 0,
+            Workers::Threads(n, _) => *n,
+            #[cfg(feature = "tokio")]
+            Workers::Async(_) => 1,
         };
         let mut receivers = Vec::with_capacity(workers);
         let mut effect_tx = Vec::with_capacity(workers);
@@ -465,13 +519,29 @@ impl<M: Durable> KernelBuilder<M> {
             kernel.recovery.unavailable.extend(report.unavailable);
             kernel.recovery.not_owned += report.not_owned;
         }
-        if let Some(factory) = factory {
-            for (index, rx) in receivers.into_iter().enumerate() {
+        match self.workers {
+            Workers::None => {}
+            Workers::Threads(_, factory) => {
+                for (index, rx) in receivers.into_iter().enumerate() {
+                    let inner = inner.clone();
+                    let factory = factory.clone();
+                    let handle = std::thread::Builder::new()
+                        .name(format!("fsm-effects-{index}"))
+                        .spawn(move || supervisor::run(index, inner, factory, rx))
+                        .map_err(BuildError::Spawn)?;
+                    kernel.workers.push(handle);
+                }
+            }
+            #[cfg(feature = "tokio")]
+            Workers::Async(start) => {
                 let inner = inner.clone();
-                let factory = factory.clone();
+                let timeout = self.effect_timeout;
+                let rx = receivers
+                    .pop()
+                    .ok_or_else(|| BuildError::Config("the async pool has no channel".into()))?;
                 let handle = std::thread::Builder::new()
-                    .name(format!("fsm-effects-{index}"))
-                    .spawn(move || supervisor::run(index, inner, factory, rx))
+                    .name("fsm-async-effects".into())
+                    .spawn(move || start(inner, rx, timeout))
                     .map_err(BuildError::Spawn)?;
                 kernel.workers.push(handle);
             }

@@ -111,6 +111,22 @@ pub(crate) struct Inbox<M: Durable> {
     state: Mutex<State<M>>,
     work: Condvar,
     room: Condvar,
+    /// Wakes async submitters waiting for room.
+    #[cfg(feature = "tokio")]
+    room_async: tokio::sync::Notify,
+}
+
+/// What a submit does when the inbox is full under back-pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// Wait for room (up to the request's deadline).
+    Wait,
+    /// Refuse `Full` at once, counted.
+    Refuse,
+    /// Refuse `Full` at once, not counted: the caller waits for room elsewhere and tries
+    /// again (an async submit).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Poll,
 }
 
 /// How the inbox kept a command.
@@ -157,7 +173,21 @@ impl<M: Durable> Inbox<M> {
             }),
             work: Condvar::new(),
             room: Condvar::new(),
+            #[cfg(feature = "tokio")]
+            room_async: tokio::sync::Notify::new(),
         }
+    }
+
+    /// What async submitters wait on for room.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn room_async(&self) -> &tokio::sync::Notify {
+        &self.room_async
+    }
+
+    fn notify_room(&self) {
+        self.room.notify_all();
+        #[cfg(feature = "tokio")]
+        self.room_async.notify_waiters();
     }
 
     /// Only plain field updates happen under the lock, so a poisoned lock holds consistent
@@ -200,8 +230,8 @@ impl<M: Durable> Inbox<M> {
         Ok(())
     }
 
-    /// Queues a submitter's command under the overload policy; `block` waits for room under
-    /// back-pressure (up to the request's deadline).
+    /// Queues a submitter's command under the overload policy; `room` says what to do when
+    /// it is full under back-pressure.
     #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
     pub(crate) fn submit(
         &self,
@@ -209,7 +239,7 @@ impl<M: Durable> Inbox<M> {
         capacity: usize,
         overload: Overload,
         clock: &Clock,
-        block: bool,
+        room: Room,
         intake_open: impl Fn() -> bool,
         stamp: impl Fn() -> u64,
     ) -> Result<Admitted, (Refusal, Cmd<M>)> {
@@ -259,7 +289,8 @@ impl<M: Durable> Inbox<M> {
                     return Ok(Admitted::Queued);
                 }
                 // Delegate is decided by the caller, which owns the overflow sink.
-                _ if !block => {
+                _ if room == Room::Poll => return Err((Refusal::Full, cmd)),
+                _ if room == Room::Refuse => {
                     state.submitted += 1;
                     state.full += 1;
                     return Err((Refusal::Full, cmd));
@@ -355,7 +386,7 @@ impl<M: Durable> Inbox<M> {
         let closing = state.closing;
         drop(state);
         if had > 0 {
-            self.room.notify_all();
+            self.notify_room();
         }
         closing
     }
@@ -368,12 +399,12 @@ impl<M: Durable> Inbox<M> {
         }
         drop(state);
         self.work.notify_all();
-        self.room.notify_all();
+        self.notify_room();
     }
 
     /// Wakes blocked submitters so they see that intake closed.
     pub(crate) fn release_waiters(&self) {
         let _state = self.lock();
-        self.room.notify_all();
+        self.notify_room();
     }
 }

@@ -98,6 +98,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "tokio")]
+mod async_effects;
 mod builder;
 #[cfg(feature = "metrics")]
 mod export;
@@ -131,6 +133,8 @@ use crate::machine::StateMachine;
 use crate::queue::{Clock, Overflow, Overload, Stamps, Ticket};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
 
+#[cfg(feature = "tokio")]
+pub use async_effects::AsyncEffectWorker;
 pub use builder::{
     BuildError, KernelBuilder, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_INBOX_CAPACITY,
     DEFAULT_TRACE_CAPACITY,
@@ -346,17 +350,54 @@ impl<M: Durable> Kernel<M> {
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
     ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), true)
+        enqueue(&self.inner, id, request.into(), inbox::Room::Wait)
     }
 
     /// Like [`Kernel::submit`], never waiting: a full inbox under back-pressure refuses at
-    /// once with [`SubmitError::Full`]. Use it from async code and `.await` the ticket.
+    /// once with [`SubmitError::Full`].
     pub fn try_submit(
         &self,
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
     ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), false)
+        enqueue(&self.inner, id, request.into(), inbox::Room::Refuse)
+    }
+
+    /// Like [`Kernel::submit`] for async code (feature `tokio`): under back-pressure it waits
+    /// for room as a future, never blocking the executor's thread, up to the request's
+    /// deadline (then [`SubmitError::Expired`]). `.await` the ticket it gives for the outcome.
+    ///
+    /// ```
+    /// # use fsm_core::kernel::Kernel;
+    /// # use fsm_core::store::{MachineId, MemoryStore};
+    /// # use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # #[fsm(event = Cmd)]
+    /// # enum Lamp { #[fsm(initial, on(Toggle => Lamp))] Lamp { on: bool } }
+    /// # #[derive(Event, Debug, Clone)]
+    /// # enum Cmd { Toggle }
+    /// # impl Handler<cmd::Toggle, lamp::Lamp> for lamp::Lamp {
+    /// #     fn handle(s: lamp::LampRef<'_>, _: cmd::Toggle, _: &mut Effects<()>) -> Result<lamp::Lamp, Refusal> {
+    /// #         Ok(lamp::Lamp { on: !*s.on })
+    /// #     }
+    /// # }
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// let kernel = Kernel::builder(MemoryStore::new(), |_| Lamp::Lamp { on: false }).start()?;
+    /// let id = MachineId::new("lamp")?;
+    /// let committed = rt.block_on(async {
+    ///     kernel.submit_async(&id, Cmd::Toggle).await?.await.map_err(Box::<dyn std::error::Error>::from)
+    /// })?;
+    /// assert_eq!(committed.seq, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn submit_async(
+        &self,
+        id: &MachineId,
+        request: impl Into<Request<M::Event>>,
+    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+        submit::enqueue_async(&self.inner, id, request.into()).await
     }
 
     /// Submits commands that arrive together (for many machines, or several for one, in

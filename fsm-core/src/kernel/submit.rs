@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use super::inbox::{Admitted, Cmd, Refusal};
+use super::inbox::{Admitted, Cmd, Refusal, Room};
 use super::{CommandError, Durable, Inner, Outcome, Request, SubmitError};
 use crate::queue::{Overload, Ticket};
 use crate::store::MachineId;
@@ -14,7 +14,7 @@ pub(super) fn enqueue<M: Durable>(
     inner: &Inner<M>,
     id: &MachineId,
     request: Request<M::Event>,
-    block: bool,
+    room: Room,
 ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
     let shard = inner.shard_of(id);
     if let Some(worker) = inner.escalated_worker(id) {
@@ -40,7 +40,7 @@ pub(super) fn enqueue<M: Durable>(
         inner.config.capacity,
         inner.config.overload,
         &inner.config.clock,
-        block,
+        room,
         || inner.intake_open.load(Ordering::Acquire),
         || inner.stamp(),
     );
@@ -77,6 +77,42 @@ pub(super) fn enqueue<M: Durable>(
     })
 }
 
+/// Submits without blocking the executor: while the inbox is full under back-pressure, waits
+/// (as a future) until the shard takes work, up to the request's deadline.
+#[cfg(feature = "tokio")]
+pub(super) async fn enqueue_async<M: Durable>(
+    inner: &Inner<M>,
+    id: &MachineId,
+    mut request: Request<M::Event>,
+) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+    let inbox = &inner.inboxes[inner.shard_of(id)];
+    loop {
+        // Registered before trying, so room made in between is not missed.
+        let mut notified = std::pin::pin!(inbox.room_async().notified());
+        notified.as_mut().enable();
+        let deadline = request.deadline;
+        match enqueue(inner, id, request, Room::Poll) {
+            Err(SubmitError::Full(back)) if inner.config.overload == Overload::Backpressure => {
+                request = back;
+            }
+            other => return other,
+        }
+        match deadline {
+            None => notified.await,
+            Some(at) => {
+                let left = at.saturating_duration_since(inner.config.clock.now());
+                if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                    // One more try: it counts the refusal and answers `Expired`.
+                    return enqueue(inner, id, request, Room::Refuse).map_err(|e| match e {
+                        SubmitError::Full(r) => SubmitError::Expired(r),
+                        e => e,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Submits commands to a [`Kernel`](super::Kernel) from any thread; cloning is cheap.
 pub struct Submitter<M: Durable> {
     pub(super) inner: Arc<Inner<M>>,
@@ -97,7 +133,7 @@ impl<M: Durable> Submitter<M> {
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
     ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), true)
+        enqueue(&self.inner, id, request.into(), Room::Wait)
     }
 
     /// As [`Kernel::try_submit`](super::Kernel::try_submit).
@@ -106,7 +142,17 @@ impl<M: Durable> Submitter<M> {
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
     ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), false)
+        enqueue(&self.inner, id, request.into(), Room::Refuse)
+    }
+
+    /// As [`Kernel::submit_async`](super::Kernel::submit_async).
+    #[cfg(feature = "tokio")]
+    pub async fn submit_async(
+        &self,
+        id: &MachineId,
+        request: impl Into<Request<M::Event>>,
+    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+        enqueue_async(&self.inner, id, request.into()).await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::machine::StateMachine;
 use crate::rejection::panic_message;
 use crate::store::MachineId;
 
-use super::inbox::{Answer, Settles};
+use super::inbox::Answer;
 use super::{Durable, EffectId, Inner};
 
 /// What an effect worker returns when an effect fails.
@@ -200,9 +200,133 @@ struct Supervised<M: Durable> {
     inner: Arc<Inner<M>>,
     factory: Factory<M>,
     worker: Option<Box<dyn EffectWorker<M>>>,
-    restarts: VecDeque<Instant>,
+    restarts: Window,
     /// Effects sent while the worker was escalated, run when it is restarted.
     parked: VecDeque<Run<M>>,
+}
+
+/// The crashes within the restart intensity's period, oldest first.
+#[derive(Default)]
+pub(crate) struct Window(VecDeque<Instant>);
+
+impl Window {
+    /// Records a crash at `now`: `true` if a restart is within `intensity`, `false` if this
+    /// crash exceeds it (escalation).
+    pub(crate) fn admit(&mut self, now: Instant, intensity: Intensity) -> bool {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= intensity.within)
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() >= intensity.max_restarts as usize {
+            return false;
+        }
+        self.0.push_back(now);
+        true
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// How one attempt of an effect ended.
+pub(crate) enum Ended<E> {
+    /// The worker answered, with an event for the machine or none.
+    Done(Option<E>),
+    /// It failed: an error, or a crash (a panic, a hang) when `crash`.
+    Failed { failure: Failure, crash: bool },
+}
+
+/// Tells the machine how an attempt ended, as the rules of durable effects say: a durable
+/// effect is settled with the answer, or retried after a failure while attempts remain, or
+/// given up into `failure_event` (asked only then); an at-most-once effect feeds back its
+/// event or its failure event. Counts into `worker`'s metrics.
+pub(crate) fn conclude<M: Durable>(
+    inner: &Inner<M>,
+    worker: usize,
+    ctx: &EffectCtx,
+    ended: Ended<M::Event>,
+    failure_event: impl FnOnce(&Failure) -> Option<M::Event>,
+) {
+    let stats = || {
+        inner.workers[worker]
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    };
+    let settles = ctx.durable.then(|| (ctx.id.seq(), ctx.id.index()));
+    let event = match ended {
+        Ended::Done(event) => event,
+        Ended::Failed { failure, crash } => {
+            if crash {
+                stats().panics += 1;
+            } else {
+                stats().errors += 1;
+            }
+            #[cfg(feature = "tracing")]
+            tracing::warn!(worker, effect = %ctx.id, attempt = ctx.attempt, %failure, "fsm.effect_failed");
+            if !ctx.last {
+                stats().retries += 1;
+                inner.answer(Answer {
+                    id: ctx.id.machine().clone(),
+                    settles: (ctx.id.seq(), ctx.id.index()),
+                    retry: true,
+                });
+                return;
+            }
+            if ctx.durable {
+                stats().given_up += 1;
+            }
+            failure_event(&failure)
+        }
+    };
+    let machine = ctx.id.machine();
+    match (event, settles) {
+        (Some(event), settles) => {
+            if inner.feed_back(machine, event, settles) {
+                stats().fed_back += 1;
+            }
+        }
+        (None, Some(settles)) => {
+            inner.answer(Answer {
+                id: machine.clone(),
+                settles,
+                retry: false,
+            });
+        }
+        (None, None) => {}
+    }
+}
+
+/// Marks worker `index` escalated and records why.
+pub(crate) fn escalate<M: Durable>(inner: &Inner<M>, index: usize, failure: Failure) {
+    let board = &inner.workers[index];
+    board.escalated.store(true, Ordering::Release);
+    board
+        .stats
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .escalated = true;
+    let escalation = Escalation {
+        worker: index,
+        at: inner
+            .config
+            .clock
+            .now()
+            .saturating_duration_since(inner.started),
+        intensity: inner.config.intensity,
+        failure,
+    };
+    #[cfg(feature = "tracing")]
+    tracing::error!(worker = index, %escalation, "fsm.worker_escalated");
+    inner
+        .escalations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(escalation);
 }
 
 /// The worker thread: runs effects one at a time, supervising the worker instance.
@@ -217,7 +341,7 @@ pub(crate) fn run<M: Durable>(
         inner,
         factory,
         worker: None,
-        restarts: VecDeque::new(),
+        restarts: Window::default(),
         parked: VecDeque::new(),
     };
     s.start(None);
@@ -286,125 +410,59 @@ impl<M: Durable> Supervised<M> {
             self.stats().parked = self.parked.len() as u64;
             return;
         };
-        let retries = self.inner.effect_retry.max_attempts();
-        let last = !run.durable || run.attempt >= retries;
+        let last = !run.durable || run.attempt >= self.inner.effect_retry.max_attempts();
         let ctx = EffectCtx::new(run.id, run.attempt, last, run.durable);
         let result = panic::catch_unwind(AssertUnwindSafe(|| worker.run(&ctx, &run.effect)));
         self.stats().effects += 1;
-        let settles = run.durable.then(|| (ctx.id.seq(), ctx.id.index()));
-        let (failure, crashed) = match result {
-            Ok(Ok(event)) => {
-                self.report(&ctx, event, settles);
-                return;
-            }
-            Ok(Err(e)) => {
-                self.stats().errors += 1;
-                let message = e.to_string();
-                (Failure::Error { message }, false)
-            }
-            Err(p) => {
-                self.stats().panics += 1;
-                let message = panic_message(&*p);
-                (Failure::Panicked { message }, true)
-            }
+        let ended = match result {
+            Ok(Ok(event)) => Ended::Done(event),
+            Ok(Err(e)) => Ended::Failed {
+                failure: Failure::Error {
+                    message: e.to_string(),
+                },
+                crash: false,
+            },
+            Err(p) => Ended::Failed {
+                failure: Failure::Panicked {
+                    message: panic_message(&*p),
+                },
+                crash: true,
+            },
         };
-        #[cfg(feature = "tracing")]
-        tracing::warn!(worker = self.index, effect = %ctx.id, attempt = ctx.attempt, %failure, "fsm.effect_failed");
         // The failure event is asked of the instance that failed, before a restart: the
         // mapping is a pure function of its arguments.
-        let event = if last {
-            self.worker.as_ref().and_then(|w| {
-                panic::catch_unwind(AssertUnwindSafe(|| {
-                    w.failure_event(&ctx, &run.effect, &failure)
-                }))
-                .ok()
-                .flatten()
-            })
-        } else {
-            None
-        };
-        if crashed {
-            self.restart(failure);
-        }
-        if !last {
-            self.stats().retries += 1;
-            self.inner.answer(Answer {
-                id: ctx.id.machine().clone(),
-                settles: (ctx.id.seq(), ctx.id.index()),
-                retry: true,
-            });
-            return;
-        }
-        if run.durable {
-            self.stats().given_up += 1;
-        }
-        self.report(&ctx, event, settles);
-    }
-
-    /// Sends the machine the worker's event, if any; a durable effect is settled with it (or
-    /// alone, without one).
-    fn report(&mut self, ctx: &EffectCtx, event: Option<M::Event>, settles: Option<Settles>) {
-        let machine = ctx.id.machine();
-        match (event, settles) {
-            (Some(event), settles) => {
-                if self.inner.feed_back(machine, event, settles) {
-                    self.stats().fed_back += 1;
-                }
-            }
-            (None, Some(settles)) => {
-                self.inner.answer(Answer {
-                    id: machine.clone(),
-                    settles,
-                    retry: false,
+        let mut event = None;
+        if let Ended::Failed { failure, crash } = &ended {
+            if last {
+                event = self.worker.as_ref().and_then(|w| {
+                    panic::catch_unwind(AssertUnwindSafe(|| {
+                        w.failure_event(&ctx, &run.effect, failure)
+                    }))
+                    .ok()
+                    .flatten()
                 });
             }
-            (None, None) => {}
+            if *crash {
+                self.restart(failure.clone());
+            }
         }
+        conclude(&self.inner, self.index, &ctx, ended, |_| event);
     }
 
     /// Restarts the worker unless that exceeds the intensity, in which case it escalates.
     fn restart(&mut self, failure: Failure) {
-        let intensity = self.inner.config.intensity;
         let now = self.inner.config.clock.now();
-        while self
-            .restarts
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= intensity.within)
-        {
-            self.restarts.pop_front();
-        }
         self.worker = None;
-        if self.restarts.len() >= intensity.max_restarts as usize {
+        if !self.restarts.admit(now, self.inner.config.intensity) {
             self.escalate(failure);
             return;
         }
-        self.restarts.push_back(now);
         self.stats().restarts += 1;
         self.start(Some(failure));
     }
 
     fn escalate(&mut self, failure: Failure) {
         self.worker = None;
-        let board = &self.inner.workers[self.index];
-        board.escalated.store(true, Ordering::Release);
-        self.stats().escalated = true;
-        let escalation = Escalation {
-            worker: self.index,
-            at: self
-                .inner
-                .config
-                .clock
-                .now()
-                .saturating_duration_since(self.inner.started),
-            intensity: self.inner.config.intensity,
-            failure,
-        };
-        #[cfg(feature = "tracing")]
-        tracing::error!(worker = self.index, %escalation, "fsm.worker_escalated");
-        self.inner
-            .escalations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(escalation);
+        escalate(&self.inner, self.index, failure);
     }
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use fsm_core::kernel::{owed_in, OwedEffect};
 use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::inspect::{self, Header, Source};
 use fsm_persist::{FileStore, SqliteStore};
@@ -284,6 +285,23 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// One owed effect as `export` and `show` print it (the admin endpoint's shape).
+fn owed_json(o: &OwedEffect) -> serde_json::Value {
+    json!({
+        "key": o.id.key(),
+        "attempts": o.attempts,
+        "next_attempt_ms": (o.not_before_ms > 0).then_some(o.not_before_ms),
+        "owed_since_ms": o.since_ms,
+        "running": o.running,
+    })
+}
+
+/// Wall-clock milliseconds since the UNIX epoch, as `2026-12-04T17:03:09.120Z`.
+pub(crate) fn wall(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 pub(crate) fn export(
     target: &str,
     schema: &str,
@@ -309,6 +327,11 @@ pub(crate) fn export(
                         Ok(state) => line["state"] = state,
                         Err(e) => line["decode_error"] = json!(e),
                     }
+                }
+                match owed_in(snapshot, &r.id) {
+                    Ok(owed) if owed.is_empty() => {}
+                    Ok(owed) => line["owed"] = owed.iter().map(owed_json).collect(),
+                    Err(e) => line["owed_error"] = json!(e.to_string()),
                 }
                 line
             }
@@ -357,6 +380,13 @@ pub(crate) fn show(
                     h.machine
                 )
                 .map_err(io)?,
+            }
+            match owed_in(snapshot, &id) {
+                Ok(owed) => {
+                    let owed: Vec<serde_json::Value> = owed.iter().map(owed_json).collect();
+                    crate::online::write_owed(out, &owed)?;
+                }
+                Err(e) => writeln!(out, "its outbox does not decode: {e}").map_err(io)?,
             }
             Ok(Status::Ok)
         }

@@ -198,7 +198,33 @@ pub(crate) fn show(socket: &str, id: &str, out: &mut dyn Write) -> Result<Status
         shown["value"].as_str().unwrap_or("")
     )
     .map_err(io)?;
+    let empty = Vec::new();
+    write_owed(out, shown["owed"].as_array().unwrap_or(&empty))?;
     Ok(Status::Ok)
+}
+
+/// The effects a machine owes, one line each (nothing when it owes none).
+pub(crate) fn write_owed(out: &mut dyn Write, owed: &[Value]) -> Result<(), String> {
+    if owed.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "owes {} effect(s), oldest first:", owed.len()).map_err(io)?;
+    for o in owed {
+        let next = match (o["running"].as_bool(), o["next_attempt_ms"].as_u64()) {
+            (Some(true), _) => "running now".to_owned(),
+            (_, Some(at)) => format!("next attempt at {}", crate::offline::wall(at)),
+            _ => "next attempt at once".to_owned(),
+        };
+        writeln!(
+            out,
+            "  {}  {} failed attempt(s), {next}, owed since {}",
+            o["key"].as_str().unwrap_or("?"),
+            o["attempts"],
+            crate::offline::wall(o["owed_since_ms"].as_u64().unwrap_or(0))
+        )
+        .map_err(io)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn quarantined(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
@@ -380,13 +406,30 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
         count(total, "not_stored"),
         count(total, "outcome_unknown"),
     ));
+    s.push_str(&format!(
+        "effects owed {}   oldest owed {}\n",
+        count(total, "owed"),
+        total["oldest_owed_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{:.1} s", ms / 1000.0)),
+    ));
     let workers = now["workers"].as_array().unwrap_or(&empty);
     if !workers.is_empty() {
-        s.push_str("\nworker  effects  errors  panics  restarts  escalated\n");
+        s.push_str(
+            "\nworker  effects  errors  retries  given up  panics  restarts  waiting  escalated\n",
+        );
         for w in workers {
             s.push_str(&format!(
-                "{:<7} {:>8} {:>7} {:>7} {:>9}  {}\n",
-                w["worker"], w["effects"], w["errors"], w["panics"], w["restarts"], w["escalated"]
+                "{:<7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8}  {}\n",
+                w["worker"],
+                w["effects"],
+                w["errors"],
+                w["retries"],
+                w["given_up"],
+                w["panics"],
+                w["restarts"],
+                w["parked"],
+                w["escalated"]
             ));
         }
     }

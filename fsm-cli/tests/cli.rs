@@ -383,3 +383,72 @@ fn bad_arguments_and_unreachable_targets_are_errors_with_a_reason() {
     assert_eq!(help.status.code(), Some(0));
     assert!(text(&help).contains("verify"));
 }
+
+/// A registrar whose registry is down: every registration fails and waits an hour for its
+/// retry, so what the orders owe stays owed.
+struct RegistryDown;
+
+impl fsm_core::kernel::EffectWorker<Order> for RegistryDown {
+    fn run(
+        &mut self,
+        _: &fsm_core::kernel::EffectCtx,
+        _: &fsm_examples::registrar::OrderEffect,
+    ) -> Result<Option<OrderCmd>, fsm_core::kernel::EffectError> {
+        Err("the registry is down".into())
+    }
+}
+
+#[test]
+fn what_a_machine_owes_is_shown_online_and_offline() {
+    let data = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let kernel: Kernel<Order> = fsm_persist::file_kernel(data.path(), |_| Order::Draft)
+        .shards(1)
+        .effects(1, |_| RegistryDown)
+        .retry(fsm_core::kernel::RetryPolicy::new(hour, 1, hour, 3).unwrap())
+        .start()
+        .unwrap();
+    let socket = data.path().with_extension("sock");
+    let _admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let s = socket.to_str().unwrap();
+    let submit = OrderCmd::Submit {
+        domain: "owed.example".into(),
+    };
+    kernel.submit(&order(0), submit).unwrap().wait().unwrap();
+    kernel.submit(&order(0), pay()).unwrap().wait().unwrap();
+    kernel.wait_idle();
+    wait_for("the first attempt failed", || {
+        kernel.owed(&order(0)).unwrap()[0].attempts == 1
+    });
+
+    let shown = text(&fsm(&["show", s, "order-000"]));
+    assert!(shown.contains("owes 1 effect(s)"), "{shown}");
+    assert!(
+        shown.contains("order-000/2/0  1 failed attempt(s), next attempt at 20"),
+        "{shown}"
+    );
+    let frame = text(&fsm(&["top", s, "--once", "--interval-ms", "20"]));
+    assert!(frame.contains("effects owed 1"), "{frame}");
+    assert!(frame.contains("retries"), "{frame}");
+    drop(_admin);
+    drop(kernel);
+
+    // Offline, from the store: the same effect, not running.
+    let dir = data.path().to_str().unwrap();
+    let shown = text(&fsm(&["show", dir, "order-000"]));
+    assert!(
+        shown.contains("order-000/2/0  1 failed attempt(s), next attempt at 20"),
+        "{shown}"
+    );
+    let export = fsm(&["export", dir, "--json"]);
+    let exported = text(&export);
+    assert!(
+        !exported.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(line["owed"][0]["key"], "order-000/2/0");
+    assert_eq!(line["owed"][0]["attempts"], 1);
+    assert_eq!(line["owed"][0]["running"], false);
+}

@@ -295,11 +295,19 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
             Ok((machine, seq)) => {
                 let mut value = String::new();
                 let _ = write!(value, "{:?}", crate::Redacted(&machine));
+                let owed: Vec<Value> = self
+                    .0
+                    .owed(id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(owed_json)
+                    .collect();
                 Ok(json!({
                     "machine": id.as_str(),
                     "state": machine.state_name(),
                     "value": value,
                     "seq": seq,
+                    "owed": owed,
                 }))
             }
             Err(super::CommandError::Closed) => Err(("closed", "the kernel stopped".into())),
@@ -929,6 +937,17 @@ fn counts_json(c: &KernelCounts) -> Value {
     Value::Object(map)
 }
 
+/// One owed effect, as `show` lists it.
+pub(crate) fn owed_json(o: &super::OwedEffect) -> Value {
+    json!({
+        "key": o.id.key(),
+        "attempts": o.attempts,
+        "next_attempt_ms": (o.not_before_ms > 0).then_some(o.not_before_ms),
+        "owed_since_ms": o.since_ms,
+        "running": o.running,
+    })
+}
+
 fn shard_json(s: &ShardMetrics) -> Value {
     json!({
         "counts": counts_json(&s.counts),
@@ -938,6 +957,7 @@ fn shard_json(s: &ShardMetrics) -> Value {
         "quarantined": s.quarantined,
         "timer_entries": s.timer_entries,
         "high_water": s.high_water,
+        "oldest_owed_ms": s.oldest_owed.map(millis),
         "wait": latency_json(&s.wait),
         "apply": latency_json(&s.apply),
         "persist": latency_json(&s.persist),

@@ -42,7 +42,7 @@ impl<M: Durable> Kernel<M> {
     /// | `fsm_kernel_commands_total` | counter | machine, shard, outcome |
     /// | `fsm_kernel_fed_back_total`, `fsm_kernel_timers_fired_total`, `fsm_kernel_raised_total` | counter | machine, shard |
     /// | `fsm_kernel_commits_total`, `fsm_kernel_snapshots_written_total` | counter | machine, shard |
-    /// | `fsm_kernel_queued`, `fsm_kernel_deferred`, `fsm_kernel_effects_owed`, `fsm_kernel_inbox_high_water` | gauge | machine, shard |
+    /// | `fsm_kernel_queued`, `fsm_kernel_deferred`, `fsm_kernel_effects_owed`, `fsm_kernel_effects_oldest_owed_seconds` (0 when none), `fsm_kernel_inbox_high_water` | gauge | machine, shard |
     /// | `fsm_kernel_resident_machines`, `fsm_kernel_quarantined_machines`, `fsm_kernel_timer_entries` | gauge | machine, shard |
     /// | `fsm_kernel_latency_seconds` | gauge | machine, shard, stage (wait, apply, persist, end_to_end), quantile (0.5, 0.95, 0.99, 1) |
     /// | `fsm_kernel_worker_effects_total`, `..._errors_total`, `..._panics_total`, `..._restarts_total`, `..._retries_total`, `..._given_up_total` | counter | machine, worker |
@@ -93,6 +93,8 @@ fn publish_shard(machine: &'static str, shard: &str, s: &ShardMetrics) {
     gauge!("fsm_kernel_queued", &labels).set(c.queued as f64);
     gauge!("fsm_kernel_deferred", &labels).set(c.deferred as f64);
     gauge!("fsm_kernel_effects_owed", &labels).set(c.owed as f64);
+    gauge!("fsm_kernel_effects_oldest_owed_seconds", &labels)
+        .set(s.oldest_owed.map_or(0.0, |d| d.as_secs_f64()));
     gauge!("fsm_kernel_inbox_high_water", &labels).set(s.high_water as f64);
     gauge!("fsm_kernel_resident_machines", &labels).set(s.resident as f64);
     gauge!("fsm_kernel_quarantined_machines", &labels).set(s.quarantined as f64);

@@ -140,7 +140,8 @@ pub use builder::{
     DEFAULT_TRACE_CAPACITY,
 };
 pub use outbox::{
-    EffectId, OutboxError, OwedEffect, RetryPolicy, RetryPolicyError, DEFAULT_MAX_PENDING_EFFECTS,
+    owed_in, EffectId, OutboxError, OwedEffect, RetryPolicy, RetryPolicyError,
+    DEFAULT_MAX_PENDING_EFFECTS,
 };
 pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
 pub use report::{RecoveryReport, Shutdown, ShutdownReport};
@@ -481,6 +482,7 @@ impl<M: Durable> Kernel<M> {
     /// Metrics per shard and for the kernel, read without stopping it.
     pub fn metrics(&self) -> KernelMetrics {
         let inner = &*self.inner;
+        let now_ms = inner.time.floor(inner.config.clock.now());
         let mut parts = Vec::with_capacity(inner.inboxes.len());
         let mut shards = Vec::with_capacity(inner.inboxes.len());
         for (inbox, stats) in inner.inboxes.iter().zip(inner.stats.iter()) {
@@ -504,10 +506,16 @@ impl<M: Durable> Kernel<M> {
             counts.expired += expired;
             counts.closed += closed;
             counts.queued = queued as u64;
-            shards.push(ShardMetrics::of(counts, &stats.hist, &stats, high_water));
+            shards.push(ShardMetrics::of(
+                counts,
+                &stats.hist,
+                &stats,
+                high_water,
+                now_ms,
+            ));
             parts.push((counts, stats.hist.clone(), high_water));
         }
-        let total = KernelMetrics::total(&parts, &shards);
+        let total = KernelMetrics::total(&parts, &shards, now_ms);
         KernelMetrics {
             machine: M::TABLE.machine(),
             shards,

@@ -358,6 +358,29 @@ pub struct OwedEffect {
     pub running: bool,
 }
 
+/// What the outbox section of `snapshot` (of machine `id`) says is owed, without decoding the
+/// effects (for tools that read a store offline, as `fsm show` and `fsm export` do): empty
+/// when the snapshot has no outbox. Nothing is running in a snapshot.
+pub fn owed_in(
+    snapshot: &crate::store::Snapshot,
+    id: &MachineId,
+) -> Result<Vec<OwedEffect>, SectionError> {
+    let Some(bytes) = snapshot.outbox() else {
+        return Ok(Vec::new());
+    };
+    let owed: Outbox<()> = decode_section(bytes, None)?;
+    Ok(owed
+        .iter()
+        .map(|o| OwedEffect {
+            id: EffectId::new(id.clone(), o.seq, o.index),
+            attempts: o.attempts,
+            not_before_ms: o.not_before,
+            since_ms: o.since,
+            running: false,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

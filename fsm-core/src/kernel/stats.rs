@@ -126,6 +126,9 @@ pub(crate) struct ShardStats {
     pub(crate) resident: usize,
     pub(crate) timer_entries: usize,
     pub(crate) quarantined: usize,
+    /// When the oldest effect owed by the shard's machines was first owed (kernel
+    /// milliseconds), as of the last sweep.
+    pub(crate) oldest_owed_since: Option<u64>,
     /// The shard's quarantined machines, published when the set changes.
     pub(crate) quarantine: Vec<std::sync::Arc<super::Quarantined>>,
 }
@@ -140,6 +143,7 @@ impl ShardStats {
             resident: 0,
             timer_entries: 0,
             quarantined: 0,
+            oldest_owed_since: None,
             quarantine: Vec::new(),
         }
     }
@@ -163,6 +167,9 @@ pub struct ShardMetrics {
     pub timer_entries: usize,
     /// The most commands that waited in an inbox at once.
     pub high_water: usize,
+    /// How long the oldest effect owed now has been owed (as of the shard's last sweep, every
+    /// quarter of the idle time), if any is owed.
+    pub oldest_owed: Option<Duration>,
     /// From acceptance to the shard taking the command.
     pub wait: LatencySummary,
     /// The machine's work per command.
@@ -181,8 +188,12 @@ impl ShardMetrics {
         hist: &Histograms,
         stats: &ShardStats,
         high_water: usize,
+        now_ms: u64,
     ) -> Self {
         ShardMetrics {
+            oldest_owed: stats
+                .oldest_owed_since
+                .map(|since| Duration::from_millis(now_ms.saturating_sub(since))),
             counts,
             commits: stats.commits,
             snapshots: stats.snapshots,
@@ -245,6 +256,7 @@ impl KernelMetrics {
     pub(crate) fn total(
         shards: &[(KernelCounts, Histograms, usize)],
         stats: &[ShardMetrics],
+        now_ms: u64,
     ) -> ShardMetrics {
         let mut counts = KernelCounts::default();
         let mut hist = Histograms::new();
@@ -261,7 +273,9 @@ impl KernelMetrics {
             total.timer_entries += s.timer_entries;
         }
         let high_water = shards.iter().map(|s| s.2).max().unwrap_or(0);
-        ShardMetrics::of(counts, &hist, &total, high_water)
+        let mut all = ShardMetrics::of(counts, &hist, &total, high_water, now_ms);
+        all.oldest_owed = stats.iter().filter_map(|s| s.oldest_owed).max();
+        all
     }
 
     /// Worker restarts, summed.
@@ -285,10 +299,10 @@ impl fmt::Display for KernelMetrics {
         )?;
         writeln!(
             f,
-            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), raised {}, expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}, effects owed now {}",
+            "  submitted {} (+{} fed back, +{} timer firings): committed {}, duplicates {}, rejected {} ({} panicked), raised {}, expired {}, dumped {}, delegated {}, not stored {}, outcome unknown {}, unavailable {}, fenced {}, closed {}, full {}, escalated {}; deferred now {}, queued now {}, effects owed now {} (oldest {:?})",
             c.submitted, c.fed_back, c.timers_fired, c.committed, c.duplicates, c.rejected, c.panicked, c.raised, c.expired, c.dumped,
             c.delegated, c.not_stored, c.outcome_unknown, c.unavailable, c.fenced, c.closed, c.full, c.escalated,
-            c.deferred, c.queued, c.owed
+            c.deferred, c.queued, c.owed, t.oldest_owed
         )?;
         writeln!(
             f,

@@ -88,7 +88,7 @@ impl<M: Durable> Shard<M> {
         }
         // What the machines owe goes to the workers again: after a crash it may not have run.
         self.drive(now);
-        self.publish_gauges();
+        self.publish_gauges(true);
         report
     }
 
@@ -214,7 +214,7 @@ impl<M: Durable> Shard<M> {
             for reply in fire_replies {
                 reply.send(fired);
             }
-            self.publish_gauges();
+            self.publish_gauges(false);
             return;
         }
         while let Some(cmd) = self.core.work.pop_front() {
@@ -659,18 +659,42 @@ impl<M: Durable> Shard<M> {
                 || s.timers.as_ref().is_some_and(|t| !t.firing.is_empty())
                 || now.saturating_duration_since(s.last_used) < idle_after
         });
-        self.publish_gauges();
+        self.publish_gauges(true);
     }
 
-    fn publish_gauges(&mut self) {
+    /// Publishes the shard's levels; with `scan`, also how old its oldest owed effect is (a
+    /// pass over the machines in memory: on start and on the sweep's schedule).
+    fn publish_gauges(&mut self, scan: bool) {
+        let oldest = self.oldest_owed(scan);
         let mut stats = self.inner.stats[self.index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if let Some(oldest) = oldest {
+            stats.oldest_owed_since = oldest;
+        }
         stats.resident = self.core.slots.len();
         stats.quarantined = self.quarantined.len();
         stats.timer_entries = self.core.due.len();
         stats.counts.deferred = self.core.deferred;
         stats.counts.owed = self.core.owed;
+    }
+
+    /// When the oldest owed effect was first owed: `Some(None)` when nothing is owed, `None`
+    /// when that is not looked at now (without `scan`).
+    fn oldest_owed(&self, scan: bool) -> Option<Option<u64>> {
+        if self.core.owed == 0 {
+            return Some(None);
+        }
+        if !scan {
+            return None;
+        }
+        Some(
+            self.core
+                .slots
+                .values()
+                .filter_map(|s| s.outbox.as_ref()?.front().map(|o| o.since))
+                .min(),
+        )
     }
 
     /// Adds this batch's counts and latencies to the shard's published stats.
@@ -683,6 +707,13 @@ impl<M: Durable> Shard<M> {
         // `deferred` and `owed` are levels, kept by the shard, not counts.
         stats.counts.deferred = self.core.deferred;
         stats.counts.owed = self.core.owed;
+        if self.core.owed == 0 {
+            stats.oldest_owed_since = None;
+        } else if stats.oldest_owed_since.is_none() {
+            // Owed since the last scan at the earliest: the sweep's scan makes it exact.
+            stats.oldest_owed_since =
+                Some(self.core.rules.time.floor(self.inner.config.clock.now()));
+        }
         if self.inner.config.latency {
             for &(wait, apply, end) in latencies {
                 stats.hist.wait.saturating_record(wait.max(1));

@@ -8,15 +8,16 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codecs::{EffectCodec, EventCodec, OnceFilter};
 use super::inbox::Inbox;
-use super::outbox::{EffectCodec, OnceFilter, RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
+use super::outbox::{RetryPolicy, DEFAULT_MAX_PENDING_EFFECTS};
 use super::quiet::Quiet;
 use super::shard::EffectRules;
 use super::shard::Shard;
 use super::stats::ShardStats;
 use super::store_cell::{Opener, StoreCell};
 use super::supervisor::{self, Factory};
-use super::timers::{EventCodec, TimeBase};
+use super::time_base::TimeBase;
 use super::{
     trace, Config, Durable, EffectWorker, Inner, Intensity, Kernel, RecoveryReport, WorkerBoard,
     WorkerMetrics,

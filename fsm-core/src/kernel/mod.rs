@@ -101,6 +101,8 @@ pub mod admin;
 #[cfg(feature = "tokio")]
 mod async_effects;
 mod builder;
+mod codecs;
+mod due;
 #[cfg(feature = "metrics")]
 mod export;
 mod inbox;
@@ -116,7 +118,7 @@ mod stats;
 mod store_cell;
 mod submit;
 mod supervisor;
-mod timers;
+mod time_base;
 mod trace;
 
 use std::fmt;
@@ -224,9 +226,9 @@ struct Inner<M: Durable> {
     refuse_escalated: bool,
     started: Instant,
     /// Where timer deadlines are placed (the wall clock, read once at start).
-    time: timers::TimeBase,
+    time: time_base::TimeBase,
     /// How timer events are stored, if the kernel was built to store them.
-    timer_events: Option<timers::EventCodec<M::Event>>,
+    timer_events: Option<codecs::EventCodec<M::Event>>,
 }
 
 /// A stable hash of the id (see [`MachineId::stable_hash`]), so a machine stays on the same

@@ -19,14 +19,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{MachineId, Section};
 
+use super::codecs::DecodeEffect;
 use super::section::{self, SectionError};
 
 /// The layout version of the outbox section this build writes and reads.
@@ -211,39 +210,6 @@ pub enum OutboxError {
         /// The encoder's message.
         message: String,
     },
-}
-
-/// Decodes one stored effect.
-pub(crate) type DecodeEffect<F> = fn(&[u8]) -> Result<F, String>;
-
-/// Which effects are at most once (the builder's `at_most_once`).
-pub(crate) type OnceFilter<F> = Arc<dyn Fn(&F) -> bool + Send + Sync>;
-
-/// How a kernel stores effects (postcard).
-pub(crate) struct EffectCodec<F> {
-    pub(crate) encode: fn(&F) -> Result<Vec<u8>, String>,
-    pub(crate) decode: DecodeEffect<F>,
-}
-
-impl<F> Clone for EffectCodec<F> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<F> Copy for EffectCodec<F> {}
-
-impl<F: Serialize + DeserializeOwned> EffectCodec<F> {
-    pub(crate) fn postcard() -> Self {
-        EffectCodec {
-            encode: |e| postcard::to_allocvec(e).map_err(|e| e.to_string()),
-            decode: |b| match postcard::take_from_bytes(b) {
-                Ok((e, [])) => Ok(e),
-                Ok((_, rest)) => Err(format!("{} bytes after the effect", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
-        }
-    }
 }
 
 /// One owed effect.

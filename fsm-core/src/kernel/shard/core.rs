@@ -21,15 +21,15 @@ use crate::rejection::{Reason, Refusal, Rejection};
 use crate::store::{Codec, MachineId, Sections, Snapshot};
 use crate::timer::Timers;
 
+use crate::kernel::codecs::{EffectCodec, EventCodec, OnceFilter};
+use crate::kernel::due::TimerIndex;
 use crate::kernel::inbox::{Cmd, Fire, Settles};
 use crate::kernel::journal::{Entry, Journal};
-use crate::kernel::outbox::{
-    self, EffectCodec, EffectId, OnceFilter, Outbox, OutboxError, Owed, RetryPolicy,
-};
+use crate::kernel::outbox::{self, EffectId, Outbox, OutboxError, Owed, RetryPolicy};
 use crate::kernel::outcome::{CommandError, Committed, Outcome};
 use crate::kernel::request::{IdempotencyKey, Request};
 use crate::kernel::stats::KernelCounts;
-use crate::kernel::timers::{EventCodec, TimeBase, TimerIndex};
+use crate::kernel::time_base::TimeBase;
 use crate::kernel::trace::{TraceEntry, TraceOutcome};
 use crate::kernel::Durable;
 

@@ -1,17 +1,6 @@
-//! Where the kernel keeps time for timers: the clock that places deadlines, how a timer's event
-//! is stored, and each shard's index of when its machines' timers are due.
+//! Each shard's index of when its machines must be looked at: their timers' deadlines and
+//! their owed effects' retries.
 //!
-//! # The clock
-//! A deadline is stored as wall-clock milliseconds since the UNIX epoch, because it must mean
-//! the same moment to the next process, which shares no monotonic clock with this one. The
-//! kernel reads the wall clock **once**, at start ([`TimeBase`]), and from then on counts on the
-//! monotonic [`Clock::now`]: a clock step while it runs (NTP, an operator) moves no timer.
-//! A step while the process is down is the one thing a wall deadline cannot tell from time
-//! passing; recovery bounds it: a restored timer never waits longer than the duration it was
-//! armed for (a step back of an hour does not silence a pacemaker for an hour), and one whose
-//! deadline passed (or that a step forward made due) fires promptly.
-//!
-//! # The index
 //! Per shard, a binary heap of `(deadline, machine)` holds each machine's earliest deadline,
 //! so the shard sleeps exactly until the next one. Entries are never updated in place: a
 //! re-armed timer pushes a new entry and the old one is recognised as stale when it comes up
@@ -20,95 +9,19 @@
 //! from the store when an entry of its comes due. A stale entry of an evicted machine (it was
 //! re-armed before it was evicted) costs one such load, after which the machine is resident
 //! again and its real deadline indexed; the heap is rebuilt when stale entries outnumber
-//! live ones, keeping one entry per machine. The store is never scanned for deadlines. A heap beats a timing wheel here because deadlines span
-//! milliseconds to years and the shard only ever needs the minimum: push and pop are
-//! `O(log n)` on 24-byte entries, and a wheel's slots would cost memory per tick of range.
+//! live ones, keeping one entry per machine. The store is never scanned for deadlines.
+//!
+//! A machine whose first owed effect waits for its retry delay has an entry at that moment
+//! too (machines that owe effects stay in memory, so such an entry is never a load).
+//!
+//! A heap beats a timing wheel here because deadlines span milliseconds to years and the
+//! shard only ever needs the minimum: push and pop are `O(log n)` on 24-byte entries, and a
+//! wheel's slots would cost memory per tick of range.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::queue::Clock;
 use crate::store::MachineId;
-
-/// The kernel's time line for deadlines: wall-clock milliseconds, read once at start and
-/// advanced by the monotonic clock.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TimeBase {
-    anchor: Instant,
-    wall_ms: u64,
-}
-
-impl TimeBase {
-    pub(crate) fn new(clock: &Clock) -> Self {
-        TimeBase {
-            anchor: clock.now(),
-            wall_ms: clock.wall_ms(),
-        }
-    }
-
-    fn since(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.anchor)
-    }
-
-    /// `now` in the kernel's milliseconds, rounded down: a timer is due once this reaches its
-    /// deadline, so it never fires early.
-    pub(crate) fn floor(&self, now: Instant) -> u64 {
-        let ms = u64::try_from(self.since(now).as_millis()).unwrap_or(u64::MAX);
-        self.wall_ms.saturating_add(ms)
-    }
-
-    /// `now` in the kernel's milliseconds, rounded up, to arm from.
-    pub(crate) fn ceil(&self, now: Instant) -> u64 {
-        self.wall_ms
-            .saturating_add(crate::timer::millis_ceil(self.since(now)))
-    }
-
-    /// How long from `now` until kernel millisecond `at`.
-    pub(crate) fn until(&self, now: Instant, at: u64) -> Duration {
-        let at = Duration::from_millis(at.saturating_sub(self.wall_ms));
-        at.saturating_sub(self.since(now))
-    }
-}
-
-/// How a kernel stores the events of named timers and event timeouts (state timeouts need
-/// none: their event is in the table). Set by `KernelBuilder::timer_events`.
-pub(crate) struct EventCodec<E> {
-    pub(crate) encode: fn(&E) -> Result<Vec<u8>, String>,
-    pub(crate) decode: fn(&[u8]) -> Result<E, String>,
-}
-
-// Two function pointers: copied whatever `E` is (a derive would ask `E: Clone`).
-impl<E> Clone for EventCodec<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<E> Copy for EventCodec<E> {}
-
-impl<E: Serialize + DeserializeOwned> EventCodec<E> {
-    pub(crate) fn postcard() -> Self {
-        EventCodec {
-            encode: |e| {
-                // Most events are a few bytes: encode on the stack, allocate exactly once.
-                let mut buf = [0u8; 64];
-                match postcard::to_slice(e, &mut buf) {
-                    Ok(used) => Ok(used.to_vec()),
-                    Err(_) => postcard::to_allocvec(e).map_err(|e| e.to_string()),
-                }
-            },
-            decode: |b| match postcard::take_from_bytes(b) {
-                Ok((e, [])) => Ok(e),
-                Ok((_, rest)) => Err(format!("{} bytes after the event", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
-        }
-    }
-}
 
 /// A shard's index of due times (see the module documentation): a min-heap of
 /// `(deadline, machine)`, each entry possibly stale.
@@ -186,21 +99,9 @@ impl TimerIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::ManualClock;
 
     fn id(s: &str) -> MachineId {
         MachineId::new(s).unwrap()
-    }
-
-    #[test]
-    fn the_time_base_rounds_so_that_no_timer_fires_early() {
-        let clock = ManualClock::at_wall_ms(1_000);
-        let base = TimeBase::new(&clock.clock());
-        clock.advance(Duration::from_micros(1500));
-        let now = clock.now();
-        assert_eq!((base.floor(now), base.ceil(now)), (1001, 1002));
-        assert_eq!(base.until(now, 1003), Duration::from_micros(1500));
-        assert_eq!(base.until(now, 900), Duration::ZERO);
     }
 
     #[test]

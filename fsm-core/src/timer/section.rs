@@ -1,0 +1,160 @@
+//! The timers section of a snapshot: a machine's armed timers with their deadlines, in a
+//! layout of its own (a version byte first), checked against the machine's table on the way
+//! in.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
+
+use super::rules::{Armed, Timers};
+use super::{check_name, millis_ceil, TimerKind, MAX_TIMER_DURATION};
+use crate::kernel::SectionError;
+use crate::store::Section;
+use crate::table::{StateId, Table};
+
+/// The timers section's layout version this build writes and reads.
+pub(super) const SECTION_VERSION: u8 = 1;
+/// Armed timers a section may hold, whatever the kernel's bound: more is corruption.
+const SECTION_MAX_TIMERS: usize = 4096;
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct StoredTimer {
+    /// 0 state timeout, 1 event timeout, 2 named.
+    pub(super) kind: u8,
+    pub(super) name: Option<String>,
+    pub(super) instance: u64,
+    pub(super) deadline: u64,
+    pub(super) after: u64,
+    pub(super) event: Option<Vec<u8>>,
+}
+
+/// Appends `v` as postcard writes an unsigned integer (LEB128: seven bits a byte, low first).
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends `bytes` as postcard writes a string or byte sequence: length, then the bytes.
+fn counted(out: &mut Vec<u8>, bytes: &[u8]) {
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The timers section of a snapshot: its layout version, the next instance number, then every
+/// armed timer, in postcard's format for `(u8, u64, Vec<StoredTimer>)` (what
+/// [`decode_section`] reads with postcard), written by hand: it is written with every commit
+/// of a machine with timers, and a generic serializer costs several times as much here.
+pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
+    let size = 12
+        + timers
+            .armed
+            .iter()
+            .map(|a| {
+                32 + a.event.as_ref().map_or(0, |e| e.len())
+                    + match &a.kind {
+                        TimerKind::Named(n) => n.len(),
+                        _ => 0,
+                    }
+            })
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(SECTION_VERSION);
+    varint(&mut out, timers.next);
+    varint(&mut out, timers.armed.len() as u64);
+    for a in &timers.armed {
+        match &a.kind {
+            TimerKind::State => out.extend_from_slice(&[0, 0]),
+            TimerKind::Event => out.extend_from_slice(&[1, 0]),
+            TimerKind::Named(n) => {
+                out.extend_from_slice(&[2, 1]);
+                counted(&mut out, n.as_bytes());
+            }
+        }
+        varint(&mut out, a.instance);
+        varint(&mut out, a.deadline);
+        varint(&mut out, a.after);
+        match &a.event {
+            None => out.push(0),
+            Some(e) => {
+                out.push(1);
+                counted(&mut out, e);
+            }
+        }
+    }
+    out
+}
+
+/// Decodes a timers section written for a machine with `table` that is now in `state`,
+/// checking everything against them: a section that does not fit is corrupt.
+pub(crate) fn decode_section(
+    bytes: &[u8],
+    table: &Table,
+    state: StateId,
+) -> Result<Timers<Box<[u8]>>, SectionError> {
+    let (next, stored): (u64, Vec<StoredTimer>) =
+        crate::kernel::section::decode_versioned(Section::Timers, bytes, SECTION_VERSION)?;
+    let invalid = |problem: String| SectionError::invalid(Section::Timers, problem);
+    if stored.len() > SECTION_MAX_TIMERS {
+        return Err(invalid(format!(
+            "{} armed timers, more than any machine holds",
+            stored.len()
+        )));
+    }
+    let mut timers = Timers {
+        next,
+        armed: Vec::with_capacity(stored.len()),
+    };
+    for s in stored {
+        let kind = match (s.kind, s.name) {
+            (0, None) => TimerKind::State,
+            (1, None) => TimerKind::Event,
+            (2, Some(name)) => {
+                check_name(&name).map_err(|e| invalid(e.to_string()))?;
+                TimerKind::Named(Cow::Owned(name))
+            }
+            (k, _) => return Err(invalid(format!("unknown timer kind {k}"))),
+        };
+        if s.instance >= next {
+            return Err(invalid(format!(
+                "{kind}: instance {} not below the next, {next}",
+                s.instance
+            )));
+        }
+        if s.after == 0 || s.after > millis_ceil(MAX_TIMER_DURATION) {
+            return Err(invalid(format!("{kind}: duration of {} ms", s.after)));
+        }
+        match (&kind, &s.event) {
+            (TimerKind::State, None) => {
+                let declared = table.state(state).and_then(|m| m.state_timeout());
+                if declared.is_none() {
+                    return Err(invalid(format!(
+                        "a state timeout armed in state `{}`, which declares none",
+                        table.state_name(state)
+                    )));
+                }
+            }
+            (TimerKind::State, Some(_)) => {
+                return Err(invalid("a state timeout with an event".into()))
+            }
+            (_, None) => return Err(invalid(format!("{kind} without its event"))),
+            _ => {}
+        }
+        if timers.get(&kind).is_some() {
+            return Err(invalid(format!("{kind} armed twice")));
+        }
+        timers.armed.push(Armed {
+            kind,
+            instance: s.instance,
+            deadline: s.deadline,
+            after: s.after,
+            event: s.event.map(Vec::into_boxed_slice),
+        });
+    }
+    Ok(timers)
+}

@@ -12,7 +12,8 @@
 //!    stored with one [`SnapshotStore::put_many`] (one fsync or one transaction: group
 //!    commit);
 //! 4. **acknowledge**: only now does any submitter of the batch get its answer;
-//! 5. **effects** go to the effect workers (see [`EffectWorker`]).
+//! 5. **effects** go to the effect workers (see [`EffectWorker`]): durable ones were written
+//!    into the same snapshots (see Effects below).
 //!
 //! If the store refuses the batch, every changed machine goes back to its last durable state
 //! (it is reloaded from the store), its commands are answered [`CommandError::NotStored`] and
@@ -56,9 +57,31 @@
 //! crashes and restarts. A command without a key may be applied twice if it is retried after
 //! its answer was lost. A key whose first attempt was *not* applied (rejected, expired, not
 //! stored) is not remembered: its retry is decided afresh, against the current state.
-//! Effects run **at most once** per committed transition, in order per machine; an effect
-//! whose transition committed just before a crash does not run after the restart (the
-//! machine's state shows what was done, and a worker can be re-driven from it).
+//!
+//! # Effects
+//! With [`KernelBuilder::effects`] (or [`KernelBuilder::async_effects`], feature `tokio`)
+//! effects are **durable**: each is written into its machine's snapshot (the envelope's outbox
+//! section) in the same write as the transition that emitted it, under an [`EffectId`] that
+//! never changes, and handed to the machine's worker once that write is stored, one at a time
+//! per machine in emission order. The worker's answer (its event, if any) and the effect's
+//! removal are one write. A failed attempt (`Err`) is retried after the [`RetryPolicy`]'s delay,
+//! stored in the entry like a timer's deadline; when the attempts are spent the effect is given
+//! up and the machine gets the worker's `failure_event`. A panic is a crash of the worker,
+//! counted toward its restart intensity, and the attempt is retried like a failure. After a
+//! crash, loading a machine (every machine at start, unless recovery on start is off) hands
+//! its first owed effect to its worker again: every committed effect runs **at least once**,
+//! and exactly once for a receiver that deduplicates by [`EffectId::key`]. Effects for which
+//! [`KernelBuilder::at_most_once`] says so, and every effect of a kernel built with
+//! [`KernelBuilder::effects_at_most_once`], are not stored: they run at most once, after the
+//! commit, and a crash loses them.
+//!
+//! A machine owes at most [`KernelBuilder::max_pending_effects`] at once (a transition that
+//! would owe more is refused with [`CommandError::Outbox`], nothing changed), and machines that
+//! owe effects stay in memory. [`Kernel::owed`] lists what a machine owes;
+//! [`Kernel::wait_idle`] waits for effects running or ready to run, not for those waiting out a
+//! retry delay or an escalated worker's restart. An escalated worker stops taking effects
+//! (they wait, durably) while its machines keep taking commands, unless
+//! [`KernelBuilder::refuse_when_escalated`].
 //!
 //! ```
 //! use fsm_core::kernel::{Kernel, Request, IdempotencyKey};
@@ -656,8 +679,10 @@ impl<M: Durable> Kernel<M> {
     }
 
     /// Blocks until every command accepted so far is decided (postponed ones aside), every
-    /// effect handed to a worker has run, and every event those fed back is decided too.
-    /// Commands submitted meanwhile are waited for as well.
+    /// effect handed to a worker or ready for one has run, and every answer and event those
+    /// fed back is decided and stored too. Commands submitted meanwhile are waited for as
+    /// well. Effects waiting out a retry delay, or for an escalated worker's restart, are not
+    /// work in flight: [`Kernel::owed`] shows them.
     pub fn wait_idle(&self) {
         self.inner.quiet.wait_idle();
     }

@@ -1,8 +1,8 @@
 //! Timers: a machine's deadlines as part of its error kernel.
 //!
 //! Three parts, a file each: this one, the public vocabulary (kinds, requests, errors, the
-//! checks of a request); [`rules`], gen_statem's rules applied to a machine's armed timers
-//! after an accepted transition; and [`section`], the armed timers' layout in the snapshot's
+//! checks of a request); `rules`, gen_statem's rules applied to a machine's armed timers
+//! after an accepted transition; and `section`, the armed timers' layout in the snapshot's
 //! timers section.
 //!
 //! Three kinds, with the semantics of Erlang's `gen_statem`:

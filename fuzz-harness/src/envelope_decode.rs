@@ -27,7 +27,8 @@ fn allocation_bound(input: usize) -> usize {
 /// also verifies as a prefix of the same length, and one that verifies as a prefix verifies
 /// whole when cut there; input longer than the limits allow is refused; and a machine that
 /// decodes re-encodes to an envelope that decodes to the same machine, sequence and journal;
-/// a timers section that decodes re-encodes to one that decodes the same.
+/// a timers section that decodes re-encodes to one that decodes the same; an outbox section is
+/// listed within the same allocation bound and re-frames to the same listing.
 pub fn envelope_decode(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -92,14 +93,39 @@ fn decode(data: &[u8]) {
             assert_eq!(twice, again, "the timers section does not round-trip");
             Some(again)
         });
+        // An outbox section is read (metadata only, as `fsm show` reads one offline) within
+        // the same allocation bound, and what it lists re-frames to the same listing.
+        let id = fsm_core::store::MachineId::new("fuzz").expect("a valid id");
+        let (owed, peak) = alloc::peak_during(|| fsm_core::kernel::owed_in(snapshot, &id));
+        if let Some(outbox) = snapshot.outbox() {
+            assert!(
+                peak <= allocation_bound(outbox.len()),
+                "an outbox section of {} bytes allocated {peak}",
+                outbox.len()
+            );
+        }
+        let outbox = owed.ok().and(snapshot.outbox());
         let again = match (snapshot.journal(), &timers) {
-            (Some(journal), _) => {
-                codec.encode_with_sections(machine, *seq, journal, timers.as_deref())
-            }
+            (Some(journal), _) => codec.encode_framed(
+                machine,
+                *seq,
+                fsm_core::store::Sections {
+                    journal: Some(journal),
+                    timers: timers.as_deref(),
+                    outbox,
+                },
+            ),
             (None, _) => codec.encode(machine, *seq),
         }
         .unwrap_or_else(|e| panic!("{machine:?} decoded but does not encode: {e}"));
         assert_eq!(again.journal(), snapshot.journal());
+        if snapshot.journal().is_some() {
+            assert_eq!(
+                fsm_core::kernel::owed_in(&again, &id).ok(),
+                fsm_core::kernel::owed_in(snapshot, &id).ok(),
+                "the outbox does not re-frame to the same listing"
+            );
+        }
         let (back, back_seq) = codec
             .decode_bytes(again.as_bytes())
             .unwrap_or_else(|e| panic!("{machine:?} re-encoded does not decode: {e}"));

@@ -94,6 +94,29 @@ fn envelopes() -> Vec<Vec<u8>> {
             out.push([&[mode][..], &timed].concat());
         }
     }
+    // With an outbox section too: two owed effects, as a kernel writes them (postcard's
+    // layout of `(version, [(seq, index, attempts, not before, since, effect bytes)])`).
+    let mut outbox = vec![1u8, 2];
+    for (seq, index, attempts) in [(4u64, 0u64, 2u64), (4, 1, 0)] {
+        for v in [seq, index, attempts, 1_800_000_009_000, 1_800_000_000_000] {
+            varint(&mut outbox, v);
+        }
+        outbox.extend_from_slice(&[3, 0, 1, 2]);
+    }
+    for (i, s) in states.iter().enumerate() {
+        let sections = fsm_core::store::Sections {
+            journal: Some(&journal),
+            timers: Some(&timers),
+            outbox: Some(&outbox),
+        };
+        let owing = codec
+            .encode_framed(s, i as u64 + 1, sections)
+            .expect("encodes")
+            .into_bytes();
+        for mode in [0u8, 1] {
+            out.push([&[mode][..], &owing].concat());
+        }
+    }
     out
 }
 

@@ -574,3 +574,76 @@ fn an_outbox_that_does_not_decode_quarantines_its_machine() {
     }
     assert!(report.to_string().contains("does not decode"), "{report}");
 }
+
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(event = Lk, effect = Ping)]
+pub enum Gate {
+    #[fsm(initial, on(Open => Held))]
+    Shut,
+    #[fsm(defer(Pong), on(Release => Free, plain))]
+    Held,
+    #[fsm(on(Pong => Done, plain))]
+    Free,
+    #[fsm(terminal)]
+    Done,
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lk {
+    Open,
+    Pong,
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping;
+
+impl Handler<lk::Open, gate::Held> for gate::Shut {
+    fn handle(_: gate::Shut, _: lk::Open, fx: &mut Effects<Ping>) -> Result<gate::Held, Refusal> {
+        fx.push(Ping);
+        Ok(gate::Held)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Ponger(Arc<Mutex<u32>>);
+
+impl EffectWorker<Gate> for Ponger {
+    fn run(&mut self, _: &EffectCtx, _: &Ping) -> Result<Option<Lk>, EffectError> {
+        *self.0.lock().unwrap() += 1;
+        Ok(Some(Lk::Pong))
+    }
+}
+
+#[test]
+fn an_answer_the_state_defers_keeps_its_effect_owed_until_it_is_decided() {
+    let store: Arc<dyn SnapshotStore> = Arc::new(MemoryStore::new());
+    let runs = Ponger::default();
+    let start = || {
+        let runs = runs.clone();
+        Kernel::builder_shared(store.clone(), |_| Gate::Shut)
+            .shards(1)
+            .effects(1, move |_| runs.clone())
+            .start()
+            .unwrap()
+    };
+    let kernel = start();
+    let m = id("gate");
+    kernel.submit(&m, Lk::Open).unwrap().wait().unwrap();
+    kernel.wait_idle();
+    // The answer came and `Held` postponed it: the effect is still owed, in memory and stored.
+    assert_eq!(*runs.0.lock().unwrap(), 1);
+    assert_eq!(kernel.owed(&m).unwrap().len(), 1);
+    assert!(store.get(&m).unwrap().outbox().is_some());
+    // A crash now loses the postponed answer but not the effect: it runs again.
+    drop(kernel);
+    let kernel = start();
+    kernel.wait_idle();
+    assert_eq!(*runs.0.lock().unwrap(), 2);
+    // The state changes, the postponed answer is replayed and decided with the removal.
+    kernel.submit(&m, Lk::Release).unwrap().wait().unwrap();
+    kernel.wait_idle();
+    assert_eq!(kernel.state(&m).unwrap().0, Gate::Done);
+    assert!(kernel.owed(&m).unwrap().is_empty());
+    assert_eq!(store.get(&m).unwrap().outbox(), None);
+}

@@ -373,7 +373,7 @@ fn main() {
         "an at-most-once note reached the receiver twice (seed {seed})"
     );
     println!(
-        "effect_kill9: {cycles} SIGKILL cycles, {sent} bills committed once each, {} charges received ({} repeats under the same key, so {} exactly once after deduplication), every answer applied exactly once, {} of {sent} at-most-once notes received ({acks} acknowledgements, {errors} errors retried), {:.1?}",
+        "effect_kill9: {cycles} SIGKILL cycles, {sent} bills committed once each, {} charges received ({} repeats under the same key, so {} exactly once after deduplication), every answer applied exactly once, {} of {sent} at-most-once notes received ({acks} acknowledgements, {errors} answers that were errors, resent), {:.1?}",
         charges.len(),
         charges.len() - charged.len(),
         charged.len(),

@@ -66,7 +66,14 @@ impl<F> Copy for EffectCodec<F> {}
 impl<F: Serialize + DeserializeOwned> EffectCodec<F> {
     pub(crate) fn postcard() -> Self {
         EffectCodec {
-            encode: |e| postcard::to_allocvec(e).map_err(|e| e.to_string()),
+            encode: |e| {
+                // Most effects are a few dozen bytes: encode on the stack, allocate once.
+                let mut buf = [0u8; 128];
+                match postcard::to_slice(e, &mut buf) {
+                    Ok(used) => Ok(used.to_vec()),
+                    Err(_) => postcard::to_allocvec(e).map_err(|e| e.to_string()),
+                }
+            },
             decode: |b| match postcard::take_from_bytes(b) {
                 Ok((e, [])) => Ok(e),
                 Ok((_, rest)) => Err(format!("{} bytes after the effect", rest.len())),

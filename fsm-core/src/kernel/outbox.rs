@@ -246,21 +246,23 @@ struct StoredOwed<'a> {
     effect: &'a [u8],
 }
 
-/// The outbox section: its layout version, then every owed effect, oldest first (postcard).
+/// The outbox section: its layout version, then every owed effect, oldest first, in
+/// postcard's format for `(u8, Vec<StoredOwed>)` (what [`decode_section`] reads with
+/// postcard), written by hand: it is written with every commit of a machine that owes.
 pub(crate) fn encode_section<F>(outbox: &Outbox<F>) -> Vec<u8> {
-    let stored: Vec<StoredOwed<'_>> = outbox
-        .iter()
-        .map(|o| StoredOwed {
-            seq: o.seq,
-            index: o.index,
-            attempts: o.attempts,
-            not_before: o.not_before,
-            since: o.since,
-            effect: &o.bytes,
-        })
-        .collect();
-    // Plain data of bounded size: serializing into a Vec cannot fail.
-    postcard::to_allocvec(&(SECTION_VERSION, stored)).unwrap_or_default()
+    let size = 6 + outbox.iter().map(|o| 40 + o.bytes.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(SECTION_VERSION);
+    section::varint(&mut out, outbox.len() as u64);
+    for o in outbox {
+        section::varint(&mut out, o.seq);
+        section::varint(&mut out, u64::from(o.index));
+        section::varint(&mut out, u64::from(o.attempts));
+        section::varint(&mut out, o.not_before);
+        section::varint(&mut out, o.since);
+        section::counted(&mut out, &o.bytes);
+    }
+    out
 }
 
 /// Decodes an outbox section, each effect with `decode` when the kernel stores effects (`None`:
@@ -400,6 +402,24 @@ mod tests {
         for cut in 0..bytes.len() {
             let _ = decode_section(&bytes[..cut], Some(decode));
         }
+    }
+
+    #[test]
+    fn the_hand_written_section_is_what_postcard_writes() {
+        let outbox: Outbox<u32> = [owed(1 << 40, 3, &[7; 200]), owed(5, 0, &[])].into();
+        let stored: Vec<StoredOwed<'_>> = outbox
+            .iter()
+            .map(|o| StoredOwed {
+                seq: o.seq,
+                index: o.index,
+                attempts: o.attempts,
+                not_before: o.not_before,
+                since: o.since,
+                effect: &o.bytes,
+            })
+            .collect();
+        let by_postcard = postcard::to_allocvec(&(SECTION_VERSION, stored)).unwrap();
+        assert_eq!(encode_section(&outbox), by_postcard);
     }
 
     #[test]

@@ -97,6 +97,23 @@ pub(crate) fn decode_versioned<'a, T: serde::Deserialize<'a>>(
     Ok(value)
 }
 
+/// Appends `v` as postcard writes an unsigned integer (LEB128: seven bits a byte, low first),
+/// for sections written by hand (they are written with every commit of the machines that have
+/// them, and a generic serializer costs several times as much).
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends `bytes` as postcard writes a string or byte sequence: length, then the bytes.
+pub(crate) fn counted(out: &mut Vec<u8>, bytes: &[u8]) {
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,15 +23,18 @@ pub const MAX_ID_LEN: usize = 128;
 /// let err = MachineId::new("orders/../../etc").unwrap_err();
 /// assert!(err.to_string().contains("'/'"));
 /// ```
+///
+/// Cloning one is a reference count, not a copy: the kernel hands ids to its shards, workers,
+/// answers and traces.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MachineId(Box<str>);
+pub struct MachineId(std::sync::Arc<str>);
 
 impl MachineId {
     /// Checks `id` and wraps it.
     pub fn new(id: impl Into<String>) -> Result<MachineId, InvalidId> {
         let id: String = id.into();
         match check(&id) {
-            Ok(()) => Ok(MachineId(id.into_boxed_str())),
+            Ok(()) => Ok(MachineId(id.into())),
             Err(problem) => Err(InvalidId { id, problem }),
         }
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::rules::{Armed, Timers};
 use super::{check_name, millis_ceil, TimerKind, MAX_TIMER_DURATION};
+use crate::kernel::section::{counted, varint};
 use crate::kernel::SectionError;
 use crate::store::Section;
 use crate::table::{StateId, Table};
@@ -29,21 +30,6 @@ pub(super) struct StoredTimer {
     pub(super) deadline: u64,
     pub(super) after: u64,
     pub(super) event: Option<Vec<u8>>,
-}
-
-/// Appends `v` as postcard writes an unsigned integer (LEB128: seven bits a byte, low first).
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// Appends `bytes` as postcard writes a string or byte sequence: length, then the bytes.
-fn counted(out: &mut Vec<u8>, bytes: &[u8]) {
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 /// The timers section of a snapshot: its layout version, the next instance number, then every

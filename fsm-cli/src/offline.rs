@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fsm_core::kernel::{owed_in, OwedEffect};
+use fsm_core::kernel::admin::owed_json;
+use fsm_core::kernel::owed_in;
 use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::inspect::{self, Header, Source};
 use fsm_persist::{FileStore, SqliteStore};
@@ -283,17 +284,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
-}
-
-/// One owed effect as `export` and `show` print it (the admin endpoint's shape).
-fn owed_json(o: &OwedEffect) -> serde_json::Value {
-    json!({
-        "key": o.id.key(),
-        "attempts": o.attempts,
-        "next_attempt_ms": (o.not_before_ms > 0).then_some(o.not_before_ms),
-        "owed_since_ms": o.since_ms,
-        "running": o.running,
-    })
 }
 
 /// Wall-clock milliseconds since the UNIX epoch, as `2026-12-04T17:03:09.120Z`.

@@ -937,8 +937,10 @@ fn counts_json(c: &KernelCounts) -> Value {
     Value::Object(map)
 }
 
-/// One owed effect, as `show` lists it.
-pub(crate) fn owed_json(o: &super::OwedEffect) -> Value {
+/// One owed effect, as `show` lists it (and `fsm show` and `fsm export` print it offline):
+/// its key, failed attempts, next attempt (wall-clock milliseconds, absent for at once), when
+/// it was first owed, and whether its worker runs it now.
+pub fn owed_json(o: &super::OwedEffect) -> Value {
     json!({
         "key": o.id.key(),
         "attempts": o.attempts,

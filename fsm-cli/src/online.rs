@@ -415,9 +415,18 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
     ));
     let workers = now["workers"].as_array().unwrap_or(&empty);
     if !workers.is_empty() {
-        s.push_str(
-            "\nworker  effects  errors  retries  given up  panics  restarts  waiting  escalated\n",
-        );
+        s.push_str(&format!(
+            "\n{:<7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8}  {}\n",
+            "worker",
+            "effects",
+            "errors",
+            "retries",
+            "given up",
+            "panics",
+            "restarts",
+            "waiting",
+            "escalated"
+        ));
         for w in workers {
             s.push_str(&format!(
                 "{:<7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8}  {}\n",

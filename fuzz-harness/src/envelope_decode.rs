@@ -119,10 +119,14 @@ fn decode(data: &[u8]) {
         }
         .unwrap_or_else(|e| panic!("{machine:?} decoded but does not encode: {e}"));
         assert_eq!(again.journal(), snapshot.journal());
-        if snapshot.journal().is_some() {
+        if let (Some(_), Ok(listed)) =
+            (snapshot.journal(), fsm_core::kernel::owed_in(snapshot, &id))
+        {
+            // An outbox that lists re-frames to one that lists the same (one that does not
+            // decode was left out above).
             assert_eq!(
                 fsm_core::kernel::owed_in(&again, &id).ok(),
-                fsm_core::kernel::owed_in(snapshot, &id).ok(),
+                Some(listed),
                 "the outbox does not re-frame to the same listing"
             );
         }

@@ -18,7 +18,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::supervisor::{conclude, escalate, Ended, Run, Window, WorkerMsg};
+use super::supervisor::{conclude, escalate, Ended, Outgoing, Run, Window, WorkerMsg};
 use super::{Durable, EffectCtx, EffectError, Failure, Inner};
 use crate::machine::StateMachine;
 use crate::rejection::panic_message;
@@ -241,13 +241,16 @@ fn spawn<M, W>(
             pool.crashed(failure);
         }
         let worker = pool.worker.clone();
-        conclude(&pool.inner, 0, &ctx, ended, |failure| {
+        let mut out = Outgoing::new(pool.inner.inboxes.len());
+        let failure_event = |failure: &Failure| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker.failure_event(&ctx, &effect, failure)
             }))
             .ok()
             .flatten()
-        });
+        };
+        conclude(&pool.inner, 0, &ctx, ended, failure_event, &mut out);
+        out.flush(&pool.inner);
         pool.inner.quiet.done(shard, 1);
     });
 }

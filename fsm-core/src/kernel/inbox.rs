@@ -215,16 +215,17 @@ impl<M: Durable> Inbox<M> {
         true
     }
 
-    /// Queues an event fed back by an effect worker, or its answer: never refused for room
-    /// (they are bounded by the effects in flight, and refusing them could deadlock a worker
-    /// against its own shard), only once the shard stops.
-    pub(crate) fn feedback(&self, job: Job<M>) -> Result<(), Job<M>> {
+    /// Queues what effect workers send back (fed-back events, answers), several at once: one
+    /// lock, one wake. Never refused for room (they are bounded by the effects in flight, and
+    /// refusing them could deadlock a worker against its own shard), only once the shard
+    /// stops: then returns how many were refused (all of them).
+    pub(crate) fn feedback_many(&self, jobs: Vec<Job<M>>) -> Result<(), usize> {
         let mut state = self.lock();
         if state.closing.is_some() {
-            return Err(job);
+            return Err(jobs.len());
         }
-        state.jobs.push_back(job);
-        state.commands += 1;
+        state.commands += jobs.len();
+        state.jobs.extend(jobs);
         state.high_water = state.high_water.max(state.commands);
         self.wake_shard(state);
         Ok(())

@@ -288,39 +288,6 @@ impl<M: Durable> Inner<M> {
             0
         }
     }
-
-    /// Queues an event an effect worker fed back (the answer to owed effect `settles`, if it
-    /// is one); `false` if the kernel stopped.
-    fn feed_back(&self, id: &MachineId, event: M::Event, settles: Option<inbox::Settles>) -> bool {
-        let cmd = Cmd {
-            id: id.clone(),
-            request: Request::new(event),
-            enqueued: self.stamp(),
-            reply: None,
-            fire: None,
-            settles,
-        };
-        self.to_shard(id, Job::Command(cmd))
-    }
-
-    /// Queues a worker's answer that carries no event; `false` if the kernel stopped.
-    fn answer(&self, answer: inbox::Answer) -> bool {
-        let id = answer.id.clone();
-        self.to_shard(&id, Job::Answer(answer))
-    }
-
-    /// Queues a job from a worker, counted as work in flight until its shard decides it.
-    fn to_shard(&self, id: &MachineId, job: Job<M>) -> bool {
-        let shard = self.shard_of(id);
-        self.quiet.more(shard, 1);
-        match self.inboxes[shard].feedback(job) {
-            Ok(()) => true,
-            Err(_) => {
-                self.quiet.done(shard, 1);
-                false
-            }
-        }
-    }
 }
 
 /// What a submit call returns: the ticket of an accepted command, or why it was not.

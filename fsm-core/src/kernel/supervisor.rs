@@ -14,7 +14,7 @@ use crate::machine::StateMachine;
 use crate::rejection::panic_message;
 use crate::store::MachineId;
 
-use super::inbox::Answer;
+use super::inbox::{Answer, Cmd, Job};
 use super::{Durable, EffectId, Inner};
 
 /// What an effect worker returns when an effect fails.
@@ -244,12 +244,15 @@ pub(crate) enum Ended<E> {
 /// effect is settled with the answer, or retried after a failure while attempts remain, or
 /// given up into `failure_event` (asked only then); an at-most-once effect feeds back its
 /// event or its failure event. Counts into `worker`'s metrics.
+///
+/// What goes back to the machine is queued in `out` (see [`Outgoing`]).
 pub(crate) fn conclude<M: Durable>(
     inner: &Inner<M>,
     worker: usize,
     ctx: &EffectCtx,
     ended: Ended<M::Event>,
     failure_event: impl FnOnce(&Failure) -> Option<M::Event>,
+    out: &mut Outgoing<M>,
 ) {
     let stats = || {
         inner.workers[worker]
@@ -270,11 +273,14 @@ pub(crate) fn conclude<M: Durable>(
             tracing::warn!(worker, effect = %ctx.id, attempt = ctx.attempt, %failure, "fsm.effect_failed");
             if !ctx.last {
                 stats().retries += 1;
-                inner.answer(Answer {
-                    id: ctx.id.machine().clone(),
-                    settles: (ctx.id.seq(), ctx.id.index()),
-                    retry: true,
-                });
+                out.answer(
+                    inner,
+                    Answer {
+                        id: ctx.id.machine().clone(),
+                        settles: (ctx.id.seq(), ctx.id.index()),
+                        retry: true,
+                    },
+                );
                 return;
             }
             if ctx.durable {
@@ -286,18 +292,78 @@ pub(crate) fn conclude<M: Durable>(
     let machine = ctx.id.machine();
     match (event, settles) {
         (Some(event), settles) => {
-            if inner.feed_back(machine, event, settles) {
-                stats().fed_back += 1;
-            }
+            stats().fed_back += 1;
+            out.feed_back(inner, machine, event, settles);
         }
         (None, Some(settles)) => {
-            inner.answer(Answer {
-                id: machine.clone(),
-                settles,
-                retry: false,
-            });
+            out.answer(
+                inner,
+                Answer {
+                    id: machine.clone(),
+                    settles,
+                    retry: false,
+                },
+            );
         }
         (None, None) => {}
+    }
+}
+
+/// What a worker sends back to the shards (fed-back events, answers), queued per shard and
+/// handed over together: a worker that finishes a run of effects wakes each shard once, not
+/// once per effect. Each job counts as work in flight from the moment it is queued here.
+pub(crate) struct Outgoing<M: Durable> {
+    per_shard: Vec<Vec<Job<M>>>,
+}
+
+impl<M: Durable> Outgoing<M> {
+    pub(crate) fn new(shards: usize) -> Self {
+        Outgoing {
+            per_shard: (0..shards).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    fn push(&mut self, inner: &Inner<M>, id: &MachineId, job: Job<M>) {
+        let shard = inner.shard_of(id);
+        inner.quiet.more(shard, 1);
+        self.per_shard[shard].push(job);
+    }
+
+    fn answer(&mut self, inner: &Inner<M>, answer: Answer) {
+        let id = answer.id.clone();
+        self.push(inner, &id, Job::Answer(answer));
+    }
+
+    fn feed_back(
+        &mut self,
+        inner: &Inner<M>,
+        id: &MachineId,
+        event: M::Event,
+        settles: Option<super::inbox::Settles>,
+    ) {
+        let cmd = Cmd {
+            id: id.clone(),
+            request: super::Request::new(event),
+            enqueued: inner.stamp(),
+            reply: None,
+            fire: None,
+            settles,
+        };
+        self.push(inner, id, Job::Command(cmd));
+    }
+
+    /// Hands every queued job to its shard, one lock and one wake per shard; what a stopped
+    /// shard refuses is no longer in flight.
+    pub(crate) fn flush(&mut self, inner: &Inner<M>) {
+        for (shard, jobs) in self.per_shard.iter_mut().enumerate() {
+            if jobs.is_empty() {
+                continue;
+            }
+            let jobs = std::mem::take(jobs);
+            if let Err(refused) = inner.inboxes[shard].feedback_many(jobs) {
+                inner.quiet.done(shard, refused);
+            }
+        }
     }
 }
 
@@ -345,29 +411,48 @@ pub(crate) fn run<M: Durable>(
         parked: VecDeque::new(),
     };
     s.start(None);
-    for msg in rx {
-        match msg {
-            WorkerMsg::Stop => break,
-            WorkerMsg::Restart => {
-                s.restarts.clear();
-                s.start(None);
-                // What waited for the restart runs now, in the order it came.
-                for run in std::mem::take(&mut s.parked) {
+    let mut out = Outgoing::new(s.inner.inboxes.len());
+    // A run of effects already queued is worked through before its answers are handed over
+    // (each counts as work in flight until then): one wake of each shard per run.
+    'worker: while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut ran = 0;
+        while let Some(msg) = next.take() {
+            match msg {
+                WorkerMsg::Stop => {
+                    out.flush(&s.inner);
+                    break 'worker;
+                }
+                WorkerMsg::Restart => {
+                    s.restarts.clear();
+                    s.start(None);
+                    // What waited for the restart runs now, in the order it came.
+                    for run in std::mem::take(&mut s.parked) {
+                        let shard = s.inner.shard_of(run.id.machine());
+                        s.inner.quiet.more(shard, 1);
+                        s.effect(run, &mut out);
+                        s.inner.quiet.done(shard, 1);
+                    }
+                    s.stats().parked = s.parked.len() as u64;
+                }
+                WorkerMsg::Effect(run) => {
                     let shard = s.inner.shard_of(run.id.machine());
-                    s.inner.quiet.more(shard, 1);
-                    s.effect(run);
+                    s.effect(run, &mut out);
                     s.inner.quiet.done(shard, 1);
                 }
-                s.stats().parked = s.parked.len() as u64;
             }
-            WorkerMsg::Effect(run) => {
-                let shard = s.inner.shard_of(run.id.machine());
-                s.effect(run);
-                s.inner.quiet.done(shard, 1);
+            ran += 1;
+            if ran < BURST {
+                next = rx.try_recv().ok();
             }
         }
+        out.flush(&s.inner);
     }
 }
+
+/// The most effects a worker runs before it hands their answers over (a bound on how long an
+/// answer waits for the run it is part of).
+const BURST: usize = 16;
 
 impl<M: Durable> Supervised<M> {
     fn stats(&self) -> std::sync::MutexGuard<'_, super::stats::WorkerMetrics> {
@@ -398,7 +483,7 @@ impl<M: Durable> Supervised<M> {
         }
     }
 
-    fn effect(&mut self, run: Run<M>) {
+    fn effect(&mut self, run: Run<M>, out: &mut Outgoing<M>) {
         if self.inner.abandon_effects.load(Ordering::Acquire) {
             // Shutting down: a durable effect stays owed in its outbox for the next start.
             self.stats().abandoned += 1;
@@ -446,7 +531,7 @@ impl<M: Durable> Supervised<M> {
                 self.restart(failure.clone());
             }
         }
-        conclude(&self.inner, self.index, &ctx, ended, |_| event);
+        conclude(&self.inner, self.index, &ctx, ended, |_| event, out);
     }
 
     /// Restarts the worker unless that exceeds the intensity, in which case it escalates.

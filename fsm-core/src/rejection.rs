@@ -258,6 +258,31 @@ impl fmt::Display for Rejection {
                 }
                 Ok(())
             }
+            Reason::Invalid { target, refusal } => write!(
+                f,
+                "the new state `{}` would break its invariant: {refusal}",
+                self.table.state_name(*target)
+            ),
+            reason => fmt::Display::fmt(reason, f),
+        }
+    }
+}
+
+/// What went wrong, without the machine's names (a [`Rejection`] says it with them: which
+/// machine, event and state, and which events the state accepts).
+///
+/// ```
+/// use fsm_core::{Reason, Refusal};
+/// assert_eq!(
+///     Reason::Refused(Refusal::new("over the card's limit")).to_string(),
+///     "refused by the handler: over the card's limit"
+/// );
+/// assert_eq!(Reason::Terminal.to_string(), "the state is terminal and accepts no event");
+/// ```
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NoTransition => f.write_str("no transition for this event in this state"),
             Reason::Terminal => f.write_str("the state is terminal and accepts no event"),
             Reason::Timer(e) => write!(f, "a timer request of the handler: {e}"),
             Reason::Raised(r) => write!(f, "an event it raised was rejected: {r}"),
@@ -274,11 +299,9 @@ impl fmt::Display for Rejection {
                 f,
                 "the handler panicked ({r}); the machine is unchanged, fix the handler"
             ),
-            Reason::Invalid { target, refusal } => write!(
-                f,
-                "the new state `{}` would break its invariant: {refusal}",
-                self.table.state_name(*target)
-            ),
+            Reason::Invalid { refusal, .. } => {
+                write!(f, "the new state would break its invariant: {refusal}")
+            }
         }
     }
 }

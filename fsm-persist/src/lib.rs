@@ -50,6 +50,8 @@ mod wal;
 
 pub use file_store::{Compaction, FileStore, FileStoreBuilder, FileStoreStats, Recovery};
 pub use kernel::file_kernel;
+#[cfg(feature = "sqlite")]
+pub use kernel::sqlite_kernel;
 pub use mirror::{MirrorCounts, MirrorStatus, MirroredStore, Side};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous};

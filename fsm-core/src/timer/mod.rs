@@ -13,6 +13,10 @@
 //! | **event timeout** | [`Effects::event_timeout`] | any event the machine accepts, or [`Effects::cancel_event_timeout`] | one per machine |
 //! | **named timer** | [`Effects::start_timer`] (a running timer of that name is replaced) | [`Effects::cancel_timer`] only: it survives state changes | [`KernelBuilder::max_timers`](crate::kernel::KernelBuilder::max_timers) in all |
 //!
+//! Entering a **terminal** state cancels every timer of the machine, named ones and those the
+//! transition's handler asked for included: a terminal state takes no event, so nothing armed
+//! could fire into it.
+//!
 //! For each accepted event the rules run in this order: the timer that fired (if the event is
 //! a firing) is consumed; the event timeout is cancelled; if the state changed, the state
 //! timeout is cancelled and the new state's declared timeout armed; then the handler's

@@ -248,5 +248,12 @@ pub(crate) fn on_accepted_in<P>(
             Step::Cancel(kind) => timers.cancel(&kind),
         }
     }
+    // A terminal state takes no event: nothing armed could ever fire into it.
+    if table
+        .state(transition.to())
+        .is_some_and(|s| s.is_terminal())
+    {
+        timers.armed.clear();
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | **state timeout** | a transition that *enters* a state declaring `state_timeout(ms = N => Event)`, or [`Effects::restart_state_timeout`] | any transition that changes the state (not a self-transition), or [`Effects::cancel_state_timeout`] | one per machine |
 //! | **event timeout** | [`Effects::event_timeout`] | any event the machine accepts, or [`Effects::cancel_event_timeout`] | one per machine |
-//! | **named timer** | [`Effects::start_timer`] (a running timer of that name is replaced) | [`Effects::cancel_timer`] only: it survives state changes | [`KernelBuilder::max_timers`](crate::kernel::KernelBuilder::max_timers) in all |
+//! | **named timer** | [`Effects::start_timer`] (a running timer of that name is replaced) | [`Effects::cancel_timer`]: it survives state changes | [`KernelBuilder::max_timers`](crate::kernel::KernelBuilder::max_timers) in all |
 //!
 //! Entering a **terminal** state cancels every timer of the machine, named ones and those the
 //! transition's handler asked for included: a terminal state takes no event, so nothing armed

@@ -81,7 +81,7 @@
 //!
 //! With the `proptest` feature, both derives also implement proptest's `Arbitrary` for the
 //! enums (so `any::<Order>()` and `any::<OrderCmd>()` exist), and
-//! [`testing::check_machine`] runs random event sequences against the table in one line; with
+//! [`testing::check_machine`][check_machine] runs random event sequences against the table in one line; with
 //! the `arbitrary` feature they implement `arbitrary::Arbitrary` and
 //! [`testing::Checker::fuzz`] checks the sequence a fuzzer's bytes decode to. Either feature
 //! requires the enums to be `Debug` and their fields to implement the corresponding trait (or
@@ -91,6 +91,13 @@
 //! (`light::On`), a view type per state with data (`door::LockedRef<'_>`), and the
 //! [`TypedState`] impls that connect them to the enum. Both enums must be declared at module
 //! level (not inside a function body), because the generated modules refer to their parent.
+//!
+// Links to items behind a feature point at their module when the feature is off.
+#![cfg_attr(
+    feature = "proptest",
+    doc = "[check_machine]: crate::testing::check_machine"
+)]
+#![cfg_attr(not(feature = "proptest"), doc = "[check_machine]: crate::testing")]
 
 extern crate self as fsm_core;
 

@@ -55,15 +55,20 @@
 //! - [`Property::SnapshotRoundTrips`] (with [`Checker::snapshots`]): every state visited,
 //!   encoded into an envelope and decoded from its bytes, is equal to itself.
 //!
-//! With timers ([`Checker::check_timed`], [`Checker::run_timed`]), a sequence also holds
+//! With timers ([`Checker::check_timed`], [`Checker::run_timed`][run_timed]), a sequence also holds
 //! "time passes" steps ([`Input::Elapse`]): the timers due fire in deadline order, each
 //! applied like any event, under the kernel's rules (see [`crate::timer`]), and two more
 //! properties hold: [`Property::TimerRequestsHold`] and
 //! [`Property::TimeoutsFireOnlyWhileArmed`].
 //!
 //! A failure is a [`Violation`]: the property, what was seen, and the whole sequence up to it with
-//! state and event names. [`Checker::run`] (proptest) shrinks a failing sequence to a minimal one
+//! state and event names. [`Checker::run`][run] (proptest) shrinks a failing sequence to a minimal one
 //! before reporting it; [`Checker::fuzz`] (arbitrary) decodes a fuzzer's bytes into a sequence.
+//!
+#![cfg_attr(feature = "proptest", doc = "[run]: Checker::run")]
+#![cfg_attr(not(feature = "proptest"), doc = "[run]: Checker")]
+#![cfg_attr(feature = "proptest", doc = "[run_timed]: Checker::run_timed")]
+#![cfg_attr(not(feature = "proptest"), doc = "[run_timed]: Checker")]
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -204,8 +209,11 @@ pub struct Run {
     pub fired: usize,
 }
 
-/// What a whole [`Checker::run`] covered: which of the table's transitions the random
+/// What a whole [`Checker::run`][run] covered: which of the table's transitions the random
 /// sequences took, so a strategy that never reaches part of the machine shows.
+///
+#[cfg_attr(feature = "proptest", doc = "[run]: Checker::run")]
+#[cfg_attr(not(feature = "proptest"), doc = "[run]: Checker")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coverage {
     table: &'static Table,
@@ -333,7 +341,10 @@ where
         }
     }
 
-    /// How many random sequences [`Checker::run`] checks.
+    /// How many random sequences [`Checker::run`][run] checks.
+    ///
+    #[cfg_attr(feature = "proptest", doc = "[run]: Checker::run")]
+    #[cfg_attr(not(feature = "proptest"), doc = "[run]: Checker")]
     pub fn cases(mut self, cases: u32) -> Self {
         self.cases = cases.max(1);
         self

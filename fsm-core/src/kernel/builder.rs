@@ -260,9 +260,15 @@ impl<M: Durable> KernelBuilder<M> {
         self
     }
 
-    /// How long an effect of an async worker ([`KernelBuilder::async_effects`]) may run
-    /// before it is cancelled and counted as a crash (a hang); default: no limit. A thread
-    /// worker cannot be preempted, so this bounds async workers only.
+    /// How long an effect of an async worker ([`KernelBuilder::async_effects`][async_effects])
+    /// may run before it is cancelled and counted as a crash (a hang); default: no limit. A
+    /// thread worker cannot be preempted, so this bounds async workers only.
+    ///
+    #[cfg_attr(
+        feature = "tokio",
+        doc = "[async_effects]: KernelBuilder::async_effects"
+    )]
+    #[cfg_attr(not(feature = "tokio"), doc = "[async_effects]: KernelBuilder")]
     pub fn effect_timeout(mut self, limit: Duration) -> Self {
         self.effect_timeout = Some(limit);
         self

@@ -59,7 +59,7 @@
 //! stored) is not remembered: its retry is decided afresh, against the current state.
 //!
 //! # Effects
-//! With [`KernelBuilder::effects`] (or [`KernelBuilder::async_effects`], feature `tokio`)
+//! With [`KernelBuilder::effects`] (or [`KernelBuilder::async_effects`][async_effects], feature `tokio`)
 //! effects are **durable**: each is written into its machine's snapshot (the envelope's outbox
 //! section) in the same write as the transition that emitted it, under an [`EffectId`] that
 //! never changes, and handed to the machine's worker once that write is stored, one at a time
@@ -118,6 +118,12 @@
 //! assert_eq!(report.metrics.total.counts.committed, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[async_effects]: KernelBuilder::async_effects"
+)]
+#![cfg_attr(not(feature = "tokio"), doc = "[async_effects]: KernelBuilder")]
 
 #[cfg(feature = "admin")]
 pub mod admin;

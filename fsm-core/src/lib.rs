@@ -83,7 +83,7 @@
 //! enums (so `any::<Order>()` and `any::<OrderCmd>()` exist), and
 //! [`testing::check_machine`][check_machine] runs random event sequences against the table in one line; with
 //! the `arbitrary` feature they implement `arbitrary::Arbitrary` and
-//! [`testing::Checker::fuzz`] checks the sequence a fuzzer's bytes decode to. Either feature
+//! [`testing::Checker::fuzz`][fuzz] checks the sequence a fuzzer's bytes decode to. Either feature
 //! requires the enums to be `Debug` and their fields to implement the corresponding trait (or
 //! name a generator as above); enable them in `[dev-dependencies]`.
 //!
@@ -98,6 +98,8 @@
     doc = "[check_machine]: crate::testing::check_machine"
 )]
 #![cfg_attr(not(feature = "proptest"), doc = "[check_machine]: crate::testing")]
+#![cfg_attr(feature = "arbitrary", doc = "[fuzz]: crate::testing::Checker::fuzz")]
+#![cfg_attr(not(feature = "arbitrary"), doc = "[fuzz]: crate::testing::Checker")]
 
 extern crate self as fsm_core;
 

@@ -63,12 +63,19 @@
 //!
 //! A failure is a [`Violation`]: the property, what was seen, and the whole sequence up to it with
 //! state and event names. [`Checker::run`][run] (proptest) shrinks a failing sequence to a minimal one
-//! before reporting it; [`Checker::fuzz`] (arbitrary) decodes a fuzzer's bytes into a sequence.
+//! before reporting it; [`Checker::fuzz`][fuzz] (arbitrary) decodes a fuzzer's bytes into a sequence.
+//!
+//! A run that holds every property can still have tested nothing: random events rarely pass a
+//! guard on a field's value. So a run also fails when its sequences took no transition, or
+//! fewer than [`Checker::min_coverage`] of the table's (default [`DEFAULT_MIN_COVERAGE`],
+//! half), naming the transitions never taken and how to reach them.
 //!
 #![cfg_attr(feature = "proptest", doc = "[run]: Checker::run")]
 #![cfg_attr(not(feature = "proptest"), doc = "[run]: Checker")]
 #![cfg_attr(feature = "proptest", doc = "[run_timed]: Checker::run_timed")]
 #![cfg_attr(not(feature = "proptest"), doc = "[run_timed]: Checker")]
+#![cfg_attr(feature = "arbitrary", doc = "[fuzz]: Checker::fuzz")]
+#![cfg_attr(not(feature = "arbitrary"), doc = "[fuzz]: Checker")]
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -251,6 +258,18 @@ impl Coverage {
         }
     }
 
+    /// How many of the table's transitions were taken at least once.
+    pub fn covered(&self) -> usize {
+        self.taken.iter().filter(|&&n| n > 0).count()
+    }
+
+    /// Whether the run took at least `share` of the table's transitions, and at least one.
+    pub fn is_enough(&self, share: f64) -> bool {
+        let covered = self.covered();
+        let all = self.taken.len();
+        all == 0 || (covered > 0 && covered as f64 >= share * all as f64)
+    }
+
     /// The transitions never taken, as `From --Event--> To`.
     pub fn missed(&self) -> Vec<String> {
         self.table
@@ -303,7 +322,12 @@ pub struct Checker<M: StateMachine> {
     cases: u32,
     max_len: usize,
     round_trip: Option<RoundTrip<M>>,
+    min_coverage: f64,
 }
+
+/// The share of a table's transitions a run must take by default (see
+/// [`Checker::min_coverage`]): a run that takes fewer tested too little of the machine.
+pub const DEFAULT_MIN_COVERAGE: f64 = 0.5;
 
 impl<M: StateMachine> fmt::Debug for Checker<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -312,6 +336,7 @@ impl<M: StateMachine> fmt::Debug for Checker<M> {
             .field("cases", &self.cases)
             .field("max_len", &self.max_len)
             .field("snapshots", &self.round_trip.is_some())
+            .field("min_coverage", &self.min_coverage)
             .finish()
     }
 }
@@ -338,7 +363,22 @@ where
             cases: default_cases(),
             max_len: 64,
             round_trip: None,
+            min_coverage: DEFAULT_MIN_COVERAGE,
         }
+    }
+
+    /// The share of the table's transitions (0 to 1) a whole run must take, or it fails with
+    /// the transitions it never took (default [`DEFAULT_MIN_COVERAGE`]). A run that took no
+    /// transition at all always fails: it tested nothing. Lower it for a table with
+    /// transitions the random events cannot reach on purpose (a guard that needs a secret);
+    /// usually the fix is a `#[fsm(strategy = ..)]` on the field that blocked them.
+    pub fn min_coverage(mut self, share: f64) -> Self {
+        self.min_coverage = if share.is_nan() {
+            DEFAULT_MIN_COVERAGE
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// How many random sequences [`Checker::run`][run] checks.
@@ -350,8 +390,11 @@ where
         self
     }
 
-    /// The longest sequence generated (and the most events [`Checker::fuzz`] takes from its
-    /// bytes).
+    /// The longest sequence generated (and the most events [`Checker::fuzz`][fuzz] takes from
+    /// its bytes).
+    ///
+    #[cfg_attr(feature = "arbitrary", doc = "[fuzz]: Checker::fuzz")]
+    #[cfg_attr(not(feature = "arbitrary"), doc = "[fuzz]: Checker")]
     pub fn max_len(mut self, max_len: usize) -> Self {
         self.max_len = max_len;
         self
@@ -736,11 +779,21 @@ mod with_proptest {
     /// Why [`Checker::run`] failed: a property broken (the sequence already shrunk), or
     /// proptest gave up (too many rejected inputs).
     #[derive(Debug)]
+    #[non_exhaustive]
     pub enum Failure {
         /// A property did not hold; the sequence is minimal.
         Violated(Violation),
         /// proptest aborted the run.
         Aborted(String),
+        /// Every property held, but the random sequences took too few of the table's
+        /// transitions (none, or fewer than [`Checker::min_coverage`]): the run tested too
+        /// little to mean anything.
+        Uncovered {
+            /// What the run covered (its `missed()` lists the transitions never taken).
+            coverage: Coverage,
+            /// The share required.
+            required: f64,
+        },
     }
 
     impl fmt::Display for Failure {
@@ -748,6 +801,23 @@ mod with_proptest {
             match self {
                 Failure::Violated(v) => write!(f, "{v}(sequence shrunk by proptest)"),
                 Failure::Aborted(why) => write!(f, "the property run was aborted: {why}"),
+                Failure::Uncovered { coverage, required } => {
+                    let all = coverage.taken.len();
+                    writeln!(
+                        f,
+                        "the random sequences took {} of {all} transitions, fewer than the {:.0}% required: every property held, but over too little of the machine to mean much.",
+                        coverage.covered(),
+                        required * 100.0
+                    )?;
+                    writeln!(f, "never taken:")?;
+                    for t in coverage.missed() {
+                        writeln!(f, "  {t}")?;
+                    }
+                    write!(
+                        f,
+                        "Random events rarely pass a guard on a field's value: give that field a `#[fsm(strategy = ..)]` that produces accepted values, weight the events with `Checker::run_with`, or lower `Checker::min_coverage` if those transitions are unreachable on purpose.\n({coverage})"
+                    )
+                }
             }
         }
     }
@@ -808,7 +878,17 @@ mod with_proptest {
                 Ok(())
             });
             match result {
-                Ok(()) => Ok(coverage.into_inner()),
+                Ok(()) => {
+                    let coverage = coverage.into_inner();
+                    if coverage.is_enough(self.min_coverage) {
+                        Ok(coverage)
+                    } else {
+                        Err(Failure::Uncovered {
+                            coverage,
+                            required: self.min_coverage,
+                        })
+                    }
+                }
                 Err(TestError::Fail(reason, (start, inputs))) => match check(self, &start, inputs) {
                     Err(v) => Err(Failure::Violated(v)),
                     // A property that fails once and not again (a handler that is not a

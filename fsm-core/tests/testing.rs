@@ -777,3 +777,141 @@ fn a_timer_request_that_cannot_be_honoured_is_caught_and_shrunk() {
     assert_eq!(v.steps.len(), 1, "shrunk to the one poke: {v}");
     assert_eq!(v.steps[0].event_value, "Poke { n: 201 }", "{v}");
 }
+
+/// A vault whose every transition needs the code 7331: random codes almost never pass.
+#[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[fsm(event = VaultCmd)]
+pub enum Vault {
+    #[fsm(initial, on(Unlock => Open))]
+    Locked,
+    #[fsm(on(Lock => Locked))]
+    Open,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+pub enum VaultCmd {
+    Unlock { code: u32 },
+    Lock { code: u32 },
+}
+
+fn secret(code: u32) -> Result<(), Refusal> {
+    if code == 7331 {
+        Ok(())
+    } else {
+        Err(Refusal::new("wrong code"))
+    }
+}
+
+impl Handler<vault_cmd::Unlock, vault::Open> for vault::Locked {
+    fn handle(
+        _: vault::Locked,
+        e: vault_cmd::Unlock,
+        _: &mut Effects<()>,
+    ) -> Result<vault::Open, Refusal> {
+        secret(e.code).map(|()| vault::Open)
+    }
+}
+
+impl Handler<vault_cmd::Lock, vault::Locked> for vault::Open {
+    fn handle(
+        _: vault::Open,
+        e: vault_cmd::Lock,
+        _: &mut Effects<()>,
+    ) -> Result<vault::Locked, Refusal> {
+        secret(e.code).map(|()| vault::Locked)
+    }
+}
+
+#[test]
+fn a_run_that_took_no_transition_fails_and_names_what_it_never_took() {
+    let failure = Checker::<Vault>::new()
+        .cases(64)
+        .run(Vault::Locked)
+        .unwrap_err();
+    let Failure::Uncovered { coverage, required } = &failure else {
+        panic!("expected too little coverage, got {failure}");
+    };
+    assert_eq!((coverage.covered(), *required), (0, 0.5));
+    assert!(coverage.steps > 0, "events were applied, all refused");
+    let shown = failure.to_string();
+    assert!(shown.contains("took 0 of 2 transitions"), "{shown}");
+    assert!(shown.contains("Locked --Unlock--> Open"), "{shown}");
+    assert!(shown.contains("#[fsm(strategy = ..)]"), "{shown}");
+    // Even at no required share, a run that took nothing fails: it tested nothing.
+    let none = Checker::<Vault>::new()
+        .cases(64)
+        .min_coverage(0.0)
+        .run(Vault::Locked);
+    assert!(matches!(none, Err(Failure::Uncovered { .. })));
+    // And check_machine, the one-line form, panics with the same list.
+    let panicked = std::panic::catch_unwind(|| check_machine(Vault::Locked)).unwrap_err();
+    let message = panicked
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("never taken"), "{message}");
+}
+
+/// The vault with a knock anyone can make: one transition of three is reachable at random.
+#[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[fsm(event = DialCmd)]
+pub enum Dial {
+    #[fsm(initial, on(Knock => Locked, plain), on(Unlock => Open))]
+    Locked,
+    #[fsm(on(Lock => Locked))]
+    Open,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+pub enum DialCmd {
+    Knock,
+    Unlock { code: u32 },
+    Lock { code: u32 },
+}
+
+impl Handler<dial_cmd::Unlock, dial::Open> for dial::Locked {
+    fn handle(
+        _: dial::Locked,
+        e: dial_cmd::Unlock,
+        _: &mut Effects<()>,
+    ) -> Result<dial::Open, Refusal> {
+        secret(e.code).map(|()| dial::Open)
+    }
+}
+
+impl Handler<dial_cmd::Lock, dial::Locked> for dial::Open {
+    fn handle(
+        _: dial::Open,
+        e: dial_cmd::Lock,
+        _: &mut Effects<()>,
+    ) -> Result<dial::Locked, Refusal> {
+        secret(e.code).map(|()| dial::Locked)
+    }
+}
+
+#[test]
+fn a_run_short_of_the_required_share_fails_and_a_lower_share_passes_it() {
+    let short = Checker::<Dial>::new()
+        .cases(64)
+        .run(Dial::Locked)
+        .unwrap_err();
+    let Failure::Uncovered { coverage, .. } = &short else {
+        panic!("expected too little coverage, got {short}");
+    };
+    assert_eq!(coverage.covered(), 1, "{coverage}");
+    assert_eq!(coverage.missed().len(), 2, "{coverage}");
+    // A table whose guarded transitions are out of reach on purpose says so.
+    let lowered = Checker::<Dial>::new()
+        .cases(64)
+        .min_coverage(0.3)
+        .run(Dial::Locked)
+        .unwrap();
+    assert_eq!(lowered.covered(), 1);
+    // The order machine's strategies reach every transition: it passes any share.
+    let full = Checker::<Order>::new()
+        .min_coverage(1.0)
+        .run(Order::Draft)
+        .unwrap();
+    assert_eq!(full.covered(), full.taken.len());
+    assert!(full.is_enough(1.0) && full.missed().is_empty());
+}

@@ -2,8 +2,11 @@
 //!
 //! [`FileStore`](crate::FileStore) does every read, write, sync, rename and removal through
 //! an [`Io`]. [`OsIo`] is the real thing; with the `fault-injection` feature,
-//! [`FaultyIo`](crate::fault::FaultyIo) wraps it to fail or crash at any step, so tests can
-//! show what the store does when the disk misbehaves.
+//! [`FaultyIo`][faulty] wraps it to fail or crash at any step, so tests can show what the
+//! store does when the disk misbehaves.
+//!
+#![cfg_attr(feature = "fault-injection", doc = "[faulty]: crate::fault::FaultyIo")]
+#![cfg_attr(not(feature = "fault-injection"), doc = "[faulty]: crate::io")]
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

@@ -204,8 +204,16 @@ fn an_error_is_retried_and_a_panic_is_a_crash() {
         .start()
         .unwrap();
     let (err, panic) = (id(1), id(2));
-    kernel.submit(&err, Ev::Fire { how: 1 }).unwrap().wait().unwrap();
-    kernel.submit(&panic, Ev::Fire { how: 2 }).unwrap().wait().unwrap();
+    kernel
+        .submit(&err, Ev::Fire { how: 1 })
+        .unwrap()
+        .wait()
+        .unwrap();
+    kernel
+        .submit(&panic, Ev::Fire { how: 2 })
+        .unwrap()
+        .wait()
+        .unwrap();
     kernel.wait_idle();
     let w = kernel.metrics().workers[0];
     assert_eq!((w.errors, w.panics, w.retries), (1, 1, 2), "{w:?}");
@@ -236,7 +244,11 @@ fn an_effect_past_the_timeout_is_a_crash() {
         .start()
         .unwrap();
     let hang = id(3);
-    kernel.submit(&hang, Ev::Fire { how: 3 }).unwrap().wait().unwrap();
+    kernel
+        .submit(&hang, Ev::Fire { how: 3 })
+        .unwrap()
+        .wait()
+        .unwrap();
     kernel.wait_idle();
     let w = kernel.metrics().workers[0];
     assert_eq!((w.panics, w.restarts, w.given_up), (1, 1, 1), "{w:?}");

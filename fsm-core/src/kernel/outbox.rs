@@ -337,16 +337,20 @@ pub fn owed_in(
         return Ok(Vec::new());
     };
     let owed: Outbox<()> = decode_section(bytes, None)?;
-    Ok(owed
-        .iter()
-        .map(|o| OwedEffect {
-            id: EffectId::new(id.clone(), o.seq, o.index),
-            attempts: o.attempts,
-            not_before_ms: o.not_before,
-            since_ms: o.since,
-            running: false,
-        })
-        .collect())
+    Ok(owed.iter().map(|o| o.listed(id)).collect())
+}
+
+impl<F> Owed<F> {
+    /// This entry as operators see it (machine `id`'s).
+    pub(crate) fn listed(&self, id: &MachineId) -> OwedEffect {
+        OwedEffect {
+            id: EffectId::new(id.clone(), self.seq, self.index),
+            attempts: self.attempts,
+            not_before_ms: self.not_before,
+            since_ms: self.since,
+            running: self.dispatched,
+        }
+    }
 }
 
 #[cfg(test)]

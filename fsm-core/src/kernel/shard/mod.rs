@@ -281,13 +281,7 @@ impl<M: Durable> Shard<M> {
             .outbox
             .iter()
             .flat_map(|o| o.iter())
-            .map(|o| OwedEffect {
-                id: EffectId::new(id.clone(), o.seq, o.index),
-                attempts: o.attempts,
-                not_before_ms: o.not_before,
-                since_ms: o.since,
-                running: o.dispatched,
-            })
+            .map(|o| o.listed(id))
             .collect())
     }
 

@@ -631,6 +631,20 @@ impl<M: Durable> Kernel<M> {
         ticket.wait()
     }
 
+    /// Brings machine `id` into memory if it is not (from the store, or new if nothing is
+    /// stored), so its timers are armed and the effects it owes are handed to a worker; returns
+    /// the sequence of its newest durable snapshot. For a node that just took over a
+    /// partition: its machines' timers fire here from now on.
+    pub fn load(&self, id: &MachineId) -> Result<Option<u64>, CommandError> {
+        let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+        let reader: inbox::Inspector<M> =
+            Box::new(move |found| reply.send(found.map(|(_, seq)| seq)));
+        if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Inspect(id.clone(), reader)) {
+            return Err(CommandError::Closed);
+        }
+        ticket.wait()
+    }
+
     /// The durable effects machine `id` owes now, oldest first: each with its key, failed
     /// attempts, when the next attempt may start, and whether its worker runs it now. Read on
     /// the machine's shard between batches; loads the machine if it is not in memory.

@@ -50,6 +50,10 @@
 //! hands over without waiting for a lease to run out.
 
 mod error;
+#[cfg(feature = "cluster")]
+pub mod inbox;
+#[cfg(feature = "cluster")]
+mod node;
 mod ownership;
 mod pool;
 #[cfg(feature = "postgres-server")]
@@ -70,6 +74,13 @@ use fsm_core::store::{
 use postgres::types::ToSql;
 
 pub use error::OpenError;
+#[cfg(feature = "cluster")]
+pub use inbox::{
+    Decision, Depth, Inbox, InboxBuilder, InboxCommand, InboxError, InboxStats, InboxTicket,
+    Status, DEFAULT_INBOX_LIMIT, DEFAULT_RETENTION, MAX_EVENT_JSON,
+};
+#[cfg(feature = "cluster")]
+pub use node::{Node, NodeBuilder, NodeStats};
 pub use ownership::{partition_of, Claim, Ownership, MAX_NODE_NAME};
 /// The client crate (`postgres`), re-exported, for its `Client`, `Error` and `NoTls` in
 /// [`PostgresStore::builder_with`] without a dependency of your own to keep in step.
@@ -432,6 +443,27 @@ impl PostgresStore {
     /// claims only what it was given. Returns how many were released.
     pub fn release_partitions(&self, partitions: &[u32]) -> Result<usize, StoreError> {
         self.shared.release(Some(partitions))
+    }
+
+    /// This node's name (`None` without ownership).
+    pub fn node(&self) -> Option<&str> {
+        self.shared
+            .fence
+            .as_ref()
+            .map(|f| f.ownership.node.as_str())
+    }
+
+    /// The number of partitions of the id space (`None` without ownership).
+    pub fn partitions(&self) -> Option<u32> {
+        self.shared.fence.as_ref().map(|f| f.ownership.partitions)
+    }
+
+    pub(crate) fn connector(&self) -> pool::Connector {
+        self.shared.pool.connector()
+    }
+
+    pub(crate) fn names(&self) -> (&str, &str) {
+        (&self.shared.sql.names.0, &self.shared.sql.names.1)
     }
 
     /// The owner table as the database holds it now.

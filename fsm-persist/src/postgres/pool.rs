@@ -58,6 +58,11 @@ impl Pool {
         }
     }
 
+    /// How this pool opens connections, for another user of the same database.
+    pub(crate) fn connector(&self) -> Connector {
+        self.connect.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -67,6 +67,8 @@ pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<(
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) table: String,
+    /// The schema and the snapshot table's name, unquoted (validated identifiers).
+    pub(crate) names: (String, String),
     pub(crate) lock_key: String,
     pub(crate) create: String,
     pub(crate) meta_owners: String,
@@ -111,6 +113,7 @@ impl Sql {
         );
         Ok(Sql {
             table: format!("{schema}.{table}"),
+            names: (schema.to_owned(), table.to_owned()),
             lock_key: format!("fsm-persist:{schema}.{table}"),
             create,
             meta_owners: format!(

@@ -16,7 +16,7 @@ pub enum Tally {
     Closed { total: u64 },
 }
 
-#[derive(Event, Debug, Clone, PartialEq, Eq)]
+#[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TallyCmd {
     Add { amount: u64 },
     Close,

@@ -1,0 +1,1146 @@
+//! The cluster's inbox (feature `cluster`): commands submitted on any node, or by a process
+//! that owns nothing, kept in a table beside the snapshots until the machine's owner decides
+//! them.
+//!
+//! # How a command travels
+//! 1. [`Inbox::submit`] inserts a row keyed by machine and [`IdempotencyKey`]. Once the insert
+//!    commits the command is **accepted**: it will be applied exactly once, or answered with
+//!    why not, whatever happens to the node that accepted it. A resubmission with the same key
+//!    and the same event is the same command (the same ticket); the same key with another
+//!    event is refused ([`InboxError::KeyReused`]). The insert notifies the owners
+//!    (`NOTIFY`); they also poll, so a lost notification only delays.
+//! 2. The owner of the machine's partition (a [`Node`](super::Node)) reads its partitions'
+//!    pending rows, oldest first and one machine at a time, and submits each to its kernel
+//!    under the row's key. The kernel writes the transition and the key in one write of the
+//!    machine's snapshot, fenced by the partition's epoch.
+//! 3. The owner records each decision in its row, in one statement fenced by the same epoch,
+//!    and notifies the waiting submitters; a [`InboxTicket`] resolves when its row holds a
+//!    decision, on whichever node it waits.
+//!
+//! # Exactly once without two-phase commit
+//! Applying a command and marking it done are one write: the mark is the key, stored in the
+//! machine's idempotency journal inside the snapshot the transition writes. The decision in
+//! the inbox row is a copy of it. If the owner dies (or is fenced) between the two, the next
+//! owner finds the row still pending, submits it again under the same key, and the journal
+//! answers it without applying it again (`Committed { duplicate: true }`); that answer is what
+//! the row then records. A machine has one inbox command in flight at a time, so the journal
+//! (64 keys per machine by default) always still holds the key, and a command refused is
+//! refused again in the same state: per-machine order holds across crashes.
+//!
+//! Decisions are kept for the retention window (the cluster's idempotency window, default
+//! one day), then deleted in batches by the owners, off the commit path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::IdempotencyKey;
+use fsm_core::store::{MachineId, StoreError};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Statement};
+use serde::Serialize;
+
+use super::error::{classify, Phase};
+use super::ownership::partition_of;
+use super::pool::Connector;
+use super::sql::check_name;
+use super::PostgresStore;
+
+/// The default bound of pending commands per partition.
+pub const DEFAULT_INBOX_LIMIT: u64 = 10_000;
+/// The default retention of decided commands (the cluster's idempotency window).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The longest event, as JSON, that the inbox accepts.
+pub const MAX_EVENT_JSON: usize = 64 * 1024;
+
+/// Why the inbox did not take a command, or could not say what became of it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// The partition already holds its limit of pending commands: nothing was stored. Retry
+    /// later, or raise [`InboxBuilder::limit`] if the owners keep up on average.
+    #[error("the inbox of partition {partition} is full ({pending} pending, limit {limit}); nothing stored, retry later")]
+    Full {
+        /// The machine's partition.
+        partition: u32,
+        /// Commands pending there when this one was refused.
+        pending: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// The key was used before for machine `machine` with another event: a key names one
+    /// command. Nothing stored.
+    #[error("idempotency key `{key}` was already used for machine `{machine}` with another event; use a new key for a new command")]
+    KeyReused {
+        /// The machine.
+        machine: MachineId,
+        /// The key.
+        key: IdempotencyKey,
+    },
+    /// The event could not be written as JSON, or is larger than [`MAX_EVENT_JSON`]: nothing
+    /// stored.
+    #[error("the event cannot be stored: {0}")]
+    InvalidEvent(String),
+    /// The database could not be reached, or refused the statement: nothing stored (for a
+    /// submit, retry with the same key; it is safe).
+    #[error("{0}")]
+    Store(Arc<StoreError>),
+    /// The table is not set up for a cluster (no fencing), or its layout differs.
+    #[error("the inbox of `{table}` cannot be used: {problem}")]
+    Layout {
+        /// The snapshot table, as `schema.table`.
+        table: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The decision was not known within the time waited; the command stays accepted (wait
+    /// again, or look it up with [`Inbox::decision`]).
+    #[error("no decision yet after {0:?}; the command is accepted and will still be decided")]
+    Timeout(Duration),
+    /// The command's row is gone: it was decided and then deleted after the retention window.
+    #[error("the command was decided and its decision deleted after the retention window")]
+    Forgotten,
+}
+
+impl From<StoreError> for InboxError {
+    fn from(e: StoreError) -> Self {
+        InboxError::Store(Arc::new(e))
+    }
+}
+
+/// How a command was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// Applied: the transition is durable.
+    Applied,
+    /// Refused by the machine in its state (the detail says why).
+    Rejected,
+    /// Its deadline passed before the owner took it.
+    Expired,
+    /// Dropped by the state's `dump` policy, or the kernel's overload policy.
+    Dumped,
+    /// Handed to the state's `delegate` sink.
+    Delegated,
+    /// The owner could not decode the event (a node running another build of the event type).
+    Undecodable,
+    /// Refused by the kernel for another reason: a timer or outbox limit, a quarantined
+    /// machine, a machine that cannot be encoded or started (the detail says which).
+    Refused,
+}
+
+impl Status {
+    /// The name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+            Status::Dumped => "dumped",
+            Status::Delegated => "delegated",
+            Status::Undecodable => "undecodable",
+            Status::Refused => "refused",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "applied" => Status::Applied,
+            "rejected" => Status::Rejected,
+            "expired" => Status::Expired,
+            "dumped" => Status::Dumped,
+            "delegated" => Status::Delegated,
+            "undecodable" => Status::Undecodable,
+            "refused" => Status::Refused,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command's decision, as its inbox row records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// The command's row (the inbox's submission order).
+    pub row: i64,
+    /// How it was decided.
+    pub status: Status,
+    /// For an applied command, the sequence of the snapshot that holds it.
+    pub seq: Option<u64>,
+    /// For an applied command, the transition, as `From --Event--> To`.
+    pub transition: Option<String>,
+    /// Why, for a command not applied; for an applied one answered from the journal after a
+    /// takeover, says so.
+    pub detail: Option<String>,
+    /// The node that recorded it.
+    pub node: Option<String>,
+}
+
+impl Decision {
+    /// Whether the command was applied.
+    pub fn is_applied(&self) -> bool {
+        self.status == Status::Applied
+    }
+}
+
+/// Options for an [`Inbox`]; from [`Inbox::builder`] or [`InboxBuilder::of`].
+#[derive(Clone)]
+pub struct InboxBuilder {
+    connect: Connector,
+    schema: String,
+    table: String,
+    limit: u64,
+    poll: Duration,
+}
+
+impl fmt::Debug for InboxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxBuilder")
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("limit", &self.limit)
+            .field("poll", &self.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboxBuilder {
+    /// The inbox of `store`'s table, on `store`'s connections' settings.
+    pub fn of(store: &PostgresStore) -> InboxBuilder {
+        let (schema, table) = store.names();
+        InboxBuilder {
+            connect: store.connector(),
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            limit: DEFAULT_INBOX_LIMIT,
+            poll: Duration::from_secs(1),
+        }
+    }
+
+    /// The schema of the snapshot table (default `public`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The snapshot table (default `fsm_snapshots`); the inbox is its name plus `_inbox`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// At most this many pending commands per partition (default [`DEFAULT_INBOX_LIMIT`]);
+    /// a submit past it is refused [`InboxError::Full`]. Checked per statement: concurrent
+    /// submitters may overshoot it by the size of their batches.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// How often a waiting ticket's decision is looked up without a notification (default
+    /// 1 s): the longest a lost notification delays an answer.
+    pub fn poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    /// Connects, creates the inbox table if missing, and reads the table's partition count.
+    /// The snapshot table must exist and be fenced (opened once by a node with ownership).
+    pub fn open(self) -> Result<Inbox, InboxError> {
+        check_name("schema", &self.schema, 63).map_err(|e| self.layout(e.to_string()))?;
+        check_name("table", &self.table, 56).map_err(|e| self.layout(e.to_string()))?;
+        if self.limit == 0 {
+            return Err(
+                self.layout("an inbox limit of 0 refuses everything; use at least 1".into())
+            );
+        }
+        let names = Names::new(&self.schema, &self.table);
+        let mut client = (self.connect)().map_err(|e| unavailable(&e))?;
+        let partitions = setup(&mut client, &names).map_err(|e| match e {
+            Setup::Db(e) => InboxError::from(classify(&e, Phase::NothingWritten).error),
+            Setup::Layout(problem) => self.layout(problem),
+        })?;
+        let shared = Arc::new(Shared {
+            connect: self.connect,
+            sql: Statements::text(&names, &self.schema, &self.table),
+            names,
+            partitions,
+            limit: self.limit,
+            idle: Mutex::new(vec![]),
+            waiters: Waiters::default(),
+            notified: AtomicU64::new(0),
+            polled: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            poll: self.poll,
+        });
+        Ok(Inbox {
+            shared,
+            listener: Mutex::new(None),
+        })
+    }
+
+    fn layout(&self, problem: String) -> InboxError {
+        InboxError::Layout {
+            table: format!("{}.{}", self.schema, self.table),
+            problem,
+        }
+    }
+}
+
+fn unavailable(e: &postgres::Error) -> InboxError {
+    InboxError::from(classify(e, Phase::NothingWritten).error)
+}
+
+/// The quoted names of the inbox's objects.
+#[derive(Debug)]
+pub(crate) struct Names {
+    pub(crate) inbox: String,
+    pub(crate) owners: String,
+    meta: String,
+    pending_index: String,
+    decided_index: String,
+    lock_key: String,
+    /// The channel owners listen on for new commands.
+    pub(crate) wake: String,
+    /// The channel submitters listen on for decisions.
+    pub(crate) decided: String,
+    pub(crate) table: String,
+}
+
+impl Names {
+    fn new(schema: &str, table: &str) -> Names {
+        // Channel names are identifiers too (at most 63 bytes): a hash of the table keeps
+        // them short and distinct per table.
+        let hash = format!("{:016x}", fnv(format!("{schema}.{table}").as_bytes()));
+        Names {
+            inbox: format!("\"{schema}\".\"{table}_inbox\""),
+            owners: format!("\"{schema}\".\"{table}_owners\""),
+            meta: format!("\"{schema}\".\"{table}_meta\""),
+            pending_index: format!("\"{table}_ibp\""),
+            decided_index: format!("\"{table}_ibd\""),
+            lock_key: format!("fsm-persist:{schema}.{table}"),
+            wake: format!("fsm_in_{hash}"),
+            decided: format!("fsm_out_{hash}"),
+            table: format!("{schema}.{table}"),
+        }
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+enum Setup {
+    Db(postgres::Error),
+    Layout(String),
+}
+
+impl From<postgres::Error> for Setup {
+    fn from(e: postgres::Error) -> Self {
+        Setup::Db(e)
+    }
+}
+
+/// Creates the inbox (under the table's advisory lock) and reads the partition count.
+fn setup(client: &mut Client, names: &Names) -> Result<u32, Setup> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+        &[&names.lock_key],
+    )?;
+    let exists: Option<String> = tx
+        .query_one("SELECT to_regclass($1::text)::text", &[&names.meta])?
+        .get(0);
+    if exists.is_none() {
+        return Err(Setup::Layout(
+            "its snapshot table does not exist yet; open a PostgresStore with ownership on it first".into(),
+        ));
+    }
+    let fencing: Option<String> = tx
+        .query_opt(
+            &format!("SELECT value FROM {} WHERE key = 'fencing'", names.meta),
+            &[],
+        )?
+        .map(|r| r.get(0));
+    let partitions = fencing
+        .as_deref()
+        .and_then(|f| f.strip_prefix("partitions="))
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or_else(|| {
+            Setup::Layout(format!(
+                "it is not fenced (fencing `{}`); a cluster needs a table opened with ownership",
+                fencing.as_deref().unwrap_or("missing")
+            ))
+        })?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {inbox} (
+             id bigserial PRIMARY KEY,
+             machine text NOT NULL,
+             partition integer NOT NULL,
+             key text NOT NULL,
+             event text NOT NULL,
+             submitted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+             deadline timestamptz,
+             status text,
+             seq bigint,
+             transition text,
+             detail text,
+             decided_at timestamptz,
+             decided_by text,
+             epoch bigint,
+             UNIQUE (machine, key)
+         );
+         CREATE INDEX IF NOT EXISTS {pending} ON {inbox} (partition, machine, id) WHERE status IS NULL;
+         CREATE INDEX IF NOT EXISTS {decided} ON {inbox} (decided_at) WHERE status IS NOT NULL;",
+        inbox = names.inbox,
+        pending = names.pending_index,
+        decided = names.decided_index,
+    ))?;
+    tx.commit()?;
+    Ok(partitions)
+}
+
+/// The statements' text.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    submit: String,
+    existing: String,
+    decisions: String,
+    depth: String,
+    pub(crate) fetch: String,
+    pub(crate) record: String,
+    pub(crate) cleanup: String,
+    pub(crate) machines: String,
+}
+
+impl Statements {
+    fn text(n: &Names, schema: &str, table: &str) -> Statements {
+        let inbox = &n.inbox;
+        let owners = &n.owners;
+        Statements {
+            // One row per command, in submission order; each partition's room is counted
+            // once per statement. The owners are woken on commit.
+            submit: format!(
+                "WITH input AS (
+                     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
+                         WITH ORDINALITY AS u(machine, partition, key, event, deadline_ms, ord)
+                 ),
+                 room AS (
+                     SELECT i.partition, count(*) AS n FROM {inbox} i
+                     WHERE i.status IS NULL AND i.partition IN (SELECT partition FROM input)
+                     GROUP BY i.partition
+                 ),
+                 ins AS (
+                     INSERT INTO {inbox} (machine, partition, key, event, deadline)
+                     SELECT u.machine, u.partition, u.key, u.event,
+                            CASE WHEN u.deadline_ms IS NULL THEN NULL
+                                 ELSE clock_timestamp() + u.deadline_ms * interval '1 millisecond' END
+                     FROM input u LEFT JOIN room r ON r.partition = u.partition
+                     WHERE coalesce(r.n, 0) < $6::int8
+                     ORDER BY u.ord
+                     ON CONFLICT (machine, key) DO NOTHING
+                     RETURNING id, machine, key
+                 ),
+                 woke AS (
+                     SELECT pg_notify($7::text, d.p::text)
+                     FROM (SELECT DISTINCT partition AS p FROM input) d
+                     WHERE EXISTS (SELECT 1 FROM ins)
+                 )
+                 SELECT u.ord, ins.id, coalesce(r.n, 0)::int8, (SELECT count(*) FROM woke)
+                 FROM input u
+                 LEFT JOIN ins ON ins.machine = u.machine AND ins.key = u.key
+                 LEFT JOIN room r ON r.partition = u.partition
+                 ORDER BY u.ord"
+            ),
+            existing: format!(
+                "SELECT i.machine, i.key, i.id, i.event FROM {inbox} i
+                 JOIN unnest($1::text[], $2::text[]) AS u(machine, key)
+                   ON i.machine = u.machine AND i.key = u.key"
+            ),
+            decisions: format!(
+                "SELECT id, status, seq, transition, detail, decided_by FROM {inbox}
+                 WHERE id = ANY($1::int8[])"
+            ),
+            depth: format!(
+                "SELECT partition, count(*)::int8,
+                        extract(epoch FROM clock_timestamp() - min(submitted_at))::float8
+                 FROM {inbox} WHERE status IS NULL GROUP BY partition ORDER BY partition"
+            ),
+            // A machine's first `$3` pending commands, less those already in flight here:
+            // with one in flight per machine, a machine with a command in flight gives none.
+            fetch: format!(
+                "SELECT id, machine, key, event,
+                        (deadline IS NOT NULL AND deadline <= clock_timestamp()) AS expired,
+                        extract(epoch FROM clock_timestamp() - submitted_at)::float8 AS waited,
+                        partition
+                 FROM (
+                     SELECT i.id, i.machine, i.key, i.event, i.deadline, i.submitted_at, i.partition,
+                            row_number() OVER (PARTITION BY i.machine ORDER BY i.id) AS rn
+                     FROM {inbox} i
+                     WHERE i.partition = ANY($1::int4[]) AND i.status IS NULL
+                 ) q
+                 WHERE q.rn <= $3::int8 AND NOT (q.id = ANY($2::int8[]))
+                 ORDER BY q.id
+                 LIMIT $4::int8"
+            ),
+            // Decisions are recorded only under the epoch the commands were applied under:
+            // the owner rows are locked so no takeover commits in between.
+            record: format!(
+                "WITH fence AS MATERIALIZED (
+                     SELECT partition, epoch FROM {owners} WHERE partition = ANY($2::int4[]) FOR SHARE
+                 ),
+                 u AS (
+                     SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[])
+                         AS u(id, partition, epoch, status, seq, transition, detail)
+                 ),
+                 done AS (
+                     UPDATE {inbox} i
+                     SET status = u.status, seq = u.seq, transition = u.transition, detail = u.detail,
+                         decided_at = clock_timestamp(), decided_by = $8::text, epoch = u.epoch
+                     FROM u JOIN fence f ON f.partition = u.partition AND f.epoch = u.epoch
+                     WHERE i.id = u.id AND i.status IS NULL
+                     RETURNING i.id, i.status
+                 ),
+                 woke AS (SELECT pg_notify($9::text, '') WHERE EXISTS (SELECT 1 FROM done))
+                 SELECT (SELECT count(*) FROM done)::int8,
+                        (SELECT count(*) FROM done WHERE status = 'applied')::int8,
+                        (SELECT count(*) FROM woke)"
+            ),
+            cleanup: format!(
+                "DELETE FROM {inbox} WHERE id IN (
+                     SELECT id FROM {inbox}
+                     WHERE status IS NOT NULL AND partition = ANY($1::int4[])
+                       AND decided_at < clock_timestamp() - $2::int8 * interval '1 millisecond'
+                     LIMIT $3::int8
+                 )"
+            ),
+            machines: format!(
+                "SELECT id FROM \"{}\".\"{}\" WHERE id > $1::text ORDER BY id LIMIT $2::int8",
+                schema, table
+            ),
+        }
+    }
+}
+
+/// One connection with its prepared statements.
+struct Conn {
+    client: Client,
+    submit: Statement,
+    existing: Statement,
+    decisions: Statement,
+}
+
+/// The waiting tickets, by row.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<HashMap<i64, Arc<Answer>>>,
+}
+
+/// Where a ticket's decision lands.
+#[derive(Default)]
+struct Answer {
+    value: Mutex<Option<Result<Decision, InboxError>>>,
+    ready: Condvar,
+}
+
+impl Answer {
+    fn set(&self, v: Result<Decision, InboxError>) {
+        *self.value.lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
+        self.ready.notify_all();
+    }
+}
+
+struct Shared {
+    connect: Connector,
+    names: Names,
+    sql: Statements,
+    partitions: u32,
+    limit: u64,
+    idle: Mutex<Vec<Conn>>,
+    waiters: Waiters,
+    notified: AtomicU64,
+    polled: AtomicU64,
+    stop: AtomicBool,
+    poll: Duration,
+}
+
+impl Shared {
+    fn conn(&self) -> Result<Conn, InboxError> {
+        if let Some(c) = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
+            return Ok(c);
+        }
+        let mut client = (self.connect)().map_err(|e| unavailable(&e))?;
+        let prepare = |c: &mut Client, s: &str| c.prepare(s).map_err(|e| unavailable(&e));
+        Ok(Conn {
+            submit: prepare(&mut client, &self.sql.submit)?,
+            existing: prepare(&mut client, &self.sql.existing)?,
+            decisions: prepare(&mut client, &self.sql.decisions)?,
+            client,
+        })
+    }
+
+    /// Runs `f` on a pooled connection; a connection that failed is dropped.
+    fn with<T>(
+        &self,
+        phase: Phase,
+        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, InboxError> {
+        let mut conn = self.conn()?;
+        match f(&mut conn) {
+            Ok(v) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+                Ok(v)
+            }
+            Err(e) => {
+                let failure = classify(&e, phase);
+                if !failure.broken {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(conn);
+                }
+                Err(InboxError::from(failure.error))
+            }
+        }
+    }
+
+    /// Looks up the decisions of these rows and hands them to their tickets. Returns how
+    /// many were answered.
+    fn answer(&self, rows: &[i64]) -> Result<usize, InboxError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let found = self.with(Phase::NothingWritten, |c| {
+            c.client.query(&c.decisions, &[&rows])
+        })?;
+        let mut decided = HashMap::new();
+        let mut present = std::collections::HashSet::new();
+        for r in &found {
+            let row: i64 = r.get(0);
+            present.insert(row);
+            if let Some(d) = decision(r) {
+                decided.insert(row, Ok(d));
+            }
+        }
+        for &row in rows {
+            if !present.contains(&row) {
+                decided.insert(row, Err(InboxError::Forgotten));
+            }
+        }
+        let mut map = self
+            .waiters
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = decided.len();
+        for (row, d) in decided {
+            if let Some(answer) = map.remove(&row) {
+                answer.set(d);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a decision from a row of `id, status, seq, transition, detail, decided_by`; `None`
+/// while pending.
+fn decision(r: &postgres::Row) -> Option<Decision> {
+    let status: Option<String> = r.get(1);
+    let status = status.and_then(|s| Status::parse(&s))?;
+    let seq: Option<i64> = r.get(2);
+    Some(Decision {
+        row: r.get(0),
+        status,
+        seq: seq.map(|s| s as u64),
+        transition: r.get(3),
+        detail: r.get(4),
+        node: r.get(5),
+    })
+}
+
+/// A command for the inbox: the machine, the key, the event as JSON, and an optional time
+/// to live.
+#[derive(Clone, Debug)]
+pub struct InboxCommand {
+    machine: MachineId,
+    key: IdempotencyKey,
+    event: String,
+    ttl: Option<Duration>,
+}
+
+impl InboxCommand {
+    /// A command for `machine` under `key`, with `event` written as JSON (the owner decodes
+    /// it into its machine's event type).
+    pub fn new(
+        machine: MachineId,
+        key: IdempotencyKey,
+        event: &impl Serialize,
+    ) -> Result<InboxCommand, InboxError> {
+        let json =
+            serde_json::to_string(event).map_err(|e| InboxError::InvalidEvent(e.to_string()))?;
+        InboxCommand::json(machine, key, json)
+    }
+
+    /// A command whose event is already JSON (from a client without the event type: the
+    /// `fsm` CLI, another language).
+    pub fn json(
+        machine: MachineId,
+        key: IdempotencyKey,
+        event: impl Into<String>,
+    ) -> Result<InboxCommand, InboxError> {
+        let event = event.into();
+        if event.len() > MAX_EVENT_JSON {
+            return Err(InboxError::InvalidEvent(format!(
+                "{} bytes of JSON; the inbox takes at most {MAX_EVENT_JSON}",
+                event.len()
+            )));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&event) {
+            return Err(InboxError::InvalidEvent(format!("not JSON: {e}")));
+        }
+        Ok(InboxCommand {
+            machine,
+            key,
+            event,
+            ttl: None,
+        })
+    }
+
+    /// Expires the command (decided [`Status::Expired`], not applied) if its owner has not
+    /// taken it within `ttl`, measured by the database's clock.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &MachineId {
+        &self.machine
+    }
+
+    /// The key.
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+}
+
+/// The cluster's inbox, from any process that reaches the database; see the
+/// [module documentation](self).
+pub struct Inbox {
+    shared: Arc<Shared>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox")
+            .field("table", &self.shared.names.table)
+            .field("partitions", &self.shared.partitions)
+            .field("limit", &self.shared.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pending commands of one partition.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Depth {
+    /// The partition.
+    pub partition: u32,
+    /// Commands accepted and not yet decided.
+    pub pending: u64,
+    /// How long the oldest of them has waited.
+    pub oldest: Duration,
+}
+
+/// What a submitter's inbox saw: how its tickets' answers arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxStats {
+    /// Answers found after a notification.
+    pub notified: u64,
+    /// Answers found by polling, with no notification: notifications missed.
+    pub polled: u64,
+}
+
+impl Inbox {
+    /// Options for the inbox of table `fsm_snapshots` in schema `public` of the database
+    /// `config` connects to, without TLS; see [`Inbox::builder_with`].
+    pub fn builder(config: postgres::Config) -> InboxBuilder {
+        Inbox::builder_with(move || config.connect(postgres::NoTls))
+    }
+
+    /// Options for an inbox whose connections `connect` opens (to bring TLS).
+    pub fn builder_with(
+        connect: impl Fn() -> Result<Client, postgres::Error> + Send + Sync + 'static,
+    ) -> InboxBuilder {
+        InboxBuilder {
+            connect: Arc::new(connect),
+            schema: "public".into(),
+            table: "fsm_snapshots".into(),
+            limit: DEFAULT_INBOX_LIMIT,
+            poll: Duration::from_secs(1),
+        }
+    }
+
+    /// The number of partitions of the table.
+    pub fn partitions(&self) -> u32 {
+        self.shared.partitions
+    }
+
+    /// The partition machine `id` belongs to.
+    pub fn partition_of(&self, id: &MachineId) -> u32 {
+        partition_of(id, self.shared.partitions)
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.shared.names
+    }
+
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.shared.sql
+    }
+
+    /// Submits one command; see [`Inbox::submit_many`].
+    pub fn submit(&self, command: InboxCommand) -> Result<InboxTicket, InboxError> {
+        self.submit_many(vec![command])
+            .pop()
+            .unwrap_or_else(|| Err(InboxError::InvalidEvent("no command".into())))
+    }
+
+    /// Submits commands in one statement (one round trip, one commit): each accepted gets a
+    /// ticket, in order. A command whose key was already submitted for its machine with the
+    /// same event gets the first submission's ticket; with another event,
+    /// [`InboxError::KeyReused`]. Commands of one call for one machine keep their order.
+    pub fn submit_many(&self, commands: Vec<InboxCommand>) -> Vec<Result<InboxTicket, InboxError>> {
+        if commands.is_empty() {
+            return vec![];
+        }
+        let machines: Vec<&str> = commands.iter().map(|c| c.machine.as_str()).collect();
+        let parts: Vec<i32> = commands
+            .iter()
+            .map(|c| partition_of(&c.machine, self.shared.partitions) as i32)
+            .collect();
+        let keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
+        let events: Vec<&str> = commands.iter().map(|c| c.event.as_str()).collect();
+        let ttls: Vec<Option<i64>> = commands
+            .iter()
+            .map(|c| c.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64))
+            .collect();
+        let limit = self.shared.limit.min(i64::MAX as u64) as i64;
+        let channel = &self.shared.names.wake;
+        // An insert whose commit is lost may have happened: resubmitting with the same key
+        // is safe, so the error says so rather than "unknown".
+        let rows = match self.shared.with(Phase::NothingWritten, |c| {
+            c.client.query(
+                &c.submit,
+                &[&machines, &parts, &keys, &events, &ttls, &limit, channel],
+            )
+        }) {
+            Ok(rows) => rows,
+            Err(e) => return commands.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut out: Vec<Option<Result<InboxTicket, InboxError>>> =
+            commands.iter().map(|_| None).collect();
+        let mut missing = vec![];
+        for r in &rows {
+            let ord: i64 = r.get(0);
+            let i = (ord - 1) as usize;
+            let id: Option<i64> = r.get(1);
+            let pending: i64 = r.get(2);
+            match id {
+                Some(row) => out[i] = Some(Ok(self.ticket(row))),
+                None => missing.push((i, pending)),
+            }
+        }
+        if !missing.is_empty() {
+            let m: Vec<&str> = missing.iter().map(|&(i, _)| machines[i]).collect();
+            let k: Vec<&str> = missing.iter().map(|&(i, _)| keys[i]).collect();
+            let found = self.shared.with(Phase::NothingWritten, |c| {
+                c.client.query(&c.existing, &[&m, &k])
+            });
+            let found: HashMap<(String, String), (i64, String)> = match found {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+                    .collect(),
+                Err(e) => {
+                    for &(i, _) in &missing {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    HashMap::new()
+                }
+            };
+            for &(i, pending) in &missing {
+                if out[i].is_some() {
+                    continue;
+                }
+                let c = &commands[i];
+                let key = (c.machine.as_str().to_owned(), c.key.as_str().to_owned());
+                out[i] = Some(match found.get(&key) {
+                    Some((row, event)) if *event == c.event => Ok(self.ticket(*row)),
+                    Some(_) => Err(InboxError::KeyReused {
+                        machine: c.machine.clone(),
+                        key: c.key.clone(),
+                    }),
+                    None => Err(InboxError::Full {
+                        partition: parts[i] as u32,
+                        pending: pending as u64,
+                        limit: self.shared.limit,
+                    }),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(InboxError::InvalidEvent("no answer".into()))))
+            .collect()
+    }
+
+    fn ticket(&self, row: i64) -> InboxTicket {
+        self.ensure_listener();
+        let answer = {
+            let mut map = self
+                .shared
+                .waiters
+                .map
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.entry(row).or_default().clone()
+        };
+        InboxTicket {
+            row,
+            answer,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The decision of the command submitted for `machine` under `key`: `Ok(None)` while it
+    /// is pending, [`InboxError::Forgotten`] if no such command is kept.
+    pub fn decision(
+        &self,
+        machine: &MachineId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Decision>, InboxError> {
+        let m = vec![machine.as_str()];
+        let k = vec![key.as_str()];
+        let rows = self.shared.with(Phase::NothingWritten, |c| {
+            c.client.query(&c.existing, &[&m, &k])
+        })?;
+        let Some(r) = rows.first() else {
+            return Err(InboxError::Forgotten);
+        };
+        let row: i64 = r.get(2);
+        let rows = self.shared.with(Phase::NothingWritten, |c| {
+            c.client.query(&c.decisions, &[&vec![row]])
+        })?;
+        Ok(rows.first().and_then(decision))
+    }
+
+    /// Pending commands per partition (those with any), with the age of the oldest: the
+    /// inbox's depth and apply lag, for dashboards and alerts.
+    pub fn depth(&self) -> Result<Vec<Depth>, InboxError> {
+        let text = &self.shared.sql.depth;
+        let rows = self.shared.with(Phase::NothingWritten, |c| {
+            c.client.query(text.as_str(), &[])
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let p: i32 = r.get(0);
+                let n: i64 = r.get(1);
+                let age: f64 = r.get(2);
+                Depth {
+                    partition: p as u32,
+                    pending: n as u64,
+                    oldest: Duration::from_secs_f64(age.max(0.0)),
+                }
+            })
+            .collect())
+    }
+
+    /// How this inbox's tickets were answered.
+    pub fn stats(&self) -> InboxStats {
+        InboxStats {
+            notified: self.shared.notified.load(Ordering::Relaxed),
+            polled: self.shared.polled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the thread that listens for decisions, once.
+    fn ensure_listener(&self) {
+        let mut slot = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        *slot = std::thread::Builder::new()
+            .name("fsm-inbox-answers".into())
+            .spawn(move || listen(&shared))
+            .ok();
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(h) = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The answers thread: waits for a decision notification, or the poll interval, and looks
+/// up every waiting ticket's row in one query.
+fn listen(shared: &Shared) {
+    let mut listening: Option<Client> = None;
+    // Short slices, so a dropped inbox stops promptly.
+    let slice = shared.poll.min(Duration::from_millis(200));
+    let mut last_poll = Instant::now();
+    while !shared.stop.load(Ordering::Acquire) {
+        if listening.is_none() {
+            listening = (shared.connect)().ok().and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN \"{}\"", shared.names.decided))
+                    .ok()
+                    .map(|()| c)
+            });
+            if listening.is_none() {
+                std::thread::sleep(slice);
+            }
+        }
+        let mut woken = false;
+        if let Some(c) = &mut listening {
+            match notified(c, slice) {
+                Ok(w) => woken = w,
+                Err(_) => listening = None,
+            }
+        }
+        let due = last_poll.elapsed() >= shared.poll;
+        if !woken && !due {
+            continue;
+        }
+        if due {
+            last_poll = Instant::now();
+        }
+        let rows: Vec<i64> = shared
+            .waiters
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        if let Ok(n) = shared.answer(&rows) {
+            let counter = if woken {
+                &shared.notified
+            } else {
+                &shared.polled
+            };
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits up to `slice` for a notification on `c`; drains any others that arrived with it.
+pub(crate) fn notified(c: &mut Client, slice: Duration) -> Result<bool, postgres::Error> {
+    let got = c.notifications().timeout_iter(slice).next()?.is_some();
+    if got {
+        let mut n = c.notifications();
+        let mut it = n.iter();
+        while it.next()?.is_some() {}
+    }
+    Ok(got)
+}
+
+/// A submitted command's claim on its decision; see [`InboxTicket::wait`].
+#[must_use = "a ticket does nothing unless its decision is read"]
+pub struct InboxTicket {
+    row: i64,
+    answer: Arc<Answer>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for InboxTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxTicket")
+            .field("row", &self.row)
+            .finish()
+    }
+}
+
+impl InboxTicket {
+    /// The command's row in the inbox (its place in submission order).
+    pub fn row(&self) -> i64 {
+        self.row
+    }
+
+    /// Waits at most `timeout` for the decision. [`InboxError::Timeout`] leaves the command
+    /// accepted: wait again. The decision arrives on a notification, or by polling if that
+    /// was lost, also when the machine's owner changed in between.
+    pub fn wait(&self, timeout: Duration) -> Result<Decision, InboxError> {
+        let deadline = Instant::now() + timeout;
+        let mut value = self
+            .answer
+            .value
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(v) = &*value {
+                return v.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(InboxError::Timeout(timeout));
+            }
+            value = self
+                .answer
+                .ready
+                .wait_timeout(value, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The decision if it is known now (looked up in the database).
+    pub fn check(&self) -> Result<Option<Decision>, InboxError> {
+        if let Some(v) = &*self
+            .answer
+            .value
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return v.clone().map(Some);
+        }
+        self.shared.answer(&[self.row])?;
+        self.answer
+            .value
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .transpose()
+    }
+}

@@ -1,0 +1,427 @@
+//! The cluster's inbox against a real PostgreSQL server started by the tests: commands
+//! submitted on a node that does not own their machine, resubmissions under one key, order
+//! per machine across nodes, a lost notification, a full inbox, an owner that died between
+//! applying and recording, retention, and bad input (an event the owner cannot decode, a
+//! time to live that ran out, a key reused for another event).
+//!
+//! Each test uses a schema of its own on one shared server.
+#![allow(missing_docs)]
+
+mod kernel_machine;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fsm_core::kernel::{IdempotencyKey, Kernel, Request};
+use fsm_core::store::{MachineId, SnapshotStore};
+use fsm_persist::postgres::{
+    Claim, Inbox, InboxCommand, InboxError, Node, NodeBuilder, Ownership, PostgresStore, Status,
+    TestServer,
+};
+use kernel_machine::{Tally, TallyCmd};
+
+const PARTITIONS: u32 = 8;
+/// Long enough for any answer on a loaded machine; every wait ends as soon as the answer is
+/// there.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn id(s: &str) -> MachineId {
+    MachineId::new(s).unwrap()
+}
+
+fn key(s: &str) -> IdempotencyKey {
+    IdempotencyKey::new(s).unwrap()
+}
+
+fn server() -> Option<&'static TestServer> {
+    TestServer::shared()
+}
+
+/// A store for node `name` claiming `claim`, with a heartbeat.
+fn store(schema: &str, name: &str, claim: Claim) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::builder(server().unwrap().config())
+            .schema(schema)
+            .pool_size(4)
+            .ownership(
+                Ownership::new(name)
+                    .partitions(PARTITIONS)
+                    .lease(Duration::from_secs(2))
+                    .heartbeat(Some(Duration::from_millis(200)))
+                    .claim(claim),
+            )
+            .open()
+            .unwrap(),
+    )
+}
+
+fn kernel(store: Arc<PostgresStore>) -> Kernel<Tally> {
+    Kernel::builder_shared(store, |_| Tally::Open { total: 0 })
+        .shards(2)
+        .start()
+        .unwrap()
+}
+
+fn options() -> NodeBuilder {
+    NodeBuilder::new().poll(Duration::from_millis(200))
+}
+
+fn node(schema: &str, name: &str, claim: Claim) -> Node<Tally> {
+    let s = store(schema, name, claim);
+    options().start(kernel(s.clone()), s).unwrap()
+}
+
+fn add(machine: &MachineId, k: &str, amount: u64) -> InboxCommand {
+    InboxCommand::new(machine.clone(), key(k), &TallyCmd::Add { amount }).unwrap()
+}
+
+/// A machine id in partition `p`.
+fn machine_in(p: u32, tag: &str) -> MachineId {
+    (0..)
+        .map(|i| id(&format!("{tag}-{i}")))
+        .find(|m| fsm_persist::postgres::partition_of(m, PARTITIONS) == p)
+        .unwrap()
+}
+
+fn total(node: &Node<Tally>, m: &MachineId) -> u64 {
+    node.kernel().state(m).unwrap().0.total()
+}
+
+#[test]
+fn a_command_submitted_on_a_node_that_does_not_own_its_machine_is_applied_by_the_owner() {
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_route", "a", Claim::Only(vec![0, 1, 2, 3]));
+    let b = node("cl_route", "b", Claim::Only(vec![4, 5, 6, 7]));
+    let m = machine_in(5, "acct");
+    let ticket = a.submit(add(&m, "k1", 7)).unwrap();
+    let d = ticket.wait(WAIT).unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(d.node.as_deref(), Some("b"), "the owner decides: {d:?}");
+    assert_eq!(d.seq, Some(1));
+    assert!(d.transition.as_deref().unwrap().contains("Add"), "{d:?}");
+    assert_eq!(total(&b, &m), 7);
+    // The owner's kernel holds it; the other node's kernel is fenced off the machine.
+    assert!(a.kernel().state(&m).is_err());
+    // A client that owns nothing reads the same decision.
+    let client = Inbox::builder(server().unwrap().config())
+        .schema("cl_route")
+        .open()
+        .unwrap();
+    assert_eq!(client.decision(&m, &key("k1")).unwrap().unwrap(), d);
+    assert_eq!(a.stats().applied, 0);
+    assert_eq!(b.stats().applied, 1);
+}
+
+#[test]
+fn a_resubmission_with_the_same_key_is_the_same_command_and_another_event_under_it_is_refused() {
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_same_key", "a", Claim::Free);
+    let m = id("acct-1");
+    let first = a.submit(add(&m, "pay-1", 5)).unwrap();
+    let again = a.submit(add(&m, "pay-1", 5)).unwrap();
+    assert_eq!(first.row(), again.row(), "one row for one key");
+    let d1 = first.wait(WAIT).unwrap();
+    let d2 = again.wait(WAIT).unwrap();
+    assert_eq!(d1, d2);
+    // After the decision too: the same answer, nothing applied twice.
+    let late = a.submit(add(&m, "pay-1", 5)).unwrap().wait(WAIT).unwrap();
+    assert_eq!(late, d1);
+    assert_eq!(total(&a, &m), 5);
+    match a.submit(add(&m, "pay-1", 6)) {
+        Err(InboxError::KeyReused { machine, key: k }) => {
+            assert_eq!(machine, m);
+            assert_eq!(k.as_str(), "pay-1");
+        }
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    assert_eq!(total(&a, &m), 5);
+}
+
+#[test]
+fn commands_for_one_machine_are_applied_in_submission_order_whichever_node_took_them() {
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_order", "a", Claim::Only(vec![0, 1, 2, 3]));
+    let b = node("cl_order", "b", Claim::Only(vec![4, 5, 6, 7]));
+    let m = machine_in(2, "ordered");
+    let mut tickets = vec![];
+    for i in 1..=40_u64 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        tickets.push(via.submit(add(&m, &format!("o{i}"), i)).unwrap());
+    }
+    let seqs: Vec<u64> = tickets
+        .iter()
+        .map(|t| {
+            let d = t.wait(WAIT).unwrap();
+            assert_eq!(d.status, Status::Applied, "{d:?}");
+            d.seq.unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<_>>(),
+        "one snapshot per command, in order"
+    );
+    assert_eq!(total(&a, &m), (1..=40).sum::<u64>());
+}
+
+#[test]
+fn a_lost_notification_only_delays_the_command() {
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_lost", "a", Claim::Free);
+    let m = id("quiet-1");
+    // A row written without its NOTIFY, as if the notification were lost.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    raw.execute(
+        "INSERT INTO cl_lost.fsm_snapshots_inbox (machine, partition, key, event)
+         VALUES ($1, $2, 'silent-1', $3)",
+        &[
+            &m.as_str(),
+            &(a.inbox().partition_of(&m) as i32),
+            &serde_json::to_string(&TallyCmd::Add { amount: 3 }).unwrap(),
+        ],
+    )
+    .unwrap();
+    let start = Instant::now();
+    let d = loop {
+        if let Some(d) = a.inbox().decision(&m, &key("silent-1")).unwrap() {
+            break d;
+        }
+        assert!(start.elapsed() < WAIT, "never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(d.status, Status::Applied);
+    assert!(
+        a.stats().missed_notifications >= 1,
+        "found by polling: {:?}",
+        a.stats()
+    );
+    assert_eq!(total(&a, &m), 3);
+}
+
+#[test]
+fn a_full_inbox_refuses_with_full_and_stores_nothing() {
+    if server().is_none() {
+        return;
+    }
+    // The table exists, nobody serves it: commands wait in the inbox.
+    let owner = store("cl_full", "idle", Claim::Nothing);
+    let inbox = Inbox::builder(server().unwrap().config())
+        .schema("cl_full")
+        .limit(3)
+        .open()
+        .unwrap();
+    let m = id("busy-1");
+    let part = inbox.partition_of(&m);
+    let mut tickets = vec![];
+    for i in 0..3 {
+        tickets.push(inbox.submit(add(&m, &format!("f{i}"), 1)).unwrap());
+    }
+    match inbox.submit(add(&m, "f3", 1)) {
+        Err(InboxError::Full {
+            partition,
+            pending,
+            limit,
+        }) => {
+            assert_eq!((partition, pending, limit), (part, 3, 3));
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let depth = inbox.depth().unwrap();
+    assert_eq!(depth.len(), 1);
+    assert_eq!((depth[0].partition, depth[0].pending), (part, 3));
+    assert!(matches!(
+        inbox.decision(&m, &key("f3")),
+        Err(InboxError::Forgotten)
+    ));
+    // A machine of another partition still has room.
+    let other = machine_in((part + 1) % PARTITIONS, "other");
+    assert!(inbox.submit(add(&other, "g0", 1)).is_ok());
+    // Served at last: the three accepted commands are applied.
+    drop(owner);
+    let a = node("cl_full", "a", Claim::Free);
+    for t in &tickets {
+        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
+    }
+    assert_eq!(total(&a, &m), 3);
+}
+
+#[test]
+fn an_owner_that_died_between_applying_and_recording_is_followed_by_one_that_applies_nothing_twice()
+{
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_died";
+    let inbox = {
+        let _table = store(schema, "setup", Claim::Nothing);
+        Inbox::builder(server().unwrap().config())
+            .schema(schema)
+            .open()
+            .unwrap()
+    };
+    let m = id("half-1");
+    let ticket = inbox.submit(add(&m, "half-k", 9)).unwrap();
+    {
+        // The first owner's kernel applies the row's command under the row's key (what its
+        // pump does), and the owner dies before recording the decision.
+        let s = store(schema, "first", Claim::Free);
+        let k = kernel(s.clone());
+        let c = k
+            .submit(
+                &m,
+                Request::new(TallyCmd::Add { amount: 9 }).with_key(key("half-k")),
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(c.seq, 1);
+        k.shutdown(fsm_core::kernel::Shutdown::Drain);
+        // Dropping the store releases its partitions (a dead one's lease would run out).
+    }
+    assert!(
+        inbox.decision(&m, &key("half-k")).unwrap().is_none(),
+        "still pending"
+    );
+    let b = node(schema, "second", Claim::Free);
+    let d = ticket.wait(WAIT).unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(d.seq, Some(1), "the first owner's write, not a second one");
+    assert!(
+        d.detail.as_deref().unwrap().contains("journal"),
+        "answered from the machine's journal: {d:?}"
+    );
+    assert_eq!(d.node.as_deref(), Some("second"));
+    assert_eq!(total(&b, &m), 9, "applied once");
+    assert_eq!(b.store().sequence(&m).unwrap(), Some(1));
+}
+
+#[test]
+fn decisions_are_deleted_after_the_retention_window_and_the_journal_still_answers_a_late_retry() {
+    if server().is_none() {
+        return;
+    }
+    let s = store("cl_retain", "a", Claim::Free);
+    let a = NodeBuilder::new()
+        .poll(Duration::from_millis(200))
+        .retention(Duration::ZERO)
+        .cleanup_every(Duration::from_millis(50))
+        .start(kernel(s.clone()), s)
+        .unwrap();
+    let m = id("old-1");
+    let d = a.submit(add(&m, "r1", 4)).unwrap().wait(WAIT).unwrap();
+    assert_eq!(d.status, Status::Applied);
+    let start = Instant::now();
+    while !matches!(
+        a.inbox().decision(&m, &key("r1")),
+        Err(InboxError::Forgotten)
+    ) {
+        assert!(start.elapsed() < WAIT, "never cleaned up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.stats().deleted >= 1);
+    // Past the window the key is a new command for the inbox, but the machine's journal
+    // still holds it: nothing is applied twice.
+    let late = a.submit(add(&m, "r1", 4)).unwrap();
+    assert_ne!(late.row(), d.row);
+    let again = late.wait(WAIT).unwrap();
+    assert_eq!(again.status, Status::Applied);
+    assert_eq!(again.seq, Some(1));
+    assert!(again.detail.unwrap().contains("journal"));
+    assert_eq!(total(&a, &m), 4);
+}
+
+#[test]
+fn bad_input_is_decided_with_why_never_lost_and_never_a_panic() {
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_bad";
+    let owner = store(schema, "idle", Claim::Nothing);
+    let inbox = Inbox::builder(server().unwrap().config())
+        .schema(schema)
+        .open()
+        .unwrap();
+    let m = id("bad-1");
+    // An event from a newer build: the owner cannot decode it.
+    let unknown = inbox
+        .submit(InboxCommand::json(m.clone(), key("b1"), r#"{"Refund":{"amount":1}}"#).unwrap())
+        .unwrap();
+    // A command whose time to live runs out before any owner serves the partition.
+    let late = inbox
+        .submit(add(&m, "b2", 1).ttl(Duration::from_millis(1)))
+        .unwrap();
+    // A well-formed one after them, for the same machine: not blocked by them.
+    let good = inbox.submit(add(&m, "b3", 2)).unwrap();
+    // Not JSON, or too large: refused before anything is stored.
+    assert!(matches!(
+        InboxCommand::json(m.clone(), key("b4"), "{not json"),
+        Err(InboxError::InvalidEvent(_))
+    ));
+    assert!(matches!(
+        InboxCommand::json(m.clone(), key("b5"), format!("\"{}\"", "x".repeat(70_000))),
+        Err(InboxError::InvalidEvent(_))
+    ));
+    // Wait until the time to live has surely passed by the database's clock.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    let start = Instant::now();
+    loop {
+        let passed: bool = raw
+            .query_one(
+                "SELECT deadline < clock_timestamp() FROM cl_bad.fsm_snapshots_inbox WHERE key = 'b2'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if passed {
+            break;
+        }
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(owner);
+    let a = node(schema, "a", Claim::Free);
+    let d = unknown.wait(WAIT).unwrap();
+    assert_eq!(d.status, Status::Undecodable, "{d:?}");
+    assert!(d.detail.unwrap().contains("node `a` cannot decode"));
+    assert_eq!(late.wait(WAIT).unwrap().status, Status::Expired);
+    assert_eq!(good.wait(WAIT).unwrap().status, Status::Applied);
+    assert_eq!(total(&a, &m), 2);
+    // A rejected command is recorded with the machine's reason.
+    a.submit(InboxCommand::new(m.clone(), key("b6"), &TallyCmd::Close).unwrap())
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    let r = a.submit(add(&m, "b7", 1)).unwrap().wait(WAIT).unwrap();
+    assert_eq!(r.status, Status::Rejected, "{r:?}");
+    assert!(r.detail.is_some());
+}
+
+#[test]
+fn an_inbox_on_a_table_without_fencing_is_refused_with_what_to_do() {
+    let Some(server) = server() else {
+        return;
+    };
+    let _plain = PostgresStore::builder(server.config())
+        .schema("cl_plain")
+        .open()
+        .unwrap();
+    let err = Inbox::builder(server.config())
+        .schema("cl_plain")
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, InboxError::Layout { .. }), "{err:?}");
+    assert!(err.to_string().contains("ownership"), "{err}");
+    let missing = Inbox::builder(server.config())
+        .schema("cl_nothing_here")
+        .open()
+        .unwrap_err();
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+}

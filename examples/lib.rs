@@ -9,6 +9,8 @@
 //! - [`pacemaker`]: a pacemaker whose state timeout paces when no pulse came in time.
 //! - [`lunar_module`]: a descent with physical invariants, over a mirrored store.
 //! - [`torrent`]: a registry of torrents with peers that come and go, over SQLite.
+//! - [`cluster`]: node processes over one PostgreSQL database, a load through the inbox, a
+//!   nemesis that kills and pauses nodes, and a checker.
 
 #[path = "machines/registrar.rs"]
 pub mod registrar;
@@ -27,6 +29,9 @@ pub mod pacemaker;
 
 #[path = "machines/lunar_module.rs"]
 pub mod lunar_module;
+
+#[path = "machines/cluster.rs"]
+pub mod cluster;
 
 #[path = "machines/torrent.rs"]
 pub mod torrent;

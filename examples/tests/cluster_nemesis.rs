@@ -1,0 +1,96 @@
+//! The cluster under a nemesis, as separate processes: three nodes over one PostgreSQL server
+//! started by the test, submitting clients, and a nemesis that SIGKILLs nodes (restarting
+//! them) and SIGSTOPs them past their lease (resuming them), cycle after cycle. A checker then
+//! reads the database: every accepted command applied exactly once, in per-machine submission
+//! order; every answer a client got matches the stored history; nothing applied that no
+//! client sent.
+//!
+//! `FSM_NEMESIS_CYCLES` sets the faults (default 12); `FSM_NEMESIS_SEED` replays a run.
+//!
+//! Network cuts are not injected here: see the closing notes of the cluster issue.
+#![allow(missing_docs)]
+
+use std::process::Command;
+
+use fsm_examples::cluster::{self, Run, Timing};
+use fsm_persist::postgres::{Config, TestServer};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Ok(name) = std::env::var("FSM_NEMESIS_NODE") {
+        let config: Config = std::env::var("FSM_NEMESIS_URL")
+            .expect("the node's database")
+            .parse()
+            .expect("a connection string");
+        cluster::run_node(&config, &name, Timing::default());
+    }
+    // libtest's arguments (--list, filters) are not ours: answer a listing with nothing.
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let Some(server) = TestServer::start_or_skip("cluster_nemesis") else {
+        return;
+    };
+    let cycles: usize = std::env::var("FSM_NEMESIS_CYCLES").map_or(12, |v| v.parse().unwrap());
+    let seed: u64 = std::env::var("FSM_NEMESIS_SEED")
+        .map_or_else(|_| fastrand::u64(..), |v| v.parse().unwrap());
+    println!("cluster_nemesis: {cycles} faults, FSM_NEMESIS_SEED={seed}");
+    let config = server.config();
+    let url = cluster::config_string(&config);
+    let exe = std::env::current_exe().unwrap();
+    let spawn = |name: &str| {
+        let mut c = Command::new(&exe);
+        c.env("FSM_NEMESIS_NODE", name).env("FSM_NEMESIS_URL", &url);
+        cluster::spawn_node(c)
+    };
+    let run = Run {
+        nodes: 3,
+        machines: 60,
+        threads: 3,
+        batch: 10,
+        cycles,
+        seed,
+        timing: Timing::default(),
+    };
+    let r = cluster::orchestrate(&config, &run, &spawn);
+    let rep = &r.report;
+    for f in &r.faults {
+        println!("  {} {}: takeover {:?}", f.kind, f.node, f.takeover);
+    }
+    println!(
+        "accepted {}, applied {}, lost {}, per node {:?}, {:.1} s",
+        rep.accepted,
+        rep.applied,
+        rep.lost,
+        rep.per_node,
+        r.elapsed.as_secs_f64()
+    );
+    assert!(
+        r.drained,
+        "commands were still pending two minutes after the load stopped"
+    );
+    assert!(rep.accepted > 0, "the load submitted nothing");
+    assert!(
+        rep.ok(),
+        "the history does not check out (seed {seed}): {rep:#?}"
+    );
+    assert!(
+        r.faults.iter().any(|f| f.takeover.is_some()),
+        "no fault moved a partition: the nemesis tested nothing"
+    );
+    // The checker can fail: a decided command made pending again is found lost (and its
+    // machine's snapshot no longer matches its applied rows), a row nobody sent is found.
+    let mut db = config.connect(postgres::NoTls).unwrap();
+    db.batch_execute(&format!(
+        "UPDATE {s}.fsm_snapshots_inbox SET status = NULL WHERE id = (SELECT min(id) FROM {s}.fsm_snapshots_inbox);
+         INSERT INTO {s}.fsm_snapshots_inbox (machine, partition, key, event, status)
+         VALUES ('acct-0', 0, 'never-sent', '{{}}', 'applied');",
+        s = cluster::SCHEMA
+    ))
+    .unwrap();
+    let tampered = cluster::check(&config, &r.log, run.machines);
+    assert_eq!(tampered.lost, 1, "{tampered:#?}");
+    assert_eq!(tampered.foreign, 1, "{tampered:#?}");
+    assert_eq!(tampered.mismatched.len(), 1, "{tampered:#?}");
+    println!("test result: ok. 1 passed; 0 failed; 0 ignored");
+}

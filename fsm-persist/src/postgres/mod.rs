@@ -53,7 +53,7 @@ mod error;
 #[cfg(feature = "cluster")]
 pub mod inbox;
 #[cfg(feature = "cluster")]
-mod node;
+pub mod node;
 mod ownership;
 mod pool;
 #[cfg(feature = "postgres-server")]

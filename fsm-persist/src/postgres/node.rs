@@ -7,6 +7,40 @@
 //! decision in its row under the epoch it was applied under. When the store takes a
 //! partition over, the node first loads its machines, so their timers fire here and the
 //! effects they owe are run again under the same effect ids.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fsm_core::kernel::{IdempotencyKey, Kernel};
+//! use fsm_core::store::MachineId;
+//! use fsm_persist::postgres::{InboxCommand, NodeBuilder, Ownership, PostgresStore};
+//! # use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! # #[fsm(event = Cmd)]
+//! # enum Lamp { #[fsm(initial, on(Toggle => Lamp))] Lamp { on: bool } }
+//! # #[derive(Event, Debug, Clone, Serialize, Deserialize)]
+//! # enum Cmd { Toggle }
+//! # impl Handler<cmd::Toggle, lamp::Lamp> for lamp::Lamp {
+//! #     fn handle(s: lamp::LampRef<'_>, _: cmd::Toggle, _: &mut Effects<()>) -> Result<lamp::Lamp, Refusal> {
+//! #         Ok(lamp::Lamp { on: !*s.on })
+//! #     }
+//! # }
+//!
+//! let store = Arc::new(
+//!     PostgresStore::builder("host=/run/postgresql user=fsm dbname=fsm".parse()?)
+//!         .ownership(Ownership::new("node-a"))
+//!         .open()?,
+//! );
+//! let kernel = Kernel::builder_shared(store.clone(), |_| Lamp::Lamp { on: false })
+//!     .idempotency_window(8)
+//!     .start()?;
+//! let node = NodeBuilder::new().start(kernel, store)?;
+//! let id = MachineId::new("lamp-1")?;
+//! let ticket = node.submit(InboxCommand::new(id, IdempotencyKey::new("req-1")?, &Cmd::Toggle)?)?;
+//! let decision = ticket.wait(std::time::Duration::from_secs(5))?;
+//! println!("{} as {:?} by {:?}", decision.status, decision.transition, decision.node);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

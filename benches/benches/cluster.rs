@@ -1,0 +1,281 @@
+//! The cluster's inbox against the direct path and the raw database limit, side by side, on
+//! a real PostgreSQL server this bench starts (fsync on). Without PostgreSQL's server binaries
+//! it says so and measures nothing.
+//!
+//! `cargo bench -p fsm-benches --bench cluster`
+//!
+//! Each iteration is one command for each of 256 accounts:
+//! - `raw_inbox_limit/256`: the least the database must do for them, on a bare connection:
+//!   one transaction that inserts the 256 commands (one `INSERT .. FROM unnest`) and writes
+//!   the 256 snapshots (one `UPDATE .. FROM unnest`).
+//! - `direct/256`: today's path: the commands submitted to the owner's kernel
+//!   (`submit_batch`) with idempotency keys, one group commit over a fenced store, every
+//!   answer waited for.
+//! - `inbox/256`: submitted by a client that owns nothing (`Inbox::submit_many`, one
+//!   statement), read by the owner node's pump, applied by its kernel, each decision recorded
+//!   in the inbox, and every ticket's answer waited for.
+//!
+//! - `direct/1024` and `inbox/4x256`: the same for 1,024 accounts; through the inbox from 4
+//!   clients at once (256 accounts each), which the owner's pump reads together.
+//!
+//! After the measurements it prints the inbox's submit-to-answer latency, p50 and p99, for
+//! batches of 256 and for single commands.
+//!
+//! As in the `postgres` bench, each function runs its operation alternately with the raw
+//! baseline's, timing only its own, so both sides of every ratio meet the same disk moments.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Bencher, Criterion, Throughput};
+use fsm_core::kernel::{IdempotencyKey, Kernel, Request};
+use fsm_core::store::{Codec, MachineId};
+use fsm_examples::cluster::{Account, Ledger};
+use fsm_persist::postgres::{
+    Claim, Inbox, InboxCommand, Node, NodeBuilder, Ownership, PostgresStore, TestServer,
+};
+use hdrhistogram::Histogram;
+
+const N: usize = 256;
+/// Concurrent submitters in the `*/4x256` functions.
+const CLIENTS: usize = 4;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn ids() -> Vec<MachineId> {
+    (0..N * CLIENTS)
+        .map(|i| MachineId::new(format!("acct-{i}")).unwrap())
+        .collect()
+}
+
+fn store(server: &TestServer, schema: &str, node: &str) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::builder(server.config())
+            .schema(schema)
+            .ownership(Ownership::new(node).partitions(16).claim(Claim::Free))
+            .open()
+            .unwrap(),
+    )
+}
+
+fn kernel(store: Arc<PostgresStore>) -> Kernel<Account> {
+    Kernel::builder_shared(store, |_| Account::Open { total: 0 })
+        .codec(Codec::new(1))
+        // One inbox command in flight per machine: a few keys per machine suffice.
+        .idempotency_window(4)
+        .shards(1)
+        .start()
+        .unwrap()
+}
+
+/// The raw limit: a bare connection, an inbox-like table and a snapshot table.
+struct Raw {
+    client: postgres::Client,
+    insert: postgres::Statement,
+    update: postgres::Statement,
+    ids: Vec<String>,
+    n: u64,
+}
+
+impl Raw {
+    fn new(server: &TestServer) -> Raw {
+        let mut client = server.config().connect(postgres::NoTls).unwrap();
+        client
+            .batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS bench_raw;
+                 CREATE TABLE IF NOT EXISTS bench_raw.inbox (id bigserial PRIMARY KEY, machine text NOT NULL,
+                     partition int NOT NULL, key text NOT NULL, event text NOT NULL,
+                     submitted_at timestamptz NOT NULL DEFAULT clock_timestamp(), status text,
+                     UNIQUE (machine, key));
+                 CREATE TABLE IF NOT EXISTS bench_raw.snapshots (id text PRIMARY KEY, seq bigint NOT NULL, snapshot bytea NOT NULL);",
+            )
+            .unwrap();
+        let ids: Vec<String> = (0..N).map(|i| format!("acct-{i}")).collect();
+        client
+            .execute(
+                "INSERT INTO bench_raw.snapshots SELECT unnest($1::text[]), 1, '\\x00' ON CONFLICT DO NOTHING",
+                &[&ids],
+            )
+            .unwrap();
+        let insert = client
+            .prepare(
+                "INSERT INTO bench_raw.inbox (machine, partition, key, event)
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[])",
+            )
+            .unwrap();
+        let update = client
+            .prepare(
+                "UPDATE bench_raw.snapshots s SET seq = s.seq + 1, snapshot = u.snap
+                 FROM unnest($1::text[], $2::bytea[]) AS u(id, snap) WHERE s.id = u.id",
+            )
+            .unwrap();
+        Raw {
+            client,
+            insert,
+            update,
+            ids,
+            n: 0,
+        }
+    }
+
+    fn batch(&mut self) {
+        self.n += 1;
+        let parts: Vec<i32> = (0..N as i32).map(|i| i % 16).collect();
+        let keys: Vec<String> = (0..N).map(|i| format!("r{}-{i}", self.n)).collect();
+        let events: Vec<String> = (0..N)
+            .map(|_| r#"{"Add":{"amount":1}}"#.to_owned())
+            .collect();
+        let snaps: Vec<Vec<u8>> = (0..N).map(|_| vec![0_u8; 48]).collect();
+        let mut tx = self.client.transaction().unwrap();
+        tx.execute(&self.insert, &[&self.ids, &parts, &keys, &events])
+            .unwrap();
+        tx.execute(&self.update, &[&self.ids, &snaps]).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+/// Times `timed` only, running `other` before each of its iterations.
+fn alternating(b: &mut Bencher<'_>, timed: &mut dyn FnMut(), other: &mut dyn FnMut()) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            other();
+            let start = Instant::now();
+            timed();
+            total += start.elapsed();
+        }
+        total
+    })
+}
+
+struct Inboxed {
+    client: Inbox,
+    _owner: Node<Account>,
+    ids: Vec<MachineId>,
+    n: u64,
+}
+
+impl Inboxed {
+    fn new(server: &TestServer) -> Inboxed {
+        let s = store(server, "bench_inbox", "owner");
+        let owner = NodeBuilder::new().start(kernel(s.clone()), s).unwrap();
+        let client = Inbox::builder(server.config())
+            .schema("bench_inbox")
+            .open()
+            .unwrap();
+        Inboxed {
+            client,
+            _owner: owner,
+            ids: ids(),
+            n: 0,
+        }
+    }
+
+    fn batch(&mut self, size: usize) {
+        self.n += 1;
+        submit_and_wait(&self.client, &self.ids[..size], &format!("i{}", self.n));
+    }
+
+    /// `CLIENTS` submitters at once, each with `N` accounts of its own.
+    fn concurrent(&mut self) {
+        self.n += 1;
+        let n = self.n;
+        let client = &self.client;
+        std::thread::scope(|s| {
+            for (c, ids) in self.ids.chunks(N).enumerate() {
+                s.spawn(move || submit_and_wait(client, ids, &format!("c{n}-{c}")));
+            }
+        });
+    }
+}
+
+fn submit_and_wait(client: &Inbox, ids: &[MachineId], tag: &str) {
+    let commands = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            InboxCommand::new(
+                id.clone(),
+                IdempotencyKey::new(format!("{tag}-{i}")).unwrap(),
+                &Ledger::Add { amount: 1 },
+            )
+            .unwrap()
+        })
+        .collect();
+    let tickets: Vec<_> = client
+        .submit_many(commands)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for t in tickets {
+        assert!(t.wait(WAIT).unwrap().is_applied());
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(server) = TestServer::start_or_skip("the cluster bench") else {
+        return;
+    };
+    let mut raw = Raw::new(&server);
+    let direct_store = store(&server, "bench_direct", "direct");
+    let direct = kernel(direct_store);
+    let direct_ids = ids();
+    let mut inboxed = Inboxed::new(&server);
+    let mut round = 0_u64;
+    let mut direct_batch = |size: usize| {
+        round += 1;
+        // With keys, as a careful client submits to the owner (to retry after `Fenced`).
+        let tickets = direct.submit_batch(direct_ids[..size].iter().enumerate().map(|(i, id)| {
+            let key = IdempotencyKey::new(format!("d{round}-{i}")).unwrap();
+            (
+                id.clone(),
+                Request::new(Ledger::Add { amount: 1 }).with_key(key),
+            )
+        }));
+        for t in tickets {
+            t.unwrap().wait().unwrap();
+        }
+    };
+
+    let mut group = c.benchmark_group("cluster");
+    group.throughput(Throughput::Elements(N as u64));
+    group.sample_size(20);
+    group.bench_function("raw_inbox_limit/256", |b| {
+        let mut other = || inboxed.batch(N);
+        alternating(b, &mut || raw.batch(), &mut other)
+    });
+    group.bench_function("direct/256", |b| {
+        alternating(b, &mut || direct_batch(N), &mut || raw.batch())
+    });
+    group.bench_function("inbox/256", |b| {
+        let mut timed = || inboxed.batch(N);
+        alternating(b, &mut timed, &mut || raw.batch())
+    });
+    group.throughput(Throughput::Elements((N * CLIENTS) as u64));
+    group.bench_function("direct/1024", |b| {
+        alternating(b, &mut || direct_batch(N * CLIENTS), &mut || raw.batch())
+    });
+    group.bench_function("inbox/4x256", |b| {
+        let mut timed = || inboxed.concurrent();
+        alternating(b, &mut timed, &mut || raw.batch())
+    });
+    group.finish();
+
+    // Submit-to-answer latency through the inbox.
+    for size in [N, 1] {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        let rounds = if size == 1 { 300 } else { 60 };
+        for _ in 0..rounds {
+            let start = Instant::now();
+            inboxed.batch(size);
+            h.record(start.elapsed().as_micros() as u64).unwrap();
+        }
+        println!(
+            "cluster: inbox submit-to-answer, batches of {size}: p50 {:.1} ms, p99 {:.1} ms ({rounds} batches)",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+}
+
+criterion::criterion_group!(benches, bench);
+criterion::criterion_main!(benches);

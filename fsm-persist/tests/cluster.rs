@@ -425,3 +425,103 @@ fn an_inbox_on_a_table_without_fencing_is_refused_with_what_to_do() {
         .unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
 }
+
+/// A watch: armed by a command, it lapses when its state timeout (a minute) runs out.
+mod watch {
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[fsm(event = WatchCmd)]
+    pub enum Watch {
+        #[fsm(initial, on(Arm => Armed))]
+        Idle,
+        #[fsm(on(Lapse => Lapsed), state_timeout(ms = 60000 => Lapse))]
+        Armed,
+        #[fsm(terminal)]
+        Lapsed,
+    }
+
+    #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum WatchCmd {
+        Arm,
+        Lapse,
+    }
+
+    impl Handler<watch_cmd::Arm, watch::Armed> for watch::Idle {
+        fn handle(
+            _: watch::Idle,
+            _: watch_cmd::Arm,
+            _: &mut Effects<()>,
+        ) -> Result<watch::Armed, Refusal> {
+            Ok(watch::Armed)
+        }
+    }
+
+    impl Handler<watch_cmd::Lapse, watch::Lapsed> for watch::Armed {
+        fn handle(
+            _: watch::Armed,
+            _: watch_cmd::Lapse,
+            _: &mut Effects<()>,
+        ) -> Result<watch::Lapsed, Refusal> {
+            Ok(watch::Lapsed)
+        }
+    }
+}
+
+#[test]
+fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
+    use fsm_core::queue::ManualClock;
+    use watch::{Watch, WatchCmd};
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_timer";
+    let start_node = |name: &str, clock: &ManualClock| {
+        let s = store(schema, name, Claim::Free);
+        let k = Kernel::builder_shared(s.clone(), |_| Watch::Idle)
+            .clock(clock.clock())
+            .timer_events()
+            .shards(1)
+            .start()
+            .unwrap();
+        options().start(k, s).unwrap()
+    };
+    let m = id("watch-1");
+    let first_clock = ManualClock::at_wall_ms(1_000_000);
+    let first = start_node("first", &first_clock);
+    // The second node runs from the start, a minute ahead, owning nothing (the first holds
+    // every partition): what it learns of the watch, it learns by taking over.
+    let later = ManualClock::at_wall_ms(1_000_000 + 61_000);
+    let second = start_node("second", &later);
+    assert!(second.store().held().is_empty());
+    let d = first
+        .submit(InboxCommand::new(m.clone(), key("arm"), &WatchCmd::Arm).unwrap())
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(d.node.as_deref(), Some("first"));
+    // The first node stops (its partitions are released); the second's heartbeat takes them
+    // over and its pump loads their machines, so the armed timer is in its kernel without
+    // any command.
+    drop(first.shutdown());
+    let start = Instant::now();
+    while second.stats().loaded == 0 {
+        assert!(start.elapsed() < WAIT, "the takeover loaded nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Due on this node's clock: it fires here (by itself once loaded, or when asked). Read
+    // from the store, not through the kernel, which would load the machine by itself.
+    let codec = fsm_core::store::Codec::<Watch>::new(1);
+    let start = Instant::now();
+    loop {
+        second.kernel().fire_due_timers();
+        let stored = fsm_core::store::SnapshotStoreExt::load(second.store(), &m, &codec).unwrap();
+        if stored.as_ref().is_some_and(|(w, _)| *w == Watch::Lapsed) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the timer never fired: {stored:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

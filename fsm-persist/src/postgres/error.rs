@@ -37,9 +37,21 @@ pub enum OpenError {
     /// The pool's settings are unusable (zero connections).
     #[error("invalid pool settings: {0}")]
     InvalidPool(String),
+    /// The connection's TLS failed: TLS is required and the server offers none, or its
+    /// certificate is not signed by a trusted CA for the host connected to. Nothing was sent
+    /// in plaintext.
+    #[error("TLS refused: {0}; check that the server has `ssl = on` and that its certificate, for the host you connect to, is signed by the CA you trust")]
+    Tls(String),
     /// The database could not be reached or refused to create the schema.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether a client error comes from the TLS layer: no TLS offered where it is required, or
+/// a handshake that failed (a certificate refused).
+pub(crate) fn is_tls_failure(e: &postgres::Error) -> bool {
+    let text = e.to_string();
+    text.contains("TLS") || text.contains("certificate")
 }
 
 /// Where an operation was when the client failed, which decides what the failure means.

@@ -88,6 +88,10 @@ pub enum InboxError {
     /// submit, retry with the same key; it is safe).
     #[error("{0}")]
     Store(Arc<StoreError>),
+    /// TLS is required and the server offers none, or its certificate is not trusted:
+    /// nothing was sent.
+    #[error("TLS refused: {0}")]
+    Tls(String),
     /// The table is not set up for a cluster (no fencing), or its layout differs.
     #[error("the inbox of `{table}` cannot be used: {problem}")]
     Layout {
@@ -264,7 +268,13 @@ impl InboxBuilder {
             );
         }
         let names = Names::new(&self.schema, &self.table);
-        let mut client = (self.connect)().map_err(|e| unavailable(&e))?;
+        let mut client = (self.connect)().map_err(|e| {
+            if super::error::is_tls_failure(&e) {
+                InboxError::Tls(super::tls_detail(&e))
+            } else {
+                unavailable(&e)
+            }
+        })?;
         let partitions = setup(&mut client, &names).map_err(|e| match e {
             Setup::Db(e) => InboxError::from(classify(&e, Phase::NothingWritten).error),
             Setup::Layout(problem) => self.layout(problem),
@@ -788,6 +798,13 @@ impl Inbox {
     /// `config` connects to, without TLS; see [`Inbox::builder_with`].
     pub fn builder(config: postgres::Config) -> InboxBuilder {
         Inbox::builder_with(move || config.connect(postgres::NoTls))
+    }
+
+    /// Options for an inbox over `config` with TLS required, verified as `tls` says (feature
+    /// `tls`).
+    #[cfg(feature = "tls")]
+    pub fn builder_tls(config: postgres::Config, tls: &super::Tls) -> InboxBuilder {
+        Inbox::builder_with(tls.connect_fn(config))
     }
 
     /// Options for an inbox whose connections `connect` opens (to bring TLS).

@@ -59,6 +59,8 @@ mod pool;
 #[cfg(feature = "postgres-server")]
 mod server;
 mod sql;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -89,7 +91,9 @@ pub use postgres as client;
 /// timeouts), re-exported: build one or parse a connection string.
 pub use postgres::Config;
 #[cfg(feature = "postgres-server")]
-pub use server::{find_binaries, required, ServerError, TestServer, TEST_USER};
+pub use server::{find_binaries, required, Listen, ServerError, TestServer, TEST_USER};
+#[cfg(feature = "tls")]
+pub use tls::{Tls, TlsError};
 
 use error::{classify, unexpected, Phase, BACKEND};
 use ownership::View;
@@ -178,9 +182,14 @@ impl PostgresStoreBuilder {
             ));
         }
         let sql = Sql::new(&self.schema, &self.table, self.ownership.is_some())?;
-        let mut client = (self.connect)().map_err(|e| StoreError::Unavailable {
-            backend: BACKEND,
-            message: e.to_string(),
+        let mut client = (self.connect)().map_err(|e| {
+            if error::is_tls_failure(&e) {
+                return OpenError::Tls(tls_detail(&e));
+            }
+            OpenError::Store(StoreError::Unavailable {
+                backend: BACKEND,
+                message: e.to_string(),
+            })
         })?;
         create_schema(&mut client, &sql, self.ownership.as_ref())?;
         drop(client);
@@ -271,6 +280,19 @@ fn create_schema(
     Ok(())
 }
 
+/// A TLS failure's message with its causes (the client's own message is only "error
+/// performing TLS handshake").
+pub(crate) fn tls_detail(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn spawn_heartbeat(
     shared: Arc<Shared>,
     every: Duration,
@@ -357,6 +379,13 @@ impl PostgresStore {
     /// socket, or a network you trust; see [`PostgresStore::builder_with`] for TLS).
     pub fn builder(config: postgres::Config) -> PostgresStoreBuilder {
         PostgresStore::builder_with(move || config.connect(postgres::NoTls))
+    }
+
+    /// Options for a store over the database `config` connects to, with TLS required and the
+    /// server's certificate verified as `tls` says (feature `tls`); see [`Tls`].
+    #[cfg(feature = "tls")]
+    pub fn builder_tls(config: postgres::Config, tls: &Tls) -> PostgresStoreBuilder {
+        PostgresStore::builder_with(tls.connect_fn(config))
     }
 
     /// Options for a store whose connections `connect` opens: the way to bring TLS (a
@@ -458,10 +487,12 @@ impl PostgresStore {
         self.shared.fence.as_ref().map(|f| f.ownership.partitions)
     }
 
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn connector(&self) -> pool::Connector {
         self.shared.pool.connector()
     }
 
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn names(&self) -> (&str, &str) {
         (&self.shared.sql.names.0, &self.shared.sql.names.1)
     }

@@ -59,6 +59,7 @@ impl Pool {
     }
 
     /// How this pool opens connections, for another user of the same database.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn connector(&self) -> Connector {
         self.connect.clone()
     }

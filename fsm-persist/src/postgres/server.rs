@@ -149,9 +149,43 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// Where a [`TestServer`] listens besides its Unix socket; see [`TestServer::start_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Listen {
+    /// Only the Unix socket (the default).
+    #[default]
+    Socket,
+    /// Also TCP on 127.0.0.1 (a free port), plaintext.
+    Tcp,
+    /// Also TCP on 127.0.0.1 with TLS (`ssl = on`): the server's certificate chain and its
+    /// private key, in PEM. Plaintext TCP connections are still accepted, so a client's
+    /// refusal to go without TLS is its own.
+    Tls {
+        /// The certificate (chain), PEM.
+        cert_pem: String,
+        /// The private key, PEM.
+        key_pem: String,
+    },
+    /// Also TCP on these addresses (for nodes in network namespaces of a test), plaintext;
+    /// clients from `allow` (a CIDR) are trusted.
+    Addresses {
+        /// `listen_addresses`, comma-separated.
+        listen: String,
+        /// The clients' network, e.g. `10.201.0.0/16`.
+        allow: String,
+    },
+}
+
 impl TestServer {
     /// Starts a new server (initdb, configure, pg_ctl start -w). Takes a second or two.
     pub fn start() -> Result<TestServer, ServerError> {
+        TestServer::start_with(Listen::Socket)
+    }
+
+    /// Starts a new server that also listens as `listen` says; [`TestServer::tcp_config`]
+    /// connects over TCP.
+    pub fn start_with(listen: Listen) -> Result<TestServer, ServerError> {
         let bin = find_binaries().ok_or(ServerError::NoBinaries)?;
         let run_as = server_user();
         let dir = std::env::temp_dir().join(format!(
@@ -169,11 +203,18 @@ impl TestServer {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| step("handing the server directory to its user", e))?;
         }
+        let port = match listen {
+            Listen::Socket => 5432,
+            _ => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| step("finding a free TCP port", e))?
+                .port(),
+        };
         let mut server = TestServer {
             bin,
             dir,
-            run_as,
-            port: 5432,
+            run_as: run_as.clone(),
+            port,
             watchdog: None,
         };
         server.watchdog = Some(server.spawn_watchdog()?);
@@ -194,11 +235,47 @@ impl TestServer {
                 "--no-instructions",
             ],
         )?;
-        let conf = format!(
-            "\n# fsm-persist test server\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nfsync = on\nsynchronous_commit = on\nmax_connections = 200\nshared_buffers = 128MB\nlog_min_messages = warning\n",
+        let listen_on = match &listen {
+            Listen::Socket => String::new(),
+            Listen::Tcp | Listen::Tls { .. } => "127.0.0.1".to_owned(),
+            Listen::Addresses { listen, .. } => listen.clone(),
+        };
+        let mut conf = format!(
+            "\n# fsm-persist test server\nlisten_addresses = '{listen_on}'\nunix_socket_directories = '{}'\nport = {}\nfsync = on\nsynchronous_commit = on\nmax_connections = 200\nshared_buffers = 128MB\nlog_min_messages = warning\n",
             server.dir.display(),
             server.port
         );
+        if let Listen::Tls { cert_pem, key_pem } = &listen {
+            // The key must belong to the server's user and be readable by it alone.
+            let owner = match &run_as {
+                Some(user) => {
+                    Some(ids_of(user).ok_or_else(|| step("looking up the server user", user))?)
+                }
+                None => None,
+            };
+            for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+                let path = server.dir.join(name);
+                std::fs::write(&path, pem).map_err(|e| step("writing the TLS files", e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| step("restricting the TLS files", e))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| step("handing the TLS files to the server's user", e))?;
+                }
+            }
+            conf.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                server.dir.join("server.crt").display(),
+                server.dir.join("server.key").display()
+            ));
+        }
+        if let Listen::Addresses { allow, .. } = &listen {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(server.data().join("pg_hba.conf"))
+                .and_then(|mut f| f.write_all(format!("host all all {allow} trust\n").as_bytes()))
+                .map_err(|e| step("configuring client access", e))?;
+        }
         std::fs::OpenOptions::new()
             .append(true)
             .open(server.data().join("postgresql.conf"))
@@ -222,7 +299,12 @@ impl TestServer {
     /// run, if PostgreSQL is not installed and not [`required`]. Panics if it is required
     /// but cannot start, or if it is installed and fails to start.
     pub fn start_or_skip(what: &str) -> Option<TestServer> {
-        match TestServer::start() {
+        TestServer::start_or_skip_with(what, Listen::Socket)
+    }
+
+    /// [`TestServer::start_or_skip`] for a server that also listens as `listen` says.
+    pub fn start_or_skip_with(what: &str, listen: Listen) -> Option<TestServer> {
+        match TestServer::start_with(listen) {
             Ok(server) => Some(server),
             Err(ServerError::NoBinaries) if !required() => {
                 eprintln!(
@@ -263,6 +345,24 @@ impl TestServer {
             .dbname(dbname)
             .connect_timeout(Duration::from_secs(5));
         config
+    }
+
+    /// Client settings for database `postgres` over TCP to `host` (127.0.0.1 for
+    /// [`Listen::Tcp`] and [`Listen::Tls`]), on this server's port.
+    pub fn tcp_config(&self, host: &str) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config
+            .host(host)
+            .port(self.port)
+            .user(TEST_USER)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5));
+        config
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Creates database `name` (lower-case letters, digits and `_`).

@@ -68,6 +68,7 @@ pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<(
 pub(crate) struct Sql {
     pub(crate) table: String,
     /// The schema and the snapshot table's name, unquoted (validated identifiers).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) names: (String, String),
     pub(crate) lock_key: String,
     pub(crate) create: String,

@@ -433,7 +433,7 @@ mod watch {
 
     #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[fsm(event = WatchCmd)]
-    pub enum Watch {
+    pub(crate) enum Watch {
         #[fsm(initial, on(Arm => Armed))]
         Idle,
         #[fsm(on(Lapse => Lapsed), state_timeout(ms = 60000 => Lapse))]
@@ -443,7 +443,7 @@ mod watch {
     }
 
     #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub enum WatchCmd {
+    pub(crate) enum WatchCmd {
         Arm,
         Lapse,
     }

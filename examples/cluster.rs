@@ -76,7 +76,7 @@ fn main() {
         run.cycles,
         run.seed
     );
-    let r = cluster::orchestrate(&config, &run, &spawn);
+    let r = cluster::orchestrate(&config, &run, &spawn, None);
     let rep = &r.report;
     for f in &r.faults {
         match f.takeover {

@@ -265,7 +265,7 @@ fn signal(child: &Child, sig: &str) {
 /// One fault the nemesis injected.
 #[derive(Debug, Clone)]
 pub struct Fault {
-    /// What: `kill` or `pause`.
+    /// What: `kill`, `pause` or `cut` (its link to the database taken down).
     pub kind: &'static str,
     /// The node.
     pub node: String,
@@ -279,14 +279,20 @@ pub fn nemesis(
     config: &Config,
     nodes: &mut [NodeProc],
     spawn: &dyn Fn(&str) -> Child,
+    net: Option<&Network>,
     cycles: usize,
     timing: Timing,
     rng: &mut fastrand::Rng,
 ) -> Vec<Fault> {
     let observer = open_store(config, "nemesis", Claim::Nothing, timing);
     let mut faults = vec![];
+    let kinds: &[&'static str] = if net.is_some() {
+        &["kill", "pause", "cut"]
+    } else {
+        &["kill", "pause"]
+    };
     for cycle in 0..cycles {
-        let kind = if cycle % 2 == 0 { "kill" } else { "pause" };
+        let kind = kinds[cycle % kinds.len()];
         // A node that serves something: a fault on an idle one moves nothing.
         let owners = observer.owners().unwrap_or_default();
         let holds = |name: &str| {
@@ -308,13 +314,17 @@ pub fn nemesis(
         let held_before = holds(&name);
         let at = Instant::now();
         let child = nodes[i].child.as_mut().expect("running");
-        if kind == "kill" {
-            signal(child, "KILL");
-            let _ = child.wait();
-            nodes[i].child = None;
-        } else {
-            signal(child, "STOP");
-            nodes[i].paused = true;
+        match kind {
+            "kill" => {
+                signal(child, "KILL");
+                let _ = child.wait();
+                nodes[i].child = None;
+            }
+            "pause" => {
+                signal(child, "STOP");
+                nodes[i].paused = true;
+            }
+            _ => net.expect("cuts only with a network").cut(i),
         }
         // Until every partition it held is live under another node (bounded: a node that
         // held nothing moves nothing).
@@ -338,11 +348,13 @@ pub fn nemesis(
         if at.elapsed() < past {
             std::thread::sleep(past - at.elapsed());
         }
-        if kind == "kill" {
-            nodes[i].child = Some(spawn(&name));
-        } else {
-            signal(nodes[i].child.as_ref().expect("running"), "CONT");
-            nodes[i].paused = false;
+        match kind {
+            "kill" => nodes[i].child = Some(spawn(&name)),
+            "pause" => {
+                signal(nodes[i].child.as_ref().expect("running"), "CONT");
+                nodes[i].paused = false;
+            }
+            _ => net.expect("cuts only with a network").heal(i),
         }
         faults.push(Fault {
             kind,
@@ -549,7 +561,12 @@ pub struct RunReport {
 
 /// Starts the nodes, runs the load under the nemesis, lets every accepted command be
 /// decided, stops the nodes, and checks the database.
-pub fn orchestrate(config: &Config, run: &Run, spawn: &dyn Fn(&str) -> Child) -> RunReport {
+pub fn orchestrate(
+    config: &Config,
+    run: &Run,
+    spawn: &dyn Fn(&str) -> Child,
+    net: Option<&Network>,
+) -> RunReport {
     create_tables(config);
     let mut nodes: Vec<NodeProc> = (1..=run.nodes)
         .map(|i| {
@@ -573,7 +590,9 @@ pub fn orchestrate(config: &Config, run: &Run, spawn: &dyn Fn(&str) -> Child) ->
     let faults = std::thread::scope(|s| {
         s.spawn(|| load(&inbox, run.machines, run.threads, run.batch, &stop, &log));
         std::thread::sleep(run.timing.lease);
-        let faults = nemesis(config, &mut nodes, spawn, run.cycles, run.timing, &mut rng);
+        let faults = nemesis(
+            config, &mut nodes, spawn, net, run.cycles, run.timing, &mut rng,
+        );
         stop.store(true, Ordering::Relaxed);
         faults
     });
@@ -596,5 +615,124 @@ pub fn orchestrate(config: &Config, run: &Run, spawn: &dyn Fn(&str) -> Child) ->
         drained,
         polled: inbox.stats().polled,
         log,
+    }
+}
+
+/// Node `i`'s own network namespace, linked to the host's by a veth pair: the database is
+/// reached at the host's end of the link, and a cut takes that end down (the node's packets
+/// go nowhere, its connections hang, nothing tells it). Made with `ip netns` and `ip link`,
+/// which need root; removed on drop.
+pub struct Network {
+    tag: String,
+    octet: u32,
+    nodes: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Network {
+    /// Makes a namespace and a link for each of `nodes` nodes (numbered from 1).
+    pub fn create(nodes: usize) -> Result<Network, String> {
+        let pid = std::process::id();
+        let net = Network {
+            tag: format!("f{}", pid % 100_000),
+            // 10.200-249.x.x: a second octet of this run's own.
+            octet: 200 + pid % 50,
+            nodes,
+        };
+        for i in 1..=nodes {
+            let (ns, host, inside) = net.names(i);
+            // Leftovers of an earlier run with the same pid would collide.
+            let _ = ip(&["netns", "del", &ns]);
+            let _ = ip(&["link", "del", &host]);
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &ns])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", net.gateway(i)),
+                "dev",
+                &host,
+            ])?;
+            ip(&["link", "set", &host, "up"])?;
+            let node = format!("10.{}.{i}.2/30", net.octet);
+            ip(&[
+                "netns", "exec", &ns, "ip", "addr", "add", &node, "dev", &inside,
+            ])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", &inside, "up"])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn names(&self, i: usize) -> (String, String, String) {
+        (
+            format!("{}n{i}", self.tag),
+            format!("{}h{i}", self.tag),
+            format!("{}c{i}", self.tag),
+        )
+    }
+
+    /// The host's end of node `i`'s link: where it reaches the database.
+    pub fn gateway(&self, i: usize) -> String {
+        format!("10.{}.{i}.1", self.octet)
+    }
+
+    /// The server's `listen_addresses`: every gateway.
+    pub fn listen(&self) -> String {
+        (1..=self.nodes)
+            .map(|i| self.gateway(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes' network, for the server's client rule.
+    pub fn allow(&self) -> String {
+        format!("10.{}.0.0/16", self.octet)
+    }
+
+    /// `program` run inside node `i`'s namespace.
+    pub fn command(&self, i: usize, program: &std::path::Path) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.names(i).0]);
+        c.arg(program);
+        c
+    }
+
+    /// Takes node `i`'s link down (0-based, as the nemesis counts).
+    pub fn cut(&self, i: usize) {
+        ip(&["link", "set", &self.names(i + 1).1, "down"]).expect("cut the link");
+    }
+
+    /// Brings node `i`'s link back (0-based).
+    pub fn heal(&self, i: usize) {
+        ip(&["link", "set", &self.names(i + 1).1, "up"]).expect("heal the link");
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for i in 1..=self.nodes {
+            let (ns, host, _) = self.names(i);
+            let _ = ip(&["link", "del", &host]);
+            let _ = ip(&["netns", "del", &ns]);
+        }
     }
 }

@@ -317,7 +317,6 @@ pub(crate) struct Names {
     pub(crate) owners: String,
     meta: String,
     pending_index: String,
-    decided_index: String,
     lock_key: String,
     /// The channel owners listen on for new commands.
     pub(crate) wake: String,
@@ -336,7 +335,6 @@ impl Names {
             owners: format!("\"{schema}\".\"{table}_owners\""),
             meta: format!("\"{schema}\".\"{table}_meta\""),
             pending_index: format!("\"{table}_ibp\""),
-            decided_index: format!("\"{table}_ibd\""),
             lock_key: format!("fsm-persist:{schema}.{table}"),
             wake: format!("fsm_in_{hash}"),
             decided: format!("fsm_out_{hash}"),
@@ -411,11 +409,9 @@ fn setup(client: &mut Client, names: &Names) -> Result<u32, Setup> {
              epoch bigint,
              UNIQUE (machine, key)
          );
-         CREATE INDEX IF NOT EXISTS {pending} ON {inbox} (partition, machine, id) WHERE status IS NULL;
-         CREATE INDEX IF NOT EXISTS {decided} ON {inbox} (decided_at) WHERE status IS NOT NULL;",
+         CREATE INDEX IF NOT EXISTS {pending} ON {inbox} (partition, machine, id) WHERE status IS NULL;",
         inbox = names.inbox,
         pending = names.pending_index,
-        decided = names.decided_index,
     ))?;
     tx.commit()?;
     Ok(partitions)
@@ -532,6 +528,7 @@ impl Statements {
                      SELECT id FROM {inbox}
                      WHERE status IS NOT NULL AND partition = ANY($1::int4[])
                        AND decided_at < clock_timestamp() - $2::int8 * interval '1 millisecond'
+                     ORDER BY id
                      LIMIT $3::int8
                  )"
             ),

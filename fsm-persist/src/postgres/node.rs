@@ -61,7 +61,7 @@ use serde::de::DeserializeOwned;
 use super::inbox::{Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status};
 use super::PostgresStore;
 
-/// Options for a [`Node`]; from [`Node::builder`].
+/// Options for a [`Node`]; from [`NodeBuilder::new`].
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
     batch: usize,

@@ -3,7 +3,7 @@
 //!
 //! The talk's advice for the links of a distributed system is to run them through secure
 //! tunnels. [`PostgresStore::builder_tls`](super::PostgresStore::builder_tls) and
-//! [`Inbox::builder_tls`](super::Inbox::builder_tls) (feature `cluster`) connect with
+//! `Inbox::builder_tls` (feature `cluster`) connect with
 //! `sslmode=require` through a [`Tls`]: a server that offers no TLS, or whose certificate is
 //! not signed by a trusted CA for the host connected to, is refused, and opening answers
 //! [`OpenError::Tls`](super::OpenError::Tls) (or `InboxError::Tls`) rather than going on in

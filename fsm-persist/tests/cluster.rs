@@ -525,3 +525,57 @@ fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
+    let Some(server) = server() else {
+        return;
+    };
+    // What an operator runs once, as an administrator: a role that may log in and owns
+    // the cluster's schema; no superuser, no right to create schemas or databases.
+    let mut admin = server.config().connect(postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "CREATE ROLE fsm_node LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+             CREATE SCHEMA cl_role AUTHORIZATION fsm_node;",
+        )
+        .unwrap();
+    let mut config = server.config();
+    config.user("fsm_node");
+    let mut as_node = config.connect(postgres::NoTls).unwrap();
+    let superuser: bool = as_node
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+    let s = Arc::new(
+        PostgresStore::builder(config.clone())
+            .schema("cl_role")
+            .ownership(
+                Ownership::new("least")
+                    .partitions(PARTITIONS)
+                    .heartbeat(Some(Duration::from_millis(200)))
+                    .lease(Duration::from_secs(2)),
+            )
+            .open()
+            .unwrap(),
+    );
+    let node = options().start(kernel(s.clone()), s).unwrap();
+    let m = id("acct-role");
+    let d = node
+        .submit(add(&m, "role-1", 3))
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(total(&node, &m), 3);
+    // The role cannot make a schema of its own: it has what a node needs, no more.
+    let err = PostgresStore::builder(config)
+        .schema("cl_role_elsewhere")
+        .open()
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}

@@ -91,7 +91,11 @@ impl Sql {
         let meta = format!("\"{schema}\".\"{table}_meta\"");
         let refuse = format!("\"{schema}\".\"{table}_refuse\"");
         let create = format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+            "DO $fsm$ BEGIN
+                 -- Created only if missing: a node's role may own its schema without the
+                 -- right to create schemas, which `CREATE SCHEMA IF NOT EXISTS` checks first.
+                 IF to_regnamespace('{schema}') IS NULL THEN CREATE SCHEMA \"{schema}\"; END IF;
+             END $fsm$;
              CREATE TABLE IF NOT EXISTS {snapshots} (
                  id text PRIMARY KEY,
                  seq bigint NOT NULL CHECK (seq > 0),

@@ -572,7 +572,40 @@ fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
         .unwrap();
     assert_eq!(d.status, Status::Applied, "{d:?}");
     assert_eq!(total(&node, &m), 3);
-    // The role cannot make a schema of its own: it has what a node needs, no more.
+    // A client that only submits: the inbox's rows and its sequence, the layout to read.
+    admin
+        .batch_execute(
+            "CREATE ROLE fsm_client LOGIN NOSUPERUSER;
+             GRANT USAGE ON SCHEMA cl_role TO fsm_client;
+             GRANT SELECT ON cl_role.fsm_snapshots_meta TO fsm_client;
+             GRANT SELECT, INSERT ON cl_role.fsm_snapshots_inbox TO fsm_client;
+             GRANT USAGE ON SEQUENCE cl_role.fsm_snapshots_inbox_id_seq TO fsm_client;",
+        )
+        .unwrap();
+    let mut client_config = server.config();
+    client_config.user("fsm_client");
+    let client = Inbox::builder(client_config.clone())
+        .schema("cl_role")
+        .open()
+        .unwrap();
+    let d = client
+        .submit(add(&m, "role-2", 4))
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(total(&node, &m), 7);
+    // It reads the inbox, and cannot touch the snapshots.
+    let mut raw_client = client_config.connect(postgres::NoTls).unwrap();
+    let denied = raw_client
+        .execute("DELETE FROM cl_role.fsm_snapshots", &[])
+        .unwrap_err();
+    assert_eq!(
+        denied.as_db_error().map(|e| e.code().clone()),
+        Some(postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{denied:?}"
+    );
+    // The node's role cannot make a schema of its own: it has what a node needs, no more.
     let err = PostgresStore::builder(config)
         .schema("cl_role_elsewhere")
         .open()

@@ -432,7 +432,7 @@ mod watch {
     use serde::{Deserialize, Serialize};
 
     #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[fsm(event = WatchCmd)]
+    #[fsm(event = WatchCmd, effect = Notify)]
     pub(crate) enum Watch {
         #[fsm(initial, on(Arm => Armed))]
         Idle,
@@ -448,12 +448,17 @@ mod watch {
         Lapse,
     }
 
+    /// Tell someone the watch is armed: a durable effect.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub(crate) struct Notify;
+
     impl Handler<watch_cmd::Arm, watch::Armed> for watch::Idle {
         fn handle(
             _: watch::Idle,
             _: watch_cmd::Arm,
-            _: &mut Effects<()>,
+            fx: &mut Effects<Notify>,
         ) -> Result<watch::Armed, Refusal> {
+            fx.push(Notify);
             Ok(watch::Armed)
         }
     }
@@ -462,26 +467,63 @@ mod watch {
         fn handle(
             _: watch::Armed,
             _: watch_cmd::Lapse,
-            _: &mut Effects<()>,
+            _: &mut Effects<Notify>,
         ) -> Result<watch::Lapsed, Refusal> {
             Ok(watch::Lapsed)
         }
     }
 }
 
+/// Runs `Notify` effects: fails every attempt on a node that `fails`, and logs every run as
+/// (node, effect key, attempt).
+struct Notifier {
+    node: &'static str,
+    fails: bool,
+    log: Arc<std::sync::Mutex<Vec<(&'static str, String, u32)>>>,
+}
+
+impl fsm_core::kernel::EffectWorker<watch::Watch> for Notifier {
+    fn run(
+        &mut self,
+        ctx: &fsm_core::kernel::EffectCtx,
+        _: &watch::Notify,
+    ) -> Result<Option<watch::WatchCmd>, fsm_core::kernel::EffectError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.node, ctx.key(), ctx.attempt()));
+        if self.fails {
+            return Err("the notification service is down".into());
+        }
+        Ok(None)
+    }
+}
+
 #[test]
-fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
+fn a_timer_armed_and_an_effect_owed_on_one_node_fire_and_run_on_the_node_that_took_over() {
+    use fsm_core::kernel::RetryPolicy;
     use fsm_core::queue::ManualClock;
     use watch::{Watch, WatchCmd};
     if server().is_none() {
         return;
     }
     let schema = "cl_timer";
-    let start_node = |name: &str, clock: &ManualClock| {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start_node = |name: &'static str, clock: &ManualClock, fails: bool| {
         let s = store(schema, name, Claim::Free);
+        let log = log.clone();
         let k = Kernel::builder_shared(s.clone(), |_| Watch::Idle)
             .clock(clock.clock())
             .timer_events()
+            .effects(1, move |_| Notifier {
+                node: name,
+                fails,
+                log: log.clone(),
+            })
+            // A failed attempt is retried 30 s later (on the clock of whoever owns it then).
+            .retry(
+                RetryPolicy::new(Duration::from_secs(30), 1, Duration::from_secs(30), 5).unwrap(),
+            )
             .shards(1)
             .start()
             .unwrap();
@@ -489,11 +531,11 @@ fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
     };
     let m = id("watch-1");
     let first_clock = ManualClock::at_wall_ms(1_000_000);
-    let first = start_node("first", &first_clock);
+    let first = start_node("first", &first_clock, true);
     // The second node runs from the start, a minute ahead, owning nothing (the first holds
     // every partition): what it learns of the watch, it learns by taking over.
     let later = ManualClock::at_wall_ms(1_000_000 + 61_000);
-    let second = start_node("second", &later);
+    let second = start_node("second", &later, false);
     assert!(second.store().held().is_empty());
     let d = first
         .submit(InboxCommand::new(m.clone(), key("arm"), &WatchCmd::Arm).unwrap())
@@ -502,10 +544,19 @@ fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
         .unwrap();
     assert_eq!(d.status, Status::Applied, "{d:?}");
     assert_eq!(d.node.as_deref(), Some("first"));
-    // The first node stops (its partitions are released); the second's heartbeat takes them
-    // over and its pump loads their machines, so the armed timer is in its kernel without
-    // any command.
-    drop(first.shutdown());
+    // The first node's attempt at the notification fails; it stays owed, due again in 30 s.
+    let start = Instant::now();
+    while log.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the first node never ran the effect"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The first node goes away (its partitions are released at once); the second's heartbeat
+    // takes them over and its pump loads their machines, so the armed timer and the owed
+    // effect are in its kernel without any command.
+    drop(first);
     let start = Instant::now();
     while second.stats().loaded == 0 {
         assert!(start.elapsed() < WAIT, "the takeover loaded nothing");
@@ -524,6 +575,30 @@ fn a_timer_armed_on_one_node_fires_on_the_node_that_took_its_partition_over() {
         assert!(start.elapsed() < WAIT, "the timer never fired: {stored:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The effect ran again on the new owner, under the same key, its attempts counted on.
+    let start = Instant::now();
+    while !log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(node, ..)| *node == "second")
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "the second node never ran the owed effect"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let runs = log.lock().unwrap().clone();
+    let (_, first_key, first_attempt) = runs.iter().find(|r| r.0 == "first").unwrap().clone();
+    let (_, second_key, second_attempt) = runs.iter().find(|r| r.0 == "second").unwrap().clone();
+    assert_eq!(first_key, second_key, "{runs:?}");
+    assert_eq!((first_attempt, second_attempt), (1, 2), "{runs:?}");
+    second.kernel().wait_idle();
+    assert!(
+        second.kernel().owed(&m).unwrap().is_empty(),
+        "done, nothing owed"
+    );
 }
 
 #[test]

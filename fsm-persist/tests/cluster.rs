@@ -474,12 +474,15 @@ mod watch {
     }
 }
 
+/// Every run of an effect: (node, effect key, attempt).
+type Runs = Arc<std::sync::Mutex<Vec<(&'static str, String, u32)>>>;
+
 /// Runs `Notify` effects: fails every attempt on a node that `fails`, and logs every run as
 /// (node, effect key, attempt).
 struct Notifier {
     node: &'static str,
     fails: bool,
-    log: Arc<std::sync::Mutex<Vec<(&'static str, String, u32)>>>,
+    log: Runs,
 }
 
 impl fsm_core::kernel::EffectWorker<watch::Watch> for Notifier {
@@ -508,7 +511,7 @@ fn a_timer_armed_and_an_effect_owed_on_one_node_fire_and_run_on_the_node_that_to
         return;
     }
     let schema = "cl_timer";
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log: Runs = Arc::default();
     let start_node = |name: &'static str, clock: &ManualClock, fails: bool| {
         let s = store(schema, name, Claim::Free);
         let log = log.clone();

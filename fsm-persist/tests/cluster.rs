@@ -690,3 +690,96 @@ fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
+
+/// A gate: while shut it defers `Enter` until it opens, and dumps `Knock`.
+mod gate {
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[fsm(event = GateCmd)]
+    pub(crate) enum Gate {
+        #[fsm(initial, on(Open => Opened), defer(Enter), dump(Knock))]
+        Shut,
+        #[fsm(on(Enter => Opened), on(Knock => Opened))]
+        Opened { entered: u32 },
+    }
+
+    #[derive(Event, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub(crate) enum GateCmd {
+        Open,
+        Enter,
+        Knock,
+    }
+
+    impl Handler<gate_cmd::Open, gate::Opened> for gate::Shut {
+        fn handle(
+            _: gate::Shut,
+            _: gate_cmd::Open,
+            _: &mut Effects<()>,
+        ) -> Result<gate::Opened, Refusal> {
+            Ok(gate::Opened { entered: 0 })
+        }
+    }
+
+    impl Handler<gate_cmd::Enter, gate::Opened> for gate::Opened {
+        fn handle(
+            s: gate::OpenedRef<'_>,
+            _: gate_cmd::Enter,
+            _: &mut Effects<()>,
+        ) -> Result<gate::Opened, Refusal> {
+            Ok(gate::Opened {
+                entered: s.entered + 1,
+            })
+        }
+    }
+
+    impl Handler<gate_cmd::Knock, gate::Opened> for gate::Opened {
+        fn handle(
+            s: gate::OpenedRef<'_>,
+            _: gate_cmd::Knock,
+            _: &mut Effects<()>,
+        ) -> Result<gate::Opened, Refusal> {
+            Ok(gate::Opened {
+                entered: *s.entered,
+            })
+        }
+    }
+}
+
+#[test]
+fn a_state_that_defers_or_dumps_keeps_its_meaning_through_the_inbox() {
+    use gate::{Gate, GateCmd};
+    if server().is_none() {
+        return;
+    }
+    let s = store("cl_gate", "a", Claim::Free);
+    let k = Kernel::builder_shared(s.clone(), |_| Gate::Shut)
+        .shards(1)
+        .start()
+        .unwrap();
+    // Deferring needs the command that ends the wait to be read while the deferred one is
+    // in flight.
+    let a = options().per_machine(2).start(k, s).unwrap();
+    let m = id("gate-1");
+    let cmd = |k: &str, c: GateCmd| InboxCommand::new(m.clone(), key(k), &c).unwrap();
+    let knock = a.submit(cmd("g1", GateCmd::Knock)).unwrap();
+    let enter = a.submit(cmd("g2", GateCmd::Enter)).unwrap();
+    let open = a.submit(cmd("g3", GateCmd::Open)).unwrap();
+    let knocked = knock.wait(WAIT).unwrap();
+    assert_eq!(knocked.status, Status::Dumped, "{knocked:?}");
+    let opened = open.wait(WAIT).unwrap();
+    let entered = enter.wait(WAIT).unwrap();
+    assert_eq!(
+        (opened.status, entered.status),
+        (Status::Applied, Status::Applied)
+    );
+    // Applied once the gate opened (in the same write, or a later one).
+    assert!(opened.seq <= entered.seq, "{opened:?} {entered:?}");
+    assert_eq!(
+        entered.transition.as_deref(),
+        Some("Opened --Enter--> Opened"),
+        "{entered:?}"
+    );
+    assert_eq!(a.kernel().state(&m).unwrap().0, Gate::Opened { entered: 1 });
+}

@@ -81,8 +81,20 @@ impl NodeBuilder {
         self
     }
 
+    /// How many of one machine's inbox commands may be in flight at once (default 1). With 1,
+    /// a command a state defers waits for an event that only a later command brings, which
+    /// is never read: give machines whose states `defer` at least 2. Above 1 a command is
+    /// still applied at most once (the journal must hold this many keys:
+    /// `idempotency_window` at least `n`), but after a crash a command the machine refused
+    /// may be decided again in a later state, so a refusal is no longer final across a crash.
+    pub fn per_machine(mut self, n: usize) -> Self {
+        self.per_machine = n.max(1);
+        self
+    }
+
     /// How long the pump waits for a batch's answers before it goes on with others (default
-    /// 100 ms). A command a state defers stays in flight, its machine's later commands wait.
+    /// 100 ms). A command a state defers stays in flight, its machine's later commands wait
+    /// (see [`NodeBuilder::per_machine`]).
     pub fn round_wait(mut self, wait: Duration) -> Self {
         self.round_wait = wait;
         self

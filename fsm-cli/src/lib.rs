@@ -10,6 +10,9 @@
 //! fsm ls orders.sqlite                      machines, types, schema versions, sequences, sizes
 //! fsm export --json postgres://host/db      envelopes as JSON lines
 //! fsm compact /var/lib/orders               fold the log into the snapshot files
+//! fsm submit postgres://host/db order-7 '{"Pay":{"cents":500}}' --key pay-7 --wait-ms 5000
+//!                                           a command through a cluster's inbox
+//! fsm inbox postgres://host/db              a cluster's pending commands per partition
 //! ```
 //!
 //! A store is a directory (the file store), a file (SQLite), or a `postgres://` URL. The
@@ -39,6 +42,7 @@ use fsm_core::store::{Codec, Snapshot};
 use fsm_core::{Redact, Redacted};
 use serde_json::Value;
 
+mod cluster;
 mod offline;
 mod online;
 
@@ -162,6 +166,40 @@ enum Command {
     },
     /// Folds a file store's log into its snapshot files (as opening it does).
     Compact { store: String },
+    /// Submits a command to a cluster's inbox (PostgreSQL): the machine's owner applies it.
+    /// Prints `accepted` once it is durable; with --wait-ms, the decision too (exit 1 if it
+    /// was not applied, or not decided in time).
+    Submit {
+        /// The cluster's database, a postgres:// URL.
+        store: String,
+        /// The machine id.
+        machine: String,
+        /// The event, as JSON in the machine's event type (serde's form, e.g.
+        /// `{"Pay":{"cents":500}}` or `"Cancel"`).
+        event: String,
+        /// The idempotency key: submitting again with it is the same command.
+        #[arg(long)]
+        key: String,
+        /// Expire the command if no owner took it within this many milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        /// Wait this long for the decision.
+        #[arg(long)]
+        wait_ms: Option<u64>,
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// The snapshot table the inbox belongs to.
+        #[arg(long, default_value = "fsm_snapshots")]
+        table: String,
+    },
+    /// A cluster's pending commands per partition, and how long the oldest has waited.
+    Inbox {
+        store: String,
+        #[arg(long, default_value = "public")]
+        schema: String,
+        #[arg(long, default_value = "fsm_snapshots")]
+        table: String,
+    },
 }
 
 /// The exit status of a command.
@@ -288,6 +326,23 @@ where
             schema,
         } => offline::export(&store, &schema, decode, out),
         Command::Compact { store } => offline::compact(&store, out),
+        Command::Submit {
+            store,
+            machine,
+            event,
+            key,
+            ttl_ms,
+            wait_ms,
+            schema,
+            table,
+        } => cluster::submit(
+            &store, &schema, &table, &machine, &event, &key, ttl_ms, wait_ms, out,
+        ),
+        Command::Inbox {
+            store,
+            schema,
+            table,
+        } => cluster::depth(&store, &schema, &table, out),
     };
     match result {
         Ok(status) => status,

@@ -452,3 +452,86 @@ fn what_a_machine_owes_is_shown_online_and_offline() {
     assert_eq!(line["owed"][0]["attempts"], 1);
     assert_eq!(line["owed"][0]["running"], false);
 }
+
+#[test]
+fn submit_puts_a_command_through_a_clusters_inbox_and_inbox_shows_what_is_pending() {
+    use fsm_examples::cluster::Account;
+    use fsm_persist::postgres::{NodeBuilder, Ownership, PostgresStore, TestServer, TEST_USER};
+    let Some(server) = TestServer::shared() else {
+        eprintln!(
+            "SKIPPED: the cluster half of the CLI tests (no server binaries; CI installs them)"
+        );
+        return;
+    };
+    let store = std::sync::Arc::new(
+        PostgresStore::builder(server.config())
+            .schema("cli_cluster")
+            .ownership(
+                Ownership::new("cli-node")
+                    .partitions(4)
+                    .heartbeat(Some(std::time::Duration::from_millis(200)))
+                    .lease(std::time::Duration::from_secs(2)),
+            )
+            .open()
+            .unwrap(),
+    );
+    let kernel =
+        fsm_core::kernel::Kernel::builder_shared(store.clone(), |_| Account::Open { total: 0 })
+            .codec(Codec::new(1))
+            .start()
+            .unwrap();
+    let node = NodeBuilder::new()
+        .poll(std::time::Duration::from_millis(200))
+        .start(kernel, store)
+        .unwrap();
+    let url = format!(
+        "postgresql://{TEST_USER}@{}/postgres",
+        server
+            .socket_dir()
+            .display()
+            .to_string()
+            .replace('/', "%2F")
+    );
+    let submit = |event: &str, key: &str| {
+        fsm(&[
+            "submit",
+            &url,
+            "acct-cli",
+            event,
+            "--key",
+            key,
+            "--wait-ms",
+            "60000",
+            "--schema",
+            "cli_cluster",
+        ])
+    };
+    let applied = submit(r#"{"Add":{"amount":5}}"#, "cli-1");
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    let out = text(&applied);
+    assert!(
+        out.contains("accepted: machine acct-cli key cli-1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("applied: Open --Add--> Open (seq 1) [node cli-node]"),
+        "{out}"
+    );
+    let id = MachineId::new("acct-cli").unwrap();
+    assert_eq!(node.kernel().state(&id).unwrap().0.total(), 5);
+    // An event of another build: decided, not applied (exit 1), and said why.
+    let unknown = submit(r#"{"Refund":{"amount":5}}"#, "cli-2");
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(text(&unknown).contains("undecodable"), "{}", text(&unknown));
+    // Not JSON: refused before anything is stored (exit 2).
+    let bad = submit("{oops", "cli-3");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not JSON"));
+    let pending = fsm(&["inbox", &url, "--schema", "cli_cluster"]);
+    assert_eq!(pending.status.code(), Some(0));
+    assert!(
+        text(&pending).contains("0 pending in 0 of 4 partitions"),
+        "{}",
+        text(&pending)
+    );
+}

@@ -783,3 +783,46 @@ fn a_state_that_defers_or_dumps_keeps_its_meaning_through_the_inbox() {
     );
     assert_eq!(a.kernel().state(&m).unwrap().0, Gate::Opened { entered: 1 });
 }
+
+#[test]
+fn a_node_publishes_its_counters_and_the_inbox_depth_as_metrics() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_metrics", "a", Claim::Free);
+    let m = id("acct-metrics");
+    for i in 0..3 {
+        a.submit(add(&m, &format!("mk{i}"), 1))
+            .unwrap()
+            .wait(WAIT)
+            .unwrap();
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || a.publish_metrics()).unwrap();
+    let text = handle.render();
+    assert!(
+        text.contains("fsm_cluster_applied_total{node=\"a\"} 3"),
+        "{text}"
+    );
+    for name in [
+        "fsm_cluster_refused_total",
+        "fsm_cluster_fenced_total",
+        "fsm_cluster_missed_notifications_total",
+        "fsm_cluster_apply_lag_seconds",
+        "fsm_cluster_partitions_held",
+        "fsm_cluster_inbox_pending",
+        "fsm_cluster_inbox_oldest_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("fsm_cluster_inbox_pending{partition=\"0\"} 0"),
+        "{text}"
+    );
+    assert!(!text.contains("acct-metrics"), "no machine id in a label");
+}

@@ -311,6 +311,53 @@ impl<M: Durable> Node<M> {
         }
     }
 
+    /// Publishes the node's counters and the inbox's depth through the `metrics` facade
+    /// (feature `metrics`), for whatever exporter the process installed; call it on each
+    /// scrape or every few seconds (it runs one query for the depth). No label carries a
+    /// machine id.
+    ///
+    /// | name | kind | labels |
+    /// | --- | --- | --- |
+    /// | `fsm_cluster_applied_total`, `fsm_cluster_refused_total`, `fsm_cluster_fenced_total`, `fsm_cluster_retried_total`, `fsm_cluster_missed_notifications_total`, `fsm_cluster_loaded_total`, `fsm_cluster_deleted_total`, `fsm_cluster_errors_total`, `fsm_cluster_rounds_total` | counter | node |
+    /// | `fsm_cluster_apply_lag_seconds` (the oldest command of the last round, when read) | gauge | node |
+    /// | `fsm_cluster_partitions_held` | gauge | node |
+    /// | `fsm_cluster_inbox_pending`, `fsm_cluster_inbox_oldest_seconds` | gauge | partition |
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) -> Result<(), InboxError> {
+        use metrics::{counter, gauge};
+        let s = self.stats();
+        let node = self.store.node().unwrap_or_default().to_owned();
+        let labels = [("node", node)];
+        counter!("fsm_cluster_applied_total", &labels).absolute(s.applied);
+        counter!("fsm_cluster_refused_total", &labels).absolute(s.refused);
+        counter!("fsm_cluster_fenced_total", &labels).absolute(s.fenced);
+        counter!("fsm_cluster_retried_total", &labels).absolute(s.retried);
+        counter!("fsm_cluster_missed_notifications_total", &labels)
+            .absolute(s.missed_notifications);
+        counter!("fsm_cluster_loaded_total", &labels).absolute(s.loaded);
+        counter!("fsm_cluster_deleted_total", &labels).absolute(s.deleted);
+        counter!("fsm_cluster_errors_total", &labels).absolute(s.errors);
+        counter!("fsm_cluster_rounds_total", &labels).absolute(s.rounds);
+        gauge!("fsm_cluster_apply_lag_seconds", &labels).set(s.lag_ms as f64 / 1000.0);
+        gauge!("fsm_cluster_partitions_held", &labels).set(self.store.held().len() as f64);
+        // Every partition, so one that drained reads 0 rather than its last depth.
+        let depth: HashMap<u32, super::Depth> = self
+            .inbox
+            .depth()?
+            .into_iter()
+            .map(|d| (d.partition, d))
+            .collect();
+        for p in 0..self.inbox.partitions() {
+            let partition = [("partition", p.to_string())];
+            let (pending, oldest) = depth
+                .get(&p)
+                .map_or((0.0, 0.0), |d| (d.pending as f64, d.oldest.as_secs_f64()));
+            gauge!("fsm_cluster_inbox_pending", &partition).set(pending);
+            gauge!("fsm_cluster_inbox_oldest_seconds", &partition).set(oldest);
+        }
+        Ok(())
+    }
+
     /// Stops the pump (commands it has not read stay in the inbox for the next owner), then
     /// the kernel, draining what it had taken.
     pub fn shutdown(mut self) -> Option<ShutdownReport<M::Event>> {

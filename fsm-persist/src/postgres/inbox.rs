@@ -1122,7 +1122,9 @@ impl InboxTicket {
 
     /// Waits at most `timeout` for the decision. [`InboxError::Timeout`] leaves the command
     /// accepted: wait again. The decision arrives on a notification, or by polling if that
-    /// was lost, also when the machine's owner changed in between.
+    /// was lost, also when the machine's owner changed in between. The [`Inbox`] that gave
+    /// the ticket listens for it: keep it alive while waiting (or use
+    /// [`InboxTicket::check`]).
     pub fn wait(&self, timeout: Duration) -> Result<Decision, InboxError> {
         let deadline = Instant::now() + timeout;
         let mut value = self

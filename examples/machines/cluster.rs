@@ -279,7 +279,7 @@ pub fn nemesis(
     config: &Config,
     nodes: &mut [NodeProc],
     spawn: &dyn Fn(&str) -> Child,
-    net: Option<&Network>,
+    net: Option<&dyn Cut>,
     cycles: usize,
     timing: Timing,
     rng: &mut fastrand::Rng,
@@ -565,7 +565,7 @@ pub fn orchestrate(
     config: &Config,
     run: &Run,
     spawn: &dyn Fn(&str) -> Child,
-    net: Option<&Network>,
+    net: Option<&dyn Cut>,
 ) -> RunReport {
     create_tables(config);
     let mut nodes: Vec<NodeProc> = (1..=run.nodes)
@@ -615,6 +615,100 @@ pub fn orchestrate(
         drained,
         polled: inbox.stats().polled,
         log,
+    }
+}
+
+/// A way to cut node `i` (0-based) off the database and to heal it.
+pub trait Cut: Sync {
+    /// Cuts node `i` off.
+    fn cut(&self, i: usize);
+    /// Lets node `i` reach the database again.
+    fn heal(&self, i: usize);
+}
+
+impl Cut for Network {
+    fn cut(&self, i: usize) {
+        Network::cut(self, i);
+    }
+    fn heal(&self, i: usize) {
+        Network::heal(self, i);
+    }
+}
+
+/// The fallback where network namespaces cannot be made: a TCP proxy per node between it
+/// and the database; a cut closes the node's connections and refuses new ones until healed.
+/// Coarser than a link taken down (the node is told at once, where a real partition leaves
+/// it hanging), so the namespaces are preferred.
+pub struct Proxies {
+    proxies: Vec<Proxy>,
+}
+
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxies {
+    /// One proxy per node on 127.0.0.1, each forwarding to `upstream`.
+    pub fn start(nodes: usize, upstream: std::net::SocketAddr) -> std::io::Result<Proxies> {
+        let mut proxies = vec![];
+        for _ in 0..nodes {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = listener.local_addr()?.port();
+            let cut = Arc::new(AtomicBool::new(false));
+            let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+            let (c, o) = (cut.clone(), open.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    if c.load(Ordering::Acquire) {
+                        drop(client);
+                        continue;
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                        continue;
+                    };
+                    {
+                        let mut open = o.lock().expect("not poisoned");
+                        open.extend(client.try_clone().ok());
+                        open.extend(server.try_clone().ok());
+                    }
+                    let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                        });
+                    };
+                    pipe(client, server);
+                    pipe(s2, c2);
+                }
+            });
+            proxies.push(Proxy { port, cut, open });
+        }
+        Ok(Proxies { proxies })
+    }
+
+    /// The port node `i` (1-based, as named) connects to.
+    pub fn port(&self, i: usize) -> u16 {
+        self.proxies[i - 1].port
+    }
+}
+
+impl Cut for Proxies {
+    fn cut(&self, i: usize) {
+        let p = &self.proxies[i];
+        p.cut.store(true, Ordering::Release);
+        for s in p.open.lock().expect("not poisoned").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    fn heal(&self, i: usize) {
+        self.proxies[i].cut.store(false, Ordering::Release);
     }
 }
 

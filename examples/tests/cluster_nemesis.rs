@@ -9,14 +9,15 @@
 //!
 //! With root (as in CI), each node runs in a network namespace of its own, reaching the
 //! database over TCP on a veth pair, and the nemesis also cuts a node off by taking its link
-//! down. Without it the test says so loudly and injects kills and pauses only; in CI
-//! (`CI` set) that is a failure.
+//! down. Where namespaces cannot be made the test says so loudly and cuts through a TCP proxy
+//! per node instead (`FSM_NEMESIS_PROXY=1` forces that); in CI (`CI` set) missing namespaces
+//! are a failure.
 #![allow(missing_docs)]
 
 use std::process::Command;
 
-use fsm_examples::cluster::{self, Network, Run, Timing};
-use fsm_persist::postgres::{Config, Listen, TestServer};
+use fsm_examples::cluster::{self, Cut, Network, Proxies, Run, Timing};
+use fsm_persist::postgres::{Config, Listen, TestServer, TEST_USER};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -31,29 +32,49 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let net = match Network::create(3) {
+    // Namespaces, or (said loudly) proxies; `FSM_NEMESIS_PROXY=1` forces the proxies.
+    let forced = std::env::var_os("FSM_NEMESIS_PROXY").is_some();
+    let net = if forced {
+        Err("FSM_NEMESIS_PROXY is set".to_owned())
+    } else {
+        Network::create(3)
+    };
+    let net = match net {
         Ok(net) => Some(net),
         Err(why) => {
             assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must cut the network, and cannot make namespaces: {why}"
+                forced || std::env::var_os("CI").is_none(),
+                "CI must cut the network with namespaces, and cannot make them: {why}"
             );
             eprintln!(
-                "\n==================== NETWORK CUTS SKIPPED ====================\n\
-                 cluster_nemesis: network namespaces cannot be made here ({why}),\n\
-                 so the nemesis kills and pauses nodes but DOES NOT cut any off the\n\
-                 database. Run as root (CI does) for the full nemesis.\n\
-                 ==============================================================\n"
+                "\n==================== NO NETWORK NAMESPACES ====================\n\
+                 cluster_nemesis: network namespaces cannot be made here ({why}).\n\
+                 Falling back to a TCP proxy per node: a cut closes the node's\n\
+                 connections and refuses new ones, which a node notices at once,\n\
+                 where a real partition leaves it hanging. Run as root (CI does) for\n\
+                 cuts by namespace.\n\
+                 ===============================================================\n"
             );
             None
         }
     };
-    let listen = net.as_ref().map_or(Listen::Socket, |n| Listen::Addresses {
+    let listen = net.as_ref().map_or(Listen::Tcp, |n| Listen::Addresses {
         listen: n.listen(),
         allow: n.allow(),
     });
     let Some(server) = TestServer::start_or_skip_with("cluster_nemesis", listen) else {
         return;
+    };
+    let proxies = match &net {
+        Some(_) => None,
+        None => Some(
+            Proxies::start(3, ([127, 0, 0, 1], server.port()).into()).expect("start the proxies"),
+        ),
+    };
+    let cutter: &dyn Cut = match (&net, &proxies) {
+        (Some(n), _) => n,
+        (None, Some(p)) => p,
+        (None, None) => unreachable!("one of the two is made above"),
     };
     let cycles: usize = std::env::var("FSM_NEMESIS_CYCLES").map_or(12, |v| v.parse().unwrap());
     let seed: u64 = std::env::var("FSM_NEMESIS_SEED")
@@ -61,9 +82,9 @@ fn main() {
     println!(
         "cluster_nemesis: {cycles} faults ({}), FSM_NEMESIS_SEED={seed}",
         if net.is_some() {
-            "kill, pause, cut"
+            "kill, pause, cut by namespace"
         } else {
-            "kill, pause"
+            "kill, pause, cut by proxy"
         }
     );
     let config = server.config();
@@ -78,8 +99,15 @@ fn main() {
                 url = cluster::config_string(&server.tcp_config(&net.gateway(i)));
             }
             None => {
+                let i: usize = name.trim_start_matches('n').parse().unwrap();
+                // A config of its own: `Config::port` adds a port, it does not replace one.
+                let mut via = Config::new();
+                via.host("127.0.0.1")
+                    .port(proxies.as_ref().expect("made above").port(i))
+                    .user(TEST_USER)
+                    .dbname("postgres");
                 c = Command::new(&exe);
-                url = cluster::config_string(&config);
+                url = cluster::config_string(&via);
             }
         }
         c.env("FSM_NEMESIS_NODE", name).env("FSM_NEMESIS_URL", url);
@@ -94,7 +122,7 @@ fn main() {
         seed,
         timing: Timing::default(),
     };
-    let r = cluster::orchestrate(&config, &run, &spawn, net.as_ref());
+    let r = cluster::orchestrate(&config, &run, &spawn, Some(cutter));
     let rep = &r.report;
     for f in &r.faults {
         println!("  {} {}: takeover {:?}", f.kind, f.node, f.takeover);
@@ -120,7 +148,7 @@ fn main() {
         r.faults.iter().any(|f| f.takeover.is_some()),
         "no fault moved a partition: the nemesis tested nothing"
     );
-    if net.is_some() {
+    {
         assert!(
             r.faults
                 .iter()

@@ -4,6 +4,24 @@
 #[path = "alloc.rs"]
 pub mod alloc;
 
+/// Runs `other` then `timed`, `iters` times, and returns the time `timed` took in all: for
+/// criterion's `iter_custom`, so a function and its baseline meet the same moments of a disk
+/// whose speed drifts.
+pub fn alternate(
+    iters: u64,
+    timed: &mut dyn FnMut(),
+    other: &mut dyn FnMut(),
+) -> std::time::Duration {
+    let mut total = std::time::Duration::ZERO;
+    for _ in 0..iters {
+        other();
+        let start = std::time::Instant::now();
+        timed();
+        total += start.elapsed();
+    }
+    total
+}
+
 pub mod dispatch {
     //! The dispatch bench's driver, shared with the instruction-counting binary.
 

@@ -135,16 +135,7 @@ impl Raw {
 
 /// Times `timed` only, running `other` before each of its iterations.
 fn alternating(b: &mut Bencher<'_>, timed: &mut dyn FnMut(), other: &mut dyn FnMut()) {
-    b.iter_custom(|iters| {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            other();
-            let start = Instant::now();
-            timed();
-            total += start.elapsed();
-        }
-        total
-    })
+    b.iter_custom(|iters| fsm_benches::alternate(iters, timed, other));
 }
 
 struct Inboxed {

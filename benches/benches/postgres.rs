@@ -23,7 +23,7 @@
 //! operation alternately with the baseline's (raw) or, for the baseline, with the fenced
 //! store's, timing only its own: both sides of every ratio meet the same moments.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Bencher, Criterion, Throughput};
 use fsm_benches::kernel::{round, Blob};
@@ -44,16 +44,7 @@ fn store(server: &TestServer, schema: &str, fenced: bool) -> PostgresStore {
 
 /// Times `timed` only, running `other` before each of its iterations.
 fn alternating(b: &mut Bencher<'_>, timed: &mut dyn FnMut(), other: &mut dyn FnMut()) {
-    b.iter_custom(|iters| {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            other();
-            let start = Instant::now();
-            timed();
-            total += start.elapsed();
-        }
-        total
-    })
+    b.iter_custom(|iters| fsm_benches::alternate(iters, timed, other));
 }
 
 /// Writes the next snapshot of each of `ids` per call: the bare statement on a raw connection

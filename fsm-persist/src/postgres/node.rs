@@ -400,6 +400,21 @@ struct Decided {
     detail: Option<String>,
 }
 
+impl Decided {
+    /// A decision without a transition: why, in `detail`.
+    fn refused(row: i64, partition: i32, epoch: i64, status: Status, detail: String) -> Self {
+        Decided {
+            row,
+            partition,
+            epoch,
+            status,
+            seq: None,
+            transition: None,
+            detail: Some(detail),
+        }
+    }
+}
+
 /// The pump's own connection and statements.
 struct PumpConn {
     client: Client,
@@ -639,14 +654,8 @@ where
                 let partition: i32 = r.get(6);
                 lag = lag.max(waited);
                 let epoch = held.get(&(partition as u32)).copied().unwrap_or(0) as i64;
-                let refuse = |status, detail: String| Decided {
-                    row,
-                    partition,
-                    epoch,
-                    status,
-                    seq: None,
-                    transition: None,
-                    detail: Some(detail),
+                let refuse = |status, detail: String| {
+                    Decided::refused(row, partition, epoch, status, detail)
                 };
                 if expired {
                     decided.push(refuse(
@@ -708,15 +717,7 @@ where
                                 continue;
                             }
                         };
-                        decided.push(Decided {
-                            row,
-                            partition,
-                            epoch,
-                            status,
-                            seq: None,
-                            transition: None,
-                            detail: Some(detail),
-                        });
+                        decided.push(Decided::refused(row, partition, epoch, status, detail));
                     }
                 }
             }

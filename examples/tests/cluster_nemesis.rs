@@ -5,7 +5,7 @@
 //! order; every answer a client got matches the stored history; nothing applied that no
 //! client sent.
 //!
-//! `FSM_NEMESIS_CYCLES` sets the faults (default 12); `FSM_NEMESIS_SEED` replays a run.
+//! `FSM_NEMESIS_CYCLES` sets the faults (default 24); `FSM_NEMESIS_SEED` replays a run.
 //!
 //! With root (as in CI), each node runs in a network namespace of its own, reaching the
 //! database over TCP on a veth pair, and the nemesis also cuts a node off by taking its link
@@ -76,7 +76,7 @@ fn main() {
         (None, Some(p)) => p,
         (None, None) => unreachable!("one of the two is made above"),
     };
-    let cycles: usize = std::env::var("FSM_NEMESIS_CYCLES").map_or(12, |v| v.parse().unwrap());
+    let cycles: usize = std::env::var("FSM_NEMESIS_CYCLES").map_or(24, |v| v.parse().unwrap());
     let seed: u64 = std::env::var("FSM_NEMESIS_SEED")
         .map_or_else(|_| fastrand::u64(..), |v| v.parse().unwrap());
     println!(

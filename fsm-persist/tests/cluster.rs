@@ -240,6 +240,7 @@ fn a_full_inbox_refuses_with_full_and_stores_nothing() {
         }
         other => panic!("expected Full, got {other:?}"),
     }
+    assert_eq!(inbox.stats().refused_full, 1);
     let depth = inbox.depth().unwrap();
     assert_eq!(depth.len(), 1);
     assert_eq!((depth[0].partition, depth[0].pending), (part, 3));
@@ -841,4 +842,85 @@ fn a_node_publishes_its_counters_and_the_inbox_depth_as_metrics() {
         "{text}"
     );
     assert!(!text.contains("acct-metrics"), "no machine id in a label");
+}
+
+#[test]
+fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_decided() {
+    // A server of its own: this test stops it.
+    let Some(server) = TestServer::start_or_skip("cluster: a database that refuses") else {
+        return;
+    };
+    let config = server.config();
+    let s = Arc::new(
+        PostgresStore::builder(config.clone())
+            .schema("cl_refuse")
+            .ownership(
+                Ownership::new("a")
+                    .partitions(PARTITIONS)
+                    .lease(Duration::from_secs(2))
+                    .heartbeat(Some(Duration::from_millis(200))),
+            )
+            .open()
+            .unwrap(),
+    );
+    let a = options().start(kernel(s.clone()), s).unwrap();
+    let m = id("acct-r");
+    assert!(a
+        .submit(add(&m, "r1", 1))
+        .unwrap()
+        .wait(WAIT)
+        .unwrap()
+        .is_applied());
+    // A machine id no client can make (the API checks ids), written by hand: decided
+    // Refused with why, not stuck, not a panic.
+    let mut raw = config.connect(postgres::NoTls).unwrap();
+    raw.execute(
+        "INSERT INTO cl_refuse.fsm_snapshots_inbox (machine, partition, key, event)
+         VALUES ('', 0, 'hand-1', '\"Close\"')",
+        &[],
+    )
+    .unwrap();
+    let start = Instant::now();
+    let (status, detail) = loop {
+        let row = raw
+            .query_one(
+                "SELECT status, detail FROM cl_refuse.fsm_snapshots_inbox WHERE key = 'hand-1'",
+                &[],
+            )
+            .unwrap();
+        let status: Option<String> = row.get(0);
+        if let Some(status) = status {
+            break (status, row.get::<_, Option<String>>(1));
+        }
+        assert!(start.elapsed() < WAIT, "the bad row was never decided");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, "refused");
+    assert!(detail.unwrap().contains("invalid machine id"));
+    drop(raw);
+    // The server goes away: a submit is a typed error saying nothing was stored.
+    server.pause().unwrap();
+    match a.submit(add(&m, "r2", 1)) {
+        Err(InboxError::Store(e)) => {
+            assert!(
+                matches!(*e, fsm_core::store::StoreError::Unavailable { .. }),
+                "{e:?}"
+            )
+        }
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    // It comes back: the same key goes through, and the node serves it.
+    server.resume().unwrap();
+    let start = Instant::now();
+    let ticket = loop {
+        match a.submit(add(&m, "r2", 1)) {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "never accepted again: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(ticket.wait(WAIT).unwrap().is_applied());
+    assert_eq!(total(&a, &m), 2);
 }

@@ -289,6 +289,7 @@ impl InboxBuilder {
             waiters: Waiters::default(),
             notified: AtomicU64::new(0),
             polled: AtomicU64::new(0),
+            full: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             poll: self.poll,
         });
@@ -586,6 +587,7 @@ struct Shared {
     waiters: Waiters,
     notified: AtomicU64,
     polled: AtomicU64,
+    full: AtomicU64,
     stop: AtomicBool,
     poll: Duration,
 }
@@ -788,7 +790,7 @@ pub struct Depth {
     pub oldest: Duration,
 }
 
-/// What a submitter's inbox saw: how its tickets' answers arrived.
+/// What a submitter's inbox saw: how its tickets' answers arrived, and what it refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InboxStats {
@@ -796,6 +798,8 @@ pub struct InboxStats {
     pub notified: u64,
     /// Answers found by polling, with no notification: notifications missed.
     pub polled: u64,
+    /// Commands this inbox refused [`InboxError::Full`].
+    pub refused_full: u64,
 }
 
 impl Inbox {
@@ -925,11 +929,14 @@ impl Inbox {
                         machine: c.machine.clone(),
                         key: c.key.clone(),
                     }),
-                    None => Err(InboxError::Full {
-                        partition: parts[i] as u32,
-                        pending: pending as u64,
-                        limit: self.shared.limit,
-                    }),
+                    None => {
+                        self.shared.full.fetch_add(1, Ordering::Relaxed);
+                        Err(InboxError::Full {
+                            partition: parts[i] as u32,
+                            pending: pending as u64,
+                            limit: self.shared.limit,
+                        })
+                    }
                 });
             }
         }
@@ -1005,6 +1012,7 @@ impl Inbox {
         InboxStats {
             notified: self.shared.notified.load(Ordering::Relaxed),
             polled: self.shared.polled.load(Ordering::Relaxed),
+            refused_full: self.shared.full.load(Ordering::Relaxed),
         }
     }
 

@@ -184,7 +184,7 @@ pub fn account(i: usize) -> MachineId {
 /// Submits commands from `threads` threads until `stop`: each thread owns its machines
 /// (machine `i` belongs to thread `i % threads`) and submits to each in turn, so a
 /// machine's commands are submitted one after another and their rows' order is their
-/// submission order.
+/// submission order. Closed loop: each batch waits (at most 5 s) for its answers.
 pub fn load(
     inbox: &Inbox,
     machines: usize,
@@ -217,6 +217,17 @@ pub fn load(
                         meta.push((key, amount));
                     }
                     let results = inbox.submit_many(commands);
+                    // Closed loop: wait (a bounded while) for this batch's answers before the
+                    // next, so the offered load follows what the cluster applies and no
+                    // backlog builds up while an owner is down.
+                    let until = Instant::now() + Duration::from_secs(5);
+                    for t in results.iter().flatten() {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let _ = t.wait(left);
+                    }
                     let mut sent = log.sent.lock().expect("not poisoned");
                     for ((key, amount), r) in meta.into_iter().zip(results) {
                         let ticket = match r {
@@ -234,8 +245,6 @@ pub fn load(
                         sent.insert(key, Sent { amount, ticket });
                     }
                     drop(sent);
-                    // A modest rate: the point is the faults, not the throughput.
-                    std::thread::sleep(Duration::from_millis(5));
                 }
             });
         }
@@ -356,6 +365,10 @@ pub fn nemesis(
             }
             _ => net.expect("cuts only with a network").heal(i),
         }
+        eprintln!(
+            "  fault {}/{cycles}: {kind} {name}, partitions moved in {takeover:?}",
+            cycle + 1
+        );
         faults.push(Fault {
             kind,
             node: name,
@@ -456,6 +469,7 @@ pub fn check(config: &Config, log: &LoadLog, machines: usize) -> Report {
                 .push((id, seq.unwrap_or(0), s.amount));
         }
     }
+    let answers_until = Instant::now() + Duration::from_secs(60);
     for (key, s) in sent.iter() {
         let landed = by_key.get(key);
         let is_applied = landed.is_some_and(|(st, _)| st.as_deref() == Some("applied"));
@@ -463,7 +477,11 @@ pub fn check(config: &Config, log: &LoadLog, machines: usize) -> Report {
             report.lost += 1;
         }
         if let (Some(t), Some((st, seq))) = (&s.ticket, landed) {
-            match t.wait(Duration::from_secs(30)) {
+            // Every decision is in the database by now; the answers thread hands them out
+            // within a poll. One bound for all of them, so a stuck thread fails the check
+            // rather than hanging it.
+            let left = answers_until.saturating_duration_since(Instant::now());
+            match t.wait(left) {
                 Ok(d) => {
                     if Some(d.status.as_str()) != st.as_deref()
                         || d.seq.map(|x| x as i64) != *seq
@@ -596,7 +614,9 @@ pub fn orchestrate(
         stop.store(true, Ordering::Relaxed);
         faults
     });
+    eprintln!("  load stopped; waiting until every accepted command is decided");
     let drained = drain(&inbox, Duration::from_secs(120));
+    eprintln!("  drained: {drained}; checking the database");
     let elapsed = start.elapsed();
     for n in &mut nodes {
         if let Some(c) = &mut n.child {

@@ -111,6 +111,7 @@ pub mod queue;
 mod redact;
 mod rejection;
 pub mod store;
+mod sync;
 pub mod table;
 pub mod testing;
 pub mod timer;

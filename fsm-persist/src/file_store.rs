@@ -1,13 +1,14 @@
 //! The file store: the embedded default backend. One directory, a file per machine, and
 //! write-ahead log segments that batches from several threads append to in parallel.
 
+use crate::sync::Recover;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -387,7 +388,7 @@ struct Shared {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section of the store updates its state only after the I/O it describes
     // succeeded, so a panic elsewhere cannot leave the state describing what the disk lacks.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.lock().recover()
 }
 
 thread_local! {
@@ -854,10 +855,7 @@ impl Shared {
                     self.release(&reserved, batch);
                     let mut state = lock(&partition.state);
                     while state.writing.contains(&busy) {
-                        state = partition
-                            .released
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
+                        state = partition.released.wait(state).recover();
                     }
                     continue 'again;
                 }
@@ -1071,10 +1069,7 @@ impl Shared {
             {
                 break Ok(());
             }
-            log = self
-                .log_changed
-                .wait(log)
-                .unwrap_or_else(PoisonError::into_inner);
+            log = self.log_changed.wait(log).recover();
         };
         drop(log);
         self.commit_wait_ns
@@ -1208,10 +1203,7 @@ impl Shared {
         // Batches already appended to the sealed segments publish their index entries first.
         let mut log = lock(&self.log);
         while log.live.values().any(|s| s.sealed && s.unpublished > 0) {
-            log = self
-                .log_changed
-                .wait(log)
-                .unwrap_or_else(PoisonError::into_inner);
+            log = self.log_changed.wait(log).recover();
         }
         let sealed: Vec<u64> = log
             .live
@@ -1374,10 +1366,7 @@ impl Shared {
                 return;
             }
             if log.bytes < self.checkpoint_bytes {
-                log = self
-                    .log_changed
-                    .wait(log)
-                    .unwrap_or_else(PoisonError::into_inner);
+                log = self.log_changed.wait(log).recover();
                 continue;
             }
             drop(log);
@@ -1394,7 +1383,7 @@ impl Shared {
                 log = self
                     .log_changed
                     .wait_timeout(log, Duration::from_millis(500))
-                    .unwrap_or_else(PoisonError::into_inner)
+                    .recover()
                     .0;
             }
         }

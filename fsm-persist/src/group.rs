@@ -2,8 +2,9 @@
 //! writes all of them at once, so several threads committing together pay one sync, not one
 //! each. The file store's log lanes and the SQLite store both commit through it.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// A queue of writes in which whoever finds no write under way writes everything waiting.
 pub(crate) struct GroupCommit<W, R> {
@@ -37,7 +38,7 @@ impl<W, R> Default for GroupCommit<W, R> {
 impl<W, R> GroupCommit<W, R> {
     fn lock(&self) -> MutexGuard<'_, Queue<W, R>> {
         // Every critical section leaves the queue consistent.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock().recover()
     }
 
     /// Queues `work` and returns its result. If no write is under way this thread writes: it
@@ -55,10 +56,7 @@ impl<W, R> GroupCommit<W, R> {
                 return result;
             }
             if queue.writing {
-                queue = self
-                    .written
-                    .wait(queue)
-                    .unwrap_or_else(PoisonError::into_inner);
+                queue = self.written.wait(queue).recover();
                 continue;
             }
             // No write under way and no result yet: this thread's work is still waiting (a

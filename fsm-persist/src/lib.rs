@@ -45,6 +45,7 @@ pub mod postgres;
 pub mod power;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod sync;
 mod verify;
 mod wal;
 

@@ -1,8 +1,9 @@
 //! The mirrored store: the error kernel kept twice.
 
+use crate::sync::Recover;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use fsm_core::store::{
     check_batch, check_put, Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError,
@@ -157,11 +158,11 @@ impl MirroredStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 
     fn serialize(&self) -> MutexGuard<'_, ()> {
-        self.write.lock().unwrap_or_else(PoisonError::into_inner)
+        self.write.lock().recover()
     }
 
     fn failed(&self, side: Side, error: &StoreError) {

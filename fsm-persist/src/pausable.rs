@@ -2,7 +2,8 @@
 //! garbage-collection pause, a VM migration) while it commits: for tests and demonstrations
 //! of what a paused owner's late write meets when it wakes.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use crate::sync::Recover;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use fsm_core::store::{Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError};
 
@@ -60,7 +61,7 @@ impl<S: SnapshotStore> Pausable<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+        self.gate.lock().recover()
     }
 
     /// Holds every write from now on at the gate.
@@ -78,10 +79,7 @@ impl<S: SnapshotStore> Pausable<S> {
     pub fn wait_for_writer(&self) {
         let mut gate = self.lock();
         while gate.waiting == 0 {
-            gate = self
-                .changed
-                .wait(gate)
-                .unwrap_or_else(PoisonError::into_inner);
+            gate = self.changed.wait(gate).recover();
         }
     }
 
@@ -93,10 +91,7 @@ impl<S: SnapshotStore> Pausable<S> {
         gate.waiting += 1;
         self.changed.notify_all();
         while gate.paused {
-            gate = self
-                .changed
-                .wait(gate)
-                .unwrap_or_else(PoisonError::into_inner);
+            gate = self.changed.wait(gate).recover();
         }
         gate.waiting -= 1;
     }

@@ -64,6 +64,7 @@
 //! assert_eq!(store.get(&id).unwrap().seq(), 1);
 //! ```
 
+use crate::sync::Recover;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -74,7 +75,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::fault::Step;
 use crate::io::{Io, IoFile, OsIo};
@@ -380,7 +381,7 @@ impl PowerLossIo {
     fn lock(&self) -> MutexGuard<'_, Disk> {
         // Every operation validates before it changes anything, so a panic leaves no half
         // applied state behind.
-        self.disk.lock().unwrap_or_else(PoisonError::into_inner)
+        self.disk.lock().recover()
     }
 
     /// The modelled directory.
@@ -607,7 +608,7 @@ struct PowerFile {
 
 impl PowerFile {
     fn perform(&self, record: Record) -> io::Result<()> {
-        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut disk = self.disk.lock().recover();
         disk.perform(record).map(drop)
     }
 }

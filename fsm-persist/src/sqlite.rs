@@ -1,8 +1,9 @@
 //! The SQLite store (feature `sqlite`): bundled SQLite, WAL mode, `synchronous=FULL`.
 
+use crate::sync::Recover;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::group::GroupCommit;
 use fsm_core::store::{
@@ -186,7 +187,7 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // rusqlite rolls back an open transaction when it is dropped during a panic.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        self.conn.lock().recover()
     }
 
     /// Runs `read` on the writing connection if no transaction holds it (its page cache is
@@ -201,11 +202,7 @@ impl SqliteStore {
             Err(std::sync::TryLockError::Poisoned(p)) => return read(&p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => {}
         }
-        let idle = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let idle = self.readers.lock().recover().pop();
         let conn = match idle {
             Some(conn) => conn,
             None => Connection::open_with_flags(
@@ -216,7 +213,7 @@ impl SqliteStore {
             .map_err(known)?,
         };
         let result = read(&conn);
-        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut readers = self.readers.lock().recover();
         // A few are enough: one per thread reading at once.
         if readers.len() < 16 {
             readers.push(conn);

@@ -11,11 +11,12 @@
 //! (super::Shutdown::HandBack): their answers find the kernel closed, and a durable one stays
 //! owed in its machine's outbox, run again on the next start.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::supervisor::{conclude, escalate, Ended, Outgoing, Run, Window, WorkerMsg};
@@ -122,14 +123,11 @@ pub(crate) fn run<M, W>(
 
 impl<M: Durable, W> Pool<M, W> {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<M>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 
     fn stats(&self) -> std::sync::MutexGuard<'_, super::stats::WorkerMetrics> {
-        self.inner.workers[0]
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.workers[0].stats.lock().recover()
     }
 
     /// Counts a crash; escalates the pool when it exceeds the intensity.

@@ -1,8 +1,9 @@
 //! A shard's inbox: the bounded queue in front of every machine of one shard, where overload
 //! is decided for the kernel.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::queue::{Clock, DumpCause, Overload, Reply};
@@ -193,7 +194,7 @@ impl<M: Durable> Inbox<M> {
     /// Only plain field updates happen under the lock, so a poisoned lock holds consistent
     /// data.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<M>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 
     fn wake_shard(&self, mut state: MutexGuard<'_, State<M>>) {
@@ -299,16 +300,8 @@ impl<M: Durable> Inbox<M> {
                 _ => {
                     let bound = clock.sleep_bound(deadline);
                     state = match bound {
-                        Some(d) => {
-                            self.room
-                                .wait_timeout(state, d)
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .0
-                        }
-                        None => self
-                            .room
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner),
+                        Some(d) => self.room.wait_timeout(state, d).recover().0,
+                        None => self.room.wait(state).recover(),
                     };
                 }
             }
@@ -368,16 +361,8 @@ impl<M: Durable> Inbox<M> {
         if state.jobs.is_empty() && state.closing.is_none() {
             state.parked = true;
             state = match bound {
-                Some(d) => {
-                    self.work
-                        .wait_timeout(state, d)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-                None => self
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => self.work.wait_timeout(state, d).recover().0,
+                None => self.work.wait(state).recover(),
             };
             state.parked = false;
         }

@@ -150,10 +150,11 @@ mod supervisor;
 mod time_base;
 mod trace;
 
+use crate::sync::Recover;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -496,7 +497,7 @@ impl<M: Durable> Kernel<M> {
                     s.high_water,
                 )
             };
-            let stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            let stats = stats.lock().recover();
             let mut counts = stats.counts;
             counts.submitted += submitted;
             counts.full += full;
@@ -521,7 +522,7 @@ impl<M: Durable> Kernel<M> {
             workers: inner
                 .workers
                 .iter()
-                .map(|w| *w.stats.lock().unwrap_or_else(PoisonError::into_inner))
+                .map(|w| *w.stats.lock().recover())
                 .collect(),
             store_reopens: inner.store.reopens.load(Ordering::Relaxed),
             uptime: inner
@@ -537,13 +538,7 @@ impl<M: Durable> Kernel<M> {
     /// to the owner. Keys travel with them: resubmitted to the owner, a command applies once.
     /// Whatever is not taken is returned by [`Kernel::shutdown`] too.
     pub fn take_handed_back(&self) -> Vec<(MachineId, Request<M::Event>)> {
-        std::mem::take(
-            &mut *self
-                .inner
-                .handed_back
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.inner.handed_back.lock().recover())
     }
 
     /// The live trace: the most recent decisions matching `filter`, oldest first.
@@ -553,11 +548,7 @@ impl<M: Durable> Kernel<M> {
 
     /// Workers that exceeded their restart intensity, in order.
     pub fn escalations(&self) -> Vec<Escalation> {
-        self.inner
-            .escalations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.escalations.lock().recover().clone()
     }
 
     /// Restarts an escalated effect worker (an operator's decision, once the cause is
@@ -605,12 +596,7 @@ impl<M: Durable> Kernel<M> {
         self.inner
             .stats
             .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .quarantine
-                    .clone()
-            })
+            .flat_map(|s| s.lock().recover().quarantine.clone())
             .collect()
     }
 
@@ -724,12 +710,7 @@ impl<M: Durable> Kernel<M> {
             let _ = worker.join();
         }
         // Fenced commands nobody took yet are returned too: nothing accepted is dropped.
-        handed_back.append(
-            &mut inner
-                .handed_back
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        handed_back.append(&mut inner.handed_back.lock().recover());
         #[cfg(feature = "tracing")]
         tracing::info!(
             machine = M::TABLE.machine(),

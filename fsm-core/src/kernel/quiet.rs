@@ -6,8 +6,9 @@
 //! nothing every command writes is shared between shards. The kernel is idle when every
 //! shard is; work never moves from one shard's count to another's.
 
+use crate::sync::Recover;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex};
 
 /// One shard's count, on a cache line of its own so that shards do not slow each other.
 #[repr(align(128))]
@@ -51,7 +52,7 @@ impl Quiet {
         let count = &self.shards[shard];
         if count.busy.fetch_sub(n as i64, Ordering::AcqRel) - n as i64 <= 0 {
             // Through the gate, so a waiter between its check and its wait cannot miss this.
-            let _gate = count.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let _gate = count.gate.lock().recover();
             count.idle.notify_all();
         }
     }
@@ -60,12 +61,9 @@ impl Quiet {
     pub(super) fn wait_idle(&self) {
         loop {
             for count in self.shards.iter() {
-                let mut gate = count.gate.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut gate = count.gate.lock().recover();
                 while count.busy.load(Ordering::Acquire) > 0 {
-                    gate = count
-                        .idle
-                        .wait(gate)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    gate = count.idle.wait(gate).recover();
                 }
             }
             // A shard passed earlier may have taken new work meanwhile: done only when one

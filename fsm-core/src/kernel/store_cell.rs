@@ -1,8 +1,9 @@
 //! The kernel's store, and how it is reopened when it stops (a file store poisoned by a
 //! failed fsync): one reopen, whichever shard asks first.
 
+use crate::sync::Recover;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::store::{SnapshotStore, StoreError};
 
@@ -23,7 +24,7 @@ pub(super) struct StoreCell {
 
 impl StoreCell {
     pub(super) fn current(&self) -> (u64, Arc<dyn SnapshotStore>) {
-        let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.current.read().recover();
         (guard.0, guard.1.clone())
     }
 
@@ -37,10 +38,7 @@ impl StoreCell {
     /// The store of `generation` stopped (it answers `Poisoned`): reopens it, once, whichever
     /// shard asks first. Returns whether a newer store is in place.
     pub(super) fn reopen(&self, generation: u64) -> bool {
-        let _one_at_a_time = self
-            .reopening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self.reopening.lock().recover();
         if self.current().0 != generation {
             return true;
         }
@@ -49,7 +47,7 @@ impl StoreCell {
         };
         match reopen() {
             Ok(store) => {
-                let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+                let mut guard = self.current.write().recover();
                 *guard = (generation + 1, store);
                 self.generation.store(generation + 1, Ordering::Release);
                 self.reopens.fetch_add(1, Ordering::Relaxed);

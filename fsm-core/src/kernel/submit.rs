@@ -1,9 +1,10 @@
 //! Submitting to a kernel from any thread: the shared path of `Kernel::submit` and
 //! [`Submitter`].
 
+use crate::sync::Recover;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use super::inbox::{Admitted, Cmd, Refusal, Room};
 use super::{CommandError, Durable, Inner, Outcome, Request, SubmitError};
@@ -18,9 +19,7 @@ pub(super) fn enqueue<M: Durable>(
 ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
     let shard = inner.shard_of(id);
     if let Some(worker) = inner.escalated_worker(id) {
-        let mut stats = inner.stats[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stats = inner.stats[shard].lock().recover();
         stats.counts.submitted += 1;
         stats.counts.escalated += 1;
         return Err(SubmitError::Escalated { request, worker });

@@ -2,12 +2,13 @@
 //! that emitted them is durable; a failing worker is restarted within a restart intensity,
 //! then escalated.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::machine::StateMachine;
@@ -254,12 +255,7 @@ pub(crate) fn conclude<M: Durable>(
     failure_event: impl FnOnce(&Failure) -> Option<M::Event>,
     out: &mut Outgoing<M>,
 ) {
-    let stats = || {
-        inner.workers[worker]
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    };
+    let stats = || inner.workers[worker].stats.lock().recover();
     let settles = ctx.durable.then(|| (ctx.id.seq(), ctx.id.index()));
     let event = match ended {
         Ended::Done(event) => event,
@@ -371,11 +367,7 @@ impl<M: Durable> Outgoing<M> {
 pub(crate) fn escalate<M: Durable>(inner: &Inner<M>, index: usize, failure: Failure) {
     let board = &inner.workers[index];
     board.escalated.store(true, Ordering::Release);
-    board
-        .stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .escalated = true;
+    board.stats.lock().recover().escalated = true;
     let escalation = Escalation {
         worker: index,
         at: inner
@@ -388,11 +380,7 @@ pub(crate) fn escalate<M: Durable>(inner: &Inner<M>, index: usize, failure: Fail
     };
     #[cfg(feature = "tracing")]
     tracing::error!(worker = index, %escalation, "fsm.worker_escalated");
-    inner
-        .escalations
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(escalation);
+    inner.escalations.lock().recover().push(escalation);
 }
 
 /// The worker thread: runs effects one at a time, supervising the worker instance.
@@ -456,10 +444,7 @@ const BURST: usize = 16;
 
 impl<M: Durable> Supervised<M> {
     fn stats(&self) -> std::sync::MutexGuard<'_, super::stats::WorkerMetrics> {
-        self.inner.workers[self.index]
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.workers[self.index].stats.lock().recover()
     }
 
     /// A fresh worker instance; a factory that panics escalates at once.

@@ -1,9 +1,10 @@
 //! The live trace: a bounded ring of the most recent decisions, readable while the kernel
 //! runs.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::store::MachineId;
@@ -221,10 +222,7 @@ impl Trace {
     }
 
     fn ring(&self, shard: usize) -> std::sync::MutexGuard<'_, RingEntries> {
-        self.rings[shard]
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.rings[shard].entries.lock().recover()
     }
 
     /// Appends a shard's batch of entries under its ring's lock, dropping the oldest beyond

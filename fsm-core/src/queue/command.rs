@@ -1,9 +1,10 @@
 //! A command on its way to the machine, and the ticket that tells its submitter how it ended.
 
+use crate::sync::Recover;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -189,7 +190,7 @@ struct SlotState<O> {
 impl<O> Slot<O> {
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState<O>> {
         // A panic while holding this lock cannot leave the state half-written (plain moves).
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 }
 
@@ -277,11 +278,7 @@ impl<O> Ticket<O> {
             if let Some(outcome) = state.outcome.take() {
                 return outcome;
             }
-            state = self
-                .slot
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.slot.ready.wait(state).recover();
         }
     }
 }
@@ -305,12 +302,7 @@ impl<O: Clone> Ticket<O> {
             if left.is_zero() {
                 return None;
             }
-            state = self
-                .slot
-                .ready
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.slot.ready.wait_timeout(state, left).recover().0;
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The state producers and the consumer share, and the producers' side of the queue.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -118,13 +119,11 @@ impl<E> Shared<E> {
     /// The lock. Nothing panics while holding it except on allocation failure, and every
     /// update under it is a plain field write, so a poisoned lock holds consistent data.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<E>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 
     pub(crate) fn lock_latencies(&self) -> MutexGuard<'_, Latencies> {
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.latencies.lock().recover()
     }
 
     /// Whether producers can no longer add commands.
@@ -301,13 +300,8 @@ pub(crate) fn wait_on<'a, T>(
     bound: Option<Duration>,
 ) -> MutexGuard<'a, T> {
     match bound {
-        None => condvar.wait(guard).unwrap_or_else(PoisonError::into_inner),
-        Some(bound) => {
-            condvar
-                .wait_timeout(guard, bound)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-        }
+        None => condvar.wait(guard).recover(),
+        Some(bound) => condvar.wait_timeout(guard, bound).recover().0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The in-memory store: the contract without durability, for tests and examples.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::{
     check_batch, check_put, Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError,
@@ -48,10 +49,7 @@ impl MemoryStore {
     fn lock(&self, partition: usize) -> MutexGuard<'_, Map> {
         // Every critical section below leaves its map consistent, so a panic elsewhere while
         // holding the lock cannot have left it half-written.
-        self.partitions[partition]
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.partitions[partition].snapshots.lock().recover()
     }
 
     fn of(&self, id: &MachineId) -> MutexGuard<'_, Map> {

@@ -30,10 +30,11 @@
 //! Decisions are kept for the retention window (the cluster's idempotency window, default
 //! one day), then deleted in batches by the owners, off the commit path.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -572,7 +573,7 @@ struct Answer {
 
 impl Answer {
     fn set(&self, v: Result<Decision, InboxError>) {
-        *self.value.lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
+        *self.value.lock().recover() = Some(v);
         self.ready.notify_all();
     }
 }
@@ -594,12 +595,7 @@ struct Shared {
 
 impl Shared {
     fn conn(&self) -> Result<Conn, InboxError> {
-        if let Some(c) = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-        {
+        if let Some(c) = self.idle.lock().recover().pop() {
             return Ok(c);
         }
         let mut client = (self.connect)().map_err(|e| unavailable(&e))?;
@@ -621,19 +617,13 @@ impl Shared {
         let mut conn = self.conn()?;
         match f(&mut conn) {
             Ok(v) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
+                self.idle.lock().recover().push(conn);
                 Ok(v)
             }
             Err(e) => {
                 let failure = classify(&e, phase);
                 if !failure.broken {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(conn);
+                    self.idle.lock().recover().push(conn);
                 }
                 Err(InboxError::from(failure.error))
             }
@@ -663,11 +653,7 @@ impl Shared {
                 decided.insert(row, Err(InboxError::Forgotten));
             }
         }
-        let mut map = self
-            .waiters
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.waiters.map.lock().recover();
         let n = decided.len();
         for (row, d) in decided {
             if let Some(answer) = map.remove(&row) {
@@ -948,12 +934,7 @@ impl Inbox {
     fn ticket(&self, row: i64) -> InboxTicket {
         self.ensure_listener();
         let answer = {
-            let mut map = self
-                .shared
-                .waiters
-                .map
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut map = self.shared.waiters.map.lock().recover();
             map.entry(row).or_default().clone()
         };
         InboxTicket {
@@ -1018,7 +999,7 @@ impl Inbox {
 
     /// Starts the thread that listens for decisions, once.
     fn ensure_listener(&self) {
-        let mut slot = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.listener.lock().recover();
         if slot.is_some() {
             return;
         }
@@ -1033,12 +1014,7 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(h) = self
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(h) = self.listener.lock().recover().take() {
             let _ = h.join();
         }
     }
@@ -1080,7 +1056,7 @@ fn listen(shared: &Shared) {
             .waiters
             .map
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .recover()
             .keys()
             .copied()
             .collect();
@@ -1135,11 +1111,7 @@ impl InboxTicket {
     /// [`InboxTicket::check`]).
     pub fn wait(&self, timeout: Duration) -> Result<Decision, InboxError> {
         let deadline = Instant::now() + timeout;
-        let mut value = self
-            .answer
-            .value
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut value = self.answer.value.lock().recover();
         loop {
             if let Some(v) = &*value {
                 return v.clone();
@@ -1148,31 +1120,16 @@ impl InboxTicket {
             if left.is_zero() {
                 return Err(InboxError::Timeout(timeout));
             }
-            value = self
-                .answer
-                .ready
-                .wait_timeout(value, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            value = self.answer.ready.wait_timeout(value, left).recover().0;
         }
     }
 
     /// The decision if it is known now (looked up in the database).
     pub fn check(&self) -> Result<Option<Decision>, InboxError> {
-        if let Some(v) = &*self
-            .answer
-            .value
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
+        if let Some(v) = &*self.answer.value.lock().recover() {
             return v.clone().map(Some);
         }
         self.shared.answer(&[self.row])?;
-        self.answer
-            .value
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .transpose()
+        self.answer.value.lock().recover().clone().transpose()
     }
 }

@@ -5,8 +5,9 @@
 //! empty query), so a server restart shows up as a clean reconnect rather than as a failed
 //! write whose outcome is unknown. A connection that failed is closed, never lent again.
 
+use crate::sync::Recover;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fsm_core::store::StoreError;
@@ -65,7 +66,7 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().recover()
     }
 
     /// Lends a connection: an idle one (pinged first if it idled long), a new one if fewer
@@ -111,11 +112,7 @@ impl Pool {
                     ),
                 });
             }
-            state = self
-                .freed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.freed.wait_timeout(state, deadline - now).recover().0;
         }
     }
 

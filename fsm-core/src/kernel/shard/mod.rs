@@ -7,8 +7,9 @@
 //! it, stores what the core asks to write with one `put_many`, tells the core which writes did
 //! not hold, and hands out what the core settled: answers, trace entries, effects and stats.
 
+use crate::sync::Recover;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
@@ -449,9 +450,7 @@ impl<M: Durable> Shard<M> {
     }
 
     fn publish_quarantine(&self) {
-        let mut stats = self.inner.stats[self.index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stats = self.inner.stats[self.index].lock().recover();
         stats.quarantine = self.quarantined.values().cloned().collect();
         stats.quarantined = self.quarantined.len();
     }
@@ -504,9 +503,7 @@ impl<M: Durable> Shard<M> {
         let persist_ns = self.core.rules.nanos(started, self.core.rules.stamp());
         match result {
             Ok(()) => {
-                let mut stats = self.inner.stats[self.index]
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut stats = self.inner.stats[self.index].lock().recover();
                 stats.commits += 1;
                 stats.snapshots += snapshots.len() as u64;
                 drop(stats);
@@ -562,7 +559,7 @@ impl<M: Durable> Shard<M> {
             self.inner
                 .handed_back
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+                .recover()
                 .append(&mut self.core.to_owner);
         }
         let answered_at = self.core.rules.stamp();
@@ -664,9 +661,7 @@ impl<M: Durable> Shard<M> {
     /// pass over the machines in memory: on start and on the sweep's schedule).
     fn publish_gauges(&mut self, scan: bool) {
         let oldest = self.oldest_owed(scan);
-        let mut stats = self.inner.stats[self.index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stats = self.inner.stats[self.index].lock().recover();
         if let Some(oldest) = oldest {
             stats.oldest_owed_since = oldest;
         }
@@ -697,9 +692,7 @@ impl<M: Durable> Shard<M> {
 
     /// Adds this batch's counts and latencies to the shard's published stats.
     fn publish(&mut self, latencies: &[(u64, u64, u64)], persist_ns: u64) {
-        let mut stats = self.inner.stats[self.index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stats = self.inner.stats[self.index].lock().recover();
         let c = std::mem::take(&mut self.core.counts);
         stats.counts.add(&c);
         // `deferred` and `owed` are levels, kept by the shard, not counts.

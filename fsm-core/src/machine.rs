@@ -41,6 +41,15 @@ pub trait Event: Sized {
     fn from_raised(raised: TimerEvent) -> Result<Self, TimerEvent> {
         Err(raised)
     }
+
+    /// How a kernel stores this event in a snapshot (for timers that carry it), if it can:
+    /// `#[derive(Event)]` gives postcard when the type is also `Serialize + Deserialize`.
+    /// Not public API; a hand-written impl keeps the default (none) and a kernel needs
+    /// `KernelBuilder::timer_events`.
+    #[doc(hidden)]
+    fn __stored() -> Option<crate::__private::EventCodec<Self>> {
+        None
+    }
 }
 
 /// Why a chain of raised events stopped: a rejection, or the caller's step check.

@@ -2,8 +2,43 @@
 
 #![allow(missing_docs)]
 
+pub use crate::kernel::EventCodec;
 pub use crate::machine::Event;
 pub use core;
+
+/// Whether an event type can be stored, decided where the type is concrete (in the code
+/// `#[derive(Event)]` writes), by autoref specialization: `(&Probe::<E>::new()).stored()`
+/// finds [`SerdeEvent`] when `E` is `Serialize + Deserialize`, and [`PlainEvent`] otherwise.
+pub struct Probe<E>(core::marker::PhantomData<fn() -> E>);
+
+impl<E> Probe<E> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Probe(core::marker::PhantomData)
+    }
+}
+
+/// Chosen for an event type that serde can store.
+pub trait SerdeEvent<E> {
+    fn stored(&self) -> Option<EventCodec<E>>;
+}
+
+impl<E: serde::Serialize + serde::de::DeserializeOwned> SerdeEvent<E> for Probe<E> {
+    fn stored(&self) -> Option<EventCodec<E>> {
+        Some(EventCodec::postcard())
+    }
+}
+
+/// Chosen otherwise: the kernel stores none of its events.
+pub trait PlainEvent<E> {
+    fn stored(&self) -> Option<EventCodec<E>>;
+}
+
+impl<E> PlainEvent<E> for &Probe<E> {
+    fn stored(&self) -> Option<EventCodec<E>> {
+        None
+    }
+}
 
 #[cfg(feature = "arbitrary")]
 pub use arbitrary;

@@ -535,13 +535,71 @@ fn bad_timer_requests_are_typed_errors_and_leave_the_machine_as_it_was() {
     );
     assert_eq!(kernel.state(&m).unwrap().1, Some(2));
 
-    // A kernel that stores no timer events refuses named timers, but not state timeouts.
+    // Without `timer_events()`: the derived event type is serde's, so its events are stored
+    // all the same (forgetting the call is no longer a trap).
     let kernel = Kernel::builder(MemoryStore::new(), |_| Watch::A)
         .clock(clock.clock())
         .shards(1)
         .start()
         .unwrap();
-    let err = kernel.submit(&m, arm("a", 10)).unwrap().wait().unwrap_err();
+    kernel.submit(&m, arm("a", 10)).unwrap().wait().unwrap();
+    clock.advance(ms(10));
+    assert_eq!(kernel.fire_due_timers(), 1);
+}
+
+/// A bell whose event type is not serde's: its kernel cannot store a timer's event.
+mod plain {
+    use std::time::Duration;
+
+    use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[fsm(event = BellCmd)]
+    pub(crate) enum Bell {
+        #[fsm(initial, on(Arm => Quiet), on(Ring => Quiet), state_timeout(ms = 100 => Ring))]
+        Quiet,
+    }
+
+    #[derive(Event, Debug, Clone, PartialEq)]
+    pub(crate) enum BellCmd {
+        Arm,
+        Ring,
+    }
+
+    impl Handler<bell_cmd::Arm, bell::Quiet> for bell::Quiet {
+        fn handle(
+            _: bell::Quiet,
+            _: bell_cmd::Arm,
+            fx: &mut Effects<()>,
+        ) -> Result<bell::Quiet, Refusal> {
+            fx.start_timer("ring", Duration::from_millis(10), BellCmd::Ring);
+            Ok(bell::Quiet)
+        }
+    }
+
+    impl Handler<bell_cmd::Ring, bell::Quiet> for bell::Quiet {
+        fn handle(
+            _: bell::Quiet,
+            _: bell_cmd::Ring,
+            _: &mut Effects<()>,
+        ) -> Result<bell::Quiet, Refusal> {
+            Ok(bell::Quiet)
+        }
+    }
+}
+
+#[test]
+fn an_event_type_serde_cannot_store_refuses_named_timers_but_not_state_timeouts() {
+    use plain::{Bell, BellCmd};
+    let clock = ManualClock::at_wall_ms(1_000_000);
+    let kernel = Kernel::builder(MemoryStore::new(), |_| Bell::Quiet)
+        .clock(clock.clock())
+        .shards(1)
+        .start()
+        .unwrap();
+    let m = MachineId::new("bell").unwrap();
+    let err = kernel.submit(&m, BellCmd::Arm).unwrap().wait().unwrap_err();
     assert!(
         matches!(
             err,
@@ -550,8 +608,9 @@ fn bad_timer_requests_are_typed_errors_and_leave_the_machine_as_it_was() {
         "{err}"
     );
     assert!(err.to_string().contains("timer_events()"), "{err}");
-    kernel.submit(&m, Cmd::Go).unwrap().wait().unwrap();
-    clock.advance(ms(500));
+    // The state timeout's event is in the table: it needs no storage.
+    kernel.submit(&m, BellCmd::Ring).unwrap().wait().unwrap();
+    clock.advance(ms(100));
     assert_eq!(kernel.fire_due_timers(), 1);
 }
 

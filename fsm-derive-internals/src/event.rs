@@ -38,6 +38,14 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
             ) -> #private::core::result::Result<Self, #krate::timer::TimerEvent> {
                 raised.downcast::<Self>()
             }
+
+            // Storable when the type is also serde's: decided here, where it is concrete.
+            #[inline]
+            fn __stored() -> #private::core::option::Option<#private::EventCodec<Self>> {
+                #[allow(unused_imports)]
+                use #private::{PlainEvent as _, SerdeEvent as _};
+                (&#private::Probe::<Self>::new()).stored()
+            }
         }
     });
 

@@ -132,7 +132,7 @@ impl<M: Durable> KernelBuilder<M> {
             intensity: Intensity::default(),
             recover_on_start: true,
             max_timers: crate::timer::DEFAULT_MAX_TIMERS,
-            timer_events: None,
+            timer_events: <M::Event as crate::machine::Event>::__stored(),
         }
     }
 
@@ -350,9 +350,12 @@ impl<M: Durable> KernelBuilder<M> {
 
     /// Stores the events of named timers and event timeouts in the snapshots (postcard), so
     /// handlers may arm them ([`Effects::start_timer`](crate::Effects::start_timer),
-    /// [`Effects::event_timeout`](crate::Effects::event_timeout)). State timeouts need no
-    /// event storage (their event is in the table); without this, arming a timer that carries
-    /// an event is refused with [`TimerError::EventsNotStorable`](crate::timer::TimerError).
+    /// [`Effects::event_timeout`](crate::Effects::event_timeout)). Needed only for an event
+    /// type whose `Event` impl is written by hand: one from `#[derive(Event)]` that also
+    /// derives `Serialize` and `Deserialize` is stored without it. State timeouts need no
+    /// event storage (their event is in the table); an event type that cannot be stored
+    /// refuses arming a timer that carries it with
+    /// [`TimerError::EventsNotStorable`](crate::timer::TimerError).
     pub fn timer_events(mut self) -> Self
     where
         M::Event: Serialize + DeserializeOwned,

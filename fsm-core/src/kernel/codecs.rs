@@ -8,8 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// How a kernel stores the events of named timers and event timeouts (state timeouts need
-/// none: their event is in the table). Set by `KernelBuilder::timer_events`.
-pub(crate) struct EventCodec<E> {
+/// none: their event is in the table). Given by `#[derive(Event)]` for an event type that is
+/// also `Serialize + Deserialize`, or set by `KernelBuilder::timer_events`. Not public API.
+#[doc(hidden)]
+pub struct EventCodec<E> {
     pub(crate) encode: fn(&E) -> Result<Vec<u8>, String>,
     pub(crate) decode: fn(&[u8]) -> Result<E, String>,
 }
@@ -24,7 +26,8 @@ impl<E> Clone for EventCodec<E> {
 impl<E> Copy for EventCodec<E> {}
 
 impl<E: Serialize + DeserializeOwned> EventCodec<E> {
-    pub(crate) fn postcard() -> Self {
+    /// Postcard, the kernel's format for what it keeps beside the state.
+    pub fn postcard() -> Self {
         EventCodec {
             encode: |e| {
                 // Most events are a few bytes: encode on the stack, allocate exactly once.

@@ -131,6 +131,8 @@ pub mod admin;
 mod async_effects;
 mod builder;
 mod codecs;
+#[doc(hidden)]
+pub use codecs::EventCodec;
 mod due;
 #[cfg(feature = "metrics")]
 mod export;

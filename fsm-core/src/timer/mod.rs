@@ -241,7 +241,7 @@ pub enum TimerError {
         found: &'static str,
     },
     /// A timer that carries an event, in a kernel that cannot store events.
-    #[error("{timer}: storing the event it fires needs a kernel built with KernelBuilder::timer_events() (the event enum must implement Serialize and Deserialize)")]
+    #[error("{timer}: the event it fires cannot be stored in the snapshot; derive Serialize and Deserialize on the event enum (a hand-written Event impl also needs KernelBuilder::timer_events())")]
     EventsNotStorable {
         /// Which timer.
         timer: TimerKind,

@@ -149,7 +149,7 @@ pub(super) fn restore<M: Durable>(
         let Some(event) = &a.event else { continue };
         let Some(codec) = &rules.timer_events else {
             return Err(invalid(format!(
-                "the {} carries an event, and this kernel stores none: build it with KernelBuilder::timer_events()",
+                "the {} carries an event, and this kernel stores none: derive Serialize and Deserialize on the event enum (a hand-written Event impl also needs KernelBuilder::timer_events())",
                 a.kind
             )));
         };

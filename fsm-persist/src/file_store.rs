@@ -509,6 +509,31 @@ impl FileStore {
         }
     }
 
+    /// Publishes [`FileStore::stats`] through the `metrics` facade (feature `metrics`), for
+    /// whatever exporter the process installed; call it beside
+    /// `Kernel::publish_metrics`. Labelled with the store's directory.
+    ///
+    /// | name | kind |
+    /// | --- | --- |
+    /// | `fsm_file_store_log_bytes`, `fsm_file_store_log_segments` | gauge |
+    /// | `fsm_file_store_compactions_total`, `fsm_file_store_compacted_snapshots_total`, `fsm_file_store_commit_waits_total` | counter |
+    /// | `fsm_file_store_commit_wait_seconds` (in all, since open) | gauge |
+    /// | `fsm_file_store_poisoned` (0 or 1) | gauge |
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        use metrics::{counter, gauge};
+        let st = self.stats();
+        let labels = [("store", self.shared.dir.display().to_string())];
+        gauge!("fsm_file_store_log_bytes", &labels).set(st.log_bytes as f64);
+        gauge!("fsm_file_store_log_segments", &labels).set(st.log_segments as f64);
+        counter!("fsm_file_store_compactions_total", &labels).absolute(st.compactions);
+        counter!("fsm_file_store_compacted_snapshots_total", &labels)
+            .absolute(st.compacted_snapshots);
+        counter!("fsm_file_store_commit_waits_total", &labels).absolute(st.commit_waits);
+        gauge!("fsm_file_store_commit_wait_seconds", &labels).set(st.commit_wait.as_secs_f64());
+        gauge!("fsm_file_store_poisoned", &labels).set(f64::from(u8::from(self.is_poisoned())));
+    }
+
     /// Compacts the log into the per-machine files now and removes its segments.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.shared.check_poison()?;

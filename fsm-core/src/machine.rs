@@ -403,9 +403,10 @@ pub type EffectOf<S> = <<S as TypedState>::Machine as StateMachine>::Effect;
 /// Implemented by the derive only; it is what makes a [`Handler`] for an undeclared
 /// transition impossible to write.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` has no declared transition on `{E}` into `{T}`",
-    label = "this transition is not in the machine's table",
-    note = "declare it on the state with `#[fsm(on(Event => Target))]`, or remove this handler (a transition marked `plain` has none)"
+    message = "`{Self}` has no transition on `{E}` into `{T}` that takes a handler",
+    label = "no transition here runs a handler: it is not declared, or it is declared `plain`",
+    note = "if the state says `on(Event => Target, plain)`, the transition takes no handler: remove this impl, or drop `plain` to have it run",
+    note = "if it is not declared, declare it on the state with `#[fsm(on(Event => Target))]`"
 )]
 pub trait Declared<E, T> {}
 

@@ -470,7 +470,8 @@ fn submit_puts_a_command_through_a_clusters_inbox_and_inbox_shows_what_is_pendin
                 Ownership::new("cli-node")
                     .partitions(4)
                     .heartbeat(Some(std::time::Duration::from_millis(200)))
-                    .lease(std::time::Duration::from_secs(2)),
+                    // Long: nothing here waits for a lease to run out.
+                    .lease(std::time::Duration::from_secs(30)),
             )
             .open()
             .unwrap(),

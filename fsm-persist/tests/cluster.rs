@@ -24,6 +24,11 @@ const PARTITIONS: u32 = 8;
 /// Long enough for any answer on a loaded machine; every wait ends as soon as the answer is
 /// there.
 const WAIT: Duration = Duration::from_secs(60);
+/// Every partition moves here because its owner released it (a store released on drop), never
+/// because a lease ran out: a lease far longer than any stall of a loaded machine, so no
+/// heartbeat missed under load moves a partition behind a test's back. The heartbeat takes a
+/// released partition within a beat.
+const LEASE: Duration = Duration::from_secs(30);
 
 fn id(s: &str) -> MachineId {
     MachineId::new(s).unwrap()
@@ -31,6 +36,25 @@ fn id(s: &str) -> MachineId {
 
 fn key(s: &str) -> IdempotencyKey {
     IdempotencyKey::new(s).unwrap()
+}
+
+/// Repeats `f` until it gives `Some`, for at most [`WAIT`]: for what happens on another
+/// thread or in the database. Ends as soon as the condition holds; the bound is only there to
+/// fail rather than hang.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(start.elapsed() < WAIT, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`eventually`] for a condition.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    eventually(what, || f().then_some(()));
 }
 
 fn server() -> Option<&'static TestServer> {
@@ -46,7 +70,7 @@ fn store(schema: &str, name: &str, claim: Claim) -> Arc<PostgresStore> {
             .ownership(
                 Ownership::new(name)
                     .partitions(PARTITIONS)
-                    .lease(Duration::from_secs(2))
+                    .lease(LEASE)
                     .heartbeat(Some(Duration::from_millis(200)))
                     .claim(claim),
             )
@@ -111,11 +135,9 @@ fn a_command_submitted_on_a_node_that_does_not_own_its_machine_is_applied_by_the
         .unwrap();
     assert_eq!(client.decision(&m, &key("k1")).unwrap().unwrap(), d);
     // The pump counts a decision after writing it: the ticket may be answered first.
-    let start = Instant::now();
-    while b.stats().applied < 1 {
-        assert!(start.elapsed() < WAIT, "{:?}", b.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until("the owner never counted its decision", || {
+        b.stats().applied >= 1
+    });
     assert_eq!(a.stats().applied, 0);
     assert_eq!(b.stats().applied, 1);
 }
@@ -195,14 +217,9 @@ fn a_lost_notification_only_delays_the_command() {
         ],
     )
     .unwrap();
-    let start = Instant::now();
-    let d = loop {
-        if let Some(d) = a.inbox().decision(&m, &key("silent-1")).unwrap() {
-            break d;
-        }
-        assert!(start.elapsed() < WAIT, "never applied");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let d = eventually("never applied", || {
+        a.inbox().decision(&m, &key("silent-1")).unwrap()
+    });
     assert_eq!(d.status, Status::Applied);
     assert!(
         a.stats().missed_notifications >= 1,
@@ -325,19 +342,14 @@ fn decisions_are_deleted_after_the_retention_window_and_the_journal_still_answer
     let m = id("old-1");
     let d = a.submit(add(&m, "r1", 4)).unwrap().wait(WAIT).unwrap();
     assert_eq!(d.status, Status::Applied);
-    let start = Instant::now();
-    while !matches!(
-        a.inbox().decision(&m, &key("r1")),
-        Err(InboxError::Forgotten)
-    ) {
-        assert!(start.elapsed() < WAIT, "never cleaned up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until("never cleaned up", || {
+        matches!(
+            a.inbox().decision(&m, &key("r1")),
+            Err(InboxError::Forgotten)
+        )
+    });
     // Counted once the delete returns, which may be after the row is gone.
-    while a.stats().deleted < 1 {
-        assert!(start.elapsed() < WAIT, "{:?}", a.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until("the deletion was never counted", || a.stats().deleted >= 1);
     // Past the window the key is a new command for the inbox, but the machine's journal
     // still holds it: nothing is applied twice.
     let late = a.submit(add(&m, "r1", 4)).unwrap();
@@ -382,21 +394,14 @@ fn bad_input_is_decided_with_why_never_lost_and_never_a_panic() {
     ));
     // Wait until the time to live has surely passed by the database's clock.
     let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
-    let start = Instant::now();
-    loop {
-        let passed: bool = raw
-            .query_one(
-                "SELECT deadline < clock_timestamp() FROM cl_bad.fsm_snapshots_inbox WHERE key = 'b2'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if passed {
-            break;
-        }
-        assert!(start.elapsed() < WAIT);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until("the time to live never passed", || {
+        raw.query_one(
+            "SELECT deadline < clock_timestamp() FROM cl_bad.fsm_snapshots_inbox WHERE key = 'b2'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
     drop(owner);
     let a = node(schema, "a", Claim::Free);
     let d = unknown.wait(WAIT).unwrap();
@@ -559,50 +564,29 @@ fn a_timer_armed_and_an_effect_owed_on_one_node_fire_and_run_on_the_node_that_to
     assert_eq!(d.status, Status::Applied, "{d:?}");
     assert_eq!(d.node.as_deref(), Some("first"));
     // The first node's attempt at the notification fails; it stays owed, due again in 30 s.
-    let start = Instant::now();
-    while log.lock().unwrap().is_empty() {
-        assert!(
-            start.elapsed() < WAIT,
-            "the first node never ran the effect"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until("the first node never ran the effect", || {
+        !log.lock().unwrap().is_empty()
+    });
     // The first node goes away (its partitions are released at once); the second's heartbeat
     // takes them over and its pump loads their machines, so the armed timer and the owed
     // effect are in its kernel without any command.
     drop(first);
-    let start = Instant::now();
-    while second.stats().loaded == 0 {
-        assert!(start.elapsed() < WAIT, "the takeover loaded nothing");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until("the takeover loaded nothing", || second.stats().loaded > 0);
     // Due on this node's clock: it fires here (by itself once loaded, or when asked). Read
     // from the store, not through the kernel, which would load the machine by itself.
     let codec = fsm_core::store::Codec::<Watch>::new(1);
-    let start = Instant::now();
-    loop {
+    until("the timer never fired", || {
         second.kernel().fire_due_timers();
         let stored = fsm_core::store::SnapshotStoreExt::load(second.store(), &m, &codec).unwrap();
-        if stored.as_ref().is_some_and(|(w, _)| *w == Watch::Lapsed) {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "the timer never fired: {stored:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        stored.is_some_and(|(w, _)| w == Watch::Lapsed)
+    });
     // The effect ran again on the new owner, under the same key, its attempts counted on.
-    let start = Instant::now();
-    while !log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(node, ..)| *node == "second")
-    {
-        assert!(
-            start.elapsed() < WAIT,
-            "the second node never ran the owed effect"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until("the second node never ran the owed effect", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(node, ..)| *node == "second")
+    });
     let runs = log.lock().unwrap().clone();
     let (_, first_key, first_attempt) = runs.iter().find(|r| r.0 == "first").unwrap().clone();
     let (_, second_key, second_attempt) = runs.iter().find(|r| r.0 == "second").unwrap().clone();
@@ -647,7 +631,7 @@ fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
                 Ownership::new("least")
                     .partitions(PARTITIONS)
                     .heartbeat(Some(Duration::from_millis(200)))
-                    .lease(Duration::from_secs(2)),
+                    .lease(LEASE),
             )
             .open()
             .unwrap(),
@@ -810,11 +794,9 @@ fn a_node_publishes_its_counters_and_the_inbox_depth_as_metrics() {
             .unwrap();
     }
     // A ticket can be answered before the pump has counted its decision.
-    let start = Instant::now();
-    while a.stats().applied < 3 {
-        assert!(start.elapsed() < WAIT, "{:?}", a.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until("the node never counted its decisions", || {
+        a.stats().applied >= 3
+    });
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || a.publish_metrics()).unwrap();
@@ -857,7 +839,7 @@ fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_
             .ownership(
                 Ownership::new("a")
                     .partitions(PARTITIONS)
-                    .lease(Duration::from_secs(2))
+                    .lease(LEASE)
                     .heartbeat(Some(Duration::from_millis(200))),
             )
             .open()
@@ -880,8 +862,7 @@ fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_
         &[],
     )
     .unwrap();
-    let start = Instant::now();
-    let (status, detail) = loop {
+    let (status, detail) = eventually("the bad row was never decided", || {
         let row = raw
             .query_one(
                 "SELECT status, detail FROM cl_refuse.fsm_snapshots_inbox WHERE key = 'hand-1'",
@@ -889,12 +870,8 @@ fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_
             )
             .unwrap();
         let status: Option<String> = row.get(0);
-        if let Some(status) = status {
-            break (status, row.get::<_, Option<String>>(1));
-        }
-        assert!(start.elapsed() < WAIT, "the bad row was never decided");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        status.map(|s| (s, row.get::<_, Option<String>>(1)))
+    });
     assert_eq!(status, "refused");
     assert!(detail.unwrap().contains("invalid machine id"));
     drop(raw);
@@ -911,16 +888,7 @@ fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_
     }
     // It comes back: the same key goes through, and the node serves it.
     server.resume().unwrap();
-    let start = Instant::now();
-    let ticket = loop {
-        match a.submit(add(&m, "r2", 1)) {
-            Ok(t) => break t,
-            Err(e) => {
-                assert!(start.elapsed() < WAIT, "never accepted again: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    };
+    let ticket = eventually("never accepted again", || a.submit(add(&m, "r2", 1)).ok());
     assert!(ticket.wait(WAIT).unwrap().is_applied());
     assert_eq!(total(&a, &m), 2);
 }

@@ -433,6 +433,7 @@ pub(crate) struct Statements {
     submit: String,
     existing: String,
     decisions: String,
+    decision: String,
     depth: String,
     pub(crate) fetch: String,
     pub(crate) record: String,
@@ -487,6 +488,10 @@ impl Statements {
             decisions: format!(
                 "SELECT id, status, seq, transition, detail, decided_by FROM {inbox}
                  WHERE id = ANY($1::int8[])"
+            ),
+            decision: format!(
+                "SELECT id, status, seq, transition, detail, decided_by FROM {inbox}
+                 WHERE machine = $1::text AND key = $2::text"
             ),
             depth: format!(
                 "SELECT partition, count(*)::int8,
@@ -951,18 +956,14 @@ impl Inbox {
         machine: &MachineId,
         key: &IdempotencyKey,
     ) -> Result<Option<Decision>, InboxError> {
-        let m = vec![machine.as_str()];
-        let k = vec![key.as_str()];
+        let text = &self.shared.sql.decision;
         let rows = self.shared.with(Phase::NothingWritten, |c| {
-            c.client.query(&c.existing, &[&m, &k])
+            c.client
+                .query(text.as_str(), &[&machine.as_str(), &key.as_str()])
         })?;
-        let Some(r) = rows.first() else {
+        if rows.is_empty() {
             return Err(InboxError::Forgotten);
-        };
-        let row: i64 = r.get(2);
-        let rows = self.shared.with(Phase::NothingWritten, |c| {
-            c.client.query(&c.decisions, &[&vec![row]])
-        })?;
+        }
         Ok(rows.first().and_then(decision))
     }
 

@@ -591,6 +591,12 @@ impl<M: Durable> Core<M> {
             }
             Route::Apply => {}
         }
+        if slot.seq.is_none() && !slot.dirty {
+            // A machine exists from its first accepted command: it enters its initial state
+            // now, so that state's timeout counts from here (a read, or a rejected command,
+            // arms nothing).
+            slot.timers = fire::initial::<M>(&self.rules, now);
+        }
         // Empty here: every decision drains or clears it.
         debug_assert!(self.effects.is_empty());
         let started = self.rules.stamp();

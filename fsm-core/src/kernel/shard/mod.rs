@@ -398,15 +398,15 @@ impl<M: Durable> Shard<M> {
                     problem: invalid.to_string(),
                 });
             }
-            // A new machine starts as if it had just entered its initial state.
-            let timers = fire::initial::<M>(rules, now);
+            // Nothing armed yet: the first command the machine accepts enters its initial
+            // state (`Core::decide` arms that state's timeout then).
             return Ok(Slot::new(
                 machine,
                 Journal::default(),
                 None,
                 epoch,
                 now,
-                timers,
+                None,
             ));
         };
         let machine = match self.inner.codec.decode(&snapshot) {

@@ -41,6 +41,8 @@ pub mod effects {}
 #[doc = include_str!("../guide/nodes.md")]
 pub mod nodes {}
 
+// The chapter shows a property check as the `#[test]` a user writes; its doctest calls it.
+#[allow(clippy::test_attr_in_doctest)]
 #[doc = include_str!("../guide/testing.md")]
 pub mod testing {}
 

@@ -410,6 +410,16 @@ pub type EffectOf<S> = <<S as TypedState>::Machine as StateMachine>::Effect;
 )]
 pub trait Declared<E, T> {}
 
+// The derive declares each transition as `DeclaredAt<Key<hash of the event's name>, T, E>`:
+// keyed by the name, so that two transitions of one state into one target never look alike
+// to rustc, even when one names an event the enum lacks. Not recommended, so that a handler
+// for an undeclared transition is reported as `Declared`'s message, not as this bound.
+#[diagnostic::do_not_recommend]
+impl<S, E: crate::__private::Keyed, T> Declared<E, T> for S where
+    S: crate::__private::DeclaredAt<E::Key, T, E>
+{
+}
+
 /// The user's logic for one declared transition: from the state `Self` on event payload `E`
 /// into the state `T`. Returns the new state, or a [`Refusal`] (a guard) with a reason.
 /// Effects for the world are pushed into `effects`; transitions themselves do no I/O.

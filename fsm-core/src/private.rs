@@ -89,6 +89,23 @@ use crate::table::{EventId, StateId};
 /// What a sensitive field prints as.
 pub const HIDDEN: &dyn core::fmt::Debug = &crate::redact::Hidden;
 
+/// An event payload's name, as a type: `Key<hash of the variant's name>`. [`DeclaredAt`]
+/// impls are keyed by it as well as by the payload, so that two transitions of one state
+/// into one target stay distinct impls even when one of them names an event the enum lacks
+/// (whose payload is then unknown to rustc): that mistake is one error, not a second one
+/// about conflicting impls.
+pub trait Keyed {
+    /// `Key<hash>`.
+    type Key;
+}
+
+/// See [`Keyed`].
+pub struct Key<const NAME_HASH: u64>;
+
+/// A declared transition of state `Self` on the event named by `K` (payload `E`) into `T`;
+/// what [`Declared`](crate::Declared) is implemented through.
+pub trait DeclaredAt<K, T, E> {}
+
 /// One variant of an event enum, keyed by a hash of its name (the state derive cannot see the
 /// event enum, so it names variants through this trait).
 #[diagnostic::on_unimplemented(

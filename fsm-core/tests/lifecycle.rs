@@ -92,7 +92,7 @@ fn a_machine_exists_only_once_a_command_it_accepted_is_stored() {
     // The first accepted command stores it, under sequence 1.
     let first = kernel.submit(&id, Cmd::Pay).unwrap().wait().unwrap();
     assert_eq!(first.seq, 1);
-    assert_eq!(store.ids().unwrap(), [id.clone()]);
+    assert_eq!(store.ids().unwrap(), std::slice::from_ref(&id));
 }
 
 #[test]

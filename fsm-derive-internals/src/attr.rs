@@ -74,9 +74,14 @@ pub(crate) struct PolicyAttr {
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct TimeoutAttr {
     pub(crate) keyword: Ident,
-    /// The duration in milliseconds, or `None` if it does not fit (reported by `check`).
-    pub(crate) ms: Option<u64>,
-    pub(crate) amount: syn::LitInt,
+    /// The duration as written: an integer literal, a `const`, or a constant expression.
+    pub(crate) amount: syn::Expr,
+    /// Milliseconds per unit of `amount` (1, 1,000 or 60,000).
+    pub(crate) scale: u64,
+    /// For an integer literal, the duration in milliseconds (`Some(None)` if it does not fit,
+    /// reported by `check`); `None` for a `const` or an expression, which rustc evaluates and
+    /// the generated table checks.
+    pub(crate) ms: Option<Option<u64>>,
     pub(crate) event: Ident,
 }
 
@@ -178,7 +183,15 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
                 "state_timeout" => {
                     let content;
                     syn::parenthesized!(content in meta.input);
-                    out.timeouts.push(parse_timeout(&content, key)?);
+                    // A mistake inside is reported, and the state's other attributes are still
+                    // read, so that code using them meets no error of its own.
+                    match parse_timeout(&content, key) {
+                        Ok(t) => out.timeouts.push(t),
+                        Err(e) => {
+                            cx.push(e);
+                            let _rest: proc_macro2::TokenStream = content.parse()?;
+                        }
+                    }
                 }
                 "defer" | "dump" | "delegate" => {
                     let kind = match key.to_string().as_str() {
@@ -304,7 +317,20 @@ fn parse_timeout(input: ParseStream<'_>, keyword: Ident) -> syn::Result<TimeoutA
     input
         .parse::<Token![=]>()
         .map_err(|e| malformed(e.span()))?;
-    let amount: syn::LitInt = input.parse().map_err(|e| malformed(e.span()))?;
+    let amount: syn::Expr = input.parse().map_err(|e| malformed(e.span()))?;
+    let ms = match &amount {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(n),
+            ..
+        }) => Some(n.base10_parse::<u64>().ok().and_then(|n| n.checked_mul(scale))),
+        syn::Expr::Lit(other) => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!("`state_timeout({unit} = ..)` takes a whole number of {}: an integer literal, a `const` of type `u64`, or a constant expression such as `14 * 24 * 60`", match scale { 1 => "milliseconds", 1000 => "seconds", _ => "minutes" }),
+            ))
+        }
+        _ => None,
+    };
     input
         .parse::<Token![=>]>()
         .map_err(|e| malformed(e.span()))?;
@@ -312,14 +338,11 @@ fn parse_timeout(input: ParseStream<'_>, keyword: Ident) -> syn::Result<TimeoutA
     if !input.is_empty() {
         return Err(malformed(input.span()));
     }
-    let ms = amount
-        .base10_parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale));
     Ok(TimeoutAttr {
         keyword,
-        ms,
         amount,
+        scale,
+        ms,
         event,
     })
 }
@@ -420,7 +443,7 @@ mod tests {
         let got: Vec<(Option<u64>, String)> = s
             .timeouts
             .iter()
-            .map(|t| (t.ms, t.event.to_string()))
+            .map(|t| (t.ms.flatten(), t.event.to_string()))
             .collect();
         assert_eq!(
             got,
@@ -435,6 +458,7 @@ mod tests {
             quote::quote!(#[fsm(state_timeout(ms 5 => A))]),
             quote::quote!(#[fsm(state_timeout(hours = 5 => A))]),
             quote::quote!(#[fsm(state_timeout(ms = 5))]),
+            quote::quote!(#[fsm(state_timeout(ms = "two weeks" => A))]),
         ] {
             let cx = Ctxt::new();
             let attr: Attribute = parse_quote!(#bad);
@@ -442,6 +466,40 @@ mod tests {
             let err = cx.check().unwrap_err().to_string();
             assert!(err.contains("state_timeout"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_state_timeout_takes_a_const_or_a_constant_expression() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[fsm(state_timeout(ms = TRIAL_MS => Missed))]),
+            parse_quote!(#[fsm(state_timeout(min = 14 * 24 * 60 => Expire))]),
+        ];
+        let s = state(&cx, &attrs);
+        assert!(cx.check().is_ok());
+        let got: Vec<(Option<Option<u64>>, u64, String)> = s
+            .timeouts
+            .iter()
+            .map(|t| (t.ms, t.scale, t.event.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, 1, "Missed".to_string()),
+                (None, 60_000, "Expire".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_a_state_timeout_keeps_the_states_other_attributes() {
+        let cx = Ctxt::new();
+        let attrs: Vec<Attribute> =
+            vec![parse_quote!(#[fsm(state_timeout(ms = "soon" => A), on(Pay => Active))])];
+        let s = state(&cx, &attrs);
+        let err = cx.check().unwrap_err().to_string();
+        assert!(err.contains("whole number of milliseconds"), "{err}");
+        assert_eq!(s.on.len(), 1);
     }
 
     #[test]

@@ -103,13 +103,15 @@ fn timeouts_are_sound(cx: &Ctxt, m: &Machine<'_>) {
                 format!("`state_timeout` on terminal state `{state}`: a terminal state accepts no event, so its timeout could never be taken; remove it"),
             ));
         }
+        // A `const` or an expression is checked where rustc evaluates it (the table).
         match t.ms {
-            Some(0) => cx.push(syn::Error::new_spanned(
+            None => {}
+            Some(Some(0)) => cx.push(syn::Error::new_spanned(
                 &t.amount,
                 "a state timeout of zero: give a positive duration",
             )),
-            Some(ms) if ms <= MAX_MS => {}
-            _ => cx.push(syn::Error::new_spanned(
+            Some(Some(ms)) if ms <= MAX_MS => {}
+            Some(_) => cx.push(syn::Error::new_spanned(
                 &t.amount,
                 "this state timeout is longer than the longest timer (2^40 ms, about 34 years)",
             )),
@@ -275,19 +277,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Returns whether every target is known.
+/// The state a misspelt name was probably meant to be: the nearest by edit distance, if it
+/// is near enough.
+pub(crate) fn near_state(m: &Machine<'_>, written: &Ident) -> Option<usize> {
+    let written = written.to_string();
+    m.states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, edit_distance(&s.variant.ident.to_string(), &written)))
+        .filter(|&(_, d)| d <= 1 + written.len() / 4)
+        .min_by_key(|&(_, d)| d)
+        .map(|(i, _)| i)
+}
+
 fn targets_exist(cx: &Ctxt, m: &Machine<'_>) -> bool {
     let mut known = true;
     for s in &m.states {
         for on in &s.attrs.on {
             if m.state_index(&on.target).is_none() {
                 known = false;
-                let written = on.target.to_string();
-                let near = m
-                    .states
-                    .iter()
-                    .map(|s| s.variant.ident.to_string())
-                    .filter(|name| edit_distance(name, &written) <= 1 + written.len() / 4)
-                    .min_by_key(|name| edit_distance(name, &written));
+                let near = near_state(m, &on.target).map(|i| m.states[i].variant.ident);
                 let hint = near.map_or_else(String::new, |n| format!("; did you mean `{n}`?"));
                 cx.push(syn::Error::new_spanned(
                     &on.target,

@@ -117,6 +117,11 @@ pub(crate) fn expand(ev: &Events<'_>) -> TokenStream {
             }
 
             #[automatically_derived]
+            impl #impl_g #private::Keyed for #payload #wc {
+                type Key = #private::Key<#h>;
+            }
+
+            #[automatically_derived]
             impl #impl_g #private::core::convert::From<#payload> for #enum_ty #wc {
                 #[inline]
                 fn from(payload: #payload) -> Self {

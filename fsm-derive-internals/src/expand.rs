@@ -55,9 +55,11 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
 }
 
 /// What a machine whose table has errors still gets, beside the `compile_error!`s: its typed
-/// states' module, a `StateMachine` impl and a method per declared transition, with bodies that
-/// never run (the crate does not compile). Code that uses the machine then meets no second
-/// round of errors ("no method named `apply`", "undeclared module") hiding the real one.
+/// states' module, a `StateMachine` impl, each typed state's `TypedState` impl, a `Declared`
+/// impl that accepts any handler, and a method per declared transition into the state it names
+/// (or the state a misspelt name was probably meant to be), with bodies that never run (the
+/// crate does not compile). The code a user wrote around the machine (handlers, hooks, typed
+/// calls, a kernel) then meets no second round of errors hiding the real one.
 pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
     let Some(g) = Gen::new(m) else {
         return quote!();
@@ -66,37 +68,22 @@ pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
     let krate = &g.paths.krate;
     let private = &g.paths.private;
     let module = g.module_items();
+    let names = g.name_checks();
     let ident = m.ident;
     let f = &g.effect;
     let (impl_g, ty_g, wc) = m.generics.split_for_impl();
     let name = ident.to_string();
     let never = quote!(#private::core::unreachable!("the machine's table has errors"));
-    let methods = m.states.iter().map(|s| {
-        let typed = g.typed(s.variant.ident);
-        let mut names: Vec<String> = Vec::new();
-        let fns: Vec<TokenStream> = s
-            .attrs
-            .on
-            .iter()
-            .filter_map(|on| {
-                let method = snake_ident(&on.event, on.event.span());
-                let key = method.to_string();
-                if names.contains(&key) {
-                    return None;
-                }
-                names.push(key);
-                Some(quote! {
-                    #[allow(dead_code, unused_variables, clippy::diverging_sub_expression)]
-                    pub fn #method<__FsmE>(self, event: __FsmE) -> ! { #never }
-                })
-            })
-            .collect();
-        (!fns.is_empty()).then(|| quote!(impl #impl_g #typed #wc { #(#fns)* }))
-    });
+    let per_state = m
+        .states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| g.fallback_state(i, s, &never));
     let out = quote! {
         #module
         #[doc(hidden)]
         const _: () = {
+            #names
             #[automatically_derived]
             #[allow(unused_variables, unreachable_code)]
             impl #impl_g #krate::StateMachine for #ident #ty_g #wc {
@@ -115,7 +102,7 @@ pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
                     #never
                 }
             }
-            #(#methods)*
+            #(#per_state)*
         };
     };
     // The input had errors; if what it holds cannot even be written back as items (a field
@@ -251,9 +238,12 @@ impl Gen<'_, '_> {
             let variant = self.variant(name);
             out.extend(quote! {
                 #[allow(non_upper_case_globals)]
-                const #c: u64 = {
-                    let _ = |__fsm_e: &#path| #private::core::matches!(*__fsm_e, #pattern);
-                    #h
+                // The name is checked in the const's own body, so that a name the event enum
+                // lacks leaves the const (and every item keyed by it) an error, not a hash
+                // that two impls could both be keyed by.
+                const #c: u64 = match #private::core::option::Option::<&#path>::None {
+                    #private::core::option::Option::Some(#pattern) => #h,
+                    _ => #h,
                 };
                 #[allow(non_upper_case_globals)]
                 const #id: u16 = #variant::ID;
@@ -311,7 +301,10 @@ impl Gen<'_, '_> {
                     Self: '__fsm_v;
             }
 
+            // Not recommended: rustc then reports the missing handler as this trait's own
+            // message (at the `on(..)`), not as a bound of this impl to write by hand.
             #[automatically_derived]
+            #[diagnostic::do_not_recommend]
             impl<__FsmS, __FsmE, __FsmT> #need<__FsmE, __FsmT> for __FsmS
             where
                 __FsmS: #krate::Handler<__FsmE, __FsmT>,
@@ -450,6 +443,7 @@ impl Gen<'_, '_> {
     fn table(&self) -> TokenStream {
         let m = self.m;
         let krate = &self.paths.krate;
+        let private = &self.paths.private;
         let e = self.event;
         let name = m.ident.to_string();
         let states = m.states.iter().map(|s| {
@@ -480,7 +474,28 @@ impl Gen<'_, '_> {
                 meta = quote!(#meta.otherwise(#policy));
             }
             if let Some(t) = s.attrs.timeouts.first() {
-                let ms = t.ms.unwrap_or(0);
+                let ms = match t.ms {
+                    Some(ms) => {
+                        let ms = ms.unwrap_or(0);
+                        quote!(#ms)
+                    }
+                    None => {
+                        // Evaluated by rustc where the table is built, with the bounds `check`
+                        // applies to a literal.
+                        let amount = &t.amount;
+                        let scale = t.scale;
+                        let span = amount.span();
+                        let amount = quote_spanned!(span=> let amount: u64 = #amount;);
+                        quote_spanned!(span=> const {
+                            #amount
+                            match amount.checked_mul(#scale) {
+                                #private::core::option::Option::Some(0) => #private::core::panic!("a state timeout of zero: give a positive duration"),
+                                #private::core::option::Option::Some(ms) if ms <= 1 << 40 => ms,
+                                _ => #private::core::panic!("this state timeout is longer than the longest timer (2^40 ms, about 34 years)"),
+                            }
+                        })
+                    }
+                };
                 let id = self.id(&t.event);
                 meta = quote!(#meta.timeout(#ms, #id));
             }
@@ -760,6 +775,108 @@ impl Gen<'_, '_> {
         enum_redact_impl(self.m.ident, self.m.generics, &variants, &self.paths)
     }
 
+    /// [`fallback`] for one state: what user code may name of it, and nothing that checks.
+    fn fallback_state(&self, index: usize, s: &State<'_>, never: &TokenStream) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let machine = m.ident;
+        let v = &s.variant;
+        let ident = v.ident;
+        let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+        let typed = self.typed(ident);
+        let machine_ty = quote!(#machine #ty_g);
+        let i = index as u16;
+        let lt = crate::generics::view_lifetime();
+        let view_ty = self.view_type(s, &quote!(#lt));
+        let view_ty_anon = self.view_type(s, &quote!('_));
+        let self_vals = self_fields(v);
+        let refs: Vec<TokenStream> = self_vals.iter().map(|f| quote!(&#f)).collect();
+        let view_of_self = self.view_expr(s, &refs);
+        let into_variant = variant_fields(v, &self_vals);
+        let f = &self.effect;
+        let mut seen: Vec<String> = Vec::new();
+        let methods: Vec<TokenStream> = s
+            .attrs
+            .on
+            .iter()
+            .filter_map(|on| {
+                let method = snake_ident(&on.event, on.event.span());
+                let key = method.to_string();
+                if seen.contains(&key) {
+                    return None;
+                }
+                seen.push(key);
+                let target = m
+                    .state_index(&on.target)
+                    .or_else(|| crate::check::near_state(m, &on.target));
+                Some(match target {
+                    Some(t) => {
+                        let target = self.typed(m.states[t].variant.ident);
+                        let payload = self.payload(&on.event);
+                        quote! {
+                            #[allow(dead_code, unused_variables, unreachable_code)]
+                            pub fn #method(
+                                self,
+                                event: #payload,
+                            ) -> #private::core::result::Result<#krate::Next<#target, #f>, #krate::Rejected<Self>> {
+                                #never
+                            }
+                        }
+                    }
+                    None => quote! {
+                        #[allow(dead_code, unused_variables, clippy::diverging_sub_expression)]
+                        pub fn #method<__FsmE>(self, event: __FsmE) -> ! { #never }
+                    },
+                })
+            })
+            .collect();
+        let inherent =
+            (!methods.is_empty()).then(|| quote!(impl #impl_g #typed #wc { #(#methods)* }));
+        let mut declared_g = m.generics.clone();
+        declared_g.params.push(syn::parse_quote!(__FsmE));
+        declared_g.params.push(syn::parse_quote!(__FsmT));
+        declared_g.params.push(syn::parse_quote!(__FsmK));
+        let (declared_impl_g, _, _) = declared_g.split_for_impl();
+        let redact_owned = redact_impls(typed.clone(), m.generics, v, &self.paths);
+        let redact_view = (!v.fields.is_empty()).then(|| {
+            let vg = with_view_lifetime(m.generics);
+            redact_impls(view_ty.clone(), &vg, v, &self.paths)
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::TypedState for #typed #wc {
+                type Machine = #machine_ty;
+                type Ref<#lt> = #view_ty where Self: #lt;
+                const ID: #krate::StateId = #krate::StateId::new(#i);
+                #[inline]
+                fn view(&self) -> #view_ty_anon {
+                    #view_of_self
+                }
+                #[inline]
+                fn into_machine(self) -> #machine_ty {
+                    #machine::#ident #into_variant
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_g #private::core::convert::From<#typed> for #machine_ty #wc {
+                #[inline]
+                fn from(state: #typed) -> Self {
+                    #krate::TypedState::into_machine(state)
+                }
+            }
+
+            // Any handler: the table that would say which ones hold has errors of its own.
+            #[automatically_derived]
+            impl #declared_impl_g #private::DeclaredAt<__FsmK, __FsmT, __FsmE> for #typed #wc {}
+
+            #inherent
+            #redact_owned
+            #redact_view
+        }
+    }
+
     /// For one state: `TypedState`, conversions, `Declared` per transition, the typestate
     /// methods, and redacting `Debug` for the typed state and its view.
     fn state_impls(&self, index: usize, s: &State<'_>) -> TokenStream {
@@ -799,12 +916,34 @@ impl Gen<'_, '_> {
 
         // A plain transition has no handler, so it is not `Declared`: a handler written for it
         // anyway is an error (it would never run).
-        let declared = s.attrs.on.iter().filter(|on| on.plain.is_none()).map(|on| {
+        let handled: Vec<_> = s.attrs.on.iter().filter(|on| on.plain.is_none()).collect();
+        let declared = handled.iter().map(|on| {
             let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
+            // Keyed by the name's checked const where no other transition of this state into
+            // this target takes a handler: a misspelt name leaves the const an error, which
+            // rustc lets match the handler written for the real name, so the misspelling is
+            // the only error. Beside another one, by the literal hash, so that the two impls
+            // never overlap (a misspelling then also orphans its handler: a second error).
+            let alone = handled
+                .iter()
+                .filter(|o| bare(&o.target) == bare(&on.target))
+                .count()
+                == 1;
+            let h = match (alone, self.event_path()) {
+                (true, Some(_)) => {
+                    let c = name_const(&on.event);
+                    quote!(#c)
+                }
+                _ => {
+                    let h = variant_hash(&bare(&on.event));
+                    quote!(#h)
+                }
+            };
             quote! {
                 #[automatically_derived]
-                impl #impl_g #krate::Declared<#payload, #target> for #typed #wc {}
+                #[diagnostic::do_not_recommend]
+                impl #impl_g #private::DeclaredAt<#private::Key<#h>, #target, #payload> for #typed #wc {}
             }
         });
         let needs = s
@@ -1009,7 +1148,9 @@ impl Gen<'_, '_> {
 /// through (see [`Gen::need_handler`]).
 fn need_trait(state: &Ident, event: &Ident) -> Ident {
     // `format_ident!` writes an `Ident` argument without its `r#`, here and below.
-    format_ident!("__FsmHandler_{}_{}", state, event)
+    // Read in rustc's help line for a missing handler: "the trait `ActiveNeedsRefundHandler<..>`
+    // is not implemented for `Active`". Private to the derive's `const _` block.
+    format_ident!("{}Needs{}Handler", state, event)
 }
 
 /// Type tokens as a person writes them (`&'static str`, not `& 'static str`).

@@ -1,7 +1,7 @@
 //! A domain-registration order: the registrar's lifecycle of one order, from draft to a
 //! registered (or cancelled) domain.
 
-use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
+use fsm_core::{Effects, Event, Refusal, StateMachine};
 use serde::{Deserialize, Serialize};
 
 /// The smallest payment accepted for a registration, in cents.
@@ -13,16 +13,21 @@ pub const MIN_PRICE_CENTS: u64 = 1_000;
 #[fsm(event = OrderCmd, effect = OrderEffect)]
 pub enum Order {
     /// Being filled in.
-    #[fsm(initial, on(Submit => Submitted), on(Cancel => Cancelled))]
+    #[fsm(initial, on(Submit => Submitted, with = submit), on(Cancel => Cancelled, plain))]
     Draft,
     /// Waiting for payment. A registrar's confirmation arriving early waits (is deferred).
-    #[fsm(on(Pay => Paid), on(Cancel => Cancelled), defer(Confirm), validate = valid_submitted)]
+    #[fsm(
+        on(Pay => Paid, with = pay),
+        on(Cancel => Cancelled, plain),
+        defer(Confirm),
+        validate = valid_submitted
+    )]
     Submitted {
         /// The domain to register.
         domain: String,
     },
     /// Paid; the registrar is registering the domain.
-    #[fsm(on(Confirm => Registered), on(Reject => Failed))]
+    #[fsm(on(Confirm => Registered, with = confirm), on(Reject => Failed, with = reject))]
     Paid {
         /// The domain being registered.
         domain: String,
@@ -36,7 +41,7 @@ pub enum Order {
         domain: String,
     },
     /// The registrar refused; the order can be retried or cancelled.
-    #[fsm(on(Retry => Submitted), on(Cancel => Cancelled))]
+    #[fsm(on(Retry => Submitted, with = retry), on(Cancel => Cancelled, plain))]
     Failed {
         /// The domain that failed.
         domain: String,
@@ -127,103 +132,62 @@ pub fn valid_submitted(s: order::SubmittedRef<'_>) -> Result<(), Refusal> {
 
 type Fx = Effects<OrderEffect>;
 
-impl Handler<order_cmd::Submit, order::Submitted> for order::Draft {
-    fn handle(
-        _: order::Draft,
-        ev: order_cmd::Submit,
-        _: &mut Fx,
-    ) -> Result<order::Submitted, Refusal> {
-        Ok(order::Submitted { domain: ev.domain })
-    }
+// The transitions' functions, named in the table (`with = ..`): the state's view, the event's
+// payload and the effects in; the new state, or a refusal, out.
+
+fn submit(_: order::Draft, ev: order_cmd::Submit, _: &mut Fx) -> Result<order::Submitted, Refusal> {
+    Ok(order::Submitted { domain: ev.domain })
 }
 
-impl Handler<order_cmd::Cancel, order::Cancelled> for order::Draft {
-    fn handle(
-        _: order::Draft,
-        _: order_cmd::Cancel,
-        _: &mut Fx,
-    ) -> Result<order::Cancelled, Refusal> {
-        Ok(order::Cancelled)
+fn pay(
+    s: order::SubmittedRef<'_>,
+    ev: order_cmd::Pay,
+    fx: &mut Fx,
+) -> Result<order::Paid, Refusal> {
+    if ev.cents < MIN_PRICE_CENTS {
+        return Err(Refusal::new("payment below the 10.00 minimum"));
     }
+    let domain = s.domain.clone();
+    fx.push(OrderEffect::Register {
+        domain: domain.clone(),
+        cents: ev.cents,
+    });
+    Ok(order::Paid {
+        domain,
+        cents: ev.cents,
+    })
 }
 
-impl Handler<order_cmd::Pay, order::Paid> for order::Submitted {
-    fn handle(
-        s: order::SubmittedRef<'_>,
-        ev: order_cmd::Pay,
-        fx: &mut Fx,
-    ) -> Result<order::Paid, Refusal> {
-        if ev.cents < MIN_PRICE_CENTS {
-            return Err(Refusal::new("payment below the 10.00 minimum"));
-        }
-        fx.push(OrderEffect::Register {
-            domain: s.domain.clone(),
-            cents: ev.cents,
-        });
-        Ok(order::Paid {
-            domain: s.domain.clone(),
-            cents: ev.cents,
-        })
-    }
+fn confirm(
+    s: order::PaidRef<'_>,
+    _: order_cmd::Confirm,
+    fx: &mut Fx,
+) -> Result<order::Registered, Refusal> {
+    let domain = s.domain.clone();
+    fx.push(OrderEffect::NotifyRegistered {
+        domain: domain.clone(),
+    });
+    Ok(order::Registered { domain })
 }
 
-impl Handler<order_cmd::Cancel, order::Cancelled> for order::Submitted {
-    fn handle(
-        _: order::SubmittedRef<'_>,
-        _: order_cmd::Cancel,
-        _: &mut Fx,
-    ) -> Result<order::Cancelled, Refusal> {
-        Ok(order::Cancelled)
-    }
+fn reject(
+    s: order::PaidRef<'_>,
+    ev: order_cmd::Reject,
+    fx: &mut Fx,
+) -> Result<order::Failed, Refusal> {
+    fx.push(OrderEffect::Refund { cents: *s.cents });
+    Ok(order::Failed {
+        domain: s.domain.clone(),
+        reason: ev.reason,
+    })
 }
 
-impl Handler<order_cmd::Confirm, order::Registered> for order::Paid {
-    fn handle(
-        s: order::PaidRef<'_>,
-        _: order_cmd::Confirm,
-        fx: &mut Fx,
-    ) -> Result<order::Registered, Refusal> {
-        fx.push(OrderEffect::NotifyRegistered {
-            domain: s.domain.clone(),
-        });
-        Ok(order::Registered {
-            domain: s.domain.clone(),
-        })
-    }
-}
-
-impl Handler<order_cmd::Reject, order::Failed> for order::Paid {
-    fn handle(
-        s: order::PaidRef<'_>,
-        ev: order_cmd::Reject,
-        fx: &mut Fx,
-    ) -> Result<order::Failed, Refusal> {
-        fx.push(OrderEffect::Refund { cents: *s.cents });
-        Ok(order::Failed {
-            domain: s.domain.clone(),
-            reason: ev.reason,
-        })
-    }
-}
-
-impl Handler<order_cmd::Retry, order::Submitted> for order::Failed {
-    fn handle(
-        s: order::FailedRef<'_>,
-        _: order_cmd::Retry,
-        _: &mut Fx,
-    ) -> Result<order::Submitted, Refusal> {
-        Ok(order::Submitted {
-            domain: s.domain.clone(),
-        })
-    }
-}
-
-impl Handler<order_cmd::Cancel, order::Cancelled> for order::Failed {
-    fn handle(
-        _: order::FailedRef<'_>,
-        _: order_cmd::Cancel,
-        _: &mut Fx,
-    ) -> Result<order::Cancelled, Refusal> {
-        Ok(order::Cancelled)
-    }
+fn retry(
+    s: order::FailedRef<'_>,
+    _: order_cmd::Retry,
+    _: &mut Fx,
+) -> Result<order::Submitted, Refusal> {
+    Ok(order::Submitted {
+        domain: s.domain.clone(),
+    })
 }

@@ -404,8 +404,8 @@ pub type EffectOf<S> = <<S as TypedState>::Machine as StateMachine>::Effect;
 /// transition impossible to write.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no transition on `{E}` into `{T}` that takes a handler",
-    label = "no transition here runs a handler: it is not declared, or it is declared `plain`",
-    note = "if the state says `on(Event => Target, plain)`, the transition takes no handler: remove this impl, or drop `plain` to have it run",
+    label = "no transition here runs a handler: it is not declared, or it is `plain` or names its function",
+    note = "if the state says `on(Event => Target, plain)`, or names the transition's function with `with = ..` or `update = ..`, the transition takes no handler: remove this impl, or drop the marker to have it run",
     note = "if it is not declared, declare it on the state with `#[fsm(on(Event => Target))]`"
 )]
 pub trait Declared<E, T> {}

@@ -52,9 +52,20 @@ pub(crate) struct OnAttr {
     pub(crate) plain: Option<Ident>,
     /// `reenter`: a self-transition that runs the state's exit and enter hooks.
     pub(crate) reenter: Option<Ident>,
+    /// `with = path`: the transition's function, `fn(view, payload, &mut Effects<F>) ->
+    /// Result<Target, Refusal>`, instead of a `Handler` impl.
+    pub(crate) with: Option<(Ident, syn::Path)>,
+    /// `update = path`: a self-transition's function that changes the state in place,
+    /// `fn(&mut State, payload, &mut Effects<F>) -> Result<(), Refusal>`.
+    pub(crate) update: Option<(Ident, syn::Path)>,
 }
 
 impl OnAttr {
+    /// Whether the transition runs a `Handler` impl (not `plain`, no `with` or `update`).
+    pub(crate) fn takes_handler(&self) -> bool {
+        self.plain.is_none() && self.with.is_none() && self.update.is_none()
+    }
+
     /// Tokens spanning the attribute from `on` to the target, for error spans.
     pub(crate) fn tokens(&self) -> TokenStream {
         let (k, t) = (&self.keyword, &self.target);
@@ -258,26 +269,61 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
         .map_err(|e| malformed(e.span()))?;
     let target: Ident = input.parse().map_err(|e| malformed(e.span()))?;
     let (mut plain, mut reenter) = (None, None);
+    let (mut with, mut update) = (None, None);
     while input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
         let marker: Ident = input.parse().map_err(|e| malformed(e.span()))?;
-        let slot = match marker.to_string().as_str() {
-            "plain" => &mut plain,
-            "reenter" => &mut reenter,
-            _ => {
-                return Err(syn::Error::new_spanned(
-                    &marker,
-                    format!("unknown marker `{marker}` in `on(..)`: the markers are `plain` (a transition that needs no handler) and `reenter` (a self-transition that runs the exit and enter hooks)"),
-                ))
-            }
-        };
-        if slot.is_some() {
-            return Err(syn::Error::new_spanned(
+        let duplicate = || {
+            syn::Error::new_spanned(
                 &marker,
                 format!("duplicate marker `{marker}` in `on(..)`: give it once"),
+            )
+        };
+        let function = match marker.to_string().as_str() {
+            "with" => &mut with,
+            "update" => &mut update,
+            _ => {
+                let slot = match marker.to_string().as_str() {
+                    "plain" => &mut plain,
+                    "reenter" => &mut reenter,
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            &marker,
+                            format!("unknown marker `{marker}` in `on(..)`: the markers are `plain` (a transition that needs no handler), `reenter` (a self-transition that runs the exit and enter hooks), `with = function` (the transition's function) and `update = function` (a self-transition's function that changes the state in place)"),
+                        ))
+                    }
+                };
+                if slot.is_some() {
+                    return Err(duplicate());
+                }
+                *slot = Some(marker);
+                continue;
+            }
+        };
+        if function.is_some() {
+            return Err(duplicate());
+        }
+        input.parse::<Token![=]>().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("write `{marker} = function`: the path of the function to run"),
+            )
+        })?;
+        let path: syn::Path = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("write `{marker} = function`: the path of the function to run"),
+            )
+        })?;
+        *function = Some((marker, path));
+    }
+    if let Some((kw, _)) = with.as_ref().or(update.as_ref()) {
+        if events.len() > 1 {
+            return Err(syn::Error::new_spanned(
+                kw,
+                format!("`{kw} = ..` names the function of one event's transition (its payload is the function's argument): write one `on(..)` per event"),
             ));
         }
-        *slot = Some(marker);
     }
     if !input.is_empty() {
         return Err(malformed(input.span()));
@@ -289,6 +335,8 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             target: target.clone(),
             plain: plain.clone(),
             reenter: reenter.clone(),
+            with: with.clone(),
+            update: update.clone(),
         });
     }
     Ok(())

@@ -32,6 +32,7 @@ pub(crate) fn check(cx: &Ctxt, m: &Machine<'_>) {
     policies_are_consistent(cx, m);
     timeouts_are_sound(cx, m);
     plain_targets_hold_no_data(cx, m);
+    functions_fit(cx, m);
     reenter_is_a_self_transition(cx, m);
     no_view_name_clash(cx, m);
 }
@@ -50,6 +51,40 @@ fn reenter_is_a_self_transition(cx: &Ctxt, m: &Machine<'_>) {
                         on.event, on.target, s.variant.ident, on.event, s.variant.ident
                     ),
                 ));
+            }
+        }
+    }
+}
+
+/// `with = f` and `update = f` replace the handler: not beside `plain`, not both, and
+/// `update` (the state changed in place) only on a self-transition.
+fn functions_fit(cx: &Ctxt, m: &Machine<'_>) {
+    for s in &m.states {
+        for on in &s.attrs.on {
+            if let (Some(plain), Some((kw, _))) =
+                (&on.plain, on.with.as_ref().or(on.update.as_ref()))
+            {
+                cx.push(syn::Error::new_spanned(
+                    kw,
+                    format!("`{plain}` and `{kw} = ..` on one transition: a plain transition runs no function; remove one"),
+                ));
+            }
+            if let (Some((w, _)), Some((u, _))) = (&on.with, &on.update) {
+                cx.push(syn::Error::new_spanned(
+                    u,
+                    format!("`{w} = ..` and `{u} = ..` on one transition: give the one function it runs"),
+                ));
+            }
+            if let Some((kw, _)) = &on.update {
+                if bare(&on.target) != bare(s.variant.ident) {
+                    cx.push(syn::Error::new_spanned(
+                        kw,
+                        format!(
+                            "`update = ..` changes `{}` in place, so it only fits a self-transition, and `on({} => {})` goes to `{}`: use `with = ..` (a function that returns the new state)",
+                            s.variant.ident, on.event, on.target, on.target
+                        ),
+                    ));
+                }
             }
         }
     }

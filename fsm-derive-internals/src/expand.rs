@@ -41,11 +41,13 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
         .enumerate()
         .map(|(i, s)| g.state_impls(i, s));
     let names = g.name_checks();
+    let initial = g.initial_state();
     quote! {
         #module
         #[doc(hidden)]
         const _: () = {
             #names
+            #initial
             #machine
             #redact
             #strategies
@@ -79,11 +81,13 @@ pub(crate) fn fallback(m: &Machine<'_>) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(i, s)| g.fallback_state(i, s, &never));
+    let initial = g.initial_state();
     let out = quote! {
         #module
         #[doc(hidden)]
         const _: () = {
             #names
+            #initial
             #[automatically_derived]
             #[allow(unused_variables, unreachable_code)]
             impl #impl_g #krate::StateMachine for #ident #ty_g #wc {
@@ -280,7 +284,7 @@ impl Gen<'_, '_> {
             on.event
         );
         let note = format!(
-            "write `impl {krate_text}::Handler<{event_module}{ev}, {module}::{to}> for {module}::{from} {{{{ fn handle(state: {state_param}, event: {event_module}{ev}, effects: &mut {krate_text}::Effects<{effect}>) -> Result<{module}::{to}, {krate_text}::Refusal> {{{{ .. }}}} }}}}`, or mark the transition `plain` if it needs no handler",
+            "write `impl {krate_text}::Handler<{event_module}{ev}, {module}::{to}> for {module}::{from} {{{{ fn handle(state: {state_param}, event: {event_module}{ev}, effects: &mut {krate_text}::Effects<{effect}>) -> Result<{module}::{to}, {krate_text}::Refusal> {{{{ .. }}}} }}}}`, or name a function in the table (`on({ev} => {to}, with = function)`), or mark the transition `plain` if it needs no handler",
             ev = on.event
         );
         quote! {
@@ -775,6 +779,36 @@ impl Gen<'_, '_> {
         enum_redact_impl(self.m.ident, self.m.generics, &variants, &self.paths)
     }
 
+    /// `Machine::initial_state`, for a machine whose (one) initial state holds no data: the
+    /// kernel's `initial` function read from the table, so the initial state is written once.
+    fn initial_state(&self) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let mut initial = m.states.iter().filter(|s| !s.attrs.initial.is_empty());
+        let (Some(s), None) = (initial.next(), initial.next()) else {
+            return quote!();
+        };
+        if !s.variant.fields.is_empty() {
+            return quote!();
+        }
+        let ident = m.ident;
+        let state = s.variant.ident;
+        let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+        let doc = format!(
+            "The table's initial state, `{state}`, for any machine id: the kernel's `initial` function (`Kernel::builder(store, {ident}::initial_state)`), so the initial state is written once, in the table. Generated for a machine whose initial state holds no data."
+        );
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #ident #ty_g #wc {
+                #[doc = #doc]
+                #[inline]
+                pub fn initial_state(_: &#krate::store::MachineId) -> Self {
+                    #ident::#state
+                }
+            }
+        }
+    }
+
     /// [`fallback`] for one state: what user code may name of it, and nothing that checks.
     fn fallback_state(&self, index: usize, s: &State<'_>, never: &TokenStream) -> TokenStream {
         let m = self.m;
@@ -916,7 +950,7 @@ impl Gen<'_, '_> {
 
         // A plain transition has no handler, so it is not `Declared`: a handler written for it
         // anyway is an error (it would never run).
-        let handled: Vec<_> = s.attrs.on.iter().filter(|on| on.plain.is_none()).collect();
+        let handled: Vec<_> = s.attrs.on.iter().filter(|on| on.takes_handler()).collect();
         let declared = handled.iter().map(|on| {
             let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
@@ -950,7 +984,7 @@ impl Gen<'_, '_> {
             .attrs
             .on
             .iter()
-            .filter(|on| on.plain.is_none())
+            .filter(|on| on.takes_handler())
             .map(|on| self.need_handler(s, on));
         let methods = s.attrs.on.iter().map(|on| {
             let id = self.id(&on.event);
@@ -965,7 +999,13 @@ impl Gen<'_, '_> {
                     on.event, on.target
                 )
             } else {
-                let handler = if on.plain.is_some() { "builds the target (a plain transition)" } else { "runs its handler" };
+                let handler = if on.plain.is_some() {
+                    "builds the target (a plain transition)".to_string()
+                } else if let Some((_, f)) = on.with.as_ref().or(on.update.as_ref()) {
+                    format!("runs `{}`", tidy(&quote!(#f).to_string()))
+                } else {
+                    "runs its handler".to_string()
+                };
                 format!(
                     "Takes the declared transition on `{}` from `{ident}` into `{}`: {handler}, its hooks, then the target's invariant. On rejection the state is handed back unchanged.",
                     on.event, on.target
@@ -1016,6 +1056,44 @@ impl Gen<'_, '_> {
             // event so that a missing handler is reported there, once. A plain transition
             // builds its (unit) target instead.
             let target_state = self.m.state_index(&on.target).map(|i| &self.m.states[i]);
+            // What computes the new state, as a `Result<Target, Refusal>`: the handler impl,
+            // or the function the table names (`with`), or a copy of the state changed in
+            // place by the `update` function (a self-transition; its invariant still runs).
+            let call = match (&on.with, &on.update) {
+                (Some((_, function)), _) => quote_spanned! {function.span()=>
+                    #function(view, event, effects)
+                },
+                (None, Some((_, function))) => {
+                    let copy: Vec<TokenStream> = v
+                        .fields
+                        .iter()
+                        .map(|field| {
+                            let member = &field.member;
+                            quote!(#private::core::clone::Clone::clone(view.#member))
+                        })
+                        .collect();
+                    let owned = if v.fields.is_empty() {
+                        quote!(view)
+                    } else {
+                        let fields = own_fields(v, m.generics, &copy, quote!(#marker));
+                        quote!(#module::#ident #fields)
+                    };
+                    let apply = quote_spanned! {function.span()=>
+                        let () = #function(&mut __fsm_next, event, effects)?;
+                    };
+                    quote!({
+                        let mut __fsm_next: #target = #owned;
+                        #apply
+                        #private::core::result::Result::Ok(__fsm_next)
+                    })
+                }
+                (None, None) => {
+                    let need = need_trait(ident, &on.event);
+                    quote_spanned! {on.event.span()=>
+                        <Self as #need<#payload, #target>>::__fsm_handle(view, event, effects)
+                    }
+                }
+            };
             let next = match target_state {
                 Some(target_state) if on.plain.is_some() => {
                     let unit = self.view_expr(target_state, &[]);
@@ -1024,13 +1102,7 @@ impl Gen<'_, '_> {
                         #unit
                     })
                 }
-                _ => {
-                    let need = need_trait(ident, &on.event);
-                    let handle = quote_spanned! {on.event.span()=>
-                        <Self as #need<#payload, #target>>::__fsm_handle
-                    };
-                    quote!(#handle(view, event, effects)?)
-                }
+                _ => quote!(#call?),
             };
             // The state's exit hook, the handler, the target's enter hook: on every transition
             // that changes the state, and on a self-transition marked `reenter`.
@@ -1049,12 +1121,7 @@ impl Gen<'_, '_> {
             let body = match (&exit, &enter, on.plain.is_some()) {
                 // No hook: exactly the handler's call (or the plain target), nothing around it,
                 // so a machine without hooks pays nothing for them.
-                (None, None, false) => {
-                    let need = need_trait(ident, &on.event);
-                    quote_spanned! {on.event.span()=>
-                        <Self as #need<#payload, #target>>::__fsm_handle(view, event, effects)
-                    }
-                }
+                (None, None, false) => call,
                 (None, None, true) => quote!({
                     let _ = (view, effects);
                     #private::core::result::Result::Ok(#next)

@@ -139,12 +139,38 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
                 "on({} => {}, {})",
                 pick(u, EVENTS),
                 pick(u, STATES),
-                pick(u, &["plain", "plan", "plain, plain"])
+                pick(
+                    u,
+                    &[
+                        "plain",
+                        "plan",
+                        "plain, plain",
+                        "with = f",
+                        "update = f",
+                        "with = f, update = g",
+                        "plain, with = f",
+                        "with =",
+                        "with = 3",
+                        "update = crate::m::f, reenter"
+                    ]
+                )
             ),
             14 => format!(
                 "state_timeout({} = {} => {})",
                 pick(u, &["ms", "s", "min", "hours"]),
-                pick(u, &["0", "1200", "99999999999999999999", "1_000"]),
+                pick(
+                    u,
+                    &[
+                        "0",
+                        "1200",
+                        "99999999999999999999",
+                        "1_000",
+                        "LIMIT",
+                        "2 * 60",
+                        "\"x\"",
+                        "1.5"
+                    ]
+                ),
                 pick(u, EVENTS)
             ),
             15 => pick(
@@ -155,6 +181,7 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
                     "enter = hook, enter = hook",
                     "on(Go => A, reenter)",
                     "on(Go => A, plain, reenter, reenter)",
+                    "on(Go | Stop => A, with = f)",
                 ],
             )
             .to_owned(),

@@ -33,7 +33,7 @@ const CLIENTS: usize = 8;
 fn place_all(kernel: &fsm_core::kernel::Kernel<Order>, run: u64, progress: bool) {
     std::thread::scope(|s| {
         for c in 0..CLIENTS {
-            let submitter = kernel.submitter();
+            let submitter = kernel.handle();
             s.spawn(move || {
                 let mut rng = fastrand::Rng::new();
                 for i in (c..ORDERS).step_by(CLIENTS) {

@@ -1,5 +1,5 @@
 //! Metrics a dashboard scrapes: the registrar's kernel publishes its counts, queue depths and
-//! latency percentiles through the `metrics` facade (`Kernel::publish_metrics`, feature
+//! latency percentiles through the `metrics` facade (`KernelHandle::publish_metrics`, feature
 //! `metrics` of fsm-core), `metrics-exporter-prometheus` renders them, and a small HTTP
 //! responder serves them at `/metrics`.
 //!
@@ -15,13 +15,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use fsm_core::kernel::{Kernel, Submitter};
+use fsm_core::kernel::{Kernel, KernelHandle};
 use fsm_core::store::MachineId;
 use fsm_examples::registrar::{Order, OrderCmd};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// One customer's order from submission to registration, and a late cancel that is refused.
-fn order(submitter: &Submitter<Order>, i: u64) {
+fn order(submitter: &KernelHandle<Order>, i: u64) {
     let id = MachineId::new(format!("order-{i}")).expect("a valid id");
     let commands = [
         OrderCmd::Submit {
@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kernel: Kernel<Order> = fsm_persist::file_kernel(&data, |_| Order::Draft)
         .shards(2)
         .start()?;
-    let submitter = kernel.submitter();
+    let submitter = kernel.handle();
     for i in 0..200 {
         order(&submitter, i);
     }

@@ -7,7 +7,7 @@
 //!   appended to a file, one fdatasync), as in the storage bench;
 //! - `file_store_group_commit/100machines`: one command to each of 100 machines (1 KiB of
 //!   state each) through the kernel over the file store, submitted together
-//!   ([`Kernel::submit_batch`]), answered after the group commit;
+//!   ([`KernelHandle::submit_batch`]), answered after the group commit;
 //! - `memory_store/100machines`: the same through a kernel over the memory store: the
 //!   runtime's own cost (dispatch, encoding, journal, answers), without a disk.
 //!

@@ -13,7 +13,7 @@
 //! commit (persist) p99 beside it.
 //!
 //! **Load.** C client threads (default: the largest shard count, at least two), each keeping a
-//! window of W commands in flight (default 64) through a [`Submitter`]: it submits until W
+//! window of W commands in flight (default 64) through a [`KernelHandle`]: it submits until W
 //! tickets are open, then waits for the oldest and submits the next. A closed loop with a
 //! window is what a service in front of the kernel looks like (each request thread waits for
 //! its answer). The same clients at every shard count, so every point is offered the same
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{Kernel, KernelBuilder, Shutdown, Submitter};
+use fsm_core::kernel::{Kernel, KernelBuilder, KernelHandle, Shutdown};
 use fsm_core::store::{Codec, MachineId, MemoryStore, Put, Snapshot, SnapshotStore};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use fsm_persist::{FileStore, SqliteStore};
@@ -213,7 +213,7 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
     let cpu_before = cpu_seconds();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
-            let submitter = kernel.submitter();
+            let submitter = kernel.handle();
             let ids = ids.clone();
             let window = o.window;
             std::thread::spawn(move || client(&submitter, &ids, window, deadline, c as u64))
@@ -248,7 +248,7 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
 /// A client: keeps `window` commands in flight until `deadline`, then waits for the rest.
 /// Returns the commands answered and their submit-to-answer latencies.
 fn client(
-    submitter: &Submitter<Counter>,
+    submitter: &KernelHandle<Counter>,
     ids: &[MachineId],
     window: usize,
     deadline: Instant,
@@ -259,7 +259,7 @@ fn client(
     let mut latency = latency_histogram();
     let mut done = 0;
     let mut answer = |(at, ticket): (Instant, fsm_core::queue::Ticket<_>)| {
-        let outcome: fsm_core::kernel::Outcome = ticket.wait();
+        let outcome: fsm_core::kernel::Answer = ticket.wait();
         outcome.expect("every bump commits");
         latency.saturating_record(at.elapsed().as_nanos() as u64);
         done += 1;

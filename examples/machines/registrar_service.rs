@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{
-    BuildError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Kernel, Request,
-    RetryPolicy, Submitter,
+    BuildError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Kernel,
+    KernelHandle, Request, RetryPolicy,
 };
 use fsm_core::store::MachineId;
 use fsm_core::StateMachine;
@@ -120,7 +120,7 @@ fn key(k: String) -> IdempotencyKey {
 
 /// One customer's order: submit, pay (sometimes too little first), and sometimes retry the
 /// payment as a client whose answer timed out would, with the same idempotency key.
-pub fn place(kernel: &Submitter<Order>, run: u64, i: usize, rng: &mut fastrand::Rng) {
+pub fn place(kernel: &KernelHandle<Order>, run: u64, i: usize, rng: &mut fastrand::Rng) {
     let id = order_id(run, i);
     let domain = match rng.u32(0..100) {
         0..5 => format!("not a domain {i}"), // refused by Submitted's invariant

@@ -20,7 +20,7 @@ const ORDERS: usize = 60;
 fn child(dir: &str, run: u64) {
     std::panic::set_hook(Box::new(|_| {}));
     let kernel = registrar_service::start(dir.as_ref(), &Counters::default()).unwrap();
-    let submitter = kernel.submitter();
+    let submitter = kernel.handle();
     let mut rng = fastrand::Rng::new();
     std::thread::scope(|s| {
         for c in 0..4 {

@@ -202,7 +202,7 @@ fn held_kernel(
 ) -> (
     Arc<Gated>,
     Kernel<Build>,
-    fsm_core::queue::Ticket<fsm_core::kernel::Outcome>,
+    fsm_core::queue::Ticket<fsm_core::kernel::Answer>,
 ) {
     let store = Arc::new(Gated::default());
     let kernel = configure(Kernel::builder_shared(store.clone(), |_| Build::Queued).shards(1))
@@ -878,7 +878,7 @@ fn shutdown_drains_or_hands_back_what_is_queued() {
     let parked = kernel.submit(&id("parked"), Cmd::Finish).unwrap();
     // A fifth submitter blocks on the full inbox; shutting down refuses it, and only then is
     // the held commit let go.
-    let submitter = kernel.submitter();
+    let submitter = kernel.handle();
     let gate = store.clone();
     let blocked = std::thread::spawn(move || {
         let refused = submitter.submit(&id("late"), Cmd::Start);
@@ -1283,4 +1283,31 @@ fn postponed_commands_of_a_machine_this_node_lost_are_handed_back() {
     }
     assert_eq!(stored(&*b, &m), Some((Build::Done, 2)));
     assert_eq!(ka.metrics().total.counts.deferred, 0);
+}
+
+#[test]
+fn a_handle_is_the_kernel_for_other_threads_and_outlives_it_harmlessly() {
+    let store = Arc::new(MemoryStore::new());
+    let kernel = Kernel::builder_shared(store.clone(), |_| Build::Queued)
+        .shards(2)
+        .start()
+        .unwrap();
+    let handle = kernel.handle();
+    let from_thread = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.submit(&id("t"), Cmd::Start).unwrap().wait())
+    };
+    assert!(from_thread.join().unwrap().is_ok());
+    // The kernel and its handles see the same machines.
+    assert_eq!(kernel.state(&id("t")).unwrap().1, Some(1));
+    assert_eq!(handle.state(&id("t")).unwrap().1, Some(1));
+    assert_eq!(handle.recovery().recovered, kernel.recovery().recovered);
+
+    kernel.shutdown(Shutdown::Drain);
+    assert!(matches!(
+        handle.submit(&id("t"), Cmd::Finish),
+        Err(SubmitError::Closed(_))
+    ));
+    assert!(matches!(handle.state(&id("t")), Err(CommandError::Closed)));
+    assert_eq!(store.ids().unwrap(), vec![id("t")]);
 }

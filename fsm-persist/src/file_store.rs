@@ -511,7 +511,7 @@ impl FileStore {
 
     /// Publishes [`FileStore::stats`] through the `metrics` facade (feature `metrics`), for
     /// whatever exporter the process installed; call it beside
-    /// `Kernel::publish_metrics`. Labelled with the store's directory.
+    /// `KernelHandle::publish_metrics`. Labelled with the store's directory.
     ///
     /// | name | kind |
     /// | --- | --- |

@@ -29,7 +29,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{
-    EffectCtx, EffectError, EffectWorker, IdempotencyKey, Outcome, Request, RetryPolicy, Shutdown,
+    Answer, EffectCtx, EffectError, EffectWorker, IdempotencyKey, Request, RetryPolicy, Shutdown,
 };
 use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
@@ -153,7 +153,7 @@ fn child(dir: &Path) {
         )
         .start()
         .expect("the kernel starts");
-    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
+    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Answer>)>();
     let acker = std::thread::spawn(move || {
         let mut out = std::io::stdout().lock();
         for (key, ticket) in rx {

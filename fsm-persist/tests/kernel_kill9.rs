@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{IdempotencyKey, Kernel, KernelBuilder, Outcome, Request, Shutdown};
+use fsm_core::kernel::{Answer, IdempotencyKey, Kernel, KernelBuilder, Request, Shutdown};
 use fsm_core::store::{Codec, MachineId, SnapshotStore, SnapshotStoreExt};
 use fsm_persist::fault::PowerLossIo;
 use fsm_persist::postgres::{Claim, Ownership, PostgresStore, TestServer};
@@ -191,7 +191,7 @@ fn child(backend: &Backend) {
         .idempotency_window(512)
         .start()
         .expect("the kernel starts");
-    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
+    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Answer>)>();
     let acker = std::thread::spawn(move || {
         let mut out = std::io::stdout().lock();
         for (key, ticket) in rx {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{CommandError, IdempotencyKey, Kernel, Outcome, Request, Shutdown};
+use fsm_core::kernel::{Answer, CommandError, IdempotencyKey, Kernel, Request, Shutdown};
 use fsm_core::queue::Ticket;
 use fsm_core::store::{Codec, MachineId, SnapshotStore, SnapshotStoreExt, StoreError};
 use fsm_persist::fault::Pausable;
@@ -86,7 +86,7 @@ impl Ledger {
     }
 
     /// Waits for `ticket` and records its answer; returns whether it was fenced.
-    fn settle(&mut self, node: char, key: &str, ticket: Ticket<Outcome>) -> bool {
+    fn settle(&mut self, node: char, key: &str, ticket: Ticket<Answer>) -> bool {
         let m = self.sent[key].0;
         match ticket.wait() {
             Ok(c) if !c.duplicate => {

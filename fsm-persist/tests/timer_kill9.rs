@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fsm_core::kernel::{IdempotencyKey, Outcome, Request, Shutdown};
+use fsm_core::kernel::{Answer, IdempotencyKey, Request, Shutdown};
 use fsm_core::store::{Codec, MachineId, SnapshotStoreExt};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use fsm_persist::FileStore;
@@ -191,7 +191,7 @@ fn child(dir: &Path) {
         .timer_events()
         .start()
         .expect("the kernel starts");
-    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Outcome>)>();
+    let (tx, rx) = mpsc::channel::<(String, fsm_core::queue::Ticket<Answer>)>();
     let acker = std::thread::spawn(move || {
         let mut out = std::io::stdout().lock();
         for (key, ticket) in rx {

@@ -1,7 +1,7 @@
 //! The admin endpoint (feature `admin`): a running kernel answers an operator's questions on
 //! a Unix domain socket (or, if asked, a loopback TCP port), one JSON object per line.
 //!
-//! Off by default: nothing listens until [`Kernel::serve_admin`](super::Kernel::serve_admin)
+//! Off by default: nothing listens until [`KernelHandle::serve_admin`](super::KernelHandle::serve_admin)
 //! is called, and dropping the returned [`AdminServer`] stops it and removes its socket.
 //!
 //! # Protocol
@@ -32,7 +32,7 @@
 //! `max_clients` are served at once, a trace answer holds at most `max_entries` entries, and a
 //! watch sends at most `max_per_sec` entries a second. The endpoint only reads what the
 //! kernel already keeps (metrics, the trace ring) or asks a shard between batches, as
-//! [`Kernel::state`](super::Kernel::state) does; it holds no lock while it writes to a client,
+//! [`KernelHandle::state`](super::KernelHandle::state) does; it holds no lock while it writes to a client,
 //! so a slow or dead client never blocks a shard.
 
 use std::fmt::Write as _;
@@ -52,7 +52,7 @@ use serde_json::{json, Map, Value};
 
 use super::stats::{KernelCounts, ShardMetrics};
 use super::trace::Trace;
-use super::{Durable, Inner, Kernel, TraceEntry, TraceFilter, TraceOutcome};
+use super::{Durable, Inner, KernelHandle, TraceEntry, TraceFilter, TraceOutcome};
 use crate::queue::LatencySummary;
 use crate::store::MachineId;
 use crate::Redact;
@@ -238,18 +238,11 @@ trait Target: Send + Sync {
 
 /// A kernel handle that owns no thread: it reads and asks the kernel's shared state, and its
 /// drop stops nothing.
-struct View<M: Durable>(Kernel<M>);
+struct View<M: Durable>(KernelHandle<M>);
 
 impl<M: Durable> View<M> {
-    fn of(kernel: &Kernel<M>) -> Self {
-        View(Kernel {
-            inner: kernel.inner.clone(),
-            shards: Vec::new(),
-            workers: Vec::new(),
-            recovery: super::RecoveryReport::default(),
-            // Already "stopped": dropping the view stops nothing.
-            stopped: true,
-        })
+    fn of(kernel: &KernelHandle<M>) -> Self {
+        View(kernel.clone())
     }
 
     fn inner(&self) -> &Inner<M> {
@@ -352,7 +345,7 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
     }
 }
 
-impl<M: Durable + Redact + Clone> Kernel<M> {
+impl<M: Durable + Redact + Clone> KernelHandle<M> {
     /// Starts the admin endpoint (see [`admin`](self::super::admin)): a thread that accepts
     /// clients on `config`'s socket, and a thread per client. Stops when the returned server
     /// is dropped.

@@ -3,7 +3,7 @@
 //! thread worker (a durable effect settled with its answer, retried after a failure, given up
 //! into the failure event; a panicking task or one past the effect timeout is a crash that
 //! counts toward the restart intensity; an escalated pool parks what it is sent until
-//! [`Kernel::restart_worker`](super::Kernel::restart_worker)).
+//! [`KernelHandle::restart_worker`](super::KernelHandle::restart_worker)).
 //!
 //! Order: the shard hands a machine's durable effects out one at a time, so they run in
 //! emission order whatever the concurrency; effects of different machines run concurrently.

@@ -19,8 +19,8 @@ use super::store_cell::{Opener, StoreCell};
 use super::supervisor::{self, Factory};
 use super::time_base::TimeBase;
 use super::{
-    trace, Config, Durable, EffectWorker, Inner, Intensity, Kernel, RecoveryReport, WorkerBoard,
-    WorkerMetrics,
+    trace, Config, Durable, EffectWorker, Inner, Intensity, Kernel, KernelHandle, RecoveryReport,
+    WorkerBoard, WorkerMetrics,
 };
 use crate::queue::{Clock, Overflow, Overload, Route, Stamps};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
@@ -240,7 +240,7 @@ impl<M: Durable> KernelBuilder<M> {
     /// `worker` (shared by all of them), at most `concurrency` at once, durable as with
     /// [`KernelBuilder::effects`]. A panicking task, or one that runs past
     /// [`KernelBuilder::effect_timeout`], is a crash; the pool counts as worker 0 for
-    /// [`Kernel::restart_worker`](super::Kernel::restart_worker) and the metrics.
+    /// [`KernelHandle::restart_worker`](super::KernelHandle::restart_worker) and the metrics.
     #[cfg(feature = "tokio")]
     pub fn async_effects<W>(
         mut self,
@@ -501,12 +501,15 @@ impl<M: Durable> KernelBuilder<M> {
             per_shard[inner.shard_of(&id)].push(id);
         }
         let mut kernel = Kernel {
-            inner: inner.clone(),
+            handle: KernelHandle {
+                inner: inner.clone(),
+                recovery: Arc::new(RecoveryReport::default()),
+            },
             shards: Vec::with_capacity(self.shards),
             workers: Vec::with_capacity(workers),
-            recovery: RecoveryReport::default(),
             stopped: false,
         };
+        let mut recovery = RecoveryReport::default();
         let (report_tx, report_rx) = mpsc::channel();
         for (index, ids) in per_shard.into_iter().enumerate() {
             let inner = inner.clone();
@@ -524,11 +527,12 @@ impl<M: Durable> KernelBuilder<M> {
         }
         drop(report_tx);
         for report in report_rx {
-            kernel.recovery.recovered += report.recovered;
-            kernel.recovery.quarantined.extend(report.quarantined);
-            kernel.recovery.unavailable.extend(report.unavailable);
-            kernel.recovery.not_owned += report.not_owned;
+            recovery.recovered += report.recovered;
+            recovery.quarantined.extend(report.quarantined);
+            recovery.unavailable.extend(report.unavailable);
+            recovery.not_owned += report.not_owned;
         }
+        kernel.handle.recovery = Arc::new(recovery);
         match self.workers {
             Workers::None => {}
             Workers::Threads(_, factory) => {
@@ -559,8 +563,8 @@ impl<M: Durable> KernelBuilder<M> {
         #[cfg(feature = "tracing")]
         tracing::info!(
             machine = M::TABLE.machine(),
-            recovered = kernel.recovery.recovered,
-            quarantined = kernel.recovery.quarantined.len(),
+            recovered = kernel.handle.recovery.recovered,
+            quarantined = kernel.handle.recovery.quarantined.len(),
             "fsm.kernel_started"
         );
         Ok(kernel)

@@ -6,7 +6,7 @@
 use metrics::{counter, gauge};
 
 use super::stats::ShardMetrics;
-use super::{Durable, Kernel};
+use super::{Durable, KernelHandle};
 use crate::queue::LatencySummary;
 
 /// Reads one count.
@@ -30,10 +30,10 @@ const OUTCOMES: [(&str, Read); 14] = [
     ("escalated", |c| c.escalated),
 ];
 
-impl<M: Durable> Kernel<M> {
-    /// Publishes one consistent reading of [`Kernel::metrics`] through the `metrics` facade:
+impl<M: Durable> KernelHandle<M> {
+    /// Publishes one consistent reading of [`KernelHandle::metrics`] through the `metrics` facade:
     /// counters set to their absolute values, gauges set, latency percentiles as gauges with a
-    /// `quantile` label. Call it periodically (each call costs one [`Kernel::metrics`]); the
+    /// `quantile` label. Call it periodically (each call costs one [`KernelHandle::metrics`]); the
     /// exporter installed as the recorder decides where the numbers go.
     ///
     /// | name | kind | labels |

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::queue::{Clock, DumpCause, Overload, Reply};
 use crate::store::MachineId;
 
-use super::outcome::{CommandError, Outcome, SubmitError};
+use super::outcome::{Answer, CommandError, SubmitError};
 use super::request::Request;
 use super::Durable;
 
@@ -21,7 +21,7 @@ pub(crate) struct Cmd<M: Durable> {
     pub(crate) enqueued: u64,
     /// Where the outcome goes; `None` for events fed back by effect workers and for timer
     /// firings.
-    pub(crate) reply: Option<Reply<Outcome>>,
+    pub(crate) reply: Option<Reply<Answer>>,
     /// The timer arming this command is the firing of, if it is one.
     pub(crate) fire: Option<Box<Fire>>,
     /// The owed effect whose worker answered with this event, if it is such an answer: the
@@ -34,7 +34,7 @@ pub(crate) type Settles = (u64, u32);
 
 /// A worker's answer that carries no event for the machine: the effect is done (or given up)
 /// and leaves the outbox, or it failed and is to be retried.
-pub(crate) struct Answer {
+pub(crate) struct WorkerAnswer {
     pub(crate) id: MachineId,
     pub(crate) settles: Settles,
     pub(crate) retry: bool,
@@ -49,7 +49,7 @@ pub(crate) struct Fire {
 }
 
 impl<M: Durable> Cmd<M> {
-    pub(crate) fn answer(mut self, outcome: Outcome) -> Request<M::Event> {
+    pub(crate) fn answer(mut self, outcome: Answer) -> Request<M::Event> {
         if let Some(reply) = self.reply.take() {
             reply.send(outcome);
         }
@@ -70,7 +70,7 @@ pub(crate) enum Job<M: Durable> {
     /// Fire the timers due now (the batch does so anyway); answers how many fired.
     FireTimers(Reply<usize>),
     /// An effect worker's answer without an event.
-    Answer(Answer),
+    Answer(WorkerAnswer),
     /// A reader of what machine `id` owes (loading it if needed).
     Owed(
         MachineId,

@@ -28,7 +28,7 @@
 //! runs a kernel and applies commands only to the machines it owns: before a command is
 //! applied the kernel asks the store ([`SnapshotStore::owner_epoch`]); a machine another node
 //! owns is not applied here, its command is answered [`CommandError::Fenced`] and handed back
-//! ([`Kernel::take_handed_back`]) for the caller to send to the owner. If the store refuses a
+//! ([`KernelHandle::take_handed_back`]) for the caller to send to the owner. If the store refuses a
 //! commit because ownership moved meanwhile (a late write of a paused node), the machines it
 //! lost are answered `Fenced`, dropped from memory with their postponed commands handed back,
 //! and the rest of the batch is stored. A machine owned again under a newer epoch is reloaded,
@@ -40,7 +40,7 @@
 //! timers in its snapshot, in the same write as the transition that armed them, and fires each
 //! as a command through the normal path when its deadline passes (on the system clock the
 //! shard sleeps exactly until the next one; on a [`ManualClock`](crate::queue::ManualClock)
-//! timers fire in the shard's batches and on [`Kernel::fire_due_timers`]). A firing disarms
+//! timers fire in the shard's batches and on [`KernelHandle::fire_due_timers`]). A firing disarms
 //! its timer in the same write as the transition it causes: after a crash a timer that had not
 //! fired fires once, promptly if its deadline passed meanwhile, and one that fired does not
 //! fire again. Deadlines are wall-clock milliseconds read once at start and advanced by the
@@ -77,8 +77,8 @@
 //!
 //! A machine owes at most [`KernelBuilder::max_pending_effects`] at once (a transition that
 //! would owe more is refused with [`CommandError::Outbox`], nothing changed), and machines that
-//! owe effects stay in memory. [`Kernel::owed`] lists what a machine owes;
-//! [`Kernel::wait_idle`] waits for effects running or ready to run, not for those waiting out a
+//! owe effects stay in memory. [`KernelHandle::owed`] lists what a machine owes;
+//! [`KernelHandle::wait_idle`] waits for effects running or ready to run, not for those waiting out a
 //! retry delay or an escalated worker's restart. An escalated worker stops taking effects
 //! (they wait, durably) while its machines keep taking commands, unless
 //! [`KernelBuilder::refuse_when_escalated`].
@@ -167,6 +167,7 @@ use crate::machine::StateMachine;
 use crate::queue::{Clock, Overflow, Overload, Stamps, Ticket};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
 
+pub use crate::queue::Shutdown;
 #[cfg(feature = "tokio")]
 pub use async_effects::AsyncEffectWorker;
 pub use builder::{
@@ -177,12 +178,11 @@ pub use outbox::{
     owed_in, EffectId, OutboxError, OwedEffect, RetryPolicy, RetryPolicyError,
     DEFAULT_MAX_PENDING_EFFECTS,
 };
-pub use outcome::{CommandError, Committed, Outcome, QuarantineCause, Quarantined, SubmitError};
-pub use report::{RecoveryReport, Shutdown, ShutdownReport};
+pub use outcome::{Answer, CommandError, Committed, QuarantineCause, Quarantined, SubmitError};
+pub use report::{RecoveryReport, ShutdownReport};
 pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
 pub use section::SectionError;
 pub use stats::{KernelCounts, KernelMetrics, ShardMetrics, WorkerMetrics};
-pub use submit::Submitter;
 pub use supervisor::{EffectCtx, EffectError, EffectWorker, Escalation, Failure, Intensity};
 pub use trace::{TraceEntry, TraceFilter, TraceOutcome};
 
@@ -300,7 +300,7 @@ impl<M: Durable> Inner<M> {
 }
 
 /// What a submit call returns: the ticket of an accepted command, or why it was not.
-pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
+pub type Submitted<E> = Result<Ticket<Answer>, SubmitError<E>>;
 
 /// Runs machines of type `M`: a registry keyed by [`MachineId`], sharded across threads,
 /// in front of a [`SnapshotStore`]. See the [module documentation](self) for what happens
@@ -308,12 +308,42 @@ pub type Submitted<E> = Result<Ticket<Outcome>, SubmitError<E>>;
 ///
 /// Dropping a kernel shuts it down as [`Shutdown::HandBack`] does (queued commands are
 /// answered [`CommandError::Closed`]); call [`Kernel::shutdown`] to drain it instead.
+///
+/// The kernel owns its threads; everything else it does is on its [`KernelHandle`], which
+/// it dereferences to (`kernel.submit(..)`), and which [`Kernel::handle`] clones for other
+/// threads and tasks, as tokio's `Runtime` and `Handle` are split.
 pub struct Kernel<M: Durable> {
-    inner: Arc<Inner<M>>,
+    handle: KernelHandle<M>,
     shards: Vec<JoinHandle<HandedBack<M::Event>>>,
     workers: Vec<JoinHandle<()>>,
-    recovery: RecoveryReport,
     stopped: bool,
+}
+
+/// A cheap, cloneable handle to a running [`Kernel`]: submits commands, reads state, metrics
+/// and the trace, fires timers, releases quarantined machines, restarts workers. Clone it
+/// into every thread or task that talks to the kernel; it owns no thread, and it outlives the
+/// kernel harmlessly (its submits are then refused [`SubmitError::Closed`], its reads
+/// [`CommandError::Closed`]).
+pub struct KernelHandle<M: Durable> {
+    inner: Arc<Inner<M>>,
+    recovery: Arc<RecoveryReport>,
+}
+
+impl<M: Durable> Clone for KernelHandle<M> {
+    fn clone(&self) -> Self {
+        KernelHandle {
+            inner: self.inner.clone(),
+            recovery: self.recovery.clone(),
+        }
+    }
+}
+
+impl<M: Durable> std::ops::Deref for Kernel<M> {
+    type Target = KernelHandle<M>;
+
+    fn deref(&self) -> &KernelHandle<M> {
+        &self.handle
+    }
 }
 
 impl<M: Durable> Kernel<M> {
@@ -344,28 +374,96 @@ impl<M: Durable> Kernel<M> {
         KernelBuilder::new(open(), Box::new(initial)).reopen_with(open)
     }
 
+    /// A cheap, cloneable handle to this kernel, for other threads and tasks (the kernel
+    /// itself dereferences to one).
+    pub fn handle(&self) -> KernelHandle<M> {
+        self.handle.clone()
+    }
+
+    /// Stops the kernel: no new commands; then, as `mode` says, drain or hand back what is
+    /// queued; join the shards and the workers.
+    pub fn shutdown(mut self, mode: Shutdown) -> ShutdownReport<M::Event> {
+        let handed_back = self.stop(mode);
+        ShutdownReport {
+            handed_back,
+            metrics: self.metrics(),
+        }
+    }
+
+    fn stop(&mut self, mode: Shutdown) -> HandedBack<M::Event> {
+        if self.stopped {
+            return Vec::new();
+        }
+        self.stopped = true;
+        let inner = &*self.handle.inner;
+        let closing = match mode {
+            Shutdown::Drain => {
+                // Blocked submitters are refused before the kernel waits for the rest.
+                inner.intake_open.store(false, Ordering::Release);
+                for inbox in inner.inboxes.iter() {
+                    inbox.release_waiters();
+                }
+                inner.quiet.wait_idle();
+                Closing::Drain
+            }
+            _ => {
+                inner.abandon_effects.store(true, Ordering::Release);
+                Closing::HandBack
+            }
+        };
+        // Closing the inboxes refuses submitters too; intake is marked closed only after,
+        // so a refused submitter knows the shards were told.
+        for inbox in inner.inboxes.iter() {
+            inbox.close(closing);
+        }
+        inner.intake_open.store(false, Ordering::Release);
+        let mut handed_back = Vec::new();
+        for shard in self.shards.drain(..) {
+            if let Ok(mut back) = shard.join() {
+                handed_back.append(&mut back);
+            }
+        }
+        for tx in &inner.effect_tx {
+            let _ = tx.send(WorkerMsg::Stop);
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        // Fenced commands nobody took yet are returned too: nothing accepted is dropped.
+        handed_back.append(&mut inner.handed_back.lock().recover());
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            machine = M::TABLE.machine(),
+            handed_back = handed_back.len(),
+            "fsm.kernel_stopped"
+        );
+        handed_back
+    }
+}
+
+impl<M: Durable> KernelHandle<M> {
     /// Submits a command for machine `id`, waiting for room under back-pressure (up to the
-    /// request's deadline). The [`Ticket`] gives the [`Outcome`] once the transition is
+    /// request's deadline). The [`Ticket`] gives the [`Answer`] once the transition is
     /// durable, or why not.
     pub fn submit(
         &self,
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+    ) -> Result<Ticket<Answer>, SubmitError<M::Event>> {
         enqueue(&self.inner, id, request.into(), inbox::Room::Wait)
     }
 
-    /// Like [`Kernel::submit`], never waiting: a full inbox under back-pressure refuses at
+    /// Like [`KernelHandle::submit`], never waiting: a full inbox under back-pressure refuses at
     /// once with [`SubmitError::Full`].
     pub fn try_submit(
         &self,
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+    ) -> Result<Ticket<Answer>, SubmitError<M::Event>> {
         enqueue(&self.inner, id, request.into(), inbox::Room::Refuse)
     }
 
-    /// Like [`Kernel::submit`] for async code (feature `tokio`): under back-pressure it waits
+    /// Like [`KernelHandle::submit`] for async code (feature `tokio`): under back-pressure it waits
     /// for room as a future, never blocking the executor's thread, up to the request's
     /// deadline (then [`SubmitError::Expired`]). `.await` the ticket it gives for the outcome.
     ///
@@ -398,7 +496,7 @@ impl<M: Durable> Kernel<M> {
         &self,
         id: &MachineId,
         request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+    ) -> Result<Ticket<Answer>, SubmitError<M::Event>> {
         submit::enqueue_async(&self.inner, id, request.into()).await
     }
 
@@ -455,14 +553,6 @@ impl<M: Durable> Kernel<M> {
             }
         }
         out.into_iter().flatten().collect()
-    }
-
-    /// A cheap, cloneable handle that submits to this kernel from other threads; it outlives
-    /// the kernel harmlessly (its submits are then refused [`SubmitError::Closed`]).
-    pub fn submitter(&self) -> Submitter<M> {
-        Submitter {
-            inner: self.inner.clone(),
-        }
     }
 
     /// The shard that runs machine `id`.
@@ -581,7 +671,7 @@ impl<M: Durable> Kernel<M> {
     /// Fires every timer due now on every shard, and returns how many fired. Shards do this
     /// on their own when a timer comes due on [`Clock::System`]; a kernel on a
     /// [`ManualClock`](crate::queue::ManualClock) fires timers only in its batches, so a test
-    /// moves the clock, calls this, then [`Kernel::wait_idle`] to see the firings decided.
+    /// moves the clock, calls this, then [`KernelHandle::wait_idle`] to see the firings decided.
     pub fn fire_due_timers(&self) -> usize {
         self.inner
             .inboxes
@@ -657,69 +747,9 @@ impl<M: Durable> Kernel<M> {
     /// effect handed to a worker or ready for one has run, and every answer and event those
     /// fed back is decided and stored too. Commands submitted meanwhile are waited for as
     /// well. Effects waiting out a retry delay, or for an escalated worker's restart, are not
-    /// work in flight: [`Kernel::owed`] shows them.
+    /// work in flight: [`KernelHandle::owed`] shows them.
     pub fn wait_idle(&self) {
         self.inner.quiet.wait_idle();
-    }
-
-    /// Stops the kernel: no new commands; then, as `mode` says, drain or hand back what is
-    /// queued; join the shards and the workers.
-    pub fn shutdown(mut self, mode: Shutdown) -> ShutdownReport<M::Event> {
-        let handed_back = self.stop(mode);
-        ShutdownReport {
-            handed_back,
-            metrics: self.metrics(),
-        }
-    }
-
-    fn stop(&mut self, mode: Shutdown) -> HandedBack<M::Event> {
-        if self.stopped {
-            return Vec::new();
-        }
-        self.stopped = true;
-        let inner = &*self.inner;
-        let closing = match mode {
-            Shutdown::Drain => {
-                // Blocked submitters are refused before the kernel waits for the rest.
-                inner.intake_open.store(false, Ordering::Release);
-                for inbox in inner.inboxes.iter() {
-                    inbox.release_waiters();
-                }
-                inner.quiet.wait_idle();
-                Closing::Drain
-            }
-            _ => {
-                inner.abandon_effects.store(true, Ordering::Release);
-                Closing::HandBack
-            }
-        };
-        // Closing the inboxes refuses submitters too; intake is marked closed only after,
-        // so a refused submitter knows the shards were told.
-        for inbox in inner.inboxes.iter() {
-            inbox.close(closing);
-        }
-        inner.intake_open.store(false, Ordering::Release);
-        let mut handed_back = Vec::new();
-        for shard in self.shards.drain(..) {
-            if let Ok(mut back) = shard.join() {
-                handed_back.append(&mut back);
-            }
-        }
-        for tx in &inner.effect_tx {
-            let _ = tx.send(WorkerMsg::Stop);
-        }
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        // Fenced commands nobody took yet are returned too: nothing accepted is dropped.
-        handed_back.append(&mut inner.handed_back.lock().recover());
-        #[cfg(feature = "tracing")]
-        tracing::info!(
-            machine = M::TABLE.machine(),
-            handed_back = handed_back.len(),
-            "fsm.kernel_stopped"
-        );
-        handed_back
     }
 }
 
@@ -733,8 +763,8 @@ impl<M: Durable> fmt::Debug for Kernel<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kernel")
             .field("machine", &M::TABLE.machine())
-            .field("shards", &self.inner.inboxes.len())
-            .field("workers", &self.inner.workers.len())
+            .field("shards", &self.handle.inner.inboxes.len())
+            .field("workers", &self.handle.inner.workers.len())
             .finish_non_exhaustive()
     }
 }

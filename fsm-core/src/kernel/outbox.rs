@@ -310,7 +310,7 @@ pub(crate) fn decode_section<F>(
     Ok(out)
 }
 
-/// What is owed by one machine, as operators see it ([`Kernel::owed`](super::Kernel::owed)).
+/// What is owed by one machine, as operators see it ([`KernelHandle::owed`](super::KernelHandle::owed)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwedEffect {
     /// The effect's identity and idempotency key.

@@ -11,8 +11,9 @@ use crate::store::{DecodeError, MachineId, StoreError};
 
 use super::request::Request;
 
-/// The answer to a command the kernel accepted: [`Committed`] or a [`CommandError`].
-pub type Outcome = Result<Committed, CommandError>;
+/// The answer to a command the kernel accepted, what its ticket resolves to: [`Committed`] or
+/// a [`CommandError`]. (A command queue's answer is [`queue::Outcome`](crate::queue::Outcome).)
+pub type Answer = Result<Committed, CommandError>;
 
 /// A command whose transition is applied **and durable**: the snapshot holding it was stored
 /// before this answer was sent.
@@ -76,7 +77,7 @@ pub enum CommandError {
         error: Arc<StoreError>,
     },
     /// The machine's stored snapshot is corrupt or invalid; it is quarantined until an
-    /// operator repairs it and calls [`Kernel::release`](super::Kernel::release).
+    /// operator repairs it and calls [`KernelHandle::release`](super::KernelHandle::release).
     #[error("{0}")]
     Quarantined(Arc<Quarantined>),
     /// The machine's state could not be encoded (serde refused it); nothing stored, the
@@ -101,7 +102,7 @@ pub enum CommandError {
     /// Another node owns the machine now (the store fenced this node, see
     /// [`StoreError::Fenced`]): **nothing was stored here**, no effect ran, and this kernel
     /// stopped serving the machine. A command that had not been applied yet is handed back
-    /// by [`Kernel::take_handed_back`](super::Kernel::take_handed_back); send it (or resubmit
+    /// by [`KernelHandle::take_handed_back`](super::KernelHandle::take_handed_back); send it (or resubmit
     /// this one, with the same idempotency key) to the machine's owner.
     #[error("fenced: machine `{id}` is served by another node now, nothing was stored here; send the command to its owner with the same idempotency key: {error}")]
     Fenced {
@@ -180,7 +181,7 @@ pub enum SubmitError<E> {
     /// The inbox is full and the overflow sink took the command.
     Delegated,
     /// The effect worker that serves this machine exceeded its restart intensity; the kernel
-    /// takes no commands for its machines until [`Kernel::restart_worker`](super::Kernel::restart_worker).
+    /// takes no commands for its machines until [`KernelHandle::restart_worker`](super::KernelHandle::restart_worker).
     Escalated {
         /// The request, handed back.
         request: Request<E>,

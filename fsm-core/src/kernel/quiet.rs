@@ -1,5 +1,5 @@
 //! The count of work in flight (queued commands, effects, timer firings), so that a draining
-//! shutdown and `Kernel::wait_idle` know when everything accepted has been decided.
+//! shutdown and `KernelHandle::wait_idle` know when everything accepted has been decided.
 //!
 //! One count per shard: every command, effect and firing is counted on the shard of the
 //! machine it belongs to (its submitter, worker and timer all use that shard's count), so

@@ -43,18 +43,6 @@ impl fmt::Display for RecoveryReport {
     }
 }
 
-/// How [`Kernel::shutdown`](super::Kernel::shutdown) treats commands already accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Shutdown {
-    /// Stop intake, decide (and persist) every queued command, run every pending effect and
-    /// the events they feed back; hand back only postponed commands no state ever took.
-    Drain,
-    /// Stop intake, decide nothing more: hand back every queued and postponed command
-    /// (answered [`CommandError::Closed`](super::CommandError::Closed)) and abandon effects not yet started.
-    HandBack,
-}
-
 /// What [`Kernel::shutdown`](super::Kernel::shutdown) returns.
 pub struct ShutdownReport<E> {
     /// Commands that were accepted but never applied, handed back with their machine.

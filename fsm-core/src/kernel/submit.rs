@@ -1,13 +1,11 @@
-//! Submitting to a kernel from any thread: the shared path of `Kernel::submit` and
-//! [`Submitter`].
+//! Submitting to a kernel from any thread: the path of `KernelHandle::submit`,
+//! `try_submit`, `submit_async` and `submit_batch`.
 
 use crate::sync::Recover;
-use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::inbox::{Admitted, Cmd, Refusal, Room};
-use super::{CommandError, Durable, Inner, Outcome, Request, SubmitError};
+use super::{Answer, CommandError, Durable, Inner, Request, SubmitError};
 use crate::queue::{Overload, Ticket};
 use crate::store::MachineId;
 
@@ -16,7 +14,7 @@ pub(super) fn enqueue<M: Durable>(
     id: &MachineId,
     request: Request<M::Event>,
     room: Room,
-) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+) -> Result<Ticket<Answer>, SubmitError<M::Event>> {
     let shard = inner.shard_of(id);
     if let Some(worker) = inner.escalated_worker(id) {
         let mut stats = inner.stats[shard].lock().recover();
@@ -83,7 +81,7 @@ pub(super) async fn enqueue_async<M: Durable>(
     inner: &Inner<M>,
     id: &MachineId,
     mut request: Request<M::Event>,
-) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
+) -> Result<Ticket<Answer>, SubmitError<M::Event>> {
     let inbox = &inner.inboxes[inner.shard_of(id)];
     loop {
         // Registered before trying, so room made in between is not missed.
@@ -109,56 +107,5 @@ pub(super) async fn enqueue_async<M: Durable>(
                 }
             }
         }
-    }
-}
-
-/// Submits commands to a [`Kernel`](super::Kernel) from any thread; cloning is cheap.
-pub struct Submitter<M: Durable> {
-    pub(super) inner: Arc<Inner<M>>,
-}
-
-impl<M: Durable> Clone for Submitter<M> {
-    fn clone(&self) -> Self {
-        Submitter {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<M: Durable> Submitter<M> {
-    /// As [`Kernel::submit`](super::Kernel::submit).
-    pub fn submit(
-        &self,
-        id: &MachineId,
-        request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), Room::Wait)
-    }
-
-    /// As [`Kernel::try_submit`](super::Kernel::try_submit).
-    pub fn try_submit(
-        &self,
-        id: &MachineId,
-        request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue(&self.inner, id, request.into(), Room::Refuse)
-    }
-
-    /// As [`Kernel::submit_async`](super::Kernel::submit_async).
-    #[cfg(feature = "tokio")]
-    pub async fn submit_async(
-        &self,
-        id: &MachineId,
-        request: impl Into<Request<M::Event>>,
-    ) -> Result<Ticket<Outcome>, SubmitError<M::Event>> {
-        enqueue_async(&self.inner, id, request.into()).await
-    }
-}
-
-impl<M: Durable> fmt::Debug for Submitter<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Submitter")
-            .field("machine", &M::TABLE.machine())
-            .finish_non_exhaustive()
     }
 }

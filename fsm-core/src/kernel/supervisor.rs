@@ -15,7 +15,7 @@ use crate::machine::StateMachine;
 use crate::rejection::panic_message;
 use crate::store::MachineId;
 
-use super::inbox::{Answer, Cmd, Job};
+use super::inbox::{Cmd, Job, WorkerAnswer};
 use super::{Durable, EffectId, Inner};
 
 /// What an effect worker returns when an effect fails.
@@ -155,7 +155,7 @@ impl Default for Intensity {
 
 /// A worker that exceeded its restart intensity (it panicked too often). The kernel stopped
 /// it: the effects sent to it wait (durable ones in their machines' outboxes too) until
-/// [`Kernel::restart_worker`](super::Kernel::restart_worker) runs them. Its machines still take
+/// [`KernelHandle::restart_worker`](super::KernelHandle::restart_worker) runs them. Its machines still take
 /// commands, unless the kernel was built with
 /// [`KernelBuilder::refuse_when_escalated`](super::KernelBuilder::refuse_when_escalated).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +271,7 @@ pub(crate) fn conclude<M: Durable>(
                 stats().retries += 1;
                 out.answer(
                     inner,
-                    Answer {
+                    WorkerAnswer {
                         id: ctx.id.machine().clone(),
                         settles: (ctx.id.seq(), ctx.id.index()),
                         retry: true,
@@ -294,7 +294,7 @@ pub(crate) fn conclude<M: Durable>(
         (None, Some(settles)) => {
             out.answer(
                 inner,
-                Answer {
+                WorkerAnswer {
                     id: machine.clone(),
                     settles,
                     retry: false,
@@ -325,7 +325,7 @@ impl<M: Durable> Outgoing<M> {
         self.per_shard[shard].push(job);
     }
 
-    fn answer(&mut self, inner: &Inner<M>, answer: Answer) {
+    fn answer(&mut self, inner: &Inner<M>, answer: WorkerAnswer) {
         let id = answer.id.clone();
         self.push(inner, &id, Job::Answer(answer));
     }

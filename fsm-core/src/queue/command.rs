@@ -239,7 +239,7 @@ impl<O> Drop for Reply<O> {
 ///
 /// Returned by the `request` methods of [`Sender`](super::Sender) once the queue accepted the
 /// command (with `O` = [`Outcome`]), and by the kernel's submit methods (with `O` = the
-/// kernel's [`Outcome`](crate::kernel::Outcome)). Every accepted command is answered exactly once,
+/// kernel's [`Answer`](crate::kernel::Answer)). Every accepted command is answered exactly once,
 /// so waiting always ends (at the latest when whoever holds the command drops it, with a
 /// "closed" answer).
 ///

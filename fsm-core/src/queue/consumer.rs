@@ -61,14 +61,19 @@ struct Tally {
     replayed: u64,
 }
 
-/// How [`Consumer::shutdown`] treats the commands already accepted.
+/// How a shutdown treats the commands already accepted: of a queue
+/// ([`Consumer::shutdown`]) or of a kernel
+/// ([`Kernel::shutdown`](crate::kernel::Kernel::shutdown), where it is also
+/// `kernel::Shutdown`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Shutdown {
-    /// Apply every queued command; hand back only the postponed ones the final state still
-    /// does not take.
+    /// Stop intake and apply every queued command; hand back only the postponed ones the
+    /// final state still does not take. A kernel also persists what it applies and runs every
+    /// pending effect and the events they feed back.
     Drain,
-    /// Apply nothing more; hand back every queued and postponed command.
+    /// Stop intake and apply nothing more; hand back every queued and postponed command. A
+    /// kernel answers them `CommandError::Closed` and abandons effects not yet started.
     HandBack,
 }
 

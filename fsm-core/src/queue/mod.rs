@@ -80,7 +80,7 @@ pub use error::{ConfigError, SubmitError};
 pub use hdrhistogram::Histogram;
 pub use metrics::{Counts, Latencies, LatencySummary, Metrics};
 pub use overload::{DelegateCause, DumpCause, DumpSink, Overflow, Overload};
-pub use shared::{Request, Sender, Submit};
+pub use shared::{RequestAsync, Sender, Submit};
 
 pub(crate) use clock::Stamps;
 pub(crate) use command::Reply;

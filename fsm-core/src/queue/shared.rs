@@ -384,9 +384,9 @@ impl<E> Sender<E> {
     }
 
     /// Like [`Sender::submit_async`], with a [`Ticket`] for the outcome (itself a future).
-    pub fn request_async(&self, command: impl Into<Command<E>>) -> Request<'_, E> {
+    pub fn request_async(&self, command: impl Into<Command<E>>) -> RequestAsync<'_, E> {
         let (ticket, cmd) = with_ticket(command.into());
-        Request {
+        RequestAsync {
             submit: self.submit_async(cmd),
             ticket: Some(ticket),
         }
@@ -505,14 +505,14 @@ impl<E> fmt::Debug for Submit<'_, E> {
 /// The future of [`Sender::request_async`]: resolves to the command's [`Ticket`] once the
 /// queue accepted it.
 #[must_use = "futures do nothing unless polled"]
-pub struct Request<'a, E> {
+pub struct RequestAsync<'a, E> {
     submit: Submit<'a, E>,
     ticket: Option<Ticket>,
 }
 
-impl<E> Unpin for Request<'_, E> {}
+impl<E> Unpin for RequestAsync<'_, E> {}
 
-impl<E> Future for Request<'_, E> {
+impl<E> Future for RequestAsync<'_, E> {
     type Output = Result<Ticket, SubmitError<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -531,9 +531,9 @@ impl<E> Future for Request<'_, E> {
     }
 }
 
-impl<E> fmt::Debug for Request<'_, E> {
+impl<E> fmt::Debug for RequestAsync<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
+        f.debug_struct("RequestAsync")
             .field("submit", &self.submit)
             .finish()
     }

@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fsm_core::kernel::{
-    CommandError, Durable, IdempotencyKey, Kernel, Outcome, Request, Shutdown, ShutdownReport,
+    Answer, CommandError, Durable, IdempotencyKey, Kernel, Request, Shutdown, ShutdownReport,
     SubmitError,
 };
 use fsm_core::queue::Ticket;
@@ -386,7 +386,7 @@ impl<M: Durable> Drop for Node<M> {
 struct Flight {
     partition: i32,
     epoch: i64,
-    ticket: Ticket<Outcome>,
+    ticket: Ticket<Answer>,
 }
 
 /// A decision to record.
@@ -438,7 +438,7 @@ struct Pump<M: Durable> {
 /// A decision's columns: status, sequence, transition, detail.
 type Verdict = (Status, Option<i64>, Option<String>, Option<String>);
 
-fn decide(outcome: &Outcome) -> Option<Verdict> {
+fn decide(outcome: &Answer) -> Option<Verdict> {
     Some(match outcome {
         Ok(c) => (
             Status::Applied,
@@ -731,7 +731,7 @@ where
             }
             let _ = in_flight[row].ticket.wait_timeout(left);
         }
-        let done: Vec<(i64, Outcome)> = in_flight
+        let done: Vec<(i64, Answer)> = in_flight
             .iter()
             .filter_map(|(&row, f)| f.ticket.try_outcome().map(|o| (row, o)))
             .collect();

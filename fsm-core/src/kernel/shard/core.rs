@@ -26,7 +26,7 @@ use crate::kernel::due::TimerIndex;
 use crate::kernel::inbox::{Cmd, Fire, Settles};
 use crate::kernel::journal::{Entry, Journal};
 use crate::kernel::outbox::{self, EffectId, Outbox, OutboxError, Owed, RetryPolicy};
-use crate::kernel::outcome::{CommandError, Committed, Outcome};
+use crate::kernel::outcome::{Answer, CommandError, Committed};
 use crate::kernel::request::{IdempotencyKey, Request};
 use crate::kernel::stats::KernelCounts;
 use crate::kernel::time_base::TimeBase;
@@ -243,7 +243,7 @@ pub(super) enum Decision<F> {
 /// A decided command waiting for the batch's commit.
 pub(super) struct Pending<M: Durable> {
     pub(super) id: MachineId,
-    pub(super) reply: Option<Reply<Outcome>>,
+    pub(super) reply: Option<Reply<Answer>>,
     fed_back: bool,
     pub(super) decision: Decision<M::Effect>,
     /// Decided against a state not yet stored: void if the machine's commit fails.
@@ -283,7 +283,7 @@ struct Parts {
     key: Option<IdempotencyKey>,
     deadline: Option<Instant>,
     enqueued: u64,
-    reply: Option<Reply<Outcome>>,
+    reply: Option<Reply<Answer>>,
     fire: Option<Box<Fire>>,
     settles: Option<Settles>,
 }
@@ -347,7 +347,7 @@ pub(super) type Writes = Vec<(MachineId, Option<u64>, Result<Snapshot, CommandEr
 
 /// What the shell hands out after a batch: answers, trace entries, effects.
 pub(super) struct Settled<M: Durable> {
-    pub(super) replies: Vec<(Reply<Outcome>, Outcome)>,
+    pub(super) replies: Vec<(Reply<Answer>, Answer)>,
     pub(super) trace: Vec<TraceEntry>,
     /// Effects not owed (at most once), to hand to the workers now.
     pub(super) effects: Vec<(EffectId, M::Effect)>,
@@ -970,7 +970,7 @@ impl<M: Durable> Core<M> {
 /// compile error here until it is given a count.
 pub(super) fn count(
     c: &mut KernelCounts,
-    outcome: &Outcome,
+    outcome: &Answer,
     fed_back: bool,
     timer: bool,
 ) -> TraceOutcome {
@@ -1233,7 +1233,7 @@ mod tests {
     struct Harness {
         core: Core<Job>,
         now: Instant,
-        tickets: Vec<Ticket<Outcome>>,
+        tickets: Vec<Ticket<Answer>>,
     }
 
     fn harness() -> Harness {

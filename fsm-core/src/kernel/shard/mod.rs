@@ -132,7 +132,7 @@ impl<M: Durable> Shard<M> {
 
     /// How long to sleep when idle: until the next timer is due, and with machines resident
     /// until the next sweep (in real time; a manual clock is swept and its timers fired on
-    /// demand, through `Kernel::sweep` and `Kernel::fire_due_timers`).
+    /// demand, through `KernelHandle::sweep` and `KernelHandle::fire_due_timers`).
     fn wait_bound(&self) -> Option<Duration> {
         let sweep = (!self.core.slots.is_empty()).then(|| self.sweep_every());
         let timer = match self.inner.config.clock {

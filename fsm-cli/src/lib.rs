@@ -29,8 +29,10 @@
 //! # }
 //! ```
 //!
-//! Exit status: 0 done, 1 damage found (`verify`) or nothing done (`release` of a machine that
-//! was not quarantined), 2 an error (bad arguments, unreachable socket or store).
+//! Exit status: 0 done (also when the reader of the output went away, as `fsm ls | head`
+//! does), 1 damage found (`verify`), no such machine (`show`) or nothing done (`release` of a
+//! machine that was not quarantined), 2 an error (bad arguments, unreachable socket or
+//! store).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -90,6 +92,9 @@ struct Cli {
 enum Command {
     /// A live view of a running kernel: shards, queue depths, throughput, latency percentiles,
     /// worker restarts, the busiest machines.
+    #[command(
+        after_help = "Examples:\n  fsm top /run/orders/admin.sock\n  fsm top /run/orders/admin.sock --once --interval-ms 500"
+    )]
     Top {
         socket: String,
         /// Refresh interval, in milliseconds.
@@ -100,6 +105,9 @@ enum Command {
         once: bool,
     },
     /// The kernel's recent decisions, oldest first; with --follow, new ones as they happen.
+    #[command(
+        after_help = "Examples:\n  fsm trace /run/orders/admin.sock --machine order-7\n  fsm trace /run/orders/admin.sock --outcome rejected --limit 20\n  fsm trace /run/orders/admin.sock --state Paid -f --max-per-sec 100"
+    )]
     Trace {
         socket: String,
         #[arg(long)]
@@ -131,18 +139,31 @@ enum Command {
         json: bool,
     },
     /// One machine: its live state from a running kernel (SOCKET), or as stored (STORE).
+    #[command(
+        after_help = "Exit status 1 when no such machine is stored.\n\nExamples:\n  fsm show /run/orders/admin.sock order-7\n  fsm show /var/lib/orders order-7"
+    )]
     Show { target: String, id: String },
     /// Quarantined machines and why.
+    #[command(after_help = "Example:\n  fsm quarantined /run/orders/admin.sock")]
     Quarantined { socket: String },
     /// Effect workers that exceeded their restart intensity.
+    #[command(after_help = "Example:\n  fsm escalations /run/orders/admin.sock")]
     Escalations { socket: String },
     /// Lifts a machine's quarantine after its snapshot was repaired.
+    #[command(
+        after_help = "Exit status 1 when the machine was not quarantined.\n\nExample:\n  fsm release /run/orders/admin.sock order-7"
+    )]
     Release { socket: String, id: String },
     /// Restarts an escalated effect worker.
+    #[command(after_help = "Example:\n  fsm restart-worker /run/orders/admin.sock 0")]
     RestartWorker { socket: String, worker: usize },
     /// The kernel's metrics as JSON.
+    #[command(after_help = "Example:\n  fsm metrics /run/orders/admin.sock | jq .total.counts")]
     Metrics { socket: String },
     /// Checks every snapshot and log record of a store, like fsck; exit status 1 on damage.
+    #[command(
+        after_help = "Examples:\n  fsm verify /var/lib/orders\n  fsm verify orders.sqlite\n  fsm verify postgres://fsm@db/orders --schema fsm"
+    )]
     Verify {
         store: String,
         /// PostgreSQL schema.
@@ -150,12 +171,14 @@ enum Command {
         schema: String,
     },
     /// Machine ids, type, schema version, sequence and size of each machine's newest snapshot.
+    #[command(after_help = "Examples:\n  fsm ls /var/lib/orders\n  fsm ls orders.sqlite | head")]
     Ls {
         store: String,
         #[arg(long, default_value = "public")]
         schema: String,
     },
     /// Each machine's newest envelope as a JSON line.
+    #[command(after_help = "Example:\n  fsm export --json /var/lib/orders > orders.jsonl")]
     Export {
         store: String,
         /// JSON lines (the only format).
@@ -165,10 +188,16 @@ enum Command {
         schema: String,
     },
     /// Folds a file store's log into its snapshot files (as opening it does).
+    #[command(
+        after_help = "Example (the store must not be open elsewhere):\n  fsm compact /var/lib/orders"
+    )]
     Compact { store: String },
     /// Submits a command to a cluster's inbox (PostgreSQL): the machine's owner applies it.
     /// Prints `accepted` once it is durable; with --wait-ms, the decision too (exit 1 if it
     /// was not applied, or not decided in time).
+    #[command(
+        after_help = "Example:\n  fsm submit postgres://fsm@db/orders order-7 '{\"Pay\":{\"cents\":500}}' --key pay-7 --wait-ms 5000"
+    )]
     Submit {
         /// The cluster's database, a postgres:// URL.
         store: String,
@@ -193,6 +222,7 @@ enum Command {
         table: String,
     },
     /// A cluster's pending commands per partition, and how long the oldest has waited.
+    #[command(after_help = "Example:\n  fsm inbox postgres://fsm@db/orders --schema fsm")]
     Inbox {
         store: String,
         #[arg(long, default_value = "public")]
@@ -279,6 +309,13 @@ where
             return if help { Status::Ok } else { Status::Error };
         }
     };
+    // A reader that went away (`fsm ls | head`) ends the command quietly: what it wanted
+    // was written.
+    let mut guarded = PipeGuard {
+        inner: out,
+        closed: false,
+    };
+    let out: &mut dyn Write = &mut guarded;
     let result = match cli.command {
         Command::Top {
             socket,
@@ -304,7 +341,13 @@ where
                 outcome,
                 since_ms,
             };
-            online::trace(&socket, &filter, limit, follow, max_per_sec, json, out)
+            let options = online::TraceOptions {
+                limit,
+                follow,
+                max_per_sec,
+                json_lines: json,
+            };
+            online::trace(&socket, &filter, &options, out, err)
         }
         Command::Show { target, id } => {
             if online::is_socket(&target) {
@@ -344,11 +387,43 @@ where
             table,
         } => cluster::depth(&store, &schema, &table, out),
     };
+    if guarded.closed {
+        return Status::Ok;
+    }
     match result {
         Ok(status) => status,
+        Err(message) if message.starts_with("not_found:") => {
+            let _ = writeln!(err, "fsm: {message}");
+            Status::Found
+        }
         Err(message) => {
             let _ = writeln!(err, "fsm: {message}");
             Status::Error
         }
+    }
+}
+
+/// Standard output that notes a closed pipe, so the command stops without an error message.
+struct PipeGuard<'a> {
+    inner: &'a mut dyn Write,
+    closed: bool,
+}
+
+impl PipeGuard<'_> {
+    fn note(&mut self, e: std::io::Error) -> std::io::Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            self.closed = true;
+        }
+        e
+    }
+}
+
+impl Write for PipeGuard<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.note(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.note(e))
     }
 }

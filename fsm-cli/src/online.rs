@@ -138,25 +138,55 @@ fn entry_line(e: &Value) -> String {
     )
 }
 
+/// How `fsm trace` reads and prints.
+pub(crate) struct TraceOptions {
+    pub(crate) limit: Option<usize>,
+    pub(crate) follow: bool,
+    pub(crate) max_per_sec: Option<u32>,
+    pub(crate) json_lines: bool,
+}
+
 pub(crate) fn trace(
     socket: &str,
     filter: &Filter,
-    limit: Option<usize>,
-    follow: bool,
-    max_per_sec: Option<u32>,
-    json_lines: bool,
+    options: &TraceOptions,
     out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<Status, String> {
+    let &TraceOptions {
+        limit,
+        follow,
+        max_per_sec,
+        json_lines,
+    } = options;
     let mut admin = Admin::connect(socket)?;
     let mut request = filter.request("trace");
     if let Some(n) = limit {
         request["limit"] = json!(n);
     }
+    let mut shown = 0;
     for e in admin.ask(request)?.as_array().into_iter().flatten() {
+        shown += 1;
         if json_lines {
             writeln!(out, "{e}").map_err(io)?;
         } else {
             writeln!(out, "{}", entry_line(e)).map_err(io)?;
+        }
+    }
+    // Say when the ring no longer holds all of what was asked for (a kernel without the
+    // request answers an error, and then nothing is said).
+    if let Ok(window) = admin.ask(json!({"op": "trace_window"})) {
+        let since = window["complete_since_ms"].as_f64();
+        let asked_from = filter.since_ms.unwrap_or(0.0);
+        if let Some(since) = since.filter(|s| asked_from < *s) {
+            let _ = writeln!(
+                err,
+                "fsm: {}the trace ring keeps the last {} decisions of each shard and has overwritten {} since the kernel started: decisions before {:.3} s (kernel time) are gone, so older matches may be missing",
+                if shown == 0 { "nothing matched; " } else { "" },
+                window["capacity"],
+                window["overwritten"],
+                since / 1000.0
+            );
         }
     }
     if !follow {
@@ -318,7 +348,7 @@ pub(crate) fn top(
         let now = admin.ask(json!({"op": "metrics"}))?;
         let since = before["uptime_ms"].as_f64().unwrap_or(0.0);
         let recent = admin.ask(json!({"op": "trace", "since_ms": since}))?;
-        let text = frame(&before, &now, &recent);
+        let text = frame(&before, &now, &recent, terminal_width());
         if !once {
             // Clear the screen and go home (ANSI), then draw.
             write!(out, "\x1b[2J\x1b[H").map_err(io)?;
@@ -337,7 +367,7 @@ fn count(v: &Value, name: &str) -> u64 {
 }
 
 /// One frame of `fsm top` from two metric samples and the trace between them.
-pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
+pub(crate) fn frame(before: &Value, now: &Value, recent: &Value, width: usize) -> String {
     let mut s = String::new();
     let seconds = ((now["uptime_ms"].as_f64().unwrap_or(0.0)
         - before["uptime_ms"].as_f64().unwrap_or(0.0))
@@ -351,19 +381,6 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
         now["store_reopens"],
         seconds
     ));
-    s.push_str(&format!(
-        "{:<7} {:>7} {:>7} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>8}\n",
-        "shard",
-        "queued",
-        "peak",
-        "resident",
-        "commits/s",
-        "committed",
-        "rejected",
-        "p50 us",
-        "p99 us",
-        "quarant"
-    ));
     let empty = Vec::new();
     let old_shards = before["shards"].as_array().unwrap_or(&empty);
     let rows = now["shards"]
@@ -371,6 +388,7 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
         .unwrap_or(&empty)
         .iter()
         .enumerate();
+    let mut cells = Vec::new();
     for (i, shard) in rows.chain(std::iter::once((usize::MAX, total))) {
         let old = if i == usize::MAX {
             &before["total"]
@@ -379,24 +397,45 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
         };
         let rate =
             count(shard, "committed").saturating_sub(count(old, "committed")) as f64 / seconds;
-        s.push_str(&format!(
-            "{:<7} {:>7} {:>7} {:>9} {:>10.0} {:>11} {:>9} {:>9.0} {:>9.0} {:>8}\n",
+        cells.push(vec![
             if i == usize::MAX {
                 "all".to_owned()
             } else {
                 i.to_string()
             },
-            count(shard, "queued"),
-            shard["high_water"],
-            shard["resident"],
-            rate,
-            count(shard, "committed"),
-            count(shard, "rejected"),
-            shard["end_to_end"]["p50_us"].as_f64().unwrap_or(0.0),
-            shard["end_to_end"]["p99_us"].as_f64().unwrap_or(0.0),
-            shard["quarantined"],
-        ));
+            count(shard, "queued").to_string(),
+            shard["high_water"].to_string(),
+            shard["resident"].to_string(),
+            format!("{rate:.0}"),
+            count(shard, "committed").to_string(),
+            count(shard, "rejected").to_string(),
+            format!(
+                "{:.0}",
+                shard["end_to_end"]["p50_us"].as_f64().unwrap_or(0.0)
+            ),
+            format!(
+                "{:.0}",
+                shard["end_to_end"]["p99_us"].as_f64().unwrap_or(0.0)
+            ),
+            shard["quarantined"].to_string(),
+        ]);
     }
+    s.push_str(&table(
+        &[
+            "shard",
+            "queued",
+            "peak",
+            "resident",
+            "commits/s",
+            "committed",
+            "rejected",
+            "p50 us",
+            "p99 us",
+            "quarantined",
+        ],
+        &cells,
+        width,
+    ));
     s.push_str(&format!(
         "\npersist p99 {:.0} us   wait p99 {:.0} us   batch p50 {}   timers fired {}   not stored {}   unknown {}\n",
         total["persist"]["p99_us"].as_f64().unwrap_or(0.0),
@@ -415,32 +454,41 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
     ));
     let workers = now["workers"].as_array().unwrap_or(&empty);
     if !workers.is_empty() {
-        s.push_str(&format!(
-            "\n{:<7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8}  {}\n",
-            "worker",
-            "effects",
-            "errors",
-            "retries",
-            "given up",
-            "panics",
-            "restarts",
-            "waiting",
-            "escalated"
+        let cells: Vec<Vec<String>> = workers
+            .iter()
+            .map(|w| {
+                [
+                    "worker",
+                    "effects",
+                    "errors",
+                    "retries",
+                    "given_up",
+                    "panics",
+                    "restarts",
+                    "parked",
+                    "escalated",
+                ]
+                .iter()
+                .map(|k| w[*k].to_string())
+                .collect()
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &[
+                "worker",
+                "effects",
+                "errors",
+                "retries",
+                "given up",
+                "panics",
+                "restarts",
+                "waiting",
+                "escalated",
+            ],
+            &cells,
+            width,
         ));
-        for w in workers {
-            s.push_str(&format!(
-                "{:<7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8}  {}\n",
-                w["worker"],
-                w["effects"],
-                w["errors"],
-                w["retries"],
-                w["given_up"],
-                w["panics"],
-                w["restarts"],
-                w["parked"],
-                w["escalated"]
-            ));
-        }
     }
     let mut by_machine: BTreeMap<&str, u64> = BTreeMap::new();
     for e in recent.as_array().unwrap_or(&empty) {
@@ -458,4 +506,94 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value) -> String {
         s.push_str(&format!("  {n:>7}  {machine}\n"));
     }
     s
+}
+
+/// The terminal's width in columns when standard output is one (`COLUMNS`, as shells export
+/// it, else 80); unlimited when the output goes to a file or a pipe.
+fn terminal_width() -> usize {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return usize::MAX;
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(80)
+}
+
+/// Rows under a header, each column as wide as its widest cell (the first aligned left, the
+/// others right), two spaces apart. Columns that would pass `width` are left out, and a last
+/// line says how many.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .chain(std::iter::once(header[c].chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut shown = 0;
+    let mut used = 0;
+    for (c, w) in widths.iter().enumerate() {
+        let need = if c == 0 { *w } else { w + 2 };
+        if c > 0 && used + need > width {
+            break;
+        }
+        used += need;
+        shown += 1;
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (c, cell) in cells.take(shown).enumerate() {
+            if c == 0 {
+                out.push_str(&format!("{cell:<w$}", w = widths[0]));
+            } else {
+                out.push_str(&format!("  {cell:>w$}", w = widths[c]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut s = line(&mut header.iter().copied());
+    for r in rows {
+        s.push_str(&line(&mut r.iter().map(String::as_str)));
+    }
+    if shown < header.len() {
+        s.push_str(&format!(
+            "({} more columns do not fit the terminal: {})\n",
+            header.len() - shown,
+            header[shown..].join(", ")
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell_and_headers_are_whole() {
+        let rows = vec![
+            vec!["0".to_owned(), "12".to_owned(), "1234567".to_owned()],
+            vec!["all".to_owned(), "3".to_owned(), "0".to_owned()],
+        ];
+        let t = table(&["shard", "queued", "quarantined"], &rows, usize::MAX);
+        assert_eq!(
+            t,
+            "shard  queued  quarantined\n0          12      1234567\nall         3            0\n"
+        );
+    }
+
+    #[test]
+    fn columns_that_do_not_fit_are_left_out_and_named() {
+        let rows = vec![vec!["0".to_owned(), "1".to_owned(), "2".to_owned()]];
+        let t = table(&["shard", "queued", "quarantined"], &rows, 14);
+        assert_eq!(
+            t,
+            "shard  queued\n0           1\n(1 more columns do not fit the terminal: quarantined)\n"
+        );
+    }
 }

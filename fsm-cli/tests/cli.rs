@@ -536,3 +536,110 @@ fn submit_puts_a_command_through_a_clusters_inbox_and_inbox_shows_what_is_pendin
         text(&pending)
     );
 }
+
+#[test]
+fn the_rough_edges_are_gone() {
+    // Every subcommand's help has examples.
+    for sub in [
+        "top",
+        "trace",
+        "show",
+        "quarantined",
+        "escalations",
+        "release",
+        "restart-worker",
+        "metrics",
+        "verify",
+        "ls",
+        "export",
+        "compact",
+        "submit",
+        "inbox",
+    ] {
+        let help = fsm(&[sub, "--help"]);
+        assert_eq!(help.status.code(), Some(0), "{sub}");
+        assert!(text(&help).contains("Example"), "{sub}: {}", text(&help));
+    }
+
+    // A reader that goes away ends the command quietly: exit 0, nothing on stderr.
+    let dir = registrar_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fsm"))
+        .args(["export", "--json", dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the pipe is closed before the first line is written
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&done.stderr), "");
+
+    // A kernel with a small trace ring, run past it.
+    let data = tempfile::tempdir().unwrap();
+    let kernel: Kernel<Order> = fsm_persist::file_kernel(data.path(), Order::initial_state)
+        .shards(1)
+        .trace_capacity(16)
+        .start()
+        .unwrap();
+    let socket = data.path().with_extension("sock");
+    let _admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let s = socket.to_str().unwrap();
+    for i in 0..40 {
+        let cmd = OrderCmd::Submit {
+            domain: format!("d{i}.example"),
+        };
+        kernel.submit(&order(i), cmd).unwrap().wait().unwrap();
+    }
+
+    // No such machine: not found, exit 1, online and offline alike.
+    let missing = fsm(&["show", s, "no-such"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not_found: no machine `no-such`"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    assert_eq!(
+        fsm(&["show", dir.path().to_str().unwrap(), "no-such"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // The first order's decision was overwritten: the trace says so instead of nothing.
+    let gone = fsm(&["trace", s, "--machine", "order-000"]);
+    assert_eq!(gone.status.code(), Some(0));
+    assert_eq!(text(&gone), "");
+    let note = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        note.contains("nothing matched")
+            && note.contains("keeps the last 16 decisions")
+            && note.contains("has overwritten 24"),
+        "{note}"
+    );
+    // A recent one is there; the note still says that older matches may be gone.
+    let recent = fsm(&["trace", s, "--machine", "order-039"]);
+    assert_eq!(text(&recent).lines().count(), 1, "{}", text(&recent));
+    let note = String::from_utf8_lossy(&recent.stderr);
+    assert!(
+        note.contains("older matches may be missing") && !note.contains("nothing matched"),
+        "{note}"
+    );
+    // Asked only for what the ring still holds: nothing to say.
+    let since = fsm(&["trace", s, "--since-ms", "1e9"]);
+    assert_eq!(String::from_utf8_lossy(&since.stderr), "");
+
+    // `top --once` into a pipe: whole headers, columns aligned under them.
+    let frame = text(&fsm(&["top", s, "--once", "--interval-ms", "20"]));
+    let header = frame
+        .lines()
+        .find(|l| l.starts_with("shard"))
+        .unwrap_or_else(|| panic!("{frame}"));
+    assert!(header.ends_with("quarantined"), "{frame}");
+    let all = frame.lines().find(|l| l.starts_with("all")).unwrap();
+    assert_eq!(
+        all.len(),
+        header.len(),
+        "right-aligned under the header:\n{frame}"
+    );
+}

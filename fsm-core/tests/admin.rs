@@ -287,12 +287,21 @@ fn every_request_is_answered_from_the_running_kernel_and_secrets_stay_inside() {
         c.ok(json!({"op": "release", "machine": "broken"}))["released"],
         false
     );
-    let missing = c.ok(json!({"op": "show", "machine": "never-seen"}));
-    assert_eq!(
-        missing["state"], "New",
-        "an unknown machine is at its initial state"
+    // A machine nothing is stored for does not exist yet: `not_found`, as documented.
+    let missing = c.ask(json!({"op": "show", "machine": "never-seen"}));
+    assert_eq!(error_kind(&missing), "not_found", "{missing}");
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never-seen"),
+        "{missing}"
     );
-    assert!(missing["seq"].is_null());
+    // What the trace ring still holds: nothing overwritten yet.
+    let window = c.ok(json!({"op": "trace_window"}));
+    assert_eq!(window["overwritten"], 0, "{window}");
+    assert!(window["complete_since_ms"].is_null(), "{window}");
+    assert!(window["capacity"].as_u64().unwrap() > 0, "{window}");
     assert_eq!(server.clients(), 1);
     drop(server);
     assert!(

@@ -13,6 +13,7 @@
 //! | --- | --- |
 //! | `{"op":"metrics"}` | counts, queue depths and latency percentiles per shard and in total, workers, uptime |
 //! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
+//! | `{"op":"trace_window"}` | what the trace ring still holds: `capacity` (entries per shard), `overwritten` (entries dropped since start) and `complete_since_ms` (from when every decision is still there; `null` while nothing was dropped) |
 //! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
 //! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`] (sensitive fields never leave the process), its durable sequence |
 //! | `{"op":"quarantined"}` | quarantined machines and why |
@@ -285,6 +286,10 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
 
     fn show(&self, id: &MachineId) -> Result<Value, (&'static str, String)> {
         match self.0.state(id) {
+            Ok((_, None)) => Err((
+                "not_found",
+                format!("no machine `{id}`: nothing is stored for it (a machine exists once a command it accepted is stored)"),
+            )),
             Ok((machine, seq)) => {
                 let mut value = String::new();
                 let _ = write!(value, "{:?}", crate::Redacted(&machine));
@@ -727,6 +732,7 @@ enum Request {
         since_ms: Option<f64>,
         limit: Option<usize>,
     },
+    TraceWindow,
     Watch {
         machine: Option<String>,
         state: Option<String>,
@@ -804,6 +810,15 @@ fn answer(request: Request, target: &dyn Target, config: &AdminConfig) -> Value 
                 }
                 Err(message) => error("bad_request", &message),
             }
+        }
+        Request::TraceWindow => {
+            let trace = target.trace();
+            let (overwritten, since) = trace.window();
+            ok(json!({
+                "capacity": trace.capacity(),
+                "overwritten": overwritten,
+                "complete_since_ms": since.map(millis),
+            }))
         }
         Request::Watch { .. } => unreachable!("handled by the caller"),
         Request::Show { machine } => match machine_id(&machine) {

@@ -217,6 +217,12 @@ impl Trace {
         }
     }
 
+    /// Entries kept per shard.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(crate) fn enabled(&self) -> bool {
         self.capacity > 0
     }
@@ -263,6 +269,27 @@ impl Trace {
         let excess = out.len().saturating_sub(limit);
         out.drain(..excess);
         out
+    }
+
+    /// What the rings still hold: how many entries they overwrote since the kernel started,
+    /// and, if they overwrote any, the time from which every decision is still there (the
+    /// latest first entry of a ring that dropped some). A read for anything earlier can miss
+    /// decisions.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn window(&self) -> (u64, Option<Duration>) {
+        let mut overwritten = 0;
+        let mut complete_since: Option<Duration> = None;
+        for shard in 0..self.rings.len() {
+            let ring = self.ring(shard);
+            let dropped = ring.appended - ring.entries.len() as u64;
+            overwritten += dropped;
+            if dropped > 0 {
+                if let Some(first) = ring.entries.front() {
+                    complete_since = Some(complete_since.map_or(first.at, |t| t.max(first.at)));
+                }
+            }
+        }
+        (overwritten, complete_since)
     }
 
     /// The position after the newest entry of every ring: where a follower starts.

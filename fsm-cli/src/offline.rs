@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fsm_core::kernel::admin::owed_json;
-use fsm_core::kernel::owed_in;
+use fsm_core::kernel::{keys_in, owed_in, timers_in};
 use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::inspect::{self, Header, Source};
 use fsm_persist::{FileStore, SqliteStore};
@@ -318,6 +318,16 @@ pub(crate) fn export(
                         Err(e) => line["decode_error"] = json!(e),
                     }
                 }
+                match timers_in(snapshot) {
+                    Ok(timers) if timers.is_empty() => {}
+                    Ok(timers) => line["timers"] = timers.iter().map(timer_json).collect(),
+                    Err(e) => line["timers_error"] = json!(e.to_string()),
+                }
+                match keys_in(snapshot) {
+                    Ok(keys) if keys.is_empty() => {}
+                    Ok(keys) => line["keys"] = keys.iter().map(key_json).collect(),
+                    Err(e) => line["keys_error"] = json!(e.to_string()),
+                }
                 match owed_in(snapshot, &r.id) {
                     Ok(owed) if owed.is_empty() => {}
                     Ok(owed) => line["owed"] = owed.iter().map(owed_json).collect(),
@@ -378,6 +388,20 @@ pub(crate) fn show(
                 }
                 Err(e) => writeln!(out, "its outbox does not decode: {e}").map_err(io)?,
             }
+            match timers_in(snapshot) {
+                Ok(timers) => {
+                    let timers: Vec<serde_json::Value> = timers.iter().map(timer_json).collect();
+                    crate::online::write_timers(out, &timers)?;
+                }
+                Err(e) => writeln!(out, "its timers do not decode: {e}").map_err(io)?,
+            }
+            match keys_in(snapshot) {
+                Ok(keys) => {
+                    let keys: Vec<serde_json::Value> = keys.iter().map(key_json).collect();
+                    crate::online::write_keys(out, &keys)?;
+                }
+                Err(e) => writeln!(out, "its idempotency keys do not decode: {e}").map_err(io)?,
+            }
             Ok(Status::Ok)
         }
         Err(problem) => {
@@ -385,6 +409,25 @@ pub(crate) fn show(
             Ok(Status::Found)
         }
     }
+}
+
+/// An armed timer, as `export` writes it and `show` prints it.
+fn timer_json(t: &fsm_core::kernel::ArmedTimer) -> serde_json::Value {
+    json!({
+        "kind": t.kind.to_string(),
+        "deadline_ms": t.deadline_ms,
+        "after_ms": t.after_ms,
+        "event": t.event,
+    })
+}
+
+/// A remembered idempotency key, as `export` writes it and `show` prints it.
+fn key_json(k: &fsm_core::kernel::AppliedKey) -> serde_json::Value {
+    json!({
+        "key": k.key,
+        "seq": k.seq,
+        "transition": k.transition.map(|t| t.to_string()),
+    })
 }
 
 pub(crate) fn compact(target: &str, out: &mut dyn Write) -> Result<Status, String> {

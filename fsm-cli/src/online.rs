@@ -230,7 +230,57 @@ pub(crate) fn show(socket: &str, id: &str, out: &mut dyn Write) -> Result<Status
     .map_err(io)?;
     let empty = Vec::new();
     write_owed(out, shown["owed"].as_array().unwrap_or(&empty))?;
+    write_timers(out, shown["timers"].as_array().unwrap_or(&empty))?;
+    write_keys(out, shown["keys"].as_array().unwrap_or(&empty))?;
     Ok(Status::Ok)
+}
+
+/// A machine's armed timers, one line each (nothing when none is armed).
+pub(crate) fn write_timers(out: &mut dyn Write, timers: &[Value]) -> Result<(), String> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{} timer(s) armed:", timers.len()).map_err(io)?;
+    for t in timers {
+        let event = t["event"]
+            .as_str()
+            .map_or_else(String::new, |e| format!(", fires `{e}`"));
+        writeln!(
+            out,
+            "  {} at {} (armed for {} ms){event}",
+            t["kind"].as_str().unwrap_or("?"),
+            crate::offline::wall(t["deadline_ms"].as_u64().unwrap_or(0)),
+            t["after_ms"]
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The idempotency keys a machine remembers, oldest first (nothing when it remembers none).
+pub(crate) fn write_keys(out: &mut dyn Write, keys: &[Value]) -> Result<(), String> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "remembers {} idempotency key(s), oldest first (a retry with one gets its original answer):",
+        keys.len()
+    )
+    .map_err(io)?;
+    for k in keys {
+        let transition = k["transition"]
+            .as_str()
+            .map_or_else(String::new, |t| format!(": {t}"));
+        writeln!(
+            out,
+            "  {} in sequence {}{transition}",
+            k["key"].as_str().unwrap_or("?"),
+            k["seq"]
+        )
+        .map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The effects a machine owes, one line each (nothing when it owes none).

@@ -643,3 +643,81 @@ fn the_rough_edges_are_gone() {
         "right-aligned under the header:\n{frame}"
     );
 }
+
+mod trial {
+    use fsm_core::{Effects, Event, Refusal, StateMachine};
+    use serde::{Deserialize, Serialize};
+    use std::time::Duration;
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[fsm(event = Cmd)]
+    pub(crate) enum Trial {
+        #[fsm(
+            initial,
+            state_timeout(min = 30 => Expire),
+            on(Start => Open, with = start),
+            on(Expire => Over, plain)
+        )]
+        Open,
+        #[fsm(terminal)]
+        Over,
+    }
+
+    #[derive(Event, Debug, Clone, Serialize, Deserialize)]
+    pub(crate) enum Cmd {
+        Start,
+        Remind,
+        Expire,
+    }
+
+    fn start(_: trial::Open, _: cmd::Start, fx: &mut Effects<()>) -> Result<trial::Open, Refusal> {
+        fx.start_timer("remind", Duration::from_secs(3600), Cmd::Remind);
+        Ok(trial::Open)
+    }
+}
+
+#[test]
+fn show_and_export_print_armed_timers_and_remembered_keys() {
+    use fsm_core::kernel::{IdempotencyKey, Request};
+    let data = tempfile::tempdir().unwrap();
+    let kernel = fsm_persist::file_kernel(data.path(), trial::Trial::initial_state)
+        .start()
+        .unwrap();
+    let socket = data.path().with_extension("sock");
+    let admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let id = MachineId::new("trial-1").unwrap();
+    let start = Request::new(trial::Cmd::Start).with_key(IdempotencyKey::new("start-1").unwrap());
+    kernel.submit(&id, start).unwrap().wait().unwrap();
+
+    let online = text(&fsm(&["show", socket.to_str().unwrap(), "trial-1"]));
+    assert!(online.contains("2 timer(s) armed:"), "{online}");
+    assert!(
+        online.contains("state timeout at")
+            && online.contains("(armed for 1800000 ms), fires `Expire`"),
+        "{online}"
+    );
+    assert!(
+        online.contains("timer `remind` at")
+            && online.contains("(armed for 3600000 ms), fires `Remind`"),
+        "{online}"
+    );
+    assert!(
+        online.contains("remembers 1 idempotency key(s)")
+            && online.contains("start-1 in sequence 1: Open --Start--> Open"),
+        "{online}"
+    );
+    drop(admin);
+    drop(kernel);
+
+    // Offline, from the directory: the same timers and key, without the machine's types.
+    let dir = data.path().to_str().unwrap();
+    let offline = text(&fsm(&["show", dir, "trial-1"]));
+    assert!(offline.contains("2 timer(s) armed:"), "{offline}");
+    assert!(offline.contains("timer `remind` at"), "{offline}");
+    assert!(offline.contains("start-1 in sequence 1"), "{offline}");
+    let exported = text(&fsm(&["export", "--json", dir]));
+    let line: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(line["timers"].as_array().unwrap().len(), 2, "{line}");
+    assert_eq!(line["keys"][0]["key"], "start-1", "{line}");
+    assert_eq!(line["keys"][0]["seq"], 1, "{line}");
+}

@@ -15,7 +15,7 @@
 //! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
 //! | `{"op":"trace_window"}` | what the trace ring still holds: `capacity` (entries per shard), `overwritten` (entries dropped since start) and `complete_since_ms` (from when every decision is still there; `null` while nothing was dropped) |
 //! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
-//! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`] (sensitive fields never leave the process), its durable sequence |
+//! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`] (sensitive fields never leave the process), its durable sequence, the effects it owes, its armed timers (kind, deadline, duration, event) and the idempotency keys it remembers (key, sequence, transition); `not_found` when nothing is stored for it |
 //! | `{"op":"quarantined"}` | quarantined machines and why |
 //! | `{"op":"escalations"}` | effect workers that exceeded their restart intensity |
 //! | `{"op":"restart_worker", "worker": n}` | `{"restarted": bool}` |
@@ -300,12 +300,28 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
                     .iter()
                     .map(owed_json)
                     .collect();
+                let timers: Vec<Value> = self
+                    .0
+                    .timers(id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(timer_json)
+                    .collect();
+                let keys: Vec<Value> = self
+                    .0
+                    .keys(id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(key_json)
+                    .collect();
                 Ok(json!({
                     "machine": id.as_str(),
                     "state": machine.state_name(),
                     "value": value,
                     "seq": seq,
                     "owed": owed,
+                    "timers": timers,
+                    "keys": keys,
                 }))
             }
             Err(super::CommandError::Closed) => Err(("closed", "the kernel stopped".into())),
@@ -895,6 +911,25 @@ fn watch(
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// An armed timer as `show` answers it.
+pub(crate) fn timer_json(t: &super::ArmedTimer) -> Value {
+    json!({
+        "kind": t.kind.to_string(),
+        "deadline_ms": t.deadline_ms,
+        "after_ms": t.after_ms,
+        "event": t.event,
+    })
+}
+
+/// A remembered idempotency key as `show` answers it.
+pub(crate) fn key_json(k: &super::AppliedKey) -> Value {
+    json!({
+        "key": k.key,
+        "seq": k.seq,
+        "transition": k.transition.map(|t| t.to_string()),
+    })
 }
 
 fn millis(d: Duration) -> f64 {

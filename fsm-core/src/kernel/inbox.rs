@@ -71,6 +71,8 @@ pub(crate) enum Job<M: Durable> {
     FireTimers(Reply<usize>),
     /// An effect worker's answer without an event.
     Answer(WorkerAnswer),
+    /// A reader of machine `id`'s armed timers and remembered keys (loading it if needed).
+    Details(MachineId, Reply<Result<Details, CommandError>>),
     /// A reader of what machine `id` owes (loading it if needed).
     Owed(
         MachineId,
@@ -79,6 +81,12 @@ pub(crate) enum Job<M: Durable> {
 }
 
 /// A reader of one machine's state, run on its shard between batches.
+/// A machine's armed timers and remembered keys.
+pub(crate) type Details = (
+    Vec<crate::kernel::ArmedTimer>,
+    Vec<crate::kernel::AppliedKey>,
+);
+
 pub(crate) type Inspector<M> = Box<dyn FnOnce(Result<(&M, Option<u64>), CommandError>) + Send>;
 
 /// How a shard leaves its loop.

@@ -13,7 +13,7 @@ use super::request::IdempotencyKey;
 use super::section::{self, SectionError};
 
 /// The journal layout version this build writes and reads.
-const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
 /// One applied key: the transition it caused and the snapshot that holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,11 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
+    /// The entries, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
     pub(crate) fn find(&self, key: &IdempotencyKey) -> Option<&Entry> {
         // Newest first: a retry is most often of a recent command.
         self.entries.iter().rev().find(|e| &e.key == key)

@@ -127,6 +127,7 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+mod armed;
 #[cfg(feature = "tokio")]
 mod async_effects;
 mod builder;
@@ -168,6 +169,7 @@ use crate::queue::{Clock, Overflow, Overload, Stamps, Ticket};
 use crate::store::{Codec, MachineId, SnapshotStore, StoreError};
 
 pub use crate::queue::Shutdown;
+pub use armed::{keys_in, timers_in, AppliedKey, ArmedTimer};
 #[cfg(feature = "tokio")]
 pub use async_effects::AsyncEffectWorker;
 pub use builder::{
@@ -729,6 +731,27 @@ impl<M: Durable> KernelHandle<M> {
     pub fn owed(&self, id: &MachineId) -> Result<Vec<OwedEffect>, CommandError> {
         let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
         if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Owed(id.clone(), reply)) {
+            return Err(CommandError::Closed);
+        }
+        ticket.wait()
+    }
+
+    /// The timers machine `id` has armed, soonest first, with the events they fire. Read on
+    /// the machine's shard between batches; loads the machine if it is not in memory.
+    pub fn timers(&self, id: &MachineId) -> Result<Vec<ArmedTimer>, CommandError> {
+        self.details(id).map(|(timers, _)| timers)
+    }
+
+    /// The idempotency keys machine `id` remembers (its journal: at most
+    /// [`KernelBuilder::idempotency_window`] of them), oldest first, each with the
+    /// transition it caused. A retry with one of them gets that original answer.
+    pub fn keys(&self, id: &MachineId) -> Result<Vec<AppliedKey>, CommandError> {
+        self.details(id).map(|(_, keys)| keys)
+    }
+
+    fn details(&self, id: &MachineId) -> Result<inbox::Details, CommandError> {
+        let (ticket, reply) = Ticket::new(|| Err(CommandError::Closed));
+        if !self.inner.inboxes[self.inner.shard_of(id)].control(Job::Details(id.clone(), reply)) {
             return Err(CommandError::Closed);
         }
         ticket.wait()

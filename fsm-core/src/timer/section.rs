@@ -16,7 +16,7 @@ use crate::store::Section;
 use crate::table::{StateId, Table};
 
 /// The timers section's layout version this build writes and reads.
-pub(super) const SECTION_VERSION: u8 = 1;
+pub(crate) const SECTION_VERSION: u8 = 1;
 /// Armed timers a section may hold, whatever the kernel's bound: more is corruption.
 const SECTION_MAX_TIMERS: usize = 4096;
 

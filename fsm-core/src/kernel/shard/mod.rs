@@ -205,6 +205,7 @@ impl<M: Durable> Shard<M> {
                     }
                 }
                 Job::Owed(id, reply) => reply.send(self.owed_by(&id, now, &*store)),
+                Job::Details(id, reply) => reply.send(self.details_of(&id, now, &*store)),
             }
         }
         if commands == 0 && !self.core.has_pending() && !self.core.has_changes() {
@@ -284,6 +285,57 @@ impl<M: Durable> Shard<M> {
             .flat_map(|o| o.iter())
             .map(|o| o.listed(id))
             .collect())
+    }
+
+    /// Machine `id`'s armed timers (soonest first, with their events' names) and the keys
+    /// of its journal.
+    fn details_of(
+        &mut self,
+        id: &MachineId,
+        now: Instant,
+        store: &dyn SnapshotStore,
+    ) -> Result<super::inbox::Details, CommandError> {
+        self.ensure_loaded(id, now, store)?;
+        let Some(slot) = self.core.slots.get(id) else {
+            return Err(CommandError::Closed);
+        };
+        let rules = &self.core.rules;
+        let mut timers: Vec<crate::kernel::ArmedTimer> = slot
+            .timers
+            .iter()
+            .flat_map(|t| t.armed.armed.iter())
+            .map(|a| {
+                let event = match &a.event {
+                    // A state timeout fires the event the table declares for the state.
+                    None => M::TABLE
+                        .state(slot.machine.state())
+                        .and_then(|s| s.state_timeout())
+                        .map(|t| M::TABLE.event_name(t.event)),
+                    Some(bytes) => rules
+                        .timer_events
+                        .as_ref()
+                        .and_then(|c| (c.decode)(bytes).ok())
+                        .map(|e| M::TABLE.event_name(crate::machine::Event::id(&e))),
+                };
+                crate::kernel::ArmedTimer {
+                    kind: a.kind.clone(),
+                    deadline_ms: a.deadline,
+                    after_ms: a.after,
+                    event,
+                }
+            })
+            .collect();
+        timers.sort_by_key(|t| t.deadline_ms);
+        let keys = slot
+            .journal
+            .iter()
+            .map(|e| crate::kernel::AppliedKey {
+                key: e.key.as_str().to_owned(),
+                seq: e.seq,
+                transition: Some(e.transition),
+            })
+            .collect();
+        Ok((timers, keys))
     }
 
     /// Makes sure machine `id` is in memory and this node still owns it, loading it from the

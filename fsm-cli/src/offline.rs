@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fsm_core::kernel::admin::owed_json;
+use fsm_core::kernel::admin::{key_proto, owed_proto, timer_proto};
 use fsm_core::kernel::{keys_in, owed_in, timers_in};
 use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::inspect::{self, Header, Source};
@@ -320,17 +320,17 @@ pub(crate) fn export(
                 }
                 match timers_in(snapshot) {
                     Ok(timers) if timers.is_empty() => {}
-                    Ok(timers) => line["timers"] = timers.iter().map(timer_json).collect(),
+                    Ok(timers) => line["timers"] = to_json(timers.iter().map(timer_proto)),
                     Err(e) => line["timers_error"] = json!(e.to_string()),
                 }
                 match keys_in(snapshot) {
                     Ok(keys) if keys.is_empty() => {}
-                    Ok(keys) => line["keys"] = keys.iter().map(key_json).collect(),
+                    Ok(keys) => line["keys"] = to_json(keys.iter().map(key_proto)),
                     Err(e) => line["keys_error"] = json!(e.to_string()),
                 }
                 match owed_in(snapshot, &r.id) {
                     Ok(owed) if owed.is_empty() => {}
-                    Ok(owed) => line["owed"] = owed.iter().map(owed_json).collect(),
+                    Ok(owed) => line["owed"] = to_json(owed.iter().map(owed_proto)),
                     Err(e) => line["owed_error"] = json!(e.to_string()),
                 }
                 line
@@ -383,21 +383,21 @@ pub(crate) fn show(
             }
             match owed_in(snapshot, &id) {
                 Ok(owed) => {
-                    let owed: Vec<serde_json::Value> = owed.iter().map(owed_json).collect();
+                    let owed: Vec<_> = owed.iter().map(owed_proto).collect();
                     crate::online::write_owed(out, &owed)?;
                 }
                 Err(e) => writeln!(out, "its outbox does not decode: {e}").map_err(io)?,
             }
             match timers_in(snapshot) {
                 Ok(timers) => {
-                    let timers: Vec<serde_json::Value> = timers.iter().map(timer_json).collect();
+                    let timers: Vec<_> = timers.iter().map(timer_proto).collect();
                     crate::online::write_timers(out, &timers)?;
                 }
                 Err(e) => writeln!(out, "its timers do not decode: {e}").map_err(io)?,
             }
             match keys_in(snapshot) {
                 Ok(keys) => {
-                    let keys: Vec<serde_json::Value> = keys.iter().map(key_json).collect();
+                    let keys: Vec<_> = keys.iter().map(key_proto).collect();
                     crate::online::write_keys(out, &keys)?;
                 }
                 Err(e) => writeln!(out, "its idempotency keys do not decode: {e}").map_err(io)?,
@@ -411,23 +411,9 @@ pub(crate) fn show(
     }
 }
 
-/// An armed timer, as `export` writes it and `show` prints it.
-fn timer_json(t: &fsm_core::kernel::ArmedTimer) -> serde_json::Value {
-    json!({
-        "kind": t.kind.to_string(),
-        "deadline_ms": t.deadline_ms,
-        "after_ms": t.after_ms,
-        "event": t.event,
-    })
-}
-
-/// A remembered idempotency key, as `export` writes it and `show` prints it.
-fn key_json(k: &fsm_core::kernel::AppliedKey) -> serde_json::Value {
-    json!({
-        "key": k.key,
-        "seq": k.seq,
-        "transition": k.transition.map(|t| t.to_string()),
-    })
+/// Protocol messages as a JSON array, as `export` writes them.
+fn to_json<T: serde::Serialize>(items: impl Iterator<Item = T>) -> serde_json::Value {
+    serde_json::to_value(items.collect::<Vec<T>>()).unwrap_or_default()
 }
 
 pub(crate) fn compact(target: &str, out: &mut dyn Write) -> Result<Status, String> {

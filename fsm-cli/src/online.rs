@@ -7,7 +7,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use fsm_core::kernel::admin::proto::{self, Reply, Request};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::Status;
 
@@ -25,6 +27,7 @@ struct Admin {
 }
 
 impl Admin {
+    /// Connects and checks that the endpoint speaks this build's protocol.
     fn connect(target: &str) -> Result<Admin, String> {
         let (reader, writer): (Box<dyn Read>, Box<dyn Write>) = if let Ok(addr) =
             target.parse::<SocketAddr>()
@@ -44,15 +47,24 @@ impl Admin {
                 Box::new(stream),
             )
         };
-        Ok(Admin {
+        let mut admin = Admin {
             reader: BufReader::new(reader),
             writer,
             target: target.to_owned(),
-        })
+        };
+        let hello: proto::Hello = admin.ask(&Request::Hello)?;
+        if hello.protocol != proto::PROTOCOL {
+            return Err(format!(
+                "{target} speaks admin protocol {}, this fsm speaks {}: use the fsm built with the kernel",
+                hello.protocol,
+                proto::PROTOCOL
+            ));
+        }
+        Ok(admin)
     }
 
-    fn send(&mut self, request: &Value) -> Result<(), String> {
-        let mut line = request.to_string();
+    fn send(&mut self, request: &Request) -> Result<(), String> {
+        let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
@@ -60,35 +72,30 @@ impl Admin {
             .map_err(|e| format!("{}: {e}", self.target))
     }
 
-    /// The next line, as JSON; `None` when the endpoint closed the connection.
-    fn next(&mut self) -> Result<Option<Value>, String> {
+    /// The next line, as a `T`; `None` when the endpoint closed the connection.
+    fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
-            Ok(_) => serde_json::from_str(&line)
-                .map(Some)
-                .map_err(|e| format!("{}: not a JSON answer ({e}): {line}", self.target)),
+            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
+                format!(
+                    "{}: an answer this fsm does not read ({e}): {line}",
+                    self.target
+                )
+            }),
             Err(e) => Err(format!("{}: {e}", self.target)),
         }
     }
 
-    /// Sends `request` and returns its `ok` payload, or the endpoint's error as text.
-    fn ask(&mut self, request: Value) -> Result<Value, String> {
-        self.send(&request)?;
-        let answer = self
-            .next()?
-            .ok_or_else(|| format!("{} closed the connection", self.target))?;
-        if let Some(ok) = answer.get("ok") {
-            return Ok(ok.clone());
+    /// Sends `request` and returns its answer, or the endpoint's failure as text
+    /// (`kind: message`).
+    fn ask<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, String> {
+        self.send(request)?;
+        match self.next::<Reply<T>>()? {
+            Some(Reply::Ok(answer)) => Ok(answer),
+            Some(Reply::Error(failure)) => Err(failure.to_string()),
+            None => Err(format!("{} closed the connection", self.target)),
         }
-        Err(match answer.get("error") {
-            Some(e) => format!(
-                "{}: {}",
-                e["kind"].as_str().unwrap_or("error"),
-                e["message"].as_str().unwrap_or("")
-            ),
-            None => format!("unexpected answer {answer}"),
-        })
     }
 }
 
@@ -106,35 +113,52 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    fn request(&self, op: &str) -> Value {
-        let mut r = json!({ "op": op });
-        for (key, value) in [
-            ("machine", &self.machine),
-            ("state", &self.state),
-            ("event", &self.event),
-            ("outcome", &self.outcome),
-        ] {
-            if let Some(v) = value {
-                r[key] = json!(v);
-            }
+    fn trace(&self, limit: Option<usize>) -> Request {
+        Request::Trace {
+            machine: self.machine.clone(),
+            state: self.state.clone(),
+            event: self.event.clone(),
+            outcome: self.outcome.clone(),
+            since_ms: self.since_ms,
+            limit,
         }
-        if let Some(ms) = self.since_ms {
-            r["since_ms"] = json!(ms);
+    }
+
+    fn watch(&self, max_per_sec: Option<u32>) -> Request {
+        Request::Watch {
+            machine: self.machine.clone(),
+            state: self.state.clone(),
+            event: self.event.clone(),
+            outcome: self.outcome.clone(),
+            since_ms: self.since_ms,
+            max_per_sec,
         }
-        r
     }
 }
 
-fn entry_line(e: &Value) -> String {
+/// A message as its JSON line.
+fn json_line<T: Serialize>(message: &T) -> String {
+    serde_json::to_string(message).unwrap_or_default()
+}
+
+/// The name a value has on the wire (an outcome's `not_stored`).
+fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn entry_line(e: &proto::Entry) -> String {
     format!(
         "{:>12.3} ms  {:<20} {} --{}--> {}  {}  (end to end {:.0} us)",
-        e["at_ms"].as_f64().unwrap_or(0.0),
-        e["machine"].as_str().unwrap_or("?"),
-        e["from"].as_str().unwrap_or("?"),
-        e["event"].as_str().unwrap_or("?"),
-        e["to"].as_str().unwrap_or("-"),
-        e["outcome"].as_str().unwrap_or("?"),
-        e["end_to_end_us"].as_f64().unwrap_or(0.0),
+        e.at_ms,
+        e.machine,
+        e.from,
+        e.event,
+        e.to.as_deref().unwrap_or("-"),
+        wire_name(&e.outcome),
+        e.end_to_end_us,
     )
 }
 
@@ -160,56 +184,48 @@ pub(crate) fn trace(
         json_lines,
     } = options;
     let mut admin = Admin::connect(socket)?;
-    let mut request = filter.request("trace");
-    if let Some(n) = limit {
-        request["limit"] = json!(n);
-    }
-    let mut shown = 0;
-    for e in admin.ask(request)?.as_array().into_iter().flatten() {
-        shown += 1;
+    let entries: Vec<proto::Entry> = admin.ask(&filter.trace(limit))?;
+    for e in &entries {
         if json_lines {
-            writeln!(out, "{e}").map_err(io)?;
+            writeln!(out, "{}", json_line(e)).map_err(io)?;
         } else {
             writeln!(out, "{}", entry_line(e)).map_err(io)?;
         }
     }
-    // Say when the ring no longer holds all of what was asked for (a kernel without the
-    // request answers an error, and then nothing is said).
-    if let Ok(window) = admin.ask(json!({"op": "trace_window"})) {
-        let since = window["complete_since_ms"].as_f64();
-        let asked_from = filter.since_ms.unwrap_or(0.0);
-        if let Some(since) = since.filter(|s| asked_from < *s) {
-            let _ = writeln!(
-                err,
-                "fsm: {}the trace ring keeps the last {} decisions of each shard and has overwritten {} since the kernel started: decisions before {:.3} s (kernel time) are gone, so older matches may be missing",
-                if shown == 0 { "nothing matched; " } else { "" },
-                window["capacity"],
-                window["overwritten"],
-                since / 1000.0
-            );
-        }
+    // Say when the ring no longer holds all of what was asked for.
+    let window: proto::TraceWindow = admin.ask(&Request::TraceWindow)?;
+    let asked_from = filter.since_ms.unwrap_or(0.0);
+    if let Some(since) = window.complete_since_ms.filter(|s| asked_from < *s) {
+        let _ = writeln!(
+            err,
+            "fsm: {}the trace ring keeps the last {} decisions of each shard and has overwritten {} since the kernel started: decisions before {:.3} s (kernel time) are gone, so older matches may be missing",
+            if entries.is_empty() { "nothing matched; " } else { "" },
+            window.capacity,
+            window.overwritten,
+            since / 1000.0
+        );
     }
     if !follow {
         return Ok(Status::Ok);
     }
-    let mut request = filter.request("watch");
-    if let Some(n) = max_per_sec {
-        request["max_per_sec"] = json!(n);
-    }
-    admin.ask(request)?;
+    let _: proto::Watching = admin.ask(&filter.watch(max_per_sec))?;
     out.flush().map_err(io)?;
-    while let Some(message) = admin.next()? {
-        if json_lines {
-            writeln!(out, "{message}").map_err(io)?;
-        } else if let Some(e) = message.get("entry") {
-            writeln!(out, "{}", entry_line(e)).map_err(io)?;
-        } else if let Some(n) = message.get("dropped") {
-            writeln!(
+    while let Some(message) = admin.next::<proto::WatchMessage>()? {
+        match &message {
+            _ if json_lines => writeln!(out, "{}", json_line(&message)).map_err(io)?,
+            proto::WatchMessage::Entry { entry } => {
+                writeln!(out, "{}", entry_line(entry)).map_err(io)?
+            }
+            proto::WatchMessage::Dropped {
+                dropped,
+                rate_limited,
+                overrun,
+                max_per_sec,
+            } => writeln!(
                 out,
-                "... {n} not shown ({} over the limit of {} a second, {} gone from the ring before they were read)",
-                message["rate_limited"], message["max_per_sec"], message["overrun"]
+                "... {dropped} not shown ({rate_limited} over the limit of {max_per_sec} a second, {overrun} gone from the ring before they were read)"
             )
-            .map_err(io)?;
+            .map_err(io)?,
         }
         out.flush().map_err(io)?;
     }
@@ -217,40 +233,42 @@ pub(crate) fn trace(
 }
 
 pub(crate) fn show(socket: &str, id: &str, out: &mut dyn Write) -> Result<Status, String> {
-    let shown = Admin::connect(socket)?.ask(json!({"op": "show", "machine": id}))?;
+    let shown: proto::Show = Admin::connect(socket)?.ask(&Request::Show {
+        machine: id.to_owned(),
+    })?;
     writeln!(
         out,
         "{id}: {} (durable sequence {})\n{}",
-        shown["state"].as_str().unwrap_or("?"),
-        shown["seq"]
-            .as_u64()
+        shown.state,
+        shown
+            .seq
             .map_or_else(|| "none: never stored".to_owned(), |s| s.to_string()),
-        shown["value"].as_str().unwrap_or("")
+        shown.value
     )
     .map_err(io)?;
-    let empty = Vec::new();
-    write_owed(out, shown["owed"].as_array().unwrap_or(&empty))?;
-    write_timers(out, shown["timers"].as_array().unwrap_or(&empty))?;
-    write_keys(out, shown["keys"].as_array().unwrap_or(&empty))?;
+    write_owed(out, &shown.owed)?;
+    write_timers(out, &shown.timers)?;
+    write_keys(out, &shown.keys)?;
     Ok(Status::Ok)
 }
 
 /// A machine's armed timers, one line each (nothing when none is armed).
-pub(crate) fn write_timers(out: &mut dyn Write, timers: &[Value]) -> Result<(), String> {
+pub(crate) fn write_timers(out: &mut dyn Write, timers: &[proto::Timer]) -> Result<(), String> {
     if timers.is_empty() {
         return Ok(());
     }
     writeln!(out, "{} timer(s) armed:", timers.len()).map_err(io)?;
     for t in timers {
-        let event = t["event"]
-            .as_str()
+        let event = t
+            .event
+            .as_deref()
             .map_or_else(String::new, |e| format!(", fires `{e}`"));
         writeln!(
             out,
             "  {} at {} (armed for {} ms){event}",
-            t["kind"].as_str().unwrap_or("?"),
-            crate::offline::wall(t["deadline_ms"].as_u64().unwrap_or(0)),
-            t["after_ms"]
+            t.kind,
+            crate::offline::wall(t.deadline_ms),
+            t.after_ms
         )
         .map_err(io)?;
     }
@@ -258,7 +276,7 @@ pub(crate) fn write_timers(out: &mut dyn Write, timers: &[Value]) -> Result<(), 
 }
 
 /// The idempotency keys a machine remembers, oldest first (nothing when it remembers none).
-pub(crate) fn write_keys(out: &mut dyn Write, keys: &[Value]) -> Result<(), String> {
+pub(crate) fn write_keys(out: &mut dyn Write, keys: &[proto::Key]) -> Result<(), String> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -269,38 +287,33 @@ pub(crate) fn write_keys(out: &mut dyn Write, keys: &[Value]) -> Result<(), Stri
     )
     .map_err(io)?;
     for k in keys {
-        let transition = k["transition"]
-            .as_str()
+        let transition = k
+            .transition
+            .as_deref()
             .map_or_else(String::new, |t| format!(": {t}"));
-        writeln!(
-            out,
-            "  {} in sequence {}{transition}",
-            k["key"].as_str().unwrap_or("?"),
-            k["seq"]
-        )
-        .map_err(io)?;
+        writeln!(out, "  {} in sequence {}{transition}", k.key, k.seq).map_err(io)?;
     }
     Ok(())
 }
 
 /// The effects a machine owes, one line each (nothing when it owes none).
-pub(crate) fn write_owed(out: &mut dyn Write, owed: &[Value]) -> Result<(), String> {
+pub(crate) fn write_owed(out: &mut dyn Write, owed: &[proto::Owed]) -> Result<(), String> {
     if owed.is_empty() {
         return Ok(());
     }
     writeln!(out, "owes {} effect(s), oldest first:", owed.len()).map_err(io)?;
     for o in owed {
-        let next = match (o["running"].as_bool(), o["next_attempt_ms"].as_u64()) {
-            (Some(true), _) => "running now".to_owned(),
+        let next = match (o.running, o.next_attempt_ms) {
+            (true, _) => "running now".to_owned(),
             (_, Some(at)) => format!("next attempt at {}", crate::offline::wall(at)),
             _ => "next attempt at once".to_owned(),
         };
         writeln!(
             out,
             "  {}  {} failed attempt(s), {next}, owed since {}",
-            o["key"].as_str().unwrap_or("?"),
-            o["attempts"],
-            crate::offline::wall(o["owed_since_ms"].as_u64().unwrap_or(0))
+            o.key,
+            o.attempts,
+            crate::offline::wall(o.owed_since_ms)
         )
         .map_err(io)?;
     }
@@ -308,26 +321,19 @@ pub(crate) fn write_owed(out: &mut dyn Write, owed: &[Value]) -> Result<(), Stri
 }
 
 pub(crate) fn quarantined(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
-    let list = Admin::connect(socket)?.ask(json!({"op": "quarantined"}))?;
-    let list = list.as_array().cloned().unwrap_or_default();
+    let list: Vec<proto::QuarantinedMachine> =
+        Admin::connect(socket)?.ask(&Request::Quarantined)?;
     if list.is_empty() {
         writeln!(out, "no machine is quarantined").map_err(io)?;
     }
     for q in &list {
-        writeln!(
-            out,
-            "{}: {}",
-            q["machine"].as_str().unwrap_or("?"),
-            q["cause"].as_str().unwrap_or("?")
-        )
-        .map_err(io)?;
+        writeln!(out, "{}: {}", q.machine, q.cause).map_err(io)?;
     }
     Ok(Status::Ok)
 }
 
 pub(crate) fn escalations(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
-    let list = Admin::connect(socket)?.ask(json!({"op": "escalations"}))?;
-    let list = list.as_array().cloned().unwrap_or_default();
+    let list: Vec<proto::Escalated> = Admin::connect(socket)?.ask(&Request::Escalations)?;
     if list.is_empty() {
         writeln!(out, "no worker escalated").map_err(io)?;
     }
@@ -335,11 +341,7 @@ pub(crate) fn escalations(socket: &str, out: &mut dyn Write) -> Result<Status, S
         writeln!(
             out,
             "worker {} at {:.0} ms: more than {} restarts in {:.0} ms; last failure: {}",
-            e["worker"],
-            e["at_ms"].as_f64().unwrap_or(0.0),
-            e["max_restarts"],
-            e["within_ms"].as_f64().unwrap_or(0.0),
-            e["failure"].as_str().unwrap_or("?")
+            e.worker, e.at_ms, e.max_restarts, e.within_ms, e.failure
         )
         .map_err(io)?;
     }
@@ -347,8 +349,10 @@ pub(crate) fn escalations(socket: &str, out: &mut dyn Write) -> Result<Status, S
 }
 
 pub(crate) fn release(socket: &str, id: &str, out: &mut dyn Write) -> Result<Status, String> {
-    let answer = Admin::connect(socket)?.ask(json!({"op": "release", "machine": id}))?;
-    if answer["released"] == true {
+    let answer: proto::Released = Admin::connect(socket)?.ask(&Request::Release {
+        machine: id.to_owned(),
+    })?;
+    if answer.released {
         writeln!(out, "{id} released: its next command loads it again").map_err(io)?;
         Ok(Status::Ok)
     } else {
@@ -362,8 +366,9 @@ pub(crate) fn restart_worker(
     worker: usize,
     out: &mut dyn Write,
 ) -> Result<Status, String> {
-    let answer = Admin::connect(socket)?.ask(json!({"op": "restart_worker", "worker": worker}))?;
-    if answer["restarted"] == true {
+    let answer: proto::Restarted =
+        Admin::connect(socket)?.ask(&Request::RestartWorker { worker })?;
+    if answer.restarted {
         writeln!(out, "worker {worker} restarted").map_err(io)?;
         Ok(Status::Ok)
     } else {
@@ -373,7 +378,7 @@ pub(crate) fn restart_worker(
 }
 
 pub(crate) fn metrics(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
-    let m = Admin::connect(socket)?.ask(json!({"op": "metrics"}))?;
+    let m: proto::Metrics = Admin::connect(socket)?.ask(&Request::Metrics)?;
     writeln!(
         out,
         "{}",
@@ -392,12 +397,18 @@ pub(crate) fn top(
 ) -> Result<Status, String> {
     let interval = Duration::from_millis(interval_ms.max(10));
     let mut admin = Admin::connect(socket)?;
-    let mut before = admin.ask(json!({"op": "metrics"}))?;
+    let mut before: proto::Metrics = admin.ask(&Request::Metrics)?;
     loop {
         std::thread::sleep(interval);
-        let now = admin.ask(json!({"op": "metrics"}))?;
-        let since = before["uptime_ms"].as_f64().unwrap_or(0.0);
-        let recent = admin.ask(json!({"op": "trace", "since_ms": since}))?;
+        let now: proto::Metrics = admin.ask(&Request::Metrics)?;
+        let recent: Vec<proto::Entry> = admin.ask(&Request::Trace {
+            machine: None,
+            state: None,
+            event: None,
+            outcome: None,
+            since_ms: Some(before.uptime_ms),
+            limit: None,
+        })?;
         let text = frame(&before, &now, &recent, terminal_width());
         if !once {
             // Clear the screen and go home (ANSI), then draw.
@@ -412,62 +423,48 @@ pub(crate) fn top(
     }
 }
 
-fn count(v: &Value, name: &str) -> u64 {
-    v["counts"][name].as_u64().unwrap_or(0)
-}
-
 /// One frame of `fsm top` from two metric samples and the trace between them.
-pub(crate) fn frame(before: &Value, now: &Value, recent: &Value, width: usize) -> String {
+pub(crate) fn frame(
+    before: &proto::Metrics,
+    now: &proto::Metrics,
+    recent: &[proto::Entry],
+    width: usize,
+) -> String {
     let mut s = String::new();
-    let seconds = ((now["uptime_ms"].as_f64().unwrap_or(0.0)
-        - before["uptime_ms"].as_f64().unwrap_or(0.0))
-        / 1000.0)
-        .max(1e-9);
-    let total = &now["total"];
+    let seconds = ((now.uptime_ms - before.uptime_ms) / 1000.0).max(1e-9);
+    let total = &now.total;
     s.push_str(&format!(
         "fsm top: {}   up {:.1} s   store reopens {}   interval {:.2} s\n\n",
-        now["machine"].as_str().unwrap_or("?"),
-        now["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-        now["store_reopens"],
+        now.machine,
+        now.uptime_ms / 1000.0,
+        now.store_reopens,
         seconds
     ));
-    let empty = Vec::new();
-    let old_shards = before["shards"].as_array().unwrap_or(&empty);
-    let rows = now["shards"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .enumerate();
+    let none = proto::Shard::default();
+    let rows = now.shards.iter().enumerate();
     let mut cells = Vec::new();
     for (i, shard) in rows.chain(std::iter::once((usize::MAX, total))) {
         let old = if i == usize::MAX {
-            &before["total"]
+            &before.total
         } else {
-            old_shards.get(i).unwrap_or(&Value::Null)
+            before.shards.get(i).unwrap_or(&none)
         };
-        let rate =
-            count(shard, "committed").saturating_sub(count(old, "committed")) as f64 / seconds;
+        let rate = shard.counts.committed.saturating_sub(old.counts.committed) as f64 / seconds;
         cells.push(vec![
             if i == usize::MAX {
                 "all".to_owned()
             } else {
                 i.to_string()
             },
-            count(shard, "queued").to_string(),
-            shard["high_water"].to_string(),
-            shard["resident"].to_string(),
+            shard.counts.queued.to_string(),
+            shard.high_water.to_string(),
+            shard.resident.to_string(),
             format!("{rate:.0}"),
-            count(shard, "committed").to_string(),
-            count(shard, "rejected").to_string(),
-            format!(
-                "{:.0}",
-                shard["end_to_end"]["p50_us"].as_f64().unwrap_or(0.0)
-            ),
-            format!(
-                "{:.0}",
-                shard["end_to_end"]["p99_us"].as_f64().unwrap_or(0.0)
-            ),
-            shard["quarantined"].to_string(),
+            shard.counts.committed.to_string(),
+            shard.counts.rejected.to_string(),
+            format!("{:.0}", shard.end_to_end.p50_us),
+            format!("{:.0}", shard.end_to_end.p99_us),
+            shard.quarantined.to_string(),
         ]);
     }
     s.push_str(&table(
@@ -488,39 +485,36 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value, width: usize) -
     ));
     s.push_str(&format!(
         "\npersist p99 {:.0} us   wait p99 {:.0} us   batch p50 {}   timers fired {}   not stored {}   unknown {}\n",
-        total["persist"]["p99_us"].as_f64().unwrap_or(0.0),
-        total["wait"]["p99_us"].as_f64().unwrap_or(0.0),
-        total["batch"]["p50"],
-        count(total, "timers_fired"),
-        count(total, "not_stored"),
-        count(total, "outcome_unknown"),
+        total.persist.p99_us,
+        total.wait.p99_us,
+        total.batch.p50,
+        total.counts.timers_fired,
+        total.counts.not_stored,
+        total.counts.outcome_unknown,
     ));
     s.push_str(&format!(
         "effects owed {}   oldest owed {}\n",
-        count(total, "owed"),
-        total["oldest_owed_ms"]
-            .as_f64()
+        total.counts.owed,
+        total
+            .oldest_owed_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{:.1} s", ms / 1000.0)),
     ));
-    let workers = now["workers"].as_array().unwrap_or(&empty);
-    if !workers.is_empty() {
-        let cells: Vec<Vec<String>> = workers
+    if !now.workers.is_empty() {
+        let cells: Vec<Vec<String>> = now
+            .workers
             .iter()
             .map(|w| {
-                [
-                    "worker",
-                    "effects",
-                    "errors",
-                    "retries",
-                    "given_up",
-                    "panics",
-                    "restarts",
-                    "parked",
-                    "escalated",
+                vec![
+                    w.worker.to_string(),
+                    w.effects.to_string(),
+                    w.errors.to_string(),
+                    w.retries.to_string(),
+                    w.given_up.to_string(),
+                    w.panics.to_string(),
+                    w.restarts.to_string(),
+                    w.parked.to_string(),
+                    w.escalated.to_string(),
                 ]
-                .iter()
-                .map(|k| w[*k].to_string())
-                .collect()
             })
             .collect();
         s.push('\n');
@@ -541,10 +535,8 @@ pub(crate) fn frame(before: &Value, now: &Value, recent: &Value, width: usize) -
         ));
     }
     let mut by_machine: BTreeMap<&str, u64> = BTreeMap::new();
-    for e in recent.as_array().unwrap_or(&empty) {
-        *by_machine
-            .entry(e["machine"].as_str().unwrap_or("?"))
-            .or_default() += 1;
+    for e in recent {
+        *by_machine.entry(e.machine.as_str()).or_default() += 1;
     }
     let mut busiest: Vec<(&str, u64)> = by_machine.into_iter().collect();
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

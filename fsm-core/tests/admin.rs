@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fsm_core::kernel::admin::proto::{self, Reply};
 use fsm_core::kernel::admin::{AdminConfig, AdminError};
 use fsm_core::kernel::{EffectCtx, EffectError, EffectWorker, Kernel};
 use fsm_core::store::{Format, MachineId, MemoryStore, Snapshot, SnapshotStore};
@@ -584,4 +585,206 @@ fn watch_streams_matching_decisions_and_says_how_many_it_dropped() {
     assert!(!entries.is_empty());
     k.wait_idle();
     assert_eq!(k.metrics().total.counts.committed, 202);
+}
+
+/// Sends `request` as the typed protocol writes it, reads the answer as the typed protocol
+/// reads it, and checks that the answer holds exactly the fields of its type (written back,
+/// it is the same JSON): what the endpoint sends and what a client reads cannot drift apart.
+fn typed<T>(c: &mut Client, request: &proto::Request) -> Reply<T>
+where
+    T: serde::de::DeserializeOwned + Serialize,
+{
+    let answer = c.ask(serde_json::to_value(request).unwrap());
+    let read: Reply<T> = serde_json::from_value(answer.clone())
+        .unwrap_or_else(|e| panic!("{request:?} answered {answer}, which does not read: {e}"));
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        answer,
+        "{request:?}: the answer has fields its type does not"
+    );
+    read
+}
+
+fn ok_of<T: std::fmt::Debug>(reply: Reply<T>) -> T {
+    match reply {
+        Reply::Ok(t) => t,
+        Reply::Error(f) => panic!("failed: {f}"),
+    }
+}
+
+#[test]
+fn every_request_and_answer_goes_through_the_typed_protocol() {
+    let k = kernel(MemoryStore::new());
+    k.submit(
+        &id("a-1"),
+        Cmd::Open {
+            card: "4111".into(),
+        },
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    k.submit(&id("a-1"), Cmd::Pay { cents: 5 })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let _server = k.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let mut c = Client::connect(&socket);
+
+    let hello: proto::Hello = ok_of(typed(&mut c, &proto::Request::Hello));
+    assert_eq!(
+        (hello.protocol, hello.machine.as_str()),
+        (proto::PROTOCOL, "Account")
+    );
+
+    let m: proto::Metrics = ok_of(typed(&mut c, &proto::Request::Metrics));
+    assert_eq!(m.total.counts.committed, 2);
+    assert_eq!(m.shards.len(), 2);
+    assert_eq!(m.workers.len(), 1);
+
+    let entries: Vec<proto::Entry> = ok_of(typed(
+        &mut c,
+        &proto::Request::Trace {
+            machine: Some("a-1".into()),
+            state: None,
+            event: None,
+            outcome: Some("committed".into()),
+            since_ms: None,
+            limit: Some(10),
+        },
+    ));
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].outcome, proto::Outcome::Committed);
+    assert_eq!(entries[1].to.as_deref(), Some("Active"));
+
+    let window: proto::TraceWindow = ok_of(typed(&mut c, &proto::Request::TraceWindow));
+    assert_eq!(window.overwritten, 0);
+
+    let shown: proto::Show = ok_of(typed(
+        &mut c,
+        &proto::Request::Show {
+            machine: "a-1".into(),
+        },
+    ));
+    assert_eq!((shown.state.as_str(), shown.seq), ("Active", Some(2)));
+    assert!(!shown.value.contains("4111"), "{}", shown.value);
+
+    match typed::<proto::Show>(
+        &mut c,
+        &proto::Request::Show {
+            machine: "nobody".into(),
+        },
+    ) {
+        Reply::Error(f) => assert_eq!(f.kind, proto::FailureKind::NotFound, "{f}"),
+        Reply::Ok(s) => panic!("{s:?}"),
+    }
+
+    let q: Vec<proto::QuarantinedMachine> = ok_of(typed(&mut c, &proto::Request::Quarantined));
+    assert!(q.is_empty());
+    let e: Vec<proto::Escalated> = ok_of(typed(&mut c, &proto::Request::Escalations));
+    assert!(e.is_empty());
+    let r: proto::Restarted = ok_of(typed(&mut c, &proto::Request::RestartWorker { worker: 7 }));
+    assert!(!r.restarted);
+    let r: proto::Released = ok_of(typed(
+        &mut c,
+        &proto::Request::Release {
+            machine: "a-1".into(),
+        },
+    ));
+    assert!(!r.released);
+
+    // A bad request is a typed failure too.
+    match typed::<proto::Metrics>(
+        &mut c,
+        &proto::Request::Trace {
+            machine: None,
+            state: None,
+            event: None,
+            outcome: Some("exploded".into()),
+            since_ms: None,
+            limit: None,
+        },
+    ) {
+        Reply::Error(f) => {
+            assert_eq!(f.kind, proto::FailureKind::BadRequest);
+            assert!(f.message.contains("not_stored"), "names the outcomes: {f}");
+        }
+        Reply::Ok(m) => panic!("{m:?}"),
+    }
+
+    // A watch: its first answer, then a decision as a typed message.
+    let mut w = Client::connect(&socket);
+    let watching: proto::Watching = ok_of(typed(
+        &mut w,
+        &proto::Request::Watch {
+            machine: Some("a-1".into()),
+            state: None,
+            event: None,
+            outcome: None,
+            since_ms: None,
+            max_per_sec: None,
+        },
+    ));
+    assert_eq!(watching.watching, "Account");
+    k.submit(&id("a-1"), Cmd::Pay { cents: 1 })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let line = w.line().expect("a decision");
+    match serde_json::from_value::<proto::WatchMessage>(line.clone()).unwrap() {
+        proto::WatchMessage::Entry { entry } => {
+            assert_eq!(
+                (entry.event.as_str(), entry.outcome),
+                ("Pay", proto::Outcome::Committed)
+            )
+        }
+        other => panic!("{other:?} from {line}"),
+    }
+}
+
+#[test]
+fn one_set_of_outcome_names_serves_counts_traces_and_metrics() {
+    let k = kernel(MemoryStore::new());
+    k.submit(&id("b-1"), Cmd::Open { card: "1".into() })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let _ = k
+        .submit(&id("b-1"), Cmd::Open { card: "2".into() })
+        .unwrap()
+        .wait();
+    let counts = k.metrics().total.counts;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let _server = k.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let mut c = Client::connect(&socket);
+    let wire = c.ok(json!({"op": "metrics"}))["total"]["counts"].clone();
+    // Every outcome the metrics label has is a field of the protocol's counts, equal to it.
+    for (name, count) in counts.by_outcome() {
+        assert_eq!(wire[name], count, "{name} in {wire}");
+    }
+    // Every outcome a trace entry or a filter names is one of them.
+    for name in [
+        "committed",
+        "duplicate",
+        "rejected",
+        "dumped",
+        "delegated",
+        "expired",
+        "not_stored",
+        "outcome_unknown",
+        "unavailable",
+        "fenced",
+    ] {
+        assert!(
+            counts.by_outcome().iter().any(|(n, _)| *n == name),
+            "{name}"
+        );
+        let traced = c.ask(json!({"op": "trace", "outcome": name}));
+        assert!(traced.get("ok").is_some(), "{name}: {traced}");
+    }
+    assert_eq!(wire["committed"], 1);
+    assert_eq!(wire["rejected"], 1);
 }

@@ -7,10 +7,12 @@
 //! # Protocol
 //! Each request is one line holding a JSON object with an `op`; each answer is one line,
 //! `{"ok": ...}` or `{"error": {"kind": ..., "message": ...}}`. A connection takes any number
-//! of requests in turn.
+//! of requests in turn. Every message is a type of [`proto`], which the endpoint writes and
+//! the `fsm` tool reads: the protocol is versioned ([`proto::PROTOCOL`], told by `hello`).
 //!
 //! | request | answer |
 //! | --- | --- |
+//! | `{"op":"hello"}` | the endpoint's protocol version and machine type |
 //! | `{"op":"metrics"}` | counts, queue depths and latency percentiles per shard and in total, workers, uptime |
 //! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
 //! | `{"op":"trace_window"}` | what the trace ring still holds: `capacity` (entries per shard), `overwritten` (entries dropped since start) and `complete_since_ms` (from when every decision is still there; `null` while nothing was dropped) |
@@ -48,8 +50,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+
+#[path = "admin_proto.rs"]
+pub mod proto;
 
 use super::stats::{KernelCounts, ShardMetrics};
 use super::trace::Trace;
@@ -57,6 +62,7 @@ use super::{Durable, Inner, KernelHandle, TraceEntry, TraceFilter, TraceOutcome}
 use crate::queue::LatencySummary;
 use crate::store::MachineId;
 use crate::Redact;
+use proto::{FailureKind, Reply};
 
 /// Where and how the admin endpoint listens; from [`AdminConfig::unix`] or
 /// [`AdminConfig::tcp`].
@@ -228,11 +234,11 @@ struct Shared {
 /// What the endpoint needs of a kernel, whatever its machine type.
 trait Target: Send + Sync {
     fn machine(&self) -> &'static str;
-    fn metrics(&self) -> Value;
+    fn metrics(&self) -> proto::Metrics;
     fn trace(&self) -> &Trace;
-    fn show(&self, id: &MachineId) -> Result<Value, (&'static str, String)>;
-    fn quarantined(&self) -> Value;
-    fn escalations(&self) -> Value;
+    fn show(&self, id: &MachineId) -> Result<proto::Show, proto::Failure>;
+    fn quarantined(&self) -> Vec<proto::QuarantinedMachine>;
+    fn escalations(&self) -> Vec<proto::Escalated>;
     fn restart_worker(&self, worker: usize) -> bool;
     fn release(&self, id: &MachineId) -> bool;
 }
@@ -256,105 +262,88 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
         M::TABLE.machine()
     }
 
-    fn metrics(&self) -> Value {
+    fn metrics(&self) -> proto::Metrics {
         let m = self.0.metrics();
-        json!({
-            "machine": m.machine,
-            "uptime_ms": millis(m.uptime),
-            "store_reopens": m.store_reopens,
-            "total": shard_json(&m.total),
-            "shards": m.shards.iter().map(shard_json).collect::<Vec<_>>(),
-            "workers": m.workers.iter().enumerate().map(|(i, w)| json!({
-                "worker": i,
-                "effects": w.effects,
-                "errors": w.errors,
-                "panics": w.panics,
-                "restarts": w.restarts,
-                "fed_back": w.fed_back,
-                "abandoned": w.abandoned,
-                "retries": w.retries,
-                "given_up": w.given_up,
-                "parked": w.parked,
-                "escalated": w.escalated,
-            })).collect::<Vec<_>>(),
-        })
+        proto::Metrics {
+            machine: m.machine.to_owned(),
+            uptime_ms: millis(m.uptime),
+            store_reopens: m.store_reopens,
+            total: shard_proto(&m.total),
+            shards: m.shards.iter().map(shard_proto).collect(),
+            workers: m
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| proto::Worker {
+                    worker: i,
+                    effects: w.effects,
+                    errors: w.errors,
+                    panics: w.panics,
+                    restarts: w.restarts,
+                    fed_back: w.fed_back,
+                    abandoned: w.abandoned,
+                    retries: w.retries,
+                    given_up: w.given_up,
+                    parked: w.parked,
+                    escalated: w.escalated,
+                })
+                .collect(),
+        }
     }
 
     fn trace(&self) -> &Trace {
         &self.inner().trace
     }
 
-    fn show(&self, id: &MachineId) -> Result<Value, (&'static str, String)> {
+    fn show(&self, id: &MachineId) -> Result<proto::Show, proto::Failure> {
         match self.0.state(id) {
-            Ok((_, None)) => Err((
-                "not_found",
+            Ok((_, None)) => Err(failure(
+                FailureKind::NotFound,
                 format!("no machine `{id}`: nothing is stored for it (a machine exists once a command it accepted is stored)"),
             )),
             Ok((machine, seq)) => {
                 let mut value = String::new();
                 let _ = write!(value, "{:?}", crate::Redacted(&machine));
-                let owed: Vec<Value> = self
-                    .0
-                    .owed(id)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(owed_json)
-                    .collect();
-                let timers: Vec<Value> = self
-                    .0
-                    .timers(id)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(timer_json)
-                    .collect();
-                let keys: Vec<Value> = self
-                    .0
-                    .keys(id)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(key_json)
-                    .collect();
-                Ok(json!({
-                    "machine": id.as_str(),
-                    "state": machine.state_name(),
-                    "value": value,
-                    "seq": seq,
-                    "owed": owed,
-                    "timers": timers,
-                    "keys": keys,
-                }))
+                Ok(proto::Show {
+                    machine: id.as_str().to_owned(),
+                    state: machine.state_name().to_owned(),
+                    value,
+                    seq,
+                    owed: self.0.owed(id).unwrap_or_default().iter().map(owed_proto).collect(),
+                    timers: self.0.timers(id).unwrap_or_default().iter().map(timer_proto).collect(),
+                    keys: self.0.keys(id).unwrap_or_default().iter().map(key_proto).collect(),
+                })
             }
-            Err(super::CommandError::Closed) => Err(("closed", "the kernel stopped".into())),
-            Err(e) => Err(("unavailable", e.to_string())),
+            Err(super::CommandError::Closed) => {
+                Err(failure(FailureKind::Closed, "the kernel stopped".into()))
+            }
+            Err(e) => Err(failure(FailureKind::Unavailable, e.to_string())),
         }
     }
 
-    fn quarantined(&self) -> Value {
-        Value::Array(
-            self.0
-                .quarantined()
-                .iter()
-                .map(|q| json!({"machine": q.id.as_str(), "cause": q.cause.to_string()}))
-                .collect(),
-        )
+    fn quarantined(&self) -> Vec<proto::QuarantinedMachine> {
+        self.0
+            .quarantined()
+            .iter()
+            .map(|q| proto::QuarantinedMachine {
+                machine: q.id.as_str().to_owned(),
+                cause: q.cause.to_string(),
+            })
+            .collect()
     }
 
-    fn escalations(&self) -> Value {
-        Value::Array(
-            self.0
-                .escalations()
-                .iter()
-                .map(|e| {
-                    json!({
-                        "worker": e.worker,
-                        "at_ms": millis(e.at),
-                        "max_restarts": e.intensity.max_restarts,
-                        "within_ms": millis(e.intensity.within),
-                        "failure": e.failure.to_string(),
-                    })
-                })
-                .collect(),
-        )
+    fn escalations(&self) -> Vec<proto::Escalated> {
+        self.0
+            .escalations()
+            .iter()
+            .map(|e| proto::Escalated {
+                worker: e.worker,
+                at_ms: millis(e.at),
+                max_restarts: e.intensity.max_restarts,
+                within_ms: millis(e.intensity.within),
+                failure: e.failure.to_string(),
+            })
+            .collect()
     }
 
     fn restart_worker(&self, worker: usize) -> bool {
@@ -562,7 +551,7 @@ fn accept_loop(
             let _ = send(
                 &mut stream,
                 &error(
-                    "busy",
+                    FailureKind::Busy,
                     &format!(
                         "{} clients are connected, the most this endpoint serves",
                         config.max_clients
@@ -591,8 +580,19 @@ fn send(stream: &mut Stream, value: &Value) -> io::Result<()> {
     stream.flush()
 }
 
-fn error(kind: &str, message: &str) -> Value {
-    json!({"error": {"kind": kind, "message": message}})
+/// An answer line: `{"ok": ..}`.
+fn ok<T: Serialize>(answer: T) -> Value {
+    serde_json::to_value(Reply::Ok(answer)).unwrap_or(Value::Null)
+}
+
+fn failure(kind: FailureKind, message: String) -> proto::Failure {
+    proto::Failure { kind, message }
+}
+
+/// An answer line: `{"error": {"kind": .., "message": ..}}`.
+fn error(kind: FailureKind, message: &str) -> Value {
+    serde_json::to_value(Reply::<()>::Error(failure(kind, message.to_owned())))
+        .unwrap_or(Value::Null)
 }
 
 fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, shared: &Shared) {
@@ -618,7 +618,7 @@ fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, share
                 let _ = send(
                     &mut writer,
                     &error(
-                        "timeout",
+                        FailureKind::Timeout,
                         &format!("no complete request within {:?}", config.timeout),
                     ),
                 );
@@ -633,7 +633,7 @@ fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, share
             let _ = send(
                 &mut writer,
                 &error(
-                    "too_long",
+                    FailureKind::TooLong,
                     &format!(
                         "a request line is at most {} bytes; closing",
                         config.max_line
@@ -647,9 +647,9 @@ fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, share
             continue;
         }
         shared.requests.fetch_add(1, Ordering::SeqCst);
-        let answer = match serde_json::from_slice::<Request>(text) {
-            Err(e) => error("bad_request", &format!("{e}")),
-            Ok(Request::Watch {
+        let answer = match serde_json::from_slice::<proto::Request>(text) {
+            Err(e) => error(FailureKind::BadRequest, &format!("{e}")),
+            Ok(proto::Request::Watch {
                 machine,
                 state,
                 event,
@@ -676,7 +676,7 @@ fn serve_client(stream: Stream, target: &dyn Target, config: &AdminConfig, share
                         );
                     }
                     Err(message) => {
-                        let _ = send(&mut writer, &error("bad_request", &message));
+                        let _ = send(&mut writer, &error(FailureKind::BadRequest, &message));
                     }
                 }
                 // A watch ends the connection (the client stopped reading, or we stop).
@@ -714,14 +714,7 @@ impl FilterSpec {
         }
         if let Some(o) = &self.outcome {
             filter = filter.outcome(outcome_named(o).ok_or_else(|| {
-                format!(
-                    "outcome: `{o}` is none of {}",
-                    OUTCOMES
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("outcome: `{o}` is none of {}", outcome_names().join(", "))
             })?);
         }
         if let Some(ms) = self.since_ms {
@@ -736,72 +729,53 @@ impl FilterSpec {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum Request {
-    Metrics,
-    Trace {
-        machine: Option<String>,
-        state: Option<String>,
-        event: Option<String>,
-        outcome: Option<String>,
-        since_ms: Option<f64>,
-        limit: Option<usize>,
-    },
-    TraceWindow,
-    Watch {
-        machine: Option<String>,
-        state: Option<String>,
-        event: Option<String>,
-        outcome: Option<String>,
-        since_ms: Option<f64>,
-        max_per_sec: Option<u32>,
-    },
-    Show {
-        machine: String,
-    },
-    Quarantined,
-    Escalations,
-    RestartWorker {
-        worker: usize,
-    },
-    Release {
-        machine: String,
-    },
-}
-
-const OUTCOMES: [(&str, TraceOutcome); 11] = [
-    ("committed", TraceOutcome::Committed),
-    ("duplicate", TraceOutcome::Duplicate),
-    ("rejected", TraceOutcome::Rejected),
-    ("deferred", TraceOutcome::Deferred),
-    ("dumped", TraceOutcome::Dumped),
-    ("delegated", TraceOutcome::Delegated),
-    ("expired", TraceOutcome::Expired),
-    ("not_stored", TraceOutcome::NotStored),
-    ("outcome_unknown", TraceOutcome::OutcomeUnknown),
-    ("unavailable", TraceOutcome::Unavailable),
-    ("fenced", TraceOutcome::Fenced),
+/// The trace's outcomes as the protocol names them: one classification for the trace, its
+/// filters and the `fsm` tool.
+const OUTCOMES: [(proto::Outcome, TraceOutcome); 11] = [
+    (proto::Outcome::Committed, TraceOutcome::Committed),
+    (proto::Outcome::Duplicate, TraceOutcome::Duplicate),
+    (proto::Outcome::Rejected, TraceOutcome::Rejected),
+    (proto::Outcome::Deferred, TraceOutcome::Deferred),
+    (proto::Outcome::Dumped, TraceOutcome::Dumped),
+    (proto::Outcome::Delegated, TraceOutcome::Delegated),
+    (proto::Outcome::Expired, TraceOutcome::Expired),
+    (proto::Outcome::NotStored, TraceOutcome::NotStored),
+    (proto::Outcome::OutcomeUnknown, TraceOutcome::OutcomeUnknown),
+    (proto::Outcome::Unavailable, TraceOutcome::Unavailable),
+    (proto::Outcome::Fenced, TraceOutcome::Fenced),
 ];
 
 fn outcome_named(name: &str) -> Option<TraceOutcome> {
-    OUTCOMES.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+    let wire: proto::Outcome = serde_json::from_value(Value::String(name.to_owned())).ok()?;
+    OUTCOMES.iter().find(|(p, _)| *p == wire).map(|(_, o)| *o)
 }
 
-fn outcome_name(outcome: TraceOutcome) -> &'static str {
+fn outcome_proto(outcome: TraceOutcome) -> proto::Outcome {
     OUTCOMES
         .iter()
         .find(|(_, o)| *o == outcome)
-        .map_or("unknown", |(n, _)| n)
+        .map_or(proto::Outcome::Unavailable, |(p, _)| *p)
+}
+
+fn outcome_names() -> Vec<String> {
+    OUTCOMES
+        .iter()
+        .filter_map(|(p, _)| serde_json::to_value(p).ok())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 fn machine_id(text: &str) -> Result<MachineId, Value> {
-    MachineId::new(text).map_err(|e| error("bad_request", &format!("machine: {e}")))
+    MachineId::new(text).map_err(|e| error(FailureKind::BadRequest, &format!("machine: {e}")))
 }
 
-fn answer(request: Request, target: &dyn Target, config: &AdminConfig) -> Value {
-    let ok = |v: Value| json!({ "ok": v });
+fn answer(request: proto::Request, target: &dyn Target, config: &AdminConfig) -> Value {
+    use proto::Request;
     match request {
+        Request::Hello => ok(proto::Hello {
+            protocol: proto::PROTOCOL,
+            machine: target.machine().to_owned(),
+        }),
         Request::Metrics => ok(target.metrics()),
         Request::Trace {
             machine,
@@ -822,35 +796,37 @@ fn answer(request: Request, target: &dyn Target, config: &AdminConfig) -> Value 
                 Ok(filter) => {
                     let limit = limit.unwrap_or(config.max_entries).min(config.max_entries);
                     let entries = target.trace().read(&filter.last(limit));
-                    ok(Value::Array(entries.iter().map(entry_json).collect()))
+                    ok(entries.iter().map(entry_proto).collect::<Vec<_>>())
                 }
-                Err(message) => error("bad_request", &message),
+                Err(message) => error(FailureKind::BadRequest, &message),
             }
         }
         Request::TraceWindow => {
             let trace = target.trace();
             let (overwritten, since) = trace.window();
-            ok(json!({
-                "capacity": trace.capacity(),
-                "overwritten": overwritten,
-                "complete_since_ms": since.map(millis),
-            }))
+            ok(proto::TraceWindow {
+                capacity: trace.capacity(),
+                overwritten,
+                complete_since_ms: since.map(millis),
+            })
         }
         Request::Watch { .. } => unreachable!("handled by the caller"),
         Request::Show { machine } => match machine_id(&machine) {
             Ok(id) => match target.show(&id) {
                 Ok(v) => ok(v),
-                Err((kind, message)) => error(kind, &message),
+                Err(f) => error(f.kind, &f.message),
             },
             Err(e) => e,
         },
         Request::Quarantined => ok(target.quarantined()),
         Request::Escalations => ok(target.escalations()),
-        Request::RestartWorker { worker } => {
-            ok(json!({ "restarted": target.restart_worker(worker) }))
-        }
+        Request::RestartWorker { worker } => ok(proto::Restarted {
+            restarted: target.restart_worker(worker),
+        }),
         Request::Release { machine } => match machine_id(&machine) {
-            Ok(id) => ok(json!({ "released": target.release(&id) })),
+            Ok(id) => ok(proto::Released {
+                released: target.release(&id),
+            }),
             Err(e) => e,
         },
     }
@@ -868,12 +844,11 @@ fn watch(
     const POLL: Duration = Duration::from_millis(50);
     let trace = target.trace();
     let mut cursor = trace.cursor();
-    if send(
-        writer,
-        &json!({"ok": {"watching": target.machine(), "max_per_sec": rate}}),
-    )
-    .is_err()
-    {
+    let watching = proto::Watching {
+        watching: target.machine().to_owned(),
+        max_per_sec: rate,
+    };
+    if send(writer, &ok(watching)).is_err() {
         return;
     }
     let mut window = Instant::now();
@@ -885,7 +860,10 @@ fn watch(
         for entry in &followed.entries {
             if sent < rate {
                 sent += 1;
-                if send(writer, &json!({ "entry": entry_json(entry) })).is_err() {
+                let line = proto::WatchMessage::Entry {
+                    entry: entry_proto(entry),
+                };
+                if send(writer, &to_line(&line)).is_err() {
                     return;
                 }
             } else {
@@ -894,13 +872,13 @@ fn watch(
         }
         if window.elapsed() >= Duration::from_secs(1) {
             if dropped > 0 || overrun > 0 {
-                let note = json!({
-                    "dropped": dropped + overrun,
-                    "rate_limited": dropped,
-                    "overrun": overrun,
-                    "max_per_sec": rate,
-                });
-                if send(writer, &note).is_err() {
+                let note = proto::WatchMessage::Dropped {
+                    dropped: dropped + overrun,
+                    rate_limited: dropped,
+                    overrun,
+                    max_per_sec: rate,
+                };
+                if send(writer, &to_line(&note)).is_err() {
                     return;
                 }
             }
@@ -913,23 +891,28 @@ fn watch(
     }
 }
 
+/// A message as a line's JSON.
+fn to_line<T: Serialize>(message: &T) -> Value {
+    serde_json::to_value(message).unwrap_or(Value::Null)
+}
+
 /// An armed timer as `show` answers it.
-pub(crate) fn timer_json(t: &super::ArmedTimer) -> Value {
-    json!({
-        "kind": t.kind.to_string(),
-        "deadline_ms": t.deadline_ms,
-        "after_ms": t.after_ms,
-        "event": t.event,
-    })
+pub fn timer_proto(t: &super::ArmedTimer) -> proto::Timer {
+    proto::Timer {
+        kind: t.kind.to_string(),
+        deadline_ms: t.deadline_ms,
+        after_ms: t.after_ms,
+        event: t.event.map(str::to_owned),
+    }
 }
 
 /// A remembered idempotency key as `show` answers it.
-pub(crate) fn key_json(k: &super::AppliedKey) -> Value {
-    json!({
-        "key": k.key,
-        "seq": k.seq,
-        "transition": k.transition.map(|t| t.to_string()),
-    })
+pub fn key_proto(k: &super::AppliedKey) -> proto::Key {
+    proto::Key {
+        key: k.key.clone(),
+        seq: k.seq,
+        transition: k.transition.map(|t| t.to_string()),
+    }
 }
 
 fn millis(d: Duration) -> f64 {
@@ -940,93 +923,89 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn latency_json(l: &LatencySummary) -> Value {
-    json!({
-        "count": l.count,
-        "p50_us": micros(l.p50),
-        "p95_us": micros(l.p95),
-        "p99_us": micros(l.p99),
-        "max_us": micros(l.max),
-    })
+fn latency_proto(l: &LatencySummary) -> proto::Latency {
+    proto::Latency {
+        count: l.count,
+        p50_us: micros(l.p50),
+        p95_us: micros(l.p95),
+        p99_us: micros(l.p99),
+        max_us: micros(l.max),
+    }
 }
 
-fn counts_json(c: &KernelCounts) -> Value {
-    let mut map = Map::new();
-    for (name, value) in [
-        ("submitted", c.submitted),
-        ("fed_back", c.fed_back),
-        ("timers_fired", c.timers_fired),
-        ("committed", c.committed),
-        ("duplicates", c.duplicates),
-        ("rejected", c.rejected),
-        ("panicked", c.panicked),
-        ("raised", c.raised),
-        ("expired", c.expired),
-        ("dumped", c.dumped),
-        ("delegated", c.delegated),
-        ("not_stored", c.not_stored),
-        ("outcome_unknown", c.outcome_unknown),
-        ("unavailable", c.unavailable),
-        ("fenced", c.fenced),
-        ("closed", c.closed),
-        ("full", c.full),
-        ("escalated", c.escalated),
-        ("deferred", c.deferred),
-        ("queued", c.queued),
-        ("owed", c.owed),
-    ] {
-        map.insert(name.into(), value.into());
+fn counts_proto(c: &KernelCounts) -> proto::Counts {
+    proto::Counts {
+        submitted: c.submitted,
+        fed_back: c.fed_back,
+        timers_fired: c.timers_fired,
+        committed: c.committed,
+        duplicate: c.duplicates,
+        rejected: c.rejected,
+        panicked: c.panicked,
+        raised: c.raised,
+        expired: c.expired,
+        dumped: c.dumped,
+        delegated: c.delegated,
+        not_stored: c.not_stored,
+        outcome_unknown: c.outcome_unknown,
+        unavailable: c.unavailable,
+        fenced: c.fenced,
+        closed: c.closed,
+        full: c.full,
+        escalated: c.escalated,
+        deferred: c.deferred,
+        queued: c.queued,
+        owed: c.owed,
     }
-    Value::Object(map)
 }
 
 /// One owed effect, as `show` lists it (and `fsm show` and `fsm export` print it offline):
 /// its key, failed attempts, next attempt (wall-clock milliseconds, absent for at once), when
 /// it was first owed, and whether its worker runs it now.
-pub fn owed_json(o: &super::OwedEffect) -> Value {
-    json!({
-        "key": o.id.key(),
-        "attempts": o.attempts,
-        "next_attempt_ms": (o.not_before_ms > 0).then_some(o.not_before_ms),
-        "owed_since_ms": o.since_ms,
-        "running": o.running,
-    })
+pub fn owed_proto(o: &super::OwedEffect) -> proto::Owed {
+    proto::Owed {
+        key: o.id.key().to_string(),
+        attempts: o.attempts,
+        next_attempt_ms: (o.not_before_ms > 0).then_some(o.not_before_ms),
+        owed_since_ms: o.since_ms,
+        running: o.running,
+    }
 }
 
-fn shard_json(s: &ShardMetrics) -> Value {
-    json!({
-        "counts": counts_json(&s.counts),
-        "commits": s.commits,
-        "snapshots": s.snapshots,
-        "resident": s.resident,
-        "quarantined": s.quarantined,
-        "timer_entries": s.timer_entries,
-        "high_water": s.high_water,
-        "oldest_owed_ms": s.oldest_owed.map(millis),
-        "wait": latency_json(&s.wait),
-        "apply": latency_json(&s.apply),
-        "persist": latency_json(&s.persist),
-        "end_to_end": latency_json(&s.end_to_end),
-        "batch": {
-            "count": s.batch.count,
-            "p50": s.batch.p50.as_nanos() as u64,
-            "p99": s.batch.p99.as_nanos() as u64,
-            "max": s.batch.max.as_nanos() as u64,
+fn shard_proto(s: &ShardMetrics) -> proto::Shard {
+    proto::Shard {
+        counts: counts_proto(&s.counts),
+        commits: s.commits,
+        snapshots: s.snapshots,
+        resident: s.resident,
+        quarantined: s.quarantined,
+        timer_entries: s.timer_entries,
+        high_water: s.high_water,
+        oldest_owed_ms: s.oldest_owed.map(millis),
+        wait: latency_proto(&s.wait),
+        apply: latency_proto(&s.apply),
+        persist: latency_proto(&s.persist),
+        end_to_end: latency_proto(&s.end_to_end),
+        batch: proto::Batch {
+            count: s.batch.count,
+            p50: s.batch.p50.as_nanos() as u64,
+            p99: s.batch.p99.as_nanos() as u64,
+            max: s.batch.max.as_nanos() as u64,
         },
-    })
+    }
 }
 
-fn entry_json(e: &TraceEntry) -> Value {
-    json!({
-        "at_ms": millis(e.at),
-        "machine": e.machine.as_str(),
-        "from": e.from,
-        "event": e.event,
-        "to": e.to,
-        "outcome": outcome_name(e.outcome),
-        "wait_us": micros(e.wait),
-        "apply_us": micros(e.apply),
-        "persist_us": micros(e.persist),
-        "end_to_end_us": micros(e.end_to_end),
-    })
+fn entry_proto(e: &TraceEntry) -> proto::Entry {
+    proto::Entry {
+        at_ms: millis(e.at),
+        machine: e.machine.as_str().to_owned(),
+        from: e.from.to_owned(),
+        event: e.event.to_owned(),
+        to: e.to.map(str::to_owned),
+        outcome: outcome_proto(e.outcome),
+        wait_us: micros(e.wait),
+        apply_us: micros(e.apply),
+        persist_us: micros(e.persist),
+        end_to_end_us: micros(e.end_to_end),
+    }
 }

@@ -9,27 +9,6 @@ use super::stats::ShardMetrics;
 use super::{Durable, KernelHandle};
 use crate::queue::LatencySummary;
 
-/// Reads one count.
-type Read = fn(&super::KernelCounts) -> u64;
-
-/// The `outcome` label of `fsm_kernel_commands_total`, with the count it reads.
-const OUTCOMES: [(&str, Read); 14] = [
-    ("committed", |c| c.committed),
-    ("duplicate", |c| c.duplicates),
-    ("rejected", |c| c.rejected),
-    ("panicked", |c| c.panicked),
-    ("expired", |c| c.expired),
-    ("dumped", |c| c.dumped),
-    ("delegated", |c| c.delegated),
-    ("not_stored", |c| c.not_stored),
-    ("outcome_unknown", |c| c.outcome_unknown),
-    ("unavailable", |c| c.unavailable),
-    ("fenced", |c| c.fenced),
-    ("closed", |c| c.closed),
-    ("full", |c| c.full),
-    ("escalated", |c| c.escalated),
-];
-
 impl<M: Durable> KernelHandle<M> {
     /// Publishes one consistent reading of [`KernelHandle::metrics`] through the `metrics` facade:
     /// counters set to their absolute values, gauges set, latency percentiles as gauges with a
@@ -77,13 +56,13 @@ fn publish_shard(machine: &'static str, shard: &str, s: &ShardMetrics) {
     let labels = [("machine", machine.to_owned()), ("shard", shard.to_owned())];
     let c = &s.counts;
     counter!("fsm_kernel_submitted_total", &labels).absolute(c.submitted);
-    for (outcome, read) in OUTCOMES {
+    for (outcome, count) in c.by_outcome() {
         let labels = [
             ("machine", machine.to_owned()),
             ("shard", shard.to_owned()),
             ("outcome", outcome.to_owned()),
         ];
-        counter!("fsm_kernel_commands_total", &labels).absolute(read(c));
+        counter!("fsm_kernel_commands_total", &labels).absolute(count);
     }
     counter!("fsm_kernel_fed_back_total", &labels).absolute(c.fed_back);
     counter!("fsm_kernel_timers_fired_total", &labels).absolute(c.timers_fired);

@@ -60,6 +60,27 @@ pub struct KernelCounts {
 }
 
 impl KernelCounts {
+    /// The commands by how they ended, under the one set of names that the trace, the admin
+    /// protocol (`admin::proto::Counts`) and the metrics' `outcome` label use.
+    pub fn by_outcome(&self) -> [(&'static str, u64); 14] {
+        [
+            ("committed", self.committed),
+            ("duplicate", self.duplicates),
+            ("rejected", self.rejected),
+            ("panicked", self.panicked),
+            ("expired", self.expired),
+            ("dumped", self.dumped),
+            ("delegated", self.delegated),
+            ("not_stored", self.not_stored),
+            ("outcome_unknown", self.outcome_unknown),
+            ("unavailable", self.unavailable),
+            ("fenced", self.fenced),
+            ("closed", self.closed),
+            ("full", self.full),
+            ("escalated", self.escalated),
+        ]
+    }
+
     pub(crate) fn add(&mut self, o: &KernelCounts) {
         self.submitted += o.submitted;
         self.fed_back += o.fed_back;

@@ -141,14 +141,6 @@ fn json_line<T: Serialize>(message: &T) -> String {
     serde_json::to_string(message).unwrap_or_default()
 }
 
-/// The name a value has on the wire (an outcome's `not_stored`).
-fn wire_name<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 fn entry_line(e: &proto::Entry) -> String {
     format!(
         "{:>12.3} ms  {:<20} {} --{}--> {}  {}  (end to end {:.0} us)",
@@ -157,7 +149,7 @@ fn entry_line(e: &proto::Entry) -> String {
         e.from,
         e.event,
         e.to.as_deref().unwrap_or("-"),
-        wire_name(&e.outcome),
+        e.outcome.name(),
         e.end_to_end_us,
     )
 }

@@ -809,8 +809,15 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// [`fallback`] for one state: what user code may name of it, and nothing that checks.
-    fn fallback_state(&self, index: usize, s: &State<'_>, never: &TokenStream) -> TokenStream {
+    /// What every typed state gets, with or without a table error: its `TypedState` impl
+    /// (with `check` for a state's invariant), the conversion into the machine, and redacting
+    /// `Debug` for it and its view.
+    fn typed_state_core(
+        &self,
+        index: usize,
+        s: &State<'_>,
+        check: Option<TokenStream>,
+    ) -> TokenStream {
         let m = self.m;
         let krate = &self.paths.krate;
         let private = &self.paths.private;
@@ -828,6 +835,51 @@ impl Gen<'_, '_> {
         let refs: Vec<TokenStream> = self_vals.iter().map(|f| quote!(&#f)).collect();
         let view_of_self = self.view_expr(s, &refs);
         let into_variant = variant_fields(v, &self_vals);
+        let redact_owned = redact_impls(typed.clone(), m.generics, v, &self.paths);
+        let redact_view = (!v.fields.is_empty()).then(|| {
+            let vg = with_view_lifetime(m.generics);
+            redact_impls(view_ty.clone(), &vg, v, &self.paths)
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::TypedState for #typed #wc {
+                type Machine = #machine_ty;
+                type Ref<#lt> = #view_ty where Self: #lt;
+                const ID: #krate::StateId = #krate::StateId::new(#i);
+
+                #[inline]
+                fn view(&self) -> #view_ty_anon {
+                    #view_of_self
+                }
+
+                #check
+
+                #[inline]
+                fn into_machine(self) -> #machine_ty {
+                    #machine::#ident #into_variant
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_g #private::core::convert::From<#typed> for #machine_ty #wc {
+                #[inline]
+                fn from(state: #typed) -> Self {
+                    #krate::TypedState::into_machine(state)
+                }
+            }
+
+            #redact_owned
+            #redact_view
+        }
+    }
+
+    /// [`fallback`] for one state: what user code may name of it, and nothing that checks.
+    fn fallback_state(&self, index: usize, s: &State<'_>, never: &TokenStream) -> TokenStream {
+        let m = self.m;
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let (impl_g, _, wc) = m.generics.split_for_impl();
+        let typed = self.typed(s.variant.ident);
         let f = &self.effect;
         let mut seen: Vec<String> = Vec::new();
         let methods: Vec<TokenStream> = s
@@ -872,42 +924,15 @@ impl Gen<'_, '_> {
         declared_g.params.push(syn::parse_quote!(__FsmT));
         declared_g.params.push(syn::parse_quote!(__FsmK));
         let (declared_impl_g, _, _) = declared_g.split_for_impl();
-        let redact_owned = redact_impls(typed.clone(), m.generics, v, &self.paths);
-        let redact_view = (!v.fields.is_empty()).then(|| {
-            let vg = with_view_lifetime(m.generics);
-            redact_impls(view_ty.clone(), &vg, v, &self.paths)
-        });
+        let core = self.typed_state_core(index, s, None);
         quote! {
-            #[automatically_derived]
-            impl #impl_g #krate::TypedState for #typed #wc {
-                type Machine = #machine_ty;
-                type Ref<#lt> = #view_ty where Self: #lt;
-                const ID: #krate::StateId = #krate::StateId::new(#i);
-                #[inline]
-                fn view(&self) -> #view_ty_anon {
-                    #view_of_self
-                }
-                #[inline]
-                fn into_machine(self) -> #machine_ty {
-                    #machine::#ident #into_variant
-                }
-            }
-
-            #[automatically_derived]
-            impl #impl_g #private::core::convert::From<#typed> for #machine_ty #wc {
-                #[inline]
-                fn from(state: #typed) -> Self {
-                    #krate::TypedState::into_machine(state)
-                }
-            }
+            #core
 
             // Any handler: the table that would say which ones hold has errors of its own.
             #[automatically_derived]
             impl #declared_impl_g #private::DeclaredAt<__FsmK, __FsmT, __FsmE> for #typed #wc {}
 
             #inherent
-            #redact_owned
-            #redact_view
         }
     }
 
@@ -924,15 +949,9 @@ impl Gen<'_, '_> {
         let (impl_g, ty_g, wc) = m.generics.split_for_impl();
         let typed = self.typed(ident);
         let machine_ty = quote!(#machine #ty_g);
-        let i = index as u16;
-        let lt = crate::generics::view_lifetime();
-        let view_ty = self.view_type(s, &quote!(#lt));
         let view_ty_anon = self.view_type(s, &quote!('_));
         let marker = quote!(#private::core::marker::PhantomData);
 
-        let self_vals = self_fields(v);
-        let refs: Vec<TokenStream> = self_vals.iter().map(|f| quote!(&#f)).collect();
-        let view_of_self = self.view_expr(s, &refs);
         // A state without an invariant keeps the trait's default `check` (always `Ok`).
         let check = s.attrs.validate.first().map(|path| {
             let call = quote_spanned!(path.span()=> #path(__fsm_view));
@@ -945,7 +964,6 @@ impl Gen<'_, '_> {
         });
         let binds = bindings(v);
         let pat = variant_fields(v, &idents(&binds));
-        let into_variant = variant_fields(v, &self_vals);
         let typed_from_binds = own_fields(v, m.generics, &idents(&binds), quote!(#marker));
 
         // A plain transition has no handler, so it is not `Declared`: a handler written for it
@@ -1156,38 +1174,9 @@ impl Gen<'_, '_> {
                 }
             }
         });
-        let redact_owned = redact_impls(typed.clone(), m.generics, v, &self.paths);
-        let redact_view = (!v.fields.is_empty()).then(|| {
-            let vg = with_view_lifetime(m.generics);
-            redact_impls(view_ty.clone(), &vg, v, &self.paths)
-        });
+        let core = self.typed_state_core(index, s, check);
         quote! {
-            #[automatically_derived]
-            impl #impl_g #krate::TypedState for #typed #wc {
-                type Machine = #machine_ty;
-                type Ref<#lt> = #view_ty where Self: #lt;
-                const ID: #krate::StateId = #krate::StateId::new(#i);
-
-                #[inline]
-                fn view(&self) -> #view_ty_anon {
-                    #view_of_self
-                }
-
-                #check
-
-                #[inline]
-                fn into_machine(self) -> #machine_ty {
-                    #machine::#ident #into_variant
-                }
-            }
-
-            #[automatically_derived]
-            impl #impl_g #private::core::convert::From<#typed> for #machine_ty #wc {
-                #[inline]
-                fn from(state: #typed) -> Self {
-                    #krate::TypedState::into_machine(state)
-                }
-            }
+            #core
 
             #[automatically_derived]
             impl #impl_g #private::core::convert::TryFrom<#machine_ty> for #typed #wc {
@@ -1205,8 +1194,6 @@ impl Gen<'_, '_> {
             #(#declared)*
             #(#needs)*
             #inherent
-            #redact_owned
-            #redact_view
         }
     }
 }

@@ -729,40 +729,12 @@ impl FilterSpec {
     }
 }
 
-/// The trace's outcomes as the protocol names them: one classification for the trace, its
-/// filters and the `fsm` tool.
-const OUTCOMES: [(proto::Outcome, TraceOutcome); 11] = [
-    (proto::Outcome::Committed, TraceOutcome::Committed),
-    (proto::Outcome::Duplicate, TraceOutcome::Duplicate),
-    (proto::Outcome::Rejected, TraceOutcome::Rejected),
-    (proto::Outcome::Deferred, TraceOutcome::Deferred),
-    (proto::Outcome::Dumped, TraceOutcome::Dumped),
-    (proto::Outcome::Delegated, TraceOutcome::Delegated),
-    (proto::Outcome::Expired, TraceOutcome::Expired),
-    (proto::Outcome::NotStored, TraceOutcome::NotStored),
-    (proto::Outcome::OutcomeUnknown, TraceOutcome::OutcomeUnknown),
-    (proto::Outcome::Unavailable, TraceOutcome::Unavailable),
-    (proto::Outcome::Fenced, TraceOutcome::Fenced),
-];
-
 fn outcome_named(name: &str) -> Option<TraceOutcome> {
-    let wire: proto::Outcome = serde_json::from_value(Value::String(name.to_owned())).ok()?;
-    OUTCOMES.iter().find(|(p, _)| *p == wire).map(|(_, o)| *o)
+    TraceOutcome::named(name)
 }
 
-fn outcome_proto(outcome: TraceOutcome) -> proto::Outcome {
-    OUTCOMES
-        .iter()
-        .find(|(_, o)| *o == outcome)
-        .map_or(proto::Outcome::Unavailable, |(p, _)| *p)
-}
-
-fn outcome_names() -> Vec<String> {
-    OUTCOMES
-        .iter()
-        .filter_map(|(p, _)| serde_json::to_value(p).ok())
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
+fn outcome_names() -> Vec<&'static str> {
+    TraceOutcome::ALL.iter().map(|o| o.name()).collect()
 }
 
 fn machine_id(text: &str) -> Result<MachineId, Value> {
@@ -1002,7 +974,7 @@ fn entry_proto(e: &TraceEntry) -> proto::Entry {
         from: e.from.to_owned(),
         event: e.event.to_owned(),
         to: e.to.map(str::to_owned),
-        outcome: outcome_proto(e.outcome),
+        outcome: e.outcome,
         wait_us: micros(e.wait),
         apply_us: micros(e.apply),
         persist_us: micros(e.persist),

@@ -270,24 +270,9 @@ pub struct Worker {
     pub escalated: bool,
 }
 
-/// How a decision ended, as traces, counts and the metrics' `outcome` label name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-#[allow(missing_docs)]
-pub enum Outcome {
-    Committed,
-    Duplicate,
-    Rejected,
-    Deferred,
-    Dumped,
-    Delegated,
-    Expired,
-    NotStored,
-    OutcomeUnknown,
-    Unavailable,
-    Fenced,
-}
+/// How a decision ended: the kernel's [`TraceOutcome`](crate::kernel::TraceOutcome), whose
+/// names the protocol, the trace filters and the metrics' `outcome` label share.
+pub use crate::kernel::TraceOutcome as Outcome;
 
 /// One decision in the trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

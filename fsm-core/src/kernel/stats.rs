@@ -1,6 +1,7 @@
 //! White-box metrics of a kernel: outcome counts and latency histograms per shard, effect
 //! workers' failures and restarts, aggregated per kernel.
 
+use super::trace::TraceOutcome;
 use std::fmt;
 use std::time::Duration;
 
@@ -60,21 +61,22 @@ pub struct KernelCounts {
 }
 
 impl KernelCounts {
-    /// The commands by how they ended, under the one set of names that the trace, the admin
-    /// protocol (`admin::proto::Counts`) and the metrics' `outcome` label use.
+    /// The commands by how they ended, under the one set of names that the trace
+    /// ([`TraceOutcome::name`](super::TraceOutcome::name), for the outcomes a trace shows), the
+    /// admin protocol's counts and the metrics' `outcome` label use.
     pub fn by_outcome(&self) -> [(&'static str, u64); 14] {
         [
-            ("committed", self.committed),
-            ("duplicate", self.duplicates),
-            ("rejected", self.rejected),
+            (TraceOutcome::Committed.name(), self.committed),
+            (TraceOutcome::Duplicate.name(), self.duplicates),
+            (TraceOutcome::Rejected.name(), self.rejected),
             ("panicked", self.panicked),
-            ("expired", self.expired),
-            ("dumped", self.dumped),
-            ("delegated", self.delegated),
-            ("not_stored", self.not_stored),
-            ("outcome_unknown", self.outcome_unknown),
-            ("unavailable", self.unavailable),
-            ("fenced", self.fenced),
+            (TraceOutcome::Expired.name(), self.expired),
+            (TraceOutcome::Dumped.name(), self.dumped),
+            (TraceOutcome::Delegated.name(), self.delegated),
+            (TraceOutcome::NotStored.name(), self.not_stored),
+            (TraceOutcome::OutcomeUnknown.name(), self.outcome_unknown),
+            (TraceOutcome::Unavailable.name(), self.unavailable),
+            (TraceOutcome::Fenced.name(), self.fenced),
             ("closed", self.closed),
             ("full", self.full),
             ("escalated", self.escalated),

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use crate::store::MachineId;
 
-/// How a traced command ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How a traced command ended. Its names (`not_stored`, as [`TraceOutcome::name`] gives them)
+/// are the ones the admin protocol, the trace filters and the metrics' `outcome` label use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TraceOutcome {
     /// Applied and durable.
@@ -35,6 +37,45 @@ pub enum TraceOutcome {
     Unavailable,
     /// Another node owns the machine; not applied here.
     Fenced,
+}
+
+impl TraceOutcome {
+    /// Every outcome, in the order above.
+    pub const ALL: [TraceOutcome; 11] = [
+        TraceOutcome::Committed,
+        TraceOutcome::Duplicate,
+        TraceOutcome::Rejected,
+        TraceOutcome::Deferred,
+        TraceOutcome::Dumped,
+        TraceOutcome::Delegated,
+        TraceOutcome::Expired,
+        TraceOutcome::NotStored,
+        TraceOutcome::OutcomeUnknown,
+        TraceOutcome::Unavailable,
+        TraceOutcome::Fenced,
+    ];
+
+    /// The outcome's name: `committed`, `not_stored`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceOutcome::Committed => "committed",
+            TraceOutcome::Duplicate => "duplicate",
+            TraceOutcome::Rejected => "rejected",
+            TraceOutcome::Deferred => "deferred",
+            TraceOutcome::Dumped => "dumped",
+            TraceOutcome::Delegated => "delegated",
+            TraceOutcome::Expired => "expired",
+            TraceOutcome::NotStored => "not_stored",
+            TraceOutcome::OutcomeUnknown => "outcome_unknown",
+            TraceOutcome::Unavailable => "unavailable",
+            TraceOutcome::Fenced => "fenced",
+        }
+    }
+
+    /// The outcome with this name.
+    pub fn named(name: &str) -> Option<TraceOutcome> {
+        TraceOutcome::ALL.into_iter().find(|o| o.name() == name)
+    }
 }
 
 impl fmt::Display for TraceOutcome {

@@ -56,7 +56,7 @@ use serde_json::Value;
 #[path = "admin_proto.rs"]
 pub mod proto;
 
-use super::stats::{KernelCounts, ShardMetrics};
+use super::stats::ShardMetrics;
 use super::trace::Trace;
 use super::{Durable, Inner, KernelHandle, TraceEntry, TraceFilter, TraceOutcome};
 use crate::queue::LatencySummary;
@@ -304,14 +304,17 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
             Ok((machine, seq)) => {
                 let mut value = String::new();
                 let _ = write!(value, "{:?}", crate::Redacted(&machine));
+                let owed = self.0.owed(id).unwrap_or_default();
+                // Timers and keys in one visit to the shard.
+                let (timers, keys) = self.0.details(id).unwrap_or_default();
                 Ok(proto::Show {
                     machine: id.as_str().to_owned(),
                     state: machine.state_name().to_owned(),
                     value,
                     seq,
-                    owed: self.0.owed(id).unwrap_or_default().iter().map(owed_proto).collect(),
-                    timers: self.0.timers(id).unwrap_or_default().iter().map(timer_proto).collect(),
-                    keys: self.0.keys(id).unwrap_or_default().iter().map(key_proto).collect(),
+                    owed: owed.iter().map(owed_proto).collect(),
+                    timers: timers.iter().map(timer_proto).collect(),
+                    keys: keys.iter().map(key_proto).collect(),
                 })
             }
             Err(super::CommandError::Closed) => {
@@ -905,32 +908,6 @@ fn latency_proto(l: &LatencySummary) -> proto::Latency {
     }
 }
 
-fn counts_proto(c: &KernelCounts) -> proto::Counts {
-    proto::Counts {
-        submitted: c.submitted,
-        fed_back: c.fed_back,
-        timers_fired: c.timers_fired,
-        committed: c.committed,
-        duplicate: c.duplicates,
-        rejected: c.rejected,
-        panicked: c.panicked,
-        raised: c.raised,
-        expired: c.expired,
-        dumped: c.dumped,
-        delegated: c.delegated,
-        not_stored: c.not_stored,
-        outcome_unknown: c.outcome_unknown,
-        unavailable: c.unavailable,
-        fenced: c.fenced,
-        closed: c.closed,
-        full: c.full,
-        escalated: c.escalated,
-        deferred: c.deferred,
-        queued: c.queued,
-        owed: c.owed,
-    }
-}
-
 /// One owed effect, as `show` lists it (and `fsm show` and `fsm export` print it offline):
 /// its key, failed attempts, next attempt (wall-clock milliseconds, absent for at once), when
 /// it was first owed, and whether its worker runs it now.
@@ -946,7 +923,7 @@ pub fn owed_proto(o: &super::OwedEffect) -> proto::Owed {
 
 fn shard_proto(s: &ShardMetrics) -> proto::Shard {
     proto::Shard {
-        counts: counts_proto(&s.counts),
+        counts: s.counts,
         commits: s.commits,
         snapshots: s.snapshots,
         resident: s.resident,

@@ -204,32 +204,9 @@ pub struct Shard {
     pub batch: Batch,
 }
 
-/// Commands by outcome, and the levels now: the names of [`Outcome`] where they are outcomes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct Counts {
-    pub submitted: u64,
-    pub fed_back: u64,
-    pub timers_fired: u64,
-    pub committed: u64,
-    pub duplicate: u64,
-    pub rejected: u64,
-    pub panicked: u64,
-    pub raised: u64,
-    pub expired: u64,
-    pub dumped: u64,
-    pub delegated: u64,
-    pub not_stored: u64,
-    pub outcome_unknown: u64,
-    pub unavailable: u64,
-    pub fenced: u64,
-    pub closed: u64,
-    pub full: u64,
-    pub escalated: u64,
-    pub deferred: u64,
-    pub queued: u64,
-    pub owed: u64,
-}
+/// Commands by outcome, and the levels now: the kernel's own counts, whose outcome fields
+/// carry the names of [`Outcome`].
+pub use crate::kernel::KernelCounts as Counts;
 
 /// Latency percentiles, in microseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -3,12 +3,11 @@
 //! [`KernelHandle::keys`](super::KernelHandle::keys)) or from a stored snapshot offline
 //! ([`timers_in`], [`keys_in`]), as `fsm show` and `fsm export` print them.
 
-use serde::Deserialize;
-
+use super::journal::StoredEntry;
 use super::section::{self, SectionError};
 use crate::machine::Transition;
 use crate::store::{Section, Snapshot};
-use crate::timer::TimerKind;
+use crate::timer::{StoredTimer, TimerKind};
 
 /// A timer a machine has armed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,30 +34,6 @@ pub struct AppliedKey {
     pub seq: u64,
     /// That transition, when the machine's table is known (from a running kernel).
     pub transition: Option<Transition>,
-}
-
-#[derive(Deserialize)]
-struct StoredTimer {
-    kind: u8,
-    name: Option<String>,
-    #[allow(dead_code)]
-    instance: u64,
-    deadline: u64,
-    after: u64,
-    #[allow(dead_code)]
-    event: Option<Vec<u8>>,
-}
-
-#[derive(Deserialize)]
-struct StoredKey<'a> {
-    key: &'a str,
-    seq: u64,
-    #[allow(dead_code)]
-    from: u16,
-    #[allow(dead_code)]
-    event: u16,
-    #[allow(dead_code)]
-    to: u16,
 }
 
 /// The timers armed in `snapshot`, without its machine's types (so no event names): empty
@@ -99,7 +74,7 @@ pub fn keys_in(snapshot: &Snapshot) -> Result<Vec<AppliedKey>, SectionError> {
     let Some(bytes) = snapshot.journal() else {
         return Ok(Vec::new());
     };
-    let stored: Vec<StoredKey<'_>> =
+    let stored: Vec<StoredEntry<'_>> =
         section::decode_versioned(Section::Journal, bytes, super::journal::VERSION)?;
     Ok(stored
         .into_iter()

@@ -23,13 +23,14 @@ pub(crate) struct Entry {
     pub(crate) transition: Transition,
 }
 
+/// One entry as the journal section stores it.
 #[derive(Serialize, Deserialize)]
-struct StoredEntry<'a> {
-    key: &'a str,
-    seq: u64,
-    from: u16,
-    event: u16,
-    to: u16,
+pub(crate) struct StoredEntry<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) from: u16,
+    pub(crate) event: u16,
+    pub(crate) to: u16,
 }
 
 /// The keys of the most recent keyed transitions, oldest first, at most `window` of them.

@@ -11,7 +11,10 @@ use crate::queue::{LatencySummary, MAX_NANOS};
 
 /// How commands ended, counted by the shard that decided them (plus the refusals its inbox
 /// decided at submit time).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// On the admin protocol's wire as they are here (`admin::proto::Counts`), except
+/// `duplicates`, named `duplicate` there as the outcome is everywhere else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct KernelCounts {
     /// Submit calls that reached a decision at the inbox (accepted or refused).
     pub submitted: u64,
@@ -23,6 +26,7 @@ pub struct KernelCounts {
     /// Applied and durable.
     pub committed: u64,
     /// Retried idempotency keys answered with their original outcome.
+    #[serde(rename = "duplicate")]
     pub duplicates: u64,
     /// Refused by the machine (of which `panicked` by a panicking handler).
     pub rejected: u64,

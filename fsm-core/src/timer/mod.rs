@@ -52,7 +52,7 @@ mod section;
 mod tests;
 
 pub(crate) use rules::{on_accepted, on_accepted_in, Step, Timers};
-pub(crate) use section::{decode_section, encode_section, SECTION_VERSION};
+pub(crate) use section::{decode_section, encode_section, StoredTimer, SECTION_VERSION};
 
 /// The longest timer name accepted, in bytes.
 pub const MAX_TIMER_NAME: usize = 64;

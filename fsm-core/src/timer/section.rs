@@ -22,14 +22,14 @@ const SECTION_MAX_TIMERS: usize = 4096;
 
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-pub(super) struct StoredTimer {
+pub(crate) struct StoredTimer {
     /// 0 state timeout, 1 event timeout, 2 named.
-    pub(super) kind: u8,
-    pub(super) name: Option<String>,
-    pub(super) instance: u64,
-    pub(super) deadline: u64,
-    pub(super) after: u64,
-    pub(super) event: Option<Vec<u8>>,
+    pub(crate) kind: u8,
+    pub(crate) name: Option<String>,
+    pub(crate) instance: u64,
+    pub(crate) deadline: u64,
+    pub(crate) after: u64,
+    pub(crate) event: Option<Vec<u8>>,
 }
 
 /// The timers section of a snapshot: its layout version, the next instance number, then every

@@ -549,6 +549,7 @@ fn an_outbox_that_does_not_decode_quarantines_its_machine() {
                     journal: Some(&journal),
                     timers: None,
                     outbox: Some(outbox),
+                    state: None,
                 },
             )
             .unwrap()

@@ -11,10 +11,14 @@
 //! fsm_persist::conformance::run(&MemoryStore::new());
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
 
-use fsm_core::store::{Format, MachineId, Put, Snapshot, SnapshotStore, StoreError};
+use fsm_core::store::{
+    Format, ListQuery, MachineId, Page, Put, Sections, Snapshot, SnapshotStore, StateFilter,
+    StoreError,
+};
 
 /// A machine id for a check.
 pub fn id(name: &str) -> MachineId {
@@ -33,6 +37,60 @@ pub fn snapshot(tag: &str, seq: u64, len: usize) -> Snapshot {
     Snapshot::new("Conformance", 1, seq, Format::Postcard, &payload).expect("small snapshot")
 }
 
+/// Like [`snapshot`], recording `state` as the state its payload holds (as a
+/// [`Codec`](fsm_core::store::Codec) does).
+pub fn stated(tag: &str, seq: u64, state: &str) -> Snapshot {
+    let plain = snapshot(tag, seq, 24);
+    let sections = Sections {
+        state: Some(state),
+        ..Sections::default()
+    };
+    Snapshot::framed(
+        "Conformance",
+        1,
+        seq,
+        Format::Postcard,
+        sections,
+        plain.payload(),
+    )
+    .expect("small snapshot")
+}
+
+/// Every page of `query`, followed to the end; checks that each page is ascending, within
+/// its limit, and continues after the one before.
+pub fn list_all(store: &dyn SnapshotStore, state: StateFilter<'_>, limit: usize) -> Vec<MachineId> {
+    let mut all: Vec<MachineId> = Vec::new();
+    let mut after: Option<MachineId> = None;
+    loop {
+        let query = ListQuery {
+            state,
+            after: after.as_ref(),
+            limit,
+        };
+        let Page { ids, more } = store.list(&query).unwrap();
+        assert!(
+            ids.len() <= limit,
+            "a page of {} ids over a limit of {limit}",
+            ids.len()
+        );
+        assert!(
+            ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()),
+            "a page must be in ascending id order: {ids:?}"
+        );
+        if let (Some(after), Some(first)) = (&after, ids.first()) {
+            assert!(
+                first.as_str() > after.as_str(),
+                "a page must start after its cursor"
+            );
+        }
+        all.extend(ids);
+        if !more {
+            return all;
+        }
+        after = Some(all.last().cloned().expect("a page with more holds ids"));
+    }
+}
+
 /// Every check that needs one store: run it on a fresh, empty store.
 pub fn run(store: &dyn SnapshotStore) {
     missing_machine_is_not_found(store);
@@ -49,12 +107,16 @@ pub fn run(store: &dyn SnapshotStore) {
     many_machines_round_trip(store);
     concurrent_writers_exactly_one_wins(store);
     ids_lists_every_machine(store);
+    queries_by_state_follow_the_newest_snapshot(store);
+    listing_pages_through_every_machine_in_order(store);
+    paging_is_stable_under_concurrent_writes(store);
 }
 
 /// Every check that needs a reopen: `open` opens the same store again (the previous handle is
 /// dropped first). Run it only for backends whose capabilities say `durable`.
 pub fn run_reopen(open: &dyn Fn() -> Box<dyn SnapshotStore>) {
     acknowledged_writes_survive_reopen(open);
+    states_survive_reopen(open);
 }
 
 /// `get` of an id never written is `NotFound`; its sequence is `None`.
@@ -441,4 +503,253 @@ pub fn acknowledged_writes_survive_reopen(open: &dyn Fn() -> Box<dyn SnapshotSto
             "{m} after the second reopen"
         );
     }
+}
+
+/// Counts and listings by state follow each machine's newest snapshot, through single puts
+/// and batches; a snapshot without a state name is unrecorded until a write records one.
+pub fn queries_by_state_follow_the_newest_snapshot(store: &dyn SnapshotStore) {
+    let states = ["QueryAlpha", "QueryBeta", "QueryGamma"];
+    let ids: Vec<MachineId> = (0..30).map(|i| id(&format!("q-{i:02}"))).collect();
+    let first: Vec<Snapshot> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, m)| stated(m.as_str(), 1, states[i % 3]))
+        .collect();
+    let batch: Vec<Put<'_>> = ids[..20]
+        .iter()
+        .zip(&first)
+        .map(|(m, s)| Put::new(m, None, s))
+        .collect();
+    store.put_many(&batch).unwrap();
+    for (m, s) in ids[20..].iter().zip(&first[20..]) {
+        store.put(m, None, s).unwrap();
+    }
+    // Every Alpha among the first 15 moves to Beta: some singly, some in a batch.
+    let moved: Vec<usize> = (0..15).filter(|i| i % 3 == 0).collect();
+    let again: Vec<Snapshot> = moved
+        .iter()
+        .map(|&i| stated(ids[i].as_str(), 2, "QueryBeta"))
+        .collect();
+    store.put(&ids[moved[0]], Some(1), &again[0]).unwrap();
+    let batch: Vec<Put<'_>> = moved[1..]
+        .iter()
+        .zip(&again[1..])
+        .map(|(&i, s)| Put::new(&ids[i], Some(1), s))
+        .collect();
+    store.put_many(&batch).unwrap();
+    // A refused write changes no state.
+    let refused = [
+        Put::new(&ids[1], Some(1), &again[0]),
+        Put::new(&ids[2], Some(9), &again[1]),
+    ];
+    assert!(store.put_many(&refused).is_err());
+
+    let mut expected: BTreeMap<&str, BTreeSet<MachineId>> = BTreeMap::new();
+    for (i, m) in ids.iter().enumerate() {
+        let state = if moved.contains(&i) {
+            "QueryBeta"
+        } else {
+            states[i % 3]
+        };
+        expected.entry(state).or_default().insert(m.clone());
+    }
+    let counts = store.count_states().unwrap();
+    for state in states {
+        assert_eq!(
+            counts.get(state),
+            expected[state].len() as u64,
+            "count of {state}: {counts:?}"
+        );
+        for limit in [1, 4, 100] {
+            let listed = list_all(store, StateFilter::In(state), limit);
+            assert_eq!(
+                listed,
+                expected[state].iter().cloned().collect::<Vec<_>>(),
+                "the machines in {state}, by pages of {limit}"
+            );
+        }
+    }
+    let none = store
+        .list(&ListQuery::in_state("QueryNoSuchState", 10))
+        .unwrap();
+    assert_eq!(
+        none,
+        Page::default(),
+        "a state no machine is in lists nothing"
+    );
+
+    // A snapshot that records no state is unrecorded, until a write records one.
+    let legacy = id("q-legacy");
+    store
+        .put(&legacy, None, &snapshot("q-legacy", 1, 16))
+        .unwrap();
+    let unrecorded = list_all(store, StateFilter::Unrecorded, 1000);
+    assert!(
+        unrecorded.contains(&legacy),
+        "a snapshot without a state name is unrecorded"
+    );
+    assert!(
+        !unrecorded.iter().any(|m| ids.contains(m)),
+        "a snapshot with a state name is not unrecorded"
+    );
+    let before = store.count_states().unwrap();
+    store
+        .put(&legacy, Some(1), &stated("q-legacy", 2, "QueryGamma"))
+        .unwrap();
+    let after = store.count_states().unwrap();
+    assert_eq!(
+        after.unrecorded + 1,
+        before.unrecorded,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.get("QueryGamma"), before.get("QueryGamma") + 1);
+    assert!(list_all(store, StateFilter::In("QueryGamma"), 3).contains(&legacy));
+    assert!(!list_all(store, StateFilter::Unrecorded, 1000).contains(&legacy));
+}
+
+/// Listing every machine, by pages of any size, returns exactly the ids `ids` returns, in
+/// ascending order, each once; the counts add up to the same number.
+pub fn listing_pages_through_every_machine_in_order(store: &dyn SnapshotStore) {
+    let mut all: Vec<MachineId> = store.ids().unwrap();
+    all.sort();
+    for limit in [1, 7, 10_000] {
+        assert_eq!(
+            list_all(store, StateFilter::Any, limit),
+            all,
+            "every machine, by pages of {limit}"
+        );
+    }
+    assert_eq!(
+        store.count_states().unwrap().total(),
+        all.len() as u64,
+        "the counts by state add up to every machine"
+    );
+    // A page continues strictly after its cursor, also from an id that is not stored.
+    let cursor = id("q-05x");
+    let page = store.list(&ListQuery::all(3).after(&cursor)).unwrap();
+    let want: Vec<MachineId> = all
+        .iter()
+        .filter(|m| m.as_str() > "q-05x")
+        .take(3)
+        .cloned()
+        .collect();
+    assert_eq!(page.ids, want, "the page after an id that is not stored");
+}
+
+/// A listing that runs while other threads write returns each id at most once, in order, and
+/// every id that was stored (in the asked state) throughout.
+pub fn paging_is_stable_under_concurrent_writes(store: &dyn SnapshotStore) {
+    let steady: Vec<MachineId> = (0..60).map(|i| id(&format!("p-steady-{i:02}"))).collect();
+    let flip: Vec<MachineId> = (0..60).map(|i| id(&format!("p-flip-{i:02}"))).collect();
+    for m in steady.iter().chain(&flip) {
+        let state = if m.as_str().starts_with("p-steady") {
+            "PageSteady"
+        } else {
+            "PageFlipA"
+        };
+        store.put(m, None, &stated(m.as_str(), 1, state)).unwrap();
+    }
+    let present: BTreeSet<MachineId> = store.ids().unwrap().into_iter().collect();
+    let started = Barrier::new(2);
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            started.wait();
+            // Writes interleave with the pages below: new machines land before, inside and
+            // after the pages already read, and the flipping machines change state. Bounded,
+            // so that the listings end.
+            for n in 0..WRITER_ROUNDS {
+                // The flipping machines' sequence before this round's write.
+                let seq = n as u64 + 1;
+                let fresh = id(&format!(
+                    "p-{}-{n:04}",
+                    ["a", "flip-05x", "steady-30x", "z"][n % 4]
+                ));
+                store
+                    .put(&fresh, None, &stated(fresh.as_str(), 1, "PageSteady"))
+                    .unwrap();
+                let state = if seq % 2 == 1 {
+                    "PageFlipB"
+                } else {
+                    "PageFlipA"
+                };
+                let batch: Vec<Snapshot> = flip
+                    .iter()
+                    .map(|m| stated(m.as_str(), seq + 1, state))
+                    .collect();
+                let puts: Vec<Put<'_>> = flip
+                    .iter()
+                    .zip(&batch)
+                    .map(|(m, s)| Put::new(m, Some(seq), s))
+                    .collect();
+                store.put_many(&puts).unwrap();
+            }
+            writing.store(false, Ordering::Relaxed);
+        });
+        started.wait();
+        // While the writer runs, then once more after it stopped.
+        let mut after_writer = false;
+        while !after_writer {
+            after_writer = !writing.load(Ordering::Relaxed);
+            let everything = list_all(store, StateFilter::Any, 5);
+            let unique: BTreeSet<&MachineId> = everything.iter().collect();
+            assert_eq!(unique.len(), everything.len(), "an id listed twice");
+            for m in &present {
+                assert!(
+                    unique.contains(m),
+                    "{m} was stored throughout but not listed"
+                );
+            }
+            let in_steady = list_all(store, StateFilter::In("PageSteady"), 4);
+            for m in &steady {
+                assert_eq!(
+                    in_steady.iter().filter(|x| *x == m).count(),
+                    1,
+                    "{m} stayed in its state throughout and is listed once"
+                );
+            }
+            assert!(
+                in_steady.iter().all(|m| !flip.contains(m)),
+                "a machine never in the state is never listed in it"
+            );
+        }
+    });
+}
+
+/// How many rounds of writes run beside the listings of
+/// [`paging_is_stable_under_concurrent_writes`].
+const WRITER_ROUNDS: usize = 40;
+
+/// The state each machine's newest snapshot records is known again after reopening.
+pub fn states_survive_reopen(open: &dyn Fn() -> Box<dyn SnapshotStore>) {
+    let ids: Vec<MachineId> = (0..40)
+        .map(|i| id(&format!("reopen-state-{i:02}")))
+        .collect();
+    {
+        let store = open();
+        let snaps: Vec<Snapshot> = ids
+            .iter()
+            .map(|m| stated(m.as_str(), 1, "ReopenOld"))
+            .collect();
+        let batch: Vec<Put<'_>> = ids
+            .iter()
+            .zip(&snaps)
+            .map(|(m, s)| Put::new(m, None, s))
+            .collect();
+        store.put_many(&batch).unwrap();
+        for m in &ids[..15] {
+            store
+                .put(m, Some(1), &stated(m.as_str(), 2, "ReopenNew"))
+                .unwrap();
+        }
+    }
+    let store = open();
+    let counts = store.count_states().unwrap();
+    assert_eq!(counts.get("ReopenNew"), 15, "{counts:?}");
+    assert_eq!(counts.get("ReopenOld"), 25, "{counts:?}");
+    assert_eq!(
+        list_all(&*store, StateFilter::In("ReopenNew"), 6),
+        ids[..15].to_vec(),
+        "the machines in a state after reopening"
+    );
 }

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fsm_core::store::{
-    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
-    StoreError,
+    check_batch, Capabilities, Corruption, Limits, ListQuery, MachineId, Page, Put, Smallest,
+    Snapshot, SnapshotStore, StateCounts, StateFilter, StoreError,
 };
 
 use crate::group::GroupCommit;
@@ -256,7 +256,12 @@ enum Location {
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Valid { seq: u64, at: Location },
+    Valid {
+        seq: u64,
+        at: Location,
+        /// The state name the snapshot records (interned per partition).
+        state: Option<Arc<str>>,
+    },
     Corrupt(Corruption),
 }
 
@@ -284,6 +289,27 @@ struct Partition {
 struct PartitionState {
     index: HashMap<MachineId, Entry>,
     writing: HashSet<MachineId>,
+    /// The state names its entries hold, one allocation each.
+    names: Vec<Arc<str>>,
+}
+
+/// More distinct state names than this in one partition are not interned (a machine type has
+/// a few dozen states; a store of many types, a few hundred).
+const MAX_INTERNED: usize = 1024;
+
+impl PartitionState {
+    /// The shared copy of state name `state`.
+    fn name(&mut self, state: Option<&str>) -> Option<Arc<str>> {
+        let state = state?;
+        if let Some(known) = self.names.iter().find(|n| &***n == state) {
+            return Some(known.clone());
+        }
+        let name: Arc<str> = state.into();
+        if self.names.len() < MAX_INTERNED {
+            self.names.push(name.clone());
+        }
+        Some(name)
+    }
 }
 
 /// A segment open for appending.
@@ -635,7 +661,11 @@ enum ReadFailure {
 }
 
 /// What one snapshot file held when recovery verified it.
-type Verified = (MachineId, String, Result<u64, ReadFailure>);
+type Verified = (
+    MachineId,
+    String,
+    Result<(u64, Option<String>), ReadFailure>,
+);
 
 impl Shared {
     fn partition(&self, id: &MachineId) -> &Partition {
@@ -752,10 +782,12 @@ impl Shared {
         let verified = self.verify_files(snaps, threads);
         let replayed = self.replay_segments(&segments, threads);
         for (id, name, found) in verified {
+            let mut part = lock(&self.partition(&id).state);
             let entry = match found {
-                Ok(seq) => Entry::Valid {
+                Ok((seq, state)) => Entry::Valid {
                     seq,
                     at: Location::File,
+                    state: part.name(state.as_deref()),
                 },
                 Err(ReadFailure::Corrupt(problem)) => {
                     report.corrupt.push((name, problem.clone()));
@@ -766,7 +798,7 @@ impl Shared {
                     return Err(self.io_error("reading a snapshot", Some(path), e));
                 }
             };
-            lock(&self.partition(&id).state).index.insert(id, entry);
+            part.index.insert(id, entry);
         }
         let mut log = LogState::default();
         // In segment order: of two copies with the same sequence, the older segment's stays.
@@ -790,6 +822,7 @@ impl Shared {
                     .is_none_or(|s| e.seq > s);
                 if newer {
                     report.wal_snapshots_applied += 1;
+                    let state = part.name(e.state.as_deref());
                     part.index.insert(
                         e.id,
                         Entry::Valid {
@@ -799,6 +832,7 @@ impl Shared {
                                 offset: e.offset,
                                 len: e.len,
                             },
+                            state,
                         },
                     );
                 }
@@ -837,7 +871,9 @@ impl Shared {
     /// Reads and verifies every snapshot file, on `threads` threads.
     fn verify_files(&self, snaps: Vec<(MachineId, String)>, threads: usize) -> Vec<Verified> {
         in_parallel(&snaps, threads, |(id, name)| {
-            let found = self.read_verified(&self.dir.join(name)).map(|s| s.seq());
+            let found = self
+                .read_verified(&self.dir.join(name))
+                .map(|s| (s.seq(), s.state().map(str::to_owned)));
             (id.clone(), name.clone(), found)
         })
     }
@@ -921,11 +957,13 @@ impl Shared {
             for &i in members {
                 let put = &batch[i];
                 state.writing.remove(put.id);
+                let name = state.name(put.snapshot.state());
                 state.index.insert(
                     put.id.clone(),
                     Entry::Valid {
                         seq: put.snapshot.seq(),
                         at: at(i),
+                        state: name,
                     },
                 );
             }
@@ -1178,11 +1216,13 @@ impl Shared {
                 return Err(self.poison("fsync of the store directory", self.dir.clone(), source));
             }
         }
+        let name = state.name(snapshot.state());
         state.index.insert(
             id.clone(),
             Entry::Valid {
                 seq: snapshot.seq(),
                 at: Location::File,
+                state: name,
             },
         );
         Ok(())
@@ -1260,7 +1300,7 @@ impl Shared {
         let current = |state: &PartitionState| {
             matches!(
                 state.index.get(id),
-                Some(Entry::Valid { seq: s, at }) if *s == seq && *at == here
+                Some(Entry::Valid { seq: s, at, .. }) if *s == seq && *at == here
             )
         };
         // A copy a newer write already replaced costs nothing (under load most do).
@@ -1310,6 +1350,7 @@ impl Shared {
                             offset,
                             len,
                         },
+                    ..
                 } = entry
                 {
                     if wanted.contains(segment) {
@@ -1425,7 +1466,7 @@ impl Shared {
             Some(Entry::Corrupt(problem)) => {
                 return Err(StoreError::corrupt(id.to_string(), problem.clone()))
             }
-            Some(Entry::Valid { seq, at }) => (*seq, *at),
+            Some(Entry::Valid { seq, at, .. }) => (*seq, *at),
         };
         let read = match at {
             Location::File => {
@@ -1487,6 +1528,39 @@ impl Shared {
             .flat_map(|p| lock(&p.state).index.keys().cloned().collect::<Vec<_>>())
             .collect())
     }
+
+    /// One pass over the index, partition by partition: no snapshot is read.
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.check_poison()?;
+        let mut page = Smallest::new(query.page_size());
+        for partition in self.partitions.iter() {
+            for (id, entry) in lock(&partition.state).index.iter() {
+                let selected = match entry {
+                    Entry::Valid { state, .. } => query.state.matches(state.as_deref()),
+                    // A damaged machine is listed, but in no state.
+                    Entry::Corrupt(_) => query.state == StateFilter::Any,
+                };
+                if selected && query.is_after(id) {
+                    page.offer(id);
+                }
+            }
+        }
+        Ok(page.into_page())
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.check_poison()?;
+        let mut counts = StateCounts::default();
+        for partition in self.partitions.iter() {
+            for entry in lock(&partition.state).index.values() {
+                match entry {
+                    Entry::Valid { state, .. } => counts.add(state.as_deref()),
+                    Entry::Corrupt(_) => counts.unreadable += 1,
+                }
+            }
+        }
+        Ok(counts)
+    }
 }
 
 impl SnapshotStore for FileStore {
@@ -1513,6 +1587,14 @@ impl SnapshotStore for FileStore {
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
         self.shared.ids()
+    }
+
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.shared.list(query)
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.shared.count_states()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use fsm_core::store::{
-    check_batch, check_put, Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError,
+    check_batch, check_put, Capabilities, ListQuery, MachineId, Page, Put, Snapshot, SnapshotStore,
+    StateFilter, StoreError,
 };
 
 /// One of the two stores of a [`MirroredStore`].
@@ -380,6 +381,74 @@ impl SnapshotStore for MirroredStore {
         match first_error {
             Some(e) if !answered => Err(e),
             _ => Ok(all.into_iter().collect()),
+        }
+    }
+
+    /// Each side's page from its own index, merged: an id is listed in a state only if the
+    /// side holding its newest snapshot lists it there (a side that fell behind does not
+    /// speak for it). A side that fails is left out, as for [`ids`](SnapshotStore::ids).
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        let limit = query.page_size();
+        let mut after = query.after.cloned();
+        loop {
+            let q = ListQuery {
+                after: after.as_ref(),
+                ..*query
+            };
+            let mut pages: [Option<Page>; 2] = [None, None];
+            let mut first_error = None;
+            for side in Side::BOTH {
+                match self.sides[side.index()].list(&q) {
+                    Ok(page) => pages[side.index()] = Some(page),
+                    Err(e) => {
+                        self.failed(side, &e);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let (None, None, Some(e)) = (&pages[0], &pages[1], first_error) {
+                return Err(e);
+            }
+            // Below the first id where a side's page was cut, both pages are complete.
+            let boundary = pages
+                .iter()
+                .flatten()
+                .filter_map(|p| p.next())
+                .min()
+                .cloned();
+            let within = |id: &MachineId| boundary.as_ref().is_none_or(|b| id <= b);
+            let listed: [BTreeSet<&MachineId>; 2] = [0, 1].map(|i| {
+                pages[i]
+                    .iter()
+                    .flat_map(|p| &p.ids)
+                    .filter(|id| within(id))
+                    .collect()
+            });
+            let candidates: Vec<&MachineId> = listed[0].union(&listed[1]).copied().collect();
+            let mut ids: Vec<MachineId> = if query.state == StateFilter::Any {
+                candidates.into_iter().cloned().collect()
+            } else {
+                let known = self.sequences(&candidates)?;
+                candidates
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, id)| {
+                        let seq = |side: usize| known[side].as_ref().and_then(|s| s[i]);
+                        let newest = seq(0).max(seq(1));
+                        (0..2).any(|side| seq(side) == newest && listed[side].contains(id))
+                    })
+                    .map(|(_, id)| (*id).clone())
+                    .collect()
+            };
+            let cut = ids.len() > limit;
+            ids.truncate(limit);
+            let more = cut || boundary.is_some();
+            if ids.is_empty() && more {
+                // Every candidate of this stretch was stale: go on after it.
+                after = boundary;
+                continue;
+            }
+            return Ok(Page { ids, more });
         }
     }
 

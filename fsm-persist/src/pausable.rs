@@ -5,7 +5,9 @@
 use crate::sync::Recover;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use fsm_core::store::{Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError};
+use fsm_core::store::{
+    Capabilities, ListQuery, MachineId, Page, Put, Snapshot, SnapshotStore, StateCounts, StoreError,
+};
 
 struct Gate {
     paused: bool,
@@ -114,6 +116,12 @@ impl<S: SnapshotStore> SnapshotStore for Pausable<S> {
     }
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
         self.inner.ids()
+    }
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.inner.list(query)
+    }
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.inner.count_states()
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()

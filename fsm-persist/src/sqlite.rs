@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::group::GroupCommit;
 use fsm_core::store::{
-    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
-    StoreError,
+    check_batch, Capabilities, Corruption, Limits, ListQuery, MachineId, Page, Put, Snapshot,
+    SnapshotStore, StateCounts, StateFilter, StoreError,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -81,8 +81,15 @@ impl SqliteStoreBuilder {
             "CREATE TABLE IF NOT EXISTS fsm_snapshots (
                  id TEXT PRIMARY KEY NOT NULL,
                  seq INTEGER NOT NULL,
-                 snapshot BLOB NOT NULL
+                 snapshot BLOB NOT NULL,
+                 state TEXT,
+                 state_seq INTEGER
              );",
+        )
+        .map_err(known)?;
+        add_state_columns(&conn)?;
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS fsm_snapshots_state ON fsm_snapshots (state, id);",
         )
         .map_err(known)?;
         Ok(SqliteStore {
@@ -98,7 +105,11 @@ impl SqliteStoreBuilder {
 
 /// A [`SnapshotStore`] in a SQLite database (bundled SQLite).
 ///
-/// One table, `fsm_snapshots(id, seq, snapshot)`. The database runs in WAL mode with
+/// One table, `fsm_snapshots(id, seq, snapshot, state, state_seq)`, indexed by
+/// `(state, id)` for queries by state: `state` is the state name the snapshot records
+/// ([`Snapshot::state`]) and `state_seq` the sequence it was recorded for, so a row written
+/// by an older version of this store (which sets neither) reads as unrecorded, never as a
+/// stale state. A database created by an older version gains the two columns on open. The database runs in WAL mode with
 /// `synchronous=FULL` unless [`Synchronous::NormalNotDurableAcrossPowerLoss`] is chosen
 /// explicitly. A put is one versioned statement (`INSERT .. ON CONFLICT DO NOTHING` for a new
 /// machine, `UPDATE .. WHERE seq = expected` after), so the compare-and-set happens inside
@@ -138,9 +149,40 @@ impl fmt::Debug for SqliteStore {
 /// The versioned writes. A first snapshot is inserted only if the id is absent; a later one
 /// replaces the row only if it holds the expected sequence. Zero rows changed means the
 /// compare-and-set failed.
-const INSERT: &str = "INSERT INTO fsm_snapshots (id, seq, snapshot) VALUES (?1, ?2, ?3)
+const INSERT: &str =
+    "INSERT INTO fsm_snapshots (id, seq, snapshot, state, state_seq) VALUES (?1, ?2, ?3, ?4, ?2)
      ON CONFLICT (id) DO NOTHING";
-const REPLACE: &str = "UPDATE fsm_snapshots SET seq = ?2, snapshot = ?3 WHERE id = ?1 AND seq = ?4";
+const REPLACE: &str = "UPDATE fsm_snapshots SET seq = ?2, snapshot = ?3, state = ?5, state_seq = ?2
+     WHERE id = ?1 AND seq = ?4";
+
+/// The state a row records: only if it was recorded for the row's snapshot.
+const ROW_STATE: &str = "CASE WHEN state_seq = seq THEN state END";
+
+/// Adds the state columns to a table created before them (a no-op on a current one).
+fn add_state_columns(conn: &Connection) -> Result<(), StoreError> {
+    let mut present = conn
+        .prepare("SELECT name FROM pragma_table_info('fsm_snapshots')")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(known)?;
+    present.sort();
+    for (column, kind) in [("state", "TEXT"), ("state_seq", "INTEGER")] {
+        if present.binary_search_by(|c| c.as_str().cmp(column)).is_ok() {
+            continue;
+        }
+        match conn.execute_batch(&format!(
+            "ALTER TABLE fsm_snapshots ADD COLUMN {column} {kind}"
+        )) {
+            Ok(()) => {}
+            // Another process opening the same database added it first.
+            Err(e) if e.to_string().contains("duplicate column") => {}
+            Err(e) => return Err(known(e)),
+        }
+    }
+    Ok(())
+}
 
 /// One batch's writes, owned, so that whichever thread writes the group can store them.
 type OwnedBatch = Vec<(MachineId, Option<u64>, Snapshot)>;
@@ -312,13 +354,14 @@ fn upsert(conn: &Connection, put: &Put<'_>) -> Result<(), StoreError> {
         new: put.snapshot.seq(),
     })?;
     let (id, bytes) = (put.id.as_str(), put.snapshot.as_bytes());
+    let state = put.snapshot.state();
     let changed = match put.expected {
         None => conn
             .prepare_cached(INSERT)
-            .and_then(|mut s| s.execute(params![id, seq, bytes])),
+            .and_then(|mut s| s.execute(params![id, seq, bytes, state])),
         Some(expected) => conn
             .prepare_cached(REPLACE)
-            .and_then(|mut s| s.execute(params![id, seq, bytes, expected as i64])),
+            .and_then(|mut s| s.execute(params![id, seq, bytes, expected as i64, state])),
     }
     .map_err(writing)?;
     if changed == 1 {
@@ -368,6 +411,36 @@ impl SnapshotStore for SqliteStore {
         self.read(ids_on)
     }
 
+    /// One indexed range read: by `(state, id)` in a state, by `id` otherwise.
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.read(|conn| list_on(conn, query))
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ROW_STATE} AS s, count(*) FROM fsm_snapshots GROUP BY s"
+                ))
+                .map_err(known)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(known)?;
+            let mut counts = StateCounts::default();
+            for row in rows {
+                match row.map_err(known)? {
+                    (Some(state), n) => {
+                        counts.states.insert(state, n as u64);
+                    }
+                    (None, n) => counts.unrecorded += n as u64,
+                }
+            }
+            Ok(counts)
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(BACKEND, true)
     }
@@ -401,6 +474,51 @@ impl SqliteStore {
     }
 }
 
+fn list_on(conn: &Connection, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+    let limit = query.page_size();
+    // Ids are never empty, so "after the empty string" is "from the first".
+    let after = query.after.map_or("", MachineId::as_str);
+    let fetch = limit as i64 + 1;
+    let (sql, state) = match query.state {
+        StateFilter::Any => (
+            "SELECT id FROM fsm_snapshots WHERE id > ?1 ORDER BY id LIMIT ?2".to_owned(),
+            None,
+        ),
+        StateFilter::In(state) => (
+            "SELECT id FROM fsm_snapshots WHERE state = ?3 AND state_seq = seq AND id > ?1
+             ORDER BY id LIMIT ?2"
+                .to_owned(),
+            Some(state),
+        ),
+        StateFilter::Unrecorded => (
+            format!(
+                "SELECT id FROM fsm_snapshots WHERE {ROW_STATE} IS NULL AND id > ?1
+                 ORDER BY id LIMIT ?2"
+            ),
+            None,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(known)?;
+    let text = |r: &rusqlite::Row<'_>| r.get::<_, String>(0);
+    let rows = match state {
+        Some(state) => stmt.query_map(params![after, fetch, state], text),
+        None => stmt.query_map(params![after, fetch], text),
+    }
+    .map_err(known)?;
+    let mut ids = Vec::with_capacity(limit.min(1024) + 1);
+    for row in rows {
+        ids.push(stored_id(row.map_err(known)?)?);
+    }
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    Ok(Page { ids, more })
+}
+
+fn stored_id(text: String) -> Result<MachineId, StoreError> {
+    MachineId::new(text)
+        .map_err(|e| StoreError::corrupt("fsm_snapshots.id", Corruption::Other(e.to_string())))
+}
+
 fn ids_on(conn: &Connection) -> Result<Vec<MachineId>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT id FROM fsm_snapshots")
@@ -410,11 +528,7 @@ fn ids_on(conn: &Connection) -> Result<Vec<MachineId>, StoreError> {
         .map_err(known)?;
     let mut ids = Vec::new();
     for row in rows {
-        let text = row.map_err(known)?;
-        let id = MachineId::new(text).map_err(|e| {
-            StoreError::corrupt("fsm_snapshots.id", Corruption::Other(e.to_string()))
-        })?;
-        ids.push(id);
+        ids.push(stored_id(row.map_err(known)?)?);
     }
     Ok(ids)
 }

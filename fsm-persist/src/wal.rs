@@ -63,6 +63,8 @@ pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) offset: u64,
     pub(crate) len: usize,
+    /// The state name the snapshot records.
+    pub(crate) state: Option<String>,
 }
 
 /// What replaying a segment found.
@@ -119,7 +121,8 @@ fn record_at(bytes: &[u8], at: usize, limits: &Limits) -> Option<(usize, Vec<Ent
         let len = u32::from_le_bytes(take(body, pos)?) as usize;
         pos += 4;
         let envelope = body.get(pos..pos.checked_add(len)?)?;
-        if Snapshot::verify_prefix(envelope, limits).ok()? != len {
+        let (verified, state) = Snapshot::verify_prefix_state(envelope, limits).ok()?;
+        if verified != len {
             return None;
         }
         let seq = u64::from_le_bytes(take(envelope, 12)?);
@@ -128,6 +131,7 @@ fn record_at(bytes: &[u8], at: usize, limits: &Limits) -> Option<(usize, Vec<Ent
             seq,
             offset: (start + pos) as u64,
             len,
+            state: state.map(str::to_owned),
         });
         pos += len;
     }

@@ -113,12 +113,18 @@ fn decode(data: &[u8]) {
                     journal: Some(journal),
                     timers: timers.as_deref(),
                     outbox,
+                    state: None,
                 },
             ),
             (None, _) => codec.encode(machine, *seq),
         }
         .unwrap_or_else(|e| panic!("{machine:?} decoded but does not encode: {e}"));
         assert_eq!(again.journal(), snapshot.journal());
+        assert_eq!(
+            again.state(),
+            Some(machine.state_name()),
+            "the codec records the state's name"
+        );
         if let (Some(_), Ok(listed)) =
             (snapshot.journal(), fsm_core::kernel::owed_in(snapshot, &id))
         {

@@ -124,16 +124,11 @@ where
         self.schema
     }
 
-    /// Encodes `machine` as snapshot number `seq`.
+    /// Encodes `machine` as snapshot number `seq`. Every snapshot a codec writes records the
+    /// name of the machine's state in the envelope ([`Snapshot::state`]), which is what lets
+    /// stores answer queries by state without decoding payloads.
     pub fn encode(&self, machine: &M, seq: u64) -> Result<Snapshot, EncodeError> {
-        let payload = serialize(machine, self.format)?;
-        Ok(Snapshot::new(
-            M::TABLE.machine(),
-            self.schema,
-            seq,
-            self.format,
-            &payload,
-        )?)
+        self.encode_framed(machine, seq, crate::store::Sections::default())
     }
 
     /// Encodes `machine` as snapshot number `seq` with `journal` stored beside it in the same
@@ -144,15 +139,11 @@ where
         seq: u64,
         journal: &[u8],
     ) -> Result<Snapshot, EncodeError> {
-        let payload = serialize(machine, self.format)?;
-        Ok(Snapshot::with_journal(
-            M::TABLE.machine(),
-            self.schema,
-            seq,
-            self.format,
-            journal,
-            &payload,
-        )?)
+        let sections = crate::store::Sections {
+            journal: Some(journal),
+            ..Default::default()
+        };
+        self.encode_framed(machine, seq, sections)
     }
 
     /// Encodes `machine` with the kernel's sections: its `journal`, and its armed `timers`
@@ -164,20 +155,17 @@ where
         journal: &[u8],
         timers: Option<&[u8]>,
     ) -> Result<Snapshot, EncodeError> {
-        let payload = serialize(machine, self.format)?;
-        Ok(Snapshot::with_sections(
-            M::TABLE.machine(),
-            self.schema,
-            seq,
-            self.format,
-            journal,
+        let sections = crate::store::Sections {
+            journal: Some(journal),
             timers,
-            &payload,
-        )?)
+            ..Default::default()
+        };
+        self.encode_framed(machine, seq, sections)
     }
 
     /// Encodes `machine` framed with the kernel's `sections` (see [`Snapshot::framed`]);
-    /// [`Codec::decode`] ignores them.
+    /// [`Codec::decode`] ignores them. The state section is always the machine's own state
+    /// name, whatever `sections.state` says.
     pub fn encode_framed(
         &self,
         machine: &M,
@@ -185,6 +173,10 @@ where
         sections: crate::store::Sections<'_>,
     ) -> Result<Snapshot, EncodeError> {
         let payload = serialize(machine, self.format)?;
+        let sections = crate::store::Sections {
+            state: Some(machine.state_name()),
+            ..sections
+        };
         Ok(Snapshot::framed(
             M::TABLE.machine(),
             self.schema,

@@ -6,7 +6,7 @@
 //!      4    1  format version (1)
 //!      5    1  payload codec (0 postcard, 1 JSON)
 //!      6    2  flags: bit 0 = the payload area holds a journal, bit 1 = timers,
-//!                 bit 2 = an outbox; other bits reserved (0)
+//!                 bit 2 = an outbox, bit 3 = the state's name; other bits reserved (0)
 //!      8    4  schema version of the machine type      (little endian, as every number)
 //!     12    8  sequence
 //!     20    2  machine type name length n (at most 255)
@@ -27,7 +27,12 @@
 //! byte):
 //! - bit 1, **timers**: the machine's armed timers with their deadlines (see [`crate::timer`]);
 //! - bit 2, **outbox**: the effects the machine owes the world and that no worker has answered
-//!   yet (see [`crate::kernel`]'s durable effects).
+//!   yet (see [`crate::kernel`]'s durable effects);
+//! - bit 3, **state**: the name of the state the payload holds (UTF-8, 1 to
+//!   [`MAX_STATE_NAME`] bytes), written by [`Codec`](crate::store::Codec) for every snapshot,
+//!   so that a store can index machines by state and answer "which machines are in
+//!   `PastDue`?" from the envelope, without decoding a payload. Snapshots written before this
+//!   section existed have no state name: stores report them as *unrecorded*.
 //!
 //! A snapshot of a machine with no armed timer and nothing owed has neither section, so it
 //! reads as before; a reader that predates a section refuses a snapshot that has it with
@@ -51,10 +56,12 @@ const FIXED: usize = 26;
 const CRC_LEN: usize = 4;
 /// The longest machine type name an envelope carries.
 pub const MAX_MACHINE_NAME: usize = 255;
+/// The longest state name an envelope carries.
+pub const MAX_STATE_NAME: usize = 255;
 /// Bytes of a section's length field.
 const SECTION_LEN: usize = 4;
 /// Every flag bit a section uses; the others are reserved.
-const SECTION_FLAGS: u16 = 0b111;
+const SECTION_FLAGS: u16 = 0b1111;
 
 /// The kernel's sections of an envelope's payload area, in the order they are stored (each
 /// before the machine's state, each present only when its flag bit is set).
@@ -66,11 +73,21 @@ pub enum Section {
     Timers,
     /// The effects the machine owes and no worker has answered yet.
     Outbox,
+    /// The name of the state the payload holds.
+    State,
 }
+
+/// How many kinds of section there are.
+const SECTIONS: usize = 4;
 
 impl Section {
     /// Every section, in stored order.
-    pub const ALL: [Section; 3] = [Section::Journal, Section::Timers, Section::Outbox];
+    pub const ALL: [Section; SECTIONS] = [
+        Section::Journal,
+        Section::Timers,
+        Section::Outbox,
+        Section::State,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -86,6 +103,7 @@ impl Section {
             Section::Journal => "journal",
             Section::Timers => "timers",
             Section::Outbox => "outbox",
+            Section::State => "state",
         }
     }
 }
@@ -106,6 +124,9 @@ pub struct Sections<'a> {
     pub timers: Option<&'a [u8]>,
     /// The outbox section ([`Snapshot::outbox`]).
     pub outbox: Option<&'a [u8]>,
+    /// The name of the state the payload holds ([`Snapshot::state`]);
+    /// [`Codec`](crate::store::Codec) fills it in from the machine it encodes.
+    pub state: Option<&'a str>,
 }
 
 impl<'a> Sections<'a> {
@@ -114,6 +135,7 @@ impl<'a> Sections<'a> {
             Section::Journal => self.journal,
             Section::Timers => self.timers,
             Section::Outbox => self.outbox,
+            Section::State => self.state.map(str::as_bytes),
         }
     }
 }
@@ -192,7 +214,7 @@ pub struct Snapshot {
     seq: u64,
     name_len: usize,
     /// Per [`Section`], its length (without its length field), if the snapshot has it.
-    sections: [Option<usize>; 3],
+    sections: [Option<usize>; SECTIONS],
 }
 
 impl Snapshot {
@@ -239,7 +261,7 @@ impl Snapshot {
         let sections = Sections {
             journal: Some(journal),
             timers,
-            outbox: None,
+            ..Sections::default()
         };
         Snapshot::framed(machine, schema, seq, format, sections, payload)
     }
@@ -256,6 +278,9 @@ impl Snapshot {
     ) -> Result<Snapshot, EnvelopeError> {
         if machine.len() > MAX_MACHINE_NAME {
             return Err(EnvelopeError::NameTooLong { len: machine.len() });
+        }
+        if let Some(state) = sections.state {
+            check_state_name(state.as_bytes())?;
         }
         let present = Section::ALL.map(|s| sections.get(s));
         let area = payload.len()
@@ -326,6 +351,26 @@ impl Snapshot {
         verify(bytes, limits).map(|h| h.total)
     }
 
+    /// Like [`Snapshot::verify_prefix`], also returning the state name the envelope records
+    /// (see [`Snapshot::state`]), borrowed from `bytes`: what a log reader keeps in its index.
+    pub fn verify_prefix_state<'b>(
+        bytes: &'b [u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<&'b str>), EnvelopeError> {
+        let header = verify(bytes, limits)?;
+        let state = header.sections[Section::State.index()].map(|len| {
+            let before: usize = header.sections[..Section::State.index()]
+                .iter()
+                .flatten()
+                .map(|len| SECTION_LEN + len)
+                .sum();
+            let start = FIXED + header.name_len + before + SECTION_LEN;
+            // Checked as UTF-8 by `verify`.
+            std::str::from_utf8(&bytes[start..start + len]).unwrap_or("")
+        });
+        Ok((header.total, state))
+    }
+
     /// The sequence number: rises by at least one with every snapshot of one machine.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -388,6 +433,15 @@ impl Snapshot {
         self.section(Section::Outbox)
     }
 
+    /// The name of the state the payload holds, if the snapshot records it (every snapshot a
+    /// [`Codec`](crate::store::Codec) writes does; those written before the state section
+    /// existed do not). Read from the envelope: no payload is decoded.
+    pub fn state(&self) -> Option<&str> {
+        // Verified as UTF-8 on the way in, or built from a `&str`.
+        self.section(Section::State)
+            .map(|bytes| std::str::from_utf8(bytes).unwrap_or(""))
+    }
+
     /// The journal stored with the state, if the snapshot was made
     /// [`with_journal`](Snapshot::with_journal).
     pub fn journal(&self) -> Option<&[u8]> {
@@ -434,7 +488,7 @@ struct Header {
     schema: u32,
     seq: u64,
     name_len: usize,
-    sections: [Option<usize>; 3],
+    sections: [Option<usize>; SECTIONS],
     total: usize,
 }
 
@@ -492,13 +546,17 @@ fn verify(bytes: &[u8], limits: &Limits) -> Result<Header, EnvelopeError> {
     if std::str::from_utf8(&bytes[FIXED..FIXED + name_len]).is_err() {
         return Err(EnvelopeError::NameNotUtf8);
     }
-    let mut sections = [None; 3];
+    let mut sections = [None; SECTIONS];
     let mut at = FIXED + name_len;
     for section in Section::ALL {
         if flags & section.flag() == 0 {
             continue;
         }
         let len = section_len(&bytes[at..total - CRC_LEN], section)?;
+        if section == Section::State {
+            let start = at + SECTION_LEN;
+            check_state_name(&bytes[start..start + len])?;
+        }
         sections[section.index()] = Some(len);
         at += SECTION_LEN + len;
     }
@@ -531,6 +589,14 @@ fn section_len(area: &[u8], section: Section) -> Result<usize, EnvelopeError> {
         });
     }
     Ok(declared)
+}
+
+/// A state name as the state section holds it: UTF-8, 1 to [`MAX_STATE_NAME`] bytes.
+fn check_state_name(bytes: &[u8]) -> Result<(), EnvelopeError> {
+    if bytes.is_empty() || bytes.len() > MAX_STATE_NAME || std::str::from_utf8(bytes).is_err() {
+        return Err(EnvelopeError::BadStateName { len: bytes.len() });
+    }
+    Ok(())
 }
 
 /// Why bytes are not a valid envelope. Every variant means "corrupt or not a snapshot";
@@ -609,6 +675,13 @@ pub enum EnvelopeError {
         /// The bytes left, length field included.
         area: usize,
     },
+    /// The state section does not hold a state name: empty, longer than
+    /// [`MAX_STATE_NAME`] bytes, or not UTF-8.
+    #[error("the state section's {len} bytes are not a state name (1 to {MAX_STATE_NAME} bytes of UTF-8)")]
+    BadStateName {
+        /// The section's length.
+        len: usize,
+    },
     /// The checksum does not match: flipped bits, a torn write, or garbage.
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
@@ -664,18 +737,20 @@ mod tests {
 
     #[test]
     fn every_section_is_found_by_its_flag_whichever_others_are_present() {
-        for mask in 0u8..8 {
+        for mask in 0u8..16 {
             let pick = |bit: u8, b: &'static [u8]| (mask & bit != 0).then_some(b);
             let sections = Sections {
                 journal: pick(1, b"j"),
                 timers: pick(2, b"tt"),
                 outbox: pick(4, b"ooo"),
+                state: (mask & 8 != 0).then_some("PastDue"),
             };
             let s = Snapshot::framed("M", 1, 2, Format::Postcard, sections, b"state").unwrap();
             let back = Snapshot::from_bytes(s.into_bytes(), &Limits::DEFAULT).unwrap();
             assert_eq!(back.journal(), sections.journal, "mask {mask}");
             assert_eq!(back.timers(), sections.timers, "mask {mask}");
             assert_eq!(back.outbox(), sections.outbox, "mask {mask}");
+            assert_eq!(back.state(), sections.state, "mask {mask}");
             assert_eq!(back.payload(), b"state", "mask {mask}");
         }
         // An outbox longer than what is left is refused, named.
@@ -707,6 +782,40 @@ mod tests {
             }
         );
         assert!(err.to_string().starts_with("outbox section"), "{err}");
+    }
+
+    #[test]
+    fn a_state_name_that_is_empty_too_long_or_not_utf8_is_refused_both_ways() {
+        let with = |state: &str| {
+            let sections = Sections {
+                state: Some(state),
+                ..Sections::default()
+            };
+            Snapshot::framed("M", 1, 1, Format::Postcard, sections, b"p")
+        };
+        assert_eq!(
+            with("").unwrap_err(),
+            EnvelopeError::BadStateName { len: 0 }
+        );
+        let long = "S".repeat(MAX_STATE_NAME + 1);
+        assert_eq!(
+            with(&long).unwrap_err(),
+            EnvelopeError::BadStateName {
+                len: MAX_STATE_NAME + 1
+            }
+        );
+        assert_eq!(with(&long[1..]).unwrap().state(), Some(&long[1..]));
+        // Bytes that are not UTF-8, behind a valid checksum, are refused by the reader.
+        let mut bytes = with("Ab").unwrap().into_bytes();
+        let at = FIXED + 1 + SECTION_LEN;
+        bytes[at] = 0xff;
+        let n = bytes.len();
+        let crc = crc32c::crc32c(&bytes[..n - CRC_LEN]);
+        bytes[n - CRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Snapshot::from_bytes(bytes, &Limits::DEFAULT).unwrap_err(),
+            EnvelopeError::BadStateName { len: 2 }
+        );
     }
 
     fn sample() -> Snapshot {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    check_batch, check_put, Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError,
+    check_batch, check_put, Capabilities, ListQuery, MachineId, Page, Put, Smallest, Snapshot,
+    SnapshotStore, StateCounts, StoreError,
 };
 
 /// Parts of the id space with a lock each, so that writers of different machines (the
@@ -104,6 +105,28 @@ impl SnapshotStore for MemoryStore {
         Ok((0..self.partitions.len())
             .flat_map(|p| self.lock(p).keys().cloned().collect::<Vec<_>>())
             .collect())
+    }
+
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        let mut page = Smallest::new(query.page_size());
+        for p in 0..self.partitions.len() {
+            for (id, snapshot) in self.lock(p).iter() {
+                if query.is_after(id) && query.state.matches(snapshot.state()) {
+                    page.offer(id);
+                }
+            }
+        }
+        Ok(page.into_page())
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        let mut counts = StateCounts::default();
+        for p in 0..self.partitions.len() {
+            for snapshot in self.lock(p).values() {
+                counts.add(snapshot.state());
+            }
+        }
+        Ok(counts)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -45,15 +45,20 @@ mod envelope;
 mod error;
 mod id;
 mod memory;
+mod query;
 
 pub use codec::{Codec, DecodeError, EncodeError, LoadError};
 pub use envelope::{
     EnvelopeError, Format, Limits, Section, Sections, Snapshot, FORMAT_VERSION, MAGIC,
-    MAX_MACHINE_NAME,
+    MAX_MACHINE_NAME, MAX_STATE_NAME,
 };
 pub use error::{Corruption, StoreError};
 pub use id::{InvalidId, MachineId, MAX_ID_LEN};
 pub use memory::MemoryStore;
+pub use query::{
+    count_by_reading, list_by_reading, ListQuery, Page, Smallest, StateCounts, StateFilter,
+    MAX_PAGE,
+};
 
 use std::collections::HashSet;
 
@@ -110,6 +115,22 @@ pub trait SnapshotStore: Send + Sync {
 
     /// Every machine id with a stored snapshot, in no particular order.
     fn ids(&self) -> Result<Vec<MachineId>, StoreError>;
+
+    /// One page of the stored machines' ids, in id order (by their bytes), selected by the
+    /// state their newest snapshot records ([`Snapshot::state`]); continue with
+    /// [`Page::next`]. Paging is by key, so a listing that runs while the store is written
+    /// returns each id at most once and every id that was stored, and in the asked state,
+    /// throughout. Backends answer from what they keep beside each machine; the default reads
+    /// every snapshot's envelope ([`list_by_reading`]).
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        list_by_reading(self, query)
+    }
+
+    /// How many stored machines are in each state, by the state their newest snapshot
+    /// records. The default reads every snapshot's envelope ([`count_by_reading`]).
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        count_by_reading(self)
+    }
 
     /// What this backend promises, for callers and the conformance suite.
     fn capabilities(&self) -> Capabilities;
@@ -278,6 +299,12 @@ macro_rules! forward_store {
             }
             fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
                 (**self).ids()
+            }
+            fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+                (**self).list(query)
+            }
+            fn count_states(&self) -> Result<StateCounts, StoreError> {
+                (**self).count_states()
             }
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()

@@ -70,8 +70,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fsm_core::store::{
-    check_batch, Capabilities, Corruption, Limits, MachineId, Put, Snapshot, SnapshotStore,
-    StoreError,
+    check_batch, Capabilities, Corruption, Limits, ListQuery, MachineId, Page, Put, Snapshot,
+    SnapshotStore, StateCounts, StateFilter, StoreError,
 };
 use postgres::types::ToSql;
 
@@ -602,6 +602,8 @@ impl Shared {
         if let Some(e) = &expected {
             params.push(e);
         }
+        let state = put.snapshot.state();
+        params.push(&state);
         let mut conn = self.pool.get(&self.sql)?;
         let row = run(&mut conn, Phase::Committing, |c| {
             let stmt = match expected {
@@ -648,6 +650,7 @@ impl Shared {
         let mut snapshots = Vec::with_capacity(n);
         let mut parts = Vec::with_capacity(n);
         let mut epochs = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
         for put in batch {
             let (seq, exp) = seq_param(put)?;
             let (part, epoch) = self.epoch_for(put.id)?;
@@ -657,12 +660,13 @@ impl Shared {
             snapshots.push(put.snapshot.as_bytes());
             parts.push(part);
             epochs.push(epoch);
+            states.push(put.snapshot.state());
         }
         let mut conn = self.pool.get(&self.sql)?;
         let c: &mut Conn = &mut conn;
         let answer = c.client.query_one(
             &c.statements.batch,
-            &[&ids, &expected, &seqs, &snapshots, &parts, &epochs],
+            &[&ids, &expected, &seqs, &snapshots, &parts, &epochs, &states],
         );
         let row = match answer {
             Ok(row) => row,
@@ -767,17 +771,62 @@ impl Shared {
         let mut conn = self.pool.get(&self.sql)?;
         let rows = read(&mut conn, |c| c.client.query(&c.statements.ids, &[]))?;
         drop(conn);
-        rows.iter()
-            .map(|row| {
-                let text: String = column(row, 0)?;
-                MachineId::new(text).map_err(|e| {
-                    StoreError::corrupt(
-                        format!("{}.id", self.sql.table),
-                        Corruption::Other(e.to_string()),
-                    )
-                })
-            })
-            .collect()
+        rows.iter().map(|row| self.stored_id(row)).collect()
+    }
+
+    fn stored_id(&self, row: &postgres::Row) -> Result<MachineId, StoreError> {
+        let text: String = column(row, 0)?;
+        MachineId::new(text).map_err(|e| {
+            StoreError::corrupt(
+                format!("{}.id", self.sql.table),
+                Corruption::Other(e.to_string()),
+            )
+        })
+    }
+
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        let limit = query.page_size();
+        // Ids are never empty: after "" is from the first.
+        let after = query.after.map_or("", MachineId::as_str);
+        let fetch = limit as i64 + 1;
+        let mut conn = self.pool.get(&self.sql)?;
+        let rows = read(&mut conn, |c| match query.state {
+            StateFilter::Any => c.client.query(&c.statements.list_any, &[&after, &fetch]),
+            StateFilter::In(state) => c
+                .client
+                .query(&c.statements.list_in, &[&after, &fetch, &state]),
+            StateFilter::Unrecorded => c
+                .client
+                .query(&c.statements.list_unrecorded, &[&after, &fetch]),
+        })?;
+        drop(conn);
+        let mut ids = rows
+            .iter()
+            .map(|row| self.stored_id(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        Ok(Page { ids, more })
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        let mut conn = self.pool.get(&self.sql)?;
+        let rows = read(&mut conn, |c| {
+            c.client.query(&c.statements.count_states, &[])
+        })?;
+        drop(conn);
+        let mut counts = StateCounts::default();
+        for row in &rows {
+            let state: Option<String> = column(row, 0)?;
+            let n: i64 = column(row, 1)?;
+            match state {
+                Some(state) => {
+                    counts.states.insert(state, n as u64);
+                }
+                None => counts.unrecorded += n as u64,
+            }
+        }
+        Ok(counts)
     }
 
     /// Renews the held leases, drops the lost ones, claims free partitions.
@@ -923,6 +972,15 @@ impl SnapshotStore for PostgresStore {
 
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
         self.shared.ids()
+    }
+
+    /// One indexed range read: by `(state, id)` in a state, by `id` (byte order) otherwise.
+    fn list(&self, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        self.shared.list(query)
+    }
+
+    fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.shared.count_states()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -2,8 +2,12 @@
 //! connection.
 //!
 //! Three tables per store, all named after the snapshot table `T`:
-//! - `T (id text primary key, seq bigint, epoch bigint, snapshot bytea)`: one row per machine,
-//!   its newest snapshot, the sequence it holds and the epoch it was written under;
+//! - `T (id text primary key, seq bigint, epoch bigint, snapshot bytea, state text,
+//!   state_seq bigint)`: one row per machine, its newest snapshot, the sequence it holds, the
+//!   epoch it was written under, and the state name the snapshot records with the sequence it
+//!   was recorded for (a row written by an older version, which sets neither, reads as
+//!   unrecorded, never as a stale state); indexed by `(state, id)` and by `id` in byte order
+//!   (`COLLATE "C"`) for the queries by state and the listing's keyset paging;
 //! - `T_owners (partition int primary key, epoch bigint, owner text, lease_until timestamptz,
 //!   acquired_at timestamptz)`: with fencing, one row per partition of the id space;
 //! - `T_meta (key text primary key, value text)`: the layout version and the fencing mode,
@@ -100,8 +104,26 @@ impl Sql {
                  id text PRIMARY KEY,
                  seq bigint NOT NULL CHECK (seq > 0),
                  epoch bigint NOT NULL,
-                 snapshot bytea NOT NULL
+                 snapshot bytea NOT NULL,
+                 state text,
+                 state_seq bigint
              );
+             DO $fsm$ BEGIN
+                 -- Checked first: `ADD COLUMN IF NOT EXISTS` and `CREATE INDEX IF NOT EXISTS`
+                 -- lock the table (waiting for every writer) even when there is nothing to do.
+                 IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                                WHERE attrelid = '{snapshots}'::regclass AND attname = 'state_seq'
+                                  AND NOT attisdropped) THEN
+                     ALTER TABLE {snapshots} ADD COLUMN IF NOT EXISTS state text,
+                                             ADD COLUMN IF NOT EXISTS state_seq bigint;
+                 END IF;
+                 IF to_regclass('\"{schema}\".\"{table}_state\"') IS NULL THEN
+                     CREATE INDEX IF NOT EXISTS \"{table}_state\" ON {snapshots} (state, id COLLATE \"C\");
+                 END IF;
+                 IF to_regclass('\"{schema}\".\"{table}_ids\"') IS NULL THEN
+                     CREATE INDEX IF NOT EXISTS \"{table}_ids\" ON {snapshots} (id COLLATE \"C\");
+                 END IF;
+             END $fsm$;
              CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL);
              CREATE TABLE IF NOT EXISTS {owners} (
                  partition integer PRIMARY KEY,
@@ -153,15 +175,16 @@ impl Sql {
     }
 
     /// Parameters: `$1` id, `$2` seq, `$3` snapshot, and with fencing `$4` partition, `$5`
-    /// epoch.
+    /// epoch; then the state name (`$4` without fencing, `$6` with).
     fn insert(&self) -> String {
         let t = &self.snapshots;
         if self.fenced {
             format!(
                 "WITH {fence}
                  written AS (
-                     INSERT INTO {t} (id, seq, epoch, snapshot)
-                     SELECT $1::text, $2::int8, $5::int8, $3::bytea FROM fence WHERE fence.epoch = $5::int8
+                     INSERT INTO {t} (id, seq, epoch, snapshot, state, state_seq)
+                     SELECT $1::text, $2::int8, $5::int8, $3::bytea, $6::text, $2::int8
+                     FROM fence WHERE fence.epoch = $5::int8
                      ON CONFLICT (id) DO NOTHING RETURNING 1
                  )
                  SELECT (SELECT epoch FROM fence), (SELECT count(*) FROM written)",
@@ -170,7 +193,8 @@ impl Sql {
         } else {
             format!(
                 "WITH written AS (
-                     INSERT INTO {t} (id, seq, epoch, snapshot) VALUES ($1::text, $2::int8, 0, $3::bytea)
+                     INSERT INTO {t} (id, seq, epoch, snapshot, state, state_seq)
+                     VALUES ($1::text, $2::int8, 0, $3::bytea, $4::text, $2::int8)
                      ON CONFLICT (id) DO NOTHING RETURNING 1
                  )
                  SELECT NULL::int8, (SELECT count(*) FROM written)"
@@ -178,15 +202,16 @@ impl Sql {
         }
     }
 
-    /// Parameters: as [`Sql::insert`], then the expected sequence (`$4` without fencing, `$6`
-    /// with).
+    /// Parameters: as [`Sql::insert`] without the state name, then the expected sequence
+    /// (`$4` without fencing, `$6` with), then the state name (`$5`, `$7`).
     fn replace(&self) -> String {
         let t = &self.snapshots;
         if self.fenced {
             format!(
                 "WITH {fence}
                  written AS (
-                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea, epoch = $5::int8
+                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea, epoch = $5::int8,
+                                    state = $7::text, state_seq = $2::int8
                      WHERE id = $1::text AND seq = $6::int8
                        AND EXISTS (SELECT 1 FROM fence WHERE fence.epoch = $5::int8)
                      RETURNING 1
@@ -197,7 +222,8 @@ impl Sql {
         } else {
             format!(
                 "WITH written AS (
-                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea
+                     UPDATE {t} SET seq = $2::int8, snapshot = $3::bytea,
+                                    state = $5::text, state_seq = $2::int8
                      WHERE id = $1::text AND seq = $4::int8
                      RETURNING 1
                  )
@@ -243,17 +269,18 @@ impl Sql {
         let refuse = &self.refuse;
         format!(
             "WITH batch AS (
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $5::int4[], $6::int8[])
-                     AS b(id, expected, seq, snapshot, part, epoch)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $5::int4[], $6::int8[], $7::text[])
+                     AS b(id, expected, seq, snapshot, part, epoch, state)
              ),
              {fence}
              inserted AS (
-                 INSERT INTO {t} (id, seq, epoch, snapshot)
-                 SELECT id, seq, epoch, snapshot FROM batch WHERE expected IS NULL {only_if_owned}
+                 INSERT INTO {t} (id, seq, epoch, snapshot, state, state_seq)
+                 SELECT id, seq, epoch, snapshot, state, seq FROM batch WHERE expected IS NULL {only_if_owned}
                  ON CONFLICT (id) DO NOTHING RETURNING 1
              ),
              updated AS (
-                 UPDATE {t} t SET seq = b.seq, snapshot = b.snapshot, epoch = b.epoch
+                 UPDATE {t} t SET seq = b.seq, snapshot = b.snapshot, epoch = b.epoch,
+                                  state = b.state, state_seq = b.seq
                  FROM batch b WHERE t.id = b.id AND t.seq = b.expected {only_if_owned}
                  RETURNING 1
              ),
@@ -277,6 +304,14 @@ pub(crate) struct Statements {
     pub(crate) sequence: Statement,
     pub(crate) sequences: Statement,
     pub(crate) ids: Statement,
+    /// `$1` after (exclusive), `$2` how many: ids in byte order.
+    pub(crate) list_any: Statement,
+    /// As `list_any`, `$3` the state.
+    pub(crate) list_in: Statement,
+    /// As `list_any`, of rows that record no state.
+    pub(crate) list_unrecorded: Statement,
+    /// Machines per recorded state (`NULL`: unrecorded).
+    pub(crate) count_states: Statement,
     pub(crate) acquire: Statement,
     pub(crate) steal: Statement,
     pub(crate) renew: Statement,
@@ -302,6 +337,25 @@ impl Statements {
                 "SELECT id, seq FROM {t} WHERE id = ANY($1::text[])"
             ))?,
             ids: client.prepare(&format!("SELECT id FROM {t}"))?,
+            list_any: client.prepare(&format!(
+                "SELECT id FROM {t} WHERE id COLLATE \"C\" > $1::text
+                 ORDER BY id COLLATE \"C\" LIMIT $2::int8"
+            ))?,
+            list_in: client.prepare(&format!(
+                "SELECT id FROM {t}
+                 WHERE state = $3::text AND state_seq = seq AND id COLLATE \"C\" > $1::text
+                 ORDER BY id COLLATE \"C\" LIMIT $2::int8"
+            ))?,
+            list_unrecorded: client.prepare(&format!(
+                "SELECT id FROM {t}
+                 WHERE (state IS NULL OR state_seq IS DISTINCT FROM seq)
+                   AND id COLLATE \"C\" > $1::text
+                 ORDER BY id COLLATE \"C\" LIMIT $2::int8"
+            ))?,
+            count_states: client.prepare(&format!(
+                "SELECT CASE WHEN state_seq = seq THEN state END AS s, count(*)::int8
+                 FROM {t} GROUP BY s"
+            ))?,
             acquire: client.prepare(&format!(
                 "UPDATE {o} {take}
                  WHERE partition = ANY($1::int4[]) AND (owner IS NULL OR lease_until < now())

@@ -108,6 +108,7 @@ fn envelopes() -> Vec<Vec<u8>> {
             journal: Some(&journal),
             timers: Some(&timers),
             outbox: Some(&outbox),
+            state: None,
         };
         let owing = codec
             .encode_framed(s, i as u64 + 1, sections)

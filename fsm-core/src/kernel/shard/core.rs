@@ -861,6 +861,7 @@ impl<M: Durable> Core<M> {
                 journal: Some(&journal),
                 timers: timers.as_deref(),
                 outbox: outbox.as_deref(),
+                state: None,
             };
             let encoded = codec
                 .encode_framed(&slot.machine, slot.next_seq(), sections)

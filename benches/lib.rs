@@ -161,6 +161,15 @@ pub mod raw {
         Snapshot::new("Bench", 1, seq, Format::Postcard, &payload(seq)).unwrap()
     }
 
+    /// [`envelope`] recording the state name `state`, as every codec-written snapshot does.
+    pub fn stated_envelope(seq: u64, state: &str) -> Snapshot {
+        let sections = fsm_core::store::Sections {
+            state: Some(state),
+            ..Default::default()
+        };
+        Snapshot::framed("Bench", 1, seq, Format::Postcard, sections, &payload(seq)).unwrap()
+    }
+
     /// The raw batched-append limit: `n` envelopes appended to one file, one fdatasync.
     pub struct AppendLog {
         file: File,

@@ -8,6 +8,13 @@
 //! - `store_batch`: 100 snapshots of 1 KiB per iteration with one sync. `raw_append_fdatasync`
 //!   appends 100 records to a file and fdatasyncs once.
 //! - `store_recover`: opening a file store of 10,000 snapshots, verifying every one.
+//! - `store_state`: what recording the state name costs a batch of 100 snapshots: every
+//!   machine changes state on every write (`changing`, the index entry moves each time), keeps
+//!   it (`same`), or records none (`none`, as before state names: the SQLite row still gets
+//!   NULLs). `raw_sqlite_old_schema` is the same batch as one bare transaction on the table
+//!   without the state columns and index, the layout before them;
+//!   `raw_sqlite_state_schema_changing` the same bare transaction on the table with them,
+//!   every row changing state.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fsm_benches::raw::{envelope, AppendLog};
+use fsm_benches::raw::{envelope, stated_envelope, AppendLog};
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore};
 use fsm_persist::{FileStore, MirroredStore, SqliteStore};
 
@@ -193,5 +200,117 @@ fn bench_recover(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put, bench_batch, bench_recover);
+/// Batches of `BATCH` machines whose snapshots record `state(seq)` (or none).
+fn state_batches(
+    store: &dyn SnapshotStore,
+    ids: &[MachineId],
+    seq: &mut u64,
+    state: fn(u64) -> Option<&'static str>,
+) {
+    let expected = (*seq > 0).then_some(*seq);
+    *seq += 1;
+    let snaps: Vec<Snapshot> = (0..BATCH)
+        .map(|_| match state(*seq) {
+            Some(name) => stated_envelope(*seq, name),
+            None => envelope(*seq),
+        })
+        .collect();
+    let batch: Vec<Put<'_>> = ids
+        .iter()
+        .zip(&snaps)
+        .map(|(m, s)| Put::new(m, expected, s))
+        .collect();
+    store.put_many(&batch).unwrap();
+}
+
+fn bench_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_state");
+    group.sample_size(30);
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let ids: Vec<MachineId> = (0..BATCH)
+        .map(|i| MachineId::new(format!("m{i}")).unwrap())
+        .collect();
+    let kinds: [(&str, fn(u64) -> Option<&'static str>); 3] = [
+        ("changing", |seq| {
+            Some(if seq % 2 == 0 { "PastDue" } else { "Active" })
+        }),
+        ("same", |_| Some("Active")),
+        ("none", |_| None),
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE fsm_snapshots (id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, snapshot BLOB NOT NULL)",
+    )
+    .unwrap();
+    let mut seq = 0i64;
+    group.bench_function("raw_sqlite_old_schema/100x1KiB", |b| {
+        b.iter(|| {
+            seq += 1;
+            let snaps: Vec<Snapshot> = (0..BATCH).map(|_| envelope(seq as u64)).collect();
+            let tx = conn.unchecked_transaction().unwrap();
+            for (id, snap) in ids.iter().zip(&snaps) {
+                tx.prepare_cached(
+                    "INSERT INTO fsm_snapshots (id, seq, snapshot) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot",
+                )
+                .unwrap()
+                .execute(rusqlite::params![id.as_str(), seq, snap.as_bytes()])
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE fsm_snapshots (id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL, snapshot BLOB NOT NULL, state TEXT, state_seq INTEGER);
+         CREATE INDEX fsm_snapshots_state ON fsm_snapshots (state, id);",
+    )
+    .unwrap();
+    let mut seq = 0i64;
+    group.bench_function("raw_sqlite_state_schema_changing/100x1KiB", |b| {
+        b.iter(|| {
+            seq += 1;
+            let state = if seq % 2 == 0 { "PastDue" } else { "Active" };
+            let snaps: Vec<Snapshot> = (0..BATCH).map(|_| stated_envelope(seq as u64, state)).collect();
+            let tx = conn.unchecked_transaction().unwrap();
+            for (id, snap) in ids.iter().zip(&snaps) {
+                tx.prepare_cached(
+                    "INSERT INTO fsm_snapshots (id, seq, snapshot, state, state_seq) VALUES (?1, ?2, ?3, ?4, ?2)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot,
+                         state = excluded.state, state_seq = excluded.state_seq",
+                )
+                .unwrap()
+                .execute(rusqlite::params![id.as_str(), seq, snap.as_bytes(), state])
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        })
+    });
+    for (name, state) in kinds {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+        let mut seq = 0;
+        group.bench_function(format!("sqlite_store/{name}/100x1KiB"), |b| {
+            b.iter(|| state_batches(&store, &ids, &mut seq, state))
+        });
+    }
+    for (name, state) in kinds {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut seq = 0;
+        group.bench_function(format!("file_store/{name}/100x1KiB"), |b| {
+            b.iter(|| state_batches(&store, &ids, &mut seq, state))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_put, bench_batch, bench_recover, bench_state);
 criterion_main!(benches);

@@ -56,6 +56,11 @@ pub trait Decode {
     fn describe(&self, snapshot: &Snapshot) -> Result<(&'static str, String), String>;
     /// The state as JSON (for `export`: the operator's own data, in full).
     fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String>;
+    /// The states the machine type declares, in declaration order (`states` lists them all,
+    /// with 0 where no machine is).
+    fn states(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 struct Typed<M: Durable>(Codec<M>);
@@ -73,6 +78,10 @@ impl<M: Durable + Redact> Decode for Typed<M> {
     fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String> {
         let m = self.0.decode(snapshot).map_err(|e| e.to_string())?;
         serde_json::to_value(&m).map_err(|e| e.to_string())
+    }
+
+    fn states(&self) -> Vec<&'static str> {
+        M::TABLE.states().iter().map(|s| s.name()).collect()
     }
 }
 
@@ -170,10 +179,32 @@ enum Command {
         #[arg(long, default_value = "public")]
         schema: String,
     },
-    /// Machine ids, type, schema version, sequence and size of each machine's newest snapshot.
-    #[command(after_help = "Examples:\n  fsm ls /var/lib/orders\n  fsm ls orders.sqlite | head")]
+    /// Stored machines in id order: from a running kernel (SOCKET), one id per line; from a
+    /// store (STORE), with each one's state, type, schema version, sequence and size.
+    #[command(
+        after_help = "Examples:\n  fsm ls /run/orders/admin.sock --state PastDue\n  fsm ls /run/orders/admin.sock --limit 100 --after order-7\n  fsm ls /var/lib/orders --state PastDue\n  fsm ls orders.sqlite | head"
+    )]
     Ls {
-        store: String,
+        target: String,
+        /// Only the machines in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only ids after this one (where a listing cut by --limit stopped).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (a note on standard error says where to go on).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
+    /// How many stored machines are in each state, from a running kernel (SOCKET) or a store
+    /// (STORE).
+    #[command(
+        after_help = "Examples:\n  fsm states /run/orders/admin.sock\n  fsm states /var/lib/orders\n  fsm states postgres://fsm@db/orders --schema fsm"
+    )]
+    States {
+        target: String,
         #[arg(long, default_value = "public")]
         schema: String,
     },
@@ -230,6 +261,14 @@ enum Command {
         #[arg(long, default_value = "fsm_snapshots")]
         table: String,
     },
+}
+
+/// What `ls` lists: which state, from where, how many.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub(crate) state: Option<String>,
+    pub(crate) after: Option<String>,
+    pub(crate) limit: Option<usize>,
 }
 
 /// The exit status of a command.
@@ -362,7 +401,31 @@ where
         Command::RestartWorker { socket, worker } => online::restart_worker(&socket, worker, out),
         Command::Metrics { socket } => online::metrics(&socket, out),
         Command::Verify { store, schema } => offline::verify(&store, &schema, out),
-        Command::Ls { store, schema } => offline::ls(&store, &schema, out),
+        Command::Ls {
+            target,
+            state,
+            after,
+            limit,
+            schema,
+        } => {
+            let page = Listing {
+                state,
+                after,
+                limit,
+            };
+            if online::is_socket(&target) {
+                online::ls(&target, &page, out, err)
+            } else {
+                offline::ls(&target, &schema, &page, out, err)
+            }
+        }
+        Command::States { target, schema } => {
+            if online::is_socket(&target) {
+                online::states(&target, out)
+            } else {
+                offline::states(&target, &schema, decode, out)
+            }
+        }
         Command::Export {
             store,
             json: _,

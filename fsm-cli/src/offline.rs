@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use fsm_core::kernel::admin::{key_proto, owed_proto, timer_proto};
 use fsm_core::kernel::{keys_in, owed_in, timers_in};
-use fsm_core::store::{Limits, MachineId, Snapshot, SnapshotStore, StoreError};
+use fsm_core::store::{
+    Limits, ListQuery, MachineId, Snapshot, SnapshotStore, StateCounts, StateFilter, StoreError,
+    MAX_PAGE,
+};
 use fsm_persist::inspect::{self, Header, Source};
 use fsm_persist::{FileStore, SqliteStore};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -243,39 +246,201 @@ pub(crate) fn verify(target: &str, schema: &str, out: &mut dyn Write) -> Result<
     Ok(if damaged { Status::Found } else { Status::Ok })
 }
 
-pub(crate) fn ls(target: &str, schema: &str, out: &mut dyn Write) -> Result<Status, String> {
+pub(crate) fn ls(
+    target: &str,
+    schema: &str,
+    listing: &crate::Listing,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Status, String> {
     let store = Store::parse(target, schema)?;
-    let rows = rows(&store)?;
-    writeln!(
-        out,
-        "{:<32} {:<16} {:>7} {:>10} {:>9}  where",
-        "machine", "type", "schema", "sequence", "bytes"
+    let after = listing
+        .after
+        .as_deref()
+        .map(MachineId::new)
+        .transpose()
+        .map_err(|e| format!("--after: {e}"))?;
+    let rows = match (&store, &listing.state) {
+        // A database answers from its index: only the machines in the state are read.
+        (Store::Sqlite(_) | Store::Postgres { .. }, Some(state)) => rows_in(
+            &store,
+            StateFilter::In(state),
+            after.as_ref(),
+            listing.limit,
+        )?,
+        _ => {
+            let wanted = |r: &Row| match (&listing.state, &r.verdict) {
+                (None, _) => true,
+                (Some(state), Ok((h, _))) => h.state.as_deref() == Some(state.as_str()),
+                (Some(_), Err(_)) => false,
+            };
+            rows(&store)?
+                .into_iter()
+                .filter(|r| after.as_ref().is_none_or(|a| r.id.as_str() > a.as_str()))
+                .filter(wanted)
+                .collect()
+        }
+    };
+    let limit = listing.limit.unwrap_or(usize::MAX);
+    let shown = &rows[..rows.len().min(limit)];
+    let table_rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|r| match &r.verdict {
+            Ok((h, _)) => vec![
+                r.id.to_string(),
+                h.state.clone().unwrap_or_else(|| "?".into()),
+                h.machine.clone(),
+                h.schema_version.to_string(),
+                h.seq.to_string(),
+                r.size.to_string(),
+                r.source.clone(),
+            ],
+            Err(problem) => vec![
+                r.id.to_string(),
+                "DAMAGED".into(),
+                problem.clone(),
+                String::new(),
+                String::new(),
+                r.size.to_string(),
+                r.source.clone(),
+            ],
+        })
+        .collect();
+    out.write_all(
+        crate::online::table(
+            &[
+                "machine", "state", "type", "schema", "sequence", "bytes", "where",
+            ],
+            &table_rows,
+            usize::MAX,
+        )
+        .as_bytes(),
     )
     .map_err(io)?;
-    for r in &rows {
-        match &r.verdict {
-            Ok((h, _)) => writeln!(
-                out,
-                "{:<32} {:<16} {:>7} {:>10} {:>9}  {}",
-                r.id.as_str(),
-                h.machine,
-                h.schema_version,
-                h.seq,
-                r.size,
-                r.source
-            ),
-            Err(problem) => writeln!(
-                out,
-                "{:<32} DAMAGED: {problem} ({} bytes, {})",
-                r.id.as_str(),
-                r.size,
-                r.source
-            ),
+    writeln!(out, "{} machines", shown.len()).map_err(io)?;
+    if rows.len() > shown.len() {
+        if let Some(last) = shown.last() {
+            let state = listing
+                .state
+                .as_deref()
+                .map(|s| format!(" --state {s}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                err,
+                "more after {}: fsm ls {target}{state} --after {}",
+                last.id, last.id
+            );
         }
-        .map_err(io)?;
     }
-    writeln!(out, "{} machines", rows.len()).map_err(io)?;
     Ok(Status::Ok)
+}
+
+/// The machines a database lists in `state` (from its index), after `after`, at most
+/// `limit` of them and one more (so the caller knows more follow), read.
+fn rows_in(
+    store: &Store,
+    state: StateFilter<'_>,
+    after: Option<&MachineId>,
+    limit: Option<usize>,
+) -> Result<Vec<Row>, String> {
+    let opened = store.open()?;
+    let mut ids = Vec::new();
+    let mut cursor = after.cloned();
+    let want = limit.map_or(usize::MAX, |l| l.saturating_add(1));
+    while ids.len() < want {
+        let query = ListQuery {
+            state,
+            after: cursor.as_ref(),
+            limit: (want - ids.len()).min(MAX_PAGE),
+        };
+        let page = opened.list(&query).map_err(|e| e.to_string())?;
+        ids.extend(page.ids.iter().cloned());
+        match page.next() {
+            Some(next) => cursor = Some(next.clone()),
+            None => break,
+        }
+    }
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        let verdict = match opened.get(&id) {
+            Ok(s) => Ok((inspect::header(&s), s)),
+            Err(e @ StoreError::Corrupt { .. }) => Err(e.to_string()),
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let size = verdict.as_ref().map_or(0, |(_, s)| s.len() as u64);
+        rows.push(Row {
+            id,
+            source: store.kind().to_owned(),
+            size,
+            verdict,
+        });
+    }
+    Ok(rows)
+}
+
+/// Machines per state. A database counts from its index; a file store's snapshots are read
+/// (not their payloads). Snapshots that record no state are decoded when this binary decodes
+/// their type, and counted as such otherwise.
+pub(crate) fn states(
+    target: &str,
+    schema: &str,
+    decode: Option<&dyn Decode>,
+    out: &mut dyn Write,
+) -> Result<Status, String> {
+    let store = Store::parse(target, schema)?;
+    let mut counts = StateCounts::default();
+    let place = |counts: &mut StateCounts, snapshot: &Snapshot| match snapshot.state() {
+        Some(state) => counts.add(Some(state)),
+        None => match decode.filter(|d| d.machine() == snapshot.machine()) {
+            Some(d) => match d.describe(snapshot) {
+                Ok((state, _)) => counts.add(Some(state)),
+                Err(_) => counts.unreadable += 1,
+            },
+            None => counts.unrecorded += 1,
+        },
+    };
+    match &store {
+        Store::Dir(_) => {
+            for r in rows(&store)? {
+                match &r.verdict {
+                    Ok((_, snapshot)) => place(&mut counts, snapshot),
+                    Err(_) => counts.unreadable += 1,
+                }
+            }
+        }
+        _ => {
+            let opened = store.open()?;
+            counts = opened.count_states().map_err(|e| e.to_string())?;
+            if counts.unrecorded > 0 && decode.is_some() {
+                counts.unrecorded = 0;
+                for r in rows_in(&store, StateFilter::Unrecorded, None, None)? {
+                    match &r.verdict {
+                        Ok((_, snapshot)) => place(&mut counts, snapshot),
+                        Err(_) => counts.unreadable += 1,
+                    }
+                }
+            }
+        }
+    }
+    let total = counts.total();
+    let declared = decode.map(|d| d.states()).unwrap_or_default();
+    let mut rows: Vec<(String, u64)> = declared
+        .iter()
+        .map(|s| (s.to_string(), counts.states.remove(*s).unwrap_or(0)))
+        .collect();
+    let undeclared = if declared.is_empty() {
+        ""
+    } else {
+        " (not declared)"
+    };
+    rows.extend(
+        counts
+            .states
+            .into_iter()
+            .map(|(s, n)| (format!("{s}{undeclared}"), n)),
+    );
+    crate::online::write_states(out, &rows, counts.unrecorded, counts.unreadable, total)
 }
 
 fn hex(bytes: &[u8]) -> String {

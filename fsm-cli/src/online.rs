@@ -312,6 +312,94 @@ pub(crate) fn write_owed(out: &mut dyn Write, owed: &[proto::Owed]) -> Result<()
     Ok(())
 }
 
+pub(crate) fn states(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
+    let s: proto::States = Admin::connect(socket)?.ask(&Request::States)?;
+    let rows: Vec<(String, u64)> = s
+        .states
+        .iter()
+        .map(|c| {
+            let name = if c.declared {
+                c.state.clone()
+            } else {
+                format!("{} (not declared)", c.state)
+            };
+            (name, c.machines)
+        })
+        .collect();
+    write_states(out, &rows, 0, s.unreadable, s.total)
+}
+
+/// The table `fsm states` prints, live or offline.
+pub(crate) fn write_states(
+    out: &mut dyn Write,
+    states: &[(String, u64)],
+    unrecorded: u64,
+    unreadable: u64,
+    total: u64,
+) -> Result<Status, String> {
+    let mut rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|(s, n)| vec![s.clone(), n.to_string()])
+        .collect();
+    if unrecorded > 0 {
+        rows.push(vec!["(state not recorded)".into(), unrecorded.to_string()]);
+    }
+    if unreadable > 0 {
+        rows.push(vec!["(unreadable)".into(), unreadable.to_string()]);
+    }
+    rows.push(vec!["total".into(), total.to_string()]);
+    out.write_all(table(&["state", "machines"], &rows, terminal_width()).as_bytes())
+        .map_err(io)?;
+    if unrecorded > 0 {
+        writeln!(
+            out,
+            "{unrecorded} snapshots were written before snapshots recorded their state; a binary built with fsm_cli::run decodes them, and the next write of each records it"
+        )
+        .map_err(io)?;
+    }
+    Ok(Status::Ok)
+}
+
+/// Ids from a running kernel, one per line, page by page.
+pub(crate) fn ls(
+    socket: &str,
+    listing: &crate::Listing,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Status, String> {
+    let mut admin = Admin::connect(socket)?;
+    let mut after = listing.after.clone();
+    let mut left = listing.limit.unwrap_or(usize::MAX);
+    while left > 0 {
+        let page: proto::Machines = admin.ask(&Request::Machines {
+            state: listing.state.clone(),
+            after: after.clone(),
+            limit: Some(left.min(1000)),
+        })?;
+        for id in &page.ids {
+            writeln!(out, "{id}").map_err(io)?;
+        }
+        left -= page.ids.len().min(left);
+        match page.next {
+            Some(next) if left == 0 => {
+                let state = listing
+                    .state
+                    .as_deref()
+                    .map(|s| format!(" --state {s}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    err,
+                    "more after {next}: fsm ls {socket}{state} --after {next}"
+                );
+                break;
+            }
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(Status::Ok)
+}
+
 pub(crate) fn quarantined(socket: &str, out: &mut dyn Write) -> Result<Status, String> {
     let list: Vec<proto::QuarantinedMachine> =
         Admin::connect(socket)?.ask(&Request::Quarantined)?;

@@ -551,6 +551,7 @@ fn the_rough_edges_are_gone() {
         "metrics",
         "verify",
         "ls",
+        "states",
         "export",
         "compact",
         "submit",
@@ -720,4 +721,210 @@ fn show_and_export_print_armed_timers_and_remembered_keys() {
     assert_eq!(line["timers"].as_array().unwrap().len(), 2, "{line}");
     assert_eq!(line["keys"][0]["key"], "start-1", "{line}");
     assert_eq!(line["keys"][0]["seq"], 1, "{line}");
+}
+
+/// The `state  machines` rows of `fsm states` output, as pairs.
+fn state_rows(out: &str) -> Vec<(String, u64)> {
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(char::is_whitespace)?;
+            Some((name.trim().to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn machines_by_state_online_and_offline_on_every_store() {
+    // 40 orders, 10 of them paid (those in the log).
+    let dir = registrar_dir();
+    let path = dir.path().to_str().unwrap();
+    let counted = fsm(&["states", path]);
+    assert_eq!(counted.status.code(), Some(0));
+    assert_eq!(
+        state_rows(&text(&counted)),
+        [
+            ("Paid".to_owned(), 10),
+            ("Submitted".to_owned(), 30),
+            ("total".to_owned(), 40)
+        ],
+        "{}",
+        text(&counted)
+    );
+    // The service's own binary lists every declared state, empty ones too.
+    let decoder = fsm_cli::decoder(Codec::<Order>::new(1));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    fsm_cli::run_from(Some(&*decoder), ["fsm", "states", path], &mut out, &mut err);
+    let typed = String::from_utf8(out).unwrap();
+    let rows = state_rows(&typed);
+    assert_eq!(rows.first(), Some(&("Draft".to_owned(), 0)), "{typed}");
+    assert!(rows.contains(&("Cancelled".to_owned(), 0)), "{typed}");
+    assert!(rows.contains(&("Paid".to_owned(), 10)), "{typed}");
+
+    let paid = fsm(&["ls", path, "--state", "Paid"]);
+    let listed = text(&paid);
+    assert!(listed.contains("10 machines"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .skip(1)
+            .take(10)
+            .all(|l| l.contains(" Paid ")),
+        "{listed}"
+    );
+    assert!(listed.contains("order-009"), "{listed}");
+    assert!(!listed.contains("order-010"), "{listed}");
+    let cut = fsm(&[
+        "ls",
+        path,
+        "--state",
+        "Paid",
+        "--limit",
+        "3",
+        "--after",
+        "order-001",
+    ]);
+    let listed = text(&cut);
+    assert!(
+        listed.contains("order-002") && listed.contains("order-004"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("order-005") && !listed.contains("order-001"),
+        "{listed}"
+    );
+    assert!(
+        String::from_utf8_lossy(&cut.stderr).contains("--state Paid --after order-004"),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+
+    // SQLite answers from its index.
+    let db = tempfile::tempdir().unwrap();
+    let file = db.path().join("orders.sqlite");
+    {
+        let store = SqliteStore::open(&file).unwrap();
+        let codec = Codec::<Order>::new(1);
+        for i in 0..6 {
+            let order_state = if i % 3 == 0 {
+                Order::Cancelled
+            } else {
+                Order::Draft
+            };
+            store.save(&order(i), None, &order_state, &codec).unwrap();
+        }
+    }
+    let sqlite = file.to_str().unwrap();
+    assert_eq!(
+        state_rows(&text(&fsm(&["states", sqlite]))),
+        [
+            ("Cancelled".to_owned(), 2),
+            ("Draft".to_owned(), 4),
+            ("total".to_owned(), 6)
+        ]
+    );
+    let listed = text(&fsm(&["ls", sqlite, "--state", "Cancelled"]));
+    assert!(
+        listed.contains("order-000") && listed.contains("order-003"),
+        "{listed}"
+    );
+    assert!(listed.contains("2 machines"), "{listed}");
+
+    // A running kernel: counts of every declared state, ids one per line.
+    let data = tempfile::tempdir().unwrap();
+    let kernel: Kernel<Order> = fsm_persist::file_kernel(data.path(), Order::initial_state)
+        .shards(2)
+        .start()
+        .unwrap();
+    let socket = data.path().with_extension("sock");
+    let _admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let s = socket.to_str().unwrap();
+    for i in 0..5 {
+        let cmd = OrderCmd::Submit {
+            domain: format!("d{i}.example"),
+        };
+        kernel.submit(&order(i), cmd).unwrap().wait().unwrap();
+    }
+    kernel.submit(&order(2), pay()).unwrap().wait().unwrap();
+    let live = text(&fsm(&["states", s]));
+    let rows = state_rows(&live);
+    assert_eq!(rows.first(), Some(&("Draft".to_owned(), 0)), "{live}");
+    assert!(rows.contains(&("Submitted".to_owned(), 4)), "{live}");
+    assert!(rows.contains(&("Paid".to_owned(), 1)), "{live}");
+    assert!(rows.contains(&("total".to_owned(), 5)), "{live}");
+    let ids = text(&fsm(&["ls", s, "--state", "Submitted"]));
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        ["order-000", "order-001", "order-003", "order-004"]
+    );
+    let first = fsm(&["ls", s, "--limit", "2"]);
+    assert_eq!(
+        text(&first).lines().collect::<Vec<_>>(),
+        ["order-000", "order-001"]
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("--after order-001"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // PostgreSQL answers from its index.
+    let Some(server) = fsm_persist::postgres::TestServer::shared() else {
+        eprintln!(
+            "SKIPPED: the PostgreSQL part of this test (no server binaries; CI installs them)"
+        );
+        return;
+    };
+    let store = fsm_persist::postgres::PostgresStore::builder(server.config())
+        .schema("cli_states")
+        .open()
+        .unwrap();
+    let codec = Codec::<Order>::new(1);
+    for i in 0..4 {
+        let order_state = if i == 1 {
+            Order::Cancelled
+        } else {
+            Order::Draft
+        };
+        store.save(&order(i), None, &order_state, &codec).unwrap();
+    }
+    let url = format!(
+        "postgresql://{}@{}/postgres",
+        fsm_persist::postgres::TEST_USER,
+        server
+            .socket_dir()
+            .display()
+            .to_string()
+            .replace('/', "%2F")
+    );
+    let counted = fsm(&["states", &url, "--schema", "cli_states"]);
+    assert_eq!(
+        state_rows(&text(&counted)),
+        [
+            ("Cancelled".to_owned(), 1),
+            ("Draft".to_owned(), 3),
+            ("total".to_owned(), 4)
+        ],
+        "{}{}",
+        text(&counted),
+        String::from_utf8_lossy(&counted.stderr)
+    );
+    let listed = text(&fsm(&[
+        "ls",
+        &url,
+        "--schema",
+        "cli_states",
+        "--state",
+        "Draft",
+        "--limit",
+        "2",
+    ]));
+    assert!(
+        listed.contains("order-000") && listed.contains("order-002"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("order-003") && !listed.contains("order-001"),
+        "{listed}"
+    );
 }

@@ -681,6 +681,70 @@ fn every_request_and_answer_goes_through_the_typed_protocol() {
         Reply::Ok(s) => panic!("{s:?}"),
     }
 
+    // Queries by state: a second machine, still New, and one that never was.
+    k.submit(&id("a-0"), Cmd::Pay { cents: 1 })
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    k.submit(&id("a-2"), Cmd::Open { card: "5".into() })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let states: proto::States = ok_of(typed(&mut c, &proto::Request::States));
+    let declared: Vec<(&str, u64, bool)> = states
+        .states
+        .iter()
+        .map(|s| (s.state.as_str(), s.machines, s.declared))
+        .collect();
+    assert_eq!(
+        declared,
+        [("New", 0, true), ("Active", 2, true), ("Closed", 0, true)],
+        "every declared state in declaration order, with its stored machines"
+    );
+    assert_eq!((states.total, states.unreadable), (2, 0));
+    let page: proto::Machines = ok_of(typed(
+        &mut c,
+        &proto::Request::Machines {
+            state: Some("Active".into()),
+            after: None,
+            limit: Some(1),
+        },
+    ));
+    assert_eq!(page.ids, ["a-1"]);
+    assert_eq!(page.next.as_deref(), Some("a-1"));
+    let rest: proto::Machines = ok_of(typed(
+        &mut c,
+        &proto::Request::Machines {
+            state: Some("Active".into()),
+            after: page.next,
+            limit: Some(1),
+        },
+    ));
+    assert_eq!(
+        (rest.ids.as_slice(), rest.next),
+        (&["a-2".to_owned()][..], None)
+    );
+    let none: proto::Machines = ok_of(typed(
+        &mut c,
+        &proto::Request::Machines {
+            state: Some("Closed".into()),
+            after: None,
+            limit: None,
+        },
+    ));
+    assert!(none.ids.is_empty() && none.next.is_none(), "{none:?}");
+    match typed::<proto::Machines>(
+        &mut c,
+        &proto::Request::Machines {
+            state: None,
+            after: Some("../etc".into()),
+            limit: None,
+        },
+    ) {
+        Reply::Error(f) => assert_eq!(f.kind, proto::FailureKind::BadRequest, "{f}"),
+        Reply::Ok(m) => panic!("{m:?}"),
+    }
+
     let q: Vec<proto::QuarantinedMachine> = ok_of(typed(&mut c, &proto::Request::Quarantined));
     assert!(q.is_empty());
     let e: Vec<proto::Escalated> = ok_of(typed(&mut c, &proto::Request::Escalations));

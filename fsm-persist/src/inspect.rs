@@ -33,6 +33,8 @@ pub struct Header {
     pub seq: u64,
     /// The payload's format.
     pub format: Format,
+    /// The state name the envelope records (`None`: written before snapshots recorded one).
+    pub state: Option<String>,
 }
 
 /// One snapshot found on disk, valid or not.
@@ -205,6 +207,7 @@ pub fn header(snapshot: &Snapshot) -> Header {
         schema_version: snapshot.schema_version(),
         seq: snapshot.seq(),
         format: snapshot.format(),
+        state: snapshot.state().map(str::to_owned),
     }
 }
 

@@ -35,6 +35,19 @@ fn sqlite_store_conforms() {
 }
 
 #[test]
+fn sqlite_store_without_the_state_index_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        SqliteStore::builder(dir.path().join("s.db"))
+            .state_index(false)
+            .open()
+            .unwrap()
+    };
+    conformance::run(&open());
+    conformance::run_reopen(&|| Box::new(open()));
+}
+
+#[test]
 fn mirrored_store_conforms() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mirror = MirroredStore::new(

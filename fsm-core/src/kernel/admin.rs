@@ -18,6 +18,8 @@
 //! | `{"op":"trace_window"}` | what the trace ring still holds: `capacity` (entries per shard), `overwritten` (entries dropped since start) and `complete_since_ms` (from when every decision is still there; `null` while nothing was dropped) |
 //! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
 //! | `{"op":"show", "machine": id}` | the machine's state name, its value printed through [`Redact`] (sensitive fields never leave the process), its durable sequence, the effects it owes, its armed timers (kind, deadline, duration, event) and the idempotency keys it remembers (key, sequence, transition); `not_found` when nothing is stored for it |
+//! | `{"op":"states"}` | stored machines per state: every declared state in declaration order with its count, then other state names the store holds; `unreadable` and `total` |
+//! | `{"op":"machines", "state"?, "after"?, "limit"?}` | one page of stored machine ids in id order (of one state if asked), and `next`, the `after` of the next page (`null` on the last); `limit` defaults to 100, at most 10,000 |
 //! | `{"op":"quarantined"}` | quarantined machines and why |
 //! | `{"op":"escalations"}` | effect workers that exceeded their restart intensity |
 //! | `{"op":"restart_worker", "worker": n}` | `{"restarted": bool}` |
@@ -60,7 +62,7 @@ use super::stats::ShardMetrics;
 use super::trace::Trace;
 use super::{Durable, Inner, KernelHandle, TraceEntry, TraceFilter, TraceOutcome};
 use crate::queue::LatencySummary;
-use crate::store::MachineId;
+use crate::store::{ListQuery, MachineId, StateFilter, MAX_PAGE};
 use crate::Redact;
 use proto::{FailureKind, Reply};
 
@@ -237,6 +239,8 @@ trait Target: Send + Sync {
     fn metrics(&self) -> proto::Metrics;
     fn trace(&self) -> &Trace;
     fn show(&self, id: &MachineId) -> Result<proto::Show, proto::Failure>;
+    fn states(&self) -> Result<proto::States, proto::Failure>;
+    fn machines(&self, query: &ListQuery<'_>) -> Result<proto::Machines, proto::Failure>;
     fn quarantined(&self) -> Vec<proto::QuarantinedMachine>;
     fn escalations(&self) -> Vec<proto::Escalated>;
     fn restart_worker(&self, worker: usize) -> bool;
@@ -293,6 +297,43 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
 
     fn trace(&self) -> &Trace {
         &self.inner().trace
+    }
+
+    fn states(&self) -> Result<proto::States, proto::Failure> {
+        let mut counts = self.0.count_states().map_err(unavailable)?;
+        let total = counts.total();
+        let mut states: Vec<proto::StateCount> = M::TABLE
+            .states()
+            .iter()
+            .map(|s| proto::StateCount {
+                state: s.name().to_owned(),
+                machines: counts.states.remove(s.name()).unwrap_or(0),
+                declared: true,
+            })
+            .collect();
+        states.extend(
+            counts
+                .states
+                .into_iter()
+                .map(|(state, machines)| proto::StateCount {
+                    state,
+                    machines,
+                    declared: false,
+                }),
+        );
+        Ok(proto::States {
+            states,
+            unreadable: counts.unreadable + counts.unrecorded,
+            total,
+        })
+    }
+
+    fn machines(&self, query: &ListQuery<'_>) -> Result<proto::Machines, proto::Failure> {
+        let page = self.0.machines(query).map_err(unavailable)?;
+        Ok(proto::Machines {
+            next: page.next().map(|id| id.as_str().to_owned()),
+            ids: page.ids.iter().map(|id| id.as_str().to_owned()).collect(),
+        })
     }
 
     fn show(&self, id: &MachineId) -> Result<proto::Show, proto::Failure> {
@@ -592,6 +633,17 @@ fn failure(kind: FailureKind, message: String) -> proto::Failure {
     proto::Failure { kind, message }
 }
 
+/// A store that could not answer a query.
+fn unavailable(e: crate::store::StoreError) -> proto::Failure {
+    failure(
+        FailureKind::Unavailable,
+        format!("the store did not answer: {e}"),
+    )
+}
+
+/// Ids in a `machines` page when the request names no limit.
+const DEFAULT_PAGE: usize = 100;
+
 /// An answer line: `{"error": {"kind": .., "message": ..}}`.
 fn error(kind: FailureKind, message: &str) -> Value {
     serde_json::to_value(Reply::<()>::Error(failure(kind, message.to_owned())))
@@ -793,6 +845,29 @@ fn answer(request: proto::Request, target: &dyn Target, config: &AdminConfig) ->
             },
             Err(e) => e,
         },
+        Request::States => match target.states() {
+            Ok(v) => ok(v),
+            Err(f) => error(f.kind, &f.message),
+        },
+        Request::Machines {
+            state,
+            after,
+            limit,
+        } => {
+            let after = match after.as_deref().map(MachineId::new).transpose() {
+                Ok(after) => after,
+                Err(e) => return error(FailureKind::BadRequest, &format!("after: {e}")),
+            };
+            let query = ListQuery {
+                state: state.as_deref().map_or(StateFilter::Any, StateFilter::In),
+                after: after.as_ref(),
+                limit: limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+            };
+            match target.machines(&query) {
+                Ok(v) => ok(v),
+                Err(f) => error(f.kind, &f.message),
+            }
+        }
         Request::Quarantined => ok(target.quarantined()),
         Request::Escalations => ok(target.escalations()),
         Request::RestartWorker { worker } => ok(proto::Restarted {

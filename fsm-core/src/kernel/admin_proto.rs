@@ -70,6 +70,20 @@ pub enum Request {
         /// The machine's id.
         machine: String,
     },
+    /// How many stored machines are in each state: a [`States`].
+    States,
+    /// One page of stored machine ids, in id order: a [`Machines`].
+    Machines {
+        /// Only the machines in this state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        /// Only ids after this one (the `next` of the page before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many (default 100, at most 10,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     /// Quarantined machines and why: a list of [`QuarantinedMachine`].
     Quarantined,
     /// Effect workers that exceeded their restart intensity: a list of [`Escalated`].
@@ -122,7 +136,7 @@ pub enum FailureKind {
     NotFound,
     /// The kernel stopped.
     Closed,
-    /// The machine could not be loaded.
+    /// The machine could not be loaded, or the store did not answer a query.
     Unavailable,
 }
 
@@ -300,6 +314,39 @@ pub struct Show {
     /// The idempotency keys it remembers, oldest first.
     #[serde(default)]
     pub keys: Vec<Key>,
+}
+
+/// The answer to `states`: stored machines per state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct States {
+    /// Every state the machine type declares, in declaration order (0 when empty), then any
+    /// other state names the store holds (a store shared with other types, or states since
+    /// renamed), by name.
+    pub states: Vec<StateCount>,
+    /// Machines whose snapshot does not decode (corrupt, or another type's).
+    pub unreadable: u64,
+    /// Every machine stored.
+    pub total: u64,
+}
+
+/// One state's count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCount {
+    /// The state's name.
+    pub state: String,
+    /// Stored machines in it.
+    pub machines: u64,
+    /// Whether the machine type declares it.
+    pub declared: bool,
+}
+
+/// The answer to `machines`: one page of ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machines {
+    /// The ids, ascending by their bytes.
+    pub ids: Vec<String>,
+    /// Where the next page starts (pass it as `after`); `None`: this was the last page.
+    pub next: Option<String>,
 }
 
 /// One owed effect: as `show` answers it, and as `fsm show` and `fsm export` print it offline.

@@ -141,6 +141,7 @@ mod inbox;
 mod journal;
 mod outbox;
 mod outcome;
+mod queries;
 mod quiet;
 mod report;
 mod request;

@@ -52,10 +52,18 @@ mod online;
 pub trait Decode {
     /// The machine type it decodes (envelopes of other types are shown undecoded).
     fn machine(&self) -> &'static str;
-    /// The state's name and its value printed with sensitive fields redacted.
+    /// The state's name and its value printed with sensitive fields redacted (read without
+    /// opening sealed fields: no key needed).
     fn describe(&self, snapshot: &Snapshot) -> Result<(&'static str, String), String>;
-    /// The state as JSON (for `export`: the operator's own data, in full).
+    /// The state as JSON with each sensitive field's value replaced by `"<redacted>"` (no
+    /// key needed).
     fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String>;
+    /// The state as JSON in full, sensitive fields too (`--reveal`): needs the key of sealed
+    /// fields.
+    fn reveal(&self, snapshot: &Snapshot) -> Result<Value, String> {
+        let _ = snapshot;
+        Err("this binary cannot reveal sensitive fields".into())
+    }
     /// The states the machine type declares, in declaration order (`states` lists them all,
     /// with 0 where no machine is).
     fn states(&self) -> Vec<&'static str> {
@@ -65,17 +73,85 @@ pub trait Decode {
 
 struct Typed<M: Durable>(Codec<M>);
 
+/// `value` (a state as serde writes it) with the fields `names` replaced by `"<redacted>"`:
+/// in the variant's object (`{"Variant": {"card": ..}}`), or by position in its array for a
+/// tuple variant. A shape it does not recognize (custom serde attributes) is replaced whole:
+/// never shown in clear by mistake.
+fn redact_json(value: Value, names: &[&str]) -> Value {
+    if names.is_empty() {
+        return value;
+    }
+    let hidden = || Value::String("<redacted>".into());
+    let Value::Object(mut outer) = value else {
+        return hidden();
+    };
+    if outer.len() != 1 {
+        return hidden();
+    }
+    let Some(inner) = outer.values_mut().next() else {
+        return hidden();
+    };
+    let mut replaced = 0;
+    match inner {
+        Value::Object(fields) => {
+            for name in names {
+                if let Some(v) = fields.get_mut(*name) {
+                    *v = hidden();
+                    replaced += 1;
+                }
+            }
+        }
+        Value::Array(items) => {
+            for name in names {
+                if let Some(v) = name.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    *v = hidden();
+                    replaced += 1;
+                }
+            }
+        }
+        // A newtype variant: its one field is the value.
+        other if names.len() == 1 && names[0] == "0" => {
+            *other = hidden();
+            replaced += 1;
+        }
+        _ => {}
+    }
+    if replaced != names.len() {
+        return hidden();
+    }
+    Value::Object(outer)
+}
+
 impl<M: Durable + Redact> Decode for Typed<M> {
     fn machine(&self) -> &'static str {
         M::TABLE.machine()
     }
 
     fn describe(&self, snapshot: &Snapshot) -> Result<(&'static str, String), String> {
-        let m = self.0.decode(snapshot).map_err(|e| e.to_string())?;
+        let m = self
+            .0
+            .decode_redacted(snapshot)
+            .map_err(|e| e.to_string())?;
         Ok((m.state_name(), format!("{:?}", Redacted(&m))))
     }
 
     fn to_json(&self, snapshot: &Snapshot) -> Result<Value, String> {
+        let mut m = self
+            .0
+            .decode_redacted(snapshot)
+            .map_err(|e| e.to_string())?;
+        let names = Codec::<M>::sensitive_fields(&mut m);
+        let value = serde_json::to_value(&m).map_err(|e| e.to_string())?;
+        Ok(redact_json(value, &names))
+    }
+
+    fn reveal(&self, snapshot: &Snapshot) -> Result<Value, String> {
+        if snapshot.sealed().is_some() && !self.0.is_sealing() {
+            return Err(
+                "its sensitive fields are sealed and this binary's codec has no keyring: build it with Codec::sealed(keyring) to reveal them"
+                    .into(),
+            );
+        }
         let m = self.0.decode(snapshot).map_err(|e| e.to_string())?;
         serde_json::to_value(&m).map_err(|e| e.to_string())
     }
@@ -149,9 +225,16 @@ enum Command {
     },
     /// One machine: its live state from a running kernel (SOCKET), or as stored (STORE).
     #[command(
-        after_help = "Exit status 1 when no such machine is stored.\n\nExamples:\n  fsm show /run/orders/admin.sock order-7\n  fsm show /var/lib/orders order-7"
+        after_help = "Exit status 1 when no such machine is stored.\n\nExamples:\n  fsm show /run/orders/admin.sock order-7\n  fsm show /var/lib/orders order-7\n  orders-fsm show /var/lib/orders order-7 --reveal   (a service's own binary, with its keyring)"
     )]
-    Show { target: String, id: String },
+    Show {
+        target: String,
+        id: String,
+        /// Print sensitive fields too, from a store, with a service's own binary (its codec's
+        /// keyring opens sealed fields). Never over a socket: they do not leave the process.
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Quarantined machines and why.
     #[command(after_help = "Example:\n  fsm quarantined /run/orders/admin.sock")]
     Quarantined { socket: String },
@@ -217,6 +300,10 @@ enum Command {
         json: bool,
         #[arg(long, default_value = "public")]
         schema: String,
+        /// Sensitive fields in clear (a service's own binary, with its keyring); without it they
+        /// are `"<redacted>"`.
+        #[arg(long)]
+        reveal: bool,
     },
     /// Folds a file store's log into its snapshot files (as opening it does).
     #[command(
@@ -388,11 +475,15 @@ where
             };
             online::trace(&socket, &filter, &options, out, err)
         }
-        Command::Show { target, id } => {
+        Command::Show { target, id, reveal } => {
             if online::is_socket(&target) {
-                online::show(&target, &id, out)
+                if reveal {
+                    Err("--reveal reads a store with the service's own binary: sensitive fields never leave the running kernel".to_owned())
+                } else {
+                    online::show(&target, &id, out)
+                }
             } else {
-                offline::show(&target, &id, decode, out)
+                offline::show(&target, &id, decode, reveal, out)
             }
         }
         Command::Quarantined { socket } => online::quarantined(&socket, out),
@@ -430,7 +521,8 @@ where
             store,
             json: _,
             schema,
-        } => offline::export(&store, &schema, decode, out),
+            reveal,
+        } => offline::export(&store, &schema, decode, reveal, out),
         Command::Compact { store } => offline::compact(&store, out),
         Command::Submit {
             store,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use fsm_core::kernel::admin::{key_proto, owed_proto, timer_proto};
 use fsm_core::kernel::{keys_in, owed_in, timers_in};
 use fsm_core::store::{
-    Limits, ListQuery, MachineId, Snapshot, SnapshotStore, StateCounts, StateFilter, StoreError,
-    MAX_PAGE,
+    sealed_key, Limits, ListQuery, MachineId, Snapshot, SnapshotStore, StateCounts, StateFilter,
+    StoreError, MAX_PAGE,
 };
 use fsm_persist::inspect::{self, Header, Source};
 use fsm_persist::{FileStore, SqliteStore};
@@ -461,6 +461,7 @@ pub(crate) fn export(
     target: &str,
     schema: &str,
     decode: Option<&dyn Decode>,
+    reveal: bool,
     out: &mut dyn Write,
 ) -> Result<Status, String> {
     let store = Store::parse(target, schema)?;
@@ -475,10 +476,29 @@ pub(crate) fn export(
                     "seq": h.seq,
                     "format": format!("{:?}", h.format),
                     "bytes": r.size,
-                    "payload_hex": hex(snapshot.payload()),
+                    "payload_bytes": snapshot.payload().len(),
                 });
+                if let Some(state) = &h.state {
+                    line["state_name"] = json!(state);
+                }
+                if let Some(sealed) = snapshot.sealed() {
+                    line["sealed_key"] = match sealed_key(sealed) {
+                        Ok((key, _)) => json!(key),
+                        Err(e) => json!(e.to_string()),
+                    };
+                }
+                // The payload may hold sensitive fields in clear (written before sealing, or
+                // without it): only on request.
+                if reveal {
+                    line["payload_hex"] = json!(hex(snapshot.payload()));
+                }
                 if let Some(d) = decode.filter(|d| d.machine() == h.machine) {
-                    match d.to_json(snapshot) {
+                    let state = if reveal {
+                        d.reveal(snapshot)
+                    } else {
+                        d.to_json(snapshot)
+                    };
+                    match state {
                         Ok(state) => line["state"] = state,
                         Err(e) => line["decode_error"] = json!(e),
                     }
@@ -514,6 +534,7 @@ pub(crate) fn show(
     target: &str,
     id: &str,
     decode: Option<&dyn Decode>,
+    reveal: bool,
     out: &mut dyn Write,
 ) -> Result<Status, String> {
     let store = Store::parse(target, "public")?;
@@ -532,12 +553,22 @@ pub(crate) fn show(
             )
             .map_err(io)?;
             match decode.filter(|d| d.machine() == h.machine) {
+                Some(d) if reveal => match d.reveal(snapshot) {
+                    Ok(value) => writeln!(out, "{value:#}").map_err(io)?,
+                    Err(e) => return Err(format!("cannot reveal {id}: {e}")),
+                },
                 Some(d) => match d.describe(snapshot) {
                     Ok((state, value)) => writeln!(out, "state {state}\n{value}").map_err(io)?,
                     Err(e) => {
                         writeln!(out, "does not decode as {}: {e}", d.machine()).map_err(io)?
                     }
                 },
+                None if reveal => {
+                    return Err(format!(
+                        "--reveal needs a binary that decodes `{}` (fsm_cli::run with its codec)",
+                        h.machine
+                    ))
+                }
                 None => writeln!(
                     out,
                     "{} payload bytes (this binary decodes no `{}`: see fsm_cli::run)",

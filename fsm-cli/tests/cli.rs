@@ -109,7 +109,15 @@ fn verify_ls_export_and_compact_a_clean_data_directory() {
     assert_eq!(lines[3]["id"], "order-003");
     assert_eq!(lines[3]["machine"], "Order");
     assert_eq!(lines[3]["seq"], 2);
-    assert!(lines[3]["payload_hex"].as_str().unwrap().len() > 2);
+    assert!(lines[3]["payload_bytes"].as_u64().unwrap() > 2);
+    assert_eq!(lines[3]["state_name"], "Paid");
+    assert!(
+        lines[3].get("payload_hex").is_none(),
+        "the raw payload only with --reveal"
+    );
+    let revealed = text(&fsm(&["export", "--json", "--reveal", path]));
+    let first: serde_json::Value = serde_json::from_str(revealed.lines().next().unwrap()).unwrap();
+    assert!(first["payload_hex"].as_str().unwrap().len() > 2, "{first}");
     assert!(
         lines[3].get("state").is_none(),
         "the plain binary decodes no machine type"
@@ -927,4 +935,161 @@ fn machines_by_state_online_and_offline_on_every_store() {
         !listed.contains("order-003") && !listed.contains("order-001"),
         "{listed}"
     );
+}
+
+mod sealed {
+    use fsm_core::store::{Codec, Keyring, MachineId};
+    use fsm_core::{Event, StateMachine};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(StateMachine, Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[fsm(event = Cmd)]
+    pub(crate) enum Account {
+        #[fsm(initial, on(Open => Active, with = open))]
+        New,
+        #[fsm(on(Close => Closed, plain))]
+        Active {
+            holder: String,
+            #[fsm(sensitive)]
+            card: String,
+        },
+        #[fsm(terminal)]
+        Closed,
+    }
+
+    #[derive(Event, Debug, Clone, Serialize, Deserialize)]
+    pub(crate) enum Cmd {
+        Open {
+            #[fsm(sensitive)]
+            card: String,
+        },
+        Close,
+    }
+
+    fn open(
+        _: account::New,
+        e: cmd::Open,
+        _: &mut fsm_core::Effects<()>,
+    ) -> Result<account::Active, fsm_core::Refusal> {
+        Ok(account::Active {
+            holder: "Ada".into(),
+            card: e.card,
+        })
+    }
+
+    pub(crate) const CARD: &str = "5500-0000-0000-0004";
+
+    /// A data directory whose accounts' cards are sealed under `keys`.
+    pub(crate) fn accounts(keys: &Keyring) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fsm_persist::file_kernel(dir.path(), Account::initial_state)
+            .codec(Codec::new(1).sealed(keys.clone()))
+            .start()
+            .unwrap();
+        for i in 0..3 {
+            let id = MachineId::new(format!("acct-{i}")).unwrap();
+            kernel
+                .submit(&id, Cmd::Open { card: CARD.into() })
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        kernel.wait_idle();
+        dir
+    }
+
+    pub(crate) fn run(codec: Codec<Account>, args: &[&str]) -> (fsm_cli::Status, String, String) {
+        let decoder = fsm_cli::decoder(codec);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut all = vec!["fsm"];
+        all.extend_from_slice(args);
+        let status = fsm_cli::run_from(Some(&*decoder), all, &mut out, &mut err);
+        (
+            status,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+}
+
+#[test]
+fn sealed_fields_are_redacted_without_the_key_and_revealed_only_with_it() {
+    use fsm_core::store::{Codec, Keyring};
+    use sealed::{run, CARD};
+    let keys = Keyring::new(3, Keyring::generate_key());
+    let dir = sealed::accounts(&keys);
+    let path = dir.path().to_str().unwrap();
+    let mut disk = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        disk.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    assert!(
+        !disk.windows(CARD.len()).any(|w| w == CARD.as_bytes()),
+        "the card is on disk"
+    );
+
+    // The plain binary: no card anywhere, even asked to reveal the raw payload.
+    for args in [
+        vec!["export", "--json", path],
+        vec!["export", "--json", "--reveal", path],
+        vec!["show", path, "acct-1"],
+        vec!["ls", path],
+    ] {
+        let o = fsm(&args);
+        let all = format!("{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
+        assert!(!all.contains(CARD), "{args:?}: {all}");
+        assert!(!all.contains(&hex_of(CARD)), "{args:?}: {all}");
+    }
+    let exported: serde_json::Value = serde_json::from_str(
+        text(&fsm(&["export", "--json", path]))
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exported["sealed_key"], 3, "{exported}");
+    assert_eq!(exported["state_name"], "Active", "{exported}");
+
+    // The service's binary without the keyring: the rest of the machine, the card redacted;
+    // --reveal refused, saying what it needs.
+    let (status, shown, _) = run(Codec::new(1), &["show", path, "acct-1"]);
+    assert_eq!(status, fsm_cli::Status::Ok);
+    assert!(
+        shown.contains("holder: \"Ada\"") && shown.contains("card: <redacted>"),
+        "{shown}"
+    );
+    let (_, exported, _) = run(Codec::new(1), &["export", "--json", path]);
+    let first: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(first["state"]["Active"]["card"], "<redacted>", "{first}");
+    assert_eq!(first["state"]["Active"]["holder"], "Ada", "{first}");
+    let (status, out, err) = run(Codec::new(1), &["show", path, "acct-1", "--reveal"]);
+    assert_eq!(status, fsm_cli::Status::Error, "{out}");
+    assert!(err.contains("keyring"), "{err}");
+    assert!(!out.contains(CARD) && !err.contains(CARD));
+
+    // With the keyring: revealed on request only.
+    let (_, shown, _) = run(
+        Codec::new(1).sealed(keys.clone()),
+        &["show", path, "acct-1"],
+    );
+    assert!(!shown.contains(CARD), "{shown}");
+    let (status, shown, _) = run(
+        Codec::new(1).sealed(keys.clone()),
+        &["show", path, "acct-1", "--reveal"],
+    );
+    assert_eq!(status, fsm_cli::Status::Ok);
+    assert!(shown.contains(CARD), "{shown}");
+    let (_, exported, _) = run(
+        Codec::new(1).sealed(keys),
+        &["export", "--json", "--reveal", path],
+    );
+    let first: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(first["state"]["Active"]["card"], CARD, "{first}");
+    // A socket never reveals.
+    let refused = fsm(&["show", "/nonexistent/admin.sock", "acct-1", "--reveal"]);
+    assert_ne!(refused.status.code(), Some(0));
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

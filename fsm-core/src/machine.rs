@@ -180,6 +180,17 @@ pub trait StateMachine: Sized {
     /// from a transition (a restored snapshot, a value built by hand).
     fn validate(&self) -> Result<(), InvalidState>;
 
+    /// Hands each `#[fsm(sensitive)]` field of the current state to `visit` (written by the
+    /// derive when a state has one): how the codec seals them at rest.
+    #[doc(hidden)]
+    fn __sensitive_fields(
+        &mut self,
+        visit: &mut dyn crate::__private::SealVisit,
+    ) -> Result<(), String> {
+        let _ = visit;
+        Ok(())
+    }
+
     /// The event that `state`'s declared timeout fires (`state_timeout(ms = N => Event)`), if
     /// it declares one. The derive writes it; a hand-written machine without state timeouts
     /// keeps the default.

@@ -5,6 +5,7 @@
 pub use crate::kernel::EventCodec;
 pub use crate::machine::Event;
 pub use core;
+pub use std::string::String;
 
 /// Whether an event type can be stored, decided where the type is concrete (in the code
 /// `#[derive(Event)]` writes), by autoref specialization: `(&Probe::<E>::new()).stored()`
@@ -311,4 +312,38 @@ pub fn timers_section_round_trip<M: StateMachine>(
 ) -> Result<Vec<u8>, String> {
     let timers = crate::timer::decode_section(bytes, M::TABLE, state).map_err(|e| e.to_string())?;
     Ok(crate::timer::encode_section(&timers))
+}
+
+/// What `#[derive(StateMachine)]` hands each `sensitive` field of the current state to, for
+/// the codec to seal it at rest (see [`crate::store::Sealer`]).
+pub trait SealVisit {
+    fn field(&mut self, name: &'static str, value: &mut dyn SealField) -> Result<(), String>;
+}
+
+/// A sensitive field as the codec handles it: its value encoded alone, replaced by its
+/// default in the payload, and put back from its encoding.
+#[diagnostic::on_unimplemented(
+    message = "a `sensitive` field of a state is sealed at rest: `{Self}` must implement `Default`, `Serialize` and `Deserialize`",
+    label = "this field's type",
+    note = "the stored payload holds the field's `Default` value; its real value travels encrypted beside it"
+)]
+pub trait SealField {
+    fn seal(&self) -> Result<Vec<u8>, String>;
+    fn blank(&mut self);
+    fn open(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Default> SealField for T {
+    fn seal(&self) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(self).map_err(|e| e.to_string())
+    }
+
+    fn blank(&mut self) {
+        *self = T::default();
+    }
+
+    fn open(&mut self, bytes: &[u8]) -> Result<(), String> {
+        *self = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }

@@ -550,6 +550,7 @@ fn an_outbox_that_does_not_decode_quarantines_its_machine() {
                     timers: None,
                     outbox: Some(outbox),
                     state: None,
+                    sealed: None,
                 },
             )
             .unwrap()

@@ -538,6 +538,51 @@ impl Gen<'_, '_> {
                 }
             }
         });
+        let sensitive_arms: Vec<TokenStream> = m
+            .states
+            .iter()
+            .filter(|s| s.variant.fields.iter().any(|f| f.sensitive))
+            .map(|s| {
+                let v = &s.variant;
+                let ident = v.ident;
+                let binds = bindings(v);
+                let pat = variant_fields(v, &idents(&binds));
+                let visits = v
+                    .fields
+                    .iter()
+                    .zip(&binds)
+                    .filter(|(f, _)| f.sensitive)
+                    .map(|(f, bind)| {
+                        let name = match &f.member {
+                            syn::Member::Named(id) => {
+                                id.to_string().trim_start_matches("r#").to_string()
+                            }
+                            syn::Member::Unnamed(i) => i.index.to_string(),
+                        };
+                        // Spanned at the field's type: a type that cannot be sealed is
+                        // reported there.
+                        let coerce =
+                            respan(quote!(#bind as &mut dyn #private::SealField), f.ty.span());
+                        quote!(__fsm_visit.field(#name, #coerce)?;)
+                    });
+                quote!(Self::#ident #pat => { #(#visits)* })
+            })
+            .collect();
+        let sensitive_fields = (!sensitive_arms.is_empty()).then(|| {
+            quote! {
+                #[allow(unused_variables, unreachable_patterns)]
+                fn __sensitive_fields(
+                    &mut self,
+                    __fsm_visit: &mut dyn #private::SealVisit,
+                ) -> #private::core::result::Result<(), #private::String> {
+                    match self {
+                        #(#sensitive_arms)*
+                        _ => {}
+                    }
+                    #private::core::result::Result::Ok(())
+                }
+            }
+        });
         let apply_into = self.apply_into();
         let empty = if m.states.is_empty() {
             quote!(match *self {})
@@ -577,6 +622,8 @@ impl Gen<'_, '_> {
                         _ => #private::core::result::Result::Ok(()),
                     }
                 }
+
+                #sensitive_fields
             }
         }
     }

@@ -114,6 +114,7 @@ fn decode(data: &[u8]) {
                     timers: timers.as_deref(),
                     outbox,
                     state: None,
+                    sealed: None,
                 },
             ),
             (None, _) => codec.encode(machine, *seq),

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::envelope::{EnvelopeError, Format, Limits, Snapshot};
 use super::error::StoreError;
+use super::seal::{self, SealError, Sealer, SharedSealer};
 use crate::{InvalidState, StateMachine};
 
 type Migration<M> = Box<dyn Fn(&[u8], Format) -> Result<M, String> + Send + Sync>;
@@ -60,6 +61,9 @@ pub struct Codec<M> {
     format: Format,
     limits: Limits,
     migrations: BTreeMap<u32, Migration<M>>,
+    /// Seals sensitive fields, if set (with `blank`, which copies a machine to blank them).
+    sealer: Option<SharedSealer>,
+    blank: Option<fn(&M) -> M>,
     _machine: PhantomData<fn() -> M>,
 }
 
@@ -73,6 +77,7 @@ impl<M> fmt::Debug for Codec<M> {
                 "migrations_from",
                 &self.migrations.keys().collect::<Vec<_>>(),
             )
+            .field("sealer", &self.sealer.as_ref().map(|_| seal::SealerName))
             .finish()
     }
 }
@@ -88,8 +93,30 @@ where
             format: Format::Postcard,
             limits: Limits::DEFAULT,
             migrations: BTreeMap::new(),
+            sealer: None,
+            blank: None,
             _machine: PhantomData,
         }
+    }
+
+    /// Seals the state's `#[fsm(sensitive)]` fields at rest with `sealer` (a
+    /// [`Keyring`](super::Keyring) with feature `seal`): the stored payload holds their
+    /// defaults and the envelope their values, encrypted (see [`crate::store::Sealer`] for the
+    /// layout, and what is and is not encrypted). Snapshots sealed under a key the sealer does
+    /// not hold, or altered, are refused with [`DecodeError::Unseal`]; snapshots written
+    /// before sealing read as before.
+    pub fn sealed(mut self, sealer: impl Sealer + 'static) -> Self
+    where
+        M: Clone,
+    {
+        self.sealer = Some(std::sync::Arc::new(sealer));
+        self.blank = Some(M::clone);
+        self
+    }
+
+    /// Whether this codec seals sensitive fields.
+    pub fn is_sealing(&self) -> bool {
+        self.sealer.is_some()
     }
 
     /// Writes payloads in `format` (reading accepts every format this build supports,
@@ -172,9 +199,13 @@ where
         seq: u64,
         sections: crate::store::Sections<'_>,
     ) -> Result<Snapshot, EncodeError> {
-        let payload = serialize(machine, self.format)?;
+        let (payload, sealed) = match self.seal(machine, seq)? {
+            Some((blanked, sealed)) => (serialize(&blanked, self.format)?, Some(sealed)),
+            None => (serialize(machine, self.format)?, None),
+        };
         let sections = crate::store::Sections {
             state: Some(machine.state_name()),
+            sealed: sealed.as_deref(),
             ..sections
         };
         Ok(Snapshot::framed(
@@ -187,8 +218,74 @@ where
         )?)
     }
 
+    /// With a sealer, and sensitive fields in the machine's state: the machine with them at
+    /// their defaults, and the sealed section holding their values.
+    fn seal(&self, machine: &M, seq: u64) -> Result<Option<(M, Vec<u8>)>, EncodeError> {
+        let (Some(sealer), Some(blank)) = (&self.sealer, self.blank) else {
+            return Ok(None);
+        };
+        let mut blanked = blank(machine);
+        let mut take = seal::Take::default();
+        blanked
+            .__sensitive_fields(&mut take)
+            .map_err(EncodeError::Payload)?;
+        if take.values.is_empty() {
+            return Ok(None);
+        }
+        let plaintext =
+            postcard::to_allocvec(&take.values).map_err(|e| EncodeError::Payload(e.to_string()))?;
+        let key_id = sealer.current_key();
+        let aad = seal::aad(M::TABLE.machine(), self.schema, seq, key_id);
+        let sealed = sealer
+            .seal(key_id, &aad, &plaintext)
+            .map_err(EncodeError::Seal)?;
+        Ok(Some((blanked, seal::section(key_id, &sealed))))
+    }
+
     /// Decodes a verified snapshot into a valid machine.
     pub fn decode(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
+        let mut machine = self.decode_payload(snapshot)?;
+        if let Some(section) = snapshot.sealed() {
+            let (key_id, sealed) = seal::sealed_key(section).map_err(DecodeError::Unseal)?;
+            let Some(sealer) = &self.sealer else {
+                return Err(DecodeError::Sealed { key_id });
+            };
+            let aad = seal::aad(
+                snapshot.machine(),
+                snapshot.schema_version(),
+                snapshot.seq(),
+                key_id,
+            );
+            let plaintext = sealer
+                .open(key_id, &aad, sealed)
+                .map_err(DecodeError::Unseal)?;
+            let values: Vec<(String, Vec<u8>)> = postcard::from_bytes(&plaintext)
+                .map_err(|e| DecodeError::Unseal(SealError::Malformed(e.to_string())))?;
+            machine
+                .__sensitive_fields(&mut seal::Restore(&values))
+                .map_err(|e| DecodeError::Unseal(SealError::Malformed(e)))?;
+        }
+        machine.validate().map_err(DecodeError::Invalid)?;
+        Ok(machine)
+    }
+
+    /// Decodes a snapshot for printing only: its sealed fields are not opened (they hold their
+    /// types' defaults, so print the result through [`Redacted`](crate::Redacted)) and the
+    /// state's invariant is not run. What `fsm show` prints without the key.
+    pub fn decode_redacted(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
+        self.decode_payload(snapshot)
+    }
+
+    /// The names of the sensitive fields of `machine`'s state (`&mut` only because the
+    /// derive's visitor takes it: nothing is changed).
+    pub fn sensitive_fields(machine: &mut M) -> Vec<&'static str> {
+        let mut names = seal::Names::default();
+        let _ = machine.__sensitive_fields(&mut names);
+        names.0
+    }
+
+    /// The payload as `M` (migrated if older), sealed fields and invariant aside.
+    fn decode_payload(&self, snapshot: &Snapshot) -> Result<M, DecodeError> {
         let expected = M::TABLE.machine();
         if snapshot.machine() != expected {
             return Err(DecodeError::WrongMachine {
@@ -220,7 +317,6 @@ where
             version,
             message,
         })?;
-        machine.validate().map_err(DecodeError::Invalid)?;
         Ok(machine)
     }
 
@@ -277,6 +373,9 @@ pub enum EncodeError {
     /// The envelope cannot hold it.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// The sensitive fields could not be sealed.
+    #[error("cannot seal the sensitive fields: {0}")]
+    Seal(SealError),
 }
 
 /// Why a snapshot could not become a machine.
@@ -327,6 +426,15 @@ pub enum DecodeError {
     /// The decoded state fails its invariant.
     #[error("decoded state is invalid: {0}")]
     Invalid(InvalidState),
+    /// The snapshot holds sealed fields and this codec has no sealer.
+    #[error("the snapshot's sensitive fields are sealed (under key {key_id}); give the codec the keyring (Codec::sealed) to read them")]
+    Sealed {
+        /// The key id the sealed section names.
+        key_id: u32,
+    },
+    /// The sealed fields do not open: an unknown key, a wrong one, or altered bytes.
+    #[error(transparent)]
+    Unseal(SealError),
 }
 
 /// Why [`SnapshotStoreExt::load`](super::SnapshotStoreExt::load) or `save` failed.

@@ -6,7 +6,8 @@
 //!      4    1  format version (1)
 //!      5    1  payload codec (0 postcard, 1 JSON)
 //!      6    2  flags: bit 0 = the payload area holds a journal, bit 1 = timers,
-//!                 bit 2 = an outbox, bit 3 = the state's name; other bits reserved (0)
+//!                 bit 2 = an outbox, bit 3 = the state's name, bit 4 = sealed fields;
+//!                 other bits reserved (0)
 //!      8    4  schema version of the machine type      (little endian, as every number)
 //!     12    8  sequence
 //!     20    2  machine type name length n (at most 255)
@@ -32,7 +33,9 @@
 //!   [`MAX_STATE_NAME`] bytes), written by [`Codec`](crate::store::Codec) for every snapshot,
 //!   so that a store can index machines by state and answer "which machines are in
 //!   `PastDue`?" from the envelope, without decoding a payload. Snapshots written before this
-//!   section existed have no state name: stores report them as *unrecorded*.
+//!   section existed have no state name: stores report them as *unrecorded*;
+//! - bit 4, **sealed**: the state's `#[fsm(sensitive)]` fields, encrypted (see
+//!   [`Sealer`](crate::store::Sealer)); the payload then holds their default values.
 //!
 //! A snapshot of a machine with no armed timer and nothing owed has neither section, so it
 //! reads as before; a reader that predates a section refuses a snapshot that has it with
@@ -61,7 +64,7 @@ pub const MAX_STATE_NAME: usize = 255;
 /// Bytes of a section's length field.
 const SECTION_LEN: usize = 4;
 /// Every flag bit a section uses; the others are reserved.
-const SECTION_FLAGS: u16 = 0b1111;
+const SECTION_FLAGS: u16 = 0b1_1111;
 
 /// The kernel's sections of an envelope's payload area, in the order they are stored (each
 /// before the machine's state, each present only when its flag bit is set).
@@ -75,10 +78,12 @@ pub enum Section {
     Outbox,
     /// The name of the state the payload holds.
     State,
+    /// The state's sensitive fields, encrypted.
+    Sealed,
 }
 
 /// How many kinds of section there are.
-const SECTIONS: usize = 4;
+const SECTIONS: usize = 5;
 
 impl Section {
     /// Every section, in stored order.
@@ -87,6 +92,7 @@ impl Section {
         Section::Timers,
         Section::Outbox,
         Section::State,
+        Section::Sealed,
     ];
 
     fn index(self) -> usize {
@@ -104,6 +110,7 @@ impl Section {
             Section::Timers => "timers",
             Section::Outbox => "outbox",
             Section::State => "state",
+            Section::Sealed => "sealed",
         }
     }
 }
@@ -127,6 +134,9 @@ pub struct Sections<'a> {
     /// The name of the state the payload holds ([`Snapshot::state`]);
     /// [`Codec`](crate::store::Codec) fills it in from the machine it encodes.
     pub state: Option<&'a str>,
+    /// The state's sensitive fields, sealed ([`Snapshot::sealed`]); a sealing
+    /// [`Codec`](crate::store::Codec) fills it in.
+    pub sealed: Option<&'a [u8]>,
 }
 
 impl<'a> Sections<'a> {
@@ -136,6 +146,7 @@ impl<'a> Sections<'a> {
             Section::Timers => self.timers,
             Section::Outbox => self.outbox,
             Section::State => self.state.map(str::as_bytes),
+            Section::Sealed => self.sealed,
         }
     }
 }
@@ -442,6 +453,11 @@ impl Snapshot {
             .map(|bytes| std::str::from_utf8(bytes).unwrap_or(""))
     }
 
+    /// The sealed section (the state's sensitive fields, encrypted), if the snapshot has one.
+    pub fn sealed(&self) -> Option<&[u8]> {
+        self.section(Section::Sealed)
+    }
+
     /// The journal stored with the state, if the snapshot was made
     /// [`with_journal`](Snapshot::with_journal).
     pub fn journal(&self) -> Option<&[u8]> {
@@ -737,13 +753,14 @@ mod tests {
 
     #[test]
     fn every_section_is_found_by_its_flag_whichever_others_are_present() {
-        for mask in 0u8..16 {
+        for mask in 0u8..32 {
             let pick = |bit: u8, b: &'static [u8]| (mask & bit != 0).then_some(b);
             let sections = Sections {
                 journal: pick(1, b"j"),
                 timers: pick(2, b"tt"),
                 outbox: pick(4, b"ooo"),
                 state: (mask & 8 != 0).then_some("PastDue"),
+                sealed: pick(16, b"ssss"),
             };
             let s = Snapshot::framed("M", 1, 2, Format::Postcard, sections, b"state").unwrap();
             let back = Snapshot::from_bytes(s.into_bytes(), &Limits::DEFAULT).unwrap();
@@ -751,6 +768,7 @@ mod tests {
             assert_eq!(back.timers(), sections.timers, "mask {mask}");
             assert_eq!(back.outbox(), sections.outbox, "mask {mask}");
             assert_eq!(back.state(), sections.state, "mask {mask}");
+            assert_eq!(back.sealed(), sections.sealed, "mask {mask}");
             assert_eq!(back.payload(), b"state", "mask {mask}");
         }
         // An outbox longer than what is left is refused, named.

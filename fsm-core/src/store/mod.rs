@@ -46,6 +46,7 @@ mod error;
 mod id;
 mod memory;
 mod query;
+mod seal;
 
 pub use codec::{Codec, DecodeError, EncodeError, LoadError};
 pub use envelope::{
@@ -59,6 +60,9 @@ pub use query::{
     count_by_reading, list_by_reading, ListQuery, Page, Smallest, StateCounts, StateFilter,
     MAX_PAGE,
 };
+#[cfg(feature = "seal")]
+pub use seal::Keyring;
+pub use seal::{sealed_key, SealError, Sealer};
 
 use std::collections::HashSet;
 

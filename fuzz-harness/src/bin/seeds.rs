@@ -109,6 +109,7 @@ fn envelopes() -> Vec<Vec<u8>> {
             timers: Some(&timers),
             outbox: Some(&outbox),
             state: None,
+            sealed: None,
         };
         let owing = codec
             .encode_framed(s, i as u64 + 1, sections)

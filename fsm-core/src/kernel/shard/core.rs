@@ -862,6 +862,7 @@ impl<M: Durable> Core<M> {
                 timers: timers.as_deref(),
                 outbox: outbox.as_deref(),
                 state: None,
+                sealed: None,
             };
             let encoded = codec
                 .encode_framed(&slot.machine, slot.next_seq(), sections)

@@ -100,7 +100,7 @@ where
     }
 
     /// Seals the state's `#[fsm(sensitive)]` fields at rest with `sealer` (a
-    /// [`Keyring`](super::Keyring) with feature `seal`): the stored payload holds their
+    /// `Keyring` with feature `seal`): the stored payload holds their
     /// defaults and the envelope their values, encrypted (see [`crate::store::Sealer`] for the
     /// layout, and what is and is not encrypted). Snapshots sealed under a key the sealer does
     /// not hold, or altered, are refused with [`DecodeError::Unseal`]; snapshots written

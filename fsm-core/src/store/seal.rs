@@ -44,7 +44,7 @@ const LAYOUT: u8 = 1;
 /// Bytes before what the sealer wrote.
 const HEADER: usize = 5;
 
-/// Encrypts and authenticates the sealed section's contents. [`Keyring`] (feature `seal`) is
+/// Encrypts and authenticates the sealed section's contents. `Keyring` (feature `seal`) is
 /// the implementation with RustCrypto's XChaCha20-Poly1305; implement this for a key
 /// management service or a hardware module.
 pub trait Sealer: Send + Sync {

@@ -358,6 +358,18 @@ pub(crate) struct Listing {
     pub(crate) limit: Option<usize>,
 }
 
+impl Listing {
+    /// The note that says where a listing cut by `--limit` after `last` goes on.
+    pub(crate) fn go_on(&self, target: &str, last: &str) -> String {
+        let state = self
+            .state
+            .as_deref()
+            .map(|s| format!(" --state {s}"))
+            .unwrap_or_default();
+        format!("more after {last}: fsm ls {target}{state} --after {last}")
+    }
+}
+
 /// The exit status of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

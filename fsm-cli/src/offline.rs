@@ -133,19 +133,7 @@ fn rows(store: &Store) -> Result<Vec<Row>, String> {
             let progress = bar(ids.len() as u64, "reading");
             let mut rows = Vec::new();
             for id in ids {
-                let verdict = match opened.get(&id) {
-                    Ok(s) => Ok((inspect::header(&s), s)),
-                    Err(e @ StoreError::Corrupt { .. }) => Err(e.to_string()),
-                    Err(StoreError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e.to_string()),
-                };
-                let size = verdict.as_ref().map_or(0, |(_, s)| s.len() as u64);
-                rows.push(Row {
-                    id,
-                    source: store.kind().to_owned(),
-                    size,
-                    verdict,
-                });
+                rows.extend(read_row(store, &*opened, id)?);
                 progress.inc(1);
             }
             progress.finish_and_clear();
@@ -320,16 +308,7 @@ pub(crate) fn ls(
     writeln!(out, "{} machines", shown.len()).map_err(io)?;
     if rows.len() > shown.len() {
         if let Some(last) = shown.last() {
-            let state = listing
-                .state
-                .as_deref()
-                .map(|s| format!(" --state {s}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                err,
-                "more after {}: fsm ls {target}{state} --after {}",
-                last.id, last.id
-            );
+            let _ = writeln!(err, "{}", listing.go_on(target, last.id.as_str()));
         }
     }
     Ok(Status::Ok)
@@ -362,21 +341,30 @@ fn rows_in(
     }
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids {
-        let verdict = match opened.get(&id) {
-            Ok(s) => Ok((inspect::header(&s), s)),
-            Err(e @ StoreError::Corrupt { .. }) => Err(e.to_string()),
-            Err(StoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        let size = verdict.as_ref().map_or(0, |(_, s)| s.len() as u64);
-        rows.push(Row {
-            id,
-            source: store.kind().to_owned(),
-            size,
-            verdict,
-        });
+        rows.extend(read_row(store, &*opened, id)?);
     }
     Ok(rows)
+}
+
+/// Machine `id` of an opened database, as a row (`None`: gone since it was listed).
+fn read_row(
+    store: &Store,
+    opened: &dyn SnapshotStore,
+    id: MachineId,
+) -> Result<Option<Row>, String> {
+    let verdict = match opened.get(&id) {
+        Ok(s) => Ok((inspect::header(&s), s)),
+        Err(e @ StoreError::Corrupt { .. }) => Err(e.to_string()),
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let size = verdict.as_ref().map_or(0, |(_, s)| s.len() as u64);
+    Ok(Some(Row {
+        id,
+        source: store.kind().to_owned(),
+        size,
+        verdict,
+    }))
 }
 
 /// Machines per state. A database counts from its index; a file store's snapshots are read

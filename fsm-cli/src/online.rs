@@ -382,15 +382,7 @@ pub(crate) fn ls(
         left -= page.ids.len().min(left);
         match page.next {
             Some(next) if left == 0 => {
-                let state = listing
-                    .state
-                    .as_deref()
-                    .map(|s| format!(" --state {s}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    err,
-                    "more after {next}: fsm ls {socket}{state} --after {next}"
-                );
+                let _ = writeln!(err, "{}", listing.go_on(socket, &next));
                 break;
             }
             Some(next) => after = Some(next),

@@ -639,6 +639,31 @@ fn every_request_and_answer_goes_through_the_typed_protocol() {
         (proto::PROTOCOL, "Account")
     );
 
+    let table: proto::Table = ok_of(typed(&mut c, &proto::Request::Table));
+    assert_eq!(
+        (table.machine.as_str(), table.initial.as_str()),
+        ("Account", "New")
+    );
+    let names: Vec<(&str, bool)> = table
+        .states
+        .iter()
+        .map(|s| (s.name.as_str(), s.terminal))
+        .collect();
+    assert_eq!(names, [("New", false), ("Active", false), ("Closed", true)]);
+    let edges: Vec<(&str, &str, &str)> = table
+        .transitions
+        .iter()
+        .map(|t| (t.from.as_str(), t.event.as_str(), t.to.as_str()))
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("New", "Open", "Active"),
+            ("Active", "Pay", "Active"),
+            ("Active", "Close", "Closed")
+        ]
+    );
+
     let m: proto::Metrics = ok_of(typed(&mut c, &proto::Request::Metrics));
     assert_eq!(m.total.counts.committed, 2);
     assert_eq!(m.shards.len(), 2);

@@ -14,6 +14,7 @@
 //! | --- | --- |
 //! | `{"op":"hello"}` | the endpoint's protocol version and machine type |
 //! | `{"op":"metrics"}` | counts, queue depths and latency percentiles per shard and in total, workers, uptime |
+//! | `{"op":"table"}` | the machine type's states (terminal, state timeout) and transitions, as checked at compile time |
 //! | `{"op":"trace", "machine"?, "state"?, "event"?, "outcome"?, "since_ms"?, "limit"?}` | the newest matching decisions, oldest first |
 //! | `{"op":"trace_window"}` | what the trace ring still holds: `capacity` (entries per shard), `overwritten` (entries dropped since start) and `complete_since_ms` (from when every decision is still there; `null` while nothing was dropped) |
 //! | `{"op":"watch", "machine"?, "state"?, "event"?, "outcome"?, "max_per_sec"?}` | a stream: `{"entry": ...}` per matching decision as it happens, `{"dropped": n, ...}` once a second when the rate limit or the ring dropped some |
@@ -236,6 +237,7 @@ struct Shared {
 /// What the endpoint needs of a kernel, whatever its machine type.
 trait Target: Send + Sync {
     fn machine(&self) -> &'static str;
+    fn table(&self) -> &'static crate::Table;
     fn metrics(&self) -> proto::Metrics;
     fn trace(&self) -> &Trace;
     fn show(&self, id: &MachineId) -> Result<proto::Show, proto::Failure>;
@@ -264,6 +266,10 @@ impl<M: Durable> View<M> {
 impl<M: Durable + Redact + Clone> Target for View<M> {
     fn machine(&self) -> &'static str {
         M::TABLE.machine()
+    }
+
+    fn table(&self) -> &'static crate::Table {
+        M::TABLE
     }
 
     fn metrics(&self) -> proto::Metrics {
@@ -804,6 +810,7 @@ fn answer(request: proto::Request, target: &dyn Target, config: &AdminConfig) ->
             machine: target.machine().to_owned(),
         }),
         Request::Metrics => ok(target.metrics()),
+        Request::Table => ok(proto::Table::of(target.table())),
         Request::Trace {
             machine,
             state,

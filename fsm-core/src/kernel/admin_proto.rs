@@ -21,6 +21,9 @@ pub enum Request {
     Hello,
     /// Counts, queue depths and latencies per shard and in total: a [`Metrics`].
     Metrics,
+    /// The machine type's transition table, as checked at compile time: a [`Table`] (what a
+    /// live view draws its statechart from).
+    Table,
     /// The newest matching decisions, oldest first: a list of [`Entry`].
     Trace {
         /// Only this machine's decisions.
@@ -168,6 +171,71 @@ pub struct Hello {
     pub protocol: u32,
     /// The machine type the kernel runs.
     pub machine: String,
+}
+
+/// The answer to `table`: the machine type's states and transitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    /// The machine type.
+    pub machine: String,
+    /// The initial state's name.
+    pub initial: String,
+    /// Every state, in declaration order.
+    pub states: Vec<TableState>,
+    /// Every declared transition.
+    pub transitions: Vec<TableTransition>,
+}
+
+/// One state of a [`Table`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableState {
+    /// Its name.
+    pub name: String,
+    /// Whether it is terminal (no transition leaves it).
+    pub terminal: bool,
+    /// Its state timeout, if it declares one: milliseconds, and the event it fires.
+    pub timeout: Option<(u64, String)>,
+}
+
+/// One transition of a [`Table`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableTransition {
+    /// The state it leaves.
+    pub from: String,
+    /// The event that takes it.
+    pub event: String,
+    /// The state it enters.
+    pub to: String,
+}
+
+impl Table {
+    /// `table`'s answer for a machine type's compiled table.
+    pub fn of(table: &crate::Table) -> Table {
+        Table {
+            machine: table.machine().to_owned(),
+            initial: table.state_name(table.initial()).to_owned(),
+            states: table
+                .states()
+                .iter()
+                .map(|s| TableState {
+                    name: s.name().to_owned(),
+                    terminal: s.is_terminal(),
+                    timeout: s
+                        .state_timeout()
+                        .map(|t| (t.after_ms, table.event_name(t.event).to_owned())),
+                })
+                .collect(),
+            transitions: table
+                .transitions()
+                .iter()
+                .map(|t| TableTransition {
+                    from: table.state_name(t.from).to_owned(),
+                    event: table.event_name(t.event).to_owned(),
+                    to: table.state_name(t.to).to_owned(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The answer to `metrics`.

@@ -200,13 +200,11 @@ fn bench_recover(c: &mut Criterion) {
     group.finish();
 }
 
+/// The state name a snapshot of sequence `seq` records (or none).
+type StateOf = fn(u64) -> Option<&'static str>;
+
 /// Batches of `BATCH` machines whose snapshots record `state(seq)` (or none).
-fn state_batches(
-    store: &dyn SnapshotStore,
-    ids: &[MachineId],
-    seq: &mut u64,
-    state: fn(u64) -> Option<&'static str>,
-) {
+fn state_batches(store: &dyn SnapshotStore, ids: &[MachineId], seq: &mut u64, state: StateOf) {
     let expected = (*seq > 0).then_some(*seq);
     *seq += 1;
     let snaps: Vec<Snapshot> = (0..BATCH)
@@ -230,7 +228,7 @@ fn bench_state(c: &mut Criterion) {
     let ids: Vec<MachineId> = (0..BATCH)
         .map(|i| MachineId::new(format!("m{i}")).unwrap())
         .collect();
-    let kinds: [(&str, fn(u64) -> Option<&'static str>); 3] = [
+    let kinds: [(&str, StateOf); 3] = [
         ("changing", |seq| {
             Some(if seq % 2 == 0 { "PastDue" } else { "Active" })
         }),

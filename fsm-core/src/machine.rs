@@ -180,6 +180,13 @@ pub trait StateMachine: Sized {
     /// from a transition (a restored snapshot, a value built by hand).
     fn validate(&self) -> Result<(), InvalidState>;
 
+    /// Whether the current state has `#[fsm(sensitive)]` fields (written by the derive when
+    /// a state has one): a sealing codec copies the machine only then.
+    #[doc(hidden)]
+    fn __has_sensitive_fields(&self) -> bool {
+        false
+    }
+
     /// Hands each `#[fsm(sensitive)]` field of the current state to `visit` (written by the
     /// derive when a state has one): how the codec seals them at rest.
     #[doc(hidden)]

@@ -568,8 +568,26 @@ impl Gen<'_, '_> {
                 quote!(Self::#ident #pat => { #(#visits)* })
             })
             .collect();
+        let sensitive_states: Vec<TokenStream> = m
+            .states
+            .iter()
+            .filter(|s| s.variant.fields.iter().any(|f| f.sensitive))
+            .map(|s| {
+                let ident = s.variant.ident;
+                quote!(Self::#ident { .. })
+            })
+            .collect();
         let sensitive_fields = (!sensitive_arms.is_empty()).then(|| {
             quote! {
+                #[inline]
+                fn __has_sensitive_fields(&self) -> bool {
+                    #[allow(unreachable_patterns)]
+                    match self {
+                        #(#sensitive_states)|* => true,
+                        _ => false,
+                    }
+                }
+
                 #[allow(unused_variables, unreachable_patterns)]
                 fn __sensitive_fields(
                     &mut self,

@@ -224,6 +224,9 @@ where
         let (Some(sealer), Some(blank)) = (&self.sealer, self.blank) else {
             return Ok(None);
         };
+        if !machine.__has_sensitive_fields() {
+            return Ok(None);
+        }
         let mut blanked = blank(machine);
         let mut take = seal::Take::default();
         blanked

@@ -175,16 +175,15 @@ const ROW_STATE: &str = "CASE WHEN state_seq = seq THEN state END";
 
 /// Adds the state columns to a table created before them (a no-op on a current one).
 fn add_state_columns(conn: &Connection) -> Result<(), StoreError> {
-    let mut present = conn
+    let present = conn
         .prepare("SELECT name FROM pragma_table_info('fsm_snapshots')")
         .and_then(|mut s| {
             s.query_map([], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(known)?;
-    present.sort();
     for (column, kind) in [("state", "TEXT"), ("state_seq", "INTEGER")] {
-        if present.binary_search_by(|c| c.as_str().cmp(column)).is_ok() {
+        if present.iter().any(|c| c == column) {
             continue;
         }
         match conn.execute_batch(&format!(

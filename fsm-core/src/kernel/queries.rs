@@ -24,7 +24,7 @@ impl<M: Durable> KernelHandle<M> {
         }
         if counts.unrecorded > 0 {
             counts.unrecorded = 0;
-            self.each_unrecorded(&*store, None, |_, state| match state {
+            self.each_unrecorded(&*store, None, None, |_, state| match state {
                 Some(state) => *counts.states.entry(state.to_owned()).or_insert(0) += 1,
                 None => counts.unreadable += 1,
             })?;
@@ -46,8 +46,8 @@ impl<M: Durable> KernelHandle<M> {
         // machines beyond that cannot belong on this page.
         let bound = page.next().cloned();
         let mut found = page.ids;
-        self.each_unrecorded(&*store, query.after, |id, state| {
-            if state == Some(wanted) && bound.as_ref().is_none_or(|b| id <= b) {
+        self.each_unrecorded(&*store, query.after, bound.as_ref(), |id, state| {
+            if state == Some(wanted) {
                 found.push(id.clone());
             }
         })?;
@@ -57,12 +57,13 @@ impl<M: Durable> KernelHandle<M> {
         Ok(merged)
     }
 
-    /// Calls `each` with every machine (after `after`) whose newest snapshot records no state
-    /// name, and the state it decodes to (`None`: it does not decode).
+    /// Calls `each` with every machine (after `after`, up to `until`) whose newest snapshot
+    /// records no state name, and the state it decodes to (`None`: it does not decode).
     fn each_unrecorded(
         &self,
         store: &dyn SnapshotStore,
         after: Option<&MachineId>,
+        until: Option<&MachineId>,
         mut each: impl FnMut(&MachineId, Option<&str>),
     ) -> Result<(), StoreError> {
         let mut after = after.cloned();
@@ -74,6 +75,9 @@ impl<M: Durable> KernelHandle<M> {
             };
             let page = store.list(&query)?;
             for id in &page.ids {
+                if until.is_some_and(|u| id > u) {
+                    return Ok(());
+                }
                 let decoded = match store.get(id) {
                     Ok(snapshot) => self.inner.codec.decode(&snapshot).ok(),
                     // Gone since it was listed.

@@ -33,8 +33,6 @@
 //! running it on defaults. Snapshots written without a sealer (before sealing was turned on)
 //! read as before and are sealed when next written.
 
-use std::fmt;
-
 use thiserror::Error;
 
 use crate::__private::{SealField, SealVisit};
@@ -220,9 +218,9 @@ impl Keyring {
 }
 
 #[cfg(feature = "seal")]
-impl fmt::Debug for Keyring {
+impl std::fmt::Debug for Keyring {
     // Key ids only: the keys never print.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("current", &self.current)
             .field("ids", &self.keys.keys().collect::<Vec<_>>())
@@ -274,12 +272,3 @@ impl Sealer for Keyring {
 
 /// A sealer as the codec holds it.
 pub(crate) type SharedSealer = std::sync::Arc<dyn Sealer>;
-
-/// Shows which sealer without showing it.
-pub(crate) struct SealerName;
-
-impl fmt::Debug for SealerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<sealer>")
-    }
-}

@@ -53,6 +53,7 @@ fn the_exposition_has_every_documented_series_and_no_machine_data() {
         "fsm_kernel_latency_seconds",
         "fsm_kernel_store_reopens_total",
         "fsm_kernel_uptime_seconds",
+        "fsm_kernel_transitions_total",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
@@ -81,6 +82,20 @@ fn the_exposition_has_every_documented_series_and_no_machine_data() {
             ),
         20.0
     );
+    // Per declared transition, over both shards: the two that were taken, 20 times each.
+    for (from, event, to) in [
+        ("Draft", "Submit", "Submitted"),
+        ("Submitted", "Pay", "Paid"),
+    ] {
+        assert_eq!(
+            value(&format!(
+                "fsm_kernel_transitions_total{{machine=\"Order\",from=\"{from}\",event=\"{event}\",to=\"{to}\"}}"
+            )),
+            20.0,
+            "{from} --{event}--> {to}"
+        );
+    }
+    assert_eq!(value("fsm_kernel_transitions_total"), 40.0);
     // Labels: only these keys, and nothing a machine holds or is called.
     for line in text
         .lines()
@@ -93,7 +108,11 @@ fn the_exposition_has_every_documented_series_and_no_machine_data() {
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
             let key = pair.split('=').next().unwrap();
             assert!(
-                ["machine", "shard", "outcome", "stage", "quantile", "worker"].contains(&key),
+                [
+                    "machine", "shard", "outcome", "stage", "quantile", "worker", "from", "event",
+                    "to"
+                ]
+                .contains(&key),
                 "unexpected label {key} in {line}"
             );
         }

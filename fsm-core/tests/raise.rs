@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fsm_core::kernel::{CommandError, Kernel, Request};
+use fsm_core::kernel::{CommandError, Kernel, Request, TraceSource};
 use fsm_core::queue::ManualClock;
 use fsm_core::store::{MachineId, MemoryStore, SnapshotStore};
 use fsm_core::testing::Checker;
@@ -306,4 +306,49 @@ fn in_the_kernel_a_chain_is_one_durable_step_applied_before_the_next_queued_comm
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(kernel.state(&n).unwrap().0, Job::Idle);
+
+    // Every transition of a committed chain is counted against its declared transition, the
+    // rejected chain's none.
+    let counted = kernel.metrics().total.transitions;
+    let table = Job::TABLE;
+    let taken: Vec<(String, u64)> = table
+        .transitions()
+        .iter()
+        .zip(counted.iter().chain(std::iter::repeat(&0)))
+        .filter(|(_, n)| **n > 0)
+        .map(|(t, n)| {
+            let name = format!(
+                "{} --{}--> {}",
+                table.state_name(t.from),
+                table.event_name(t.event),
+                table.state_name(t.to)
+            );
+            (name, *n)
+        })
+        .collect();
+    assert_eq!(
+        taken,
+        [
+            ("Idle --Submit--> Checking".to_owned(), 1),
+            ("Checking --Pass--> Running".to_owned(), 1),
+            ("Checking --Note--> Checking".to_owned(), 2),
+            ("Running --Finish--> Done".to_owned(), 1),
+        ]
+    );
+    assert_eq!(counted.len(), table.transitions().len());
+    // The trace says where each command came from and how many effects it emitted.
+    let trace = kernel.trace(&fsm_core::kernel::TraceFilter::new().machine(&m));
+    let seen: Vec<(&str, Option<&str>, TraceSource, u32)> = trace
+        .iter()
+        .map(|e| (e.event, e.to, e.source, e.effects))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            // Submit, Note 1, Note 10, Pass and Running's enter hook each pushed one.
+            ("Submit", Some("Checking"), TraceSource::Command, 5),
+            ("Fail", None, TraceSource::Command, 0),
+            ("Finish", Some("Done"), TraceSource::Timer, 0),
+        ]
+    );
 }

@@ -1023,6 +1023,7 @@ fn shard_proto(s: &ShardMetrics) -> proto::Shard {
             p99: s.batch.p99.as_nanos() as u64,
             max: s.batch.max.as_nanos() as u64,
         },
+        transitions: s.transitions.clone(),
     }
 }
 
@@ -1034,6 +1035,8 @@ fn entry_proto(e: &TraceEntry) -> proto::Entry {
         event: e.event.to_owned(),
         to: e.to.map(str::to_owned),
         outcome: e.outcome,
+        source: e.source,
+        effects: e.effects,
         wait_us: micros(e.wait),
         apply_us: micros(e.apply),
         persist_us: micros(e.persist),

@@ -284,6 +284,10 @@ pub struct Shard {
     pub end_to_end: Latency,
     /// Commands per group commit.
     pub batch: Batch,
+    /// Committed transitions per transition of the [`Table`] (in its order; empty until the
+    /// first): a live statechart's edge rates are their differences over time.
+    #[serde(default)]
+    pub transitions: Vec<u64>,
 }
 
 /// Commands by outcome, and the levels now: the kernel's own counts, whose outcome fields
@@ -333,6 +337,10 @@ pub struct Worker {
 /// names the protocol, the trace filters and the metrics' `outcome` label share.
 pub use crate::kernel::TraceOutcome as Outcome;
 
+/// Where a traced command came from: the kernel's
+/// [`TraceSource`](crate::kernel::TraceSource).
+pub use crate::kernel::TraceSource as Source;
+
 /// One decision in the trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
@@ -345,6 +353,12 @@ pub struct Entry {
     /// `None` when no transition was taken.
     pub to: Option<String>,
     pub outcome: Outcome,
+    /// Where the command came from (older endpoints: `command`).
+    #[serde(default)]
+    pub source: Source,
+    /// Effects the transition emitted.
+    #[serde(default)]
+    pub effects: u32,
     pub wait_us: f64,
     pub apply_us: f64,
     pub persist_us: f64,

@@ -27,6 +27,7 @@ impl<M: Durable> KernelHandle<M> {
     /// | `fsm_kernel_worker_effects_total`, `..._errors_total`, `..._panics_total`, `..._restarts_total`, `..._retries_total`, `..._given_up_total` | counter | machine, worker |
     /// | `fsm_kernel_worker_escalated` | gauge (0 or 1) | machine, worker |
     /// | `fsm_kernel_worker_waiting` (effects waiting for an escalated worker's restart) | gauge | machine, worker |
+    /// | `fsm_kernel_transitions_total` (committed, per declared transition, over all shards) | counter | machine, from, event, to |
     /// | `fsm_kernel_store_reopens_total` | counter | machine |
     /// | `fsm_kernel_uptime_seconds` | gauge | machine |
     pub fn publish_metrics(&self) {
@@ -46,6 +47,16 @@ impl<M: Durable> KernelHandle<M> {
             counter!("fsm_kernel_worker_given_up_total", &labels).absolute(w.given_up);
             gauge!("fsm_kernel_worker_waiting", &labels).set(w.parked as f64);
             gauge!("fsm_kernel_worker_escalated", &labels).set(f64::from(u8::from(w.escalated)));
+        }
+        let table = M::TABLE;
+        for (t, n) in table.transitions().iter().zip(&m.total.transitions) {
+            let labels = [
+                ("machine", machine.to_owned()),
+                ("from", table.state_name(t.from).to_owned()),
+                ("event", table.event_name(t.event).to_owned()),
+                ("to", table.state_name(t.to).to_owned()),
+            ];
+            counter!("fsm_kernel_transitions_total", &labels).absolute(*n);
         }
         counter!("fsm_kernel_store_reopens_total", "machine" => machine).absolute(m.store_reopens);
         gauge!("fsm_kernel_uptime_seconds", "machine" => machine).set(m.uptime.as_secs_f64());

@@ -187,7 +187,7 @@ pub use request::{IdempotencyKey, InvalidKey, Request, MAX_KEY_LEN};
 pub use section::SectionError;
 pub use stats::{KernelCounts, KernelMetrics, ShardMetrics, WorkerMetrics};
 pub use supervisor::{EffectCtx, EffectError, EffectWorker, Escalation, Failure, Intensity};
-pub use trace::{TraceEntry, TraceFilter, TraceOutcome};
+pub use trace::{TraceEntry, TraceFilter, TraceOutcome, TraceSource};
 
 use inbox::{Closing, Cmd, Inbox, Job};
 use quiet::Quiet;

@@ -158,6 +158,8 @@ pub(crate) struct ShardStats {
     pub(crate) oldest_owed_since: Option<u64>,
     /// The shard's quarantined machines, published when the set changes.
     pub(crate) quarantine: Vec<std::sync::Arc<super::Quarantined>>,
+    /// Committed transitions per declared transition (empty until the first is counted).
+    pub(crate) transitions: Vec<u64>,
 }
 
 impl ShardStats {
@@ -172,6 +174,7 @@ impl ShardStats {
             quarantined: 0,
             oldest_owed_since: None,
             quarantine: Vec::new(),
+            transitions: Vec::new(),
         }
     }
 }
@@ -207,6 +210,11 @@ pub struct ShardMetrics {
     pub end_to_end: LatencySummary,
     /// Commands per batch (recorded as "nanoseconds": read the numbers, not the unit).
     pub batch: LatencySummary,
+    /// Committed transitions per declared transition, in the order of
+    /// [`Table::transitions`](crate::Table::transitions): a command's own and those of the
+    /// events it raised (empty until the first is counted). What a live statechart's edge
+    /// rates are computed from.
+    pub transitions: Vec<u64>,
 }
 
 impl ShardMetrics {
@@ -233,6 +241,7 @@ impl ShardMetrics {
             persist: LatencySummary::of(&hist.persist),
             end_to_end: LatencySummary::of(&hist.end_to_end),
             batch: LatencySummary::of(&hist.batch),
+            transitions: stats.transitions.clone(),
         }
     }
 }
@@ -298,6 +307,12 @@ impl KernelMetrics {
             total.resident += s.resident;
             total.quarantined += s.quarantined;
             total.timer_entries += s.timer_entries;
+            if total.transitions.len() < s.transitions.len() {
+                total.transitions.resize(s.transitions.len(), 0);
+            }
+            for (t, n) in total.transitions.iter_mut().zip(&s.transitions) {
+                *t += n;
+            }
         }
         let high_water = shards.iter().map(|s| s.2).max().unwrap_or(0);
         let mut all = ShardMetrics::of(counts, &hist, &total, high_water, now_ms);

@@ -84,6 +84,33 @@ impl fmt::Display for TraceOutcome {
     }
 }
 
+/// Where a traced command came from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TraceSource {
+    /// Submitted by a caller (`submit`, a batch, the cluster's inbox).
+    #[default]
+    Command,
+    /// Fed back by an effect worker (an effect's result or its failure event).
+    Effect,
+    /// Fired by one of the machine's timers.
+    Timer,
+}
+
+impl TraceSource {
+    /// The source's name: `command`, `effect` or `timer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceSource::Command => "command",
+            TraceSource::Effect => "effect",
+            TraceSource::Timer => "timer",
+        }
+    }
+}
+
 /// One decision of the kernel: when, which machine, from which state, on which event, to
 /// which state (if it moved), how it ended, and how long each step took.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +127,10 @@ pub struct TraceEntry {
     pub to: Option<&'static str>,
     /// How it ended.
     pub outcome: TraceOutcome,
+    /// Where the command came from.
+    pub source: TraceSource,
+    /// Effects the transition emitted (durable and at most once; 0 unless committed).
+    pub effects: u32,
     /// From acceptance to the shard taking it.
     pub wait: Duration,
     /// The machine's work on it.

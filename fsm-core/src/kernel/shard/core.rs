@@ -30,7 +30,7 @@ use crate::kernel::outcome::{Answer, CommandError, Committed};
 use crate::kernel::request::{IdempotencyKey, Request};
 use crate::kernel::stats::KernelCounts;
 use crate::kernel::time_base::TimeBase;
-use crate::kernel::trace::{TraceEntry, TraceOutcome};
+use crate::kernel::trace::{TraceEntry, TraceOutcome, TraceSource};
 use crate::kernel::Durable;
 
 use super::fire;
@@ -40,6 +40,9 @@ use super::fire;
 pub(crate) struct Rules<M: Durable> {
     routes: Box<[Route]>,
     events: usize,
+    /// The index in `M::TABLE.transitions()` of the transition for each (state, event), as
+    /// `routes` is laid out; `u32::MAX` where there is none.
+    edges: Box<[u32]>,
     pub(super) window: usize,
     pub(super) defer_limit: usize,
     pub(super) max_timers: usize,
@@ -87,6 +90,7 @@ impl<M: Durable> Rules<M> {
         Rules {
             routes: crate::queue::routes(M::TABLE),
             events: M::TABLE.events().len(),
+            edges: edge_index(M::TABLE),
             window,
             defer_limit,
             max_timers,
@@ -102,9 +106,39 @@ impl<M: Durable> Rules<M> {
         self.stamps.as_ref().map_or(0, Stamps::stamp)
     }
 
+    /// The index of `t` in the table's transitions.
+    fn edge(&self, t: &Transition) -> Option<u32> {
+        let i = *self
+            .edges
+            .get(t.from().index() * self.events + t.event().index())?;
+        let declared = M::TABLE.transitions();
+        match declared.get(i as usize) {
+            Some(d) if d.to == t.to() => Some(i),
+            // Two transitions on one (state, event) (not declared by the derive today): the
+            // one that was taken.
+            _ => declared
+                .iter()
+                .position(|d| d.from == t.from() && d.event == t.event() && d.to == t.to())
+                .map(|i| i as u32),
+        }
+    }
+
     pub(super) fn nanos(&self, from: u64, to: u64) -> u64 {
         self.stamps.as_ref().map_or(0, |s| s.nanos(from, to))
     }
+}
+
+/// For each (state, event), in `routes`' layout, the index of the first transition declared
+/// for it, or `u32::MAX`.
+fn edge_index(table: &crate::Table) -> Box<[u32]> {
+    let events = table.events().len();
+    let mut edges = vec![u32::MAX; table.states().len() * events];
+    for (i, t) in table.transitions().iter().enumerate().rev() {
+        if let Some(e) = edges.get_mut(t.from.index() * events + t.event.index()) {
+            *e = i as u32;
+        }
+    }
+    edges.into_boxed_slice()
 }
 
 /// One machine in memory.
@@ -255,6 +289,10 @@ pub(super) struct Pending<M: Durable> {
     enqueued: u64,
     taken: u64,
     apply_ns: u64,
+    /// Its transitions (its own and its raised events'), as a range of `Core::staged_edges`.
+    edges: (u32, u32),
+    /// Effects its transition emitted.
+    effects: u32,
 }
 
 impl<M: Durable> Pending<M> {
@@ -273,6 +311,8 @@ impl<M: Durable> Pending<M> {
             enqueued: cmd.enqueued,
             taken: 0,
             apply_ns: 0,
+            edges: (0, 0),
+            effects: 0,
         }
     }
 }
@@ -387,6 +427,13 @@ pub(crate) struct Core<M: Durable> {
     pub(super) kicked: Vec<MachineId>,
     /// Effects owed by the machines in memory (every machine that owes one stays in memory).
     pub(super) owed: u64,
+    /// Committed transitions since the last publication, per declared transition.
+    pub(super) edges: Vec<u64>,
+    /// Whether `edges` holds anything to publish.
+    pub(super) edges_counted: bool,
+    /// The declared transitions of this batch's decisions, by index; each `Pending` holds its
+    /// range. Counted in `edges` once their commit holds.
+    staged_edges: Vec<u32>,
 }
 
 impl<M: Durable> Core<M> {
@@ -407,6 +454,9 @@ impl<M: Durable> Core<M> {
             chain: Vec::new(),
             kicked: Vec::new(),
             owed: 0,
+            edges: vec![0; M::TABLE.transitions().len()],
+            edges_counted: false,
+            staged_edges: Vec::new(),
         }
     }
 
@@ -461,6 +511,8 @@ impl<M: Durable> Core<M> {
             enqueued: parts.enqueued,
             taken,
             apply_ns: 0,
+            edges: (0, 0),
+            effects: 0,
         };
         let verdict = self.verdict(event, &mut parts, &mut pending, now, loaded);
         match verdict {
@@ -635,6 +687,7 @@ impl<M: Durable> Core<M> {
         };
         // The effects are owed in the write that commits the transition, or it is refused.
         let seq = slot.next_seq();
+        let emitted = self.effects.len();
         let staged = match stage(&self.rules, slot, seq, &mut self.effects, now) {
             Ok(staged) => staged,
             Err(e) => {
@@ -708,6 +761,14 @@ impl<M: Durable> Core<M> {
             self.deferred -= n as u64;
             self.replayed += n;
         }
+        let first = self.staged_edges.len();
+        for (t, _) in &self.chain {
+            if let Some(i) = self.rules.edge(t) {
+                self.staged_edges.push(i);
+            }
+        }
+        pending.effects = u32::try_from(emitted).unwrap_or(u32::MAX);
+        pending.edges = (first as u32, (self.staged_edges.len() - first) as u32);
         Verdict::Decided(Decision::Applied {
             transition,
             seq,
@@ -833,6 +894,8 @@ impl<M: Durable> Core<M> {
                 enqueued: cmd.enqueued,
                 taken: 0,
                 apply_ns: 0,
+                edges: (0, 0),
+                effects: 0,
             });
             if error.is_fenced() && !timer {
                 // Answered `Fenced` with the batch; the request goes to the caller.
@@ -931,6 +994,13 @@ impl<M: Durable> Core<M> {
                         out.effects
                             .push((EffectId::new(p.id.clone(), seq, index), effect));
                     }
+                    let (first, n) = (p.edges.0 as usize, p.edges.1 as usize);
+                    if let Some(taken) = self.staged_edges.get(first..first + n) {
+                        for &i in taken {
+                            self.edges[i as usize] += 1;
+                        }
+                        self.edges_counted |= n > 0;
+                    }
                     let to = Some(transition.to_name());
                     let committed = Committed {
                         transition,
@@ -964,6 +1034,7 @@ impl<M: Durable> Core<M> {
             }
         }
         self.pending = pending;
+        self.staged_edges.clear();
         out
     }
 }
@@ -1163,6 +1234,18 @@ fn entry<M: Durable>(
         event: p.event,
         to,
         outcome,
+        source: if p.timer {
+            TraceSource::Timer
+        } else if p.fed_back {
+            TraceSource::Effect
+        } else {
+            TraceSource::Command
+        },
+        effects: if outcome == TraceOutcome::Committed {
+            p.effects
+        } else {
+            0
+        },
         wait: Duration::from_nanos(wait),
         apply: Duration::from_nanos(p.apply_ns),
         persist: Duration::from_nanos(persist),

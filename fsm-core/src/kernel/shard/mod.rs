@@ -747,6 +747,16 @@ impl<M: Durable> Shard<M> {
         let mut stats = self.inner.stats[self.index].lock().recover();
         let c = std::mem::take(&mut self.core.counts);
         stats.counts.add(&c);
+        if self.core.edges_counted {
+            self.core.edges_counted = false;
+            let edges = &mut self.core.edges;
+            if stats.transitions.len() < edges.len() {
+                stats.transitions.resize(edges.len(), 0);
+            }
+            for (total, n) in stats.transitions.iter_mut().zip(edges.iter_mut()) {
+                *total += std::mem::take(n);
+            }
+        }
         // `deferred` and `owed` are levels, kept by the shard, not counts.
         stats.counts.deferred = self.core.deferred;
         stats.counts.owed = self.core.owed;

@@ -13,6 +13,7 @@
 //! fsm submit postgres://host/db order-7 '{"Pay":{"cents":500}}' --key pay-7 --wait-ms 5000
 //!                                           a command through a cluster's inbox
 //! fsm inbox postgres://host/db              a cluster's pending commands per partition
+//! fsm ui SOCKET                             a live inspector in the browser
 //! ```
 //!
 //! A store is a directory (the file store), a file (SQLite), or a `postgres://` URL. The
@@ -47,6 +48,9 @@ use serde_json::Value;
 mod cluster;
 mod offline;
 mod online;
+mod ui;
+
+pub use ui::{UiConfig, UiServer};
 
 /// Decodes a machine type's snapshots for `show` and `export` on a store.
 pub trait Decode {
@@ -339,6 +343,25 @@ enum Command {
         #[arg(long, default_value = "fsm_snapshots")]
         table: String,
     },
+    /// A live inspector in the browser: the statechart with the machines in each state and
+    /// each transition's rate, the trace as it happens, one machine's history, queues,
+    /// latencies, quarantined machines and escalated workers. Read-only.
+    #[command(
+        after_help = "Open the address it prints. It listens on loopback unless --allow-remote; the page, its script and its styles are in the binary.
+
+Examples:
+  fsm ui /run/orders/admin.sock
+  fsm ui /run/orders/admin.sock --listen 127.0.0.1:0"
+    )]
+    Ui {
+        socket: String,
+        /// Where to listen (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:7171")]
+        listen: std::net::SocketAddr,
+        /// Listen on an address other than loopback (put your own access control in front).
+        #[arg(long)]
+        allow_remote: bool,
+    },
     /// A cluster's pending commands per partition, and how long the oldest has waited.
     #[command(after_help = "Example:\n  fsm inbox postgres://fsm@db/orders --schema fsm")]
     Inbox {
@@ -553,6 +576,18 @@ where
             schema,
             table,
         } => cluster::depth(&store, &schema, &table, out),
+        Command::Ui {
+            socket,
+            listen,
+            allow_remote,
+        } => ui::run(
+            ui::UiConfig {
+                socket,
+                listen,
+                allow_remote,
+            },
+            out,
+        ),
     };
     if guarded.closed {
         return Status::Ok;

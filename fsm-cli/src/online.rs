@@ -20,36 +20,47 @@ pub(crate) fn is_socket(target: &str) -> bool {
         || target.parse::<SocketAddr>().is_ok()
 }
 
-struct Admin {
-    reader: BufReader<Box<dyn Read>>,
-    writer: Box<dyn Write>,
+/// A connection to an admin endpoint.
+pub(crate) struct Admin {
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+    /// The connection itself, for its read timeout.
+    socket: Socket,
     target: String,
+}
+
+enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
 }
 
 impl Admin {
     /// Connects and checks that the endpoint speaks this build's protocol.
-    fn connect(target: &str) -> Result<Admin, String> {
-        let (reader, writer): (Box<dyn Read>, Box<dyn Write>) = if let Ok(addr) =
-            target.parse::<SocketAddr>()
-        {
-            let stream =
-                TcpStream::connect(addr).map_err(|e| format!("cannot connect to {target}: {e}"))?;
-            (
-                Box::new(stream.try_clone().map_err(|e| e.to_string())?),
-                Box::new(stream),
-            )
-        } else {
-            let stream = UnixStream::connect(target).map_err(|e| {
+    pub(crate) fn connect(target: &str) -> Result<Admin, String> {
+        let clone = |e: std::io::Error| format!("{target}: {e}");
+        let (reader, writer, socket): (Box<dyn Read + Send>, Box<dyn Write + Send>, Socket) =
+            if let Ok(addr) = target.parse::<SocketAddr>() {
+                let stream = TcpStream::connect(addr)
+                    .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+                (
+                    Box::new(stream.try_clone().map_err(clone)?),
+                    Box::new(stream.try_clone().map_err(clone)?),
+                    Socket::Tcp(stream),
+                )
+            } else {
+                let stream = UnixStream::connect(target).map_err(|e| {
                     format!("cannot connect to the admin socket {target}: {e} (is the kernel serving it? see Kernel::serve_admin)")
                 })?;
-            (
-                Box::new(stream.try_clone().map_err(|e| e.to_string())?),
-                Box::new(stream),
-            )
-        };
+                (
+                    Box::new(stream.try_clone().map_err(clone)?),
+                    Box::new(stream.try_clone().map_err(clone)?),
+                    Socket::Unix(stream),
+                )
+            };
         let mut admin = Admin {
             reader: BufReader::new(reader),
             writer,
+            socket,
             target: target.to_owned(),
         };
         let hello: proto::Hello = admin.ask(&Request::Hello)?;
@@ -63,7 +74,37 @@ impl Admin {
         Ok(admin)
     }
 
-    fn send(&mut self, request: &Request) -> Result<(), String> {
+    /// How long a read waits before it fails with `TimedOut` or `WouldBlock` (`None`: for
+    /// ever).
+    pub(crate) fn read_timeout(&self, timeout: Option<Duration>) -> Result<(), String> {
+        match &self.socket {
+            Socket::Unix(s) => s.set_read_timeout(timeout),
+            Socket::Tcp(s) => s.set_read_timeout(timeout),
+        }
+        .map_err(|e| format!("{}: {e}", self.target))
+    }
+
+    /// Appends what arrives up to the end of a line to `line`: `Ok(true)` with the line
+    /// complete, `Ok(false)` when the read timed out first (the part read stays in `line`),
+    /// an error when the endpoint closed the connection or failed.
+    pub(crate) fn read_line_into(&mut self, line: &mut String) -> Result<bool, String> {
+        match self.reader.read_line(line) {
+            Ok(0) => Err(format!("{} closed the connection", self.target)),
+            Ok(_) if line.ends_with('\n') => Ok(true),
+            Ok(_) => Err(format!("{} closed the connection", self.target)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(format!("{}: {e}", self.target)),
+        }
+    }
+
+    pub(crate) fn send(&mut self, request: &Request) -> Result<(), String> {
         let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
         line.push('\n');
         self.writer
@@ -73,7 +114,7 @@ impl Admin {
     }
 
     /// The next line, as a `T`; `None` when the endpoint closed the connection.
-    fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
+    pub(crate) fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
@@ -89,7 +130,7 @@ impl Admin {
 
     /// Sends `request` and returns its answer, or the endpoint's failure as text
     /// (`kind: message`).
-    fn ask<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, String> {
+    pub(crate) fn ask<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, String> {
         self.send(request)?;
         match self.next::<Reply<T>>()? {
             Some(Reply::Ok(answer)) => Ok(answer),

@@ -564,6 +564,7 @@ fn the_rough_edges_are_gone() {
         "compact",
         "submit",
         "inbox",
+        "ui",
     ] {
         let help = fsm(&[sub, "--help"]);
         assert_eq!(help.status.code(), Some(0), "{sub}");

@@ -21,7 +21,11 @@
 //!   line it is sent (default rate limit, 1,000 entries a second) and a `metrics` request
 //!   every 100 ms, as `fsm top` and `fsm trace -f` do;
 //! - `admin_watch_unlimited/100machines`: the same with the watch's rate limit lifted, so
-//!   every decision is serialized and sent: the endpoint's worst case.
+//!   every decision is serialized and sent: the endpoint's worst case;
+//! - `inspector/100machines`: `fsm ui` in front of the endpoint with one page open (its event
+//!   stream read as a browser does: one watch at the page's default 200 entries a second,
+//!   batched four times a second, and the inspector's poller asking `metrics`,
+//!   `quarantined`, `escalations`, `trace_window` and `states` once a second).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -116,6 +120,34 @@ fn attach(socket: &std::path::Path, stop: &Arc<AtomicBool>) -> Vec<std::thread::
     vec![watcher, poller]
 }
 
+/// A page of the inspector: its event stream, read as it comes.
+fn open_page(addr: std::net::SocketAddr, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    // Reads wake now and then to see whether to stop.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    write!(writer, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            match reader.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => line.clear(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
 fn bench_admin(c: &mut Criterion) {
     let mut group = c.benchmark_group("kernel_admin");
     group.sample_size(40);
@@ -128,6 +160,7 @@ fn bench_admin(c: &mut Criterion) {
         ("traced/100machines", None),
         ("admin_watch/100machines", Some(1_000)),
         ("admin_watch_unlimited/100machines", Some(u32::MAX)),
+        ("inspector/100machines", Some(0)),
     ] {
         let kernel = Kernel::builder(MemoryStore::new(), |_| Blob::New)
             .shards(1)
@@ -136,8 +169,21 @@ fn bench_admin(c: &mut Criterion) {
         round(&kernel, &ids);
         let stop = Arc::new(AtomicBool::new(false));
         let mut attached = Vec::new();
+        let mut inspector = None;
         let server = admin.map(|rate| {
             let socket = dir.path().join(format!("{rate}.sock"));
+            if rate == 0 {
+                let server = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+                let ui = fsm_cli::UiServer::start(fsm_cli::UiConfig {
+                    socket: socket.display().to_string(),
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    allow_remote: false,
+                })
+                .unwrap();
+                attached = vec![open_page(ui.addr(), &stop)];
+                inspector = Some(ui);
+                return server;
+            }
             let server = kernel
                 .serve_admin(AdminConfig::unix(&socket).max_per_sec(rate))
                 .unwrap();
@@ -146,6 +192,7 @@ fn bench_admin(c: &mut Criterion) {
         });
         group.bench_function(name, |b| b.iter(|| round(&kernel, &ids)));
         stop.store(true, Ordering::Relaxed);
+        drop(inspector);
         drop(server);
         for t in attached {
             let _ = t.join();

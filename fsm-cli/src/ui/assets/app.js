@@ -233,6 +233,8 @@ function idButton(id) {
 }
 
 function transition(e) {
+  // A duplicate is answered with its first outcome, in whatever state the machine is now.
+  if (e.outcome === 'duplicate') return `${e.event} again, in ${e.from} (first took it to ${e.to})`;
   return e.to ? `${e.from} --${e.event}--> ${e.to}` : `${e.from} --${e.event}--> ·`;
 }
 
@@ -399,7 +401,7 @@ function addStep(e) {
     el('div', { class: 'call', style: `left:${from}%` }, e.event),
     el('div', { class: 'result' },
       el('span', { class: `outcome ${e.outcome}` }, e.outcome), ' ',
-      e.to ? `${e.from} → ${e.to}` : `in ${e.from}`, ' ',
+      e.outcome === 'duplicate' ? `in ${e.from}, answered as before` : (e.to ? `${e.from} → ${e.to}` : `in ${e.from}`), ' ',
       el('span', { class: 'at' }, `${(e.at_ms / 1000).toFixed(3)} s`)));
   seq.append(step);
   if (e.effects > 0) {

@@ -26,7 +26,7 @@ use fsm_examples::registrar_service::{self, Counters};
 /// A registrar service with its admin socket, and orders placed.
 struct Service {
     kernel: Kernel<Order>,
-    _admin: AdminServer,
+    admin: AdminServer,
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -50,7 +50,7 @@ impl Service {
             .expect("the registrar settles what it owes");
         Service {
             kernel,
-            _admin: admin,
+            admin,
             socket,
             _dir: dir,
         }
@@ -318,6 +318,11 @@ fn the_event_stream_carries_readings_and_decisions_and_ends_with_the_page() {
     })
     .unwrap();
     let addr = ui.addr().to_string();
+    // With no page open the inspector asks the kernel nothing (its poller waits for a page):
+    // over two and a half of its one-second ticks, not one request.
+    let asked = service.admin.requests();
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(service.admin.requests(), asked, "asked with no page open");
     let stream = TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(90)))
@@ -536,6 +541,27 @@ fn in_a_real_browser_the_page_shows_the_counts_and_the_trace_and_follows_them() 
             && eval("document.querySelectorAll('#sequence .step.emitted').length").as_u64()
                 >= Some(1)
             && eval("document.querySelector('#machine-state').textContent") == "Registered"
+    });
+    // A timer's firing comes from the timers' lane, and entering a state with a state
+    // timeout arms it (the registrar declares none: a table with one is given to the page).
+    eval(
+        "page.table.states.find(s => s.name === 'Failed').timeout = [1800000, 'Expire']; \
+         addStep({machine: page.machine, at_ms: 1, from: 'Paid', event: 'Reject', to: 'Failed', \
+                  outcome: 'committed', source: 'timer', effects: 0, end_to_end_us: 1})",
+    );
+    assert_eq!(
+        eval("document.querySelector('#sequence .step[data-source=\"timer\"] .call').textContent"),
+        "Reject"
+    );
+    assert_eq!(
+        eval("document.querySelector('#sequence .step.armed .call').textContent"),
+        "arms 30.0 min → Expire"
+    );
+    eval("page.table.states.find(s => s.name === 'Failed').timeout = null");
+    eval(&format!("openMachine('{registered}')"));
+    wait_for("the history is drawn again from the kernel", || {
+        eval("document.querySelectorAll('#sequence .step.armed').length").as_u64() == Some(0)
+            && eval("document.querySelectorAll('#sequence .step').length").as_u64() >= Some(3)
     });
 
     // Customers keep ordering while the picture is taken, so it shows a service at work:

@@ -404,6 +404,17 @@ function addStep(e) {
       e.outcome === 'duplicate' ? `in ${e.from}, answered as before` : (e.to ? `${e.from} → ${e.to}` : `in ${e.from}`), ' ',
       el('span', { class: 'at' }, `${(e.at_ms / 1000).toFixed(3)} s`)));
   seq.append(step);
+  // Entering a state with a state timeout arms it (the table says so); a handler's own
+  // timers show under "armed timers" below.
+  const entered = e.outcome === 'committed' && e.to !== e.from && page.table
+    ? page.table.states.find((s) => s.name === e.to) : null;
+  if (entered && entered.timeout) {
+    const [ms, event] = entered.timeout;
+    seq.append(el('div', { class: 'step armed' },
+      el('span'), el('span'), el('span'), el('span'),
+      el('div', { class: 'arrow back', style: `left:${LANE.timer}%;width:${MACHINE_LANE - LANE.timer}%` }),
+      el('div', { class: 'call', style: `left:${LANE.timer}%` }, `arms ${millis(ms)} → ${event}`)));
+  }
   if (e.effects > 0) {
     seq.append(el('div', { class: 'step emitted' },
       el('span'), el('span'), el('span'), el('span'),

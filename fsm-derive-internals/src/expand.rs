@@ -9,6 +9,7 @@ use syn::{Ident, Type};
 use crate::ast::{Machine, State};
 use crate::attr::PolicyKind;
 use crate::generics::{inner_visibility, with_view_lifetime};
+use crate::lower::{lower, Ir, Kind, Plan};
 use crate::names::{bare, snake_ident, variant_hash};
 use crate::shape::{
     bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, self_fields,
@@ -22,6 +23,8 @@ pub(crate) use fallback::fallback;
 /// Everything the expansion of one machine needs, computed once.
 struct Gen<'m, 'a> {
     m: &'m Machine<'a>,
+    /// Every transition's plan.
+    ir: Ir<'m>,
     paths: Paths,
     module: Ident,
     event: &'m Type,
@@ -65,6 +68,7 @@ impl<'m, 'a> Gen<'m, 'a> {
         let event = m.attrs.event.as_ref()?;
         Some(Gen {
             m,
+            ir: lower(m),
             paths: Paths::new(m.attrs.krate.as_ref()),
             module: m
                 .attrs
@@ -287,22 +291,6 @@ impl Gen<'_, '_> {
         out
     }
 
-    /// Whether the transition `on` from `s` is a plain one with nothing around it: no hook
-    /// runs (none declared, or a self-transition not marked `reenter`) and the target has no
-    /// invariant. Its dispatch and typestate method then build the target directly, with no
-    /// forwarder and no generic runner: the same behaviour, less code for rustc to check.
-    fn is_direct(&self, s: &State<'_>, on: &crate::attr::OnAttr) -> bool {
-        if on.plain.is_none() {
-            return false;
-        }
-        let Some(target) = self.m.state_index(&on.target).map(|i| &self.m.states[i]) else {
-            return false;
-        };
-        let moves = bare(&on.target) != bare(s.variant.ident) || on.reenter.is_some();
-        let hooks = moves && (!s.attrs.exit.is_empty() || !target.attrs.enter.is_empty());
-        !hooks && target.attrs.validate.is_empty() && target.variant.fields.is_empty()
-    }
-
     /// The typed state's type, `order::Submitted<T>`.
     fn typed(&self, state: &Ident) -> TokenStream {
         let module = &self.module;
@@ -447,11 +435,11 @@ impl Gen<'_, '_> {
             }
             meta
         });
-        let transitions = m.states.iter().enumerate().flat_map(|(i, s)| {
-            s.attrs.on.iter().map(move |on| {
+        let transitions = self.ir.states.iter().enumerate().flat_map(|(i, plans)| {
+            plans.iter().map(move |p| {
                 let from = i as u16;
-                let to = m.state_index(&on.target).unwrap_or(0) as u16;
-                let id = self.id(&on.event);
+                let to = p.to();
+                let id = self.id(&p.on.event);
                 quote!(#krate::TransitionMeta::new(#from, #id, #to))
             })
         });
@@ -646,7 +634,7 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// `apply_into` for a machine with direct transitions (see [`Gen::is_direct`]): each of
+    /// `apply_into` for a machine with direct transitions (see [`Kind::Direct`]): each of
     /// them writes its target in place and returns, the way a hand-written `match` on `*self`
     /// would, instead of building `(Self, Transition)` for the default body to move into
     /// `self`. A state whose transitions are all direct (or which has none) also rejects in
@@ -654,30 +642,24 @@ impl Gen<'_, '_> {
     /// direct: the default is then exactly right and the machine's code does not grow.
     fn apply_into(&self) -> Option<TokenStream> {
         let m = self.m;
-        let any_direct = m
-            .states
-            .iter()
-            .any(|s| s.attrs.on.iter().any(|on| self.is_direct(s, on)));
-        if !any_direct {
+        if !self.ir.any_direct() {
             return None;
         }
         let krate = &self.paths.krate;
         let private = &self.paths.private;
         let e = self.event;
         let f = &self.effect;
-        let arms = m.states.iter().enumerate().filter_map(|(i, s)| {
+        let arms = m.states.iter().zip(&self.ir.states).enumerate().filter_map(|(i, (s, plans))| {
             let ident = s.variant.ident;
-            let all_direct = s.attrs.on.iter().all(|on| self.is_direct(s, on));
+            let all_direct = plans.iter().all(Plan::is_direct);
             let i = i as u16;
-            let tries: Vec<TokenStream> = s
-                .attrs
-                .on
+            let tries: Vec<TokenStream> = plans
                 .iter()
-                .filter(|on| self.is_direct(s, on))
-                .map(|on| {
-                    let id = self.id(&on.event);
-                    let target = &on.target;
-                    let to = m.state_index(&on.target).unwrap_or(0) as u16;
+                .filter(|p| p.is_direct())
+                .map(|p| {
+                    let id = self.id(&p.on.event);
+                    let target = &p.on.target;
+                    let to = p.to();
                     quote! {
                         if #private::is(&__fsm_event, #id) {
                             *self = Self::#target;
@@ -742,12 +724,13 @@ impl Gen<'_, '_> {
         let pat = variant_fields(v, &idents(&binds));
         let view = self.view_expr(s, &idents(&binds));
         let typed = self.typed(ident);
-        let tries = s.attrs.on.iter().map(|on| {
+        let tries = self.ir.states[index].iter().map(|p| {
+            let on = p.on;
             let variant = self.variant(&on.event);
             let id = self.id(&on.event);
-            if self.is_direct(s, on) {
+            if p.is_direct() {
                 let target = &on.target;
-                let to = self.m.state_index(&on.target).unwrap_or(0) as u16;
+                let to = p.to();
                 return quote! {
                     if #private::is(&__fsm_event, #id) {
                         let _ = __fsm_effects;
@@ -948,25 +931,29 @@ impl Gen<'_, '_> {
             .iter()
             .filter(|on| on.takes_handler())
             .map(|on| self.need_handler(s, on));
-        let methods = s.attrs.on.iter().map(|on| {
+        let plans = &self.ir.states[index];
+        let methods = plans.iter().map(|p| {
+            let on = p.on;
             let id = self.id(&on.event);
             let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
             let name = snake_ident(&on.event, on.event.span());
             let f = &self.effect;
-            let direct = self.is_direct(s, on);
+            let direct = p.is_direct();
             let doc = if direct {
                 format!(
                     "Takes the declared plain transition on `{}` from `{ident}` into `{}`: no handler, hook or invariant, so it is never refused.",
                     on.event, on.target
                 )
             } else {
-                let handler = if on.plain.is_some() {
-                    "builds the target (a plain transition)".to_string()
-                } else if let Some((_, f)) = on.with.as_ref().or(on.update.as_ref()) {
-                    format!("runs `{}`", tidy(&quote!(#f).to_string()))
-                } else {
-                    "runs its handler".to_string()
+                let handler = match (p.kind, on.with.as_ref().or(on.update.as_ref())) {
+                    (Kind::Direct | Kind::Plain, _) => {
+                        "builds the target (a plain transition)".to_string()
+                    }
+                    (Kind::With | Kind::Update, Some((_, f))) => {
+                        format!("runs `{}`", tidy(&quote!(#f).to_string()))
+                    }
+                    _ => "runs its handler".to_string(),
                 };
                 format!(
                     "Takes the declared transition on `{}` from `{ident}` into `{}`: {handler}, its hooks, then the target's invariant. On rejection the state is handed back unchanged.",
@@ -974,9 +961,8 @@ impl Gen<'_, '_> {
                 )
             };
             if direct {
-                let unit = self
-                    .m
-                    .state_index(&on.target)
+                let unit = p
+                    .target
                     .map(|i| self.view_expr(&self.m.states[i], &[]))
                     .unwrap_or_default();
                 return quote! {
@@ -1009,7 +995,8 @@ impl Gen<'_, '_> {
                 }
             }
         });
-        let forwarders = s.attrs.on.iter().filter(|on| !self.is_direct(s, on)).map(|on| {
+        let forwarders = plans.iter().filter(|p| !p.is_direct()).map(|p| {
+            let on = p.on;
             let payload = self.payload(&on.event);
             let target = self.typed(&on.target);
             let forward = forwarder(&on.event);
@@ -1017,15 +1004,15 @@ impl Gen<'_, '_> {
             // The one place that requires the user's handler impl, spanned at the `on(..)`
             // event so that a missing handler is reported there, once. A plain transition
             // builds its (unit) target instead.
-            let target_state = self.m.state_index(&on.target).map(|i| &self.m.states[i]);
+            let target_state = p.target.map(|i| &self.m.states[i]);
             // What computes the new state, as a `Result<Target, Refusal>`: the handler impl,
             // or the function the table names (`with`), or a copy of the state changed in
             // place by the `update` function (a self-transition; its invariant still runs).
-            let call = match (&on.with, &on.update) {
-                (Some((_, function)), _) => quote_spanned! {function.span()=>
+            let call = match (p.kind, &on.with, &on.update) {
+                (Kind::With, Some((_, function)), _) => quote_spanned! {function.span()=>
                     #function(view, event, effects)
                 },
-                (None, Some((_, function))) => {
+                (Kind::Update, _, Some((_, function))) => {
                     let copy: Vec<TokenStream> = v
                         .fields
                         .iter()
@@ -1049,7 +1036,7 @@ impl Gen<'_, '_> {
                         #private::core::result::Result::Ok(__fsm_next)
                     })
                 }
-                (None, None) => {
+                _ => {
                     let need = need_trait(ident, &on.event);
                     quote_spanned! {on.event.span()=>
                         <Self as #need<#payload, #target>>::__fsm_handle(view, event, effects)
@@ -1057,7 +1044,7 @@ impl Gen<'_, '_> {
                 }
             };
             let next = match target_state {
-                Some(target_state) if on.plain.is_some() => {
+                Some(target_state) if p.kind == Kind::Plain => {
                     let unit = self.view_expr(target_state, &[]);
                     quote!({
                         let _ = event;
@@ -1066,21 +1053,16 @@ impl Gen<'_, '_> {
                 }
                 _ => quote!(#call?),
             };
-            // The state's exit hook, the handler, the target's enter hook: on every transition
-            // that changes the state, and on a self-transition marked `reenter`.
-            let moves = bare(&on.target) != bare(ident) || on.reenter.is_some();
+            // The state's exit hook, the handler, the target's enter hook, as planned.
             // `let () =`: a hook returns nothing, so one that returns a verdict (which would be
             // ignored) does not compile.
-            let exit = s.attrs.exit.first().filter(|_| moves).map(|hook| {
+            let exit = p.exit.map(|hook| {
                 quote_spanned!(hook.span()=> let () = #hook(view, effects);)
             });
-            let enter = target_state
-                .and_then(|t| t.attrs.enter.first())
-                .filter(|_| moves)
-                .map(|hook| {
-                    quote_spanned!(hook.span()=> let () = #hook(#krate::TypedState::view(&__fsm_next), effects);)
-                });
-            let body = match (&exit, &enter, on.plain.is_some()) {
+            let enter = p.enter.map(|hook| {
+                quote_spanned!(hook.span()=> let () = #hook(#krate::TypedState::view(&__fsm_next), effects);)
+            });
+            let body = match (&exit, &enter, p.kind == Kind::Plain) {
                 // No hook: exactly the handler's call (or the plain target), nothing around it,
                 // so a machine without hooks pays nothing for them.
                 (None, None, false) => call,

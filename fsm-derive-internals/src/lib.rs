@@ -16,6 +16,7 @@ mod ctxt;
 mod event;
 mod expand;
 mod generics;
+mod lower;
 mod names;
 mod shape;
 mod strategy;

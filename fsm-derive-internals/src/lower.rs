@@ -1,0 +1,314 @@
+//! The lowering stage, between `check` and `expand`: what each declared transition does,
+//! decided once, so that `expand` only prints.
+//!
+//! A transition's plan says how its target is computed ([`Kind`]), which state it enters
+//! (as an index in the table), and which hooks run around it. The rules live here and
+//! nowhere else: a transition *moves* when its target is another state or it is marked
+//! `reenter`; a moving transition runs the source's exit hook before computing the target
+//! and the target's enter hook after; a `plain` transition into a unit state without an
+//! invariant, around which no hook runs, is *direct* (dispatch writes the target in place,
+//! with no forwarder and no generic runner).
+
+use syn::Path;
+
+use crate::ast::Machine;
+use crate::attr::OnAttr;
+use crate::names::bare;
+
+/// How a transition computes its target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Debug))]
+pub(crate) enum Kind {
+    /// `plain` into a unit state with no invariant and no hook around it: written in place.
+    Direct,
+    /// `plain` with a hook or an invariant around it: the unit target built from nothing.
+    Plain,
+    /// `with = f`: the function the table names.
+    With,
+    /// `update = f`: a copy of the state changed in place by the function the table names.
+    Update,
+    /// The user's `Handler` impl.
+    Handler,
+}
+
+/// One declared transition, planned.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct Plan<'m> {
+    /// The declaration.
+    pub(crate) on: &'m OnAttr,
+    pub(crate) kind: Kind,
+    /// The target's index in the table; `None` for a state the machine does not declare
+    /// (`check` reported it).
+    pub(crate) target: Option<usize>,
+    /// The hook run before the target is computed: the source's exit hook, if it moves.
+    pub(crate) exit: Option<&'m Path>,
+    /// The hook run after: the target's enter hook, if it moves.
+    pub(crate) enter: Option<&'m Path>,
+}
+
+impl Plan<'_> {
+    pub(crate) fn is_direct(&self) -> bool {
+        self.kind == Kind::Direct
+    }
+
+    /// The target's index as the table's `u16` (0 for an unknown target: `check` reported
+    /// it and the expansion is not compiled as a working machine).
+    pub(crate) fn to(&self) -> u16 {
+        self.target.unwrap_or(0) as u16
+    }
+}
+
+/// The plans of a machine: per state (in declaration order), its transitions' plans (in
+/// declaration order).
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct Ir<'m> {
+    pub(crate) states: Vec<Vec<Plan<'m>>>,
+}
+
+impl Ir<'_> {
+    /// Whether any transition is direct (the machine then gets its own `apply_into`).
+    pub(crate) fn any_direct(&self) -> bool {
+        self.states.iter().flatten().any(Plan::is_direct)
+    }
+}
+
+/// Plans every transition of `m`.
+pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
+    let states = m
+        .states
+        .iter()
+        .map(|s| {
+            s.attrs
+                .on
+                .iter()
+                .map(|on| {
+                    let target = m.state_index(&on.target);
+                    let target_state = target.map(|i| &m.states[i]);
+                    let moves = bare(&on.target) != bare(s.variant.ident) || on.reenter.is_some();
+                    let exit = s.attrs.exit.first().filter(|_| moves);
+                    let enter = target_state
+                        .and_then(|t| t.attrs.enter.first())
+                        .filter(|_| moves);
+                    let kind = match (&on.plain, &on.with, &on.update) {
+                        (Some(_), _, _) => {
+                            let bare_unit = target_state.is_some_and(|t| {
+                                t.attrs.validate.is_empty() && t.variant.fields.is_empty()
+                            });
+                            if bare_unit && exit.is_none() && enter.is_none() {
+                                Kind::Direct
+                            } else {
+                                Kind::Plain
+                            }
+                        }
+                        (None, Some(_), _) => Kind::With,
+                        (None, None, Some(_)) => Kind::Update,
+                        (None, None, None) => Kind::Handler,
+                    };
+                    Plan {
+                        on,
+                        kind,
+                        target,
+                        exit,
+                        enter,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Ir { states }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctxt::Ctxt;
+    use syn::{parse_quote, DeriveInput};
+
+    /// The plans of `input`'s machine as (state, event, kind, target, exit, enter) rows.
+    fn plans(input: DeriveInput) -> Vec<(String, String, Kind, Option<usize>, bool, bool)> {
+        let cx = Ctxt::new();
+        let m = Machine::from_input(&cx, &input).unwrap();
+        let _ = cx.check();
+        let ir = lower(&m);
+        m.states
+            .iter()
+            .zip(&ir.states)
+            .flat_map(|(s, plans)| {
+                plans.iter().map(|p| {
+                    (
+                        s.variant.ident.to_string(),
+                        p.on.event.to_string(),
+                        p.kind,
+                        p.target,
+                        p.exit.is_some(),
+                        p.enter.is_some(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_kind_of_transition_is_planned_once() {
+        let rows = plans(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum Job {
+                #[fsm(initial, on(Start => Running, plain), on(Load => Loaded, with = load))]
+                Idle,
+                #[fsm(on(Tick => Running, update = tick), on(Stop => Idle, plain), exit = leave)]
+                Running { n: u32 },
+                #[fsm(on(Run => Running), on(Check => Checked, plain))]
+                Loaded { data: u8 },
+                #[fsm(terminal, validate = ok)]
+                Checked,
+            }
+        });
+        assert_eq!(
+            rows,
+            [
+                (
+                    "Idle".into(),
+                    "Start".into(),
+                    Kind::Plain,
+                    Some(1),
+                    false,
+                    false
+                ),
+                (
+                    "Idle".into(),
+                    "Load".into(),
+                    Kind::With,
+                    Some(2),
+                    false,
+                    false
+                ),
+                // A self-transition does not move: no hook runs.
+                (
+                    "Running".into(),
+                    "Tick".into(),
+                    Kind::Update,
+                    Some(1),
+                    false,
+                    false
+                ),
+                // Into a unit state, but the exit hook runs: not direct.
+                (
+                    "Running".into(),
+                    "Stop".into(),
+                    Kind::Plain,
+                    Some(0),
+                    true,
+                    false
+                ),
+                (
+                    "Loaded".into(),
+                    "Run".into(),
+                    Kind::Handler,
+                    Some(1),
+                    false,
+                    false
+                ),
+                // Into a unit state with an invariant: not direct.
+                (
+                    "Loaded".into(),
+                    "Check".into(),
+                    Kind::Plain,
+                    Some(3),
+                    false,
+                    false
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plain_transition_into_a_bare_unit_state_is_direct_unless_a_hook_runs() {
+        let rows = plans(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum Door {
+                #[fsm(initial, on(Close => Closed, plain), on(Stay => Open, plain, reenter))]
+                Open,
+                #[fsm(on(Open => Open, plain), on(Knock => Closed, plain), enter = shut)]
+                Closed,
+            }
+        });
+        assert_eq!(
+            rows,
+            [
+                // Closed's enter hook runs: not direct.
+                (
+                    "Open".into(),
+                    "Close".into(),
+                    Kind::Plain,
+                    Some(1),
+                    false,
+                    true
+                ),
+                // `reenter` moves, but Open has no hooks: direct.
+                (
+                    "Open".into(),
+                    "Stay".into(),
+                    Kind::Direct,
+                    Some(0),
+                    false,
+                    false
+                ),
+                (
+                    "Closed".into(),
+                    "Open".into(),
+                    Kind::Direct,
+                    Some(0),
+                    false,
+                    false
+                ),
+                // A self-transition without `reenter` runs no hook, even with one declared.
+                (
+                    "Closed".into(),
+                    "Knock".into(),
+                    Kind::Direct,
+                    Some(1),
+                    false,
+                    false
+                ),
+            ]
+        );
+        let cx = Ctxt::new();
+        let input: DeriveInput = parse_quote! {
+            #[fsm(event = Cmd)]
+            enum Door {
+                #[fsm(initial, on(Close => Closed, plain))]
+                Open,
+                #[fsm(on(Open => Open, plain), enter = shut)]
+                Closed,
+            }
+        };
+        let m = Machine::from_input(&cx, &input).unwrap();
+        let _ = cx.check();
+        assert!(lower(&m).any_direct());
+    }
+
+    #[test]
+    fn a_reentered_self_transition_runs_both_hooks_and_an_unknown_target_has_no_index() {
+        let rows = plans(parse_quote! {
+            #[fsm(event = Cmd)]
+            enum Lamp {
+                #[fsm(initial, on(Blink => On, reenter), on(Off => Nowhere, plain), enter = lit, exit = dim)]
+                On,
+            }
+        });
+        assert_eq!(
+            rows,
+            [
+                (
+                    "On".into(),
+                    "Blink".into(),
+                    Kind::Handler,
+                    Some(0),
+                    true,
+                    true
+                ),
+                ("On".into(), "Off".into(), Kind::Plain, None, true, false),
+            ]
+        );
+    }
+}

@@ -4,22 +4,40 @@
 
 use std::fmt::Write as _;
 
-use crate::table::{Policy, StateId, Table, TransitionMeta};
+use crate::table::{DeclaredOn, Policy, StateId, Table, TransitionMeta};
 
 impl Table {
     /// The table as a Mermaid `stateDiagram-v2`: `[*]` into the initial state, one arrow per
     /// transition labelled with its event, terminal states into `[*]`, and a note on each
     /// state that defers, dumps or delegates events it has no transition for.
+    ///
+    /// With superstates, each is a composite state (`state Active { .. }`) holding its states
+    /// and its initial arrow; a transition declared on a superstate is drawn once, from the
+    /// superstate, and one declared on the machine once, from a node `any state`. A state's
+    /// own transition that hides a superstate's for the same event is drawn from the state,
+    /// beside the superstate's: the innermost one is taken.
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("stateDiagram-v2\n");
         let _ = writeln!(out, "    [*] --> {}", self.state_name(self.initial()));
-        for t in self.transitions() {
+        for i in 0..self.superstates().len() {
+            if self.superstates()[i].parent().is_none() {
+                self.mermaid_composite(&mut out, i, 1);
+            }
+        }
+        if self
+            .transitions()
+            .iter()
+            .any(|t| t.declared_on() == DeclaredOn::AnyState)
+        {
+            out.push_str("    state \"any state\" as __any\n");
+        }
+        for t in self.drawn_transitions() {
             let _ = writeln!(
                 out,
                 "    {} --> {} : {}",
-                self.state_name(t.from),
+                self.tail(&t),
                 self.state_name(t.to),
-                self.edge_label(t)
+                self.edge_label(&t)
             );
         }
         for (i, s) in self.states().iter().enumerate() {
@@ -39,6 +57,22 @@ impl Table {
         let mut out = String::new();
         let _ = writeln!(out, "digraph {} {{", self.machine());
         out.push_str("    rankdir=LR;\n    node [shape=circle];\n    __start [shape=point];\n");
+        let hierarchical = !self.superstates().is_empty();
+        if hierarchical {
+            out.push_str("    compound=true;\n");
+        }
+        if self
+            .transitions()
+            .iter()
+            .any(|t| t.declared_on() == DeclaredOn::AnyState)
+        {
+            out.push_str("    __any [shape=plaintext, label=\"any state\"];\n");
+        }
+        for i in 0..self.superstates().len() {
+            if self.superstates()[i].parent().is_none() {
+                self.dot_cluster(&mut out, i, 1);
+            }
+        }
         for (i, s) in self.states().iter().enumerate() {
             let shape = if s.is_terminal() {
                 "doublecircle"
@@ -60,17 +94,121 @@ impl Table {
             }
         }
         let _ = writeln!(out, "    __start -> {};", self.state_name(self.initial()));
-        for t in self.transitions() {
-            let _ = writeln!(
-                out,
-                "    {} -> {} [label=\"{}\"];",
-                self.state_name(t.from),
-                self.state_name(t.to),
-                self.edge_label(t)
-            );
+        for t in self.drawn_transitions() {
+            match t.declared_on() {
+                // From the cluster: an edge from a state inside it, clipped at its border.
+                DeclaredOn::Superstate(i) => {
+                    let inside = self.superstates().get(i).map_or(t.from, |s| s.initial());
+                    let _ = writeln!(
+                        out,
+                        "    {} -> {} [label=\"{}\", ltail=cluster_{}];",
+                        self.state_name(inside),
+                        self.state_name(t.to),
+                        self.edge_label(&t),
+                        self.tail(&t)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "    {} -> {} [label=\"{}\"];",
+                        self.tail(&t),
+                        self.state_name(t.to),
+                        self.edge_label(&t)
+                    );
+                }
+            }
         }
         out.push_str("}\n");
         out
+    }
+
+    /// The transitions as drawn: each declared on a state as it is; each inherited one once
+    /// per (superstate, event, target), or per (event, target) from any state.
+    fn drawn_transitions(&self) -> Vec<TransitionMeta> {
+        let mut seen: Vec<(DeclaredOn, crate::table::EventId, StateId)> = Vec::new();
+        self.transitions()
+            .iter()
+            .copied()
+            .filter(|t| match t.declared_on() {
+                DeclaredOn::State => true,
+                other => {
+                    let key = (other, t.event, t.to);
+                    let first = !seen.contains(&key);
+                    seen.push(key);
+                    first
+                }
+            })
+            .collect()
+    }
+
+    /// Where a drawn transition starts: its state, its superstate, or `__any`.
+    fn tail(&self, t: &TransitionMeta) -> &'static str {
+        match t.declared_on() {
+            DeclaredOn::State => self.state_name(t.from),
+            DeclaredOn::Superstate(i) => {
+                self.superstates().get(i).map_or("<unknown>", |s| s.name())
+            }
+            DeclaredOn::AnyState => "__any",
+        }
+    }
+
+    /// The child of superstate `i` on the way down to its initial state: a state's or a
+    /// superstate's name.
+    fn initial_child(&self, i: usize) -> &'static str {
+        let Some(sup) = self.superstates().get(i) else {
+            return "<unknown>";
+        };
+        let leaf = sup.initial();
+        if self.state(leaf).and_then(|m| m.parent()) == Some(i) {
+            return self.state_name(leaf);
+        }
+        self.ancestors(leaf)
+            .find(|&a| self.superstates().get(a).and_then(|s| s.parent()) == Some(i))
+            .and_then(|a| self.superstates().get(a))
+            .map_or_else(|| self.state_name(leaf), |s| s.name())
+    }
+
+    fn mermaid_composite(&self, out: &mut String, i: usize, depth: usize) {
+        let pad = "    ".repeat(depth);
+        let Some(sup) = self.superstates().get(i) else {
+            return;
+        };
+        if depth > self.superstates().len() {
+            return; // a cycle in a hand-built table
+        }
+        let _ = writeln!(out, "{pad}state {} {{", sup.name());
+        let _ = writeln!(out, "{pad}    [*] --> {}", self.initial_child(i));
+        for s in self.states().iter().filter(|s| s.parent() == Some(i)) {
+            let _ = writeln!(out, "{pad}    {}", s.name());
+        }
+        for (k, inner) in self.superstates().iter().enumerate() {
+            if inner.parent() == Some(i) {
+                self.mermaid_composite(out, k, depth + 1);
+            }
+        }
+        let _ = writeln!(out, "{pad}}}");
+    }
+
+    fn dot_cluster(&self, out: &mut String, i: usize, depth: usize) {
+        let pad = "    ".repeat(depth);
+        let Some(sup) = self.superstates().get(i) else {
+            return;
+        };
+        if depth > self.superstates().len() {
+            return;
+        }
+        let _ = writeln!(out, "{pad}subgraph cluster_{} {{", sup.name());
+        let _ = writeln!(out, "{pad}    label=\"{}\";", sup.name());
+        for s in self.states().iter().filter(|s| s.parent() == Some(i)) {
+            let _ = writeln!(out, "{pad}    {};", s.name());
+        }
+        for (k, inner) in self.superstates().iter().enumerate() {
+            if inner.parent() == Some(i) {
+                self.dot_cluster(out, k, depth + 1);
+            }
+        }
+        let _ = writeln!(out, "{pad}}}");
     }
 
     /// The event's name, or `after 1200 ms / Missed` for the event of the state's timeout.

@@ -78,7 +78,10 @@ pub use machine::{
 };
 pub use redact::{Redact, Redacted};
 pub use rejection::{InvalidState, Reason, Refusal, Rejection};
-pub use table::{EventId, Policy, StateId, StateMeta, StateTimeout, Table, TransitionMeta};
+pub use table::{
+    DeclaredOn, EventId, Policy, StateId, StateMeta, StateTimeout, SuperstateMeta, Table,
+    TransitionMeta,
+};
 
 pub use fsm_derive::{Event, StateMachine};
 

@@ -58,6 +58,10 @@ pub enum Policy {
 }
 
 /// One declared transition: in state `from`, event `event` leads to state `to`.
+///
+/// In a machine with superstates the table lists transitions per (leaf) state: one declared
+/// on a superstate, or on the machine for every state, appears once for each state that
+/// inherits it, and [`TransitionMeta::declared_on`] says where it was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TransitionMeta {
     /// The state the transition leaves.
@@ -66,7 +70,24 @@ pub struct TransitionMeta {
     pub event: EventId,
     /// The state it enters (equal to `from` for a self-transition).
     pub to: StateId,
+    /// Where it was declared: `u16::MAX` on the state itself, `u16::MAX - 1` on the
+    /// machine (from any state), else the index of a superstate.
+    declared: u16,
 }
+
+/// Where a transition was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeclaredOn {
+    /// On the state it leaves.
+    State,
+    /// On a superstate (its index in [`Table::superstates`]); the state inherits it.
+    Superstate(usize),
+    /// On the machine itself: from every state that is not terminal.
+    AnyState,
+}
+
+const ON_STATE: u16 = u16::MAX;
+const ON_ANY: u16 = u16::MAX - 1;
 
 impl TransitionMeta {
     /// A transition from `from` on `event` to `to`.
@@ -75,7 +96,75 @@ impl TransitionMeta {
             from: StateId(from),
             event: EventId(event),
             to: StateId(to),
+            declared: ON_STATE,
         }
+    }
+
+    /// The same transition, inherited from superstate `superstate` (an index in
+    /// [`Table::superstates`]).
+    pub const fn inherited_from(mut self, superstate: u16) -> Self {
+        self.declared = superstate;
+        self
+    }
+
+    /// The same transition, declared on the machine for every state.
+    pub const fn from_any_state(mut self) -> Self {
+        self.declared = ON_ANY;
+        self
+    }
+
+    /// Where the transition was declared.
+    pub const fn declared_on(&self) -> DeclaredOn {
+        match self.declared {
+            ON_STATE => DeclaredOn::State,
+            ON_ANY => DeclaredOn::AnyState,
+            i => DeclaredOn::Superstate(i as usize),
+        }
+    }
+}
+
+/// A superstate: a named group of states (and of other superstates) whose transitions and
+/// policies every state inside inherits, unless it declares its own for the same event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuperstateMeta {
+    name: &'static str,
+    parent: Option<u16>,
+    initial: StateId,
+}
+
+impl SuperstateMeta {
+    /// A superstate at the top level, whose transitions enter state `initial` (the leaf its
+    /// initial substates lead to).
+    pub const fn new(name: &'static str, initial: u16) -> Self {
+        SuperstateMeta {
+            name,
+            parent: None,
+            initial: StateId(initial),
+        }
+    }
+
+    /// The same, inside superstate `parent` (an index in [`Table::superstates`]).
+    pub const fn within(mut self, parent: u16) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// Its name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The superstate it is inside, if any (an index in [`Table::superstates`]).
+    pub const fn parent(&self) -> Option<usize> {
+        match self.parent {
+            Some(p) => Some(p as usize),
+            None => None,
+        }
+    }
+
+    /// The state a transition into it enters.
+    pub const fn initial(&self) -> StateId {
+        self.initial
     }
 }
 
@@ -88,6 +177,7 @@ pub struct StateMeta {
     policies: &'static [(EventId, Policy)],
     otherwise: Policy,
     timeout: Option<StateTimeout>,
+    parent: Option<u16>,
 }
 
 /// A state's declared timeout (`state_timeout(ms = 1200 => Missed)`): armed whenever a
@@ -111,6 +201,22 @@ impl StateMeta {
             policies: &[],
             otherwise: Policy::Reject,
             timeout: None,
+            parent: None,
+        }
+    }
+
+    /// Places the state inside superstate `superstate` (an index in [`Table::superstates`]).
+    pub const fn within(mut self, superstate: u16) -> Self {
+        self.parent = Some(superstate);
+        self
+    }
+
+    /// The superstate the state is directly inside, if any (an index in
+    /// [`Table::superstates`]).
+    pub const fn parent(&self) -> Option<usize> {
+        match self.parent {
+            Some(p) => Some(p as usize),
+            None => None,
         }
     }
 
@@ -190,6 +296,7 @@ pub struct Table {
     events: &'static [&'static str],
     transitions: &'static [TransitionMeta],
     initial: StateId,
+    superstates: &'static [SuperstateMeta],
 }
 
 /// Name shown for an id that is out of range of its table (only reachable through a
@@ -211,7 +318,47 @@ impl Table {
             events,
             transitions,
             initial: StateId(initial),
+            superstates: &[],
         }
+    }
+
+    /// The same table with superstates (each state's [`StateMeta::within`] and each
+    /// superstate's [`SuperstateMeta::within`] index into them).
+    pub const fn with_superstates(mut self, superstates: &'static [SuperstateMeta]) -> Self {
+        self.superstates = superstates;
+        self
+    }
+
+    /// The superstates, in declaration order (empty for a flat machine).
+    pub const fn superstates(&self) -> &'static [SuperstateMeta] {
+        self.superstates
+    }
+
+    /// Looks a superstate up by name.
+    pub fn superstate_index(&self, name: &str) -> Option<usize> {
+        self.superstates.iter().position(|s| s.name == name)
+    }
+
+    /// The superstates `state` is inside, innermost first (a cycle in a hand-built table
+    /// ends the walk).
+    pub fn ancestors(&self, state: StateId) -> impl Iterator<Item = usize> + '_ {
+        let mut next = self.state(state).and_then(StateMeta::parent);
+        let mut steps = 0;
+        std::iter::from_fn(move || {
+            let here = next?;
+            steps += 1;
+            if steps > self.superstates.len() {
+                return None;
+            }
+            next = self.superstates.get(here).and_then(SuperstateMeta::parent);
+            Some(here)
+        })
+    }
+
+    /// Whether `state` is inside the superstate named `superstate`, at any depth.
+    pub fn is_in(&self, state: StateId, superstate: &str) -> bool {
+        self.superstate_index(superstate)
+            .is_some_and(|wanted| self.ancestors(state).any(|s| s == wanted))
     }
 
     /// The machine's name (the enum's name).
@@ -419,6 +566,28 @@ impl Table {
                     });
                 }
             }
+            if s.parent().is_some_and(|p| p >= self.superstates.len()) {
+                errors.push(TableError::BadSuperstate {
+                    superstate: s.parent().unwrap_or(0),
+                });
+            }
+        }
+        for (i, sup) in self.superstates.iter().enumerate() {
+            let parent_out = sup.parent().is_some_and(|p| p >= self.superstates.len());
+            let initial_out = sup.initial.index() >= n_states;
+            // A chain of parents longer than the superstates is a cycle.
+            let mut next = sup.parent();
+            let mut steps = 0;
+            while let Some(p) = next {
+                steps += 1;
+                if steps > self.superstates.len() {
+                    break;
+                }
+                next = self.superstates.get(p).and_then(SuperstateMeta::parent);
+            }
+            if parent_out || initial_out || steps > self.superstates.len() {
+                errors.push(TableError::BadSuperstate { superstate: i });
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -452,6 +621,12 @@ pub enum TableError {
         /// The event.
         event: EventId,
     },
+    /// A superstate index out of range, a superstate inside itself (a cycle of parents), or
+    /// a superstate whose initial state is out of range.
+    BadSuperstate {
+        /// The superstate (or the out-of-range index a state names).
+        superstate: usize,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -471,6 +646,10 @@ impl fmt::Display for TableError {
                 f,
                 "state {} declares a policy for event {} that it has a transition for",
                 state.0, event.0
+            ),
+            TableError::BadSuperstate { superstate } => write!(
+                f,
+                "superstate {superstate} is out of range, inside itself, or enters a state out of range"
             ),
         }
     }

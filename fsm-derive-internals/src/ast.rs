@@ -20,6 +20,11 @@ pub(crate) struct Machine<'a> {
     /// both into strings across the proc-macro bridge, so a linear scan made expansion grow
     /// with states x transitions.
     names: Vec<(String, usize)>,
+    /// The superstates and each state's parent, once `hierarchy::resolve` checked them
+    /// (empty for a flat machine, or when they have a mistake).
+    pub(crate) hierarchy: crate::hierarchy::Hierarchy,
+    /// The names the enum declares superstates under (even with a mistake in them).
+    pub(crate) superstate_names: Vec<String>,
 }
 
 /// An enum deriving `Event`.
@@ -93,6 +98,8 @@ impl<'a> Machine<'a> {
             attrs,
             states,
             names,
+            hierarchy: crate::hierarchy::Hierarchy::default(),
+            superstate_names: Vec::new(),
         })
     }
 

@@ -8,10 +8,12 @@ use syn::{Attribute, Ident, Path, Token, Type};
 
 use crate::ctxt::Ctxt;
 
-pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate";
+pub(crate) const CONTAINER_KEYS: &str = "event, effect, module, crate, on(Event => Target) (from any state), superstate(Name, initial = State, parent = Superstate, on(..), defer, dump, delegate)";
 pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
-    "initial, terminal, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, enter = path, exit = path, state_timeout(ms = N => Event)";
+    "initial, terminal, parent = Superstate, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, enter = path, exit = path, state_timeout(ms = N => Event)";
+pub(crate) const SUPERSTATE_KEYS: &str =
+    "initial = State, parent = Superstate, on(Event => Target), defer, dump, delegate";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -22,6 +24,31 @@ pub(crate) struct ContainerAttrs {
     pub(crate) effect: Option<Type>,
     pub(crate) module: Option<Ident>,
     pub(crate) krate: Option<Path>,
+    /// `on(..)` on the enum: from every state that is not terminal.
+    pub(crate) on: Vec<OnAttr>,
+    /// `superstate(..)`s, in declaration order.
+    pub(crate) superstates: Vec<SuperAttr>,
+}
+
+/// `superstate(Name, initial = State, parent = Superstate, on(..), defer(..), ..)` on the enum.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) struct SuperAttr {
+    pub(crate) name: Ident,
+    pub(crate) initial: Option<Ident>,
+    pub(crate) parent: Option<Ident>,
+    pub(crate) on: Vec<OnAttr>,
+    pub(crate) policies: Vec<PolicyAttr>,
+}
+
+/// Where a transition was declared: on its state, or inherited (see `hierarchy`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Debug))]
+pub(crate) enum Declared {
+    State,
+    /// On the superstate with this index.
+    Superstate(usize),
+    /// On the enum, for every state.
+    AnyState,
 }
 
 /// What a policy keyword names.
@@ -43,6 +70,7 @@ impl PolicyKind {
 }
 
 /// One `on(Event => Target)` (an `on(A | B => T)` gives one per event).
+#[derive(Clone)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct OnAttr {
     pub(crate) keyword: Ident,
@@ -58,6 +86,8 @@ pub(crate) struct OnAttr {
     /// `update = path`: a self-transition's function that changes the state in place,
     /// `fn(&mut State, payload, &mut Effects<F>) -> Result<(), Refusal>`.
     pub(crate) update: Option<(Ident, syn::Path)>,
+    /// Where it was declared.
+    pub(crate) declared: Declared,
 }
 
 impl OnAttr {
@@ -74,6 +104,7 @@ impl OnAttr {
 }
 
 /// A policy for one event (`defer(E)`) or for all others (bare `defer`).
+#[derive(Clone)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct PolicyAttr {
     pub(crate) keyword: Ident,
@@ -110,6 +141,8 @@ pub(crate) struct StateAttrs {
     /// `exit = path`: runs when a transition leaves the state.
     pub(crate) exit: Vec<Path>,
     pub(crate) timeouts: Vec<TimeoutAttr>,
+    /// `parent = Superstate`.
+    pub(crate) parent: Vec<Ident>,
 }
 
 /// Which kind of enum the container attributes belong to.
@@ -145,6 +178,21 @@ pub(crate) fn container(cx: &Ctxt, attrs: &[Attribute], derive: Derive) -> Conta
                 set_once(cx, &mut out.module, meta.value()?.parse()?, &meta.path);
             } else if meta.path.is_ident("crate") {
                 set_once(cx, &mut out.krate, meta.value()?.parse()?, &meta.path);
+            } else if derive == Derive::StateMachine && meta.path.is_ident("on") {
+                let key = meta.path.get_ident().cloned().expect("checked above");
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let first = out.on.len();
+                parse_on(&content, &key, &mut out.on)?;
+                for on in &mut out.on[first..] {
+                    on.declared = Declared::AnyState;
+                }
+                strip_state_markers(cx, &mut out.on, first, "on the enum (from any state)");
+            } else if derive == Derive::StateMachine && meta.path.is_ident("superstate") {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let index = out.superstates.len();
+                out.superstates.push(parse_superstate(cx, &content, index)?);
             } else {
                 let keys = match derive {
                     Derive::StateMachine => CONTAINER_KEYS,
@@ -182,6 +230,7 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
             };
             match key.to_string().as_str() {
                 "initial" => out.initial.push(key),
+                "parent" => out.parent.push(meta.value()?.parse()?),
                 "terminal" => out.terminal.push(key),
                 "validate" => out.validate.push(meta.value()?.parse()?),
                 "enter" => out.enter.push(meta.value()?.parse()?),
@@ -337,9 +386,138 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             reenter: reenter.clone(),
             with: with.clone(),
             update: update.clone(),
+            declared: Declared::State,
         });
     }
     Ok(())
+}
+
+/// `reenter` and `update` belong to a state's self-transition: refused on a superstate or the
+/// enum, where the state is whichever one the machine is in. Each is reported, and the
+/// transitions from `first` on are kept without it (one with `update` is dropped), so that
+/// the rest of the declaration is still read.
+fn strip_state_markers(cx: &Ctxt, on: &mut Vec<OnAttr>, first: usize, place: &str) {
+    let mut i = first;
+    while i < on.len() {
+        if let Some(kw) = on[i].reenter.take() {
+            cx.push(syn::Error::new_spanned(
+                kw,
+                format!("`reenter` is for a state's self-transition, not {place}: a transition into a superstate always leaves the state the machine is in and enters the superstate's initial state"),
+            ));
+        }
+        if let Some((kw, _)) = &on[i].update {
+            cx.push(syn::Error::new_spanned(
+                kw,
+                format!("`update = ..` changes one state's data in place, so it cannot be declared {place}: declare it on each state, or use `with = function` (a generic function takes every state's view)"),
+            ));
+            on.remove(i);
+            continue;
+        }
+        i += 1;
+    }
+}
+
+/// `Name, initial = State, parent = Superstate, on(..), defer(..), dump, ..`.
+fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Result<SuperAttr> {
+    let name: Ident = input.parse().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "malformed `superstate(..)`: write `superstate(Name, initial = State, ..)`",
+        )
+    })?;
+    let mut out = SuperAttr {
+        name,
+        initial: None,
+        parent: None,
+        on: Vec::new(),
+        policies: Vec::new(),
+    };
+    while input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+        if input.is_empty() {
+            break;
+        }
+        let key: Ident = input.parse()?;
+        match key.to_string().as_str() {
+            "initial" | "parent" => {
+                input.parse::<Token![=]>().map_err(|e| {
+                    syn::Error::new(e.span(), format!("write `{key} = Name`"))
+                })?;
+                let value: Ident = input.parse()?;
+                let slot = if key == "initial" {
+                    &mut out.initial
+                } else {
+                    &mut out.parent
+                };
+                if slot.is_some() {
+                    cx.push(syn::Error::new_spanned(
+                        &key,
+                        format!("duplicate `{key}` in `superstate({}, ..)`: give it once", out.name),
+                    ));
+                } else {
+                    *slot = Some(value);
+                }
+            }
+            "on" => {
+                let content;
+                syn::parenthesized!(content in input);
+                let first = out.on.len();
+                parse_on(&content, &key, &mut out.on)?;
+                for on in &mut out.on[first..] {
+                    on.declared = Declared::Superstate(index);
+                }
+                strip_state_markers(cx, &mut out.on, first, "on a superstate");
+            }
+            "defer" | "dump" | "delegate" => {
+                let kind = match key.to_string().as_str() {
+                    "defer" => PolicyKind::Defer,
+                    "dump" => PolicyKind::Dump,
+                    _ => PolicyKind::Delegate,
+                };
+                if input.peek(syn::token::Paren) {
+                    let content;
+                    syn::parenthesized!(content in input);
+                    let events =
+                        content.parse_terminated(<Ident as syn::parse::Parse>::parse, Token![,])?;
+                    if events.is_empty() {
+                        return Err(syn::Error::new_spanned(
+                            &key,
+                            format!("`{key}()` lists no event: name events as `{key}(A, B)`, or write a bare `{key}` for every event without a transition"),
+                        ));
+                    }
+                    for event in events {
+                        out.policies.push(PolicyAttr {
+                            keyword: key.clone(),
+                            kind,
+                            event: Some(event),
+                        });
+                    }
+                } else {
+                    out.policies.push(PolicyAttr {
+                        keyword: key,
+                        kind,
+                        event: None,
+                    });
+                }
+            }
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &key,
+                    format!(
+                        "unknown key `{key}` in `superstate({}, ..)`; expected one of: {SUPERSTATE_KEYS}",
+                        out.name
+                    ),
+                ))
+            }
+        }
+    }
+    if !input.is_empty() {
+        return Err(syn::Error::new(
+            input.span(),
+            "malformed `superstate(..)`: write `superstate(Name, initial = State, parent = Superstate, on(Event => Target), ..)`",
+        ));
+    }
+    Ok(out)
 }
 
 /// `ms = 1200 => Missed` or `s = 30 => Expire`.

@@ -331,6 +331,10 @@ fn targets_exist(cx: &Ctxt, m: &Machine<'_>) -> bool {
         for on in &s.attrs.on {
             if m.state_index(&on.target).is_none() {
                 known = false;
+                if m.superstate_names.contains(&bare(&on.target)) {
+                    // A superstate whose own mistake is reported: that is the one error.
+                    continue;
+                }
                 let near = near_state(m, &on.target).map(|i| m.states[i].variant.ident);
                 let hint = near.map_or_else(String::new, |n| format!("; did you mean `{n}`?"));
                 cx.push(syn::Error::new_spanned(

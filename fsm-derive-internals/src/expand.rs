@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
 use crate::ast::{Machine, State};
-use crate::attr::PolicyKind;
+use crate::attr::{Declared, PolicyKind};
 use crate::generics::{inner_visibility, with_view_lifetime};
 use crate::lower::{lower, Ir, Kind, Plan};
 use crate::names::{bare, snake_ident, variant_hash};
@@ -48,12 +48,14 @@ pub(crate) fn expand(m: &Machine<'_>) -> TokenStream {
         .map(|(i, s)| g.state_impls(i, s));
     let names = g.name_checks();
     let initial = g.initial_state();
+    let within = g.superstate_queries();
     quote! {
         #module
         #[doc(hidden)]
         const _: () = {
             #names
             #initial
+            #within
             #machine
             #redact
             #strategies
@@ -380,9 +382,14 @@ impl Gen<'_, '_> {
         let private = &self.paths.private;
         let e = self.event;
         let name = m.ident.to_string();
-        let states = m.states.iter().map(|s| {
+        let h = &m.hierarchy;
+        let states = m.states.iter().enumerate().map(|(k, s)| {
             let n = s.variant.ident.to_string();
             let mut meta = quote!(#krate::StateMeta::new(#n));
+            if let Some(p) = h.parent_of.get(k).copied().flatten() {
+                let p = p as u16;
+                meta = quote!(#meta.within(#p));
+            }
             if !s.attrs.terminal.is_empty() {
                 meta = quote!(#meta.terminal());
             }
@@ -440,7 +447,16 @@ impl Gen<'_, '_> {
                 let from = i as u16;
                 let to = p.to();
                 let id = self.id(&p.on.event);
-                quote!(#krate::TransitionMeta::new(#from, #id, #to))
+                match p.on.declared {
+                    Declared::State => quote!(#krate::TransitionMeta::new(#from, #id, #to)),
+                    Declared::Superstate(sup) => {
+                        let sup = sup as u16;
+                        quote!(#krate::TransitionMeta::new(#from, #id, #to).inherited_from(#sup))
+                    }
+                    Declared::AnyState => {
+                        quote!(#krate::TransitionMeta::new(#from, #id, #to).from_any_state())
+                    }
+                }
             })
         });
         let initial = m
@@ -448,6 +464,20 @@ impl Gen<'_, '_> {
             .iter()
             .position(|s| !s.attrs.initial.is_empty())
             .unwrap_or(0) as u16;
+        let superstates = (!h.is_flat()).then(|| {
+            let metas = h.superstates.iter().map(|sup| {
+                let n = bare(&sup.name);
+                let initial = sup.initial as u16;
+                match sup.parent {
+                    Some(p) => {
+                        let p = p as u16;
+                        quote!(#krate::SuperstateMeta::new(#n, #initial).within(#p))
+                    }
+                    None => quote!(#krate::SuperstateMeta::new(#n, #initial)),
+                }
+            });
+            quote!(.with_superstates(&[#(#metas),*]))
+        });
         quote! {
             &#krate::Table::new(
                 #name,
@@ -455,7 +485,7 @@ impl Gen<'_, '_> {
                 <#e as #krate::Event>::NAMES,
                 &[#(#transitions),*],
                 #initial,
-            )
+            )#superstates
         }
     }
 
@@ -795,6 +825,47 @@ impl Gen<'_, '_> {
                 pub fn initial_state(_: &#krate::store::MachineId) -> Self {
                     #ident::#state
                 }
+            }
+        }
+    }
+
+    /// `in_active()` per superstate: whether the machine is in one of the states inside it.
+    fn superstate_queries(&self) -> TokenStream {
+        let m = self.m;
+        if m.hierarchy.is_flat() {
+            return quote!();
+        }
+        let ident = m.ident;
+        let (impl_g, ty_g, wc) = m.generics.split_for_impl();
+        let methods = m.hierarchy.superstates.iter().map(|sup| {
+            let name = bare(&sup.name);
+            let method = format_ident!("in_{}", snake_ident(&sup.name, sup.name.span()));
+            let inside: Vec<&Ident> = sup
+                .states
+                .iter()
+                .map(|&k| m.states[k].variant.ident)
+                .collect();
+            let list = inside
+                .iter()
+                .map(|i| format!("`{}`", bare(i)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let doc = format!("Whether the machine is in superstate `{name}`: in one of {list}.");
+            quote! {
+                #[doc = #doc]
+                #[inline]
+                pub fn #method(&self) -> bool {
+                    match self {
+                        #(#ident::#inside { .. })|* => true,
+                        _ => false,
+                    }
+                }
+            }
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #ident #ty_g #wc {
+                #(#methods)*
             }
         }
     }

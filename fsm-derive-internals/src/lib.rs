@@ -16,6 +16,7 @@ mod ctxt;
 mod event;
 mod expand;
 mod generics;
+mod hierarchy;
 mod lower;
 mod names;
 mod shape;
@@ -38,9 +39,10 @@ pub fn state_machine(input: TokenStream) -> TokenStream {
 /// [`state_machine`] for input already parsed.
 pub fn state_machine_from(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
-    let Some(machine) = ast::Machine::from_input(&cx, input) else {
+    let Some(mut machine) = ast::Machine::from_input(&cx, input) else {
         return errors(&cx);
     };
+    hierarchy::resolve(&cx, &mut machine);
     check::check(&cx, &machine);
     match cx.check() {
         Ok(()) => expand::expand(&machine),

@@ -1,0 +1,276 @@
+//! Superstates: declared on the enum, inherited by the states inside them. An event bubbles
+//! from the state to its superstates, innermost first, then to the transitions declared for
+//! any state; a transition into a superstate enters its initial state; the table, the
+//! diagrams, the typestate API and the kernel all see the hierarchy.
+#![allow(missing_docs)]
+
+use fsm_core::kernel::Kernel;
+use fsm_core::store::{MachineId, MemoryStore};
+use fsm_core::{DeclaredOn, Effects, Event, Policy, StateMachine};
+use serde::{Deserialize, Serialize};
+
+/// A subscription: `Active` holds a trial and the billing states; `Billing` holds the paid
+/// ones. `Cancel` is declared once on `Active` (the trial declares its own, which wins),
+/// `Audit` once for every state.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(
+    event = Cmd,
+    effect = String,
+    on(Audit => Audited, plain),
+    superstate(Active, initial = Trial, on(Cancel => Cancelled, plain), defer(Refund)),
+    superstate(
+        Billing,
+        parent = Active,
+        initial = Current,
+        on(Fail => PastDue, plain),
+        on(Reset => Billing, plain)
+    )
+)]
+pub enum Sub {
+    #[fsm(initial, parent = Active, on(Convert => Billing, plain), on(Cancel => Churned, plain))]
+    Trial,
+    #[fsm(parent = Billing, on(Renew => Current, plain), exit = left_current, enter = entered_current)]
+    Current,
+    #[fsm(parent = Billing, on(Pay => Current, plain))]
+    PastDue,
+    #[fsm(on(Reopen => Active, plain))]
+    Cancelled,
+    #[fsm(terminal)]
+    Churned,
+    #[fsm(terminal)]
+    Audited,
+}
+
+#[derive(Event, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmd {
+    Convert,
+    Renew,
+    Fail,
+    Pay,
+    Reset,
+    Cancel,
+    Reopen,
+    Refund,
+    Audit,
+}
+
+fn left_current(_: sub::Current, fx: &mut Effects<String>) {
+    fx.push("exit Current".into());
+}
+
+fn entered_current(_: sub::Current, fx: &mut Effects<String>) {
+    fx.push("enter Current".into());
+}
+
+/// `start` after `events`, and the effects of the last one.
+fn after(start: Sub, events: &[Cmd]) -> (Sub, Vec<String>) {
+    let mut m = start;
+    let mut effects = Vec::new();
+    for e in events {
+        let step = m.apply(*e).unwrap_or_else(|r| panic!("{e:?}: {r}"));
+        effects = step.effects.into_iter().collect();
+    }
+    (m, effects)
+}
+
+#[test]
+fn an_event_bubbles_to_the_innermost_superstate_that_handles_it() {
+    // Billing's Fail, from both of its states.
+    assert_eq!(after(Sub::Current, &[Cmd::Fail]).0, Sub::PastDue);
+    assert_eq!(after(Sub::PastDue, &[Cmd::Fail]).0, Sub::PastDue);
+    // Active's Cancel, two levels up from Current and PastDue.
+    assert_eq!(after(Sub::Current, &[Cmd::Cancel]).0, Sub::Cancelled);
+    assert_eq!(after(Sub::PastDue, &[Cmd::Cancel]).0, Sub::Cancelled);
+    // The trial's own Cancel hides Active's.
+    assert_eq!(after(Sub::Trial, &[Cmd::Cancel]).0, Sub::Churned);
+    // Declared for any state: every state that is not terminal takes it.
+    for s in [Sub::Trial, Sub::Current, Sub::PastDue, Sub::Cancelled] {
+        assert_eq!(after(s, &[Cmd::Audit]).0, Sub::Audited);
+    }
+    for s in [Sub::Churned, Sub::Audited] {
+        let mut m = s.clone();
+        assert!(m.apply(Cmd::Audit).is_err(), "{s:?} is terminal");
+        assert_eq!(m, s);
+    }
+    // Outside the superstates nothing of theirs applies.
+    let mut cancelled = Sub::Cancelled;
+    assert!(cancelled.apply(Cmd::Fail).is_err());
+    assert!(cancelled.apply(Cmd::Cancel).is_err());
+}
+
+#[test]
+fn a_transition_into_a_superstate_enters_its_initial_state() {
+    // Convert names Billing: its initial state is Current.
+    assert_eq!(after(Sub::Trial, &[Cmd::Convert]).0, Sub::Current);
+    // Reopen names Active: its initial state is Trial.
+    assert_eq!(after(Sub::Cancelled, &[Cmd::Reopen]).0, Sub::Trial);
+    // Reset, declared on Billing into Billing: from PastDue it enters Current (its enter
+    // hook runs); from Current it leaves and enters again (both hooks run).
+    let (m, fx) = after(Sub::PastDue, &[Cmd::Reset]);
+    assert_eq!((m, fx), (Sub::Current, vec!["enter Current".to_owned()]));
+    let (m, fx) = after(Sub::Current, &[Cmd::Reset]);
+    assert_eq!(
+        (m, fx),
+        (
+            Sub::Current,
+            vec!["exit Current".to_owned(), "enter Current".to_owned()]
+        )
+    );
+    // Renew, Current's own self-transition without `reenter`, runs no hook.
+    assert_eq!(after(Sub::Current, &[Cmd::Renew]).1, Vec::<String>::new());
+}
+
+#[test]
+fn the_table_knows_the_hierarchy_and_where_each_transition_was_declared() {
+    let t = Sub::TABLE;
+    assert!(t.verify().is_ok(), "{:?}", t.verify());
+    let names: Vec<&str> = t.superstates().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["Active", "Billing"]);
+    assert_eq!(t.superstates()[1].parent(), Some(0));
+    assert_eq!(t.state_name(t.superstates()[0].initial()), "Trial");
+    assert_eq!(t.state_name(t.superstates()[1].initial()), "Current");
+    let id = |n: &str| t.state_id(n).unwrap();
+    assert!(t.is_in(id("PastDue"), "Billing") && t.is_in(id("PastDue"), "Active"));
+    assert!(t.is_in(id("Trial"), "Active") && !t.is_in(id("Trial"), "Billing"));
+    assert!(!t.is_in(id("Cancelled"), "Active"));
+    assert_eq!(t.ancestors(id("Current")).collect::<Vec<_>>(), [1, 0]);
+
+    let declared = |from: &str, event: &str| {
+        t.transitions_from(id(from))
+            .find(|x| t.event_name(x.event) == event)
+            .map(|x| (t.state_name(x.to), x.declared_on()))
+    };
+    assert_eq!(
+        declared("Trial", "Cancel"),
+        Some(("Churned", DeclaredOn::State))
+    );
+    assert_eq!(
+        declared("PastDue", "Cancel"),
+        Some(("Cancelled", DeclaredOn::Superstate(0)))
+    );
+    assert_eq!(
+        declared("Current", "Fail"),
+        Some(("PastDue", DeclaredOn::Superstate(1)))
+    );
+    assert_eq!(
+        declared("Cancelled", "Audit"),
+        Some(("Audited", DeclaredOn::AnyState))
+    );
+    assert_eq!(
+        declared("Trial", "Convert"),
+        Some(("Current", DeclaredOn::State))
+    );
+    assert_eq!(
+        declared("Churned", "Audit"),
+        None,
+        "terminal states inherit nothing"
+    );
+
+    // Active's `defer(Refund)` holds in every state inside it, and nowhere else.
+    let refund = t.event_id("Refund").unwrap();
+    for s in ["Trial", "Current", "PastDue"] {
+        assert_eq!(t.policy(id(s), refund), Some(Policy::Defer), "{s}");
+    }
+    assert_eq!(t.policy(id("Cancelled"), refund), Some(Policy::Reject));
+    // Every state is reachable, through the inherited transitions too.
+    assert_eq!(t.reachable().len(), t.states().len());
+}
+
+#[test]
+fn a_machine_says_which_superstates_it_is_in() {
+    assert!(Sub::PastDue.in_billing() && Sub::PastDue.in_active());
+    assert!(Sub::Trial.in_active() && !Sub::Trial.in_billing());
+    assert!(!Sub::Cancelled.in_active());
+}
+
+#[test]
+fn every_state_type_has_a_method_for_each_transition_it_inherits() {
+    // Typestate: Active's Cancel on Current and PastDue, Billing's Fail on both, Audit on
+    // all four; each returns the target's type.
+    let cancelled: sub::Cancelled = sub::PastDue.cancel(cmd::Cancel).unwrap().state;
+    assert_eq!(Sub::from(cancelled), Sub::Cancelled);
+    let past_due: sub::PastDue = sub::Current.fail(cmd::Fail).unwrap().state;
+    let audited: sub::Audited = past_due.audit(cmd::Audit).unwrap().state;
+    assert_eq!(Sub::from(audited), Sub::Audited);
+    let churned: sub::Churned = sub::Trial.cancel(cmd::Cancel).unwrap().state;
+    assert_eq!(Sub::from(churned), Sub::Churned);
+    let current: sub::Current = sub::Cancelled
+        .reopen(cmd::Reopen)
+        .unwrap()
+        .state
+        .convert(cmd::Convert)
+        .unwrap()
+        .state;
+    assert_eq!(Sub::from(current), Sub::Current);
+}
+
+#[test]
+fn the_diagrams_draw_superstates_and_each_inherited_transition_once() {
+    let mermaid = Sub::TABLE.to_mermaid();
+    for line in [
+        "    state Active {\n",
+        "        [*] --> Trial\n",
+        "        state Billing {\n",
+        "            [*] --> Current\n",
+        "            PastDue\n",
+        "    state \"any state\" as __any\n",
+        "    Active --> Cancelled : Cancel\n",
+        "    Billing --> PastDue : Fail\n",
+        "    Billing --> Current : Reset\n",
+        "    __any --> Audited : Audit\n",
+        "    Trial --> Churned : Cancel\n",
+        "    Trial --> Current : Convert\n",
+    ] {
+        assert!(mermaid.contains(line), "{line:?} missing from:\n{mermaid}");
+    }
+    assert_eq!(
+        mermaid.matches(" : Cancel\n").count(),
+        2,
+        "Active's Cancel once, the trial's own once:\n{mermaid}"
+    );
+    assert_eq!(mermaid.matches(" : Audit\n").count(), 1, "{mermaid}");
+    let dot = Sub::TABLE.to_dot();
+    for line in [
+        "    compound=true;\n",
+        "    subgraph cluster_Active {\n",
+        "        subgraph cluster_Billing {\n",
+        "    Trial -> Cancelled [label=\"Cancel\", ltail=cluster_Active];\n",
+        "    __any -> Audited [label=\"Audit\"];\n",
+    ] {
+        assert!(dot.contains(line), "{line:?} missing from:\n{dot}");
+    }
+}
+
+#[test]
+fn the_property_check_and_the_kernel_run_a_hierarchical_machine_as_a_flat_one() {
+    // The table as the model: every step agrees with it, accepted or refused.
+    let all = [
+        Cmd::Convert,
+        Cmd::Renew,
+        Cmd::Fail,
+        Cmd::Pay,
+        Cmd::Reset,
+        Cmd::Refund,
+        Cmd::Cancel,
+        Cmd::Reopen,
+        Cmd::Convert,
+        Cmd::Fail,
+        Cmd::Reset,
+        Cmd::Cancel,
+        Cmd::Audit,
+        Cmd::Audit,
+    ];
+    let run = fsm_core::testing::Checker::<Sub>::new()
+        .snapshots()
+        .check_sequence(&Sub::Trial, all)
+        .unwrap();
+    assert!(run.accepted >= 10 && run.rejected >= 2, "{run:?}");
+    let kernel = Kernel::builder(MemoryStore::new(), |_| Sub::Trial)
+        .start()
+        .unwrap();
+    let id = MachineId::new("sub-1").unwrap();
+    for e in [Cmd::Convert, Cmd::Fail, Cmd::Cancel] {
+        kernel.submit(&id, e).unwrap().wait().unwrap();
+    }
+    assert_eq!(kernel.state(&id).unwrap().0, Sub::Cancelled);
+}

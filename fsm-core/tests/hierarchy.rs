@@ -17,13 +17,22 @@ use serde::{Deserialize, Serialize};
     event = Cmd,
     effect = String,
     on(Audit => Audited, plain),
-    superstate(Active, initial = Trial, on(Cancel => Cancelled, plain), defer(Refund)),
+    superstate(
+        Active,
+        initial = Trial,
+        on(Cancel => Cancelled, plain),
+        defer(Refund),
+        exit = left_active
+    ),
     superstate(
         Billing,
         parent = Active,
         initial = Current,
         on(Fail => PastDue, plain),
-        on(Reset => Billing, plain)
+        on(Nudge => PastDue, plain, local),
+        on(Reset => Billing, plain),
+        enter = entered_billing,
+        exit = left_billing
     )
 )]
 pub enum Sub {
@@ -52,6 +61,7 @@ pub enum Cmd {
     Reopen,
     Refund,
     Audit,
+    Nudge,
 }
 
 fn left_current(_: sub::Current, fx: &mut Effects<String>) {
@@ -60,6 +70,22 @@ fn left_current(_: sub::Current, fx: &mut Effects<String>) {
 
 fn entered_current(_: sub::Current, fx: &mut Effects<String>) {
     fx.push("enter Current".into());
+}
+
+fn entered_billing(fx: &mut Effects<String>) {
+    fx.push("enter Billing".into());
+}
+
+fn left_billing(fx: &mut Effects<String>) {
+    fx.push("exit Billing".into());
+}
+
+fn left_active(fx: &mut Effects<String>) {
+    fx.push("exit Active".into());
+}
+
+fn fx(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
 }
 
 /// `start` after `events`, and the effects of the last one.
@@ -104,20 +130,65 @@ fn a_transition_into_a_superstate_enters_its_initial_state() {
     assert_eq!(after(Sub::Trial, &[Cmd::Convert]).0, Sub::Current);
     // Reopen names Active: its initial state is Trial.
     assert_eq!(after(Sub::Cancelled, &[Cmd::Reopen]).0, Sub::Trial);
-    // Reset, declared on Billing into Billing: from PastDue it enters Current (its enter
-    // hook runs); from Current it leaves and enters again (both hooks run).
-    let (m, fx) = after(Sub::PastDue, &[Cmd::Reset]);
-    assert_eq!((m, fx), (Sub::Current, vec!["enter Current".to_owned()]));
-    let (m, fx) = after(Sub::Current, &[Cmd::Reset]);
-    assert_eq!(
-        (m, fx),
-        (
-            Sub::Current,
-            vec!["exit Current".to_owned(), "enter Current".to_owned()]
-        )
-    );
     // Renew, Current's own self-transition without `reenter`, runs no hook.
     assert_eq!(after(Sub::Current, &[Cmd::Renew]).1, Vec::<String>::new());
+}
+
+#[test]
+fn hooks_run_from_the_state_up_to_the_common_ancestor_then_down_to_the_target() {
+    // Into Billing from the trial (both inside Active): Billing is entered, then Current.
+    assert_eq!(
+        after(Sub::Trial, &[Cmd::Convert]),
+        (Sub::Current, fx(&["enter Billing", "enter Current"]))
+    );
+    // Out of everything: Current, then Billing, then Active, innermost first.
+    assert_eq!(
+        after(Sub::Current, &[Cmd::Cancel]),
+        (
+            Sub::Cancelled,
+            fx(&["exit Current", "exit Billing", "exit Active"])
+        )
+    );
+    // Billing's transition into itself leaves it and enters it again, down to its initial
+    // state: from Current, Current's hooks too; from PastDue, which has none, Billing's and
+    // Current's enter.
+    assert_eq!(
+        after(Sub::Current, &[Cmd::Reset]),
+        (
+            Sub::Current,
+            fx(&[
+                "exit Current",
+                "exit Billing",
+                "enter Billing",
+                "enter Current"
+            ])
+        )
+    );
+    assert_eq!(
+        after(Sub::PastDue, &[Cmd::Reset]),
+        (
+            Sub::Current,
+            fx(&["exit Billing", "enter Billing", "enter Current"])
+        )
+    );
+    // A superstate's transition into one of its states is external by default: it leaves
+    // and enters the superstate; marked `local`, it stays inside.
+    assert_eq!(
+        after(Sub::Current, &[Cmd::Fail]),
+        (
+            Sub::PastDue,
+            fx(&["exit Current", "exit Billing", "enter Billing"])
+        )
+    );
+    assert_eq!(
+        after(Sub::Current, &[Cmd::Nudge]),
+        (Sub::PastDue, fx(&["exit Current"]))
+    );
+    // Back in from outside: Active has no enter hook, Billing has.
+    assert_eq!(
+        after(Sub::Cancelled, &[Cmd::Reopen, Cmd::Convert]),
+        (Sub::Current, fx(&["enter Billing", "enter Current"]))
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
     "initial, terminal, parent = Superstate, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, enter = path, exit = path, state_timeout(ms = N => Event)";
 pub(crate) const SUPERSTATE_KEYS: &str =
-    "initial = State, parent = Superstate, on(Event => Target), defer, dump, delegate";
+    "initial = State, parent = Superstate, on(Event => Target), defer, dump, delegate, enter = path, exit = path";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -38,6 +38,10 @@ pub(crate) struct SuperAttr {
     pub(crate) parent: Option<Ident>,
     pub(crate) on: Vec<OnAttr>,
     pub(crate) policies: Vec<PolicyAttr>,
+    /// `enter = path`: `fn(&mut Effects<F>)`, run when a transition enters the superstate.
+    pub(crate) enter: Option<Path>,
+    /// `exit = path`: `fn(&mut Effects<F>)`, run when a transition leaves it.
+    pub(crate) exit: Option<Path>,
 }
 
 /// Where a transition was declared: on its state, or inherited (see `hierarchy`).
@@ -80,6 +84,9 @@ pub(crate) struct OnAttr {
     pub(crate) plain: Option<Ident>,
     /// `reenter`: a self-transition that runs the state's exit and enter hooks.
     pub(crate) reenter: Option<Ident>,
+    /// `local`: a superstate's transition into a state inside it that does not leave and
+    /// enter the superstate again.
+    pub(crate) local: Option<Ident>,
     /// `with = path`: the transition's function, `fn(view, payload, &mut Effects<F>) ->
     /// Result<Target, Refusal>`, instead of a `Handler` impl.
     pub(crate) with: Option<(Ident, syn::Path)>,
@@ -238,7 +245,16 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
                 "on" => {
                     let content;
                     syn::parenthesized!(content in meta.input);
+                    let first = out.on.len();
                     parse_on(&content, &key, &mut out.on)?;
+                    for on in &mut out.on[first..] {
+                        if let Some(kw) = on.local.take() {
+                            cx.push(syn::Error::new_spanned(
+                                kw,
+                                "`local` is for a transition declared on a superstate into a state inside it (it then does not leave the superstate); a state's own transition leaves only the state",
+                            ));
+                        }
+                    }
                 }
                 "state_timeout" => {
                     let content;
@@ -317,7 +333,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
         .parse::<Token![=>]>()
         .map_err(|e| malformed(e.span()))?;
     let target: Ident = input.parse().map_err(|e| malformed(e.span()))?;
-    let (mut plain, mut reenter) = (None, None);
+    let (mut plain, mut reenter, mut local) = (None, None, None);
     let (mut with, mut update) = (None, None);
     while input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
@@ -335,10 +351,11 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
                 let slot = match marker.to_string().as_str() {
                     "plain" => &mut plain,
                     "reenter" => &mut reenter,
+                    "local" => &mut local,
                     _ => {
                         return Err(syn::Error::new_spanned(
                             &marker,
-                            format!("unknown marker `{marker}` in `on(..)`: the markers are `plain` (a transition that needs no handler), `reenter` (a self-transition that runs the exit and enter hooks), `with = function` (the transition's function) and `update = function` (a self-transition's function that changes the state in place)"),
+                            format!("unknown marker `{marker}` in `on(..)`: the markers are `plain` (a transition that needs no handler), `reenter` (a self-transition that runs the exit and enter hooks), `local` (a superstate's transition into its own states that does not leave it), `with = function` (the transition's function) and `update = function` (a self-transition's function that changes the state in place)"),
                         ))
                     }
                 };
@@ -384,6 +401,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             target: target.clone(),
             plain: plain.clone(),
             reenter: reenter.clone(),
+            local: local.clone(),
             with: with.clone(),
             update: update.clone(),
             declared: Declared::State,
@@ -399,6 +417,14 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
 fn strip_state_markers(cx: &Ctxt, on: &mut Vec<OnAttr>, first: usize, place: &str) {
     let mut i = first;
     while i < on.len() {
+        if place.contains("enum") {
+            if let Some(kw) = on[i].local.take() {
+                cx.push(syn::Error::new_spanned(
+                    kw,
+                    "`local` is for a transition declared on a superstate into a state inside it; a transition for any state has no superstate to stay in",
+                ));
+            }
+        }
         if let Some(kw) = on[i].reenter.take() {
             cx.push(syn::Error::new_spanned(
                 kw,
@@ -431,6 +457,8 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
         parent: None,
         on: Vec::new(),
         policies: Vec::new(),
+        enter: None,
+        exit: None,
     };
     while input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
@@ -456,6 +484,25 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
                     ));
                 } else {
                     *slot = Some(value);
+                }
+            }
+            "enter" | "exit" => {
+                input.parse::<Token![=]>().map_err(|e| {
+                    syn::Error::new(e.span(), format!("write `{key} = function`"))
+                })?;
+                let path: Path = input.parse()?;
+                let slot = if key == "enter" {
+                    &mut out.enter
+                } else {
+                    &mut out.exit
+                };
+                if slot.is_some() {
+                    cx.push(syn::Error::new_spanned(
+                        &key,
+                        format!("duplicate `{key}` in `superstate({}, ..)`: give it once", out.name),
+                    ));
+                } else {
+                    *slot = Some(path);
                 }
             }
             "on" => {

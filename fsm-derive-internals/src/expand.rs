@@ -9,7 +9,7 @@ use syn::{Ident, Type};
 use crate::ast::{Machine, State};
 use crate::attr::{Declared, PolicyKind};
 use crate::generics::{inner_visibility, with_view_lifetime};
-use crate::lower::{lower, Ir, Kind, Plan};
+use crate::lower::{lower, Hook, Ir, Kind, Plan};
 use crate::names::{bare, snake_ident, variant_hash};
 use crate::shape::{
     bindings, enum_redact_impl, idents, own_fields, owned_struct, redact_impls, self_fields,
@@ -1127,25 +1127,40 @@ impl Gen<'_, '_> {
             // The state's exit hook, the handler, the target's enter hook, as planned.
             // `let () =`: a hook returns nothing, so one that returns a verdict (which would be
             // ignored) does not compile.
-            let exit = p.exit.map(|hook| {
-                quote_spanned!(hook.span()=> let () = #hook(view, effects);)
-            });
-            let enter = p.enter.map(|hook| {
-                quote_spanned!(hook.span()=> let () = #hook(#krate::TypedState::view(&__fsm_next), effects);)
-            });
-            let body = match (&exit, &enter, p.kind == Kind::Plain) {
+            let exit: Vec<TokenStream> = p
+                .exits
+                .iter()
+                .map(|hook| match hook {
+                    Hook::State(hook) => {
+                        quote_spanned!(hook.span()=> let () = #hook(view, effects);)
+                    }
+                    Hook::Superstate(hook) => quote_spanned!(hook.span()=> let () = #hook(effects);),
+                })
+                .collect();
+            let enter: Vec<TokenStream> = p
+                .enters
+                .iter()
+                .map(|hook| match hook {
+                    Hook::State(hook) => {
+                        quote_spanned!(hook.span()=> let () = #hook(#krate::TypedState::view(&__fsm_next), effects);)
+                    }
+                    Hook::Superstate(hook) => quote_spanned!(hook.span()=> let () = #hook(effects);),
+                })
+                .collect();
+            let hooks = !exit.is_empty() || !enter.is_empty();
+            let body = match (hooks, p.kind == Kind::Plain) {
                 // No hook: exactly the handler's call (or the plain target), nothing around it,
                 // so a machine without hooks pays nothing for them.
-                (None, None, false) => call,
-                (None, None, true) => quote!({
+                (false, false) => call,
+                (false, true) => quote!({
                     let _ = (view, effects);
                     #private::core::result::Result::Ok(#next)
                 }),
                 _ => quote!({
                     let _ = (&view, &effects);
-                    #exit
+                    #(#exit)*
                     let __fsm_next = #next;
-                    #enter
+                    #(#enter)*
                     #private::core::result::Result::Ok(__fsm_next)
                 }),
             };

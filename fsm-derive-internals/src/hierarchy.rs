@@ -50,11 +50,28 @@ pub(crate) struct Superstate {
     pub(crate) initial: usize,
     /// Every state inside it, at any depth.
     pub(crate) states: Vec<usize>,
+    /// Its hooks: `fn(&mut Effects<F>)`.
+    pub(crate) enter: Option<syn::Path>,
+    pub(crate) exit: Option<syn::Path>,
 }
 
 impl Hierarchy {
     pub(crate) fn is_flat(&self) -> bool {
         self.superstates.is_empty()
+    }
+
+    /// The superstates state `k` is inside, innermost first.
+    pub(crate) fn chain(&self, k: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut at = self.parent_of.get(k).copied().flatten();
+        while let Some(p) = at {
+            if out.contains(&p) {
+                break;
+            }
+            out.push(p);
+            at = self.superstates.get(p).and_then(|s| s.parent);
+        }
+        out
     }
 }
 
@@ -330,6 +347,8 @@ pub(crate) fn resolve(cx: &Ctxt, m: &mut Machine<'_>) {
                 parent: super_parent[i],
                 initial: entered[i],
                 states: states_inside(i),
+                enter: s.enter.clone(),
+                exit: s.exit.clone(),
             })
             .collect(),
         parent_of,

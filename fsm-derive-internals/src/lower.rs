@@ -31,6 +31,16 @@ pub(crate) enum Kind {
     Handler,
 }
 
+/// A hook a transition runs.
+#[derive(Clone, Copy)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(crate) enum Hook<'m> {
+    /// A state's: `fn(view, &mut Effects<F>)`.
+    State(&'m Path),
+    /// A superstate's: `fn(&mut Effects<F>)`.
+    Superstate(&'m Path),
+}
+
 /// One declared transition, planned.
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct Plan<'m> {
@@ -40,10 +50,12 @@ pub(crate) struct Plan<'m> {
     /// The target's index in the table; `None` for a state the machine does not declare
     /// (`check` reported it).
     pub(crate) target: Option<usize>,
-    /// The hook run before the target is computed: the source's exit hook, if it moves.
-    pub(crate) exit: Option<&'m Path>,
-    /// The hook run after: the target's enter hook, if it moves.
-    pub(crate) enter: Option<&'m Path>,
+    /// The hooks run before the target is computed, in order: the state's exit hook, then
+    /// those of the superstates it leaves, innermost first.
+    pub(crate) exits: Vec<Hook<'m>>,
+    /// The hooks run after: those of the superstates it enters, outermost first, then the
+    /// target's enter hook.
+    pub(crate) enters: Vec<Hook<'m>>,
 }
 
 impl Plan<'_> {
@@ -73,11 +85,20 @@ impl Ir<'_> {
 }
 
 /// Plans every transition of `m`.
+///
+/// The hooks follow UML's and SCXML's order. A transition that moves leaves the state and
+/// every superstate of it below the least common ancestor of the source and the target (the
+/// innermost superstate both are inside), runs its handler, then enters every superstate of
+/// the target below that ancestor, outermost first, and the target. A transition declared on
+/// a superstate into a state inside it (or into the superstate itself) leaves that superstate
+/// too and enters it again (SCXML's external transition), unless it is marked `local`.
 pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
+    let h = &m.hierarchy;
     let states = m
         .states
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(from, s)| {
             s.attrs
                 .on
                 .iter()
@@ -85,16 +106,58 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                     let target = m.state_index(&on.target);
                     let target_state = target.map(|i| &m.states[i]);
                     let moves = bare(&on.target) != bare(s.variant.ident) || on.reenter.is_some();
-                    let exit = s.attrs.exit.first().filter(|_| moves);
-                    let enter = target_state
-                        .and_then(|t| t.attrs.enter.first())
-                        .filter(|_| moves);
+                    let (mut exits, mut enters) = (Vec::new(), Vec::new());
+                    if moves {
+                        let source_chain = h.chain(from);
+                        let target_chain = target.map(|t| h.chain(t)).unwrap_or_default();
+                        // The least common ancestor: the innermost superstate of the source
+                        // that the target is inside too; for a transition declared on a
+                        // superstate into itself or below, that superstate's parent.
+                        let mut common = source_chain
+                            .iter()
+                            .position(|sup| target_chain.contains(sup))
+                            .unwrap_or(source_chain.len());
+                        if let (crate::attr::Declared::Superstate(declared), None) =
+                            (on.declared, &on.local)
+                        {
+                            if let Some(at) = source_chain.iter().position(|&sup| sup == declared) {
+                                if target_chain.contains(&declared) {
+                                    common = common.max(at + 1);
+                                }
+                            }
+                        }
+                        let common_sup = source_chain.get(common).copied();
+                        exits.extend(s.attrs.exit.first().map(Hook::State));
+                        exits.extend(
+                            source_chain[..common]
+                                .iter()
+                                .filter_map(|&sup| h.superstates[sup].exit.as_ref())
+                                .map(Hook::Superstate),
+                        );
+                        let below: Vec<usize> = target_chain
+                            .iter()
+                            .copied()
+                            .take_while(|&sup| Some(sup) != common_sup)
+                            .collect();
+                        enters.extend(
+                            below
+                                .iter()
+                                .rev()
+                                .filter_map(|&sup| h.superstates[sup].enter.as_ref())
+                                .map(Hook::Superstate),
+                        );
+                        enters.extend(
+                            target_state
+                                .and_then(|t| t.attrs.enter.first())
+                                .map(Hook::State),
+                        );
+                    }
                     let kind = match (&on.plain, &on.with, &on.update) {
                         (Some(_), _, _) => {
                             let bare_unit = target_state.is_some_and(|t| {
                                 t.attrs.validate.is_empty() && t.variant.fields.is_empty()
                             });
-                            if bare_unit && exit.is_none() && enter.is_none() {
+                            if bare_unit && exits.is_empty() && enters.is_empty() {
                                 Kind::Direct
                             } else {
                                 Kind::Plain
@@ -108,8 +171,8 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                         on,
                         kind,
                         target,
-                        exit,
-                        enter,
+                        exits,
+                        enters,
                     }
                 })
                 .collect()
@@ -140,8 +203,8 @@ mod tests {
                         p.on.event.to_string(),
                         p.kind,
                         p.target,
-                        p.exit.is_some(),
-                        p.enter.is_some(),
+                        !p.exits.is_empty(),
+                        !p.enters.is_empty(),
                     )
                 })
             })

@@ -1,6 +1,6 @@
 // Transitions declared on a superstate or for any state: a target that is neither a state
-// nor a superstate (reported once, not once per state inside), and `update`, which changes
-// one state's data in place and so belongs on a state.
+// nor a superstate (reported once, not once per state inside), `update`, which changes one
+// state's data in place and so belongs on a state, and `local` on a state's own transition.
 use fsm_core::{Event, StateMachine};
 
 #[derive(StateMachine, Debug, Clone)]
@@ -11,7 +11,7 @@ use fsm_core::{Event, StateMachine};
     superstate(Paused, initial = Held, on(Tick => Held, update = tick))
 )]
 enum Sub {
-    #[fsm(initial, parent = Active, on(Go => Current, plain))]
+    #[fsm(initial, parent = Active, on(Go => Current, plain, local))]
     Trial,
     #[fsm(parent = Active, on(Go => Held, plain))]
     Current,

@@ -245,6 +245,33 @@ fn the_table_knows_the_hierarchy_and_where_each_transition_was_declared() {
     assert_eq!(t.policy(id("Cancelled"), refund), Some(Policy::Reject));
     // Every state is reachable, through the inherited transitions too.
     assert_eq!(t.reachable().len(), t.states().len());
+
+    // The admin protocol's table (what the inspector draws) carries the hierarchy.
+    let table = fsm_core::kernel::admin::proto::Table::of(t);
+    let supers: Vec<(&str, Option<&str>, &str)> = table
+        .superstates
+        .iter()
+        .map(|s| (s.name.as_str(), s.parent.as_deref(), s.initial.as_str()))
+        .collect();
+    assert_eq!(
+        supers,
+        [
+            ("Active", None, "Trial"),
+            ("Billing", Some("Active"), "Current")
+        ]
+    );
+    let within = |n: &str| {
+        table
+            .states
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap()
+            .superstates
+            .clone()
+    };
+    assert_eq!(within("PastDue"), ["Billing", "Active"]);
+    assert_eq!(within("Trial"), ["Active"]);
+    assert!(within("Cancelled").is_empty());
 }
 
 #[test]

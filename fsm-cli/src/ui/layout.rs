@@ -201,28 +201,35 @@ pub(crate) fn layout(table: &proto::Table) -> Layout {
             .timeout
             .as_ref()
             .map_or(0.0, |(_, e)| (e.chars().count() + 12) as f64 * 6.5 + 24.0);
-        text.max(timeout).max(120.0)
+        let caption = caption(s).chars().count() as f64 * 6.2 + 24.0;
+        text.max(timeout).max(caption).max(120.0)
+    };
+    // With superstates, each box has a line more: the superstates it is inside.
+    let node_h = if table.superstates.is_empty() {
+        NODE_H
+    } else {
+        NODE_H + 14.0
     };
     let tallest = rows.iter().map(Vec::len).max().unwrap_or(0) as f64;
-    let column_h = tallest * NODE_H + (tallest - 1.0).max(0.0) * GAP_Y;
+    let column_h = tallest * node_h + (tallest - 1.0).max(0.0) * GAP_Y;
     let mut nodes: Vec<Node> = (0..n)
         .map(|v| Node {
             layer: layer[v],
             x: 0.0,
             y: 0.0,
             w: width_of(v),
-            h: NODE_H,
+            h: node_h,
         })
         .collect();
     let mut x = MARGIN + 24.0; // room for the initial state's marker
     for row in &rows {
         let w = row.iter().map(|&v| nodes[v].w).fold(0.0, f64::max);
-        let h = row.len() as f64 * NODE_H + (row.len() as f64 - 1.0).max(0.0) * GAP_Y;
+        let h = row.len() as f64 * node_h + (row.len() as f64 - 1.0).max(0.0) * GAP_Y;
         let mut y = MARGIN + 40.0 + (column_h - h) / 2.0;
         for &v in row {
             nodes[v].x = x + (w - nodes[v].w) / 2.0;
             nodes[v].y = y;
-            y += NODE_H + GAP_Y;
+            y += node_h + GAP_Y;
         }
         x += w + GAP_X;
     }
@@ -362,6 +369,16 @@ fn bezier_mid(p0: (f64, f64), p1: (f64, f64), p2: (f64, f64), p3: (f64, f64)) ->
     )
 }
 
+/// The superstates a state is inside, outermost first: `Checkout › Paying`.
+fn caption(s: &proto::TableState) -> String {
+    s.superstates
+        .iter()
+        .rev()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" \u{203a} ")
+}
+
 /// Text for an SVG text node or attribute.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -432,8 +449,9 @@ pub(crate) fn svg(table: &proto::Table, layout: &Layout) -> String {
         };
         let _ = write!(
             s,
-            r#"<g class="{class}" id="state-{i}" data-state="{name}" tabindex="0"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="10"/>"#,
+            r#"<g class="{class}" id="state-{i}" data-state="{name}" data-within="{within}" tabindex="0"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="10"/>"#,
             name = escape(&st.name),
+            within = escape(&st.superstates.join(" ")),
             x = n.x,
             y = n.y,
             w = n.w,
@@ -450,12 +468,24 @@ pub(crate) fn svg(table: &proto::Table, layout: &Layout) -> String {
             );
         }
         let cx = n.x + n.w / 2.0;
+        // With superstates, the path of them above the name.
+        let lift = if table.superstates.is_empty() {
+            0.0
+        } else {
+            let _ = write!(
+                s,
+                r#"<text class="within" x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                n.y + 16.0,
+                escape(&caption(st)),
+            );
+            14.0
+        };
         let _ = write!(
             s,
             r#"<text class="name" x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text><text class="count" id="count-{i}" x="{cx:.1}" y="{:.1}" text-anchor="middle" data-count="">&#8230;</text>"#,
-            n.y + 22.0,
+            n.y + 22.0 + lift,
             escape(&st.name),
-            n.y + 42.0,
+            n.y + 42.0 + lift,
         );
         if let Some((ms, event)) = &st.timeout {
             let _ = write!(
@@ -495,6 +525,7 @@ mod tests {
                     name: (*name).into(),
                     terminal: *terminal,
                     timeout: None,
+                    superstates: Vec::new(),
                 })
                 .collect(),
             transitions: transitions
@@ -505,6 +536,7 @@ mod tests {
                     to: (*to).into(),
                 })
                 .collect(),
+            superstates: Vec::new(),
         }
     }
 
@@ -658,6 +690,7 @@ mod tests {
             initial: String::new(),
             states: Vec::new(),
             transitions: Vec::new(),
+            superstates: Vec::new(),
         };
         let l = layout(&empty);
         assert!(l.nodes.is_empty());
@@ -682,6 +715,42 @@ mod tests {
             assert_eq!(n.layer, i);
         }
         assert_eq!(l.edges[19].kind, EdgeKind::Back);
+    }
+
+    #[test]
+    fn each_state_shows_the_superstates_it_is_inside() {
+        let mut t = subscription();
+        t.superstates = vec![
+            proto::TableSuperstate {
+                name: "Live".into(),
+                parent: None,
+                initial: "Active".into(),
+            },
+            proto::TableSuperstate {
+                name: "Billing".into(),
+                parent: Some("Live".into()),
+                initial: "Active".into(),
+            },
+        ];
+        for s in &mut t.states {
+            if s.name == "Active" || s.name == "PastDue" {
+                s.superstates = vec!["Billing".into(), "Live".into()];
+            }
+        }
+        let l = layout(&t);
+        let svg = svg(&t, &l);
+        assert!(svg.contains("Live \u{203a} Billing"), "{svg}");
+        assert!(svg.contains(r#"data-state="PastDue" data-within="Billing Live""#));
+        assert!(svg.contains(r#"data-state="Trial" data-within="""#));
+        assert!(
+            l.nodes.iter().all(|n| n.h > NODE_H),
+            "taller boxes hold the line"
+        );
+        for (i, a) in l.nodes.iter().enumerate() {
+            for b in &l.nodes[i + 1..] {
+                assert!(!overlap(a, b));
+            }
+        }
     }
 
     #[test]

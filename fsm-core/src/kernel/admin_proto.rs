@@ -182,8 +182,23 @@ pub struct Table {
     pub initial: String,
     /// Every state, in declaration order.
     pub states: Vec<TableState>,
-    /// Every declared transition.
+    /// Every declared transition (a transition inherited from a superstate once per state
+    /// that inherits it).
     pub transitions: Vec<TableTransition>,
+    /// The superstates, in declaration order (empty for a flat machine).
+    #[serde(default)]
+    pub superstates: Vec<TableSuperstate>,
+}
+
+/// One superstate of a [`Table`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSuperstate {
+    /// Its name.
+    pub name: String,
+    /// The superstate it is inside, if any.
+    pub parent: Option<String>,
+    /// The state a transition into it enters.
+    pub initial: String,
 }
 
 /// One state of a [`Table`].
@@ -195,6 +210,9 @@ pub struct TableState {
     pub terminal: bool,
     /// Its state timeout, if it declares one: milliseconds, and the event it fires.
     pub timeout: Option<(u64, String)>,
+    /// The superstates it is inside, innermost first.
+    #[serde(default)]
+    pub superstates: Vec<String>,
 }
 
 /// One transition of a [`Table`].
@@ -217,12 +235,18 @@ impl Table {
             states: table
                 .states()
                 .iter()
-                .map(|s| TableState {
+                .enumerate()
+                .map(|(i, s)| TableState {
                     name: s.name().to_owned(),
                     terminal: s.is_terminal(),
                     timeout: s
                         .state_timeout()
                         .map(|t| (t.after_ms, table.event_name(t.event).to_owned())),
+                    superstates: table
+                        .ancestors(crate::StateId::new(i as u16))
+                        .filter_map(|a| table.superstates().get(a))
+                        .map(|a| a.name().to_owned())
+                        .collect(),
                 })
                 .collect(),
             transitions: table
@@ -232,6 +256,18 @@ impl Table {
                     from: table.state_name(t.from).to_owned(),
                     event: table.event_name(t.event).to_owned(),
                     to: table.state_name(t.to).to_owned(),
+                })
+                .collect(),
+            superstates: table
+                .superstates()
+                .iter()
+                .map(|sup| TableSuperstate {
+                    name: sup.name().to_owned(),
+                    parent: sup
+                        .parent()
+                        .and_then(|p| table.superstates().get(p))
+                        .map(|p| p.name().to_owned()),
+                    initial: table.state_name(sup.initial()).to_owned(),
                 })
                 .collect(),
         }

@@ -95,6 +95,9 @@ pub(crate) struct OnAttr {
     pub(crate) update: Option<(Ident, syn::Path)>,
     /// Where it was declared.
     pub(crate) declared: Declared,
+    /// The superstate its target named, if it named one (`hierarchy` replaces the target by
+    /// the state that superstate's initial chain leads to).
+    pub(crate) into_superstate: Option<usize>,
 }
 
 impl OnAttr {
@@ -405,6 +408,7 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
             with: with.clone(),
             update: update.clone(),
             declared: Declared::State,
+            into_superstate: None,
         });
     }
     Ok(())

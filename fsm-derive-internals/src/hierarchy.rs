@@ -10,10 +10,9 @@
 //! they were declared: `check`, `lower` and `expand` then see a flat machine, dispatch costs
 //! what the same machine written flat costs, and every typestate type gets a method for each
 //! transition it inherits. A transition whose target is a superstate enters that superstate's
-//! initial state (through nested initial states). A transition declared on a superstate into
-//! the superstate itself leaves the state the machine is in and enters the initial state
-//! again (UML's external self-transition): from that initial state it is a self-transition
-//! that runs the exit and enter hooks, as `reenter` does.
+//! initial state (through nested initial states). A transition declared on a superstate (or
+//! for any state) into the very state the machine is in leaves that state and enters it
+//! again, as `reenter` does: SCXML exits a transition source's active descendants.
 //!
 //! Inner declarations win: a state's own transition for an event, or its own policy for it,
 //! hides a superstate's (the diagram draws each where it was declared, so the inner one shows
@@ -265,6 +264,7 @@ pub(crate) fn resolve(cx: &Ctxt, m: &mut Machine<'_>) {
     // A state's own transitions into a superstate enter its initial state.
     for s in &mut m.states {
         for on in &mut s.attrs.on {
+            on.into_superstate = index.get(&bare(&on.target)).copied();
             on.target = resolve_target(&on.target);
         }
     }
@@ -313,10 +313,11 @@ pub(crate) fn resolve(cx: &Ctxt, m: &mut Machine<'_>) {
                     continue;
                 }
                 let mut inherited = on.clone();
+                inherited.into_superstate = index.get(&bare(&on.target)).copied();
                 inherited.target = resolve_target(&on.target);
-                if bare(&inherited.target) == state_name && index.contains_key(&bare(&on.target)) {
-                    // Into its own superstate, from that superstate's initial state: leave
-                    // and enter again.
+                if bare(&inherited.target) == state_name {
+                    // Declared above the state, into the state it is in: the state is left
+                    // and entered again (SCXML exits the source's active descendants).
                     inherited.reenter = Some(Ident::new("reenter", Span::call_site()));
                 }
                 attrs.on.push(inherited);

@@ -117,11 +117,15 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                             .iter()
                             .position(|sup| target_chain.contains(sup))
                             .unwrap_or(source_chain.len());
-                        if let (crate::attr::Declared::Superstate(declared), None) =
-                            (on.declared, &on.local)
-                        {
+                        // `local` keeps a transition into a state inside the superstate
+                        // from leaving it; into the superstate itself it is external all the
+                        // same (SCXML: its target is not a proper descendant).
+                        let external = |declared: usize| {
+                            on.local.is_none() || on.into_superstate == Some(declared)
+                        };
+                        if let crate::attr::Declared::Superstate(declared) = on.declared {
                             if let Some(at) = source_chain.iter().position(|&sup| sup == declared) {
-                                if target_chain.contains(&declared) {
+                                if target_chain.contains(&declared) && external(declared) {
                                     common = common.max(at + 1);
                                 }
                             }

@@ -30,18 +30,30 @@ pub const WINDOW: u8 = 4;
 /// A peer not heard from for this long is dropped.
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(1_500);
 
-/// One torrent.
+/// One torrent. Once added it is in the superstate `Added`, which says once what its three
+/// states share: the user can remove it, and pieces, failed fetches and resumes that arrive
+/// where nothing takes them are dropped.
 #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[fsm(event = Swarm, effect = Fetch)]
+#[fsm(
+    event = Swarm,
+    effect = Fetch,
+    superstate(
+        Added,
+        initial = Fetching,
+        on(Remove => Removed, plain),
+        dump(Piece, FetchFailed, Resume)
+    )
+)]
 pub enum Torrent {
     /// Not added yet.
     #[fsm(initial, on(Add => Fetching))]
     New,
     /// Fetching pieces from the peers known.
     #[fsm(
+        parent = Added,
         on(PeerUp => Fetching), on(PeerLost => Fetching), on(Piece => Fetching),
         on(FetchFailed => Fetching), on(Complete => Seeding), on(Stall => Stalled),
-        on(Resume => Fetching), on(Remove => Removed, plain)
+        on(Resume => Fetching)
     )]
     Fetching {
         /// The root hash: what every piece is checked against.
@@ -52,10 +64,7 @@ pub enum Torrent {
         peers: BTreeSet<String>,
     },
     /// No peer left: waits for one.
-    #[fsm(
-        on(PeerUp => Fetching), on(Remove => Removed, plain),
-        dump(Piece, FetchFailed, PeerLost, Resume)
-    )]
+    #[fsm(parent = Added, on(PeerUp => Fetching), dump(PeerLost))]
     Stalled {
         /// The root hash.
         root: String,
@@ -63,10 +72,7 @@ pub enum Torrent {
         done: u64,
     },
     /// Every piece done: serves them to the peers known.
-    #[fsm(
-        on(PeerUp => Seeding), on(PeerLost => Seeding), on(Remove => Removed, plain),
-        dump(Piece, FetchFailed, Resume)
-    )]
+    #[fsm(parent = Added, on(PeerUp => Seeding), on(PeerLost => Seeding))]
     Seeding {
         /// The root hash.
         root: String,

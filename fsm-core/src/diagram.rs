@@ -214,6 +214,20 @@ impl Table {
     /// The event's name, or `after 1200 ms / Missed` for the event of the state's timeout.
     fn edge_label(&self, t: &TransitionMeta) -> String {
         let name = self.event_name(t.event);
+        // A superstate's timeout, on the transition drawn from the superstate.
+        if let DeclaredOn::Superstate(i) = t.declared_on() {
+            if let Some(timeout) = self
+                .superstates()
+                .get(i)
+                .and_then(|s| s.state_timeout())
+                .filter(|timeout| timeout.event == t.event)
+            {
+                return format!(
+                    "after {} / {name}",
+                    crate::timer::human_ms(timeout.after_ms)
+                );
+            }
+        }
         match self.state(t.from).and_then(|s| s.state_timeout()) {
             Some(timeout) if timeout.event == t.event => {
                 format!(

@@ -206,6 +206,14 @@ pub trait StateMachine: Sized {
         None
     }
 
+    /// The event that superstate `superstate`'s declared timeout fires (an index in
+    /// [`Table::superstates`](crate::Table::superstates)), if it declares one. The derive
+    /// writes it.
+    fn superstate_timeout_event(superstate: usize) -> Option<Self::Event> {
+        let _ = superstate;
+        None
+    }
+
     /// The current state's name.
     fn state_name(&self) -> &'static str {
         Self::TABLE.state_name(self.state())

@@ -130,6 +130,7 @@ pub struct SuperstateMeta {
     name: &'static str,
     parent: Option<u16>,
     initial: StateId,
+    timeout: Option<StateTimeout>,
 }
 
 impl SuperstateMeta {
@@ -140,7 +141,24 @@ impl SuperstateMeta {
             name,
             parent: None,
             initial: StateId(initial),
+            timeout: None,
         }
+    }
+
+    /// Declares the superstate's timeout: `event` fires `after_ms` milliseconds after the
+    /// machine came into the superstate, unless it left the superstate first (moves between
+    /// the states inside do not cancel it).
+    pub const fn timeout(mut self, after_ms: u64, event: u16) -> Self {
+        self.timeout = Some(StateTimeout {
+            after_ms,
+            event: EventId(event),
+        });
+        self
+    }
+
+    /// The superstate's declared timeout, if any.
+    pub const fn state_timeout(&self) -> Option<StateTimeout> {
+        self.timeout
     }
 
     /// The same, inside superstate `parent` (an index in [`Table::superstates`]).

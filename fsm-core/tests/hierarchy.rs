@@ -372,3 +372,160 @@ fn the_property_check_and_the_kernel_run_a_hierarchical_machine_as_a_flat_one() 
     }
     assert_eq!(kernel.state(&id).unwrap().0, Sub::Cancelled);
 }
+
+/// A checkout that must finish within a second, whatever moves it makes inside.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(
+    event = Co,
+    superstate(
+        Checkout,
+        initial = Cart,
+        state_timeout(ms = 1000 => Expire),
+        on(Expire => Expired, plain),
+        on(Cancel => Cancelled, plain)
+    )
+)]
+pub enum Order {
+    #[fsm(initial, parent = Checkout, on(Pay => Paying, plain))]
+    Cart,
+    #[fsm(parent = Checkout, on(Back => Cart, plain), on(Approve => Paid, plain))]
+    Paying,
+    #[fsm(on(Reopen => Checkout, plain))]
+    Cancelled,
+    #[fsm(terminal)]
+    Expired,
+    #[fsm(terminal)]
+    Paid,
+}
+
+#[derive(Event, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Co {
+    Pay,
+    Back,
+    Approve,
+    Cancel,
+    Reopen,
+    Expire,
+}
+
+#[test]
+fn a_superstate_timeout_survives_moves_inside_and_is_cancelled_by_leaving() {
+    use fsm_core::queue::ManualClock;
+    use std::time::Duration;
+    let clock = ManualClock::at_wall_ms(7_000_000);
+    let kernel = Kernel::builder(MemoryStore::new(), |_| Order::Cart)
+        .clock(clock.clock())
+        .start()
+        .unwrap();
+    let ms = Duration::from_millis;
+    let step = |id: &MachineId, e: Co| kernel.submit(id, e).unwrap().wait().unwrap();
+
+    // Armed when the machine starts in Cart (inside Checkout); moves inside keep it.
+    let a = MachineId::new("a").unwrap();
+    step(&a, Co::Pay);
+    clock.advance(ms(600));
+    step(&a, Co::Back);
+    clock.advance(ms(399));
+    assert_eq!(kernel.fire_due_timers(), 0, "999 ms into the checkout");
+    clock.advance(ms(1));
+    assert_eq!(kernel.fire_due_timers(), 1, "a second into the checkout");
+    kernel.wait_idle();
+    assert_eq!(kernel.state(&a).unwrap().0, Order::Expired);
+
+    // Leaving the superstate cancels it; coming back arms it anew.
+    let b = MachineId::new("b").unwrap();
+    step(&b, Co::Pay);
+    step(&b, Co::Cancel);
+    clock.advance(ms(5_000));
+    assert_eq!(kernel.fire_due_timers(), 0, "cancelled by leaving Checkout");
+    step(&b, Co::Reopen);
+    clock.advance(ms(999));
+    assert_eq!(kernel.fire_due_timers(), 0);
+    clock.advance(ms(1));
+    assert_eq!(kernel.fire_due_timers(), 1, "armed anew on coming back");
+    kernel.wait_idle();
+    assert_eq!(kernel.state(&b).unwrap().0, Order::Expired);
+
+    // Finishing in time: the timer never fires.
+    let c = MachineId::new("c").unwrap();
+    step(&c, Co::Pay);
+    step(&c, Co::Approve);
+    clock.advance(ms(10_000));
+    assert_eq!(kernel.fire_due_timers(), 0);
+    assert_eq!(kernel.state(&c).unwrap().0, Order::Paid);
+}
+
+#[test]
+fn a_superstate_timeout_is_durable_across_a_restart() {
+    use fsm_core::queue::ManualClock;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_wall_ms(9_000_000);
+    let id = MachineId::new("order-1").unwrap();
+    {
+        let kernel = fsm_persist::file_kernel(dir.path(), |_| Order::Cart)
+            .clock(clock.clock())
+            .start()
+            .unwrap();
+        kernel.submit(&id, Co::Pay).unwrap().wait().unwrap();
+        clock.advance(Duration::from_millis(400));
+        kernel.submit(&id, Co::Back).unwrap().wait().unwrap();
+        // Dropped as a crash would: what is stored is what the next process finds.
+    }
+    let kernel = fsm_persist::file_kernel(dir.path(), |_| Order::Cart)
+        .clock(clock.clock())
+        .start()
+        .unwrap();
+    let (state, _) = kernel.state(&id).unwrap();
+    assert_eq!(state, Order::Cart);
+    clock.advance(Duration::from_millis(599));
+    assert_eq!(kernel.fire_due_timers(), 0, "999 ms into the checkout");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(kernel.fire_due_timers(), 1, "the restored deadline, once");
+    kernel.wait_idle();
+    assert_eq!(kernel.state(&id).unwrap().0, Order::Expired);
+    clock.advance(Duration::from_millis(5_000));
+    assert_eq!(kernel.fire_due_timers(), 0, "fired once");
+}
+
+#[test]
+fn the_diagram_draws_a_superstate_timeout_on_its_transition() {
+    let mermaid = Order::TABLE.to_mermaid();
+    assert!(
+        mermaid.contains("    Checkout --> Expired : after 1000 ms / Expire\n"),
+        "{mermaid}"
+    );
+}
+
+#[test]
+fn the_property_check_with_time_follows_superstate_timeouts() {
+    use fsm_core::testing::{Checker, Input};
+    use std::time::Duration;
+    let ms = |n| Input::Elapse(Duration::from_millis(n));
+    let run = Checker::<Order>::new()
+        .check_timed(
+            &Order::Cart,
+            [
+                Input::Event(Co::Pay),
+                ms(600),
+                Input::Event(Co::Back),
+                ms(600), // a second into the checkout: Expire fires, into Expired
+            ],
+        )
+        .unwrap();
+    assert_eq!(run.fired, 1);
+    let run = Checker::<Order>::new()
+        .check_timed(
+            &Order::Cart,
+            [
+                Input::Event(Co::Cancel),
+                ms(5_000), // left: nothing fires
+                Input::Event(Co::Reopen),
+                ms(400),
+                Input::Event(Co::Pay),
+                ms(700), // armed anew on Reopen: fires
+            ],
+        )
+        .unwrap();
+    assert_eq!(run.fired, 1);
+}

@@ -13,7 +13,7 @@ pub(crate) const EVENT_CONTAINER_KEYS: &str = "module, crate";
 pub(crate) const STATE_KEYS: &str =
     "initial, terminal, parent = Superstate, on(Event => Target), on(Event => Target, plain), defer, dump, delegate, validate = path, enter = path, exit = path, state_timeout(ms = N => Event)";
 pub(crate) const SUPERSTATE_KEYS: &str =
-    "initial = State, parent = Superstate, on(Event => Target), defer, dump, delegate, enter = path, exit = path";
+    "initial = State, parent = Superstate, on(Event => Target), defer, dump, delegate, enter = path, exit = path, state_timeout(ms = N => Event)";
 pub(crate) const FIELD_KEYS: &str = "sensitive, strategy = path, arbitrary = path";
 
 /// Attributes on the enum deriving `StateMachine` or `Event`.
@@ -42,6 +42,9 @@ pub(crate) struct SuperAttr {
     pub(crate) enter: Option<Path>,
     /// `exit = path`: `fn(&mut Effects<F>)`, run when a transition leaves it.
     pub(crate) exit: Option<Path>,
+    /// `state_timeout(..)`: fires once the machine has been inside the superstate that long,
+    /// whatever moves it made between the states inside.
+    pub(crate) timeout: Option<TimeoutAttr>,
 }
 
 /// Where a transition was declared: on its state, or inherited (see `hierarchy`).
@@ -123,6 +126,7 @@ pub(crate) struct PolicyAttr {
 }
 
 /// `state_timeout(ms = 1200 => Missed)` (or `s = 30`): the state's declared timeout.
+#[derive(Clone)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(crate) struct TimeoutAttr {
     pub(crate) keyword: Ident,
@@ -463,6 +467,7 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
         policies: Vec::new(),
         enter: None,
         exit: None,
+        timeout: None,
     };
     while input.peek(Token![,]) {
         input.parse::<Token![,]>()?;
@@ -488,6 +493,19 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
                     ));
                 } else {
                     *slot = Some(value);
+                }
+            }
+            "state_timeout" => {
+                let content;
+                syn::parenthesized!(content in input);
+                let t = parse_timeout(&content, key.clone())?;
+                if out.timeout.is_some() {
+                    cx.push(syn::Error::new_spanned(
+                        &key,
+                        format!("second `state_timeout` on superstate `{}`: a superstate has one", out.name),
+                    ));
+                } else {
+                    out.timeout = Some(t);
                 }
             }
             "enter" | "exit" => {

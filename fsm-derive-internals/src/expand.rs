@@ -379,7 +379,6 @@ impl Gen<'_, '_> {
     fn table(&self) -> TokenStream {
         let m = self.m;
         let krate = &self.paths.krate;
-        let private = &self.paths.private;
         let e = self.event;
         let name = m.ident.to_string();
         let h = &m.hierarchy;
@@ -415,28 +414,7 @@ impl Gen<'_, '_> {
                 meta = quote!(#meta.otherwise(#policy));
             }
             if let Some(t) = s.attrs.timeouts.first() {
-                let ms = match t.ms {
-                    Some(ms) => {
-                        let ms = ms.unwrap_or(0);
-                        quote!(#ms)
-                    }
-                    None => {
-                        // Evaluated by rustc where the table is built, with the bounds `check`
-                        // applies to a literal.
-                        let amount = &t.amount;
-                        let scale = t.scale;
-                        let span = amount.span();
-                        let amount = quote_spanned!(span=> let amount: u64 = #amount;);
-                        quote_spanned!(span=> const {
-                            #amount
-                            match amount.checked_mul(#scale) {
-                                #private::core::option::Option::Some(0) => #private::core::panic!("a state timeout of zero: give a positive duration"),
-                                #private::core::option::Option::Some(ms) if ms <= 1 << 40 => ms,
-                                _ => #private::core::panic!("this state timeout is longer than the longest timer (2^40 ms, about 34 years)"),
-                            }
-                        })
-                    }
-                };
+                let ms = self.timeout_ms(t);
                 let id = self.id(&t.event);
                 meta = quote!(#meta.timeout(#ms, #id));
             }
@@ -468,13 +446,17 @@ impl Gen<'_, '_> {
             let metas = h.superstates.iter().map(|sup| {
                 let n = bare(&sup.name);
                 let initial = sup.initial as u16;
-                match sup.parent {
-                    Some(p) => {
-                        let p = p as u16;
-                        quote!(#krate::SuperstateMeta::new(#n, #initial).within(#p))
-                    }
-                    None => quote!(#krate::SuperstateMeta::new(#n, #initial)),
+                let mut meta = quote!(#krate::SuperstateMeta::new(#n, #initial));
+                if let Some(p) = sup.parent {
+                    let p = p as u16;
+                    meta = quote!(#meta.within(#p));
                 }
+                if let Some(t) = &sup.timeout {
+                    let ms = self.timeout_ms(t);
+                    let id = self.id(&t.event);
+                    meta = quote!(#meta.timeout(#ms, #id));
+                }
+                meta
             });
             quote!(.with_superstates(&[#(#metas),*]))
         });
@@ -551,6 +533,40 @@ impl Gen<'_, '_> {
                 fn timeout_event(__fsm_state: #krate::StateId) -> #private::core::option::Option<#e> {
                     match __fsm_state.index() as u16 {
                         #(#timeout_arms)*
+                        _ => #private::core::option::Option::None,
+                    }
+                }
+            }
+        });
+        let super_timeout_arms: Vec<TokenStream> = m
+            .hierarchy
+            .superstates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sup)| {
+                let t = sup.timeout.as_ref()?;
+                let key = match self.event_path() {
+                    Some(_) => {
+                        let c = name_const(&t.event);
+                        quote!(#c)
+                    }
+                    None => {
+                        let h = variant_hash(&t.event.to_string());
+                        quote!(#h)
+                    }
+                };
+                let unit = respan(
+                    quote!(<#e as #private::UnitVariant<#key>>::unit()),
+                    t.event.span(),
+                );
+                Some(quote!(#i => #private::core::option::Option::Some(#unit),))
+            })
+            .collect();
+        let super_timeout_event = (!super_timeout_arms.is_empty()).then(|| {
+            quote! {
+                fn superstate_timeout_event(__fsm_superstate: usize) -> #private::core::option::Option<#e> {
+                    match __fsm_superstate {
+                        #(#super_timeout_arms)*
                         _ => #private::core::option::Option::None,
                     }
                 }
@@ -650,6 +666,7 @@ impl Gen<'_, '_> {
                 #apply_into
 
                 #timeout_event
+                #super_timeout_event
 
                 fn validate(&self) -> #private::core::result::Result<(), #krate::InvalidState> {
                     #[allow(unreachable_patterns)]
@@ -825,6 +842,32 @@ impl Gen<'_, '_> {
                 pub fn initial_state(_: &#krate::store::MachineId) -> Self {
                     #ident::#state
                 }
+            }
+        }
+    }
+
+    /// A timeout's duration in milliseconds: the literal, or a constant expression evaluated
+    /// by rustc where the table is built, with the bounds `check` applies to a literal.
+    fn timeout_ms(&self, t: &crate::attr::TimeoutAttr) -> TokenStream {
+        let private = &self.paths.private;
+        match t.ms {
+            Some(ms) => {
+                let ms = ms.unwrap_or(0);
+                quote!(#ms)
+            }
+            None => {
+                let amount = &t.amount;
+                let scale = t.scale;
+                let span = amount.span();
+                let amount = quote_spanned!(span=> let amount: u64 = #amount;);
+                quote_spanned!(span=> const {
+                    #amount
+                    match amount.checked_mul(#scale) {
+                        #private::core::option::Option::Some(0) => #private::core::panic!("a state timeout of zero: give a positive duration"),
+                        #private::core::option::Option::Some(ms) if ms <= 1 << 40 => ms,
+                        _ => #private::core::panic!("this state timeout is longer than the longest timer (2^40 ms, about 34 years)"),
+                    }
+                })
             }
         }
     }

@@ -52,6 +52,8 @@ pub(crate) struct Superstate {
     /// Its hooks: `fn(&mut Effects<F>)`.
     pub(crate) enter: Option<syn::Path>,
     pub(crate) exit: Option<syn::Path>,
+    /// Its timeout.
+    pub(crate) timeout: Option<crate::attr::TimeoutAttr>,
 }
 
 impl Hierarchy {
@@ -350,10 +352,62 @@ pub(crate) fn resolve(cx: &Ctxt, m: &mut Machine<'_>) {
                 states: states_inside(i),
                 enter: s.enter.clone(),
                 exit: s.exit.clone(),
+                timeout: s.timeout.clone(),
             })
             .collect(),
         parent_of,
     };
+    superstate_timeouts_are_sound(cx, m);
+}
+
+/// A superstate's timeout is a positive duration no longer than the longest timer, and every
+/// state inside the superstate (that is not terminal) takes its event: declared on the
+/// superstate, every state inherits it.
+fn superstate_timeouts_are_sound(cx: &Ctxt, m: &Machine<'_>) {
+    const MAX_MS: u64 = 1 << 40;
+    for sup in &m.hierarchy.superstates {
+        let Some(t) = &sup.timeout else { continue };
+        match t.ms {
+            Some(Some(0)) => cx.push(syn::Error::new_spanned(
+                &t.amount,
+                "a superstate timeout of zero: give a positive duration",
+            )),
+            Some(Some(ms)) if ms > MAX_MS => cx.push(syn::Error::new_spanned(
+                &t.amount,
+                "this superstate timeout is longer than the longest timer (2^40 ms, about 34 years)",
+            )),
+            Some(None) => cx.push(syn::Error::new_spanned(
+                &t.amount,
+                "this superstate timeout is longer than the longest timer (2^40 ms, about 34 years)",
+            )),
+            _ => {}
+        }
+        let missing: Vec<String> = sup
+            .states
+            .iter()
+            .map(|&k| &m.states[k])
+            .filter(|s| s.attrs.terminal.is_empty())
+            .filter(|s| {
+                !s.attrs
+                    .on
+                    .iter()
+                    .any(|on| bare(&on.event) == bare(&t.event))
+            })
+            .map(|s| format!("`{}`", bare(s.variant.ident)))
+            .collect();
+        if !missing.is_empty() {
+            let name = bare(&sup.name);
+            cx.push(syn::Error::new_spanned(
+                &t.event,
+                format!(
+                    "the timeout of superstate `{name}` fires `{ev}`, which {} inside it {} no transition for: declare `on({ev} => Target)` on `{name}` (every state inside then takes it)",
+                    missing.join(", "),
+                    if missing.len() == 1 { "has" } else { "have" },
+                    ev = bare(&t.event)
+                ),
+            ));
+        }
+    }
 }
 
 /// The targets of transitions declared on superstates and on the enum name a state or a

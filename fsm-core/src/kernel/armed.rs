@@ -51,6 +51,7 @@ pub fn timers_in(snapshot: &Snapshot) -> Result<Vec<ArmedTimer>, SectionError> {
                 (0, None) => TimerKind::State,
                 (1, None) => TimerKind::Event,
                 (2, Some(name)) => TimerKind::Named(name.into()),
+                (3, Some(name)) => TimerKind::Superstate(name.into()),
                 (k, _) => {
                     return Err(SectionError::invalid(
                         Section::Timers,

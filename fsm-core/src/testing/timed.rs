@@ -55,6 +55,8 @@ where
             armed_in: HashMap::new(),
             gone: HashSet::new(),
         };
+        // The superstates the machine starts inside arm their timeouts, as in the kernel.
+        timer::arm_entering_superstates(&mut clock.timers, M::TABLE, start.state(), 0);
         if let Some(declared) = M::TABLE
             .state(start.state())
             .and_then(|s| s.state_timeout())
@@ -143,6 +145,29 @@ where
                     }
                 }
             }
+            TimerKind::Superstate(ref name) => {
+                if !M::TABLE.is_in(state, name) {
+                    return Err(walk.fail(
+                        Property::TimeoutsFireOnlyWhileArmed,
+                        format!(
+                            "the {kind} fired in `{}`, which is not inside it",
+                            M::TABLE.state_name(state)
+                        ),
+                    ));
+                }
+                match M::TABLE
+                    .superstate_index(name)
+                    .and_then(M::superstate_timeout_event)
+                {
+                    Some(event) => event,
+                    None => {
+                        return Err(walk.fail(
+                            Property::TimeoutsFireOnlyWhileArmed,
+                            format!("the {kind} fired, and the table declares no such timeout"),
+                        ))
+                    }
+                }
+            }
             _ => match armed.event {
                 Some(event) => event,
                 None => break,
@@ -182,6 +207,15 @@ where
     let mut cancels: HashSet<TimerKind> = HashSet::from([TimerKind::Event]);
     if !t.is_self_transition() {
         cancels.insert(TimerKind::State);
+        // Leaving a superstate cancels its timeout.
+        let table = M::TABLE;
+        for left in table.ancestors(t.from()) {
+            if !table.ancestors(t.to()).any(|a| a == left) {
+                if let Some(s) = table.superstates().get(left) {
+                    cancels.insert(TimerKind::Superstate(s.name().into()));
+                }
+            }
+        }
     }
     for r in &requests {
         cancels.insert(r.kind());

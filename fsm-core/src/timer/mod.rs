@@ -12,6 +12,7 @@
 //! | **state timeout** | a transition that *enters* a state declaring `state_timeout(ms = N => Event)`, or [`Effects::restart_state_timeout`] | any transition that changes the state (not a self-transition), or [`Effects::cancel_state_timeout`] | one per machine |
 //! | **event timeout** | [`Effects::event_timeout`] | any event the machine accepts, or [`Effects::cancel_event_timeout`] | one per machine |
 //! | **named timer** | [`Effects::start_timer`] (a running timer of that name is replaced) | [`Effects::cancel_timer`]: it survives state changes | [`KernelBuilder::max_timers`](crate::kernel::KernelBuilder::max_timers) in all |
+//! | **superstate timeout** | a transition that brings the machine into a superstate declaring `state_timeout(..)` (or a machine starting inside one) | a transition that takes it out of the superstate: moves between the states inside keep it | one per superstate |
 //!
 //! Entering a **terminal** state cancels every timer of the machine, named ones and those the
 //! transition's handler asked for included: a terminal state takes no event, so nothing armed
@@ -51,7 +52,7 @@ mod section;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use rules::{on_accepted, on_accepted_in, Step, Timers};
+pub(crate) use rules::{arm_entering_superstates, on_accepted, on_accepted_in, Step, Timers};
 pub(crate) use section::{decode_section, encode_section, StoredTimer, SECTION_VERSION};
 
 /// The longest timer name accepted, in bytes.
@@ -71,6 +72,8 @@ pub enum TimerKind {
     Event,
     /// A named timer (a name given as a `&'static str` is not copied).
     Named(Cow<'static, str>),
+    /// A superstate's timeout (declared in the table), by the superstate's name.
+    Superstate(Cow<'static, str>),
 }
 
 impl fmt::Display for TimerKind {
@@ -79,6 +82,7 @@ impl fmt::Display for TimerKind {
             TimerKind::State => f.write_str("state timeout"),
             TimerKind::Event => f.write_str("event timeout"),
             TimerKind::Named(n) => write!(f, "timer `{n}`"),
+            TimerKind::Superstate(n) => write!(f, "superstate timeout of `{n}`"),
         }
     }
 }

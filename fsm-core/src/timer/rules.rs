@@ -114,6 +114,63 @@ pub(crate) enum Step<P> {
     Cancel(TimerKind),
 }
 
+/// The cancels and armings of superstate timeouts for a transition that changes the state.
+fn superstate_steps<P>(
+    steps: &mut Vec<Step<P>>,
+    table: &Table,
+    transition: &Transition,
+    deadline: &impl Fn(&TimerKind, u64) -> Result<(), TimerError>,
+) -> Result<(), TimerError> {
+    let (from, to) = (transition.from(), transition.to());
+    for left in table.ancestors(from) {
+        if !table.ancestors(to).any(|a| a == left) {
+            if let Some(s) = table.superstates().get(left) {
+                steps.push(Step::Cancel(TimerKind::Superstate(s.name().into())));
+            }
+        }
+    }
+    for entered in table.ancestors(to) {
+        if table.ancestors(from).any(|a| a == entered) {
+            continue;
+        }
+        let Some(s) = table.superstates().get(entered) else {
+            continue;
+        };
+        if let Some(t) = s.state_timeout() {
+            let kind = TimerKind::Superstate(s.name().into());
+            deadline(&kind, t.after_ms)?;
+            steps.push(Step::Arm(kind, t.after_ms, None));
+        }
+    }
+    Ok(())
+}
+
+/// Arms the superstate timeouts of a machine that starts in `state` (as if it had just
+/// entered it): one per superstate around it that declares one. Returns how many.
+pub(crate) fn arm_entering_superstates<P>(
+    timers: &mut Timers<P>,
+    table: &Table,
+    state: crate::table::StateId,
+    now: u64,
+) -> usize {
+    let mut n = 0;
+    for a in table.ancestors(state) {
+        let Some(s) = table.superstates().get(a) else {
+            continue;
+        };
+        if let Some(t) = s.state_timeout() {
+            timers.arm(
+                TimerKind::Superstate(s.name().into()),
+                t.after_ms,
+                now,
+                None,
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The rules for one accepted event (see the module documentation), applied to `timers` in
 /// place. All or nothing: on error `timers` is exactly as it was.
 ///
@@ -170,6 +227,12 @@ pub(crate) fn on_accepted_in<P>(
         if let Some(t) = declared {
             deadline(&TimerKind::State, t.after_ms)?;
             steps.push(Step::Arm(TimerKind::State, t.after_ms, None));
+        }
+        // A superstate's timeout follows membership: cancelled when the machine is no longer
+        // inside the superstate, armed when it comes to be inside it; moves between the
+        // states inside change nothing.
+        if !table.superstates().is_empty() {
+            superstate_steps(steps, table, transition, &deadline)?;
         }
     }
     // A timer that carries an event: duration, deadline and event checked.

@@ -23,7 +23,7 @@ const SECTION_MAX_TIMERS: usize = 4096;
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub(crate) struct StoredTimer {
-    /// 0 state timeout, 1 event timeout, 2 named.
+    /// 0 state timeout, 1 event timeout, 2 named, 3 a superstate's timeout.
     pub(crate) kind: u8,
     pub(crate) name: Option<String>,
     pub(crate) instance: u64,
@@ -44,7 +44,7 @@ pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
             .map(|a| {
                 32 + a.event.as_ref().map_or(0, |e| e.len())
                     + match &a.kind {
-                        TimerKind::Named(n) => n.len(),
+                        TimerKind::Named(n) | TimerKind::Superstate(n) => n.len(),
                         _ => 0,
                     }
             })
@@ -59,6 +59,10 @@ pub(crate) fn encode_section(timers: &Timers<Box<[u8]>>) -> Vec<u8> {
             TimerKind::Event => out.extend_from_slice(&[1, 0]),
             TimerKind::Named(n) => {
                 out.extend_from_slice(&[2, 1]);
+                counted(&mut out, n.as_bytes());
+            }
+            TimerKind::Superstate(n) => {
+                out.extend_from_slice(&[3, 1]);
                 counted(&mut out, n.as_bytes());
             }
         }
@@ -104,6 +108,24 @@ pub(crate) fn decode_section(
                 check_name(&name).map_err(|e| invalid(e.to_string()))?;
                 TimerKind::Named(Cow::Owned(name))
             }
+            (3, Some(name)) => {
+                // Only a superstate the machine is inside, which declares a timeout.
+                let inside = table
+                    .ancestors(state)
+                    .filter_map(|a| table.superstates().get(a))
+                    .find(|s| s.name() == name);
+                match inside {
+                    Some(s) if s.state_timeout().is_some() => {
+                        TimerKind::Superstate(Cow::Borrowed(s.name()))
+                    }
+                    _ => {
+                        return Err(invalid(format!(
+                            "a timeout of superstate `{name}` armed in state `{}`, which is not inside such a superstate with a timeout",
+                            table.state_name(state)
+                        )))
+                    }
+                }
+            }
             (k, _) => return Err(invalid(format!("unknown timer kind {k}"))),
         };
         if s.instance >= next {
@@ -125,9 +147,10 @@ pub(crate) fn decode_section(
                     )));
                 }
             }
-            (TimerKind::State, Some(_)) => {
-                return Err(invalid("a state timeout with an event".into()))
+            (TimerKind::State, Some(_)) | (TimerKind::Superstate(_), Some(_)) => {
+                return Err(invalid(format!("{kind} with an event")))
             }
+            (TimerKind::Superstate(_), None) => {}
             (_, None) => return Err(invalid(format!("{kind} without its event"))),
             _ => {}
         }

@@ -266,6 +266,7 @@ fn the_hand_written_section_is_what_postcard_writes() {
         0,
         Some(vec![].into()),
     );
+    timers.arm(TimerKind::Superstate("Checkout".into()), 1_800_000, 3, None);
     let stored: Vec<StoredTimer> = timers
         .armed
         .iter()
@@ -274,9 +275,10 @@ fn the_hand_written_section_is_what_postcard_writes() {
                 TimerKind::State => 0,
                 TimerKind::Event => 1,
                 TimerKind::Named(_) => 2,
+                TimerKind::Superstate(_) => 3,
             },
             name: match &a.kind {
-                TimerKind::Named(n) => Some(n.to_string()),
+                TimerKind::Named(n) | TimerKind::Superstate(n) => Some(n.to_string()),
                 _ => None,
             },
             instance: a.instance,

@@ -31,9 +31,10 @@ pub(super) fn after_transition<M: Durable>(
     now: Instant,
 ) -> Result<(), TimerError> {
     let enters_timeout = !transition.is_self_transition()
-        && M::TABLE
+        && (M::TABLE
             .state(transition.to())
-            .is_some_and(|s| s.state_timeout().is_some());
+            .is_some_and(|s| s.state_timeout().is_some())
+            || enters_superstate_timeout(M::TABLE, transition));
     if timers.is_none() && requests.len() == 0 && !enters_timeout {
         // The common case of a machine without timers: nothing to do, nothing allocated.
         return Ok(());
@@ -100,11 +101,37 @@ pub(super) fn after_chain<M: Durable>(
     Ok(())
 }
 
+/// Whether `transition` brings the machine into a superstate that declares a timeout.
+fn enters_superstate_timeout(table: &crate::Table, transition: &Transition) -> bool {
+    !table.superstates().is_empty()
+        && table.ancestors(transition.to()).any(|a| {
+            table
+                .superstates()
+                .get(a)
+                .is_some_and(|s| s.state_timeout().is_some())
+                && !table.ancestors(transition.from()).any(|b| b == a)
+        })
+}
+
 /// The timers of a machine the store holds nothing for: it starts as if it had just entered
-/// its initial state, so that state's declared timeout is armed.
+/// its initial state, so that state's declared timeout is armed, and those of the
+/// superstates around it.
 pub(super) fn initial<M: Durable>(rules: &Rules<M>, now: Instant) -> Option<Box<SlotTimers>> {
-    let declared = M::TABLE.state(M::TABLE.initial())?.state_timeout()?;
     let mut armed = Timers::default();
+    let supers = timer::arm_entering_superstates(
+        &mut armed,
+        M::TABLE,
+        M::TABLE.initial(),
+        rules.time.ceil(now),
+    );
+    let Some(declared) = M::TABLE.state(M::TABLE.initial())?.state_timeout() else {
+        return (supers > 0).then(|| {
+            Box::new(SlotTimers {
+                armed,
+                ..SlotTimers::default()
+            })
+        });
+    };
     let enter = Transition::new(
         M::TABLE,
         M::TABLE.initial(),
@@ -245,6 +272,12 @@ impl<M: Durable> Core<M> {
                         M::TABLE.state_name(state)
                     )
                 }),
+                TimerKind::Superstate(name) => M::TABLE
+                    .superstate_index(name)
+                    .and_then(M::superstate_timeout_event)
+                    .ok_or_else(|| {
+                        format!("the {kind} is armed, and the table declares no such timeout")
+                    }),
                 _ => match (
                     timers.armed.get(&kind).and_then(|a| a.event.as_ref()),
                     &self.rules.timer_events,

@@ -269,9 +269,15 @@ pub(crate) fn show(socket: &str, id: &str, out: &mut dyn Write) -> Result<Status
     let shown: proto::Show = Admin::connect(socket)?.ask(&Request::Show {
         machine: id.to_owned(),
     })?;
+    // `Cart (in Checkout)`, innermost superstate first.
+    let within = if shown.superstates.is_empty() {
+        String::new()
+    } else {
+        format!(" (in {})", shown.superstates.join(", in "))
+    };
     writeln!(
         out,
-        "{id}: {} (durable sequence {})\n{}",
+        "{id}: {}{within} (durable sequence {})\n{}",
         shown.state,
         shown
             .seq

@@ -431,6 +431,13 @@ fn a_superstate_timeout_survives_moves_inside_and_is_cancelled_by_leaving() {
     assert_eq!(kernel.fire_due_timers(), 1, "a second into the checkout");
     kernel.wait_idle();
     assert_eq!(kernel.state(&a).unwrap().0, Order::Expired);
+    // The trace says who took each event: Expire bubbled up to Checkout.
+    let trace = kernel.trace(&fsm_core::kernel::TraceFilter::new().machine(&a));
+    let taken: Vec<(&str, Option<&str>)> = trace.iter().map(|e| (e.event, e.handled_by)).collect();
+    assert_eq!(
+        taken,
+        [("Pay", None), ("Back", None), ("Expire", Some("Checkout"))]
+    );
 
     // Leaving the superstate cancels it; coming back arms it anew.
     let b = MachineId::new("b").unwrap();
@@ -528,4 +535,62 @@ fn the_property_check_with_time_follows_superstate_timeouts() {
         )
         .unwrap();
     assert_eq!(run.fired, 1);
+}
+
+#[test]
+fn the_admin_endpoint_shows_the_superstates_and_who_took_an_event() {
+    use fsm_core::kernel::admin::proto::{Entry, Reply, Request, Show};
+    use fsm_core::kernel::admin::AdminConfig;
+    use std::io::{BufRead, BufReader, Write};
+    let kernel = Kernel::builder(MemoryStore::new(), |_| Sub::Trial)
+        .start()
+        .unwrap();
+    let id = MachineId::new("sub-9").unwrap();
+    for e in [Cmd::Convert, Cmd::Fail] {
+        kernel.submit(&id, e).unwrap().wait().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let _admin = kernel.serve_admin(AdminConfig::unix(&socket)).unwrap();
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut ask = |request: &Request| {
+        writeln!(writer, "{}", serde_json::to_string(request).unwrap()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let show: Reply<Show> = serde_json::from_str(&ask(&Request::Show {
+        machine: "sub-9".into(),
+    }))
+    .unwrap();
+    let Reply::Ok(show) = show else {
+        panic!("{show:?}")
+    };
+    assert_eq!(
+        (show.state.as_str(), show.superstates),
+        ("PastDue", vec!["Billing".to_owned(), "Active".to_owned()])
+    );
+    let trace: Reply<Vec<Entry>> = serde_json::from_str(&ask(&Request::Trace {
+        machine: Some("sub-9".into()),
+        state: None,
+        event: None,
+        outcome: None,
+        since_ms: None,
+        limit: None,
+    }))
+    .unwrap();
+    let Reply::Ok(trace) = trace else {
+        panic!("{trace:?}")
+    };
+    let by: Vec<(String, Option<String>)> =
+        trace.into_iter().map(|e| (e.event, e.handled_by)).collect();
+    assert_eq!(
+        by,
+        [
+            ("Convert".to_owned(), None),
+            ("Fail".to_owned(), Some("Billing".to_owned()))
+        ]
+    );
 }

@@ -357,6 +357,11 @@ impl<M: Durable + Redact + Clone> Target for View<M> {
                 Ok(proto::Show {
                     machine: id.as_str().to_owned(),
                     state: machine.state_name().to_owned(),
+                    superstates: M::TABLE
+                        .ancestors(machine.state())
+                        .filter_map(|a| M::TABLE.superstates().get(a))
+                        .map(|s| s.name().to_owned())
+                        .collect(),
                     value,
                     seq,
                     owed: owed.iter().map(owed_proto).collect(),
@@ -1037,6 +1042,7 @@ fn entry_proto(e: &TraceEntry) -> proto::Entry {
         outcome: e.outcome,
         source: e.source,
         effects: e.effects,
+        handled_by: e.handled_by.map(str::to_owned),
         wait_us: micros(e.wait),
         apply_us: micros(e.apply),
         persist_us: micros(e.persist),

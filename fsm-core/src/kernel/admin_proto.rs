@@ -395,6 +395,10 @@ pub struct Entry {
     /// Effects the transition emitted.
     #[serde(default)]
     pub effects: u32,
+    /// The superstate whose transition took the event (it bubbled), or `any state`; `None`:
+    /// the state's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_by: Option<String>,
     pub wait_us: f64,
     pub apply_us: f64,
     pub persist_us: f64,
@@ -420,6 +424,9 @@ pub struct Show {
     pub machine: String,
     /// Its state's name.
     pub state: String,
+    /// The superstates its state is inside, innermost first.
+    #[serde(default)]
+    pub superstates: Vec<String>,
     /// Its value, printed through `Redact`: sensitive fields never leave the process.
     pub value: String,
     /// The sequence of its durable snapshot.

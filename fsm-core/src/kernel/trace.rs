@@ -131,6 +131,9 @@ pub struct TraceEntry {
     pub source: TraceSource,
     /// Effects the transition emitted (durable and at most once; 0 unless committed).
     pub effects: u32,
+    /// Who took the event, when not the state itself: the superstate whose transition it was
+    /// (the event bubbled up to it), or `any state` for one declared on the machine.
+    pub handled_by: Option<&'static str>,
     /// From acceptance to the shard taking it.
     pub wait: Duration,
     /// The machine's work on it.

@@ -235,7 +235,8 @@ function idButton(id) {
 function transition(e) {
   // A duplicate is answered with its first outcome, in whatever state the machine is now.
   if (e.outcome === 'duplicate') return `${e.event} again, in ${e.from} (first took it to ${e.to})`;
-  return e.to ? `${e.from} --${e.event}--> ${e.to}` : `${e.from} --${e.event}--> ·`;
+  const by = e.handled_by ? ` (taken by ${e.handled_by})` : '';
+  return e.to ? `${e.from} --${e.event}--> ${e.to}${by}` : `${e.from} --${e.event}--> ·`;
 }
 
 function traceRow(e) {
@@ -360,6 +361,7 @@ async function refreshMachine() {
     const m = await api('show', { machine: id });
     if (page.machine !== id) return;
     $('#machine-state').textContent = m.state;
+    $('#machine-within').textContent = m.superstates && m.superstates.length ? ` (in ${m.superstates.join(', in ')})` : '';
     $('#machine-seq').textContent = m.seq === null ? 'not stored yet' : `#${m.seq}`;
     $('#machine-value').textContent = m.value;
     const now = Date.now();

@@ -293,6 +293,8 @@ pub(super) struct Pending<M: Durable> {
     edges: (u32, u32),
     /// Effects its transition emitted.
     effects: u32,
+    /// The superstate whose transition took the command, if not the state's own.
+    handled_by: Option<&'static str>,
 }
 
 impl<M: Durable> Pending<M> {
@@ -313,6 +315,7 @@ impl<M: Durable> Pending<M> {
             apply_ns: 0,
             edges: (0, 0),
             effects: 0,
+            handled_by: None,
         }
     }
 }
@@ -513,6 +516,7 @@ impl<M: Durable> Core<M> {
             apply_ns: 0,
             edges: (0, 0),
             effects: 0,
+            handled_by: None,
         };
         let verdict = self.verdict(event, &mut parts, &mut pending, now, loaded);
         match verdict {
@@ -769,6 +773,17 @@ impl<M: Durable> Core<M> {
         }
         pending.effects = u32::try_from(emitted).unwrap_or(u32::MAX);
         pending.edges = (first as u32, (self.staged_edges.len() - first) as u32);
+        pending.handled_by = self
+            .staged_edges
+            .get(first)
+            .and_then(|&i| M::TABLE.transitions().get(i as usize))
+            .and_then(|t| match t.declared_on() {
+                crate::table::DeclaredOn::State => None,
+                crate::table::DeclaredOn::Superstate(s) => {
+                    M::TABLE.superstates().get(s).map(|s| s.name())
+                }
+                crate::table::DeclaredOn::AnyState => Some("any state"),
+            });
         Verdict::Decided(Decision::Applied {
             transition,
             seq,
@@ -896,6 +911,7 @@ impl<M: Durable> Core<M> {
                 apply_ns: 0,
                 edges: (0, 0),
                 effects: 0,
+                handled_by: None,
             });
             if error.is_fenced() && !timer {
                 // Answered `Fenced` with the batch; the request goes to the caller.
@@ -1246,6 +1262,7 @@ fn entry<M: Durable>(
         } else {
             0
         },
+        handled_by: p.handled_by,
         wait: Duration::from_nanos(wait),
         apply: Duration::from_nanos(p.apply_ns),
         persist: Duration::from_nanos(persist),

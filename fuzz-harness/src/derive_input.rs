@@ -6,7 +6,8 @@ use syn::DeriveInput;
 
 /// The first byte chooses between raw text (the rest of the bytes as Rust source) and a
 /// declaration built from the bytes: an enum (sometimes a struct or union) with generics,
-/// container attributes, states with `initial`, `terminal`, `on(..)`, policies, `validate`,
+/// container attributes (superstates among them), states with `initial`, `terminal`,
+/// `parent`, `on(..)`, policies, `validate`,
 /// fields with `sensitive`/`strategy`/`arbitrary`, drawn from valid, misspelled, malformed and
 /// duplicated forms. Both derives run on every input that parses as a derive input. Must
 /// hold: neither panics, and each returns tokens that parse as Rust items (generated code,
@@ -104,6 +105,18 @@ fn container_attrs(u: &mut Unstructured<'_>) -> String {
                 "module = \"m\"",
                 "unknown = x",
                 "initial",
+                "superstate(S1, initial = A)",
+                "superstate(S1, initial = B, on(Stop => C, plain), defer(Poke))",
+                "superstate(S2, parent = S1, initial = C, state_timeout(ms = 10 => Tick), on(Tick => A, plain))",
+                "superstate(S2, parent = S2, initial = A)",
+                "superstate(A, initial = A)",
+                "superstate(S1)",
+                "superstate(S1, initial = S2, enter = h, exit = g)",
+                "superstate(S1, initial = A, on(Go => S1, plain, local), dump)",
+                "superstate(S3, initial = Z, on(Go => A, update = f))",
+                "superstate()",
+                "on(Nope => E, plain)",
+                "on(Nope => S1, reenter)",
             ],
         ));
     }
@@ -113,7 +126,7 @@ fn container_attrs(u: &mut Unstructured<'_>) -> String {
 fn state_attrs(u: &mut Unstructured<'_>) -> String {
     let mut parts = Vec::new();
     for _ in 0..count(u, 4) {
-        let part = match u.choose_index(17).unwrap_or(0) {
+        let part = match u.choose_index(18).unwrap_or(0) {
             0 => "initial".to_owned(),
             1 => "terminal".to_owned(),
             2 | 3 => format!("on({} => {})", pick(u, EVENTS), pick(u, STATES)),
@@ -182,6 +195,19 @@ fn state_attrs(u: &mut Unstructured<'_>) -> String {
                     "on(Go => A, reenter)",
                     "on(Go => A, plain, reenter, reenter)",
                     "on(Go | Stop => A, with = f)",
+                ],
+            )
+            .to_owned(),
+            16 => pick(
+                u,
+                &[
+                    "parent = S1",
+                    "parent = S2",
+                    "parent = S3",
+                    "parent = A",
+                    "parent = S1, parent = S2",
+                    "on(Go => S1, plain)",
+                    "on(Go => S2, local)",
                 ],
             )
             .to_owned(),

@@ -136,6 +136,7 @@ const DECLARATIONS: &[&str] = &[
     "#[fsm(event = Cmd, effect = u8)] pub enum Door { #[fsm(initial, on(Lock => Locked), defer(Unlock))] Open, #[fsm(on(Unlock => Open), dump)] Locked { #[fsm(sensitive)] code: u32 } }",
     "#[fsm(event = Cmd)] enum G<T> { #[fsm(initial, on(Go | Stop => B), validate = ok)] A(T), #[fsm(on(Go => A), delegate(Tick))] B { #[fsm(strategy = s, arbitrary = a)] x: T } }",
     "enum Cmd { Go, Stop { n: u8 }, Tick(String) }",
+    "#[fsm(event = Cmd, on(Audit => Done, plain), superstate(Active, initial = A, on(Stop => Done, plain), exit = left, state_timeout(s = 30 => Tick), on(Tick => Done, plain)), superstate(Inner, parent = Active, initial = B, on(Go => Inner, plain), on(Poke => B, plain, local), defer(Nope)))] enum H { #[fsm(initial, parent = Active, on(Go => Inner, plain))] A, #[fsm(parent = Inner, enter = came)] B, #[fsm(terminal)] Done }",
 ];
 
 fn xorshift(mut seed: u64) -> impl FnMut(usize) -> Vec<u8> {

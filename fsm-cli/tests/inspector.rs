@@ -372,14 +372,7 @@ fn the_event_stream_carries_readings_and_decisions_and_ends_with_the_page() {
         )
     );
     // The committed transitions show in the next readings' totals.
-    let draft_cancel = Order::TABLE
-        .transitions()
-        .iter()
-        .position(|t| {
-            Order::TABLE.state_name(t.from) == "Draft"
-                && Order::TABLE.event_name(t.event) == "Cancel"
-        })
-        .unwrap();
+    let draft_cancel = draft_cancel();
     events_until(&mut reader, |e, d| {
         e == "stats" && json(d)["transition_totals"][draft_cancel].as_u64() >= Some(4)
     });
@@ -390,6 +383,18 @@ fn the_event_stream_carries_readings_and_decisions_and_ends_with_the_page() {
     wait_for("the watch closes after the page", || ui.watches() == 0);
     drop(ui);
     service.kernel.shutdown(Shutdown::Drain);
+}
+
+/// The index of `Draft --Cancel--> Cancelled` in the table (what the edge's ids use).
+fn draft_cancel() -> usize {
+    Order::TABLE
+        .transitions()
+        .iter()
+        .position(|t| {
+            Order::TABLE.state_name(t.from) == "Draft"
+                && Order::TABLE.event_name(t.event) == "Cancel"
+        })
+        .expect("the registrar declares Draft --Cancel--> Cancelled")
 }
 
 /// Where Chromium is, if it is here.
@@ -499,14 +504,7 @@ fn in_a_real_browser_the_page_shows_the_counts_and_the_trace_and_follows_them() 
         "a decision of the new machines appears in the trace",
         || eval(&row) == serde_json::Value::Bool(true),
     );
-    let draft_cancel = Order::TABLE
-        .transitions()
-        .iter()
-        .position(|t| {
-            Order::TABLE.state_name(t.from) == "Draft"
-                && Order::TABLE.event_name(t.event) == "Cancel"
-        })
-        .unwrap();
+    let draft_cancel = draft_cancel();
     let rate = format!("Number(document.querySelector('#edge-{draft_cancel}').dataset.rate || 0)");
     wait_for("the edge taken shows a rate", || {
         eval(&rate).as_f64().unwrap_or(0.0) > 0.0

@@ -276,37 +276,7 @@ pub(crate) fn state(cx: &Ctxt, attrs: &[Attribute]) -> StateAttrs {
                         }
                     }
                 }
-                "defer" | "dump" | "delegate" => {
-                    let kind = match key.to_string().as_str() {
-                        "defer" => PolicyKind::Defer,
-                        "dump" => PolicyKind::Dump,
-                        _ => PolicyKind::Delegate,
-                    };
-                    if meta.input.peek(syn::token::Paren) {
-                        let content;
-                        syn::parenthesized!(content in meta.input);
-                        let events = content.parse_terminated(<Ident as syn::parse::Parse>::parse, Token![,])?;
-                        if events.is_empty() {
-                            return Err(syn::Error::new_spanned(
-                                &key,
-                                format!("`{key}()` lists no event: name events as `{key}(A, B)`, or write a bare `{key}` for every event without a transition"),
-                            ));
-                        }
-                        for event in events {
-                            out.policies.push(PolicyAttr {
-                                keyword: key.clone(),
-                                kind,
-                                event: Some(event),
-                            });
-                        }
-                    } else {
-                        out.policies.push(PolicyAttr {
-                            keyword: key,
-                            kind,
-                            event: None,
-                        });
-                    }
-                }
+                "defer" | "dump" | "delegate" => parse_policy(meta.input, key, &mut out.policies)?,
                 _ => return Err(unknown(&meta.path, "a state", STATE_KEYS)),
             }
             Ok(())
@@ -418,6 +388,52 @@ fn parse_on(input: ParseStream<'_>, keyword: &Ident, out: &mut Vec<OnAttr>) -> s
     Ok(())
 }
 
+/// `defer`, `dump` or `delegate` (the keyword `key`), bare or with a list of events.
+fn parse_policy(input: ParseStream<'_>, key: Ident, out: &mut Vec<PolicyAttr>) -> syn::Result<()> {
+    let kind = match key.to_string().as_str() {
+        "defer" => PolicyKind::Defer,
+        "dump" => PolicyKind::Dump,
+        _ => PolicyKind::Delegate,
+    };
+    if !input.peek(syn::token::Paren) {
+        out.push(PolicyAttr {
+            keyword: key,
+            kind,
+            event: None,
+        });
+        return Ok(());
+    }
+    let content;
+    syn::parenthesized!(content in input);
+    let events = content.parse_terminated(<Ident as syn::parse::Parse>::parse, Token![,])?;
+    if events.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &key,
+            format!("`{key}()` lists no event: name events as `{key}(A, B)`, or write a bare `{key}` for every event without a transition"),
+        ));
+    }
+    for event in events {
+        out.push(PolicyAttr {
+            keyword: key.clone(),
+            kind,
+            event: Some(event),
+        });
+    }
+    Ok(())
+}
+
+/// A `key = value` of `superstate(name, ..)`, given once.
+fn once_in<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, key: &Ident, name: &Ident) {
+    if slot.is_some() {
+        cx.push(syn::Error::new_spanned(
+            key,
+            format!("duplicate `{key}` in `superstate({name}, ..)`: give it once"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
 /// `reenter` and `update` belong to a state's self-transition: refused on a superstate or the
 /// enum, where the state is whichever one the machine is in. Each is reported, and the
 /// transitions from `first` on are kept without it (one with `update` is dropped), so that
@@ -486,14 +502,7 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
                 } else {
                     &mut out.parent
                 };
-                if slot.is_some() {
-                    cx.push(syn::Error::new_spanned(
-                        &key,
-                        format!("duplicate `{key}` in `superstate({}, ..)`: give it once", out.name),
-                    ));
-                } else {
-                    *slot = Some(value);
-                }
+                once_in(cx, slot, value, &key, &out.name);
             }
             "state_timeout" => {
                 let content;
@@ -518,14 +527,7 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
                 } else {
                     &mut out.exit
                 };
-                if slot.is_some() {
-                    cx.push(syn::Error::new_spanned(
-                        &key,
-                        format!("duplicate `{key}` in `superstate({}, ..)`: give it once", out.name),
-                    ));
-                } else {
-                    *slot = Some(path);
-                }
+                once_in(cx, slot, path, &key, &out.name);
             }
             "on" => {
                 let content;
@@ -537,38 +539,7 @@ fn parse_superstate(cx: &Ctxt, input: ParseStream<'_>, index: usize) -> syn::Res
                 }
                 strip_state_markers(cx, &mut out.on, first, "on a superstate");
             }
-            "defer" | "dump" | "delegate" => {
-                let kind = match key.to_string().as_str() {
-                    "defer" => PolicyKind::Defer,
-                    "dump" => PolicyKind::Dump,
-                    _ => PolicyKind::Delegate,
-                };
-                if input.peek(syn::token::Paren) {
-                    let content;
-                    syn::parenthesized!(content in input);
-                    let events =
-                        content.parse_terminated(<Ident as syn::parse::Parse>::parse, Token![,])?;
-                    if events.is_empty() {
-                        return Err(syn::Error::new_spanned(
-                            &key,
-                            format!("`{key}()` lists no event: name events as `{key}(A, B)`, or write a bare `{key}` for every event without a transition"),
-                        ));
-                    }
-                    for event in events {
-                        out.policies.push(PolicyAttr {
-                            keyword: key.clone(),
-                            kind,
-                            event: Some(event),
-                        });
-                    }
-                } else {
-                    out.policies.push(PolicyAttr {
-                        keyword: key,
-                        kind,
-                        event: None,
-                    });
-                }
-            }
+            "defer" | "dump" | "delegate" => parse_policy(input, key, &mut out.policies)?,
             _ => {
                 return Err(syn::Error::new_spanned(
                     &key,

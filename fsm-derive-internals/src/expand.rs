@@ -510,21 +510,7 @@ impl Gen<'_, '_> {
             .filter_map(|(i, s)| {
                 let t = s.attrs.timeouts.first()?;
                 let i = i as u16;
-                let key = match self.event_path() {
-                    Some(_) => {
-                        let c = name_const(&t.event);
-                        quote!(#c)
-                    }
-                    None => {
-                        let h = variant_hash(&t.event.to_string());
-                        quote!(#h)
-                    }
-                };
-                // Spanned at the event's name: a variant with fields is reported there.
-                let unit = respan(
-                    quote!(<#e as #private::UnitVariant<#key>>::unit()),
-                    t.event.span(),
-                );
+                let unit = self.unit_event(&t.event);
                 Some(quote!(#i => #private::core::option::Option::Some(#unit),))
             })
             .collect();
@@ -545,20 +531,7 @@ impl Gen<'_, '_> {
             .enumerate()
             .filter_map(|(i, sup)| {
                 let t = sup.timeout.as_ref()?;
-                let key = match self.event_path() {
-                    Some(_) => {
-                        let c = name_const(&t.event);
-                        quote!(#c)
-                    }
-                    None => {
-                        let h = variant_hash(&t.event.to_string());
-                        quote!(#h)
-                    }
-                };
-                let unit = respan(
-                    quote!(<#e as #private::UnitVariant<#key>>::unit()),
-                    t.event.span(),
-                );
+                let unit = self.unit_event(&t.event);
                 Some(quote!(#i => #private::core::option::Option::Some(#unit),))
             })
             .collect();
@@ -844,6 +817,27 @@ impl Gen<'_, '_> {
                 }
             }
         }
+    }
+
+    /// The value of event `event`, a variant without fields (what a timeout fires), spanned at
+    /// the event's name: a variant with fields is reported there.
+    fn unit_event(&self, event: &Ident) -> TokenStream {
+        let e = self.event;
+        let private = &self.paths.private;
+        let key = match self.event_path() {
+            Some(_) => {
+                let c = name_const(event);
+                quote!(#c)
+            }
+            None => {
+                let h = variant_hash(&event.to_string());
+                quote!(#h)
+            }
+        };
+        respan(
+            quote!(<#e as #private::UnitVariant<#key>>::unit()),
+            event.span(),
+        )
     }
 
     /// A timeout's duration in milliseconds: the literal, or a constant expression evaluated

@@ -99,7 +99,15 @@ impl Gen<'_, '_> {
     fn variant(&self, event: &Ident) -> TokenStream {
         let e = self.event;
         let private = &self.paths.private;
-        let key = match self.event_path() {
+        let key = self.key(event);
+        // Every token at the event's name, so that rustc reports an unknown event there.
+        respan(quote!(<#e as #private::Variant<#key>>), event.span())
+    }
+
+    /// The key an event name is looked up by: its checked const (see [`Gen::name_checks`])
+    /// for an event type without generic arguments, else the name's hash.
+    fn key(&self, event: &Ident) -> TokenStream {
+        match self.event_path() {
             Some(_) => {
                 let c = name_const(event);
                 quote!(#c)
@@ -108,9 +116,7 @@ impl Gen<'_, '_> {
                 let h = variant_hash(&event.to_string());
                 quote!(#h)
             }
-        };
-        // Every token at the event's name, so that rustc reports an unknown event there.
-        respan(quote!(<#e as #private::Variant<#key>>), event.span())
+        }
     }
 
     /// The id (`u16`) of event `event`: for an event type without generic arguments the
@@ -824,16 +830,7 @@ impl Gen<'_, '_> {
     fn unit_event(&self, event: &Ident) -> TokenStream {
         let e = self.event;
         let private = &self.paths.private;
-        let key = match self.event_path() {
-            Some(_) => {
-                let c = name_const(event);
-                quote!(#c)
-            }
-            None => {
-                let h = variant_hash(&event.to_string());
-                quote!(#h)
-            }
-        };
+        let key = self.key(event);
         respan(
             quote!(<#e as #private::UnitVariant<#key>>::unit()),
             event.span(),

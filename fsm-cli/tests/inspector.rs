@@ -319,9 +319,12 @@ fn the_event_stream_carries_readings_and_decisions_and_ends_with_the_page() {
     .unwrap();
     let addr = ui.addr().to_string();
     // With no page open the inspector asks the kernel nothing (its poller waits for a page):
-    // over two and a half of its one-second ticks, not one request.
+    // over two full rounds of its poller, counted by the poller, not one request.
     let asked = service.admin.requests();
-    std::thread::sleep(Duration::from_millis(2_500));
+    let from = ui.poller_rounds();
+    wait_for("two rounds of the poller", || {
+        ui.poller_rounds() >= from + 2
+    });
     assert_eq!(service.admin.requests(), asked, "asked with no page open");
     let stream = TcpStream::connect(&addr).unwrap();
     stream

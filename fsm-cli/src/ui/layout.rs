@@ -308,32 +308,28 @@ pub(crate) fn layout(table: &proto::Table) -> Layout {
                 let (x1, y1) = (na.x + na.w * 0.6, na.y);
                 let (x2, y2) = (nb.x + nb.w * 0.4, nb.y);
                 let high = y1.min(y2) - arc(&nodes, a, b, rank);
-                let (c1, c2) = ((x1, high), (x2, high));
-                let label = bezier_mid((x1, y1), c1, c2, (x2, y2));
-                return Edge {
-                    path: format!(
-                        "M {x1:.1} {y1:.1} C {:.1} {:.1}, {:.1} {:.1}, {x2:.1} {y2:.1}",
-                        c1.0, c1.1, c2.0, c2.1
-                    ),
-                    label: (label.0, label.1 - 6.0),
-                    kind: EdgeKind::Forward,
-                };
+                return cubic(
+                    (x1, y1),
+                    (x1, high),
+                    (x2, high),
+                    (x2, y2),
+                    -6.0,
+                    EdgeKind::Forward,
+                );
             }
             if nb.layer > na.layer {
                 let (x1, y1) = (na.x + na.w, na.y + na.h / 2.0 + rank * 8.0);
                 let (x2, y2) = (nb.x, nb.y + nb.h / 2.0 + rank * 8.0);
                 let bend = rank * 26.0 * if y2 >= y1 { -1.0 } else { 1.0 };
                 let dx = (x2 - x1) * 0.45;
-                let (c1, c2) = ((x1 + dx, y1 + bend), (x2 - dx, y2 + bend));
-                let label = bezier_mid((x1, y1), c1, c2, (x2, y2));
-                return Edge {
-                    path: format!(
-                        "M {x1:.1} {y1:.1} C {:.1} {:.1}, {:.1} {:.1}, {x2:.1} {y2:.1}",
-                        c1.0, c1.1, c2.0, c2.1
-                    ),
-                    label: (label.0, label.1 - 6.0),
-                    kind: EdgeKind::Forward,
-                };
+                return cubic(
+                    (x1, y1),
+                    (x1 + dx, y1 + bend),
+                    (x2 - dx, y2 + bend),
+                    (x2, y2),
+                    -6.0,
+                    EdgeKind::Forward,
+                );
             }
             // Back, or within a layer: an arc under both states, deeper the farther it
             // goes, so arcs between other pairs nest rather than cross.
@@ -341,16 +337,14 @@ pub(crate) fn layout(table: &proto::Table) -> Layout {
             let (x2, y2) = (nb.x + nb.w * 0.6, nb.y + nb.h);
             let low = y1.max(y2) + arc(&nodes, a, b, rank);
             deepest = deepest.max(low);
-            let (c1, c2) = ((x1, low), (x2, low));
-            let label = bezier_mid((x1, y1), c1, c2, (x2, y2));
-            Edge {
-                path: format!(
-                    "M {x1:.1} {y1:.1} C {:.1} {:.1}, {:.1} {:.1}, {x2:.1} {y2:.1}",
-                    c1.0, c1.1, c2.0, c2.1
-                ),
-                label: (label.0, label.1 + 14.0),
-                kind: EdgeKind::Back,
-            }
+            cubic(
+                (x1, y1),
+                (x1, low),
+                (x2, low),
+                (x2, y2),
+                14.0,
+                EdgeKind::Back,
+            )
         })
         .collect();
     Layout {
@@ -358,6 +352,26 @@ pub(crate) fn layout(table: &proto::Table) -> Layout {
         height: deepest + MARGIN,
         nodes,
         edges,
+    }
+}
+
+/// A cubic Bézier edge from `p0` to `p3`, its label at the curve's middle moved by `lift`.
+fn cubic(
+    p0: (f64, f64),
+    c1: (f64, f64),
+    c2: (f64, f64),
+    p3: (f64, f64),
+    lift: f64,
+    kind: EdgeKind,
+) -> Edge {
+    let mid = bezier_mid(p0, c1, c2, p3);
+    Edge {
+        path: format!(
+            "M {:.1} {:.1} C {:.1} {:.1}, {:.1} {:.1}, {:.1} {:.1}",
+            p0.0, p0.1, c1.0, c1.1, c2.0, c2.1, p3.0, p3.1
+        ),
+        label: (mid.0, mid.1 + lift),
+        kind,
     }
 }
 

@@ -125,6 +125,7 @@ impl UiServer {
             stats: stats_tx,
             stopping: AtomicBool::new(false),
             watches: std::sync::atomic::AtomicUsize::new(0),
+            rounds: std::sync::atomic::AtomicU64::new(0),
         });
         let poller = {
             let shared = shared.clone();
@@ -186,6 +187,11 @@ impl UiServer {
         self.shared.watches.load(Ordering::SeqCst)
     }
 
+    /// Rounds the poller has been through, one a second, whether a page was open or not.
+    pub fn poller_rounds(&self) -> u64 {
+        self.shared.rounds.load(Ordering::SeqCst)
+    }
+
     /// Serves until the process is stopped.
     pub fn wait(mut self) {
         if let Some(t) = self.thread.take() {
@@ -232,6 +238,8 @@ struct Shared {
     stats: watch::Sender<Arc<String>>,
     stopping: AtomicBool,
     watches: std::sync::atomic::AtomicUsize,
+    /// Rounds the poller has been through (asking or, with no page open, not).
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -639,6 +647,7 @@ fn poll(shared: &Shared, transitions: usize) {
             // Nobody looks: the rates start afresh when somebody does.
             history.clear();
         }
+        shared.rounds.fetch_add(1, Ordering::SeqCst);
         let spent = started.elapsed();
         let mut rest = TICK.saturating_sub(spent);
         while rest > Duration::ZERO && !shared.stopping.load(Ordering::SeqCst) {

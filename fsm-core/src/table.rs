@@ -73,6 +73,9 @@ pub struct TransitionMeta {
     /// Where it was declared: `u16::MAX` on the state itself, `u16::MAX - 1` on the
     /// machine (from any state), else the index of a superstate.
     declared: u16,
+    /// The outermost superstate it leaves and enters again though both states are inside
+    /// it; `u16::MAX` for none.
+    reenters: u16,
 }
 
 /// Where a transition was declared.
@@ -88,6 +91,7 @@ pub enum DeclaredOn {
 
 const ON_STATE: u16 = u16::MAX;
 const ON_ANY: u16 = u16::MAX - 1;
+const NO_SUPERSTATE: u16 = u16::MAX;
 
 impl TransitionMeta {
     /// A transition from `from` on `event` to `to`.
@@ -97,6 +101,7 @@ impl TransitionMeta {
             event: EventId(event),
             to: StateId(to),
             declared: ON_STATE,
+            reenters: NO_SUPERSTATE,
         }
     }
 
@@ -111,6 +116,27 @@ impl TransitionMeta {
     pub const fn from_any_state(mut self) -> Self {
         self.declared = ON_ANY;
         self
+    }
+
+    /// The same transition, leaving superstate `superstate` (an index in
+    /// [`Table::superstates`]) and every superstate inside it around the source, and entering
+    /// them again, though the source and the target are both inside it: an external
+    /// transition declared on that superstate into itself or a state inside it (SCXML's
+    /// external transition; the derive records it). Its exit and enter hooks run, and its
+    /// timeout starts again.
+    pub const fn reentering(mut self, superstate: u16) -> Self {
+        self.reenters = superstate;
+        self
+    }
+
+    /// The outermost superstate the transition leaves and enters again though both its
+    /// states are inside it (see [`TransitionMeta::reentering`]); `None` when it crosses only
+    /// the superstates that are not around both.
+    pub const fn reenters(&self) -> Option<usize> {
+        match self.reenters {
+            NO_SUPERSTATE => None,
+            i => Some(i as usize),
+        }
     }
 
     /// Where the transition was declared.
@@ -371,6 +397,43 @@ impl Table {
             next = self.superstates.get(here).and_then(SuperstateMeta::parent);
             Some(here)
         })
+    }
+
+    /// The innermost superstate that the transition from `from` on `event` to `to` stays
+    /// inside (neither left nor entered again), or `None` when it stays inside none: the
+    /// superstates around `from` below it are left, innermost first, and those around `to`
+    /// below it entered. That is the innermost superstate around both states, unless the
+    /// transition re-enters one of them ([`TransitionMeta::reenters`]).
+    pub fn common_superstate(&self, from: StateId, event: EventId, to: StateId) -> Option<usize> {
+        let reenters = self
+            .transitions
+            .iter()
+            .find(|t| t.from == from && t.event == event)
+            .and_then(TransitionMeta::reenters);
+        match reenters {
+            Some(outer) => self.superstates.get(outer).and_then(SuperstateMeta::parent),
+            None => self
+                .ancestors(from)
+                .find(|&a| self.ancestors(to).any(|b| b == a)),
+        }
+    }
+
+    /// The superstates a transition from `from` on `event` to `to` leaves and those it enters,
+    /// each innermost first: see [`Table::common_superstate`].
+    pub fn crossed(
+        &self,
+        from: StateId,
+        event: EventId,
+        to: StateId,
+    ) -> (
+        impl Iterator<Item = usize> + '_,
+        impl Iterator<Item = usize> + '_,
+    ) {
+        let common = self.common_superstate(from, event, to);
+        (
+            self.ancestors(from).take_while(move |&a| Some(a) != common),
+            self.ancestors(to).take_while(move |&a| Some(a) != common),
+        )
     }
 
     /// Whether `state` is inside the superstate named `superstate`, at any depth.

@@ -59,7 +59,11 @@
 //! "time passes" steps ([`Input::Elapse`]): the timers due fire in deadline order, each
 //! applied like any event, under the kernel's rules (see [`crate::timer`]), and two more
 //! properties hold: [`Property::TimerRequestsHold`] and
-//! [`Property::TimeoutsFireOnlyWhileArmed`].
+//! [`Property::TimeoutsFireOnlyWhileArmed`]. With [`Checker::restores`] a timed sequence also
+//! holds restarts ([`Input::Restore`]): the machine and its armed timers go through a snapshot
+//! as the kernel stores and loads them, and [`Property::RestoreIsInvisible`] compares the run,
+//! step by step, with the same run without the restarts (states, effects, armed timers,
+//! firings and when they came).
 //!
 //! A failure is a [`Violation`]: the property, what was seen, and the whole sequence up to it with
 //! state and event names. [`Checker::run`][run] (proptest) shrinks a failing sequence to a minimal one
@@ -119,6 +123,11 @@ pub enum Property {
     /// order raised, each as a transition of the table from where the chain had reached; all
     /// of them are applied or, if one is rejected, none.
     RaisedEventsInOrder,
+    /// A restart changes nothing (with [`Checker::restores`]): a run in which the machine and
+    /// its armed timers go through a snapshot envelope at [`Input::Restore`] steps, as the
+    /// kernel stores and loads them, reaches the same states, emits the same effects and
+    /// fires the same timers at the same times as the same run without the restarts.
+    RestoreIsInvisible,
 }
 
 impl Property {
@@ -135,6 +144,7 @@ impl Property {
             Property::TimerRequestsHold => "timer requests can be honoured",
             Property::TimeoutsFireOnlyWhileArmed => "timeouts fire only while armed",
             Property::RaisedEventsInOrder => "raised events are applied in order",
+            Property::RestoreIsInvisible => "a restore from a snapshot is invisible",
         }
     }
 }
@@ -214,6 +224,8 @@ pub struct Run {
     pub transitions: Vec<usize>,
     /// Timers fired (by [`Checker::check_timed`]; their events count as steps too).
     pub fired: usize,
+    /// Restarts from a snapshot ([`Input::Restore`] steps of [`Checker::check_timed`]).
+    pub restored: usize,
 }
 
 /// What a whole [`Checker::run`][run] covered: which of the table's transitions the random
@@ -322,6 +334,7 @@ pub struct Checker<M: StateMachine> {
     cases: u32,
     max_len: usize,
     round_trip: Option<RoundTrip<M>>,
+    restore: Option<timed::Restorer<M>>,
     min_coverage: f64,
 }
 
@@ -336,6 +349,7 @@ impl<M: StateMachine> fmt::Debug for Checker<M> {
             .field("cases", &self.cases)
             .field("max_len", &self.max_len)
             .field("snapshots", &self.round_trip.is_some())
+            .field("restores", &self.restore.is_some())
             .field("min_coverage", &self.min_coverage)
             .finish()
     }
@@ -363,6 +377,7 @@ where
             cases: default_cases(),
             max_len: 64,
             round_trip: None,
+            restore: None,
             min_coverage: DEFAULT_MIN_COVERAGE,
         }
     }
@@ -407,6 +422,31 @@ where
         M: Serialize + DeserializeOwned,
     {
         self.round_trip = Some(round_trip::<M>);
+        self
+    }
+
+    /// Also checks that a restart is invisible ([`Property::RestoreIsInvisible`]): at each
+    /// [`Input::Restore`] step of a timed sequence the machine and its armed timers are
+    /// written into a snapshot envelope as the kernel writes them (the state's payload, the
+    /// timers section with each timer's event encoded), read back as the kernel reads them on
+    /// load (the section checked against the state read back, deadlines moved onto the
+    /// clock), and the run goes on from what was read. Beside it the checker runs the same
+    /// sequence without the restarts; after every step both must be in equal states, have
+    /// emitted equal effects, hold the same timers, and have fired the same timers at the
+    /// same moments. [`Checker::run_timed`][run_timed] then draws `Restore` steps too.
+    ///
+    /// A restart of the kernel also keeps what this check does not model: postponed events
+    /// and owed effects (tested with the kernel itself).
+    ///
+    #[cfg_attr(feature = "proptest", doc = "[run_timed]: Checker::run_timed")]
+    #[cfg_attr(not(feature = "proptest"), doc = "[run_timed]: Checker")]
+    pub fn restores(mut self) -> Self
+    where
+        M: Serialize + DeserializeOwned + 'static,
+        M::Event: Clone + Serialize + DeserializeOwned + 'static,
+        M::Effect: PartialEq + fmt::Debug,
+    {
+        self.restore = Some(timed::Restorer::new());
         self
     }
 

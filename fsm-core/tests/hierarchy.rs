@@ -594,3 +594,129 @@ fn the_admin_endpoint_shows_the_superstates_and_who_took_an_event() {
         ]
     );
 }
+
+/// A session that ends after a second without a touch: `Touch` is declared on the superstate
+/// into itself, so it leaves `LoggedIn` and enters it again (its hooks run, its deadline
+/// starts over); `Peek` is local and keeps the deadline.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[fsm(
+    event = Se,
+    effect = String,
+    superstate(
+        LoggedIn,
+        initial = Idle,
+        state_timeout(ms = 1000 => Expire),
+        on(Expire => Out, plain),
+        on(Touch => LoggedIn, plain),
+        on(Peek => Busy, plain, local),
+        enter = session_in,
+        exit = session_out
+    )
+)]
+pub enum Session {
+    #[fsm(initial, parent = LoggedIn, on(Work => Busy, plain))]
+    Idle,
+    #[fsm(parent = LoggedIn, on(Done => Idle, plain))]
+    Busy,
+    #[fsm(on(Login => LoggedIn, plain))]
+    Out,
+}
+
+#[derive(Event, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Se {
+    Work,
+    Done,
+    Touch,
+    Peek,
+    Expire,
+    Login,
+}
+
+fn session_in(fx: &mut Effects<String>) {
+    fx.push("in".into());
+}
+
+fn session_out(fx: &mut Effects<String>) {
+    fx.push("out".into());
+}
+
+#[test]
+fn the_table_records_which_transitions_leave_a_superstate_and_enter_it_again() {
+    use fsm_core::{EventId, StateId};
+    let t = Session::TABLE;
+    let logged_in = t.superstate_index("LoggedIn").unwrap();
+    let (idle, busy) = (StateId::new(0), StateId::new(1));
+    let event =
+        |name: &str| EventId::new(t.events().iter().position(|e| *e == name).unwrap() as u16);
+    let reenters = |from: StateId, e: &str| {
+        t.transitions()
+            .iter()
+            .find(|m| m.from == from && m.event == event(e))
+            .unwrap()
+            .reenters()
+    };
+    assert_eq!(reenters(idle, "Touch"), Some(logged_in));
+    assert_eq!(reenters(busy, "Touch"), Some(logged_in));
+    assert_eq!(reenters(idle, "Peek"), None, "local");
+    assert_eq!(reenters(idle, "Work"), None, "a move inside");
+    assert_eq!(
+        reenters(idle, "Expire"),
+        None,
+        "it leaves and does not come back"
+    );
+    let crossed = |from, e, to| {
+        let (left, entered) = t.crossed(from, event(e), to);
+        (left.collect::<Vec<_>>(), entered.collect::<Vec<_>>())
+    };
+    assert_eq!(
+        crossed(busy, "Touch", idle),
+        (vec![logged_in], vec![logged_in])
+    );
+    assert_eq!(crossed(idle, "Peek", busy), (vec![], vec![]));
+    assert_eq!(
+        crossed(idle, "Expire", StateId::new(2)),
+        (vec![logged_in], vec![])
+    );
+    // The hooks agree with the table.
+    let mut s = Session::Busy;
+    let touched: Vec<String> = s.apply(Se::Touch).unwrap().effects.into_iter().collect();
+    assert_eq!(touched, fx(&["out", "in"]));
+    assert_eq!(s, Session::Idle);
+    let peeked: Vec<String> = s.apply(Se::Peek).unwrap().effects.into_iter().collect();
+    assert!(peeked.is_empty(), "{peeked:?}");
+}
+
+#[test]
+fn a_transition_that_enters_the_superstate_again_starts_its_deadline_over() {
+    use fsm_core::queue::ManualClock;
+    use std::time::Duration;
+    let clock = ManualClock::at_wall_ms(5_000_000);
+    let kernel = Kernel::builder(MemoryStore::new(), |_| Session::Idle)
+        .clock(clock.clock())
+        .start()
+        .unwrap();
+    let ms = Duration::from_millis;
+    let id = MachineId::new("s").unwrap();
+    let step = |e: Se| kernel.submit(&id, e).unwrap().wait().unwrap();
+
+    step(Se::Work); // armed when the machine started, at 0
+    clock.advance(ms(600));
+    step(Se::Touch); // out of LoggedIn and in again: due at 1600
+    clock.advance(ms(600));
+    assert_eq!(
+        kernel.fire_due_timers(),
+        0,
+        "1200: the first deadline is gone"
+    );
+    step(Se::Peek); // local: still due at 1600
+    clock.advance(ms(399));
+    assert_eq!(kernel.fire_due_timers(), 0, "1599");
+    clock.advance(ms(1));
+    assert_eq!(
+        kernel.fire_due_timers(),
+        1,
+        "1600, a second after the touch"
+    );
+    kernel.wait_idle();
+    assert_eq!(kernel.state(&id).unwrap().0, Session::Out);
+}

@@ -431,7 +431,7 @@ impl Gen<'_, '_> {
                 let from = i as u16;
                 let to = p.to();
                 let id = self.id(&p.on.event);
-                match p.on.declared {
+                let meta = match p.on.declared {
                     Declared::State => quote!(#krate::TransitionMeta::new(#from, #id, #to)),
                     Declared::Superstate(sup) => {
                         let sup = sup as u16;
@@ -440,6 +440,13 @@ impl Gen<'_, '_> {
                     Declared::AnyState => {
                         quote!(#krate::TransitionMeta::new(#from, #id, #to).from_any_state())
                     }
+                };
+                match p.reenters {
+                    Some(sup) => {
+                        let sup = sup as u16;
+                        quote!(#meta.reentering(#sup))
+                    }
+                    None => meta,
                 }
             })
         });

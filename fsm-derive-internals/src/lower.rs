@@ -56,6 +56,11 @@ pub(crate) struct Plan<'m> {
     /// The hooks run after: those of the superstates it enters, outermost first, then the
     /// target's enter hook.
     pub(crate) enters: Vec<Hook<'m>>,
+    /// The outermost superstate the transition leaves and enters again though the source and
+    /// the target are both inside it (an external transition declared on a superstate):
+    /// recorded in the table, where the timer rules read which superstates a transition
+    /// crosses. `None` when it crosses only those the states themselves are not both in.
+    pub(crate) reenters: Option<usize>,
 }
 
 impl Plan<'_> {
@@ -107,6 +112,7 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                     let target_state = target.map(|i| &m.states[i]);
                     let moves = bare(&on.target) != bare(s.variant.ident) || on.reenter.is_some();
                     let (mut exits, mut enters) = (Vec::new(), Vec::new());
+                    let mut reenters = None;
                     if moves {
                         let source_chain = h.chain(from);
                         let target_chain = target.map(|t| h.chain(t)).unwrap_or_default();
@@ -117,6 +123,7 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                             .iter()
                             .position(|sup| target_chain.contains(sup))
                             .unwrap_or(source_chain.len());
+                        let shared = common;
                         // `local` keeps a transition into a state inside the superstate
                         // from leaving it; into the superstate itself it is external all the
                         // same (SCXML: its target is not a proper descendant).
@@ -129,6 +136,9 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                                     common = common.max(at + 1);
                                 }
                             }
+                        }
+                        if common > shared {
+                            reenters = Some(source_chain[common - 1]);
                         }
                         let common_sup = source_chain.get(common).copied();
                         exits.extend(s.attrs.exit.first().map(Hook::State));
@@ -177,6 +187,7 @@ pub(crate) fn lower<'m>(m: &'m Machine<'_>) -> Ir<'m> {
                         target,
                         exits,
                         enters,
+                        reenters,
                     }
                 })
                 .collect()

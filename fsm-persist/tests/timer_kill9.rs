@@ -1,17 +1,21 @@
 //! Timers under kill -9: a child process runs a kernel over a file store whose machines arm,
-//! re-arm and cancel named timers as the parent tells them (commands with idempotency keys on
-//! stdin, acknowledgements on stdout). The parent SIGKILLs it at random moments, starts it
-//! again (time has moved on: timers came due while nothing ran) and resubmits what was not
-//! acknowledged. Every machine logs, in its own state, each arming, cancel and firing in the
-//! order they were applied, so at the end the log is checked against the commands:
+//! re-arm and cancel named timers, and move in and out of a superstate with a deadline, as
+//! the parent tells them (commands with idempotency keys on stdin, acknowledgements on
+//! stdout). The parent SIGKILLs it at random moments, starts it again (time has moved on:
+//! timers came due while nothing ran) and resubmits what was not acknowledged. Every machine
+//! logs, in its own state, each arming, cancel, move, entry into the superstate and firing in
+//! the order they were applied, so at the end the log is checked against the commands:
 //!
-//! - every command applied exactly once, in order (the log's armings and cancels are the
-//!   commands' sequence);
+//! - every command applied exactly once, in order (the log's commands are the commands'
+//!   sequence);
 //! - every firing belongs to the arming that was current for its timer when it fired: none of
 //!   a cancelled or replaced arming, none twice;
+//! - the superstate's deadline fires only while the machine is inside it, once per entry:
+//!   moves between the states inside keep it, leaving cancels it, entering (again) arms it;
 //! - nothing is lost: once the last child has run long enough, every arming that was not
-//!   cancelled or replaced has fired (so a timer due while the process was down fired after
-//!   recovery), each exactly once.
+//!   cancelled or replaced has fired, and every machine's last entry into the superstate has
+//!   met its deadline (so a timer due while the process was down fired after recovery), each
+//!   exactly once.
 //!
 //! `FSM_TIMER_KILL_CYCLES` sets the cycles (default 200); `FSM_KILL_SEED` replays a run. The
 //! same binary is the child when `FSM_TIMER_CHILD` is set.
@@ -34,12 +38,31 @@ use serde::{Deserialize, Serialize};
 const MACHINES: u64 = 4;
 const TIMERS: u32 = 3;
 
+/// How long a machine may stay in the superstate `Open`, whatever it does inside.
+const OPEN_MS: u64 = 30;
+
 /// One entry of a machine's log (stored as a plain tuple, see `Entry::pack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
-    Arm { timer: u32, tag: u64 },
-    Cancel { timer: u32 },
-    Ring { timer: u32, tag: u64 },
+    Arm {
+        timer: u32,
+        tag: u64,
+    },
+    Cancel {
+        timer: u32,
+    },
+    Ring {
+        timer: u32,
+        tag: u64,
+    },
+    /// A move between the states inside `Open` (or a no-op in `Closed`).
+    Step,
+    /// The machine came into `Open` (from `Closed`, or leaving it and entering it again).
+    Enter,
+    /// `Open`'s deadline fired.
+    Close,
+    /// The machine left `Open` before its deadline (or a no-op in `Closed`).
+    Park,
 }
 
 impl Entry {
@@ -50,6 +73,10 @@ impl Entry {
             Entry::Arm { timer, tag } => (0, timer, tag),
             Entry::Cancel { timer } => (1, timer, 0),
             Entry::Ring { timer, tag } => (2, timer, tag),
+            Entry::Step => (3, 0, 0),
+            Entry::Enter => (4, 0, 0),
+            Entry::Close => (5, 0, 0),
+            Entry::Park => (6, 0, 0),
         }
     }
 
@@ -57,21 +84,55 @@ impl Entry {
         match kind {
             0 => Entry::Arm { timer, tag },
             1 => Entry::Cancel { timer },
-            _ => Entry::Ring { timer, tag },
+            2 => Entry::Ring { timer, tag },
+            3 => Entry::Step,
+            4 => Entry::Enter,
+            5 => Entry::Close,
+            _ => Entry::Park,
         }
     }
 }
 
+type Log = Vec<(u8, u32, u64)>;
+
+/// `Board` and `Aside` are inside `Open`, which must be left within `OPEN_MS` of coming into
+/// it: `Step` moves between them (the deadline holds), `Reopen` leaves `Open` and enters it
+/// again (the deadline starts over), `Park` leaves it (the deadline is cancelled), `Close`
+/// (the deadline) takes the machine to `Closed`, whence `Reopen` comes back. `Closed` takes
+/// `Close` too, so that a deadline firing twice or after the machine left would show in the
+/// log.
 #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[fsm(event = Op)]
+#[fsm(
+    event = Op,
+    superstate(
+        Open,
+        initial = Board,
+        state_timeout(ms = OPEN_MS => Close),
+        on(Close => Closed),
+        on(Park => Closed),
+        on(Reopen => Open)
+    )
+)]
 pub enum Board {
-    #[fsm(initial, on(Arm => Board), on(Cancel => Board), on(Ring => Board))]
-    Board { log: Vec<(u8, u32, u64)> },
+    #[fsm(initial, parent = Open, on(Arm => Board), on(Cancel => Board), on(Ring => Board), on(Step => Aside))]
+    Board { log: Log },
+    #[fsm(parent = Open, on(Arm => Aside), on(Cancel => Aside), on(Ring => Aside), on(Step => Board))]
+    Aside { log: Log },
+    #[fsm(
+        on(Arm => Closed),
+        on(Cancel => Closed),
+        on(Ring => Closed),
+        on(Step => Closed),
+        on(Close => Closed),
+        on(Park => Closed),
+        on(Reopen => Open)
+    )]
+    Closed { log: Log },
 }
 
 impl Board {
     fn entries(&self) -> Vec<Entry> {
-        let Board::Board { log } = self;
+        let (Board::Board { log } | Board::Aside { log } | Board::Closed { log }) = self;
         log.iter().copied().map(Entry::unpack).collect()
     }
 }
@@ -92,63 +153,102 @@ pub enum Op {
         timer: u32,
         tag: u64,
     },
+    Step,
+    Reopen,
+    Park,
+    /// What `Open`'s deadline fires.
+    Close,
 }
 
 fn timer_name(timer: u32) -> String {
     format!("t{timer}")
 }
 
-fn logged(s: board::BoardRef<'_>, entry: Entry) -> board::Board {
-    let mut log = s.log.clone();
+fn logged(log: &Log, entry: Entry) -> Log {
+    let mut log = log.clone();
     log.push(entry.pack());
-    board::Board { log }
+    log
 }
 
-impl Handler<op::Arm, board::Board> for board::Board {
-    fn handle(
-        s: board::BoardRef<'_>,
-        e: op::Arm,
-        fx: &mut Effects<()>,
-    ) -> Result<board::Board, Refusal> {
+/// The handlers: each logs its entry; `Arm` and `Cancel` also ask for their timer.
+macro_rules! handlers {
+    ($($from:ident($view:ident) { $($event:ident => $to:ident),* })*) => {$($(
+        impl Handler<op::$event, board::$to> for board::$from {
+            fn handle(
+                s: board::$view<'_>,
+                e: op::$event,
+                fx: &mut Effects<()>,
+            ) -> Result<board::$to, Refusal> {
+                Ok(board::$to {
+                    log: logged(s.log, e.record(fx)),
+                })
+            }
+        }
+    )*)*};
+}
+
+handlers! {
+    Board(BoardRef) { Arm => Board, Cancel => Board, Ring => Board, Step => Aside, Close => Closed, Park => Closed, Reopen => Board }
+    Aside(AsideRef) { Arm => Aside, Cancel => Aside, Ring => Aside, Step => Board, Close => Closed, Park => Closed, Reopen => Board }
+    Closed(ClosedRef) { Arm => Closed, Cancel => Closed, Ring => Closed, Step => Closed, Close => Closed, Park => Closed, Reopen => Board }
+}
+
+/// What an event does to the timers, and the entry it logs.
+trait Record {
+    fn record(self, fx: &mut Effects<()>) -> Entry;
+}
+
+impl Record for op::Arm {
+    fn record(self, fx: &mut Effects<()>) -> Entry {
         let ring = Op::Ring {
-            timer: e.timer,
-            tag: e.tag,
+            timer: self.timer,
+            tag: self.tag,
         };
-        fx.start_timer(timer_name(e.timer), Duration::from_millis(e.ms), ring);
-        Ok(logged(
-            s,
-            Entry::Arm {
-                timer: e.timer,
-                tag: e.tag,
-            },
-        ))
+        fx.start_timer(timer_name(self.timer), Duration::from_millis(self.ms), ring);
+        Entry::Arm {
+            timer: self.timer,
+            tag: self.tag,
+        }
     }
 }
 
-impl Handler<op::Cancel, board::Board> for board::Board {
-    fn handle(
-        s: board::BoardRef<'_>,
-        e: op::Cancel,
-        fx: &mut Effects<()>,
-    ) -> Result<board::Board, Refusal> {
-        fx.cancel_timer(timer_name(e.timer));
-        Ok(logged(s, Entry::Cancel { timer: e.timer }))
+impl Record for op::Cancel {
+    fn record(self, fx: &mut Effects<()>) -> Entry {
+        fx.cancel_timer(timer_name(self.timer));
+        Entry::Cancel { timer: self.timer }
     }
 }
 
-impl Handler<op::Ring, board::Board> for board::Board {
-    fn handle(
-        s: board::BoardRef<'_>,
-        e: op::Ring,
-        _: &mut Effects<()>,
-    ) -> Result<board::Board, Refusal> {
-        Ok(logged(
-            s,
-            Entry::Ring {
-                timer: e.timer,
-                tag: e.tag,
-            },
-        ))
+impl Record for op::Ring {
+    fn record(self, _: &mut Effects<()>) -> Entry {
+        Entry::Ring {
+            timer: self.timer,
+            tag: self.tag,
+        }
+    }
+}
+
+impl Record for op::Step {
+    fn record(self, _: &mut Effects<()>) -> Entry {
+        Entry::Step
+    }
+}
+
+impl Record for op::Reopen {
+    fn record(self, _: &mut Effects<()>) -> Entry {
+        Entry::Enter
+    }
+}
+
+impl Record for op::Park {
+    fn record(self, _: &mut Effects<()>) -> Entry {
+        Entry::Park
+    }
+}
+
+impl Record for op::Close {
+    fn record(self, _: &mut Effects<()>) -> Entry {
+        Entry::Close
     }
 }
 
@@ -158,6 +258,15 @@ fn machine(i: u64) -> MachineId {
 
 fn initial(_: &MachineId) -> Board {
     Board::Board { log: Vec::new() }
+}
+
+/// Whether a log leaves the machine inside `Open`.
+fn open(log: &[Entry]) -> bool {
+    log.iter().fold(true, |open, e| match e {
+        Entry::Enter => true,
+        Entry::Close | Entry::Park => false,
+        _ => open,
+    })
 }
 
 /// The armings a log leaves running, per timer.
@@ -176,14 +285,17 @@ fn running(log: &[Entry]) -> HashMap<u32, u64> {
                     armed.remove(&timer);
                 }
             }
+            Entry::Step | Entry::Enter | Entry::Close | Entry::Park => {}
         }
     }
     armed
 }
 
-/// The child: reads `<machine> <key> arm <timer> <tag> <ms>` / `<machine> <key> cancel
-/// <timer>`, answers `ack <key> <seq> <duplicate>` or `err <key> <why>`. With `FSM_TIMER_FINAL` set it
-/// stays, after stdin closes, until every machine's timers have fired, then drains.
+/// The child: reads `<machine> <key> arm <timer> <tag> <ms>`, `<machine> <key> cancel
+/// <timer>`, `<machine> <key> step|reopen|park`, answers `ack <key> <seq>
+/// <duplicate>` or `err <key> <why>`. With `FSM_TIMER_FINAL` set it stays, after stdin
+/// closes, until every machine's timers have fired and every machine has left `Open`, then
+/// drains.
 fn child(dir: &Path) {
     let kernel = fsm_persist::file_kernel(dir, initial)
         .shards(2)
@@ -215,6 +327,9 @@ fn child(dir: &Path) {
             ["cancel", timer] => Op::Cancel {
                 timer: timer.parse().unwrap(),
             },
+            ["step"] => Op::Step,
+            ["reopen"] => Op::Reopen,
+            ["park"] => Op::Park,
             _ => panic!("bad line {line:?}"),
         };
         let request = Request::new(op).with_key(IdempotencyKey::new(parts[1]).unwrap());
@@ -231,13 +346,19 @@ fn child(dir: &Path) {
         for i in 0..MACHINES {
             loop {
                 let log = kernel.state(&machine(i)).unwrap().0.entries();
-                if running(&log).is_empty() {
+                let open = !log.is_empty() && open(&log);
+                if running(&log).is_empty() && !open {
                     break;
                 }
                 assert!(
                     start.elapsed() < Duration::from_secs(120),
-                    "machine {i}: timers armed long past their deadlines never fired: {:?}",
-                    running(&log)
+                    "machine {i}: timers armed long past their deadlines never fired: {:?}{}",
+                    running(&log),
+                    if open {
+                        ", and Open's deadline never came"
+                    } else {
+                        ""
+                    }
                 );
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -250,6 +371,9 @@ fn child(dir: &Path) {
 enum Cmd {
     Arm { timer: u32, tag: u64, ms: u64 },
     Cancel { timer: u32 },
+    Step,
+    Reopen,
+    Park,
 }
 
 fn spawn(dir: &Path, last: bool) -> (std::process::Child, mpsc::Receiver<String>) {
@@ -270,6 +394,9 @@ fn send(child: &mut std::process::Child, commands: &BTreeMap<String, (u64, Cmd)>
             Cmd::Cancel { timer } => {
                 text.push_str(&format!("{} {key} cancel {timer}\n", machine(*m)))
             }
+            Cmd::Step => text.push_str(&format!("{} {key} step\n", machine(*m))),
+            Cmd::Reopen => text.push_str(&format!("{} {key} reopen\n", machine(*m))),
+            Cmd::Park => text.push_str(&format!("{} {key} park\n", machine(*m))),
         }
     }
     child::write(child, &text);
@@ -329,15 +456,18 @@ fn main() {
                 let m = rng.u64(0..MACHINES);
                 let timer = rng.u32(0..TIMERS);
                 // Short timers come due during a cycle or while the child is dead; a few
-                // cancels and many re-armings replace running ones.
-                let cmd = if rng.u8(0..4) == 0 {
-                    Cmd::Cancel { timer }
-                } else {
-                    Cmd::Arm {
+                // cancels and many re-armings replace running ones; moves inside `Open` and
+                // entries into it race its deadline.
+                let cmd = match rng.u8(0..13) {
+                    0..=2 => Cmd::Cancel { timer },
+                    3 | 4 => Cmd::Step,
+                    5 | 6 => Cmd::Reopen,
+                    7 => Cmd::Park,
+                    _ => Cmd::Arm {
                         timer,
                         tag: next,
                         ms: rng.u64(1..80),
-                    }
+                    },
                 };
                 let key = format!("k{next:08}");
                 sent.insert(key.clone(), (m, cmd));
@@ -378,7 +508,7 @@ fn main() {
     // The logs against the commands.
     let store = FileStore::open(&dir).unwrap();
     let codec = Codec::<Board>::new(1);
-    let (mut rings, mut replaced) = (0usize, 0usize);
+    let (mut rings, mut replaced, mut closes) = (0usize, 0usize, 0usize);
     for i in 0..MACHINES {
         let log = match store.load(&machine(i), &codec).unwrap() {
             Some((board, _)) => board.entries(),
@@ -390,12 +520,15 @@ fn main() {
             .map(|(_, c)| match *c {
                 Cmd::Arm { timer, tag, .. } => Entry::Arm { timer, tag },
                 Cmd::Cancel { timer } => Entry::Cancel { timer },
+                Cmd::Step => Entry::Step,
+                Cmd::Reopen => Entry::Enter,
+                Cmd::Park => Entry::Park,
             })
             .collect();
         let applied: Vec<Entry> = log
             .iter()
             .copied()
-            .filter(|e| !matches!(e, Entry::Ring { .. }))
+            .filter(|e| !matches!(e, Entry::Ring { .. } | Entry::Close))
             .collect();
         assert_eq!(
             applied, commands,
@@ -403,8 +536,21 @@ fn main() {
         );
         let mut current: HashMap<u32, u64> = HashMap::new();
         let mut rang: HashMap<u64, usize> = HashMap::new();
+        // A machine starts inside `Open`: its first command armed the deadline.
+        let mut inside = true;
         for (at, e) in log.iter().enumerate() {
             match *e {
+                Entry::Step => {}
+                Entry::Enter => inside = true,
+                Entry::Park => inside = false,
+                Entry::Close => {
+                    assert!(
+                        inside,
+                        "machine {i}, entry {at}: Open's deadline fired after the machine left Open, or twice for one entry (seed {seed})"
+                    );
+                    inside = false;
+                    closes += 1;
+                }
                 Entry::Arm { timer, tag } => {
                     if current.insert(timer, tag).is_some() {
                         replaced += 1;
@@ -430,12 +576,16 @@ fn main() {
             "machine {i}: armings never fired: {current:?} (seed {seed})"
         );
         assert!(
+            log.is_empty() || !inside,
+            "machine {i}: its last entry into Open never met its deadline (seed {seed})"
+        );
+        assert!(
             rang.values().all(|&n| n == 1),
             "a firing repeated (seed {seed})"
         );
     }
     println!(
-        "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({} acknowledgements, {} of them duplicates answered from the journal, {} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {:.1?}",
+        "timer_kill9: {cycles} SIGKILL cycles, {} commands each applied exactly once ({} acknowledgements, {} of them duplicates answered from the journal, {} errors retried), {rings} timers fired exactly once each, {replaced} armings replaced before they fired, none fired after being cancelled or replaced, {closes} superstate deadlines fired once each and only inside, {:.1?}",
         sent.len(),
         tally.acks,
         tally.duplicates,

@@ -12,7 +12,7 @@
 //! | **state timeout** | a transition that *enters* a state declaring `state_timeout(ms = N => Event)`, or [`Effects::restart_state_timeout`] | any transition that changes the state (not a self-transition), or [`Effects::cancel_state_timeout`] | one per machine |
 //! | **event timeout** | [`Effects::event_timeout`] | any event the machine accepts, or [`Effects::cancel_event_timeout`] | one per machine |
 //! | **named timer** | [`Effects::start_timer`] (a running timer of that name is replaced) | [`Effects::cancel_timer`]: it survives state changes | [`KernelBuilder::max_timers`](crate::kernel::KernelBuilder::max_timers) in all |
-//! | **superstate timeout** | a transition that brings the machine into a superstate declaring `state_timeout(..)` (or a machine starting inside one) | a transition that takes it out of the superstate: moves between the states inside keep it | one per superstate |
+//! | **superstate timeout** | a transition that brings the machine into a superstate declaring `state_timeout(..)` (or a machine starting inside one), also one that leaves it and enters it again (declared on it into itself or a state inside, not `local`) | a transition that takes it out of the superstate (see [`Table::crossed`](crate::Table::crossed)): moves between the states inside keep it | one per superstate |
 //!
 //! Entering a **terminal** state cancels every timer of the machine, named ones and those the
 //! transition's handler asked for included: a terminal state takes no event, so nothing armed

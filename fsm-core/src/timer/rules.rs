@@ -48,6 +48,28 @@ impl<P> Timers<P> {
         self.armed.iter().find(|a| &a.kind == kind)
     }
 
+    /// The same timers with each event converted by `f`; the first conversion that fails
+    /// is the answer.
+    pub(crate) fn try_map<Q, E>(
+        &self,
+        mut f: impl FnMut(&TimerKind, &P) -> Result<Q, E>,
+    ) -> Result<Timers<Q>, E> {
+        let mut armed = Vec::with_capacity(self.armed.len());
+        for a in &self.armed {
+            armed.push(Armed {
+                kind: a.kind.clone(),
+                instance: a.instance,
+                deadline: a.deadline,
+                after: a.after,
+                event: a.event.as_ref().map(|e| f(&a.kind, e)).transpose()?,
+            });
+        }
+        Ok(Timers {
+            next: self.next,
+            armed,
+        })
+    }
+
     /// Whether this very arming is still armed.
     pub(crate) fn is_armed(&self, kind: &TimerKind, instance: u64) -> bool {
         self.get(kind).is_some_and(|a| a.instance == instance)
@@ -114,25 +136,24 @@ pub(crate) enum Step<P> {
     Cancel(TimerKind),
 }
 
-/// The cancels and armings of superstate timeouts for a transition that changes the state.
+/// The cancels and armings of superstate timeouts for a transition: those of the superstates
+/// it leaves are cancelled, those of the superstates it enters armed (a transition that
+/// re-enters a superstate does both).
 fn superstate_steps<P>(
     steps: &mut Vec<Step<P>>,
     table: &Table,
     transition: &Transition,
     deadline: &impl Fn(&TimerKind, u64) -> Result<(), TimerError>,
 ) -> Result<(), TimerError> {
-    let (from, to) = (transition.from(), transition.to());
-    for left in table.ancestors(from) {
-        if !table.ancestors(to).any(|a| a == left) {
-            if let Some(s) = table.superstates().get(left) {
+    let (left, entered) = table.crossed(transition.from(), transition.event(), transition.to());
+    for left in left {
+        if let Some(s) = table.superstates().get(left) {
+            if s.state_timeout().is_some() {
                 steps.push(Step::Cancel(TimerKind::Superstate(s.name().into())));
             }
         }
     }
-    for entered in table.ancestors(to) {
-        if table.ancestors(from).any(|a| a == entered) {
-            continue;
-        }
+    for entered in entered {
         let Some(s) = table.superstates().get(entered) else {
             continue;
         };
@@ -228,12 +249,12 @@ pub(crate) fn on_accepted_in<P>(
             deadline(&TimerKind::State, t.after_ms)?;
             steps.push(Step::Arm(TimerKind::State, t.after_ms, None));
         }
-        // A superstate's timeout follows membership: cancelled when the machine is no longer
-        // inside the superstate, armed when it comes to be inside it; moves between the
-        // states inside change nothing.
-        if !table.superstates().is_empty() {
-            superstate_steps(steps, table, transition, &deadline)?;
-        }
+    }
+    // A superstate's timeout follows the superstate's exits and entries: cancelled by a
+    // transition that leaves it, armed by one that enters it (both by one that leaves it and
+    // enters it again); moves between the states inside change nothing.
+    if !table.superstates().is_empty() {
+        superstate_steps(steps, table, transition, &deadline)?;
     }
     // A timer that carries an event: duration, deadline and event checked.
     let mut carrying = |kind: TimerKind, after: Duration, event: TimerEvent| {

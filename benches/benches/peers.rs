@@ -6,6 +6,10 @@
 //! end: a table of ns/event and the ratio to the hand-written match, and the sizes of the
 //! machine values and of this crate's `Rejection` and `Transition`.
 //!
+//! Then the machine with superstates (`peers/hierarchy.rs`, three levels, `Reset` inherited
+//! from the root): by hand, the derive flat and with superstates, statig with superstates
+//! (group `peers_hierarchy/{stream}`).
+//!
 //! `cargo bench -p fsm-benches --bench peers`
 
 #[path = "../peers/machines.rs"]
@@ -122,7 +126,34 @@ fn summary() {
     );
 }
 
-criterion_group!(benches, bench_peers);
+fn bench_hierarchy(c: &mut Criterion) {
+    use machines::hierarchy;
+    let streams = hierarchy::streams(LEN, SEED);
+    hierarchy::check_all(&streams).expect(
+        "every implementation of the hierarchical machine agrees with the hand-written one",
+    );
+    for (name, events) in &streams {
+        let p = hierarchy::Prepared::new(events);
+        let mut group = c.benchmark_group(format!("peers_hierarchy/{name}"));
+        group.throughput(Throughput::Elements(LEN as u64));
+        group.sample_size(20);
+        group.bench_function("hand_match", |b| {
+            b.iter(|| hierarchy::run_hand(black_box(&p.hand)))
+        });
+        group.bench_function("fsm_derive_flat", |b| {
+            b.iter(|| hierarchy::flat::run(black_box(&p.derived)))
+        });
+        group.bench_function("fsm_derive_superstates", |b| {
+            b.iter(|| hierarchy::nested::run(black_box(&p.derived)))
+        });
+        group.bench_function("statig_superstates", |b| {
+            b.iter(|| hierarchy::statig_nested::run(black_box(&p.hand)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_peers, bench_hierarchy);
 
 fn main() {
     benches();

@@ -75,6 +75,10 @@ fn mix(h: u64, s: u8) -> u64 {
 
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// The same events on a machine with superstates (three levels), four ways.
+#[path = "hierarchy.rs"]
+pub mod hierarchy;
+
 // ---------------------------------------------------------------- by hand
 
 /// The hand-written machine: a nested `match`.
@@ -199,6 +203,86 @@ pub fn run_derived(events: &[derived::Cmd]) -> u64 {
         h = mix(h, derived_state(m) as u8);
     }
     h
+}
+
+// ---------------------------------------------------------------- the same, with handlers
+
+/// The derived machine with a trivial `Handler` for each transition instead of `plain`: what
+/// the README's recommendation (`plain` where the handler would only name the target) is
+/// measured against.
+pub mod handlers {
+    use fsm_core::{Effects, Handler, Refusal, StateMachine};
+
+    pub use super::derived::Cmd;
+
+    #[derive(StateMachine, Debug, Clone, Copy, PartialEq, Eq)]
+    #[fsm(event = Cmd)]
+    pub enum Phase {
+        #[fsm(initial, on(Start => Starting))]
+        Idle,
+        #[fsm(on(Ready => Running), on(Stop => Stopping))]
+        Starting,
+        #[fsm(on(Pause => Paused), on(Stop => Stopping), on(Finish => Done))]
+        Running,
+        #[fsm(on(Resume => Running), on(Stop => Stopping), on(Reset => Idle))]
+        Paused,
+        #[fsm(on(Finish => Done))]
+        Stopping,
+        #[fsm(on(Reset => Idle))]
+        Done,
+    }
+
+    macro_rules! trivial {
+        ($($from:ident --$event:ident--> $to:ident),* $(,)?) => {$(
+            impl Handler<super::derived::cmd::$event, phase::$to> for phase::$from {
+                fn handle(
+                    _: phase::$from,
+                    _: super::derived::cmd::$event,
+                    _: &mut Effects<()>,
+                ) -> Result<phase::$to, Refusal> {
+                    Ok(phase::$to)
+                }
+            }
+        )*};
+    }
+
+    trivial! {
+        Idle --Start--> Starting,
+        Starting --Ready--> Running,
+        Starting --Stop--> Stopping,
+        Running --Pause--> Paused,
+        Running --Stop--> Stopping,
+        Running --Finish--> Done,
+        Paused --Resume--> Running,
+        Paused --Stop--> Stopping,
+        Paused --Reset--> Idle,
+        Stopping --Finish--> Done,
+        Done --Reset--> Idle,
+    }
+
+    fn st(p: Phase) -> super::St {
+        use super::St;
+        match p {
+            Phase::Idle => St::Idle,
+            Phase::Starting => St::Starting,
+            Phase::Running => St::Running,
+            Phase::Paused => St::Paused,
+            Phase::Stopping => St::Stopping,
+            Phase::Done => St::Done,
+        }
+    }
+
+    #[inline(never)]
+    pub fn run(events: &[Cmd]) -> u64 {
+        let mut m = Phase::Idle;
+        let mut fx = Effects::new();
+        let mut h = super::SEED;
+        for &e in events {
+            let _ = m.apply_into(e, &mut fx);
+            h = super::mix(h, st(m) as u8);
+        }
+        h
+    }
 }
 
 // ---------------------------------------------------------------- the same, names sorted
@@ -782,6 +866,16 @@ pub mod finny_impl {
 /// The three streams: a lifecycle cycle (every event valid), a random walk of valid events,
 /// and a stream where about half the events are invalid in the state they meet.
 pub fn streams(len: usize, seed: u64) -> [(&'static str, Vec<Ev>); 3] {
+    streams_of(len, seed, hand_next)
+}
+
+/// The three streams for the machine whose transitions `next` gives: the cycle of the seven
+/// events, a random walk of accepted events, and half accepted, half rejected.
+pub fn streams_of(
+    len: usize,
+    seed: u64,
+    next: fn(St, Ev) -> Option<St>,
+) -> [(&'static str, Vec<Ev>); 3] {
     let cycle = [
         Ev::Start,
         Ev::Ready,
@@ -799,19 +893,18 @@ pub fn streams(len: usize, seed: u64) -> [(&'static str, Vec<Ev>); 3] {
     for _ in 0..len {
         let valid: Vec<Ev> = EVENTS
             .into_iter()
-            .filter(|&e| hand_next(s, e).is_some())
+            .filter(|&e| next(s, e).is_some())
             .collect();
         let e = valid[rng.usize(..valid.len())];
-        s = hand_next(s, e).expect("valid");
+        s = next(s, e).expect("valid");
         walk.push(e);
-        let (ok, bad): (Vec<Ev>, Vec<Ev>) =
-            EVENTS.into_iter().partition(|&e| hand_next(t, e).is_some());
-        let e = if rng.bool() {
+        let (ok, bad): (Vec<Ev>, Vec<Ev>) = EVENTS.into_iter().partition(|&e| next(t, e).is_some());
+        let e = if rng.bool() || bad.is_empty() {
             ok[rng.usize(..ok.len())]
         } else {
             bad[rng.usize(..bad.len())]
         };
-        t = hand_next(t, e).unwrap_or(t);
+        t = next(t, e).unwrap_or(t);
         half.push(e);
     }
     [
@@ -819,6 +912,34 @@ pub fn streams(len: usize, seed: u64) -> [(&'static str, Vec<Ev>); 3] {
         ("random_walk", walk),
         ("half_invalid", half),
     ]
+}
+
+/// A shortest path of accepted events from `Idle` to each state, for the machine whose
+/// transitions `next` gives.
+pub fn paths_to_every_state(next: fn(St, Ev) -> Option<St>) -> Vec<Vec<Ev>> {
+    STATES
+        .iter()
+        .map(|&target| {
+            let mut queue = std::collections::VecDeque::from([(St::Idle, Vec::new())]);
+            let mut seen = vec![St::Idle];
+            while let Some((s, path)) = queue.pop_front() {
+                if s == target {
+                    return path;
+                }
+                for e in EVENTS {
+                    if let Some(n) = next(s, e) {
+                        if !seen.contains(&n) {
+                            seen.push(n);
+                            let mut p = path.clone();
+                            p.push(e);
+                            queue.push_back((n, p));
+                        }
+                    }
+                }
+            }
+            panic!("{target:?} is unreachable")
+        })
+        .collect()
 }
 
 /// The implementations' names, in the order of [`run_all`]'s results.
@@ -875,35 +996,13 @@ pub fn run_all(p: &Prepared) -> [u64; 9] {
 /// Checks every implementation against the hand-written one on every (state, event) pair
 /// (the state reached by a shortest path, then the event) and on each stream.
 pub fn check_all(streams: &[(&'static str, Vec<Ev>)]) -> Result<(), String> {
-    // A shortest path of valid events from Idle to each state.
-    let paths: Vec<Vec<Ev>> = STATES
-        .iter()
-        .map(|&target| {
-            let mut queue = std::collections::VecDeque::from([(St::Idle, Vec::new())]);
-            let mut seen = vec![St::Idle];
-            while let Some((s, path)) = queue.pop_front() {
-                if s == target {
-                    return path;
-                }
-                for e in EVENTS {
-                    if let Some(n) = hand_next(s, e) {
-                        if !seen.contains(&n) {
-                            seen.push(n);
-                            let mut p = path.clone();
-                            p.push(e);
-                            queue.push_back((n, p));
-                        }
-                    }
-                }
-            }
-            panic!("{target:?} is unreachable")
-        })
-        .collect();
+    let paths = paths_to_every_state(hand_next);
     for (s, path) in STATES.iter().zip(&paths) {
         for e in EVENTS {
             let mut events = path.clone();
             events.push(e);
-            let got = run_all(&Prepared::new(&events));
+            let p = Prepared::new(&events);
+            let got = run_all(&p);
             for (name, h) in NAMES.iter().zip(got) {
                 if h != got[0] {
                     return Err(format!(
@@ -911,16 +1010,27 @@ pub fn check_all(streams: &[(&'static str, Vec<Ev>)]) -> Result<(), String> {
                     ));
                 }
             }
+            if handlers::run(&p.derived) != got[0] {
+                return Err(format!(
+                    "the derive with handlers disagrees with the hand-written match on {s:?} + {e:?}"
+                ));
+            }
         }
     }
     for (stream, events) in streams {
-        let got = run_all(&Prepared::new(events));
+        let p = Prepared::new(events);
+        let got = run_all(&p);
         for (name, h) in NAMES.iter().zip(got) {
             if h != got[0] {
                 return Err(format!(
                     "{name} disagrees with the hand-written match on the {stream} stream"
                 ));
             }
+        }
+        if handlers::run(&p.derived) != got[0] {
+            return Err(format!(
+                "the derive with handlers disagrees with the hand-written match on the {stream} stream"
+            ));
         }
     }
     Ok(())

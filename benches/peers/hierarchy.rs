@@ -77,7 +77,7 @@ pub fn run_hand(events: &[Ev]) -> u64 {
 
 /// The derive, flat: every transition declared on the state it leaves.
 pub mod flat {
-    use fsm_core::{Effects, Event, StateMachine};
+    use fsm_core::{Event, StateMachine};
 
     #[derive(StateMachine, Debug, Clone, Copy, PartialEq, Eq)]
     #[fsm(event = Cmd)]
@@ -130,35 +130,13 @@ pub mod flat {
         }
     }
 
-    fn st(p: Phase) -> super::St {
-        use super::St;
-        match p {
-            Phase::Idle => St::Idle,
-            Phase::Starting => St::Starting,
-            Phase::Running => St::Running,
-            Phase::Paused => St::Paused,
-            Phase::Stopping => St::Stopping,
-            Phase::Done => St::Done,
-        }
-    }
-
-    #[inline(never)]
-    pub fn run(events: &[Cmd]) -> u64 {
-        let mut m = Phase::Idle;
-        let mut fx = Effects::new();
-        let mut h = super::SEED;
-        for &e in events {
-            let _ = m.apply_into(e, &mut fx);
-            h = super::mix(h, st(m) as u8);
-        }
-        h
-    }
+    phase_loop!();
 }
 
 /// The derive with superstates: `Reset` declared once on the machine, `Stop` on `Active`,
 /// `Finish` on `Working`.
 pub mod nested {
-    use fsm_core::{Effects, StateMachine};
+    use fsm_core::StateMachine;
 
     pub use super::flat::Cmd;
 
@@ -183,29 +161,7 @@ pub mod nested {
         Done,
     }
 
-    fn st(p: Phase) -> super::St {
-        use super::St;
-        match p {
-            Phase::Idle => St::Idle,
-            Phase::Starting => St::Starting,
-            Phase::Running => St::Running,
-            Phase::Paused => St::Paused,
-            Phase::Stopping => St::Stopping,
-            Phase::Done => St::Done,
-        }
-    }
-
-    #[inline(never)]
-    pub fn run(events: &[Cmd]) -> u64 {
-        let mut m = Phase::Idle;
-        let mut fx = Effects::new();
-        let mut h = super::SEED;
-        for &e in events {
-            let _ = m.apply_into(e, &mut fx);
-            h = super::mix(h, st(m) as u8);
-        }
-        h
-    }
+    phase_loop!();
 }
 
 /// statig with superstates: `top` takes `Reset` for every state, `active` takes `Stop`,

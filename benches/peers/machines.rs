@@ -75,6 +75,38 @@ fn mix(h: u64, s: u8) -> u64 {
 
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// In a module with a derived six-state `Phase` (states named as [`St`]'s) and its `Cmd`:
+/// `st`, the state as [`St`], and `run`, the derive's loop over a stream (`apply_into` with a
+/// reused buffer, the state folded into the fingerprint).
+macro_rules! phase_loop {
+    () => {
+        fn st(p: Phase) -> super::St {
+            use super::St;
+            match p {
+                Phase::Idle => St::Idle,
+                Phase::Starting => St::Starting,
+                Phase::Running => St::Running,
+                Phase::Paused => St::Paused,
+                Phase::Stopping => St::Stopping,
+                Phase::Done => St::Done,
+            }
+        }
+
+        #[inline(never)]
+        pub fn run(events: &[Cmd]) -> u64 {
+            use fsm_core::StateMachine;
+            let mut m = Phase::Idle;
+            let mut fx = fsm_core::Effects::new();
+            let mut h = super::SEED;
+            for &e in events {
+                let _ = m.apply_into(e, &mut fx);
+                h = super::mix(h, st(m) as u8);
+            }
+            h
+        }
+    };
+}
+
 /// The same events on a machine with superstates (three levels), four ways.
 #[path = "hierarchy.rs"]
 pub mod hierarchy;
@@ -164,6 +196,8 @@ pub mod derived {
         Finish,
         Reset,
     }
+
+    phase_loop!();
 }
 
 pub fn to_derived(e: Ev) -> derived::Cmd {
@@ -179,30 +213,9 @@ pub fn to_derived(e: Ev) -> derived::Cmd {
     }
 }
 
-fn derived_state(p: derived::Phase) -> St {
-    use derived::Phase;
-    match p {
-        Phase::Idle => St::Idle,
-        Phase::Starting => St::Starting,
-        Phase::Running => St::Running,
-        Phase::Paused => St::Paused,
-        Phase::Stopping => St::Stopping,
-        Phase::Done => St::Done,
-    }
-}
-
 /// The derive's runtime dispatch, as a user calls it: `apply_into` with a reused buffer.
-#[inline(never)]
 pub fn run_derived(events: &[derived::Cmd]) -> u64 {
-    use fsm_core::{Effects, StateMachine};
-    let mut m = derived::Phase::Idle;
-    let mut fx = Effects::new();
-    let mut h = SEED;
-    for &e in events {
-        let _ = m.apply_into(e, &mut fx);
-        h = mix(h, derived_state(m) as u8);
-    }
-    h
+    derived::run(events)
 }
 
 // ---------------------------------------------------------------- the same, with handlers
@@ -260,29 +273,7 @@ pub mod handlers {
         Done --Reset--> Idle,
     }
 
-    fn st(p: Phase) -> super::St {
-        use super::St;
-        match p {
-            Phase::Idle => St::Idle,
-            Phase::Starting => St::Starting,
-            Phase::Running => St::Running,
-            Phase::Paused => St::Paused,
-            Phase::Stopping => St::Stopping,
-            Phase::Done => St::Done,
-        }
-    }
-
-    #[inline(never)]
-    pub fn run(events: &[Cmd]) -> u64 {
-        let mut m = Phase::Idle;
-        let mut fx = Effects::new();
-        let mut h = super::SEED;
-        for &e in events {
-            let _ = m.apply_into(e, &mut fx);
-            h = super::mix(h, st(m) as u8);
-        }
-        h
-    }
+    phase_loop!();
 }
 
 // ---------------------------------------------------------------- the same, names sorted

@@ -537,6 +537,44 @@ fn the_property_check_with_time_follows_superstate_timeouts() {
     assert_eq!(run.fired, 1);
 }
 
+/// Restore is invisible for the checkout too (`restore.rs` has the flat and three-level
+/// machines): stored and loaded at random moments, it goes on as if nothing happened.
+#[test]
+fn one_superstate_with_a_deadline_restores_invisibly_under_random_runs() {
+    use fsm_core::testing::Checker;
+    for start in [Order::Cart, Order::Paying, Order::Cancelled] {
+        Checker::<Order>::new()
+            .snapshots()
+            .restores()
+            .run_timed(start.clone())
+            .unwrap_or_else(|f| panic!("from {start:?}: {f}"));
+    }
+}
+
+#[test]
+fn a_checkout_deadline_is_not_moved_by_a_restart() {
+    use fsm_core::testing::{Checker, Input};
+    use std::time::Duration;
+    let ms = |n| Input::Elapse(Duration::from_millis(n));
+    let co = Input::Event;
+    let run = Checker::<Order>::new()
+        .restores()
+        .check_timed(
+            &Order::Cart,
+            [
+                co(Co::Pay),
+                ms(600),
+                Input::Restore,
+                co(Co::Back),
+                ms(399),
+                Input::Restore,
+                ms(1), // the second since the checkout began: Expire
+            ],
+        )
+        .unwrap();
+    assert_eq!(run.fired, 1);
+}
+
 #[test]
 fn the_admin_endpoint_shows_the_superstates_and_who_took_an_event() {
     use fsm_core::kernel::admin::proto::{Entry, Reply, Request, Show};

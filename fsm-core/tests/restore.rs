@@ -1,11 +1,11 @@
 //! Restore is invisible: a run in which the machine and its armed timers are stored and
 //! loaded again at random moments (as the kernel does across a restart) reaches the same
 //! states, emits the same effects and fires the same timers at the same moments as the same
-//! run without the restarts. Checked over every hierarchy configuration of these machines: a
-//! flat one, one superstate with a deadline, and three levels with timeouts on two of them,
-//! a transition declared for every state, local and re-entering transitions, hooks, named
-//! timers and event timeouts. The two machines at the end break it on purpose, and the check
-//! says where.
+//! run without the restarts. Checked over every hierarchy configuration: a flat machine here,
+//! three levels here (timeouts on two of them, a transition declared for every state, local
+//! and re-entering transitions, hooks, named timers and event timeouts), and one superstate
+//! with a deadline in `hierarchy.rs` (its checkout). The two machines at the end break it on
+//! purpose, and the check says where.
 #![allow(missing_docs)]
 
 use std::time::Duration;
@@ -181,75 +181,6 @@ fn a_restart_inside_the_superstates_keeps_every_deadline() {
     assert_eq!(run.restored, 7);
     // Ready, four ramps, Untrim, two checks, Shift, and Ready after the resume.
     assert_eq!(run.fired, 10, "{run:?}");
-}
-
-// ---------------------------------------------------------------- one level
-
-/// A checkout that must finish within a second, whatever moves it makes inside.
-#[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[fsm(
-    event = Co,
-    superstate(
-        Checkout,
-        initial = Cart,
-        state_timeout(ms = 1000 => Expire),
-        on(Expire => Expired, plain),
-        on(Cancel => Cancelled, plain)
-    )
-)]
-pub enum Order {
-    #[fsm(initial, parent = Checkout, on(Pay => Paying, plain))]
-    Cart,
-    #[fsm(parent = Checkout, on(Back => Cart, plain), on(Approve => Paid, plain))]
-    Paying,
-    #[fsm(on(Reopen => Checkout, plain))]
-    Cancelled,
-    #[fsm(terminal)]
-    Expired,
-    #[fsm(terminal)]
-    Paid,
-}
-
-#[derive(Event, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Co {
-    Pay,
-    Back,
-    Approve,
-    Cancel,
-    Reopen,
-    Expire,
-}
-
-#[test]
-fn one_superstate_with_a_deadline_restores_invisibly_under_random_runs() {
-    for start in [Order::Cart, Order::Paying, Order::Cancelled] {
-        Checker::<Order>::new()
-            .snapshots()
-            .restores()
-            .run_timed(start.clone())
-            .unwrap_or_else(|f| panic!("from {start:?}: {f}"));
-    }
-}
-
-#[test]
-fn a_checkout_deadline_is_not_moved_by_a_restart() {
-    let co = |e| Input::Event(e);
-    let run = Checker::<Order>::new()
-        .restores()
-        .check_timed(
-            &Order::Cart,
-            [
-                co(Co::Pay),
-                ms(600),
-                Input::Restore,
-                co(Co::Back),
-                ms(399),
-                Input::Restore,
-                ms(1), // the second since the checkout began: Expire
-            ],
-        )
-        .unwrap();
-    assert_eq!(run.fired, 1);
 }
 
 // ---------------------------------------------------------------- flat
@@ -477,8 +408,8 @@ fn a_state_that_does_not_come_back_from_its_snapshot_is_caught_at_the_restart() 
 
 #[test]
 fn a_restart_without_restores_is_a_mistake_that_says_what_to_call() {
-    let v = Checker::<Order>::new()
-        .check_timed(&Order::Cart, [Input::Restore])
+    let v = Checker::<Plant>::new()
+        .check_timed(&Plant::Warming, [Input::Restore])
         .unwrap_err();
     assert_eq!(v.property, Property::RestoreIsInvisible);
     assert!(v.detail.contains("Checker::restores()"), "{v}");

@@ -634,6 +634,13 @@ impl Table {
             if self.is_terminal(t.from) {
                 errors.push(TableError::TransitionFromTerminal(*t));
             }
+            // A superstate re-entered is one around both states.
+            if let Some(outer) = t.reenters() {
+                let around = |s: StateId| self.ancestors(s).any(|a| a == outer);
+                if !(around(t.from) && around(t.to)) {
+                    errors.push(TableError::BadReentry(*t));
+                }
+            }
         }
         for (i, s) in self.states.iter().enumerate() {
             let id = StateId(i as u16);
@@ -708,6 +715,9 @@ pub enum TableError {
         /// The superstate (or the out-of-range index a state names).
         superstate: usize,
     },
+    /// A transition that says it re-enters a superstate ([`TransitionMeta::reentering`])
+    /// that is not around both of its states.
+    BadReentry(TransitionMeta),
 }
 
 impl fmt::Display for TableError {
@@ -731,6 +741,13 @@ impl fmt::Display for TableError {
             TableError::BadSuperstate { superstate } => write!(
                 f,
                 "superstate {superstate} is out of range, inside itself, or enters a state out of range"
+            ),
+            TableError::BadReentry(t) => write!(
+                f,
+                "the transition from state {} on event {} re-enters superstate {}, which is not around both its states",
+                t.from.0,
+                t.event.0,
+                t.reenters
             ),
         }
     }
@@ -831,5 +848,52 @@ mod tests {
             state: StateId(0),
             event: EventId(0)
         }));
+    }
+
+    // S = { A, B } with a timeout-free superstate; C outside. x re-enters S (declared on S into
+    // itself), y moves inside, z leaves; w claims to re-enter S though C is not inside it.
+    const NESTED: Table = Table::new(
+        "Nested",
+        &[
+            StateMeta::new("A").within(0),
+            StateMeta::new("B").within(0),
+            StateMeta::new("C"),
+        ],
+        &["x", "y", "z", "w"],
+        &[
+            TransitionMeta::new(1, 0, 0).reentering(0),
+            TransitionMeta::new(0, 1, 1),
+            TransitionMeta::new(0, 2, 2),
+            TransitionMeta::new(2, 3, 0).reentering(0),
+        ],
+        0,
+    )
+    .with_superstates(&[SuperstateMeta::new("S", 0)]);
+
+    #[test]
+    fn crossed_follows_reentry_and_verify_checks_it() {
+        let crossed = |from: u16, event: u16, to: u16| {
+            let (left, entered) = NESTED.crossed(StateId(from), EventId(event), StateId(to));
+            (left.collect::<Vec<_>>(), entered.collect::<Vec<_>>())
+        };
+        assert_eq!(crossed(1, 0, 0), (vec![0], vec![0]), "re-entered");
+        assert_eq!(crossed(0, 1, 1), (vec![], vec![]), "a move inside");
+        assert_eq!(crossed(0, 2, 2), (vec![0], vec![]), "left");
+        assert_eq!(
+            NESTED.common_superstate(StateId(0), EventId(1), StateId(1)),
+            Some(0)
+        );
+        assert_eq!(
+            NESTED.common_superstate(StateId(1), EventId(0), StateId(0)),
+            None
+        );
+        let errors = NESTED.verify().unwrap_err();
+        assert_eq!(
+            errors,
+            [TableError::BadReentry(
+                TransitionMeta::new(2, 3, 0).reentering(0)
+            )]
+        );
+        assert!(errors[0].to_string().contains("re-enters superstate 0"));
     }
 }

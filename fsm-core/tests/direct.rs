@@ -129,12 +129,17 @@ fn busy_buffer() -> Effects<String> {
     fx
 }
 
-#[test]
-fn apply_into_agrees_with_apply_on_every_state_and_event() {
+/// Applies every event to every state both ways and compares; returns (transitions without
+/// effects, rejections).
+fn agree<M>(states: Vec<M>, events: Vec<M::Event>) -> (usize, usize)
+where
+    M: StateMachine<Effect = String> + Clone + PartialEq + std::fmt::Debug,
+    M::Event: Clone + std::fmt::Debug,
+{
     let mut direct = 0;
     let mut rejected = 0;
-    for state in states() {
-        for event in events() {
+    for state in states {
+        for event in events.clone() {
             let what = format!("{state:?} + {event:?}");
             let mut by_apply = state.clone();
             let applied = by_apply.apply(event.clone());
@@ -174,9 +179,77 @@ fn apply_into_agrees_with_apply_on_every_state_and_event() {
             }
         }
     }
+    (direct, rejected)
+}
+
+#[test]
+fn apply_into_agrees_with_apply_on_every_state_and_event() {
+    let (direct, rejected) = agree(states(), events());
     // The pairs exercise both routes: the direct arms and the fall-through.
     assert!(direct >= 6, "only {direct} transitions without effects");
     assert!(rejected >= 20, "only {rejected} rejections");
+}
+
+/// Eight unit states whose transitions are all direct: the derive dispatches them from one
+/// constant word per event (a byte per state) with no branch on the state or the event. A
+/// terminal state, a self-transition, an event with a payload, and from every state events it
+/// does not take.
+#[derive(StateMachine, Debug, Clone, PartialEq, Eq)]
+#[fsm(event = Sig, effect = String)]
+pub enum Octet {
+    #[fsm(initial, on(Next => B, plain), on(Jump => H, plain))]
+    A,
+    #[fsm(on(Next => C, plain), on(Back => A, plain))]
+    B,
+    #[fsm(on(Next => D, plain), on(Back => B, plain), on(Stay => C, plain))]
+    C,
+    #[fsm(on(Next => E, plain), on(Back => C, plain))]
+    D,
+    #[fsm(on(Next => F, plain), on(Back => D, plain))]
+    E,
+    #[fsm(on(Next => G, plain), on(Back => E, plain), on(Data => A, plain))]
+    F,
+    #[fsm(on(Next => H, plain), on(Back => F, plain))]
+    G,
+    #[fsm(terminal)]
+    H,
+}
+
+#[derive(Event, Debug, Clone, PartialEq, Eq)]
+pub enum Sig {
+    Next,
+    Back,
+    Stay,
+    Jump,
+    Data { n: u32 },
+}
+
+#[test]
+fn a_machine_dispatched_from_its_packed_table_agrees_with_apply_everywhere() {
+    use Octet::*;
+    let states = vec![A, B, C, D, E, F, G, H];
+    let events = vec![
+        Sig::Next,
+        Sig::Back,
+        Sig::Stay,
+        Sig::Jump,
+        Sig::Data { n: 0 },
+        Sig::Data { n: u32::MAX },
+    ];
+    let (accepted, rejected) = agree(states, events);
+    // 8 states x 6 events: 17 transitions (Data twice from F), the rest rejected.
+    assert_eq!((accepted, rejected), (17, 31));
+    // A walk to the last state and the terminal rejection there.
+    let mut m = A;
+    let mut fx = Effects::new();
+    for _ in 0..7 {
+        m.apply_into(Sig::Next, &mut fx).unwrap();
+    }
+    assert_eq!(m, H);
+    let r = m.apply_into(Sig::Back, &mut fx).unwrap_err();
+    assert_eq!(r.reason(), &Reason::Terminal);
+    assert_eq!(m, H);
+    assert!(fx.is_empty());
 }
 
 #[test]

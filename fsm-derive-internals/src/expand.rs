@@ -678,6 +678,9 @@ impl Gen<'_, '_> {
         if !self.ir.any_direct() {
             return None;
         }
+        if let Some(packed) = self.packed_apply_into() {
+            return Some(packed);
+        }
         let krate = &self.paths.krate;
         let private = &self.paths.private;
         let e = self.event;
@@ -732,6 +735,90 @@ impl Gen<'_, '_> {
                     _ => {}
                 }
                 #private::apply_into::<Self>(self, __fsm_event, __fsm_effects)
+            }
+        })
+    }
+
+    /// `apply_into` for a small machine of unit states whose transitions are all direct: no
+    /// branch on the state or the event. A constant holds, per event, one word with a byte per
+    /// state (the target's index, bit 7 set where there is a transition); dispatch reads the
+    /// event's word and shifts it by the state. The event's word does not depend on the state,
+    /// so it is loaded ahead, and the next state is one shift away from the last: nothing for a
+    /// branch predictor to miss, where a jump on the state mispredicts on every surprising
+    /// event. `None` unless every state is a unit variant, every transition direct, the enum
+    /// has no generics and at most 8 states (a byte each in a `u64`).
+    fn packed_apply_into(&self) -> Option<TokenStream> {
+        let m = self.m;
+        let n = m.states.len();
+        let all_direct = self.ir.states.iter().flatten().all(Plan::is_direct);
+        if n > 8
+            || !all_direct
+            || !m.generics.params.is_empty()
+            || m.states.iter().any(|s| !s.variant.fields.is_empty())
+        {
+            return None;
+        }
+        let krate = &self.paths.krate;
+        let private = &self.paths.private;
+        let e = self.event;
+        let f = &self.effect;
+        // Every state rejects every event: its own index, without bit 7.
+        let reject_all: u64 = (0..n as u64).map(|i| i << (8 * i)).sum();
+        let sets = self.ir.states.iter().enumerate().flat_map(|(from, plans)| {
+            plans.iter().map(move |p| {
+                let id = self.id(&p.on.event);
+                let shift = 8 * from as u32;
+                let byte = 0x80_u64 | u64::from(p.to());
+                quote! {
+                    let __fsm_i = #id as usize;
+                    __fsm_t[__fsm_i] = (__fsm_t[__fsm_i] & !(0xff_u64 << #shift)) | (#byte << #shift);
+                }
+            })
+        });
+        let terminal_mask: u8 = m
+            .states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.attrs.terminal.is_empty())
+            .map(|(i, _)| 1_u8 << i)
+            .sum();
+        let from_index = m.states.iter().enumerate().map(|(i, s)| {
+            let ident = s.variant.ident;
+            let i = i as u8;
+            quote!(#i => Self::#ident,)
+        });
+        Some(quote! {
+            #[inline]
+            fn apply_into(
+                &mut self,
+                __fsm_event: #e,
+                __fsm_effects: &mut #krate::Effects<#f>,
+            ) -> #private::core::result::Result<#krate::Transition, #krate::Rejection> {
+                const __FSM_NEXT: [u64; <#e as #krate::Event>::NAMES.len()] = {
+                    let mut __fsm_t = [#reject_all; <#e as #krate::Event>::NAMES.len()];
+                    #(#sets)*
+                    __fsm_t
+                };
+                let _ = __fsm_effects;
+                let __fsm_e = #krate::Event::id(&__fsm_event).index();
+                let __fsm_s = #krate::StateMachine::state(self).index() & 7;
+                let __fsm_b = match __FSM_NEXT.get(__fsm_e) {
+                    #private::core::option::Option::Some(__fsm_w) => (*__fsm_w >> (8 * __fsm_s)) as u8,
+                    #private::core::option::Option::None => __fsm_s as u8,
+                };
+                let (__fsm_from, __fsm_ev) = (__fsm_s as u16, __fsm_e as u16);
+                *self = match __fsm_b & 0x7f {
+                    #(#from_index)*
+                    // Never: the constant holds only the states' indices.
+                    _ => #private::core::unreachable!("a state index outside the table"),
+                };
+                if __fsm_b & 0x80 != 0 {
+                    #private::direct::<Self>(__fsm_from, __fsm_ev, u16::from(__fsm_b & 0x7f))
+                } else if (#terminal_mask >> __fsm_s) & 1 != 0 {
+                    #private::core::result::Result::Err(#private::terminal::<Self>(__fsm_from, &__fsm_event))
+                } else {
+                    #private::core::result::Result::Err(#private::no_transition::<Self>(__fsm_from, &__fsm_event))
+                }
             }
         })
     }

@@ -740,6 +740,9 @@ pub struct Network {
     tag: String,
     octet: u32,
     nodes: usize,
+    /// Holds the second octet for this run: two runs at once (two copies of the test suite)
+    /// must not route the same subnet over two links.
+    _claim: std::fs::File,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -762,11 +765,12 @@ impl Network {
     /// Makes a namespace and a link for each of `nodes` nodes (numbered from 1).
     pub fn create(nodes: usize) -> Result<Network, String> {
         let pid = std::process::id();
+        let (octet, claim) = claim_octet(pid)?;
         let net = Network {
             tag: format!("f{}", pid % 100_000),
-            // 10.200-249.x.x: a second octet of this run's own.
-            octet: 200 + pid % 50,
+            octet,
             nodes,
+            _claim: claim,
         };
         for i in 1..=nodes {
             let (ns, host, inside) = net.names(i);
@@ -839,6 +843,34 @@ impl Network {
     pub fn heal(&self, i: usize) {
         ip(&["link", "set", &self.names(i + 1).1, "up"]).expect("heal the link");
     }
+}
+
+/// A second octet in 10.200-249.x.x that no other run holds and no interface uses: an
+/// exclusive lock on a file named after it (released when the run ends, however it ends), and
+/// no address of the host in it already (a link left behind by a run that was killed).
+fn claim_octet(pid: u32) -> Result<(u32, std::fs::File), String> {
+    let addresses = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    for k in 0..50 {
+        let octet = 200 + (pid + k) % 50;
+        if addresses.contains(&format!(" 10.{octet}.")) {
+            continue;
+        }
+        let path = std::env::temp_dir().join(format!("fsm-cluster-net-10.{octet}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if file.try_lock().is_ok() {
+            return Ok((octet, file));
+        }
+    }
+    Err("every subnet of 10.200-249.x.x is taken by another run or a leftover link".into())
 }
 
 impl Drop for Network {

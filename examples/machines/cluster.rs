@@ -740,9 +740,9 @@ pub struct Network {
     tag: String,
     octet: u32,
     nodes: usize,
-    /// Holds the second octet for this run: two runs at once (two copies of the test suite)
-    /// must not route the same subnet over two links.
-    _claim: std::fs::File,
+    /// The claim on the second octet for this run: two runs at once (two copies of the test
+    /// suite) must not route the same subnet over two links.
+    claim: std::path::PathBuf,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -770,7 +770,7 @@ impl Network {
             tag: format!("f{}", pid % 100_000),
             octet,
             nodes,
-            _claim: claim,
+            claim,
         };
         for i in 1..=nodes {
             let (ns, host, inside) = net.names(i);
@@ -845,29 +845,37 @@ impl Network {
     }
 }
 
-/// A second octet in 10.200-249.x.x that no other run holds and no interface uses: an
-/// exclusive lock on a file named after it (released when the run ends, however it ends), and
-/// no address of the host in it already (a link left behind by a run that was killed).
-fn claim_octet(pid: u32) -> Result<(u32, std::fs::File), String> {
+/// A second octet in 10.200-249.x.x that no other run holds and no interface uses: a claim
+/// file named after it, created exclusively and holding this process's id (a claim whose
+/// process is gone is taken over), removed when the network is dropped; and no address of
+/// the host in it already (a link left behind by a run that was killed).
+fn claim_octet(pid: u32) -> Result<(u32, std::path::PathBuf), String> {
     let addresses = std::process::Command::new("ip")
         .args(["-o", "addr", "show"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    let create = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, pid.to_string().as_bytes()))
+    };
     for k in 0..50 {
         let octet = 200 + (pid + k) % 50;
         if addresses.contains(&format!(" 10.{octet}.")) {
             continue;
         }
-        let path = std::env::temp_dir().join(format!("fsm-cluster-net-10.{octet}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        if file.try_lock().is_ok() {
-            return Ok((octet, file));
+        let path = std::env::temp_dir().join(format!("fsm-cluster-net-10.{octet}.claim"));
+        if create(&path).is_ok() {
+            return Ok((octet, path));
+        }
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let alive = !holder.is_empty()
+            && std::path::Path::new(&format!("/proc/{}", holder.trim())).exists();
+        if !alive && std::fs::remove_file(&path).is_ok() && create(&path).is_ok() {
+            return Ok((octet, path));
         }
     }
     Err("every subnet of 10.200-249.x.x is taken by another run or a leftover link".into())
@@ -879,6 +887,33 @@ impl Drop for Network {
             let (ns, host, _) = self.names(i);
             let _ = ip(&["link", "del", &host]);
             let _ = ip(&["netns", "del", &ns]);
+        }
+        let _ = std::fs::remove_file(&self.claim);
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::claim_octet;
+
+    #[test]
+    fn runs_that_start_from_the_same_subnet_get_different_ones_and_a_dead_claim_is_taken_over() {
+        let base = std::process::id();
+        let (a, first) = claim_octet(base).unwrap();
+        let (b, second) = claim_octet(base).unwrap();
+        assert_ne!(a, b, "the second claim skips the first's subnet");
+        // The first claim's process is gone (no process has this id): taken over.
+        std::fs::write(&first, "4000000000").unwrap();
+        let (c, third) = claim_octet(base).unwrap();
+        assert_eq!(c, a);
+        assert_eq!(third, first);
+        assert_eq!(
+            std::fs::read_to_string(&third).unwrap(),
+            base.to_string(),
+            "the claim now names this process"
+        );
+        for path in [first, second] {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -15,8 +15,10 @@
 //!   statement), read by the owner node's pump, applied by its kernel, each decision recorded
 //!   in the inbox, and every ticket's answer waited for.
 //!
-//! - `direct/1024` and `inbox/4x256`: the same for 1,024 accounts; through the inbox from 4
-//!   clients at once (256 accounts each), which the owner's pump reads together.
+//! - `direct/1024`, `direct/4x256` and `inbox/4x256`: the same for 1,024 accounts: in one
+//!   batch to the owner; from 4 threads at once (256 accounts each) to the owner; through the
+//!   inbox from 4 clients at once, which the owner node reads, applies and records in a
+//!   pipeline. `inbox/4x256` against `direct/4x256` is the like-for-like throughput ratio.
 //!
 //! After the measurements it prints the inbox's submit-to-answer latency, p50 and p99, for
 //! batches of 256 and for single commands.
@@ -202,6 +204,21 @@ fn submit_and_wait(client: &Inbox, ids: &[MachineId], tag: &str) {
     }
 }
 
+/// Today's path: one `submit_batch` to the owner's kernel, every answer waited for. With keys,
+/// as a careful client submits to the owner (to retry after `Fenced`).
+fn direct_submit(direct: &Kernel<Account>, ids: &[MachineId], tag: &str) {
+    let tickets = direct.submit_batch(ids.iter().enumerate().map(|(i, id)| {
+        let key = IdempotencyKey::new(format!("{tag}-{i}")).unwrap();
+        (
+            id.clone(),
+            Request::new(Ledger::Add { amount: 1 }).with_key(key),
+        )
+    }));
+    for t in tickets {
+        t.unwrap().wait().unwrap();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let Some(server) = TestServer::start_or_skip("the cluster bench") else {
         return;
@@ -212,19 +229,10 @@ fn bench(c: &mut Criterion) {
     let direct_ids = ids();
     let mut inboxed = Inboxed::new(&server);
     let mut round = 0_u64;
+    let mut direct_round = 0_u64;
     let mut direct_batch = |size: usize| {
         round += 1;
-        // With keys, as a careful client submits to the owner (to retry after `Fenced`).
-        let tickets = direct.submit_batch(direct_ids[..size].iter().enumerate().map(|(i, id)| {
-            let key = IdempotencyKey::new(format!("d{round}-{i}")).unwrap();
-            (
-                id.clone(),
-                Request::new(Ledger::Add { amount: 1 }).with_key(key),
-            )
-        }));
-        for t in tickets {
-            t.unwrap().wait().unwrap();
-        }
+        direct_submit(&direct, &direct_ids[..size], &format!("d{round}"));
     };
 
     let mut group = c.benchmark_group("cluster");
@@ -244,6 +252,19 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements((N * CLIENTS) as u64));
     group.bench_function("direct/1024", |b| {
         alternating(b, &mut || direct_batch(N * CLIENTS), &mut || raw.batch())
+    });
+    group.bench_function("direct/4x256", |b| {
+        let mut timed = || {
+            direct_round += 1;
+            let r = direct_round;
+            std::thread::scope(|s| {
+                for (c, ids) in direct_ids.chunks(N).enumerate() {
+                    let direct = &direct;
+                    s.spawn(move || direct_submit(direct, ids, &format!("dc{r}-{c}")));
+                }
+            });
+        };
+        alternating(b, &mut timed, &mut || raw.batch())
     });
     group.bench_function("inbox/4x256", |b| {
         let mut timed = || inboxed.concurrent();

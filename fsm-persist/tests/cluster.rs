@@ -779,6 +779,55 @@ fn a_state_that_defers_or_dumps_keeps_its_meaning_through_the_inbox() {
     assert_eq!(a.kernel().state(&m).unwrap().0, Gate::Opened { entered: 1 });
 }
 
+/// The node reads, applies and records in a pipeline: a command its machine defers stays in
+/// flight without holding up anyone else, and each decision reaches its ticket through the
+/// notification naming its rows (both sides poll only once an hour here, so an answer that
+/// needed a poll would never come within the test).
+#[test]
+fn a_deferred_command_holds_up_no_other_machine_and_answers_come_by_notification() {
+    use gate::{Gate, GateCmd};
+    if server().is_none() {
+        return;
+    }
+    let hour = Duration::from_secs(3600);
+    let s = store("cl_pipe", "a", Claim::Free);
+    let k = Kernel::builder_shared(s.clone(), |_| Gate::Shut)
+        .shards(2)
+        .start()
+        .unwrap();
+    let a = NodeBuilder::new().poll(hour).start(k, s).unwrap();
+    let client = Inbox::builder(server().unwrap().config())
+        .schema("cl_pipe")
+        .poll(hour)
+        .open()
+        .unwrap();
+    let cmd =
+        |m: &MachineId, k: &str, c: GateCmd| InboxCommand::new(m.clone(), key(k), &c).unwrap();
+    // The pump's first read (at start, not woken by anything) is behind it.
+    until("the node never read the inbox", || a.stats().rounds >= 1);
+    let held = id("gate-held");
+    let waiting = client.submit(cmd(&held, "h1", GateCmd::Enter)).unwrap();
+    // Forty other gates, in four submits, across every partition.
+    let mut tickets = vec![];
+    for round in 0..4 {
+        let batch: Vec<InboxCommand> = (0..10)
+            .map(|i| cmd(&id(&format!("gate-{round}-{i}")), "o1", GateCmd::Open))
+            .collect();
+        tickets.extend(client.submit_many(batch).into_iter().map(Result::unwrap));
+    }
+    for t in &tickets {
+        let d = t.wait(WAIT).unwrap();
+        assert_eq!(d.status, Status::Applied, "{d:?}");
+    }
+    // The deferred command is still in flight, undecided, and its machine where it was.
+    assert_eq!(waiting.check().unwrap(), None);
+    assert_eq!(a.kernel().state(&held).unwrap().0, Gate::Shut);
+    let stats = client.stats();
+    assert_eq!(stats.polled, 0, "{stats:?}");
+    assert!(stats.notified >= 40, "{stats:?}");
+    assert_eq!(a.stats().missed_notifications, 0, "{:?}", a.stats());
+}
+
 #[test]
 fn a_node_publishes_its_counters_and_the_inbox_depth_as_metrics() {
     use metrics_exporter_prometheus::PrometheusBuilder;

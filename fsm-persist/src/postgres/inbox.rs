@@ -447,7 +447,7 @@ impl Statements {
         let owners = &n.owners;
         Statements {
             // One row per command, in submission order; each partition's room is counted
-            // once per statement. The owners are woken on commit.
+            // once per statement. The owners are woken after the commit (`notify`).
             submit: format!(
                 "WITH input AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
@@ -468,13 +468,8 @@ impl Statements {
                      ORDER BY u.ord
                      ON CONFLICT (machine, key) DO NOTHING
                      RETURNING id, machine, key
-                 ),
-                 woke AS (
-                     SELECT pg_notify($7::text, d.p::text)
-                     FROM (SELECT DISTINCT partition AS p FROM input) d
-                     WHERE EXISTS (SELECT 1 FROM ins)
                  )
-                 SELECT u.ord, ins.id, coalesce(r.n, 0)::int8, (SELECT count(*) FROM woke)
+                 SELECT u.ord, ins.id, coalesce(r.n, 0)::int8
                  FROM input u
                  LEFT JOIN ins ON ins.machine = u.machine AND ins.key = u.key
                  LEFT JOIN room r ON r.partition = u.partition
@@ -511,15 +506,21 @@ impl Statements {
                      FROM {inbox} i
                      WHERE i.partition = ANY($1::int4[]) AND i.status IS NULL
                  ) q
-                 WHERE q.rn <= $3::int8 AND NOT (q.id = ANY($2::int8[]))
+                 WHERE q.rn <= $3::int8
+                   AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS b(id) WHERE b.id = q.id)
                  ORDER BY q.id
                  LIMIT $4::int8"
             ),
-            // Decisions are recorded only under the epoch the commands were applied under:
-            // the owner rows are locked so no takeover commits in between.
+            // An `applied` decision is a fact whoever records it: the kernel's snapshot
+            // write that applied the command was itself fenced, and a later owner finds the
+            // key in the machine's journal and answers the same. Any other decision was
+            // made from the machine as this node holds it, so it is recorded only under the
+            // epoch it was made under: the owner rows of those partitions (`$9`) are locked
+            // so no takeover commits in between. Applied-only batches lock nothing, and
+            // never queue behind the snapshot writes' locks.
             record: format!(
                 "WITH fence AS MATERIALIZED (
-                     SELECT partition, epoch FROM {owners} WHERE partition = ANY($2::int4[]) FOR SHARE
+                     SELECT partition, epoch FROM {owners} WHERE partition = ANY($9::int4[]) FOR SHARE
                  ),
                  u AS (
                      SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[])
@@ -529,14 +530,13 @@ impl Statements {
                      UPDATE {inbox} i
                      SET status = u.status, seq = u.seq, transition = u.transition, detail = u.detail,
                          decided_at = clock_timestamp(), decided_by = $8::text, epoch = u.epoch
-                     FROM u JOIN fence f ON f.partition = u.partition AND f.epoch = u.epoch
+                     FROM u LEFT JOIN fence f ON f.partition = u.partition AND f.epoch = u.epoch
                      WHERE i.id = u.id AND i.status IS NULL
+                       AND (u.status = 'applied' OR f.epoch IS NOT NULL)
                      RETURNING i.id, i.status
-                 ),
-                 woke AS (SELECT pg_notify($9::text, '') WHERE EXISTS (SELECT 1 FROM done))
+                 )
                  SELECT (SELECT count(*) FROM done)::int8,
-                        (SELECT count(*) FROM done WHERE status = 'applied')::int8,
-                        (SELECT count(*) FROM woke)"
+                        (SELECT count(*) FROM done WHERE status = 'applied')::int8"
             ),
             cleanup: format!(
                 "DELETE FROM {inbox} WHERE id IN (
@@ -865,14 +865,19 @@ impl Inbox {
             .map(|c| c.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64))
             .collect();
         let limit = self.shared.limit.min(i64::MAX as u64) as i64;
-        let channel = &self.shared.names.wake;
+        let channel = self.shared.names.wake.as_str();
         // An insert whose commit is lost may have happened: resubmitting with the same key
         // is safe, so the error says so rather than "unknown".
         let rows = match self.shared.with(Phase::NothingWritten, |c| {
-            c.client.query(
+            let rows = c.client.query(
                 &c.submit,
-                &[&machines, &parts, &keys, &events, &ttls, &limit, channel],
-            )
+                &[&machines, &parts, &keys, &events, &ttls, &limit],
+            )?;
+            if rows.iter().any(|r| r.get::<_, Option<i64>>(1).is_some()) {
+                // Accepted already: a notification that does not go out only delays.
+                let _ = notify(&mut c.client, channel, "");
+            }
+            Ok(rows)
         }) {
             Ok(rows) => rows,
             Err(e) => return commands.iter().map(|_| Err(e.clone())).collect(),
@@ -1039,30 +1044,35 @@ fn listen(shared: &Shared) {
                 std::thread::sleep(slice);
             }
         }
-        let mut woken = false;
+        let mut woken = None;
         if let Some(c) = &mut listening {
-            match notified(c, slice) {
+            match decided_ranges(c, slice) {
                 Ok(w) => woken = w,
                 Err(_) => listening = None,
             }
         }
         let due = last_poll.elapsed() >= shared.poll;
-        if !woken && !due {
+        if woken.is_none() && !due {
             continue;
         }
         if due {
+            // A poll looks up every waiting ticket: a lost notification only delays.
             last_poll = Instant::now();
+            woken = None;
         }
-        let rows: Vec<i64> = shared
-            .waiters
-            .map
-            .lock()
-            .recover()
-            .keys()
-            .copied()
-            .collect();
+        let rows: Vec<i64> = {
+            let map = shared.waiters.map.lock().recover();
+            match &woken {
+                Some(Some(ranges)) => map
+                    .keys()
+                    .copied()
+                    .filter(|row| ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(row)))
+                    .collect(),
+                _ => map.keys().copied().collect(),
+            }
+        };
         if let Ok(n) = shared.answer(&rows) {
-            let counter = if woken {
+            let counter = if woken.is_some() {
                 &shared.notified
             } else {
                 &shared.polled
@@ -1070,6 +1080,51 @@ fn listen(shared: &Shared) {
             counter.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Sends a notification in a transaction of its own that does not wait for the disk. Inside
+/// a writing transaction a `NOTIFY` holds the server's notification lock until that
+/// transaction's commit is flushed, so every submit and record would commit one at a time. A
+/// notification lost in a crash only delays: owners and submitters poll.
+pub(crate) fn notify(c: &mut Client, channel: &str, payload: &str) -> Result<(), postgres::Error> {
+    // Both are ours: a channel name of `[a-z0-9_]` and a payload of digits and `-`.
+    debug_assert!(channel
+        .bytes()
+        .chain(payload.bytes())
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    c.batch_execute(&format!(
+        "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('{channel}', '{payload}'); COMMIT"
+    ))
+}
+
+/// Waits up to `slice` for decision notifications on `c`, draining those that came with
+/// the first: `None` if none came; else the ranges of rows decided, or `Some(None)` if a
+/// payload was not a range (look up every waiting ticket).
+#[allow(clippy::type_complexity)]
+fn decided_ranges(
+    c: &mut Client,
+    slice: Duration,
+) -> Result<Option<Option<Vec<(i64, i64)>>>, postgres::Error> {
+    let Some(first) = c.notifications().timeout_iter(slice).next()? else {
+        return Ok(None);
+    };
+    let mut ranges = Some(Vec::new());
+    let mut note = |payload: &str| {
+        let range = payload
+            .split_once('-')
+            .and_then(|(lo, hi)| Some((lo.parse::<i64>().ok()?, hi.parse::<i64>().ok()?)));
+        match (range, ranges.as_mut()) {
+            (Some(r), Some(all)) => all.push(r),
+            _ => ranges = None,
+        }
+    };
+    note(first.payload());
+    let mut n = c.notifications();
+    let mut it = n.iter();
+    while let Some(more) = it.next()? {
+        note(more.payload());
+    }
+    Ok(Some(ranges))
 }
 
 /// Waits up to `slice` for a notification on `c`; drains any others that arrived with it.

@@ -1,12 +1,16 @@
 //! A cluster node (feature `cluster`): a kernel over a fenced [`PostgresStore`], fed by the
 //! cluster's [`Inbox`] for the partitions it owns.
 //!
-//! The node's pump thread is woken by the inbox's notifications (and polls, so a lost one
-//! only delays), reads the pending commands of the partitions the store holds (one per
-//! machine at a time, oldest first), hands them to the kernel in one batch, and records each
-//! decision in its row under the epoch it was applied under. When the store takes a
-//! partition over, the node first loads its machines, so their timers fire here and the
-//! effects they owe are run again under the same effect ids.
+//! The node's pump is a pipeline of three threads. A listener turns the inbox's
+//! notifications into wake-ups (the reader also polls, so a lost one only delays). The reader
+//! reads the pending commands of the partitions the store holds (one per machine at a time,
+//! oldest first) and hands them to the kernel in one batch. A recorder collects the kernel's
+//! answers as they come and records each decision in its row, several in one statement;
+//! a decision other than `applied` only under the epoch it was made under. Reading the next
+//! batch overlaps applying and recording the last, and a command its state defers holds up
+//! only its own machine. When the store takes a partition over, the node first loads its
+//! machines, so their timers fire here and the effects they owe are run again under the same
+//! effect ids.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -44,8 +48,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll, Wake as Wake2, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,13 +67,13 @@ use serde::de::DeserializeOwned;
 
 use super::inbox::{Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status};
 use super::PostgresStore;
+use crate::sync::Recover;
 
 /// Options for a [`Node`]; from [`NodeBuilder::new`].
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
     batch: usize,
     per_machine: usize,
-    round_wait: Duration,
     poll: Duration,
     retention: Duration,
     cleanup_every: Duration,
@@ -74,8 +81,8 @@ pub struct NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// At most this many commands in flight from the inbox at once (default 1024): one
-    /// batch read, decided and recorded together.
+    /// At most this many commands in flight from the inbox at once (default 1024): read and
+    /// not yet recorded. One read takes at most the room left.
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n.max(1);
         self
@@ -89,14 +96,6 @@ impl NodeBuilder {
     /// may be decided again in a later state, so a refusal is no longer final across a crash.
     pub fn per_machine(mut self, n: usize) -> Self {
         self.per_machine = n.max(1);
-        self
-    }
-
-    /// How long the pump waits for a batch's answers before it goes on with others (default
-    /// 100 ms). A command a state defers stays in flight, its machine's later commands wait
-    /// (see [`NodeBuilder::per_machine`]).
-    pub fn round_wait(mut self, wait: Duration) -> Self {
-        self.round_wait = wait;
         self
     }
 
@@ -163,6 +162,7 @@ impl NodeBuilder {
             counters: counters.clone(),
             options: self,
             node,
+            busy: Mutex::new(HashSet::new()),
         };
         let handle = std::thread::Builder::new()
             .name("fsm-cluster-pump".into())
@@ -257,7 +257,6 @@ impl NodeBuilder {
         NodeBuilder {
             batch: 1024,
             per_machine: 1,
-            round_wait: Duration::from_millis(100),
             poll: Duration::from_secs(1),
             retention: Duration::from_secs(24 * 3600),
             cleanup_every: Duration::from_secs(10),
@@ -415,13 +414,48 @@ impl Decided {
     }
 }
 
-/// The pump's own connection and statements.
-struct PumpConn {
+/// The reader's connection and statements.
+struct ReadConn {
     client: Client,
     fetch: Statement,
-    record: Statement,
     cleanup: Statement,
     machines: Statement,
+}
+
+/// What the reader hands the recorder, and what the kernel's answers tell it.
+enum Note {
+    /// A command in the kernel.
+    Flight(i64, Flight),
+    /// A command decided without the kernel (expired, undecodable, refused at submit).
+    Decided(Decided),
+    /// A command to read again later (the kernel was full): released after a pause.
+    Retry(i64),
+    /// The kernel answered this row (sent by its ticket's waker).
+    Answered(i64),
+}
+
+/// Why the reader woke.
+enum Wake {
+    /// A submitter's notification.
+    Notified,
+    /// The recorder released rows: their machines' next commands may be read.
+    Freed,
+}
+
+/// Wakes the recorder when a ticket is answered.
+struct Answered {
+    row: i64,
+    to: mpsc::Sender<Note>,
+}
+
+impl Wake2 for Answered {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.to.send(Note::Answered(self.row));
+    }
 }
 
 struct Pump<M: Durable> {
@@ -432,6 +466,9 @@ struct Pump<M: Durable> {
     counters: Arc<Counters>,
     options: NodeBuilder,
     node: String,
+    /// Rows read and not yet recorded (in the kernel, answered, or being recorded): never
+    /// read again meanwhile, and with `per_machine` 1 their machines' next commands wait.
+    busy: Mutex<HashSet<i64>>,
 }
 
 /// What a kernel's answer means for the inbox row: a decision, or try again later.
@@ -469,48 +506,68 @@ where
     M: Durable,
     M::Event: DeserializeOwned,
 {
-    fn connect(&self) -> Option<PumpConn> {
+    /// How long a thread sleeps after a database error, and the longest it blocks before
+    /// it looks at the stop flag.
+    fn pause(&self) -> Duration {
+        self.options.poll.min(Duration::from_millis(50))
+    }
+
+    fn connect_reader(&self) -> Option<ReadConn> {
         let mut client = (self.store.connector())().ok()?;
         let sql = self.inbox.statements();
         let fetch = client.prepare(&sql.fetch).ok()?;
-        let record = client.prepare(&sql.record).ok()?;
         let cleanup = client.prepare(&sql.cleanup).ok()?;
         let machines = client.prepare(&sql.machines).ok()?;
-        Some(PumpConn {
+        Some(ReadConn {
             client,
             fetch,
-            record,
             cleanup,
             machines,
         })
     }
 
-    fn listen(&self) -> Option<Client> {
-        let mut c = (self.store.connector())().ok()?;
-        c.batch_execute(&format!("LISTEN \"{}\"", self.inbox.names().wake))
-            .ok()?;
-        Some(c)
+    /// Runs the node's three threads until the stop flag: this one reads the inbox and
+    /// hands commands to the kernel, a recorder records the kernel's answers, a listener
+    /// turns submitters' notifications into wake-ups. Reading the next batch overlaps
+    /// applying and recording the last ones.
+    fn run(self) {
+        let (wake, woken) = mpsc::channel::<Wake>();
+        let (note, notes) = mpsc::channel::<Note>();
+        std::thread::scope(|s| {
+            let recorder_wake = wake.clone();
+            let recorder_note = note.clone();
+            let recorder = std::thread::Builder::new()
+                .name("fsm-cluster-recorder".into())
+                .spawn_scoped(s, || self.record_loop(notes, recorder_note, recorder_wake));
+            let listener = std::thread::Builder::new()
+                .name("fsm-cluster-listener".into())
+                .spawn_scoped(s, || self.listen_loop(wake));
+            if recorder.is_err() || listener.is_err() {
+                // Without its helpers the node cannot decide anything: stop at once (the
+                // commands stay in the inbox for another owner).
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.stop.store(true, Ordering::Release);
+                return;
+            }
+            self.read_loop(woken, note);
+        });
     }
 
-    fn run(self) {
-        let mut conn: Option<PumpConn> = None;
-        let mut listener: Option<Client> = None;
-        let mut in_flight: HashMap<i64, Flight> = HashMap::new();
+    /// The reader: notes partitions taken over, reads pending commands, submits them.
+    fn read_loop(&self, woken: mpsc::Receiver<Wake>, to_recorder: mpsc::Sender<Note>) {
+        let mut conn: Option<ReadConn> = None;
         let mut known: HashSet<u32> = HashSet::new();
         let mut last_cleanup = Instant::now();
         let mut polling = true;
-        let pause = self.options.poll.min(Duration::from_millis(50));
+        let pause = self.pause();
         while !self.stop.load(Ordering::Acquire) {
             if conn.is_none() {
-                conn = self.connect();
+                conn = self.connect_reader();
                 if conn.is_none() {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(pause);
                     continue;
                 }
-            }
-            if listener.is_none() {
-                listener = self.listen();
             }
             let c = conn.as_mut().expect("connected above");
             let held: HashMap<u32, u64> = self.store.held().into_iter().collect();
@@ -529,7 +586,7 @@ where
                 known.extend(new);
             }
             known.retain(|p| held.contains_key(p));
-            let (work, decided, retry) = match self.round(c, &held, &mut in_flight) {
+            let (work, full) = match self.read(c, &held, &to_recorder) {
                 Ok(r) => r,
                 Err(_) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -540,11 +597,6 @@ where
             };
             if work > 0 && polling {
                 self.counters.missed.fetch_add(1, Ordering::Relaxed);
-            }
-            if !decided.is_empty() && self.record(c, decided).is_err() {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                conn = None;
-                continue;
             }
             if last_cleanup.elapsed() >= self.options.cleanup_every {
                 last_cleanup = Instant::now();
@@ -559,38 +611,78 @@ where
                     }
                 }
             }
-            if retry {
-                std::thread::sleep(pause);
-            }
             polling = false;
-            if work == 0 && in_flight.is_empty() {
-                // Idle: sleep until a submit notifies, or the poll interval.
-                polling = !self.wait_for_work(&mut listener);
+            if full {
+                // A whole batch was read: more may be waiting, read again at once (or when
+                // the recorder frees room).
+                if self.room() > 0 {
+                    continue;
+                }
+            }
+            // Sleep until a submit notifies, the recorder frees rows, or the poll interval
+            // (in slices, so a stop is seen promptly).
+            let start = Instant::now();
+            loop {
+                let left = self.options.poll.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    polling = true;
+                    break;
+                }
+                match woken.recv_timeout(left.min(pause)) {
+                    Ok(_) => {
+                        // Every wake-up that came meanwhile is served by one read.
+                        while woken.try_recv().is_ok() {}
+                        break;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if self.stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
     }
 
-    /// Waits for a notification (true) or the poll interval (false), in slices so a stop is
-    /// seen promptly.
-    fn wait_for_work(&self, listener: &mut Option<Client>) -> bool {
-        let start = Instant::now();
+    /// Room for more commands in flight.
+    fn room(&self) -> usize {
+        self.options
+            .batch
+            .saturating_sub(self.busy.lock().recover().len())
+    }
+
+    /// The listener: a notification from a submitter wakes the reader. A lost one only
+    /// delays (the reader polls).
+    fn listen_loop(&self, wake: mpsc::Sender<Wake>) {
+        let mut listener: Option<Client> = None;
         let slice = self.options.poll.min(Duration::from_millis(100));
-        while start.elapsed() < self.options.poll && !self.stop.load(Ordering::Acquire) {
+        while !self.stop.load(Ordering::Acquire) {
             let Some(l) = listener.as_mut() else {
-                std::thread::sleep(slice);
+                listener = (self.store.connector())().ok().and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN \"{}\"", self.inbox.names().wake))
+                        .ok()
+                        .map(|()| c)
+                });
+                if listener.is_none() {
+                    std::thread::sleep(slice);
+                }
                 continue;
             };
             match super::inbox::notified(l, slice) {
-                Ok(true) => return true,
+                Ok(true) => {
+                    if wake.send(Wake::Notified).is_err() {
+                        return;
+                    }
+                }
                 Ok(false) => {}
-                Err(_) => *listener = None,
+                Err(_) => listener = None,
             }
         }
-        false
     }
 
     /// Loads every stored machine of partitions `new` into the kernel.
-    fn load(&self, c: &mut PumpConn, new: &[u32]) -> Result<(), postgres::Error> {
+    fn load(&self, c: &mut ReadConn, new: &[u32]) -> Result<(), postgres::Error> {
         let new: HashSet<u32> = new.iter().copied().collect();
         let mut after = String::new();
         loop {
@@ -614,150 +706,269 @@ where
         }
     }
 
-    /// Reads pending commands, hands them to the kernel, and collects the answers that came
-    /// within the round's wait: (commands read, decisions, whether some must be retried).
-    fn round(
+    /// Reads pending commands not yet in flight and hands them to the kernel, each with a
+    /// note to the recorder: (commands read, whether the read filled the room).
+    fn read(
         &self,
-        c: &mut PumpConn,
+        c: &mut ReadConn,
         held: &HashMap<u32, u64>,
-        in_flight: &mut HashMap<i64, Flight>,
-    ) -> Result<(usize, Vec<Decided>, bool), postgres::Error> {
-        let mut decided = Vec::new();
-        let mut retry = false;
-        let room = self.options.batch.saturating_sub(in_flight.len());
-        let mut fresh: Vec<i64> = Vec::new();
-        let mut work = 0;
-        if room > 0 && !held.is_empty() {
-            let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
-            let busy: Vec<i64> = in_flight.keys().copied().collect();
-            let rows = c.client.query(
-                &c.fetch,
-                &[
-                    &parts,
-                    &busy,
-                    &(self.options.per_machine as i64),
-                    &(room as i64),
-                ],
-            )?;
-            self.counters.rounds.fetch_add(1, Ordering::Relaxed);
-            work = rows.len();
-            let mut lag = 0.0_f64;
-            let mut commands = Vec::with_capacity(rows.len());
-            let mut meta = Vec::with_capacity(rows.len());
+        to_recorder: &mpsc::Sender<Note>,
+    ) -> Result<(usize, bool), postgres::Error> {
+        let (room, busy) = {
+            let busy = self.busy.lock().recover();
+            let room = self.options.batch.saturating_sub(busy.len());
+            (room, busy.iter().copied().collect::<Vec<i64>>())
+        };
+        if room == 0 || held.is_empty() {
+            return Ok((0, false));
+        }
+        let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
+        let rows = c.client.query(
+            &c.fetch,
+            &[
+                &parts,
+                &busy,
+                &(self.options.per_machine as i64),
+                &(room as i64),
+            ],
+        )?;
+        self.counters.rounds.fetch_add(1, Ordering::Relaxed);
+        let work = rows.len();
+        let mut lag = 0.0_f64;
+        let mut commands = Vec::with_capacity(rows.len());
+        let mut meta = Vec::with_capacity(rows.len());
+        let mut notes = Vec::with_capacity(rows.len());
+        {
+            let mut busy = self.busy.lock().recover();
             for r in &rows {
-                let row: i64 = r.get(0);
-                let machine: String = r.get(1);
-                let key: String = r.get(2);
-                let event: String = r.get(3);
-                let expired: bool = r.get(4);
-                let waited: f64 = r.get(5);
-                let partition: i32 = r.get(6);
-                lag = lag.max(waited);
-                let epoch = held.get(&(partition as u32)).copied().unwrap_or(0) as i64;
-                let refuse = |status, detail: String| {
-                    Decided::refused(row, partition, epoch, status, detail)
-                };
-                if expired {
-                    decided.push(refuse(
-                        Status::Expired,
-                        "its time to live ran out before the owner took it".into(),
-                    ));
+                busy.insert(r.get(0));
+            }
+        }
+        for r in &rows {
+            let row: i64 = r.get(0);
+            let machine: String = r.get(1);
+            let key: String = r.get(2);
+            let event: String = r.get(3);
+            let expired: bool = r.get(4);
+            let waited: f64 = r.get(5);
+            let partition: i32 = r.get(6);
+            lag = lag.max(waited);
+            let epoch = held.get(&(partition as u32)).copied().unwrap_or(0) as i64;
+            let refuse = |status, detail: String| {
+                Note::Decided(Decided::refused(row, partition, epoch, status, detail))
+            };
+            if expired {
+                notes.push(refuse(
+                    Status::Expired,
+                    "its time to live ran out before the owner took it".into(),
+                ));
+                continue;
+            }
+            let (id, key) = match (MachineId::new(machine), IdempotencyKey::new(key)) {
+                (Ok(id), Ok(key)) => (id, key),
+                (Err(e), _) => {
+                    notes.push(refuse(Status::Refused, format!("invalid machine id: {e}")));
                     continue;
                 }
-                let (id, key) = match (MachineId::new(machine), IdempotencyKey::new(key)) {
-                    (Ok(id), Ok(key)) => (id, key),
-                    (Err(e), _) => {
-                        decided.push(refuse(Status::Refused, format!("invalid machine id: {e}")));
-                        continue;
-                    }
-                    (_, Err(e)) => {
-                        decided.push(refuse(Status::Refused, format!("invalid key: {e}")));
-                        continue;
-                    }
-                };
-                match serde_json::from_str::<M::Event>(&event) {
-                    Ok(ev) => {
-                        commands.push((id, Request::new(ev).with_key(key)));
-                        meta.push((row, partition, epoch));
-                    }
-                    Err(e) => decided.push(refuse(
-                        Status::Undecodable,
-                        format!(
-                            "node `{}` cannot decode the event as its machine's event type: {e}",
-                            self.node
-                        ),
-                    )),
+                (_, Err(e)) => {
+                    notes.push(refuse(Status::Refused, format!("invalid key: {e}")));
+                    continue;
                 }
-            }
-            self.counters
-                .lag_ms
-                .store((lag * 1000.0) as u64, Ordering::Relaxed);
-            for ((row, partition, epoch), result) in
-                meta.into_iter().zip(self.kernel.submit_batch(commands))
-            {
-                match result {
-                    Ok(ticket) => {
-                        fresh.push(row);
-                        in_flight.insert(
-                            row,
-                            Flight {
-                                partition,
-                                epoch,
-                                ticket,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let (status, detail) = match &e {
-                            SubmitError::Dumped(_) => (Status::Dumped, e.to_string()),
-                            SubmitError::Delegated => (Status::Delegated, e.to_string()),
-                            _ => {
-                                retry = true;
-                                self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                        };
-                        decided.push(Decided::refused(row, partition, epoch, status, detail));
-                    }
+            };
+            match serde_json::from_str::<M::Event>(&event) {
+                Ok(ev) => {
+                    commands.push((id, Request::new(ev).with_key(key)));
+                    meta.push((row, partition, epoch));
                 }
+                Err(e) => notes.push(refuse(
+                    Status::Undecodable,
+                    format!(
+                        "node `{}` cannot decode the event as its machine's event type: {e}",
+                        self.node
+                    ),
+                )),
             }
         }
-        // This round's answers, up to the round's wait; earlier ones only if already known.
-        let until = Instant::now() + self.options.round_wait;
-        for row in &fresh {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let _ = in_flight[row].ticket.wait_timeout(left);
-        }
-        let done: Vec<(i64, Answer)> = in_flight
-            .iter()
-            .filter_map(|(&row, f)| f.ticket.try_outcome().map(|o| (row, o)))
-            .collect();
-        for (row, outcome) in done {
-            let flight = in_flight.remove(&row).expect("listed above");
-            match decide(&outcome) {
-                Some((status, seq, transition, detail)) => decided.push(Decided {
+        self.counters
+            .lag_ms
+            .store((lag * 1000.0) as u64, Ordering::Relaxed);
+        for ((row, partition, epoch), result) in
+            meta.into_iter().zip(self.kernel.submit_batch(commands))
+        {
+            notes.push(match result {
+                Ok(ticket) => Note::Flight(
                     row,
-                    partition: flight.partition,
-                    epoch: flight.epoch,
-                    status,
-                    seq,
-                    transition,
-                    detail,
-                }),
-                None => {
-                    retry = true;
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    Flight {
+                        partition,
+                        epoch,
+                        ticket,
+                    },
+                ),
+                Err(e) => match &e {
+                    SubmitError::Dumped(_) => Note::Decided(Decided::refused(
+                        row,
+                        partition,
+                        epoch,
+                        Status::Dumped,
+                        e.to_string(),
+                    )),
+                    SubmitError::Delegated => Note::Decided(Decided::refused(
+                        row,
+                        partition,
+                        epoch,
+                        Status::Delegated,
+                        e.to_string(),
+                    )),
+                    _ => {
+                        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                        Note::Retry(row)
+                    }
+                },
+            });
+        }
+        for n in notes {
+            // The recorder stops only after this thread: a send cannot fail while it runs.
+            let _ = to_recorder.send(n);
+        }
+        Ok((work, work >= room))
+    }
+
+    /// The recorder: collects the kernel's answers as they come, records them in one
+    /// statement per wake-up (those that came while the last statement ran come together),
+    /// and releases the rows.
+    fn record_loop(
+        &self,
+        notes: mpsc::Receiver<Note>,
+        answers: mpsc::Sender<Note>,
+        wake: mpsc::Sender<Wake>,
+    ) {
+        let mut client: Option<(Client, Statement)> = None;
+        let mut flights: HashMap<i64, Flight> = HashMap::new();
+        let mut decided: Vec<Decided> = Vec::new();
+        // Rows to read again, and when.
+        let mut later: Vec<(Instant, i64)> = Vec::new();
+        let pause = self.pause();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            let first = if stopping {
+                notes.try_recv().ok()
+            } else {
+                match notes.recv_timeout(pause) {
+                    Ok(n) => Some(n),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut next = first;
+            while let Some(n) = next {
+                match n {
+                    Note::Flight(row, flight) => {
+                        flights.insert(row, flight);
+                        self.poll_answer(row, &mut flights, &answers, &mut decided, &mut later);
+                    }
+                    Note::Answered(row) => {
+                        self.poll_answer(row, &mut flights, &answers, &mut decided, &mut later)
+                    }
+                    Note::Decided(d) => decided.push(d),
+                    Note::Retry(row) => later.push((Instant::now() + pause, row)),
+                }
+                next = notes.try_recv().ok();
+            }
+            let mut freed: Vec<i64> = Vec::new();
+            if !decided.is_empty() {
+                if client.is_none() {
+                    client = (self.store.connector())().ok().and_then(|mut c| {
+                        let st = c.prepare(&self.inbox.statements().record).ok()?;
+                        Some((c, st))
+                    });
+                }
+                let batch = std::mem::take(&mut decided);
+                freed.extend(batch.iter().map(|d| d.row));
+                let recorded = match client.as_mut() {
+                    Some((c, st)) => self.record(c, st, batch).is_ok(),
+                    None => false,
+                };
+                if !recorded {
+                    // Not recorded: the rows stay pending and are read again; the kernel
+                    // answers them from the machines' journals.
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    client = None;
+                    std::thread::sleep(pause);
                 }
             }
+            let now = Instant::now();
+            later.retain(|&(at, row)| {
+                let due = at <= now;
+                if due {
+                    freed.push(row);
+                }
+                !due
+            });
+            if !freed.is_empty() {
+                let mut busy = self.busy.lock().recover();
+                for row in &freed {
+                    busy.remove(row);
+                }
+                drop(busy);
+                let _ = wake.send(Wake::Freed);
+            }
+            if stopping {
+                // What was answered is recorded; what the kernel still holds stays pending
+                // in the inbox for the next owner.
+                return;
+            }
         }
-        Ok((work, decided, retry))
+    }
+
+    /// Looks at a flight's ticket: an answer becomes a decision (or a retry); no answer yet
+    /// leaves the ticket's waker to send `Note::Answered`.
+    fn poll_answer(
+        &self,
+        row: i64,
+        flights: &mut HashMap<i64, Flight>,
+        answers: &mpsc::Sender<Note>,
+        decided: &mut Vec<Decided>,
+        later: &mut Vec<(Instant, i64)>,
+    ) {
+        let Some(mut flight) = flights.remove(&row) else {
+            return;
+        };
+        let waker = Waker::from(Arc::new(Answered {
+            row,
+            to: answers.clone(),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let outcome = match Pin::new(&mut flight.ticket).poll(&mut cx) {
+            Poll::Ready(o) => o,
+            Poll::Pending => {
+                flights.insert(row, flight);
+                return;
+            }
+        };
+        match decide(&outcome) {
+            Some((status, seq, transition, detail)) => decided.push(Decided {
+                row,
+                partition: flight.partition,
+                epoch: flight.epoch,
+                status,
+                seq,
+                transition,
+                detail,
+            }),
+            None => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                later.push((Instant::now() + self.pause(), row));
+            }
+        }
     }
 
     /// Records decisions in one statement, fenced by the epochs they were applied under.
-    fn record(&self, c: &mut PumpConn, decided: Vec<Decided>) -> Result<(), postgres::Error> {
+    fn record(
+        &self,
+        c: &mut Client,
+        statement: &Statement,
+        decided: Vec<Decided>,
+    ) -> Result<(), postgres::Error> {
         let n = decided.len() as u64;
         let rows: Vec<i64> = decided.iter().map(|d| d.row).collect();
         let parts: Vec<i32> = decided.iter().map(|d| d.partition).collect();
@@ -767,8 +978,15 @@ where
         let transitions: Vec<Option<&str>> =
             decided.iter().map(|d| d.transition.as_deref()).collect();
         let details: Vec<Option<&str>> = decided.iter().map(|d| d.detail.as_deref()).collect();
-        let row = c.client.query_one(
-            &c.record,
+        let mut fenced: Vec<i32> = decided
+            .iter()
+            .filter(|d| d.status != Status::Applied)
+            .map(|d| d.partition)
+            .collect();
+        fenced.sort_unstable();
+        fenced.dedup();
+        let row = c.query_one(
+            statement,
             &[
                 &rows,
                 &parts,
@@ -778,10 +996,16 @@ where
                 &transitions,
                 &details,
                 &self.node,
-                &self.inbox.names().decided,
+                &fenced,
             ],
         )?;
         let recorded: i64 = row.get(0);
+        if recorded > 0 {
+            // The range of rows decided: a submitter looks up only its tickets in it.
+            let lo = rows.iter().min().copied().unwrap_or(0);
+            let hi = rows.iter().max().copied().unwrap_or(0);
+            let _ = super::inbox::notify(c, &self.inbox.names().decided, &format!("{lo}-{hi}"));
+        }
         let recorded = recorded as u64;
         let applied_recorded: i64 = row.get(1);
         let applied_recorded = applied_recorded as u64;

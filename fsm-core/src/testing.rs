@@ -945,13 +945,8 @@ mod with_proptest {
     /// The one-line property check: runs random event sequences from `start` against the
     /// machine's table with every property of the [module](super), including the snapshot
     /// round trip, and panics with the shrunk sequence if one fails. Prints the coverage.
-    ///
-    /// ```ignore
-    /// #[test]
-    /// fn order_machine_holds_its_properties() {
-    ///     fsm_core::testing::check_machine(Order::Draft);
-    /// }
-    /// ```
+    /// Call it from a `#[test]`, one line per machine; the [module documentation](crate::testing)
+    /// runs it on a machine of two states.
     pub fn check_machine<M>(start: M) -> Coverage
     where
         M: StateMachine

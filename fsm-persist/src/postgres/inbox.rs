@@ -635,11 +635,11 @@ impl Shared {
         }
     }
 
-    /// Looks up the decisions of these rows and hands them to their tickets. Returns how
-    /// many were answered.
-    fn answer(&self, rows: &[i64]) -> Result<usize, InboxError> {
+    /// Looks up the decisions of these rows and hands them to their tickets, counting them
+    /// in `via` first (so a ticket's waiter that reads the stats sees its own answer counted).
+    fn answer(&self, rows: &[i64], via: Option<&AtomicU64>) -> Result<(), InboxError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let found = self.with(Phase::NothingWritten, |c| {
             c.client.query(&c.decisions, &[&rows])
@@ -658,14 +658,16 @@ impl Shared {
                 decided.insert(row, Err(InboxError::Forgotten));
             }
         }
+        if let Some(via) = via {
+            via.fetch_add(decided.len() as u64, Ordering::Relaxed);
+        }
         let mut map = self.waiters.map.lock().recover();
-        let n = decided.len();
         for (row, d) in decided {
             if let Some(answer) = map.remove(&row) {
                 answer.set(d);
             }
         }
-        Ok(n)
+        Ok(())
     }
 }
 
@@ -1071,14 +1073,13 @@ fn listen(shared: &Shared) {
                 _ => map.keys().copied().collect(),
             }
         };
-        if let Ok(n) = shared.answer(&rows) {
-            let counter = if woken.is_some() {
-                &shared.notified
-            } else {
-                &shared.polled
-            };
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        let via = if woken.is_some() {
+            &shared.notified
+        } else {
+            &shared.polled
+        };
+        // An error leaves the tickets waiting: the next notification or poll tries again.
+        let _ = shared.answer(&rows, Some(via));
     }
 }
 
@@ -1185,7 +1186,7 @@ impl InboxTicket {
         if let Some(v) = &*self.answer.value.lock().recover() {
             return v.clone().map(Some);
         }
-        self.shared.answer(&[self.row])?;
+        self.shared.answer(&[self.row], None)?;
         self.answer.value.lock().recover().clone().transpose()
     }
 }

@@ -359,6 +359,21 @@ fn decisions_are_deleted_after_the_retention_window_and_the_journal_still_answer
     assert_eq!(again.seq, Some(1));
     assert!(again.detail.unwrap().contains("journal"));
     assert_eq!(total(&a, &m), 4);
+    // The cleanup's scan is bounded by an index on when rows were decided; without it every
+    // pass reads every decided row of the node's partitions.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    let index: Option<String> = raw
+        .query_opt(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'cl_retain' AND indexname = 'fsm_snapshots_ibd'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    let index = index.expect("the inbox has no index on decided_at");
+    assert!(
+        index.contains("(decided_at)") && index.contains("status IS NOT NULL"),
+        "{index}"
+    );
 }
 
 #[test]

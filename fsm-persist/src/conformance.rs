@@ -105,6 +105,8 @@ pub fn run(store: &dyn SnapshotStore) {
     single_and_batched_writes_interleave(store);
     large_snapshot_round_trips(store);
     many_machines_round_trip(store);
+    get_many_answers_each_id_as_get_does(store);
+    get_many_beside_a_writer_reads_whole_snapshots_that_never_go_back(store);
     concurrent_writers_exactly_one_wins(store);
     ids_lists_every_machine(store);
     queries_by_state_follow_the_newest_snapshot(store);
@@ -383,6 +385,83 @@ pub fn many_machines_round_trip(store: &dyn SnapshotStore) {
     for (m, s) in ids.iter().zip(&snaps) {
         assert_eq!(&store.get(m).unwrap(), s);
     }
+}
+
+/// `get_many` answers one result per id, in the order asked, each what `get` answers:
+/// stored snapshots, `NotFound` for the rest, an id asked twice answered twice.
+pub fn get_many_answers_each_id_as_get_does(store: &dyn SnapshotStore) {
+    let stored: Vec<MachineId> = (0..40).map(|i| id(&format!("gm-{i:02}"))).collect();
+    let snaps: Vec<Snapshot> = stored.iter().map(|m| snapshot(m.as_str(), 2, 90)).collect();
+    let batch: Vec<Put<'_>> = stored
+        .iter()
+        .zip(&snaps)
+        .map(|(m, s)| Put::new(m, None, s))
+        .collect();
+    store.put_many(&batch).unwrap();
+    let missing = id("gm-missing");
+    let mut asked: Vec<&MachineId> = stored.iter().rev().collect();
+    asked.insert(7, &missing);
+    asked.push(&stored[3]);
+    let answers = store.get_many(&asked);
+    assert_eq!(answers.len(), asked.len(), "one answer per id asked");
+    for (m, answer) in asked.iter().zip(answers) {
+        match (answer, store.get(m)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "get_many and get disagree on {m}"),
+            (Err(StoreError::NotFound { id }), Err(StoreError::NotFound { .. })) => {
+                assert_eq!(&id, *m)
+            }
+            (a, b) => panic!("get_many answered {a:?} and get {b:?} for {m}"),
+        }
+    }
+    assert!(store.get_many(&[]).is_empty());
+}
+
+/// While another thread rewrites a set of machines in batches, `get_many` of all of them
+/// returns whole snapshots (each exactly what was written for its sequence), and no machine's
+/// sequence goes back from one read to the next.
+pub fn get_many_beside_a_writer_reads_whole_snapshots_that_never_go_back(
+    store: &dyn SnapshotStore,
+) {
+    let ids: Vec<MachineId> = (0..24).map(|i| id(&format!("gmw-{i:02}"))).collect();
+    let refs: Vec<&MachineId> = ids.iter().collect();
+    let rounds = 60_u64;
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for seq in 1..=rounds {
+                let snaps: Vec<Snapshot> =
+                    ids.iter().map(|m| snapshot(m.as_str(), seq, 120)).collect();
+                let batch: Vec<Put<'_>> = ids
+                    .iter()
+                    .zip(&snaps)
+                    .map(|(m, s)| Put::new(m, (seq > 1).then(|| seq - 1), s))
+                    .collect();
+                store.put_many(&batch).unwrap();
+            }
+        });
+        let mut last = vec![0_u64; ids.len()];
+        while last.iter().any(|&s| s < rounds) {
+            for (i, answer) in store.get_many(&refs).into_iter().enumerate() {
+                match answer {
+                    Ok(s) => {
+                        assert_eq!(s, snapshot(ids[i].as_str(), s.seq(), 120));
+                        assert!(s.seq() >= last[i], "{} went back", ids[i]);
+                        last[i] = s.seq();
+                    }
+                    Err(StoreError::NotFound { .. }) => assert_eq!(last[i], 0),
+                    Err(e) => panic!("get_many failed beside a writer: {e}"),
+                }
+            }
+            if writer.is_finished() && last.iter().any(|&s| s < rounds) {
+                // The writer is done: one more read sees every last write.
+                let all = store.get_many(&refs);
+                assert!(all
+                    .iter()
+                    .all(|a| a.as_ref().is_ok_and(|s| s.seq() == rounds)));
+                break;
+            }
+        }
+        writer.join().unwrap();
+    });
 }
 
 /// Eight threads race to replace the same sequence: exactly one wins, the rest get `Conflict`.

@@ -111,6 +111,9 @@ impl<S: SnapshotStore> SnapshotStore for Pausable<S> {
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
         self.inner.get(id)
     }
+    fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+        self.inner.get_many(ids)
+    }
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
         self.inner.sequence(id)
     }

@@ -4,8 +4,9 @@ use crate::sync::Recover;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::group::GroupCommit;
+use crate::group::{copy_error, Gather, GroupCommit};
 use fsm_core::store::{
     check_batch, Capabilities, Corruption, Limits, ListQuery, MachineId, Page, Put, Snapshot,
     SnapshotStore, StateCounts, StateFilter, StoreError,
@@ -110,7 +111,7 @@ impl SqliteStoreBuilder {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
-            group: GroupCommit::default(),
+            group: GroupCommit::gathering(GATHER),
             path: self.path,
             synchronous: self.synchronous,
             limits: self.limits,
@@ -198,28 +199,16 @@ fn add_state_columns(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long the writer of a group waits for the previous group's other threads (the kernel's
+/// shards) to queue their next batch: SQLite has one writer, so batches that miss a group wait
+/// a whole transaction for the next one.
+const GATHER: Gather = Gather {
+    divisor: 2,
+    most: Duration::from_millis(5),
+};
+
 /// One batch's writes, owned, so that whichever thread writes the group can store them.
 type OwnedBatch = Vec<(MachineId, Option<u64>, Snapshot)>;
-
-/// The same error for every batch of a group (a `StoreError` is not `Clone`).
-fn for_each_batch(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Backend {
-            backend,
-            message,
-            outcome_unknown,
-        } => StoreError::Backend {
-            backend,
-            message: message.clone(),
-            outcome_unknown: *outcome_unknown,
-        },
-        other => StoreError::Backend {
-            backend: BACKEND,
-            message: other.to_string(),
-            outcome_unknown: other.is_outcome_unknown(),
-        },
-    }
-}
 
 impl SqliteStore {
     /// Opens the database at `path` with the default (durable) options.
@@ -280,31 +269,53 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Stores a group of batches in one transaction, each in its own savepoint; returns each
-    /// batch's result by ticket.
+    /// Stores a group of batches in one transaction and returns each batch's result by ticket.
+    ///
+    /// First every batch is written straight into the transaction: a batch fails only when a
+    /// machine was written behind its shard's back (a conflict) or the disk fails, both rare.
+    /// If one does, that transaction is rolled back and the group is written again with each
+    /// batch in a savepoint of its own, so the failing batch alone is refused. (A savepoint's
+    /// sub-journal copies every page the batch changes; measured, paying that on every group
+    /// made a kernel with more shards slower than one with a single shard.)
     fn write_group(&self, batches: &[(u64, OwnedBatch)]) -> Vec<(u64, Result<(), StoreError>)> {
         let mut conn = self.conn();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = known(e);
-                return batches
-                    .iter()
-                    .map(|(t, _)| (*t, Err(for_each_batch(&e))))
-                    .collect();
-            }
-        };
-        if let [(ticket, batch)] = batches {
-            // Alone in its group: the transaction is the batch's own, and no savepoint (whose
-            // sub-journal copies every page it changes) is needed to roll it back alone.
-            let result = batch
-                .iter()
-                .try_for_each(|(id, expected, snapshot)| {
-                    upsert(&tx, &Put::new(id, *expected, snapshot))
-                })
-                .and_then(|()| tx.commit().map_err(writing));
-            return vec![(*ticket, result)];
+        fn begin(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+            conn.transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(known)
         }
+        let tx = match begin(&mut conn) {
+            Ok(tx) => tx,
+            Err(e) => return each(batches, &e),
+        };
+        let written = batches.iter().try_for_each(|(_, batch)| {
+            batch.iter().try_for_each(|(id, expected, snapshot)| {
+                upsert(&tx, &Put::new(id, *expected, snapshot))
+            })
+        });
+        match written {
+            Ok(()) => {
+                return match tx.commit() {
+                    Ok(()) => batches.iter().map(|(t, _)| (*t, Ok(()))).collect(),
+                    // Nothing of the group holds (or, after an I/O error, it is not known what
+                    // does).
+                    Err(e) => each(batches, &writing(e)),
+                };
+            }
+            Err(e) if batches.len() == 1 => {
+                // Alone in its group: the batch's error is the group's; dropping the
+                // transaction rolls it back.
+                return vec![(batches[0].0, Err(e))];
+            }
+            Err(_) => {
+                if let Err(e) = tx.rollback() {
+                    return each(batches, &writing(e));
+                }
+            }
+        }
+        let mut tx = match begin(&mut conn) {
+            Ok(tx) => tx,
+            Err(e) => return each(batches, &e),
+        };
         let mut results = Vec::with_capacity(batches.len());
         for (ticket, batch) in batches {
             let result = tx.savepoint().map_err(known).and_then(|savepoint| {
@@ -321,12 +332,20 @@ impl SqliteStore {
             let e = writing(e);
             for (_, result) in &mut results {
                 if result.is_ok() {
-                    *result = Err(for_each_batch(&e));
+                    *result = Err(copy_error(&e, BACKEND));
                 }
             }
         }
         results
     }
+}
+
+/// The same error for every batch of a group.
+fn each(batches: &[(u64, OwnedBatch)], e: &StoreError) -> Vec<(u64, Result<(), StoreError>)> {
+    batches
+        .iter()
+        .map(|(t, _)| (*t, Err(copy_error(e, BACKEND))))
+        .collect()
 }
 
 /// A failure before SQLite could have written anything.
@@ -416,6 +435,27 @@ impl SnapshotStore for SqliteStore {
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
         self.read(|conn| self.get_on(conn, id))
+    }
+
+    /// Every read in one read transaction: one consistent view, and the pages a read brings
+    /// in stay cached for the next (a reading connection's cache is dropped whenever another
+    /// connection has committed since its last transaction, so reads one by one beside a busy
+    /// writer each start cold).
+    fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+        if ids.len() < 2 {
+            return ids.iter().map(|id| self.get(id)).collect();
+        }
+        let read = self.read(|conn| {
+            let tx = conn.unchecked_transaction().map_err(known)?;
+            let out: Vec<_> = ids.iter().map(|id| self.get_on(&tx, id)).collect();
+            // A read transaction: ending it cannot lose anything, and the reads stand.
+            let _ = tx.commit();
+            Ok(out)
+        });
+        match read {
+            Ok(out) => out,
+            Err(e) => ids.iter().map(|_| Err(copy_error(&e, BACKEND))).collect(),
+        }
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

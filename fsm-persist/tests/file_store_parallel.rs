@@ -31,8 +31,9 @@ fn racing_writers_of_the_same_machines_never_lose_or_double_an_update() {
 
 #[test]
 fn racing_writers_in_one_sqlite_group_transaction_never_lose_or_double_an_update() {
-    // SQLite group-commits concurrent batches, each in a savepoint: a batch that loses its
-    // compare-and-set is rolled back alone.
+    // SQLite group-commits concurrent batches in one transaction; when a batch loses its
+    // compare-and-set the group is written again with a savepoint per batch, and that batch
+    // alone is rolled back. Here conflicts are frequent, so both paths run many times.
     let dir = tempfile::tempdir().unwrap();
     racing_writers(Arc::new(
         SqliteStore::open(dir.path().join("race.sqlite")).unwrap(),

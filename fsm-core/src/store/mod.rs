@@ -113,6 +113,15 @@ pub trait SnapshotStore: Send + Sync {
     /// The newest snapshot of machine `id`, verified.
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError>;
 
+    /// The newest snapshots of several machines, one result per id, in the order asked: what
+    /// [`get`](SnapshotStore::get) would answer for each (`NotFound` for a machine with none).
+    /// A kernel's shard reads the machines a batch needs with one call, so a backend can read
+    /// them together: in one read transaction (SQLite), one round trip (PostgreSQL). The
+    /// default calls `get` for each.
+    fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+        ids.iter().map(|id| self.get(id)).collect()
+    }
+
     /// The sequence of machine `id`'s newest snapshot (`None`: nothing stored), without
     /// reading it.
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError>;
@@ -297,6 +306,9 @@ macro_rules! forward_store {
             }
             fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
                 (**self).get(id)
+            }
+            fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+                (**self).get_many(ids)
             }
             fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
                 (**self).sequence(id)

@@ -98,6 +98,12 @@ pub use tls::{Tls, TlsError};
 use error::{classify, unexpected, Phase, BACKEND};
 use ownership::View;
 use pool::{Conn, Connector, Lent, Pool, PoolConfig};
+
+use crate::group::copy_error;
+
+/// How many machines one `get_many` statement reads: the answer is bounded by this many
+/// snapshots of the largest size the limits allow.
+const GET_MANY_CHUNK: usize = 128;
 use sql::{Sql, LAYOUT, REFUSED};
 
 /// Options for a [`PostgresStore`]; from [`PostgresStore::builder`].
@@ -761,9 +767,56 @@ impl Shared {
         let Some(row) = row else {
             return Err(StoreError::NotFound { id: id.clone() });
         };
-        let seq: i64 = column(&row, 0)?;
-        let len: i64 = column(&row, 1)?;
-        let bytes: Option<Vec<u8>> = column(&row, 2)?;
+        self.snapshot_of(id, &row, 0)
+    }
+
+    /// One statement per [`GET_MANY_CHUNK`] ids (`id = ANY($1)`): one round trip, not one
+    /// per machine.
+    fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_MANY_CHUNK) {
+            match self.get_chunk(chunk) {
+                Ok(read) => out.extend(read),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(copy_error(&e, BACKEND)))),
+            }
+        }
+        out
+    }
+
+    fn get_chunk(
+        &self,
+        chunk: &[&MachineId],
+    ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+        let limit = self.limits.max_envelope() as i64;
+        let names: Vec<&str> = chunk.iter().map(|m| m.as_str()).collect();
+        let mut conn = self.pool.get(&self.sql)?;
+        let rows = read(&mut conn, |c| {
+            c.client.query(&c.statements.get_many, &[&names, &limit])
+        })?;
+        drop(conn);
+        let mut found: HashMap<String, &postgres::Row> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(column::<String>(row, 0)?, row);
+        }
+        Ok(chunk
+            .iter()
+            .map(|id| match found.get(id.as_str()) {
+                None => Err(StoreError::NotFound { id: (*id).clone() }),
+                Some(row) => self.snapshot_of(id, row, 1),
+            })
+            .collect())
+    }
+
+    /// The snapshot in `row`, whose sequence, length and bytes start at column `at`.
+    fn snapshot_of(
+        &self,
+        id: &MachineId,
+        row: &postgres::Row,
+        at: usize,
+    ) -> Result<Snapshot, StoreError> {
+        let seq: i64 = column(row, at)?;
+        let len: i64 = column(row, at + 1)?;
+        let bytes: Option<Vec<u8>> = column(row, at + 2)?;
         crate::verify::row(id, seq as u64, len as u64, bytes, &self.limits)
     }
 
@@ -963,6 +1016,10 @@ impl SnapshotStore for PostgresStore {
 
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
         self.shared.get(id)
+    }
+
+    fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
+        self.shared.get_many(ids)
     }
 
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {

@@ -301,6 +301,8 @@ pub(crate) struct Statements {
     pub(crate) replace: Statement,
     pub(crate) batch: Statement,
     pub(crate) get: Statement,
+    /// As `get`, for the ids in `$1`, each row with its id.
+    pub(crate) get_many: Statement,
     pub(crate) sequence: Statement,
     pub(crate) sequences: Statement,
     pub(crate) ids: Statement,
@@ -331,6 +333,10 @@ impl Statements {
             get: client.prepare(&format!(
                 "SELECT seq, length(snapshot)::int8, CASE WHEN length(snapshot) <= $2::int8 THEN snapshot END
                  FROM {t} WHERE id = $1::text"
+            ))?,
+            get_many: client.prepare(&format!(
+                "SELECT id, seq, length(snapshot)::int8, CASE WHEN length(snapshot) <= $2::int8 THEN snapshot END
+                 FROM {t} WHERE id = ANY($1::text[])"
             ))?,
             sequence: client.prepare(&format!("SELECT seq FROM {t} WHERE id = $1::text"))?,
             sequences: client.prepare(&format!(

@@ -8,7 +8,7 @@
 //! not hold, and hands out what the core settled: answers, trace entries, effects and stats.
 
 use crate::sync::Recover;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,13 @@ pub(crate) struct Shard<M: Durable> {
     last_sweep: Instant,
     /// This shard's handle on the kernel's store (refreshed when it is reopened).
     store: (u64, Arc<dyn SnapshotStore>),
+    /// Snapshots read ahead for the batch being decided, with the ownership epoch asked
+    /// before each was read; emptied when the batch has been decided.
+    prefetched: HashMap<MachineId, (u64, Result<Snapshot, StoreError>)>,
 }
+
+/// How many machines recovery reads with one `get_many`.
+const RECOVERY_CHUNK: usize = 256;
 
 /// What a shard hands back when it stops.
 pub(crate) type HandedBack<E> = Vec<(MachineId, super::request::Request<E>)>;
@@ -60,6 +66,7 @@ impl<M: Durable> Shard<M> {
             index,
             core: Core::new(rules),
             quarantined: HashMap::new(),
+            prefetched: HashMap::new(),
             jobs: VecDeque::new(),
             last_sweep: now,
             store,
@@ -79,13 +86,19 @@ impl<M: Durable> Shard<M> {
         let mut report = RecoveryReport::default();
         let now = self.inner.config.clock.now();
         let (_, store) = self.store();
-        for id in ids {
-            match self.ensure_loaded(&id, now, &*store) {
-                Ok(()) => report.recovered += 1,
-                Err(CommandError::Fenced { .. }) => report.not_owned += 1,
-                Err(CommandError::Quarantined(q)) => report.quarantined.push(q),
-                Err(e) => report.unavailable.push((id, e.to_string())),
+        // Read a chunk at a time with one `get_many` each: one read transaction or round trip
+        // per chunk, not per machine.
+        for chunk in ids.chunks(RECOVERY_CHUNK) {
+            self.read_ahead(chunk.to_vec(), &*store);
+            for id in chunk {
+                match self.ensure_loaded(id, now, &*store) {
+                    Ok(()) => report.recovered += 1,
+                    Err(CommandError::Fenced { .. }) => report.not_owned += 1,
+                    Err(CommandError::Quarantined(q)) => report.quarantined.push(q),
+                    Err(e) => report.unavailable.push((id.clone(), e.to_string())),
+                }
             }
+            self.prefetched.clear();
         }
         // What the machines owe goes to the workers again: after a crash it may not have run.
         self.drive(now);
@@ -219,6 +232,7 @@ impl<M: Durable> Shard<M> {
             self.publish_gauges(false);
             return;
         }
+        self.prefetch(now, &*store);
         while let Some(cmd) = self.core.work.pop_front() {
             // Loading is the shell's: the core decides against what is in memory. A command
             // past its deadline is answered `Expired` before its machine is looked at: no read.
@@ -233,6 +247,7 @@ impl<M: Durable> Shard<M> {
             let replayed = std::mem::take(&mut self.core.replayed);
             self.inner.quiet.more(self.index, replayed);
         }
+        self.prefetched.clear();
         let (failed, persist_ns) = self.commit();
         let ended = self.answer(&failed, persist_ns);
         // The next effects count as work in flight before this batch's work counts as done.
@@ -338,6 +353,52 @@ impl<M: Durable> Shard<M> {
         Ok((timers, keys))
     }
 
+    /// Reads, in one [`SnapshotStore::get_many`], the machines the batch's commands need that
+    /// are not in memory, so that a store can serve them together (one read transaction, one
+    /// round trip) instead of one read per machine in the middle of deciding.
+    fn prefetch(&mut self, now: Instant, store: &dyn SnapshotStore) {
+        let mut seen: HashSet<&MachineId> = HashSet::new();
+        let wanted: Vec<MachineId> = self
+            .core
+            .work
+            .iter()
+            .filter(|cmd| cmd.request.deadline.is_none_or(|d| now < d))
+            .filter(|cmd| seen.insert(&cmd.id))
+            .map(|cmd| cmd.id.clone())
+            .collect();
+        self.read_ahead(wanted, store);
+    }
+
+    /// Reads ahead, with one `get_many`, those of `ids` (distinct) that are not in memory and
+    /// not quarantined. Each machine's ownership epoch is asked first, as
+    /// [`Shard::ensure_loaded`] asks it before a read; a read-ahead is used only if the epoch
+    /// is the same when the machine is loaded.
+    fn read_ahead(&mut self, ids: Vec<MachineId>, store: &dyn SnapshotStore) {
+        let mut wanted: Vec<(MachineId, u64)> = Vec::new();
+        for id in ids {
+            if self.core.slots.contains_key(&id) || self.quarantined.contains_key(&id) {
+                continue;
+            }
+            // A machine the store says this node does not own is not read: loading answers it.
+            if let Ok(epoch) = store.owner_epoch(&id) {
+                wanted.push((id, epoch));
+            }
+        }
+        // One machine gains nothing from reading ahead.
+        if wanted.len() < 2 {
+            return;
+        }
+        let ids: Vec<&MachineId> = wanted.iter().map(|(id, _)| id).collect();
+        let read = store.get_many(&ids);
+        if read.len() != ids.len() {
+            // A store that broke `get_many`'s contract: read one by one, as without it.
+            return;
+        }
+        for ((id, epoch), result) in wanted.into_iter().zip(read) {
+            self.prefetched.insert(id, (epoch, result));
+        }
+    }
+
     /// Makes sure machine `id` is in memory and this node still owns it, loading it from the
     /// store (or creating it) on first use and again when its ownership epoch changed.
     ///
@@ -412,9 +473,23 @@ impl<M: Durable> Shard<M> {
     /// its journal; or the initial state if the store holds none.
     fn load(&mut self, id: &MachineId, now: Instant, epoch: u64) -> Result<Slot<M>, CommandError> {
         let mut reopened = false;
+        // A read-ahead under the same epoch stands for the read; one that failed otherwise
+        // than "not found" is read again, so its error is handled as a read's is.
+        let mut ahead = match self.prefetched.remove(id) {
+            Some((at, result)) if at == epoch => match result {
+                Ok(s) => Some(Ok(s)),
+                Err(e @ StoreError::NotFound { .. }) => Some(Err(e)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
         let snapshot = loop {
             let (generation, store) = self.store();
-            match store.get(id) {
+            let read = match ahead.take() {
+                Some(read) => read,
+                None => store.get(id),
+            };
+            match read {
                 Ok(s) => break Some(s),
                 Err(StoreError::NotFound { .. }) => break None,
                 Err(e @ StoreError::Corrupt { .. }) => {

@@ -5,8 +5,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod support;
+use support::Gated;
 
 use fsm_core::kernel::{
     CommandError, EffectCtx, EffectError, EffectWorker, Failure, IdempotencyKey, Kernel,
@@ -126,71 +129,6 @@ fn key(s: &str) -> IdempotencyKey {
 
 fn stored(store: &dyn SnapshotStore, m: &MachineId) -> Option<(Build, u64)> {
     store.load(m, &Codec::<Build>::new(1)).unwrap()
-}
-
-/// A real `MemoryStore` behind a gate and a fault switch: `put_many` can be held (to queue
-/// commands behind a commit in progress) or made to fail, and every batch size is recorded.
-#[derive(Default)]
-struct Gated {
-    inner: MemoryStore,
-    held: Mutex<bool>,
-    opened: Condvar,
-    entered: Mutex<usize>,
-    entered_cv: Condvar,
-    batches: Mutex<Vec<usize>>,
-    fail: Mutex<Option<fn() -> StoreError>>,
-}
-
-impl Gated {
-    fn hold(&self) {
-        *self.held.lock().unwrap() = true;
-    }
-    fn open(&self) {
-        *self.held.lock().unwrap() = false;
-        self.opened.notify_all();
-    }
-    /// Waits until `n` calls of `put_many` have started.
-    fn wait_entered(&self, n: usize) {
-        let mut e = self.entered.lock().unwrap();
-        while *e < n {
-            e = self.entered_cv.wait(e).unwrap();
-        }
-    }
-    fn fail_with(&self, f: Option<fn() -> StoreError>) {
-        *self.fail.lock().unwrap() = f;
-    }
-}
-
-impl SnapshotStore for Gated {
-    fn put(&self, id: &MachineId, expected: Option<u64>, s: &Snapshot) -> Result<(), StoreError> {
-        self.put_many(&[Put::new(id, expected, s)])
-    }
-    fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        *self.entered.lock().unwrap() += 1;
-        self.entered_cv.notify_all();
-        let mut held = self.held.lock().unwrap();
-        while *held {
-            held = self.opened.wait(held).unwrap();
-        }
-        drop(held);
-        self.batches.lock().unwrap().push(batch.len());
-        if let Some(f) = *self.fail.lock().unwrap() {
-            return Err(f());
-        }
-        self.inner.put_many(batch)
-    }
-    fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
-        self.inner.get(id)
-    }
-    fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        self.inner.sequence(id)
-    }
-    fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        self.inner.ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
 }
 
 /// A one-shard kernel over a gated store whose first commit is held, with that commit

@@ -4,16 +4,17 @@
 #![allow(missing_docs)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fsm_core::kernel::Kernel;
 use fsm_core::queue::ManualClock;
-use fsm_core::store::{
-    Capabilities, MachineId, MemoryStore, Put, Snapshot, SnapshotStore, StoreError,
-};
+use fsm_core::store::{Capabilities, MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use fsm_core::{Effects, Event, Handler, Refusal, StateMachine};
 use serde::{Deserialize, Serialize};
+
+mod support;
+use support::Gated;
 
 #[derive(StateMachine, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[fsm(event = Cmd)]
@@ -60,35 +61,18 @@ enum Call {
     GetMany(BTreeSet<String>),
 }
 
-/// A memory store that logs reads, can hold its commits, can fail every read-ahead, and can
-/// move machines to a new ownership epoch each time their epoch is asked.
+/// A gated memory store that logs reads, can fail every read-ahead, and can move machines
+/// to a new ownership epoch each time their epoch is asked.
 #[derive(Default)]
 struct Watched {
-    inner: MemoryStore,
+    gated: Gated,
     calls: Mutex<Vec<Call>>,
-    held: Mutex<bool>,
-    opened: Condvar,
-    entered: Mutex<usize>,
-    entered_cv: Condvar,
     fail_read_ahead: Mutex<bool>,
-    /// Machines whose epoch rises with every `owner_epoch` call, and the calls so far.
+    /// Machines whose epoch rises with every `owner_epoch` call, and their epoch now.
     moving: Mutex<HashMap<MachineId, u64>>,
 }
 
 impl Watched {
-    fn hold(&self) {
-        *self.held.lock().unwrap() = true;
-    }
-    fn release(&self) {
-        *self.held.lock().unwrap() = false;
-        self.opened.notify_all();
-    }
-    fn wait_entered(&self, n: usize) {
-        let mut e = self.entered.lock().unwrap();
-        while *e < n {
-            e = self.entered_cv.wait(e).unwrap();
-        }
-    }
     fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
@@ -96,24 +80,17 @@ impl Watched {
 
 impl SnapshotStore for Watched {
     fn put(&self, id: &MachineId, expected: Option<u64>, s: &Snapshot) -> Result<(), StoreError> {
-        self.put_many(&[Put::new(id, expected, s)])
+        self.gated.put(id, expected, s)
     }
     fn put_many(&self, batch: &[Put<'_>]) -> Result<(), StoreError> {
-        *self.entered.lock().unwrap() += 1;
-        self.entered_cv.notify_all();
-        let mut held = self.held.lock().unwrap();
-        while *held {
-            held = self.opened.wait(held).unwrap();
-        }
-        drop(held);
-        self.inner.put_many(batch)
+        self.gated.put_many(batch)
     }
     fn get(&self, id: &MachineId) -> Result<Snapshot, StoreError> {
         self.calls
             .lock()
             .unwrap()
             .push(Call::Get(id.as_str().to_owned()));
-        self.inner.get(id)
+        self.gated.get(id)
     }
     fn get_many(&self, ids: &[&MachineId]) -> Vec<Result<Snapshot, StoreError>> {
         self.calls.lock().unwrap().push(Call::GetMany(
@@ -131,16 +108,16 @@ impl SnapshotStore for Watched {
                 })
                 .collect();
         }
-        ids.iter().map(|m| self.inner.get(m)).collect()
+        ids.iter().map(|m| self.gated.get(m)).collect()
     }
     fn sequence(&self, id: &MachineId) -> Result<Option<u64>, StoreError> {
-        self.inner.sequence(id)
+        self.gated.sequence(id)
     }
     fn ids(&self) -> Result<Vec<MachineId>, StoreError> {
-        self.inner.ids()
+        self.gated.ids()
     }
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.gated.capabilities()
     }
     fn owner_epoch(&self, id: &MachineId) -> Result<u64, StoreError> {
         let mut moving = self.moving.lock().unwrap();
@@ -178,10 +155,10 @@ fn bump_in_one_batch(
     kernel: &Kernel<Counter>,
     ids: &[MachineId],
 ) -> Vec<u64> {
-    let before = *store.entered.lock().unwrap();
-    store.hold();
+    let before = *store.gated.entered.lock().unwrap();
+    store.gated.hold();
     let busy = kernel.submit(&id("busy"), Cmd::Bump).unwrap();
-    store.wait_entered(before + 1);
+    store.gated.wait_entered(before + 1);
     store.take_calls();
     let tickets: Vec<_> = ids
         .iter()
@@ -189,7 +166,7 @@ fn bump_in_one_batch(
         .collect();
     // Queued behind the held commit: the shard takes them as one batch once it returns.
     assert_eq!(kernel.metrics().total.counts.queued, ids.len() as u64);
-    store.release();
+    store.gated.open();
     busy.wait().unwrap();
     tickets.into_iter().map(|t| t.wait().unwrap().seq).collect()
 }

@@ -357,16 +357,21 @@ impl<M: Durable> Shard<M> {
     /// are not in memory, so that a store can serve them together (one read transaction, one
     /// round trip) instead of one read per machine in the middle of deciding.
     fn prefetch(&mut self, now: Instant, store: &dyn SnapshotStore) {
+        // Most batches are of machines in memory: nothing is cloned or hashed for them.
+        let (slots, quarantined) = (&self.core.slots, &self.quarantined);
         let mut seen: HashSet<&MachineId> = HashSet::new();
         let wanted: Vec<MachineId> = self
             .core
             .work
             .iter()
             .filter(|cmd| cmd.request.deadline.is_none_or(|d| now < d))
+            .filter(|cmd| !slots.contains_key(&cmd.id) && !quarantined.contains_key(&cmd.id))
             .filter(|cmd| seen.insert(&cmd.id))
             .map(|cmd| cmd.id.clone())
             .collect();
-        self.read_ahead(wanted, store);
+        if wanted.len() >= 2 {
+            self.read_ahead(wanted, store);
+        }
     }
 
     /// Reads ahead, with one `get_many`, those of `ids` (distinct) that are not in memory and

@@ -169,6 +169,59 @@ fn a_resubmission_with_the_same_key_is_the_same_command_and_another_event_under_
     assert_eq!(total(&a, &m), 5);
 }
 
+/// A batch is first inserted as if every key were new; one that meets a known key runs again
+/// with the arbiter. Each command of such a batch still gets its own answer.
+#[test]
+fn a_batch_that_mixes_new_keys_with_known_ones_answers_each_and_applies_the_new_ones_once() {
+    if server().is_none() {
+        return;
+    }
+    let a = node("cl_mixed_keys", "a", Claim::Free);
+    let (m, n) = (id("acct-1"), id("acct-2"));
+    let first = a.submit(add(&m, "k1", 5)).unwrap();
+    let answers = a.submit_many(vec![
+        add(&n, "k1", 1), // new: the same key on another machine is another command
+        add(&m, "k1", 5), // known, same event: the same command
+        add(&m, "k2", 7), // new
+        add(&m, "k1", 9), // known, another event: refused
+        add(&n, "k3", 2), // new, and again in the same batch
+        add(&n, "k3", 2), // the same command as the one before it
+    ]);
+    assert_eq!(answers.len(), 6);
+    let mut answers = answers.into_iter();
+    let n1 = answers.next().unwrap().unwrap();
+    let again = answers.next().unwrap().unwrap();
+    assert_eq!(again.row(), first.row(), "one row for one key");
+    let m2 = answers.next().unwrap().unwrap();
+    match answers.next().unwrap() {
+        Err(InboxError::KeyReused { machine, key: k }) => {
+            assert_eq!((machine, k.as_str()), (m.clone(), "k1"));
+        }
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    let n3 = answers.next().unwrap().unwrap();
+    let n3_again = answers.next().unwrap().unwrap();
+    assert_eq!(
+        n3.row(),
+        n3_again.row(),
+        "one row for one key within a batch"
+    );
+    for t in [&first, &again, &n1, &m2, &n3, &n3_again] {
+        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
+    }
+    assert_eq!(total(&a, &m), 12);
+    assert_eq!(total(&a, &n), 3);
+    // A batch of new keys only still goes in whole.
+    let fresh: Vec<_> = a
+        .submit_many((0..5).map(|i| add(&m, &format!("f{i}"), 1)).collect())
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for t in &fresh {
+        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
+    }
+    assert_eq!(total(&a, &m), 17);
+}
 #[test]
 fn commands_for_one_machine_are_applied_in_submission_order_whichever_node_took_them() {
     if server().is_none() {

@@ -508,6 +508,10 @@ impl Statements {
             ),
             // A machine's first `$3` pending commands, less those already in flight here:
             // with one in flight per machine, a machine with a command in flight gives none.
+            // The rows in flight are left out with `NOT IN`, which PostgreSQL hashes; with
+            // `NOT EXISTS` over the same array it planned a nested loop (the pending rows are
+            // estimated at one), comparing every pending row with every row in flight: 60 ms
+            // per read at 1,024 pending and 512 in flight.
             fetch: format!(
                 "SELECT id, machine, key, event,
                         (deadline IS NOT NULL AND deadline <= clock_timestamp()) AS expired,
@@ -520,7 +524,7 @@ impl Statements {
                      WHERE i.partition = ANY($1::int4[]) AND i.status IS NULL
                  ) q
                  WHERE q.rn <= $3::int8
-                   AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS b(id) WHERE b.id = q.id)
+                   AND q.id NOT IN (SELECT unnest($2::int8[]))
                  ORDER BY q.id
                  LIMIT $4::int8"
             ),

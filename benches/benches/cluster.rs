@@ -20,8 +20,10 @@
 //!   inbox from 4 clients at once, which the owner node reads, applies and records in a
 //!   pipeline. `inbox/4x256` against `direct/4x256` is the like-for-like throughput ratio.
 //!
-//! After the measurements it prints the inbox's submit-to-answer latency, p50 and p99, for
-//! batches of 256 and for single commands.
+//! After the measurements it prints the machine's CPU time per command (this process and the
+//! server together, from /proc/stat) for the raw limit, `direct/4x256` and `inbox/4x256`, and
+//! the inbox's submit-to-answer latency, p50 and p99, for batches of 256 and for single
+//! commands.
 //!
 //! As in the `postgres` bench, each function runs its operation alternately with the raw
 //! baseline's, timing only its own, so both sides of every ratio meet the same disk moments.
@@ -272,6 +274,42 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // The machine's CPU time per command on each path (this process and the server
+    // together, read from /proc/stat): with PostgreSQL on the same cores the paths are
+    // CPU-bound, so this says why their throughputs differ, and it varies less between
+    // runs than the throughput itself on a shared machine.
+    let cpu_row = |name: &str, per_round: usize, round: &mut dyn FnMut()| {
+        let Some(before) = busy_seconds() else {
+            return;
+        };
+        let start = Instant::now();
+        let mut rounds = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            round();
+            rounds += 1;
+        }
+        if let Some(after) = busy_seconds() {
+            let commands = (rounds * per_round) as f64;
+            println!(
+                "cluster: {name}: {:.1} µs of CPU per command ({} commands)",
+                (after - before) * 1e6 / commands,
+                rounds * per_round
+            );
+        }
+    };
+    cpu_row("raw_inbox_limit/256", N, &mut || raw.batch());
+    cpu_row("direct/4x256", N * CLIENTS, &mut || {
+        direct_round += 1;
+        let r = direct_round;
+        std::thread::scope(|s| {
+            for (c, ids) in direct_ids.chunks(N).enumerate() {
+                let direct = &direct;
+                s.spawn(move || direct_submit(direct, ids, &format!("dcpu{r}-{c}")));
+            }
+        });
+    });
+    cpu_row("inbox/4x256", N * CLIENTS, &mut || inboxed.concurrent());
+
     // Submit-to-answer latency through the inbox.
     for size in [N, 1] {
         let mut h = Histogram::<u64>::new(3).unwrap();
@@ -287,6 +325,27 @@ fn bench(c: &mut Criterion) {
             h.value_at_quantile(0.99) as f64 / 1000.0
         );
     }
+}
+
+/// Seconds of CPU every core of this machine spent busy so far (user, nice, system, irq,
+/// softirq), or `None` where /proc/stat cannot be read.
+fn busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(
+        [0, 1, 2, 5, 6]
+            .iter()
+            .filter_map(|&i| ticks.get(i))
+            .sum::<f64>()
+            / 100.0,
+    )
 }
 
 criterion::criterion_group!(benches, bench);

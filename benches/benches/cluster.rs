@@ -221,6 +221,15 @@ fn direct_submit(direct: &Kernel<Account>, ids: &[MachineId], tag: &str) {
     }
 }
 
+/// `CLIENTS` threads at once, each submitting `N` of `ids` to the owner directly.
+fn direct_concurrent(direct: &Kernel<Account>, ids: &[MachineId], tag: &str) {
+    std::thread::scope(|s| {
+        for (c, ids) in ids.chunks(N).enumerate() {
+            s.spawn(move || direct_submit(direct, ids, &format!("{tag}-{c}")));
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let Some(server) = TestServer::start_or_skip("the cluster bench") else {
         return;
@@ -258,13 +267,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("direct/4x256", |b| {
         let mut timed = || {
             direct_round += 1;
-            let r = direct_round;
-            std::thread::scope(|s| {
-                for (c, ids) in direct_ids.chunks(N).enumerate() {
-                    let direct = &direct;
-                    s.spawn(move || direct_submit(direct, ids, &format!("dc{r}-{c}")));
-                }
-            });
+            direct_concurrent(&direct, &direct_ids, &format!("dc{direct_round}"));
         };
         alternating(b, &mut timed, &mut || raw.batch())
     });
@@ -275,9 +278,9 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // The machine's CPU time per command on each path (this process and the server
-    // together, read from /proc/stat): with PostgreSQL on the same cores the paths are
-    // CPU-bound, so this says why their throughputs differ, and it varies less between
-    // runs than the throughput itself on a shared machine.
+    // together, read from /proc/stat): with PostgreSQL on the same cores every path spends
+    // the same two cores, so this says what each command costs them, and it varies less
+    // between runs than the throughput itself on a shared machine.
     let cpu_row = |name: &str, per_round: usize, round: &mut dyn FnMut()| {
         let Some(before) = busy_seconds() else {
             return;
@@ -300,13 +303,7 @@ fn bench(c: &mut Criterion) {
     cpu_row("raw_inbox_limit/256", N, &mut || raw.batch());
     cpu_row("direct/4x256", N * CLIENTS, &mut || {
         direct_round += 1;
-        let r = direct_round;
-        std::thread::scope(|s| {
-            for (c, ids) in direct_ids.chunks(N).enumerate() {
-                let direct = &direct;
-                s.spawn(move || direct_submit(direct, ids, &format!("dcpu{r}-{c}")));
-            }
-        });
+        direct_concurrent(&direct, &direct_ids, &format!("dcpu{direct_round}"));
     });
     cpu_row("inbox/4x256", N * CLIENTS, &mut || inboxed.concurrent());
 

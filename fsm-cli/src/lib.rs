@@ -216,7 +216,8 @@ enum Command {
         /// At most this many (the newest).
         #[arg(long)]
         limit: Option<usize>,
-        /// Keep streaming new decisions (until interrupted).
+        /// Keep streaming new decisions (until interrupted). A line on stderr says when the
+        /// stream is attached: every decision after it is shown.
         #[arg(long, short = 'f')]
         follow: bool,
         /// With --follow: at most this many entries a second (the kernel says how many it

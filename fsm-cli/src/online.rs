@@ -241,8 +241,17 @@ pub(crate) fn trace(
     if !follow {
         return Ok(Status::Ok);
     }
-    let _: proto::Watching = admin.ask(&filter.watch(max_per_sec))?;
+    let watching: proto::Watching = admin.ask(&filter.watch(max_per_sec))?;
     out.flush().map_err(io)?;
+    // From here on every decision the filter matches is shown: a script that drives the
+    // kernel can wait for this line before it acts.
+    writeln!(
+        err,
+        "fsm: following {}'s decisions as they happen, at most {} a second (interrupt to stop)",
+        watching.watching, watching.max_per_sec
+    )
+    .map_err(io)?;
+    err.flush().map_err(io)?;
     while let Some(message) = admin.next::<proto::WatchMessage>()? {
         match &message {
             _ if json_lines => writeln!(out, "{}", json_line(&message)).map_err(io)?,

@@ -347,6 +347,7 @@ fn the_online_commands_read_a_running_kernel() {
     let mut follower = Command::new(env!("CARGO_BIN_EXE_fsm"))
         .args(["trace", s, "--machine", "order-004", "--follow"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
@@ -355,7 +356,17 @@ fn the_online_commands_read_a_running_kernel() {
         first.contains("--Submit--> Submitted"),
         "the trace so far comes first: {first}"
     );
-    wait_for("the watch is attached", || _admin.clients() >= 1);
+    // Only once the CLI says it follows is a new decision sure to be streamed: a client
+    // that is connected may not have asked to watch yet (a loaded machine showed it).
+    let mut told = BufReader::new(follower.stderr.take().unwrap()).lines();
+    let following = told
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("fsm: following"));
+    assert_eq!(
+        following.as_deref(),
+        Some("fsm: following Order's decisions as they happen, at most 1000 a second (interrupt to stop)")
+    );
     kernel.submit(&order(4), pay()).unwrap().wait().unwrap();
     let next = lines.next().unwrap().unwrap();
     assert!(next.contains("--Pay--> Paid"), "{next}");

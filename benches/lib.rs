@@ -4,6 +4,49 @@
 #[path = "alloc.rs"]
 pub mod alloc;
 
+/// Processor time read from Linux's `/proc`, for the tools that report CPU per command. The
+/// kernel's clock ticks (`USER_HZ`) are 100 a second on every Linux this runs on.
+pub mod cpu {
+    /// This process's processor time so far (user + system), from `/proc/self/stat`, in
+    /// seconds; zero where there is no such file.
+    pub fn process_seconds() -> f64 {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return 0.0;
+        };
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+            f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+        });
+        ticks / 100.0
+    }
+
+    /// Seconds every core of the machine spent busy so far (user, nice, system, irq,
+    /// softirq), from `/proc/stat`: this process and any other, a database server on the
+    /// same cores included; `None` where the file cannot be read.
+    pub fn machine_busy_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(
+            [0, 1, 2, 5, 6]
+                .iter()
+                .filter_map(|&i| ticks.get(i))
+                .sum::<f64>()
+                / 100.0,
+        )
+    }
+}
+
 /// Runs `other` then `timed`, `iters` times, and returns the time `timed` took in all: for
 /// criterion's `iter_custom`, so a function and its baseline meet the same moments of a disk
 /// whose speed drifts.

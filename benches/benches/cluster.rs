@@ -282,7 +282,7 @@ fn bench(c: &mut Criterion) {
     // the same two cores, so this says what each command costs them, and it varies less
     // between runs than the throughput itself on a shared machine.
     let cpu_row = |name: &str, per_round: usize, round: &mut dyn FnMut()| {
-        let Some(before) = busy_seconds() else {
+        let Some(before) = fsm_benches::cpu::machine_busy_seconds() else {
             return;
         };
         let start = Instant::now();
@@ -291,7 +291,7 @@ fn bench(c: &mut Criterion) {
             round();
             rounds += 1;
         }
-        if let Some(after) = busy_seconds() {
+        if let Some(after) = fsm_benches::cpu::machine_busy_seconds() {
             let commands = (rounds * per_round) as f64;
             println!(
                 "cluster: {name}: {:.1} µs of CPU per command ({} commands)",
@@ -322,27 +322,6 @@ fn bench(c: &mut Criterion) {
             h.value_at_quantile(0.99) as f64 / 1000.0
         );
     }
-}
-
-/// Seconds of CPU every core of this machine spent busy so far (user, nice, system, irq,
-/// softirq), or `None` where /proc/stat cannot be read.
-fn busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().ok())
-        .collect::<Option<_>>()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(
-        [0, 1, 2, 5, 6]
-            .iter()
-            .filter_map(|&i| ticks.get(i))
-            .sum::<f64>()
-            / 100.0,
-    )
 }
 
 criterion::criterion_group!(benches, bench);

@@ -153,25 +153,6 @@ struct Point {
     note: String,
 }
 
-/// The process's processor time so far (user + system), from `/proc/self/stat`, in seconds;
-/// zero where there is no such file.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    // The kernel's clock ticks are 100 a second on Linux.
-    ticks / 100.0
-}
-
 fn kernel_for(
     store: &str,
     dir: &Path,
@@ -210,7 +191,7 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
     let clients = o.clients;
     let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
-    let cpu_before = cpu_seconds();
+    let cpu_before = fsm_benches::cpu::process_seconds();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let submitter = kernel.handle();
@@ -227,7 +208,7 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
         latency.add(h).expect("histograms of one shape");
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = fsm_benches::cpu::process_seconds() - cpu_before;
     let report = kernel.shutdown(Shutdown::Drain);
     Point {
         per_second: done as f64 / elapsed.as_secs_f64(),

@@ -200,6 +200,75 @@ fn bench_recover(c: &mut Criterion) {
     group.finish();
 }
 
+/// Machines a compaction moves from the log into their files in `store_compact`.
+const COMPACTED: usize = 5_000;
+
+/// A store whose log holds `COMPACTED` machines (batches of `BATCH`), not yet compacted.
+fn store_with_log(dir: &Path) -> FileStore {
+    let store = FileStore::builder(dir)
+        .checkpoint_bytes(u64::MAX / 8)
+        .open()
+        .unwrap();
+    let ids: Vec<MachineId> = (0..COMPACTED)
+        .map(|i| MachineId::new(format!("m{i}")).unwrap())
+        .collect();
+    let snap = envelope(1);
+    for chunk in ids.chunks(BATCH) {
+        let puts: Vec<Put<'_>> = chunk.iter().map(|id| Put::new(id, None, &snap)).collect();
+        store.put_many(&puts).unwrap();
+    }
+    store
+}
+
+/// Compaction (every machine of the log into its own file) beside the protocol it would cost
+/// with a synced atomic replace per machine (what the store did before it synced the file
+/// system once per compaction).
+fn bench_compact(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_compact");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(COMPACTED as u64));
+    let bytes = envelope(1);
+    group.bench_function("raw_atomic_replace_each/5k", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                for i in 0..COMPACTED {
+                    let temp = dir.path().join(format!(".tmp-m{i}"));
+                    let mut file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&temp)
+                        .unwrap();
+                    file.write_all(bytes.as_bytes()).unwrap();
+                    file.sync_all().unwrap();
+                    drop(file);
+                    fs::rename(&temp, dir.path().join(format!("m{i}.snap"))).unwrap();
+                }
+                File::open(dir.path()).unwrap().sync_all().unwrap();
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("file_store_checkpoint/5k", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = store_with_log(dir.path());
+                (dir, store)
+            },
+            |(dir, store)| {
+                store.checkpoint().unwrap();
+                assert_eq!(store.stats().compacted_snapshots, COMPACTED as u64);
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 /// The state name a snapshot of sequence `seq` records (or none).
 type StateOf = fn(u64) -> Option<&'static str>;
 
@@ -310,5 +379,12 @@ fn bench_state(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put, bench_batch, bench_recover, bench_state);
+criterion_group!(
+    benches,
+    bench_put,
+    bench_batch,
+    bench_recover,
+    bench_compact,
+    bench_state
+);
 criterion_main!(benches);

@@ -3,14 +3,23 @@
 //!
 //! ```text
 //! cargo run --release -p fsm-benches --example kernel_scale -- [--max-shards N] [--seconds S]
-//!     [--stores memory,file,sqlite] [--machines M] [--window W] [--clients C] [--lanes L]
+//!     [--shards 1,2,8] [--rounds R] [--stores memory,file,sqlite] [--machines M]
+//!     [--window W] [--clients C] [--lanes L]
 //! ```
 //!
 //! For 1, 2, 4, ... N shards (default: the machine's cores, and at least 8) it runs a counter
 //! machine over M machine ids (default 100,000) through a kernel over each store, for S
 //! seconds per point (default 3), and prints commands per second, the ratio to the 1-shard
 //! figure, and the submit-to-answer latency p50/p99 seen by the clients, with the kernel's
-//! commit (persist) p99 beside it.
+//! commit (persist) p99 beside it. `--shards` names the shard counts instead (the first is the
+//! one the others are compared with), for example to profile one point.
+//!
+//! **Rounds.** On a shared or virtual machine the same point can differ by a third from one
+//! run to the next, for minutes at a time, which is more than the shard count changes. With
+//! `--rounds R` every store's shard counts are run R times, interleaved (forward, then
+//! backward, ...), and each row shows the round with the median throughput, its ratio to the
+//! 1-shard median, and the range over the rounds: a drift of the machine then reaches every
+//! shard count alike instead of deciding the ratio.
 //!
 //! **Load.** C client threads (default: the largest shard count, at least two), each keeping a
 //! window of W commands in flight (default 64) through a [`KernelHandle`]: it submits until W
@@ -77,6 +86,10 @@ impl Handler<count_cmd::Bump, counter::Counting> for counter::Counting {
 
 struct Options {
     max_shards: usize,
+    /// The shard counts to run, if named (`--shards`); otherwise 1, 2, 4, ... `max_shards`.
+    shards: Option<Vec<usize>>,
+    /// How many interleaved rounds of every point to run (the median is reported).
+    rounds: usize,
     seconds: f64,
     stores: Vec<String>,
     machines: usize,
@@ -89,8 +102,8 @@ struct Options {
 fn usage(problem: &str) -> ! {
     eprintln!("kernel_scale: {problem}");
     eprintln!(
-        "usage: kernel_scale [--max-shards N] [--seconds S] [--stores memory,file,sqlite] \
-         [--machines M] [--window W] [--clients C] [--lanes L]"
+        "usage: kernel_scale [--max-shards N | --shards 1,2,8] [--rounds R] [--seconds S] \
+         [--stores memory,file,sqlite] [--machines M] [--window W] [--clients C] [--lanes L]"
     );
     std::process::exit(2)
 }
@@ -99,6 +112,8 @@ fn options() -> Options {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut o = Options {
         max_shards: cores.max(8),
+        shards: None,
+        rounds: 1,
         seconds: 3.0,
         stores: vec!["memory".into(), "file".into(), "sqlite".into()],
         machines: 100_000,
@@ -114,6 +129,17 @@ fn options() -> Options {
         };
         match flag.as_str() {
             "--max-shards" => o.max_shards = value().parse().unwrap_or(0),
+            "--shards" => {
+                let list: Vec<usize> = value()
+                    .split(',')
+                    .map(|n| n.trim().parse().unwrap_or(0))
+                    .collect();
+                if list.contains(&0) {
+                    usage("--shards takes a comma-separated list of whole numbers above 0");
+                }
+                o.shards = Some(list);
+            }
+            "--rounds" => o.rounds = value().parse().unwrap_or(0),
             "--seconds" => o.seconds = value().parse().unwrap_or(0.0),
             "--machines" => o.machines = value().parse().unwrap_or(0),
             "--window" => o.window = value().parse().unwrap_or(0),
@@ -123,8 +149,12 @@ fn options() -> Options {
             other => usage(&format!("unknown argument `{other}`")),
         }
     }
-    if o.max_shards == 0 || o.machines == 0 || o.window == 0 || o.seconds.is_nan() {
-        usage("--max-shards, --machines and --window take a whole number above 0");
+    if o.max_shards == 0 || o.machines == 0 || o.window == 0 || o.rounds == 0 || o.seconds.is_nan()
+    {
+        usage("--max-shards, --rounds, --machines and --window take a whole number above 0");
+    }
+    if let Some(list) = &o.shards {
+        o.max_shards = list.iter().copied().max().unwrap_or(1);
     }
     if o.clients == 0 {
         o.clients = o.max_shards.max(2);
@@ -392,10 +422,10 @@ fn main() {
             .map(|i| MachineId::new(format!("c-{i}")).expect("a valid id"))
             .collect(),
     );
-    let shard_counts = counts(o.max_shards);
+    let shard_counts = o.shards.clone().unwrap_or_else(|| counts(o.max_shards));
     println!(
-        "kernel_scale: {cores} cores, {} machines, {} clients with {} commands each in flight, {} s per point",
-        o.machines, o.clients, o.window, o.seconds
+        "kernel_scale: {cores} cores, {} machines, {} clients with {} commands each in flight, {} s per point, {} round(s)",
+        o.machines, o.clients, o.window, o.seconds, o.rounds
     );
     for store in &o.stores {
         println!();
@@ -404,19 +434,44 @@ fn main() {
             "| shards | commands/s | x 1 shard | latency p50 | latency p99 | commit p99 | CPU/command | store |"
         );
         println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-        let mut first = None;
-        for &shards in &shard_counts {
-            let p = run_kernel(store, shards, &ids, &o);
-            let base = *first.get_or_insert(p.per_second);
+        // Every round runs every shard count; odd rounds run them backwards.
+        let mut runs: Vec<Vec<Point>> = shard_counts.iter().map(|_| Vec::new()).collect();
+        for round in 0..o.rounds {
+            let mut order: Vec<usize> = (0..shard_counts.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                runs[i].push(run_kernel(store, shard_counts[i], &ids, &o));
+            }
+        }
+        let mut base = None;
+        for (&shards, mut points) in shard_counts.iter().zip(runs) {
+            points.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+            let range = (o.rounds > 1).then(|| {
+                format!(
+                    "{} rounds {}-{}",
+                    o.rounds,
+                    human(points[0].per_second),
+                    human(points[points.len() - 1].per_second)
+                )
+            });
+            let p = &points[points.len() / 2];
+            let base = *base.get_or_insert(p.per_second);
+            let note = [Some(p.note.clone()), range]
+                .into_iter()
+                .flatten()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             println!(
-                "| {shards} | {} | {:.2} | {:.2?} | {:.2?} | {:.2?} | {:.2} µs | {} |",
+                "| {shards} | {} | {:.2} | {:.2?} | {:.2?} | {:.2?} | {:.2} µs | {note} |",
                 human(p.per_second),
                 p.per_second / base,
                 p.p50,
                 p.p99,
                 p.commit_p99,
                 p.cpu_us,
-                p.note
             );
         }
     }

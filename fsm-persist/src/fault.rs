@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::io::{Io, IoFile, OsIo};
+use crate::io::{FsSync, Io, IoFile, OsIo};
 
 pub use crate::pausable::Pausable;
 pub use crate::power::{Image, Outcome, PowerLossIo, Unsynced, BLOCK};
@@ -33,17 +33,20 @@ pub enum Step {
     SyncDir,
     /// Removing a file.
     Remove,
+    /// A sync of the whole file system (compaction's, once per compaction).
+    SyncFs,
 }
 
 impl Step {
     /// Every step, for tests that go through all of them.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::Create,
         Step::Write,
         Step::Sync,
         Step::Rename,
         Step::SyncDir,
         Step::Remove,
+        Step::SyncFs,
     ];
 
     fn index(self) -> usize {
@@ -84,7 +87,7 @@ impl Fault {
 #[derive(Debug)]
 struct State {
     plan: Option<(Step, usize, Fault)>,
-    counts: [AtomicUsize; 6],
+    counts: [AtomicUsize; Step::ALL.len()],
     failing_forever: AtomicBool,
     crashed: AtomicBool,
     injected: AtomicBool,
@@ -236,6 +239,28 @@ impl Io for FaultyIo {
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.gate(Step::Remove)?;
         OsIo.remove(path)
+    }
+
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>> {
+        if self.crashed() {
+            return Err(injected_error(Step::SyncFs));
+        }
+        Ok(Box::new(FaultyFs {
+            inner: OsIo.open_fs(dir)?,
+            io: self.clone(),
+        }))
+    }
+}
+
+struct FaultyFs {
+    inner: Box<dyn FsSync>,
+    io: FaultyIo,
+}
+
+impl FsSync for FaultyFs {
+    fn sync(&mut self) -> io::Result<()> {
+        self.io.gate(Step::SyncFs)?;
+        self.inner.sync()
     }
 }
 

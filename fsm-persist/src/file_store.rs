@@ -41,7 +41,10 @@ const PARTITIONS: usize = FileStore::PARTITIONS;
 ///   (the kernel's shards) sync in parallel instead of taking turns, and batches that meet on
 ///   one lane share one write and one sync. Once the
 ///   log holds [`FileStoreBuilder::checkpoint_bytes`] its segments are sealed and compacted
-///   into the per-machine files, then removed.
+///   into the per-machine files (each written to a temp file and renamed over its file, all
+///   of them made durable by one sync of the file system, [`Io::open_fs`]), then removed.
+///   Until that sync the segments still hold every copy, so a file a crash cut short is
+///   replaced from the log when the store opens ([`Recovery::torn_files`]).
 /// - Files are created with mode 0600. Machine ids cannot name anything outside the directory
 ///   ([`MachineId`] refuses separators, `..`, NUL and leading dots).
 ///
@@ -141,6 +144,8 @@ pub struct Recovery {
     /// Snapshot files that did not verify, by file name, with what is wrong. Reported even
     /// when the log held a valid snapshot for the same machine: that one may be older than
     /// what the corrupt file held, so a caller decides whether the fallback is acceptable.
+    /// Files that are only a torn copy of what the log holds are in
+    /// [`torn_files`](Recovery::torn_files) instead.
     pub corrupt: Vec<(String, Corruption)>,
     /// Temp files of interrupted writes that were removed.
     pub stray_temps_removed: usize,
@@ -154,6 +159,11 @@ pub struct Recovery {
     pub wal_snapshots_applied: usize,
     /// Bytes at the end of segments that did not form a valid record (torn by a crash).
     pub wal_torn_bytes: usize,
+    /// Snapshot files that a crash cut short while a compaction was writing them: each did not
+    /// verify, and each is a prefix (with blocks that read as zeros, where the data never
+    /// reached the disk) of the copy the log still held, which replaced it. Nothing was lost,
+    /// so they are not in [`corrupt`](Recovery::corrupt).
+    pub torn_files: Vec<String>,
 }
 
 /// Options for [`FileStore`]; from [`FileStore::builder`].
@@ -848,6 +858,7 @@ impl Shared {
             log.bytes += bytes;
             self.next_segment.fetch_max(number + 1, Ordering::Relaxed);
         }
+        self.separate_torn_files(&mut report);
         let replayed_any = !log.live.is_empty();
         *lock(&self.log) = log;
         if replayed_any {
@@ -866,6 +877,52 @@ impl Shared {
             })
             .sum();
         Ok(report)
+    }
+
+    /// Moves the corrupt files that are torn copies of what the log holds (see
+    /// [`Recovery::torn_files`]) out of `report.corrupt`. A compaction writes a machine's file
+    /// without an fsync of its own and syncs the file system once at the end, so a crash
+    /// before that end may leave any of its files short, zeroed or empty; the log segments it
+    /// was emptying are only removed after the sync, so they still hold every such copy. A
+    /// file that differs from the log's copy anywhere else (a newer snapshot damaged on disk)
+    /// stays reported.
+    fn separate_torn_files(&self, report: &mut Recovery) {
+        let corrupt = std::mem::take(&mut report.corrupt);
+        for (name, problem) in corrupt {
+            if self.is_torn_copy(&name) {
+                report.torn_files.push(name);
+            } else {
+                report.corrupt.push((name, problem));
+            }
+        }
+    }
+
+    fn is_torn_copy(&self, name: &str) -> bool {
+        let Some(id) = name
+            .strip_suffix(SNAP_SUFFIX)
+            .and_then(|stem| MachineId::new(stem).ok())
+        else {
+            return false;
+        };
+        let at = match lock(&self.partition(&id).state).index.get(&id) {
+            Some(Entry::Valid { at, .. }) => *at,
+            _ => return false,
+        };
+        let Location::Wal {
+            segment,
+            offset,
+            len,
+        } = at
+        else {
+            return false;
+        };
+        let Ok(copy) = self.io.read_at(&self.segment_path(segment), offset, len) else {
+            return false;
+        };
+        let Ok(file) = self.io.read(&self.dir.join(name), len as u64) else {
+            return false;
+        };
+        file.iter().zip(&copy).all(|(&f, &c)| f == c || f == 0)
     }
 
     /// Reads and verifies every snapshot file, on `threads` threads.
@@ -1230,6 +1287,11 @@ impl Shared {
 
     /// Writes and fsyncs a temp file holding `bytes`; returns its path.
     fn create_synced_temp(&self, id: &MachineId, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        self.create_temp(id, bytes, true)
+    }
+
+    /// Writes a temp file holding `bytes`, and fsyncs it if `sync`; returns its path.
+    fn create_temp(&self, id: &MachineId, bytes: &[u8], sync: bool) -> Result<PathBuf, StoreError> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let temp = self.dir.join(format!("{TEMP_PREFIX}{id}-{n}"));
         let mut file = self
@@ -1240,6 +1302,9 @@ impl Shared {
             drop(file);
             let _ = self.io.remove(&temp);
             return Err(self.io_error("writing a snapshot", Some(temp), e));
+        }
+        if !sync {
+            return Ok(temp);
         }
         if let Err(source) = file.sync_all() {
             drop(file);
@@ -1315,7 +1380,9 @@ impl Shared {
                     Corruption::Other("log segment shorter than its index".into()),
                 )
             })?;
-        let temp = self.create_synced_temp(id, envelope)?;
+        // Not synced here: the log keeps this copy until the whole compaction is durable (one
+        // file-system sync in `compact`), so a file a crash cuts short is replaced from it.
+        let temp = self.create_temp(id, envelope, false)?;
         // Only if the index still points at this copy: a newer write (to the log or the file)
         // must not be replaced by it.
         let state = lock(&self.partition(id).state);
@@ -1364,6 +1431,12 @@ impl Shared {
                 }
             }
         }
+        // Opened before anything is written, so its sync reports any write-back failure of
+        // the files this compaction writes.
+        let mut fs = self
+            .io
+            .open_fs(&self.dir)
+            .map_err(|e| self.io_error("opening the store's file system", None, e))?;
         let mut renamed = Vec::new();
         for (segment, entries) in by_segment {
             let path = self.segment_path(segment);
@@ -1371,8 +1444,8 @@ impl Shared {
                 .io
                 .read(&path, MAX_SEGMENT)
                 .map_err(|e| self.io_error("reading a log segment", Some(path.clone()), e))?;
-            // Each snapshot costs a file fsync: several at once when the disk takes them in
-            // parallel (the background compactor), one after the other otherwise.
+            // Several threads at once in the background compactor (creating and renaming files
+            // is the file system's CPU work), one after the other otherwise.
             let moved = in_parallel(&entries, threads, |(id, seq, offset, len)| {
                 let here = Location::Wal {
                     segment,
@@ -1388,10 +1461,17 @@ impl Shared {
             }
         }
         if !renamed.is_empty() {
-            if let Err(source) = self.io.sync_dir(&self.dir) {
-                return Err(self.poison("fsync of the store directory", self.dir.clone(), source));
+            // Every file written and renamed above, and the directory, in one sync; only then
+            // may the log's copies go.
+            if let Err(source) = fs.sync() {
+                return Err(self.poison(
+                    "sync of the store's file system",
+                    self.dir.clone(),
+                    source,
+                ));
             }
         }
+        drop(fs);
         let moved = renamed.len() as u64;
         for (id, here) in renamed {
             let mut state = lock(&self.partition(&id).state);

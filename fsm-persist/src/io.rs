@@ -31,6 +31,18 @@ pub trait Io: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Removes the file `path`.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// A handle on the file system that holds `dir`, whose [`FsSync::sync`] makes durable
+    /// everything written to it (file data, sizes and directory entries) up to that call.
+    /// Compaction opens one before it writes and syncs it once at the end, instead of an fsync
+    /// per file.
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>>;
+}
+
+/// A whole file system's sync, from [`Io::open_fs`].
+pub trait FsSync: Send {
+    /// Makes everything written to the file system durable (`syncfs`), and fails if writing
+    /// any of it back failed since the handle was opened.
+    fn sync(&mut self) -> io::Result<()>;
 }
 
 /// An open file being written.
@@ -102,6 +114,20 @@ impl Io for OsIo {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>> {
+        Ok(Box::new(OsFs(File::open(dir)?)))
+    }
+}
+
+/// `syncfs` on a descriptor opened before the writes it covers: Linux (since 5.8) reports
+/// through it any write-back error on the file system since the descriptor was opened.
+struct OsFs(File);
+
+impl FsSync for OsFs {
+    fn sync(&mut self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.0).map_err(io::Error::from)
     }
 }
 

@@ -16,6 +16,8 @@
 //!   (the file ends at its synced length), **kept**, kept as a **prefix** of random length, or
 //!   kept as a random subset of whole 4 KiB **blocks** with the file at its full length and
 //!   the other blocks reading as zeros (the size reached the disk, the data did not).
+//! - A sync of the whole file system ([`Io::open_fs`], `syncfs`) makes every file's bytes and
+//!   every entry durable at once.
 //! - The directory's entries as of its last successful `sync_dir` are durable. Every entry
 //!   operation after it (a creation, a rename, a removal) is, independently, **kept or
 //!   undone**; the kept ones apply in the order they happened. A rename is atomic: its target
@@ -78,7 +80,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::fault::Step;
-use crate::io::{Io, IoFile, OsIo};
+use crate::io::{FsSync, Io, IoFile, OsIo};
 
 /// The block size of the model: unsynced data survives in whole blocks of this size.
 pub const BLOCK: usize = 4096;
@@ -131,12 +133,26 @@ impl DirOp {
 /// One operation, as the journal records it (replayed in order, it rebuilds the model).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Record {
-    Create { name: OsString },
-    Write { ino: usize, data: Vec<u8> },
-    Sync { ino: usize },
-    Rename { from: OsString, to: OsString },
+    Create {
+        name: OsString,
+    },
+    Write {
+        ino: usize,
+        data: Vec<u8>,
+    },
+    Sync {
+        ino: usize,
+    },
+    Rename {
+        from: OsString,
+        to: OsString,
+    },
     SyncDir,
-    Remove { name: OsString },
+    Remove {
+        name: OsString,
+    },
+    /// A sync of the whole file system: every file and the directory.
+    SyncFs,
 }
 
 struct Disk {
@@ -212,6 +228,7 @@ impl Disk {
                 }
             }
             Record::SyncDir => Step::SyncDir,
+            Record::SyncFs => Step::SyncFs,
         };
         self.gate(step)?;
         if let Some(journal) = &mut self.journal {
@@ -253,6 +270,14 @@ impl Disk {
                 let ino = self.names.remove(&name).expect("validated");
                 self.pending.push(DirOp::Remove { name, ino });
                 ino
+            }
+            Record::SyncFs => {
+                for inode in &mut self.inodes {
+                    inode.synced = inode.data.len();
+                }
+                self.durable = self.names.clone();
+                self.pending.clear();
+                0
             }
         }
     }
@@ -361,6 +386,7 @@ impl PowerLossIo {
                     Record::Rename { .. } => Step::Rename,
                     Record::SyncDir => Step::SyncDir,
                     Record::Remove { .. } => Step::Remove,
+                    Record::SyncFs => Step::SyncFs,
                 };
                 if let Record::Rename { from: name, .. } | Record::Remove { name } = &record {
                     if !disk.names.contains_key(name) {
@@ -599,6 +625,30 @@ impl Io for PowerLossIo {
         let name = self.name_in(path)?;
         self.lock().perform(Record::Remove { name }).map(drop)
     }
+
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>> {
+        if dir != self.dir {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{} is not the modelled directory", dir.display()),
+            ));
+        }
+        self.lock().check_on()?;
+        Ok(Box::new(PowerFs {
+            disk: self.disk.clone(),
+        }))
+    }
+}
+
+/// The modelled directory's file system: its sync makes every file and entry durable.
+struct PowerFs {
+    disk: Arc<Mutex<Disk>>,
+}
+
+impl FsSync for PowerFs {
+    fn sync(&mut self) -> io::Result<()> {
+        self.disk.lock().recover().perform(Record::SyncFs).map(drop)
+    }
 }
 
 struct PowerFile {
@@ -762,6 +812,7 @@ fn encode(record: &Record) -> Vec<u8> {
             payload.push(5);
             put_bytes(&mut payload, name.as_bytes());
         }
+        Record::SyncFs => payload.push(6),
     }
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -813,6 +864,7 @@ fn decode(payload: &[u8]) -> Option<Record> {
         },
         4 => Record::SyncDir,
         5 => Record::Remove { name: r.name()? },
+        6 => Record::SyncFs,
         _ => return None,
     };
     r.0.is_empty().then_some(record)

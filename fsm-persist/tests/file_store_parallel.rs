@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::conformance::{id, snapshot};
-use fsm_persist::io::{Io, IoFile, OsIo};
+use fsm_persist::io::{FsSync, Io, IoFile, OsIo};
 use fsm_persist::{Compaction, FileStore, SqliteStore};
 
 const PAYLOAD: usize = 48;
@@ -230,6 +230,9 @@ impl Io for GatedRenames {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         OsIo.remove(path)
+    }
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>> {
+        OsIo.open_fs(dir)
     }
 }
 

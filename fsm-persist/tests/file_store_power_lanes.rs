@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::conformance::{id, snapshot};
 use fsm_persist::fault::PowerLossIo;
-use fsm_persist::io::{Io, IoFile};
+use fsm_persist::io::{FsSync, Io, IoFile};
 use fsm_persist::{Compaction, FileStore};
 
 const PAYLOAD: usize = 48;
@@ -124,6 +124,9 @@ impl Io for Gate {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.disk.remove(path)
+    }
+    fn open_fs(&self, dir: &Path) -> io::Result<Box<dyn FsSync>> {
+        self.disk.open_fs(dir)
     }
 }
 

@@ -811,6 +811,14 @@ impl Shared {
             part.index.insert(id, entry);
         }
         let mut log = LogState::default();
+        // Every log copy of a machine whose file did not verify: the file may be a torn copy
+        // of any of them (see `separate_torn_files`).
+        let unreadable: HashSet<&str> = report
+            .corrupt
+            .iter()
+            .filter_map(|(name, _)| name.strip_suffix(SNAP_SUFFIX))
+            .collect();
+        let mut copies: HashMap<MachineId, Vec<(u64, u64, usize)>> = HashMap::new();
         // In segment order: of two copies with the same sequence, the older segment's stays.
         for (number, replay) in replayed {
             let (bytes, replay) = match replay {
@@ -824,6 +832,12 @@ impl Shared {
             report.wal_records += replay.records;
             report.wal_torn_bytes += replay.torn_bytes;
             for e in replay.entries {
+                if unreadable.contains(e.id.as_str()) {
+                    copies
+                        .entry(e.id.clone())
+                        .or_default()
+                        .push((number, e.offset, e.len));
+                }
                 let mut part = lock(&self.partition(&e.id).state);
                 let newer = part
                     .index
@@ -858,7 +872,7 @@ impl Shared {
             log.bytes += bytes;
             self.next_segment.fetch_max(number + 1, Ordering::Relaxed);
         }
-        self.separate_torn_files(&mut report);
+        self.separate_torn_files(&mut report, &copies);
         let replayed_any = !log.live.is_empty();
         *lock(&self.log) = log;
         if replayed_any {
@@ -886,10 +900,23 @@ impl Shared {
     /// was emptying are only removed after the sync, so they still hold every such copy. A
     /// file that differs from the log's copy anywhere else (a newer snapshot damaged on disk)
     /// stays reported.
-    fn separate_torn_files(&self, report: &mut Recovery) {
+    fn separate_torn_files(
+        &self,
+        report: &mut Recovery,
+        copies: &HashMap<MachineId, Vec<(u64, u64, usize)>>,
+    ) {
         let corrupt = std::mem::take(&mut report.corrupt);
         for (name, problem) in corrupt {
-            if self.is_torn_copy(&name) {
+            let copies = name
+                .strip_suffix(SNAP_SUFFIX)
+                .and_then(|stem| MachineId::new(stem).ok())
+                .and_then(|id| copies.get(&id));
+            let torn = copies.is_some_and(|copies| {
+                copies
+                    .iter()
+                    .any(|&(segment, offset, len)| self.is_torn_copy(&name, segment, offset, len))
+            });
+            if torn {
                 report.torn_files.push(name);
             } else {
                 report.corrupt.push((name, problem));
@@ -897,25 +924,9 @@ impl Shared {
         }
     }
 
-    fn is_torn_copy(&self, name: &str) -> bool {
-        let Some(id) = name
-            .strip_suffix(SNAP_SUFFIX)
-            .and_then(|stem| MachineId::new(stem).ok())
-        else {
-            return false;
-        };
-        let at = match lock(&self.partition(&id).state).index.get(&id) {
-            Some(Entry::Valid { at, .. }) => *at,
-            _ => return false,
-        };
-        let Location::Wal {
-            segment,
-            offset,
-            len,
-        } = at
-        else {
-            return false;
-        };
+    /// Whether the file `name` is a prefix of the log's copy at `offset` in `segment`, with
+    /// zeros allowed where the copy has data (blocks that never reached the disk).
+    fn is_torn_copy(&self, name: &str, segment: u64, offset: u64, len: usize) -> bool {
         let Ok(copy) = self.io.read_at(&self.segment_path(segment), offset, len) else {
             return false;
         };

@@ -30,7 +30,13 @@ const BATCH: usize = 100;
 
 /// The bare atomic replace protocol, as a careful engineer writes it by hand.
 fn raw_atomic_replace(dir: &Path, bytes: &[u8]) {
-    let temp = dir.join(".tmp-m");
+    raw_synced_rename(dir, "m", bytes);
+    File::open(dir).unwrap().sync_all().unwrap();
+}
+
+/// `<name>.snap` replaced by a synced temp file (the directory is the caller's to sync).
+fn raw_synced_rename(dir: &Path, name: &str, bytes: &[u8]) {
+    let temp = dir.join(format!(".tmp-{name}"));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -40,8 +46,7 @@ fn raw_atomic_replace(dir: &Path, bytes: &[u8]) {
     file.write_all(bytes).unwrap();
     file.sync_all().unwrap();
     drop(file);
-    fs::rename(&temp, dir.join("m.snap")).unwrap();
-    File::open(dir).unwrap().sync_all().unwrap();
+    fs::rename(&temp, dir.join(format!("{name}.snap"))).unwrap();
 }
 
 /// A single store put that keeps rising sequences across iterations.
@@ -233,17 +238,7 @@ fn bench_compact(c: &mut Criterion) {
             || tempfile::tempdir().unwrap(),
             |dir| {
                 for i in 0..COMPACTED {
-                    let temp = dir.path().join(format!(".tmp-m{i}"));
-                    let mut file = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&temp)
-                        .unwrap();
-                    file.write_all(bytes.as_bytes()).unwrap();
-                    file.sync_all().unwrap();
-                    drop(file);
-                    fs::rename(&temp, dir.path().join(format!("m{i}.snap"))).unwrap();
+                    raw_synced_rename(dir.path(), &format!("m{i}"), bytes.as_bytes());
                 }
                 File::open(dir.path()).unwrap().sync_all().unwrap();
                 dir

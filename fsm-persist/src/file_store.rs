@@ -911,10 +911,14 @@ impl Shared {
                 .strip_suffix(SNAP_SUFFIX)
                 .and_then(|stem| MachineId::new(stem).ok())
                 .and_then(|id| copies.get(&id));
-            let torn = copies.is_some_and(|copies| {
+            // The file is read once; it cannot be a torn copy if it is longer than every copy.
+            let longest = copies.map_or(0, |c| c.iter().map(|&(_, _, len)| len).max().unwrap_or(0));
+            let file =
+                copies.and_then(|_| self.io.read(&self.dir.join(&name), longest as u64).ok());
+            let torn = copies.zip(file).is_some_and(|(copies, file)| {
                 copies
                     .iter()
-                    .any(|&(segment, offset, len)| self.is_torn_copy(&name, segment, offset, len))
+                    .any(|&(segment, offset, len)| self.is_torn_copy(&file, segment, offset, len))
             });
             if torn {
                 report.torn_files.push(name);
@@ -924,13 +928,13 @@ impl Shared {
         }
     }
 
-    /// Whether the file `name` is a prefix of the log's copy at `offset` in `segment`, with
-    /// zeros allowed where the copy has data (blocks that never reached the disk).
-    fn is_torn_copy(&self, name: &str, segment: u64, offset: u64, len: usize) -> bool {
-        let Ok(copy) = self.io.read_at(&self.segment_path(segment), offset, len) else {
+    /// Whether `file` is a prefix of the log's copy at `offset` in `segment`, with zeros
+    /// allowed where the copy has data (blocks that never reached the disk).
+    fn is_torn_copy(&self, file: &[u8], segment: u64, offset: u64, len: usize) -> bool {
+        if file.len() > len {
             return false;
-        };
-        let Ok(file) = self.io.read(&self.dir.join(name), len as u64) else {
+        }
+        let Ok(copy) = self.io.read_at(&self.segment_path(segment), offset, len) else {
             return false;
         };
         file.iter().zip(&copy).all(|(&f, &c)| f == c || f == 0)

@@ -20,8 +20,9 @@
 //!   inbox from 4 clients at once, which the owner node reads, applies and records in a
 //!   pipeline. `inbox/4x256` against `direct/4x256` is the like-for-like throughput ratio.
 //!
-//! After the measurements it prints the machine's CPU time per command (this process and the
-//! server together, from /proc/stat) for the raw limit, `direct/4x256` and `inbox/4x256`, and
+//! After the measurements it prints the machine's CPU time per command (from /proc/stat), and
+//! how much of it was this process's (the kernel, the node and the clients; the rest is the
+//! server's), for the raw limit, `direct/4x256` and `inbox/4x256`, and
 //! the inbox's submit-to-answer latency, p50 and p99, for batches of 256 and for single
 //! commands.
 //!
@@ -285,6 +286,7 @@ fn bench(c: &mut Criterion) {
         let Some(before) = fsm_benches::cpu::machine_busy_seconds() else {
             return;
         };
+        let ours_before = fsm_benches::cpu::process_seconds();
         let start = Instant::now();
         let mut rounds = 0;
         while start.elapsed() < Duration::from_secs(3) {
@@ -292,10 +294,14 @@ fn bench(c: &mut Criterion) {
             rounds += 1;
         }
         if let Some(after) = fsm_benches::cpu::machine_busy_seconds() {
-            let commands = (rounds * per_round) as f64;
+            let ours = fsm_benches::cpu::process_seconds() - ours_before;
+            let all = after - before;
+            let per = |s: f64| s * 1e6 / (rounds * per_round) as f64;
             println!(
-                "cluster: {name}: {:.1} µs of CPU per command ({} commands)",
-                (after - before) * 1e6 / commands,
+                "cluster: {name}: {:.1} µs of CPU per command: this process {:.1}, the server and the rest of the machine {:.1} ({} commands)",
+                per(all),
+                per(ours),
+                per(all - ours),
                 rounds * per_round
             );
         }

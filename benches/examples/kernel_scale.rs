@@ -33,6 +33,11 @@
 //! **Raw limit.** The same number of threads as shards, each appending batches of 64 records
 //! of 64 bytes with one fdatasync per batch: to one file per thread, and to one file shared
 //! under one lock. The first is what parallel log lanes can reach, the second what one log can.
+//!
+//! **The store column.** For the file store: the compactions that finished during the point,
+//! the time spent compacting (a compaction still under way when the point ends included: with
+//! 100,000 machines one takes longer than a point), and the commits that waited for it. A point
+//! that overlapped a compaction shared the cores with it.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -179,7 +184,8 @@ struct Point {
     /// Processor time the whole process spent per command (user and system), in
     /// microseconds: where it grows with shards, the shards cost work, not waiting.
     cpu_us: f64,
-    /// What the store did meanwhile, where it says (the file store's compactions).
+    /// What the store did meanwhile, where it says (the file store's compactions and the time
+    /// spent compacting).
     note: String,
 }
 
@@ -249,8 +255,8 @@ fn run_kernel(store: &str, shards: usize, ids: &Arc<Vec<MachineId>>, o: &Options
         note: file.map_or_else(String::new, |f| {
             let s = f.stats();
             format!(
-                "{} compactions, {} commits waited ({:.1?})",
-                s.compactions, s.commit_waits, s.commit_wait
+                "{} compactions ({:.1?} compacting), {} commits waited ({:.1?})",
+                s.compactions, s.compacting, s.commit_waits, s.commit_wait
             )
         }),
     }

@@ -119,6 +119,11 @@ pub struct FileStoreStats {
     pub commit_waits: u64,
     /// The time those commits waited, in all.
     pub commit_wait: Duration,
+    /// The time spent compacting, in all (wall clock, from sealing the segments to removing
+    /// them), a compaction under way included. Beside the time the store has been open it
+    /// says how much of it a compactor was busy: on a disk with many machines, compaction
+    /// creates a file per machine and can take as much CPU as the commits themselves.
+    pub compacting: Duration,
 }
 
 impl fmt::Debug for FileStore {
@@ -419,6 +424,13 @@ struct Shared {
     compacted: AtomicU64,
     commit_waits: AtomicU64,
     commit_wait_ns: AtomicU64,
+    /// Nanoseconds spent in finished compactions.
+    compacting_ns: AtomicU64,
+    /// When the compaction under way started, in nanoseconds after `opened` plus one (0: none
+    /// under way).
+    compacting_since: AtomicU64,
+    /// When the store was opened: the origin of `compacting_since`.
+    opened: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -542,6 +554,7 @@ impl FileStore {
             compacted_snapshots: s.compacted.load(Ordering::Relaxed),
             commit_waits: s.commit_waits.load(Ordering::Relaxed),
             commit_wait: Duration::from_nanos(s.commit_wait_ns.load(Ordering::Relaxed)),
+            compacting: s.compacting(),
         }
     }
 
@@ -553,7 +566,7 @@ impl FileStore {
     /// | --- | --- |
     /// | `fsm_file_store_log_bytes`, `fsm_file_store_log_segments` | gauge |
     /// | `fsm_file_store_compactions_total`, `fsm_file_store_compacted_snapshots_total`, `fsm_file_store_commit_waits_total` | counter |
-    /// | `fsm_file_store_commit_wait_seconds` (in all, since open) | gauge |
+    /// | `fsm_file_store_commit_wait_seconds`, `fsm_file_store_compacting_seconds` (in all, since open) | gauge |
     /// | `fsm_file_store_poisoned` (0 or 1) | gauge |
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
@@ -567,6 +580,7 @@ impl FileStore {
             .absolute(st.compacted_snapshots);
         counter!("fsm_file_store_commit_waits_total", &labels).absolute(st.commit_waits);
         gauge!("fsm_file_store_commit_wait_seconds", &labels).set(st.commit_wait.as_secs_f64());
+        gauge!("fsm_file_store_compacting_seconds", &labels).set(st.compacting.as_secs_f64());
         gauge!("fsm_file_store_poisoned", &labels).set(f64::from(u8::from(self.is_poisoned())));
     }
 
@@ -629,6 +643,9 @@ impl FileStore {
             compacted: AtomicU64::new(0),
             commit_waits: AtomicU64::new(0),
             commit_wait_ns: AtomicU64::new(0),
+            compacting_ns: AtomicU64::new(0),
+            compacting_since: AtomicU64::new(0),
+            opened: Instant::now(),
         });
         let recovery = shared.recover()?;
         let compactor = match compaction {
@@ -1341,6 +1358,37 @@ impl Shared {
     /// Seals every open segment and compacts every sealed one, on up to `threads` threads.
     /// The caller holds `compacting`.
     fn compact_all(&self, threads: usize) -> Result<(), StoreError> {
+        let started = self.opened.elapsed();
+        let since = u64::try_from(started.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        self.compacting_since.store(since, Ordering::Relaxed);
+        let result = self.compact_sealed_all(threads);
+        let took = self.opened.elapsed().saturating_sub(started);
+        // Added before the start is cleared: a reader between the two counts the compaction
+        // twice for a moment rather than not at all.
+        self.compacting_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.compacting_since.store(0, Ordering::Relaxed);
+        result
+    }
+
+    /// Time spent compacting so far, the compaction under way included.
+    fn compacting(&self) -> Duration {
+        let done = Duration::from_nanos(self.compacting_ns.load(Ordering::Relaxed));
+        let since = self.compacting_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return done;
+        }
+        let under_way = self
+            .opened
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(since - 1));
+        done + under_way
+    }
+
+    /// [`Shared::compact_all`]'s work, untimed.
+    fn compact_sealed_all(&self, threads: usize) -> Result<(), StoreError> {
         for lane in self.lanes.iter() {
             // A group being written holds the segment: sealed after it.
             self.seal(&mut lock(&lane.segment));

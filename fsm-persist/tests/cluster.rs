@@ -460,6 +460,11 @@ fn bad_input_is_decided_with_why_never_lost_and_never_a_panic() {
         InboxCommand::json(m.clone(), key("b5"), format!("\"{}\"", "x".repeat(70_000))),
         Err(InboxError::InvalidEvent(_))
     ));
+    // The same bound for an event serialized here.
+    assert!(matches!(
+        InboxCommand::new(m.clone(), key("b6"), &"x".repeat(70_000)),
+        Err(InboxError::InvalidEvent(_))
+    ));
     // Wait until the time to live has surely passed by the database's clock.
     let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
     until("the time to live never passed", || {

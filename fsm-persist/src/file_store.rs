@@ -1360,23 +1360,25 @@ impl Shared {
     fn compact_all(&self, threads: usize) -> Result<(), StoreError> {
         let started = self.opened.elapsed();
         let since = u64::try_from(started.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        self.compacting_since.store(since, Ordering::Relaxed);
+        self.compacting_since.store(since, Ordering::Release);
         let result = self.compact_sealed_all(threads);
         let took = self.opened.elapsed().saturating_sub(started);
-        // Added before the start is cleared: a reader between the two counts the compaction
-        // twice for a moment rather than not at all.
+        // Added before the start is cleared, and read after it (`compacting`): a reader
+        // between the two counts the compaction twice for a moment, never not at all.
         self.compacting_ns.fetch_add(
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
+            Ordering::Release,
         );
-        self.compacting_since.store(0, Ordering::Relaxed);
+        self.compacting_since.store(0, Ordering::Release);
         result
     }
 
     /// Time spent compacting so far, the compaction under way included.
     fn compacting(&self) -> Duration {
-        let done = Duration::from_nanos(self.compacting_ns.load(Ordering::Relaxed));
-        let since = self.compacting_since.load(Ordering::Relaxed);
+        // The start first: if it reads as cleared, the finished compaction's time is in the
+        // total read after it.
+        let since = self.compacting_since.load(Ordering::Acquire);
+        let done = Duration::from_nanos(self.compacting_ns.load(Ordering::Acquire));
         if since == 0 {
             return done;
         }

@@ -119,10 +119,11 @@ pub struct FileStoreStats {
     pub commit_waits: u64,
     /// The time those commits waited, in all.
     pub commit_wait: Duration,
-    /// The time spent compacting, in all (wall clock, from sealing the segments to removing
-    /// them), a compaction under way included. Beside the time the store has been open it
-    /// says how much of it a compactor was busy: on a disk with many machines, compaction
-    /// creates a file per machine and can take as much CPU as the commits themselves.
+    /// The time spent compacting, in all (wall clock, from the first snapshot moved out of
+    /// the sealed segments to their removal), a compaction under way included. Beside the
+    /// time the store has been open it says how much of it a compactor was busy: on a disk
+    /// with many machines, compaction creates a file per machine and can take as much CPU as
+    /// the commits themselves.
     pub compacting: Duration,
 }
 
@@ -1355,24 +1356,6 @@ impl Shared {
 
     // ---- compaction ----
 
-    /// Seals every open segment and compacts every sealed one, on up to `threads` threads.
-    /// The caller holds `compacting`.
-    fn compact_all(&self, threads: usize) -> Result<(), StoreError> {
-        let started = self.opened.elapsed();
-        let since = u64::try_from(started.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        self.compacting_since.store(since, Ordering::Release);
-        let result = self.compact_sealed_all(threads);
-        let took = self.opened.elapsed().saturating_sub(started);
-        // Added before the start is cleared, and read after it (`compacting`): a reader
-        // between the two counts the compaction twice for a moment, never not at all.
-        self.compacting_ns.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
-        self.compacting_since.store(0, Ordering::Release);
-        result
-    }
-
     /// Time spent compacting so far, the compaction under way included.
     fn compacting(&self) -> Duration {
         // The start first: if it reads as cleared, the finished compaction's time is in the
@@ -1389,8 +1372,9 @@ impl Shared {
         done + under_way
     }
 
-    /// [`Shared::compact_all`]'s work, untimed.
-    fn compact_sealed_all(&self, threads: usize) -> Result<(), StoreError> {
+    /// Seals every open segment and compacts every sealed one, on up to `threads` threads.
+    /// The caller holds `compacting`.
+    fn compact_all(&self, threads: usize) -> Result<(), StoreError> {
         for lane in self.lanes.iter() {
             // A group being written holds the segment: sealed after it.
             self.seal(&mut lock(&lane.segment));
@@ -1410,7 +1394,25 @@ impl Shared {
         if sealed.is_empty() {
             return Ok(());
         }
-        self.compact(&sealed, threads)
+        self.timed_compact(&sealed, threads)
+    }
+
+    /// [`Shared::compact`], with its time added to [`FileStoreStats::compacting`] (and seen
+    /// there while it runs).
+    fn timed_compact(&self, sealed: &[u64], threads: usize) -> Result<(), StoreError> {
+        let started = self.opened.elapsed();
+        let since = u64::try_from(started.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        self.compacting_since.store(since, Ordering::Release);
+        let result = self.compact(sealed, threads);
+        let took = self.opened.elapsed().saturating_sub(started);
+        // Added before the start is cleared, and read after it (`compacting`): a reader
+        // between the two counts the compaction twice for a moment, never not at all.
+        self.compacting_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        self.compacting_since.store(0, Ordering::Release);
+        result
     }
 
     /// Moves machine `id`'s copy at `here` (sequence `seq`, in the segment `bytes` read from

@@ -1,6 +1,6 @@
 //! The file store under several writers at once: compare-and-set as strict as under one lock,
 //! compaction on its own thread beside commits and reads, and commits that wait for it when
-//! the log is full (and are counted). Power cuts across several log lanes are in
+//! the log is full (and are counted), and the time spent compacting counted while it runs. Power cuts across several log lanes are in
 //! `file_store_power_lanes.rs`.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use fsm_core::store::{MachineId, Put, Snapshot, SnapshotStore, StoreError};
 use fsm_persist::conformance::{id, snapshot};
@@ -270,7 +271,51 @@ fn a_commit_that_finds_the_log_at_its_limit_waits_for_compaction_and_is_counted(
     second.join().unwrap().unwrap();
     let stats = store.stats();
     assert_eq!(stats.commit_waits, 1);
-    assert!(stats.commit_wait > std::time::Duration::ZERO);
+    assert!(stats.commit_wait > Duration::ZERO);
     assert_eq!(store.get(&a).unwrap(), snap(&a, 1));
     assert_eq!(store.get(&b).unwrap(), snap(&b, 1));
+}
+
+#[test]
+fn the_time_spent_compacting_counts_a_compaction_under_way_and_grows_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = GatedRenames::default();
+    let store = FileStore::builder(dir.path())
+        .io(io.clone())
+        .checkpoint_bytes(1)
+        .open()
+        .unwrap();
+    assert_eq!(store.stats().compacting, Duration::ZERO);
+    let a = id("held");
+    io.set(true);
+    store.put_many(&[Put::new(&a, None, &snap(&a, 1))]).unwrap();
+    // The compactor now holds back at its rename: a compaction under way.
+    while !io.waiting.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let first = store.stats();
+    assert_eq!(first.compactions, 0, "still under way: {first:?}");
+    assert!(first.compacting > Duration::ZERO, "{first:?}");
+    // Held, the time it has taken can only grow, by however long the clock takes to move on.
+    let seen = Instant::now();
+    while seen.elapsed() == Duration::ZERO {
+        std::hint::spin_loop();
+    }
+    let later = store.stats();
+    assert!(
+        later.compacting > first.compacting,
+        "{first:?} then {later:?}"
+    );
+    io.set(false);
+    // A checkpoint takes its turn after the background compaction, which has then ended; it
+    // finds nothing sealed to move.
+    store.checkpoint().unwrap();
+    let done = store.stats();
+    assert_eq!(done.compactions, 1, "{done:?}");
+    assert!(
+        done.compacting >= later.compacting,
+        "{later:?} then {done:?}"
+    );
+    // Nothing under way: the figure stands still.
+    assert_eq!(store.stats().compacting, done.compacting);
 }

@@ -160,9 +160,17 @@ fn main() {
     // machine's snapshot no longer matches its applied rows), a row nobody sent is found.
     let mut db = config.connect(postgres::NoTls).unwrap();
     db.batch_execute(&format!(
-        "UPDATE {s}.fsm_snapshots_inbox SET status = NULL WHERE id = (SELECT min(id) FROM {s}.fsm_snapshots_inbox);
-         INSERT INTO {s}.fsm_snapshots_inbox (machine, partition, key, event, status)
-         VALUES ('acct-0', 0, 'never-sent', '{{}}', 'applied');",
+        "UPDATE {s}.fsm_snapshots_idone
+         SET slots = slots[2:], statuses = statuses[2:], seqs = seqs[2:],
+             transitions = transitions[2:], details = details[2:], epochs = epochs[2:]
+         WHERE id = (SELECT min(id) FROM {s}.fsm_snapshots_idone);
+         WITH b AS (
+             INSERT INTO {s}.fsm_snapshots_ibatch (n, partitions, machines, keys, events, open)
+             VALUES (1, '{{0}}', '{{acct-0}}', '{{never-sent}}', '{{\"{{}}\"}}', false)
+             RETURNING id
+         )
+         INSERT INTO {s}.fsm_snapshots_idone (batch, slots, statuses, seqs, transitions, details, epochs, decided_by)
+         SELECT id, '{{1}}', '{{applied}}', '{{1}}', '{{NULL}}', '{{NULL}}', '{{1}}', 'nobody' FROM b;",
         s = cluster::SCHEMA
     ))
     .unwrap();

@@ -251,6 +251,31 @@ fn commands_for_one_machine_are_applied_in_submission_order_whichever_node_took_
     assert_eq!(total(&a, &m), (1..=40).sum::<u64>());
 }
 
+/// Writes a command into the inbox by hand, as a submit does but without its notification:
+/// a batch of one and its key.
+fn write_by_hand(
+    raw: &mut postgres::Client,
+    schema: &str,
+    machine: &str,
+    partition: i32,
+    key: &str,
+    event: &str,
+) {
+    raw.execute(
+        &format!(
+            "WITH b AS (
+                 INSERT INTO {schema}.fsm_snapshots_ibatch (n, partitions, machines, keys, events)
+                 VALUES (1, ARRAY[$2::int4], ARRAY[$1::text], ARRAY[$3::text], ARRAY[$4::text])
+                 RETURNING id
+             )
+             INSERT INTO {schema}.fsm_snapshots_ikeys (machine, key, batch, slot)
+             SELECT $1::text, $3::text, id, 1 FROM b"
+        ),
+        &[&machine, &partition, &key, &event],
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_lost_notification_only_delays_the_command() {
     if server().is_none() {
@@ -258,18 +283,16 @@ fn a_lost_notification_only_delays_the_command() {
     }
     let a = node("cl_lost", "a", Claim::Free);
     let m = id("quiet-1");
-    // A row written without its NOTIFY, as if the notification were lost.
+    // A command written without its NOTIFY, as if the notification were lost.
     let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
-    raw.execute(
-        "INSERT INTO cl_lost.fsm_snapshots_inbox (machine, partition, key, event)
-         VALUES ($1, $2, 'silent-1', $3)",
-        &[
-            &m.as_str(),
-            &(a.inbox().partition_of(&m) as i32),
-            &serde_json::to_string(&TallyCmd::Add { amount: 3 }).unwrap(),
-        ],
-    )
-    .unwrap();
+    write_by_hand(
+        &mut raw,
+        "cl_lost",
+        m.as_str(),
+        a.inbox().partition_of(&m) as i32,
+        "silent-1",
+        &serde_json::to_string(&TallyCmd::Add { amount: 3 }).unwrap(),
+    );
     let d = eventually("never applied", || {
         a.inbox().decision(&m, &key("silent-1")).unwrap()
     });
@@ -412,21 +435,43 @@ fn decisions_are_deleted_after_the_retention_window_and_the_journal_still_answer
     assert_eq!(again.seq, Some(1));
     assert!(again.detail.unwrap().contains("journal"));
     assert_eq!(total(&a, &m), 4);
-    // The cleanup's scan is bounded by an index on when rows were decided; without it every
-    // pass reads every decided row of the node's partitions.
+    // The cleanup's scan is bounded by an index on when batches were closed; without it
+    // every pass reads every closed batch.
     let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
     let index: Option<String> = raw
         .query_opt(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'cl_retain' AND indexname = 'fsm_snapshots_ibd'",
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'cl_retain' AND indexname = 'fsm_snapshots_ibc'",
             &[],
         )
         .unwrap()
         .map(|r| r.get(0));
-    let index = index.expect("the inbox has no index on decided_at");
+    let index = index.expect("the inbox has no index on closed_at");
     assert!(
-        index.contains("(decided_at)") && index.contains("status IS NOT NULL"),
+        index.contains("(closed_at)") && index.contains("WHERE (NOT open)"),
         "{index}"
     );
+    // Every row of the deleted batch went with it: its key, its decisions.
+    for table in [
+        "fsm_snapshots_ibatch",
+        "fsm_snapshots_ikeys",
+        "fsm_snapshots_idone",
+    ] {
+        let left: i64 = raw
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM cl_retain.{table} WHERE {} = $1::int8",
+                    if table.ends_with("ibatch") {
+                        "id"
+                    } else {
+                        "batch"
+                    }
+                ),
+                &[&(d.row / 65536)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{table} still holds rows of the deleted batch");
+    }
 }
 
 #[test]
@@ -718,14 +763,16 @@ fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
         .unwrap();
     assert_eq!(d.status, Status::Applied, "{d:?}");
     assert_eq!(total(&node, &m), 3);
-    // A client that only submits: the inbox's rows and its sequence, the layout to read.
+    // A client that only submits: the inbox's batches, keys and their sequence to write, its
+    // decisions and the layout to read.
     admin
         .batch_execute(
             "CREATE ROLE fsm_client LOGIN NOSUPERUSER;
              GRANT USAGE ON SCHEMA cl_role TO fsm_client;
              GRANT SELECT ON cl_role.fsm_snapshots_meta TO fsm_client;
-             GRANT SELECT, INSERT ON cl_role.fsm_snapshots_inbox TO fsm_client;
-             GRANT USAGE ON SEQUENCE cl_role.fsm_snapshots_inbox_id_seq TO fsm_client;",
+             GRANT SELECT, INSERT ON cl_role.fsm_snapshots_ibatch, cl_role.fsm_snapshots_ikeys TO fsm_client;
+             GRANT SELECT ON cl_role.fsm_snapshots_idone TO fsm_client;
+             GRANT USAGE ON SEQUENCE cl_role.fsm_snapshots_ibatch_id_seq TO fsm_client;",
         )
         .unwrap();
     let mut client_config = server.config();
@@ -978,12 +1025,7 @@ fn a_database_that_refuses_is_a_typed_error_and_a_row_nobody_could_have_sent_is_
     // A machine id no client can make (the API checks ids), written by hand: decided
     // Refused with why, not stuck, not a panic.
     let mut raw = config.connect(postgres::NoTls).unwrap();
-    raw.execute(
-        "INSERT INTO cl_refuse.fsm_snapshots_inbox (machine, partition, key, event)
-         VALUES ('', 0, 'hand-1', '\"Close\"')",
-        &[],
-    )
-    .unwrap();
+    write_by_hand(&mut raw, "cl_refuse", "", 0, "hand-1", "\"Close\"");
     let (status, detail) = eventually("the bad row was never decided", || {
         let row = raw
             .query_one(

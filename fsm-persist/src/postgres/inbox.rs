@@ -31,7 +31,7 @@
 //! one day), then deleted in batches by the owners, off the commit path.
 
 use crate::sync::Recover;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -315,11 +315,19 @@ fn unavailable(e: &postgres::Error) -> InboxError {
 /// The quoted names of the inbox's objects.
 #[derive(Debug)]
 pub(crate) struct Names {
+    /// The view with one row per command, for operators and checkers.
     pub(crate) inbox: String,
+    /// One row per submit statement: its commands as arrays.
+    batches: String,
+    /// One row per command: what idempotency needs.
+    keys: String,
+    /// One row per batch per recording statement: decisions as arrays.
+    outcomes: String,
     pub(crate) owners: String,
     meta: String,
-    pending_index: String,
-    decided_index: String,
+    open_index: String,
+    closed_index: String,
+    outcomes_index: String,
     lock_key: String,
     /// The channel owners listen on for new commands.
     pub(crate) wake: String,
@@ -335,10 +343,14 @@ impl Names {
         let hash = format!("{:016x}", fnv(format!("{schema}.{table}").as_bytes()));
         Names {
             inbox: format!("\"{schema}\".\"{table}_inbox\""),
+            batches: format!("\"{schema}\".\"{table}_ibatch\""),
+            keys: format!("\"{schema}\".\"{table}_ikeys\""),
+            outcomes: format!("\"{schema}\".\"{table}_idone\""),
             owners: format!("\"{schema}\".\"{table}_owners\""),
             meta: format!("\"{schema}\".\"{table}_meta\""),
-            pending_index: format!("\"{table}_ibp\""),
-            decided_index: format!("\"{table}_ibd\""),
+            open_index: format!("\"{table}_ibo\""),
+            closed_index: format!("\"{table}_ibc\""),
+            outcomes_index: format!("\"{table}_ido\""),
             lock_key: format!("fsm-persist:{schema}.{table}"),
             wake: format!("fsm_in_{hash}"),
             decided: format!("fsm_out_{hash}"),
@@ -395,138 +407,220 @@ fn setup(client: &mut Client, names: &Names) -> Result<u32, Setup> {
                 fencing.as_deref().unwrap_or("missing")
             ))
         })?;
-    let inbox_exists: Option<String> = tx
-        .query_one("SELECT to_regclass($1::text)::text", &[&names.inbox])?
-        .get(0);
-    if inbox_exists.is_some() {
-        // A client that only submits may have no right to create anything here.
-        tx.commit()?;
-        return Ok(partitions);
+    // The view is created last: where it exists, so does the rest. The tables are scanned
+    // without parallel workers: the planner, which cannot see how few open batches there are
+    // (the arrays' lengths are estimates), planned the submit's room count with two workers,
+    // whose start cost 10 ms of CPU per submit while the scan itself read nothing.
+    let kind: Option<i8> = tx
+        .query_opt(
+            "SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass($1::text)",
+            &[&names.inbox],
+        )?
+        .map(|r| r.get(0));
+    match kind.map(|k| k as u8) {
+        Some(b'v') => {
+            // A client that only submits may have no right to create anything here.
+            tx.commit()?;
+            return Ok(partitions);
+        }
+        Some(_) => {
+            return Err(Setup::Layout(format!(
+                "{} is a table of the earlier inbox layout (a row per command); let the owners \
+                 decide every pending command (`fsm inbox` shows none pending), drop it, and open \
+                 again",
+                names.inbox
+            )))
+        }
+        None => {}
     }
     tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {inbox} (
+        "CREATE TABLE IF NOT EXISTS {batches} (
              id bigserial PRIMARY KEY,
-             machine text NOT NULL,
-             partition integer NOT NULL,
-             key text NOT NULL,
-             event text NOT NULL,
              submitted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-             deadline timestamptz,
-             status text,
-             seq bigint,
-             transition text,
-             detail text,
-             decided_at timestamptz,
-             decided_by text,
-             epoch bigint,
-             UNIQUE (machine, key)
-         );
-         CREATE INDEX IF NOT EXISTS {pending} ON {inbox} (partition, machine, id) WHERE status IS NULL;
-         CREATE INDEX IF NOT EXISTS {decided} ON {inbox} (decided_at) WHERE status IS NOT NULL;",
+             n integer NOT NULL,
+             partitions integer[] NOT NULL,
+             machines text[] NOT NULL,
+             keys text[] NOT NULL,
+             events text[] NOT NULL,
+             deadlines timestamptz[],
+             open boolean NOT NULL DEFAULT true,
+             closed_at timestamptz
+         ) WITH (parallel_workers = 0);
+         CREATE INDEX IF NOT EXISTS {open} ON {batches} (id) WHERE open;
+         CREATE INDEX IF NOT EXISTS {closed} ON {batches} (closed_at) WHERE NOT open;
+         CREATE TABLE IF NOT EXISTS {keys} (
+             machine text NOT NULL,
+             key text NOT NULL,
+             batch bigint NOT NULL,
+             slot integer NOT NULL,
+             PRIMARY KEY (machine, key)
+         ) WITH (parallel_workers = 0);
+         CREATE TABLE IF NOT EXISTS {outcomes} (
+             id bigserial PRIMARY KEY,
+             batch bigint NOT NULL,
+             slots integer[] NOT NULL,
+             statuses text[] NOT NULL,
+             seqs bigint[] NOT NULL,
+             transitions text[] NOT NULL,
+             details text[] NOT NULL,
+             epochs bigint[] NOT NULL,
+             decided_by text NOT NULL,
+             decided_at timestamptz NOT NULL DEFAULT clock_timestamp()
+         ) WITH (parallel_workers = 0);
+         CREATE INDEX IF NOT EXISTS {outcomes_index} ON {outcomes} (batch);
+         CREATE VIEW {inbox} AS
+         SELECT b.id * {SLOTS} + s.slot - 1 AS id, b.machines[s.slot] AS machine,
+                b.partitions[s.slot] AS partition, b.keys[s.slot] AS key, b.events[s.slot] AS event,
+                b.submitted_at, b.deadlines[s.slot] AS deadline, d.status, d.seq, d.transition,
+                d.detail, d.decided_at, d.decided_by, d.epoch
+         FROM {batches} b
+         CROSS JOIN LATERAL generate_subscripts(b.machines, 1) AS s(slot)
+         LEFT JOIN (
+             SELECT DISTINCT ON (o.batch, x.slot) o.batch, x.slot, x.status, x.seq,
+                    x.transition, x.detail, o.decided_at, o.decided_by, x.epoch
+             FROM {outcomes} o,
+                  unnest(o.slots, o.statuses, o.seqs, o.transitions, o.details, o.epochs)
+                      AS x(slot, status, seq, transition, detail, epoch)
+             ORDER BY o.batch, x.slot, o.id
+         ) d ON d.batch = b.id AND d.slot = s.slot;",
         inbox = names.inbox,
-        pending = names.pending_index,
-        decided = names.decided_index,
+        batches = names.batches,
+        keys = names.keys,
+        outcomes = names.outcomes,
+        open = names.open_index,
+        closed = names.closed_index,
+        outcomes_index = names.outcomes_index,
     ))?;
     tx.commit()?;
     Ok(partitions)
 }
 
-/// The submit statement: one row per command, in submission order; each partition's room is
-/// counted once per statement. The owners are woken after the commit (`notify`).
-fn submit_text(inbox: &str, on_conflict: &str) -> String {
-    format!(
-        "WITH input AS (
-                     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
-                         WITH ORDINALITY AS u(machine, partition, key, event, deadline_ms, ord)
-                 ),
-                 room AS (
-                     SELECT i.partition, count(*) AS n FROM {inbox} i
-                     WHERE i.status IS NULL AND i.partition IN (SELECT partition FROM input)
-                     GROUP BY i.partition
-                 ),
-                 ins AS (
-                     INSERT INTO {inbox} (machine, partition, key, event, deadline)
-                     SELECT u.machine, u.partition, u.key, u.event,
-                            CASE WHEN u.deadline_ms IS NULL THEN NULL
-                                 ELSE clock_timestamp() + u.deadline_ms * interval '1 millisecond' END
-                     FROM input u LEFT JOIN room r ON r.partition = u.partition
-                     WHERE coalesce(r.n, 0) < $6::int8
-                     ORDER BY u.ord
-                     {on_conflict}
-                     RETURNING id, machine, key
-                 )
-                 SELECT u.ord, ins.id, coalesce(r.n, 0)::int8
-                 FROM input u
-                 LEFT JOIN ins ON ins.machine = u.machine AND ins.key = u.key
-                 LEFT JOIN room r ON r.partition = u.partition
-                 ORDER BY u.ord"
-    )
+/// Commands one submit statement takes at most: a command's row in the inbox is its batch's id
+/// times this, plus its slot.
+pub(crate) const SLOTS: i64 = 1 << 16;
+
+/// The row of slot `slot` (from 1) of batch `batch`.
+pub(crate) fn row_of(batch: i64, slot: i32) -> i64 {
+    batch * SLOTS + i64::from(slot) - 1
 }
 
 /// The statements' text.
 #[derive(Debug)]
 pub(crate) struct Statements {
     submit: String,
-    submit_fresh: String,
     existing: String,
     decisions: String,
     decision: String,
     depth: String,
     pub(crate) fetch: String,
     pub(crate) record: String,
+    pub(crate) sweep: String,
     pub(crate) cleanup: String,
     pub(crate) machines: String,
 }
 
 impl Statements {
     fn text(n: &Names, schema: &str, table: &str) -> Statements {
-        let inbox = &n.inbox;
-        let owners = &n.owners;
+        let Names {
+            batches,
+            keys,
+            outcomes,
+            owners,
+            ..
+        } = n;
         Statements {
-            submit: submit_text(inbox, "ON CONFLICT (machine, key) DO NOTHING"),
-            // The same without the arbiter: PostgreSQL's speculative insertion costs about a
-            // third of the insert, so a batch is first tried as if every key were new, and only
-            // a batch that meets a key already there runs again with `ON CONFLICT`.
-            submit_fresh: submit_text(inbox, ""),
-            existing: format!(
-                "SELECT i.machine, i.key, i.id, i.event FROM {inbox} i
-                 JOIN unnest($1::text[], $2::text[]) AS u(machine, key)
-                   ON i.machine = u.machine AND i.key = u.key"
+            // One batch row for the commands of the statement that fit (each partition's
+            // room counted once per statement), and a key row per command. The keys' primary
+            // key refuses a key already there: the statement then fails whole, having
+            // written nothing, and `submit_many` looks the known keys up and submits the rest.
+            submit: format!(
+                "WITH input AS (
+                     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
+                         WITH ORDINALITY AS u(machine, partition, key, event, ttl_ms, ord)
+                 ),
+                 room AS (
+                     SELECT c.partition, sum(c.n) AS n FROM (
+                         SELECT b.partitions[s.slot] AS partition, 1 AS n
+                         FROM {batches} b CROSS JOIN LATERAL generate_subscripts(b.partitions, 1) AS s(slot)
+                         WHERE b.open
+                         UNION ALL
+                         SELECT b.partitions[x.slot], -1
+                         FROM {batches} b JOIN {outcomes} o ON o.batch = b.id
+                         CROSS JOIN LATERAL unnest(o.slots) AS x(slot)
+                         WHERE b.open AND o.batch = ANY(ARRAY(SELECT id FROM {batches} WHERE open))
+                     ) c
+                     WHERE c.partition IN (SELECT partition FROM input)
+                     GROUP BY c.partition
+                 ),
+                 ok AS (
+                     SELECT u.* FROM input u LEFT JOIN room r ON r.partition = u.partition
+                     WHERE coalesce(r.n, 0) < $6::int8
+                 ),
+                 batch AS (
+                     INSERT INTO {batches} (n, partitions, machines, keys, events, deadlines)
+                     SELECT count(*)::int4, array_agg(partition ORDER BY ord),
+                            array_agg(machine ORDER BY ord), array_agg(key ORDER BY ord),
+                            array_agg(event ORDER BY ord),
+                            CASE WHEN count(ttl_ms) = 0 THEN NULL
+                                 ELSE array_agg(clock_timestamp() + ttl_ms * interval '1 millisecond'
+                                                ORDER BY ord) END
+                     FROM ok HAVING count(*) > 0
+                     RETURNING id
+                 ),
+                 k AS (
+                     INSERT INTO {keys} (machine, key, batch, slot)
+                     SELECT o.machine, o.key, b.id, (row_number() OVER (ORDER BY o.ord))::int4
+                     FROM ok o CROSS JOIN batch b
+                     RETURNING machine, key, batch, slot
+                 )
+                 SELECT u.ord, k.batch * {SLOTS} + k.slot - 1, coalesce(r.n, 0)::int8
+                 FROM input u
+                 LEFT JOIN k ON k.machine = u.machine AND k.key = u.key
+                 LEFT JOIN room r ON r.partition = u.partition
+                 ORDER BY u.ord"
             ),
+            existing: format!(
+                "SELECT k.machine, k.key, k.batch * {SLOTS} + k.slot - 1, b.events[k.slot]
+                 FROM {keys} k
+                 JOIN unnest($1::text[], $2::text[]) AS u(machine, key)
+                   ON k.machine = u.machine AND k.key = u.key
+                 JOIN {batches} b ON b.id = k.batch"
+            ),
+            // Every decision of batches `$1`, in the order recorded; a batch kept with none
+            // yet gives one row of nulls.
             decisions: format!(
-                "SELECT id, status, seq, transition, detail, decided_by FROM {inbox}
-                 WHERE id = ANY($1::int8[])"
+                "SELECT b.id, o.slots, o.statuses, o.seqs, o.transitions, o.details, o.decided_by
+                 FROM {batches} b LEFT JOIN {outcomes} o ON o.batch = b.id
+                 WHERE b.id = ANY($1::int8[])
+                 ORDER BY o.id"
             ),
             decision: format!(
-                "SELECT id, status, seq, transition, detail, decided_by FROM {inbox}
-                 WHERE machine = $1::text AND key = $2::text"
+                "SELECT k.batch * {SLOTS} + k.slot - 1 FROM {keys} k
+                 WHERE k.machine = $1::text AND k.key = $2::text"
             ),
             depth: format!(
-                "SELECT partition, count(*)::int8,
-                        extract(epoch FROM clock_timestamp() - min(submitted_at))::float8
-                 FROM {inbox} WHERE status IS NULL GROUP BY partition ORDER BY partition"
-            ),
-            // A machine's first `$3` pending commands, less those already in flight here:
-            // with one in flight per machine, a machine with a command in flight gives none.
-            // The rows in flight are left out with `NOT IN`, which PostgreSQL hashes; with
-            // `NOT EXISTS` over the same array it planned a nested loop (the pending rows are
-            // estimated at one), comparing every pending row with every row in flight: 60 ms
-            // per read at 1,024 pending and 512 in flight.
-            fetch: format!(
-                "SELECT id, machine, key, event,
-                        (deadline IS NOT NULL AND deadline <= clock_timestamp()) AS expired,
-                        extract(epoch FROM clock_timestamp() - submitted_at)::float8 AS waited,
-                        partition
+                "SELECT q.partition, count(*)::int8,
+                        extract(epoch FROM clock_timestamp() - min(q.submitted_at))::float8
                  FROM (
-                     SELECT i.id, i.machine, i.key, i.event, i.deadline, i.submitted_at, i.partition,
-                            row_number() OVER (PARTITION BY i.machine ORDER BY i.id) AS rn
-                     FROM {inbox} i
-                     WHERE i.partition = ANY($1::int4[]) AND i.status IS NULL
+                     SELECT b.partitions[s.slot] AS partition, b.submitted_at
+                     FROM {batches} b CROSS JOIN LATERAL generate_subscripts(b.partitions, 1) AS s(slot)
+                     WHERE b.open AND NOT EXISTS (
+                         SELECT 1 FROM {outcomes} o WHERE o.batch = b.id AND s.slot = ANY(o.slots))
                  ) q
-                 WHERE q.rn <= $3::int8
-                   AND q.id NOT IN (SELECT unnest($2::int8[]))
-                 ORDER BY q.id
-                 LIMIT $4::int8"
+                 GROUP BY q.partition ORDER BY q.partition"
+            ),
+            // The open batches holding commands of partitions `$1`, whole, with their slots
+            // already decided: the pump picks each machine's oldest pending commands.
+            fetch: format!(
+                "SELECT b.id, b.partitions, b.machines, b.keys, b.events,
+                        (SELECT array_agg(coalesce(x.d <= clock_timestamp(), false) ORDER BY x.i)
+                         FROM unnest(b.deadlines) WITH ORDINALITY AS x(d, i)) AS expired,
+                        extract(epoch FROM clock_timestamp() - b.submitted_at)::float8 AS waited,
+                        (SELECT array_agg(x.slot) FROM {outcomes} o
+                         CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = b.id) AS decided
+                 FROM {batches} b
+                 WHERE b.open AND b.partitions && $1::int4[]
+                 ORDER BY b.id"
             ),
             // An `applied` decision is a fact whoever records it: the kernel's snapshot
             // write that applied the command was itself fenced, and a later owner finds the
@@ -534,38 +628,82 @@ impl Statements {
             // made from the machine as this node holds it, so it is recorded only under the
             // epoch it was made under: the owner rows of those partitions (`$9`) are locked
             // so no takeover commits in between. Applied-only batches lock nothing, and
-            // never queue behind the snapshot writes' locks.
+            // never queue behind the snapshot writes' locks. A slot already decided is
+            // skipped; a batch whose every slot is decided is closed. Outcomes are reached
+            // through their batches' index (`= ANY(ARRAY(..))`, here and in the submit's room
+            // count): written as a join, the planner, which cannot know how few batches are
+            // concerned, hashed the whole outcomes table, a cost that grew with the table.
             record: format!(
                 "WITH fence AS MATERIALIZED (
                      SELECT partition, epoch FROM {owners} WHERE partition = ANY($9::int4[]) FOR SHARE
                  ),
                  u AS (
-                     SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[])
-                         AS u(id, partition, epoch, status, seq, transition, detail)
+                     SELECT u.*, u.rid / {SLOTS} AS batch, (u.rid % {SLOTS} + 1)::int4 AS slot
+                     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[])
+                         AS u(rid, partition, epoch, status, seq, transition, detail)
                  ),
-                 done AS (
-                     UPDATE {inbox} i
-                     SET status = u.status, seq = u.seq, transition = u.transition, detail = u.detail,
-                         decided_at = clock_timestamp(), decided_by = $8::text, epoch = u.epoch
-                     FROM u LEFT JOIN fence f ON f.partition = u.partition AND f.epoch = u.epoch
-                     WHERE i.id = u.id AND i.status IS NULL
-                       AND (u.status = 'applied' OR f.epoch IS NOT NULL)
-                     RETURNING i.id, i.status
+                 before AS (
+                     SELECT o.batch, x.slot FROM {outcomes} o CROSS JOIN LATERAL unnest(o.slots) AS x(slot)
+                     WHERE o.batch = ANY(ARRAY(SELECT DISTINCT u.batch FROM u))
+                 ),
+                 fresh AS (
+                     SELECT u.* FROM u LEFT JOIN fence f ON f.partition = u.partition AND f.epoch = u.epoch
+                     WHERE (u.status = 'applied' OR f.epoch IS NOT NULL)
+                       AND NOT EXISTS (SELECT 1 FROM before d WHERE d.batch = u.batch AND d.slot = u.slot)
+                 ),
+                 ins AS (
+                     INSERT INTO {outcomes} (batch, slots, statuses, seqs, transitions, details, epochs, decided_by)
+                     SELECT batch, array_agg(slot ORDER BY slot), array_agg(status ORDER BY slot),
+                            array_agg(seq ORDER BY slot), array_agg(transition ORDER BY slot),
+                            array_agg(detail ORDER BY slot), array_agg(epoch ORDER BY slot), $8::text
+                     FROM fresh GROUP BY batch
+                     RETURNING batch, slots, statuses
+                 ),
+                 closing AS (
+                     UPDATE {batches} b SET open = false, closed_at = clock_timestamp()
+                     FROM ins i
+                     WHERE b.id = i.batch AND b.open
+                       AND b.n <= cardinality(i.slots) + (
+                           SELECT count(DISTINCT x.slot) FROM {outcomes} o
+                           CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = i.batch)
+                     RETURNING b.id
                  )
-                 SELECT (SELECT count(*) FROM done)::int8,
-                        (SELECT count(*) FROM done WHERE status = 'applied')::int8"
+                 SELECT (SELECT coalesce(sum(cardinality(slots)), 0) FROM ins)::int8,
+                        (SELECT count(*) FROM ins CROSS JOIN LATERAL unnest(statuses) AS s(status)
+                         WHERE s.status = 'applied')::int8,
+                        (SELECT count(*) FROM closing)::int8"
             ),
-            // `now()` (not `clock_timestamp()`, which is volatile) lets the decided-at index
-            // bound the scan: with nothing expired the statement reads no rows at all instead of
-            // every decided row of the node's partitions.
+            // Two nodes recording the last slots of one batch at once each see only their
+            // own: neither closes it. This closes such batches (their decisions are all in).
+            sweep: format!(
+                "UPDATE {batches} b SET open = false, closed_at = clock_timestamp()
+                 WHERE b.open AND b.n <= (
+                     SELECT count(DISTINCT x.slot) FROM {outcomes} o
+                     CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = b.id)"
+            ),
+            // `now()` (not `clock_timestamp()`, which is volatile) lets the closed-at index
+            // bound the scan: with nothing expired the statement reads no rows at all. Batches
+            // another node is deleting are skipped.
             cleanup: format!(
-                "DELETE FROM {inbox} WHERE id IN (
-                     SELECT id FROM {inbox}
-                     WHERE status IS NOT NULL AND partition = ANY($1::int4[])
-                       AND decided_at < now() - $2::int8 * interval '1 millisecond'
-                     ORDER BY decided_at
-                     LIMIT $3::int8
-                 )"
+                "WITH doomed AS (
+                     SELECT id, n, machines, keys FROM {batches}
+                     WHERE NOT open AND closed_at < now() - $1::int8 * interval '1 millisecond'
+                     ORDER BY closed_at
+                     LIMIT $2::int8
+                     FOR UPDATE SKIP LOCKED
+                 ),
+                 gone_keys AS (
+                     DELETE FROM {keys} k
+                     USING (SELECT unnest(d.machines) AS machine, unnest(d.keys) AS key FROM doomed d) x
+                     WHERE k.machine = x.machine AND k.key = x.key
+                 ),
+                 gone_outcomes AS (
+                     DELETE FROM {outcomes} o USING doomed d WHERE o.batch = d.id
+                 ),
+                 gone AS (
+                     DELETE FROM {batches} b USING doomed d WHERE b.id = d.id RETURNING d.n
+                 )
+                 SELECT coalesce(sum(n), 0)::int8 FROM gone"
             ),
             machines: format!(
                 "SELECT id FROM \"{}\".\"{}\" WHERE id > $1::text ORDER BY id LIMIT $2::int8",
@@ -579,7 +717,6 @@ impl Statements {
 struct Conn {
     client: Client,
     submit: Statement,
-    submit_fresh: Statement,
     existing: Statement,
     decisions: Statement,
 }
@@ -628,7 +765,6 @@ impl Shared {
         let prepare = |c: &mut Client, s: &str| c.prepare(s).map_err(|e| unavailable(&e));
         Ok(Conn {
             submit: prepare(&mut client, &self.sql.submit)?,
-            submit_fresh: prepare(&mut client, &self.sql.submit_fresh)?,
             existing: prepare(&mut client, &self.sql.existing)?,
             decisions: prepare(&mut client, &self.sql.decisions)?,
             client,
@@ -657,29 +793,73 @@ impl Shared {
         }
     }
 
+    /// The decisions of these rows, by row: decided, or [`InboxError::Forgotten`] (its batch
+    /// deleted after the retention window); a row still pending is left out. One statement
+    /// reads every decision of the rows' batches.
+    #[allow(clippy::type_complexity)]
+    fn lookup(
+        &self,
+        rows: &[i64],
+    ) -> Result<HashMap<i64, Result<Decision, InboxError>>, InboxError> {
+        let mut batches: Vec<i64> = rows.iter().map(|r| r / SLOTS).collect();
+        batches.sort_unstable();
+        batches.dedup();
+        let found = self.with(Phase::NothingWritten, |c| {
+            c.client.query(&c.decisions, &[&batches])
+        })?;
+        let wanted: HashSet<i64> = rows.iter().copied().collect();
+        let mut out = HashMap::new();
+        let mut kept = HashSet::new();
+        // Rows come in the order their decisions were recorded: where two nodes recorded
+        // one command at once during a takeover, the first recorded is the answer.
+        for r in &found {
+            let batch: i64 = r.get(0);
+            kept.insert(batch);
+            let slots: Option<Vec<Option<i32>>> = r.get(1);
+            let Some(slots) = slots else { continue };
+            let statuses: Vec<Option<String>> = r.get(2);
+            let seqs: Vec<Option<i64>> = r.get(3);
+            let transitions: Vec<Option<String>> = r.get(4);
+            let details: Vec<Option<String>> = r.get(5);
+            let node: Option<String> = r.get(6);
+            for (i, slot) in slots.iter().enumerate() {
+                let Some(slot) = *slot else { continue };
+                let row = row_of(batch, slot);
+                if !wanted.contains(&row) || out.contains_key(&row) {
+                    continue;
+                }
+                let status = statuses.get(i).cloned().flatten();
+                let Some(status) = status.and_then(|s| Status::parse(&s)) else {
+                    continue;
+                };
+                out.insert(
+                    row,
+                    Ok(Decision {
+                        row,
+                        status,
+                        seq: seqs.get(i).copied().flatten().map(|s| s as u64),
+                        transition: transitions.get(i).cloned().flatten(),
+                        detail: details.get(i).cloned().flatten(),
+                        node: node.clone(),
+                    }),
+                );
+            }
+        }
+        for &row in rows {
+            if !kept.contains(&(row / SLOTS)) {
+                out.insert(row, Err(InboxError::Forgotten));
+            }
+        }
+        Ok(out)
+    }
+
     /// Looks up the decisions of these rows and hands them to their tickets, counting them
     /// in `via` first (so a ticket's waiter that reads the stats sees its own answer counted).
     fn answer(&self, rows: &[i64], via: Option<&AtomicU64>) -> Result<(), InboxError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let found = self.with(Phase::NothingWritten, |c| {
-            c.client.query(&c.decisions, &[&rows])
-        })?;
-        let mut decided = HashMap::new();
-        let mut present = std::collections::HashSet::new();
-        for r in &found {
-            let row: i64 = r.get(0);
-            present.insert(row);
-            if let Some(d) = decision(r) {
-                decided.insert(row, Ok(d));
-            }
-        }
-        for &row in rows {
-            if !present.contains(&row) {
-                decided.insert(row, Err(InboxError::Forgotten));
-            }
-        }
+        let decided = self.lookup(rows)?;
         if let Some(via) = via {
             via.fetch_add(decided.len() as u64, Ordering::Relaxed);
         }
@@ -691,22 +871,6 @@ impl Shared {
         }
         Ok(())
     }
-}
-
-/// Reads a decision from a row of `id, status, seq, transition, detail, decided_by`; `None`
-/// while pending.
-fn decision(r: &postgres::Row) -> Option<Decision> {
-    let status: Option<String> = r.get(1);
-    let status = status.and_then(|s| Status::parse(&s))?;
-    let seq: Option<i64> = r.get(2);
-    Some(Decision {
-        row: r.get(0),
-        status,
-        seq: seq.map(|s| s as u64),
-        transition: r.get(3),
-        detail: r.get(4),
-        node: r.get(5),
-    })
 }
 
 /// A command for the inbox: the machine, the key, the event as JSON, and an optional time
@@ -882,38 +1046,178 @@ impl Inbox {
             .unwrap_or_else(|| Err(InboxError::InvalidEvent("no command".into())))
     }
 
-    /// Submits commands in one statement (one round trip, one commit): each accepted gets a
-    /// ticket, in order. A command whose key was already submitted for its machine with the
-    /// same event gets the first submission's ticket; with another event,
+    /// Submits commands in one statement (one round trip, one commit) per 65,536 commands:
+    /// each accepted gets a ticket, in order. A command whose key was already submitted for its
+    /// machine with the same event gets the first submission's ticket; with another event,
     /// [`InboxError::KeyReused`]. Commands of one call for one machine keep their order.
     pub fn submit_many(&self, commands: Vec<InboxCommand>) -> Vec<Result<InboxTicket, InboxError>> {
-        if commands.is_empty() {
-            return vec![];
+        commands
+            .chunks(SLOTS as usize)
+            .flat_map(|chunk| self.submit_chunk(chunk))
+            .collect()
+    }
+
+    fn submit_chunk(&self, commands: &[InboxCommand]) -> Vec<Result<InboxTicket, InboxError>> {
+        let mut out: Vec<Option<Result<InboxTicket, InboxError>>> =
+            commands.iter().map(|_| None).collect();
+        // A key met earlier in the same call names the same command: answered from the first.
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut repeats = vec![];
+        let mut todo = vec![];
+        for (i, c) in commands.iter().enumerate() {
+            match first.entry((c.machine.as_str(), c.key.as_str())) {
+                std::collections::hash_map::Entry::Occupied(e) => repeats.push((i, *e.get())),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                    todo.push(i);
+                }
+            }
         }
-        let machines: Vec<&str> = commands.iter().map(|c| c.machine.as_str()).collect();
-        let parts: Vec<i32> = commands
+        // Most calls carry only new keys and take one statement. One that meets a key already
+        // stored fails whole, having written nothing; the stored keys are looked up (a
+        // resubmission, or a key reused) and the rest submitted again. A key that made the
+        // statement fail was committed by then, so every round answers at least one command.
+        let mut stuck = 0;
+        while !todo.is_empty() {
+            match self.insert(commands, &todo) {
+                Err(e) => {
+                    for &i in &todo {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    todo.clear();
+                }
+                Ok(Some(rows)) => {
+                    for (i, row, pending) in rows {
+                        out[i] = Some(match row {
+                            Some(row) => Ok(self.ticket(row)),
+                            None => {
+                                self.shared.full.fetch_add(1, Ordering::Relaxed);
+                                Err(InboxError::Full {
+                                    partition: partition_of(
+                                        &commands[i].machine,
+                                        self.shared.partitions,
+                                    ),
+                                    pending: pending.max(0) as u64,
+                                    limit: self.shared.limit,
+                                })
+                            }
+                        });
+                    }
+                    todo.clear();
+                }
+                Ok(None) => {
+                    let m: Vec<&str> = todo.iter().map(|&i| commands[i].machine.as_str()).collect();
+                    let k: Vec<&str> = todo.iter().map(|&i| commands[i].key.as_str()).collect();
+                    let found = self.shared.with(Phase::NothingWritten, |c| {
+                        c.client.query(&c.existing, &[&m, &k])
+                    });
+                    let found: HashMap<(String, String), (i64, String)> = match found {
+                        Ok(rows) => rows
+                            .iter()
+                            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+                            .collect(),
+                        Err(e) => {
+                            for &i in &todo {
+                                out[i] = Some(Err(e.clone()));
+                            }
+                            todo.clear();
+                            continue;
+                        }
+                    };
+                    let before = todo.len();
+                    todo.retain(|&i| {
+                        let c = &commands[i];
+                        let key = (c.machine.as_str().to_owned(), c.key.as_str().to_owned());
+                        let Some((row, event)) = found.get(&key) else {
+                            return true;
+                        };
+                        out[i] = Some(if *event == c.event {
+                            Ok(self.ticket(*row))
+                        } else {
+                            Err(InboxError::KeyReused {
+                                machine: c.machine.clone(),
+                                key: c.key.clone(),
+                            })
+                        });
+                        false
+                    });
+                    if todo.len() < before {
+                        stuck = 0;
+                    } else {
+                        // Refused on a key no longer there (deleted after its retention in
+                        // between): the next try goes in. Refused again and again, the table
+                        // has a unique index this inbox did not make.
+                        stuck += 1;
+                        if stuck >= 3 {
+                            let e = InboxError::Layout {
+                                table: self.shared.names.table.clone(),
+                                problem: "a unique index other than the keys' refused the \
+                                          commands; nothing stored"
+                                    .into(),
+                            };
+                            for &i in &todo {
+                                out[i] = Some(Err(e.clone()));
+                            }
+                            todo.clear();
+                        }
+                    }
+                }
+            }
+        }
+        for (i, j) in repeats {
+            let (c, f) = (&commands[i], &commands[j]);
+            out[i] = Some(if c.event != f.event {
+                Err(InboxError::KeyReused {
+                    machine: c.machine.clone(),
+                    key: c.key.clone(),
+                })
+            } else {
+                match &out[j] {
+                    Some(Ok(t)) => Ok(self.ticket(t.row)),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err(InboxError::InvalidEvent("no answer".into())),
+                }
+            });
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(InboxError::InvalidEvent("no answer".into()))))
+            .collect()
+    }
+
+    /// Inserts the commands `todo` of `commands` in one statement: `None` if a key was already
+    /// stored (nothing written); else for each, its row (or none: its partition was full) and
+    /// its partition's pending count.
+    #[allow(clippy::type_complexity)]
+    fn insert(
+        &self,
+        commands: &[InboxCommand],
+        todo: &[usize],
+    ) -> Result<Option<Vec<(usize, Option<i64>, i64)>>, InboxError> {
+        let machines: Vec<&str> = todo.iter().map(|&i| commands[i].machine.as_str()).collect();
+        let parts: Vec<i32> = todo
             .iter()
-            .map(|c| partition_of(&c.machine, self.shared.partitions) as i32)
+            .map(|&i| partition_of(&commands[i].machine, self.shared.partitions) as i32)
             .collect();
-        let keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
-        let events: Vec<&str> = commands.iter().map(|c| c.event.as_str()).collect();
-        let ttls: Vec<Option<i64>> = commands
+        let keys: Vec<&str> = todo.iter().map(|&i| commands[i].key.as_str()).collect();
+        let events: Vec<&str> = todo.iter().map(|&i| commands[i].event.as_str()).collect();
+        let ttls: Vec<Option<i64>> = todo
             .iter()
-            .map(|c| c.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64))
+            .map(|&i| {
+                commands[i]
+                    .ttl
+                    .map(|t| t.as_millis().min(i64::MAX as u128) as i64)
+            })
             .collect();
         let limit = self.shared.limit.min(i64::MAX as u64) as i64;
         let channel = self.shared.names.wake.as_str();
         // An insert whose commit is lost may have happened: resubmitting with the same key
         // is safe, so the error says so rather than "unknown".
-        let rows = match self.shared.with(Phase::NothingWritten, |c| {
+        let rows = self.shared.with(Phase::NothingWritten, |c| {
             let params: [&(dyn postgres::types::ToSql + Sync); 6] =
                 [&machines, &parts, &keys, &events, &ttls, &limit];
-            // Most batches carry only new keys; one that meets a key already there (a
-            // resubmission) fails whole, having written nothing, and runs again with the
-            // arbiter that skips it.
-            let rows = match c.client.query(&c.submit_fresh, &params) {
+            let rows = match c.client.query(&c.submit, &params) {
                 Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                    c.client.query(&c.submit, &params)?
+                    return Ok(None)
                 }
                 other => other?,
             };
@@ -921,68 +1225,16 @@ impl Inbox {
                 // Accepted already: a notification that does not go out only delays.
                 let _ = notify(&mut c.client, channel, "");
             }
-            Ok(rows)
-        }) {
-            Ok(rows) => rows,
-            Err(e) => return commands.iter().map(|_| Err(e.clone())).collect(),
-        };
-        let mut out: Vec<Option<Result<InboxTicket, InboxError>>> =
-            commands.iter().map(|_| None).collect();
-        let mut missing = vec![];
-        for r in &rows {
-            let ord: i64 = r.get(0);
-            let i = (ord - 1) as usize;
-            let id: Option<i64> = r.get(1);
-            let pending: i64 = r.get(2);
-            match id {
-                Some(row) => out[i] = Some(Ok(self.ticket(row))),
-                None => missing.push((i, pending)),
-            }
-        }
-        if !missing.is_empty() {
-            let m: Vec<&str> = missing.iter().map(|&(i, _)| machines[i]).collect();
-            let k: Vec<&str> = missing.iter().map(|&(i, _)| keys[i]).collect();
-            let found = self.shared.with(Phase::NothingWritten, |c| {
-                c.client.query(&c.existing, &[&m, &k])
-            });
-            let found: HashMap<(String, String), (i64, String)> = match found {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
-                    .collect(),
-                Err(e) => {
-                    for &(i, _) in &missing {
-                        out[i] = Some(Err(e.clone()));
-                    }
-                    HashMap::new()
-                }
-            };
-            for &(i, pending) in &missing {
-                if out[i].is_some() {
-                    continue;
-                }
-                let c = &commands[i];
-                let key = (c.machine.as_str().to_owned(), c.key.as_str().to_owned());
-                out[i] = Some(match found.get(&key) {
-                    Some((row, event)) if *event == c.event => Ok(self.ticket(*row)),
-                    Some(_) => Err(InboxError::KeyReused {
-                        machine: c.machine.clone(),
-                        key: c.key.clone(),
-                    }),
-                    None => {
-                        self.shared.full.fetch_add(1, Ordering::Relaxed);
-                        Err(InboxError::Full {
-                            partition: parts[i] as u32,
-                            pending: pending as u64,
-                            limit: self.shared.limit,
-                        })
-                    }
-                });
-            }
-        }
-        out.into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(InboxError::InvalidEvent("no answer".into()))))
-            .collect()
+            Ok(Some(rows))
+        })?;
+        Ok(rows.map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let ord: i64 = r.get(0);
+                    (todo[(ord - 1) as usize], r.get(1), r.get(2))
+                })
+                .collect()
+        }))
     }
 
     fn ticket(&self, row: i64) -> InboxTicket {
@@ -1010,10 +1262,10 @@ impl Inbox {
             c.client
                 .query(text.as_str(), &[&machine.as_str(), &key.as_str()])
         })?;
-        if rows.is_empty() {
+        let Some(row) = rows.first().map(|r| r.get::<_, i64>(0)) else {
             return Err(InboxError::Forgotten);
-        }
-        Ok(rows.first().and_then(decision))
+        };
+        self.shared.lookup(&[row])?.remove(&row).transpose()
     }
 
     /// Pending commands per partition (those with any), with the age of the oldest: the

@@ -65,7 +65,7 @@ use fsm_core::store::MachineId;
 use postgres::{Client, Statement};
 use serde::de::DeserializeOwned;
 
-use super::inbox::{Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status};
+use super::inbox::{row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status};
 use super::PostgresStore;
 use crate::sync::Recover;
 
@@ -418,6 +418,7 @@ impl Decided {
 struct ReadConn {
     client: Client,
     fetch: Statement,
+    sweep: Statement,
     cleanup: Statement,
     machines: Statement,
 }
@@ -455,6 +456,53 @@ impl Wake2 for Answered {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let _ = self.to.send(Note::Answered(self.row));
+    }
+}
+
+/// An open batch of the inbox, as the pump reads it. Every column is read leniently: a row
+/// written by hand with a missing element gives an empty string there, which the pump
+/// refuses as an invalid id, key or event.
+struct OpenBatch {
+    id: i64,
+    partitions: Vec<Option<i32>>,
+    machines: Vec<Option<String>>,
+    keys: Vec<Option<String>>,
+    events: Vec<Option<String>>,
+    expired: Vec<Option<bool>>,
+    waited: f64,
+    decided: HashSet<i32>,
+}
+
+impl OpenBatch {
+    fn from_row(r: &postgres::Row) -> Result<OpenBatch, postgres::Error> {
+        let list = |i: usize| -> Result<Vec<Option<String>>, postgres::Error> {
+            Ok(r.try_get::<_, Option<Vec<Option<String>>>>(i)?
+                .unwrap_or_default())
+        };
+        Ok(OpenBatch {
+            id: r.try_get(0)?,
+            partitions: r
+                .try_get::<_, Option<Vec<Option<i32>>>>(1)?
+                .unwrap_or_default(),
+            machines: list(2)?,
+            keys: list(3)?,
+            events: list(4)?,
+            expired: r
+                .try_get::<_, Option<Vec<Option<bool>>>>(5)?
+                .unwrap_or_default(),
+            waited: r.try_get::<_, Option<f64>>(6)?.unwrap_or(0.0),
+            decided: r
+                .try_get::<_, Option<Vec<Option<i32>>>>(7)?
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect(),
+        })
+    }
+
+    /// Element `i` of a column, or an empty string where there is none.
+    fn column<'a>(&self, column: &'a [Option<String>], i: usize) -> &'a str {
+        column.get(i).and_then(|v| v.as_deref()).unwrap_or("")
     }
 }
 
@@ -516,11 +564,13 @@ where
         let mut client = (self.store.connector())().ok()?;
         let sql = self.inbox.statements();
         let fetch = client.prepare(&sql.fetch).ok()?;
+        let sweep = client.prepare(&sql.sweep).ok()?;
         let cleanup = client.prepare(&sql.cleanup).ok()?;
         let machines = client.prepare(&sql.machines).ok()?;
         Some(ReadConn {
             client,
             fetch,
+            sweep,
             cleanup,
             machines,
         })
@@ -600,11 +650,14 @@ where
             }
             if last_cleanup.elapsed() >= self.options.cleanup_every {
                 last_cleanup = Instant::now();
-                let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
                 let keep = self.options.retention.as_millis().min(i64::MAX as u128) as i64;
-                match c.client.execute(&c.cleanup, &[&parts, &keep, &1000_i64]) {
-                    Ok(n) => {
-                        self.counters.deleted.fetch_add(n, Ordering::Relaxed);
+                let swept = c.client.execute(&c.sweep, &[]);
+                match swept.and_then(|_| c.client.query_one(&c.cleanup, &[&keep, &1000_i64])) {
+                    Ok(row) => {
+                        let n: i64 = row.get(0);
+                        self.counters
+                            .deleted
+                            .fetch_add(n.max(0) as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -714,56 +767,71 @@ where
         held: &HashMap<u32, u64>,
         to_recorder: &mpsc::Sender<Note>,
     ) -> Result<(usize, bool), postgres::Error> {
-        let (room, busy) = {
-            let busy = self.busy.lock().recover();
-            let room = self.options.batch.saturating_sub(busy.len());
-            (room, busy.iter().copied().collect::<Vec<i64>>())
-        };
+        let room = self.room();
         if room == 0 || held.is_empty() {
             return Ok((0, false));
         }
         let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
-        let rows = c.client.query(
-            &c.fetch,
-            &[
-                &parts,
-                &busy,
-                &(self.options.per_machine as i64),
-                &(room as i64),
-            ],
-        )?;
+        let batches: Vec<OpenBatch> = c
+            .client
+            .query(&c.fetch, &[&parts])?
+            .iter()
+            .map(OpenBatch::from_row)
+            .collect::<Result<_, _>>()?;
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
-        let work = rows.len();
-        let mut lag = 0.0_f64;
-        let mut commands = Vec::with_capacity(rows.len());
-        let mut meta = Vec::with_capacity(rows.len());
-        let mut notes = Vec::with_capacity(rows.len());
+        // Each machine's first `per_machine` pending commands, in submission order, less
+        // those already in flight here: with one in flight per machine, a machine with a
+        // command in flight gives none.
+        let mut taken = Vec::new();
         {
             let mut busy = self.busy.lock().recover();
-            for r in &rows {
-                busy.insert(r.get(0));
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            'batches: for b in &batches {
+                for (i, partition) in b.partitions.iter().enumerate() {
+                    let slot = i as i32 + 1;
+                    let Some(partition) = *partition else {
+                        continue;
+                    };
+                    if !held.contains_key(&(partition as u32)) || b.decided.contains(&slot) {
+                        continue;
+                    }
+                    let row = row_of(b.id, slot);
+                    let n = seen.entry(b.column(&b.machines, i)).or_default();
+                    *n += 1;
+                    if *n > self.options.per_machine || busy.contains(&row) {
+                        continue;
+                    }
+                    if taken.len() >= room {
+                        break 'batches;
+                    }
+                    busy.insert(row);
+                    taken.push((b, i, row, partition));
+                }
             }
         }
-        for r in &rows {
-            let row: i64 = r.get(0);
-            let machine: String = r.get(1);
-            let key: String = r.get(2);
-            let event: String = r.get(3);
-            let expired: bool = r.get(4);
-            let waited: f64 = r.get(5);
-            let partition: i32 = r.get(6);
-            lag = lag.max(waited);
+        let work = taken.len();
+        let mut lag = 0.0_f64;
+        let mut commands = Vec::with_capacity(work);
+        let mut meta = Vec::with_capacity(work);
+        let mut notes = Vec::with_capacity(work);
+        for (b, i, row, partition) in taken {
+            lag = lag.max(b.waited);
             let epoch = held.get(&(partition as u32)).copied().unwrap_or(0) as i64;
             let refuse = |status, detail: String| {
                 Note::Decided(Decided::refused(row, partition, epoch, status, detail))
             };
-            if expired {
+            if b.expired.get(i).copied().flatten().unwrap_or(false) {
                 notes.push(refuse(
                     Status::Expired,
                     "its time to live ran out before the owner took it".into(),
                 ));
                 continue;
             }
+            let (machine, key, event) = (
+                b.column(&b.machines, i),
+                b.column(&b.keys, i),
+                b.column(&b.events, i),
+            );
             let (id, key) = match (MachineId::new(machine), IdempotencyKey::new(key)) {
                 (Ok(id), Ok(key)) => (id, key),
                 (Err(e), _) => {
@@ -775,7 +843,7 @@ where
                     continue;
                 }
             };
-            match serde_json::from_str::<M::Event>(&event) {
+            match serde_json::from_str::<M::Event>(event) {
                 Ok(ev) => {
                     commands.push((id, Request::new(ev).with_key(key)));
                     meta.push((row, partition, epoch));

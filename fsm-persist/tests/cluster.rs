@@ -186,8 +186,9 @@ fn a_batch_that_mixes_new_keys_with_known_ones_answers_each_and_applies_the_new_
         add(&m, "k1", 9), // known, another event: refused
         add(&n, "k3", 2), // new, and again in the same batch
         add(&n, "k3", 2), // the same command as the one before it
+        add(&n, "k3", 4), // the same key again in the batch, another event: refused
     ]);
-    assert_eq!(answers.len(), 6);
+    assert_eq!(answers.len(), 7);
     let mut answers = answers.into_iter();
     let n1 = answers.next().unwrap().unwrap();
     let again = answers.next().unwrap().unwrap();
@@ -205,6 +206,10 @@ fn a_batch_that_mixes_new_keys_with_known_ones_answers_each_and_applies_the_new_
         n3.row(),
         n3_again.row(),
         "one row for one key within a batch"
+    );
+    assert!(
+        matches!(answers.next().unwrap(), Err(InboxError::KeyReused { .. })),
+        "a key given twice in one call with two events"
     );
     for t in [&first, &again, &n1, &m2, &n3, &n3_again] {
         assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
@@ -634,6 +639,110 @@ impl fsm_core::kernel::EffectWorker<watch::Watch> for Notifier {
         }
         Ok(None)
     }
+}
+
+#[test]
+fn an_inbox_of_the_earlier_layout_is_refused_with_what_to_do_and_left_as_it_was() {
+    let Some(server) = server() else {
+        return;
+    };
+    let _owner = store("cl_old_layout", "a", Claim::Nothing);
+    let mut raw = server.config().connect(postgres::NoTls).unwrap();
+    // The earlier layout kept a row per command in a table of this name.
+    raw.batch_execute(
+        "CREATE TABLE cl_old_layout.fsm_snapshots_inbox (id bigserial PRIMARY KEY, machine text, key text, status text);
+         INSERT INTO cl_old_layout.fsm_snapshots_inbox (machine, key) VALUES ('acct-1', 'k1');",
+    )
+    .unwrap();
+    let err = Inbox::builder(server.config())
+        .schema("cl_old_layout")
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, InboxError::Layout { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("earlier inbox layout") && err.to_string().contains("drop it"),
+        "{err}"
+    );
+    // Nothing was created beside it, and its pending command is still there to drain.
+    let pending: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM cl_old_layout.fsm_snapshots_inbox WHERE status IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 1);
+    let made: Option<String> = raw
+        .query_one(
+            "SELECT to_regclass('cl_old_layout.fsm_snapshots_ibatch')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(made, None);
+}
+
+#[test]
+fn a_batch_whose_last_commands_two_nodes_decided_at_once_is_closed_by_the_sweep_and_read_no_more() {
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_sweep";
+    let s = store(schema, "a", Claim::Free);
+    let a = options()
+        .cleanup_every(Duration::from_millis(50))
+        .start(kernel(s.clone()), s)
+        .unwrap();
+    let m = id("acct-s");
+    // Two commands in one batch, each decided by a different node in the same moment: each
+    // recorder saw only its own decision, so neither closed the batch.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    let batch: i64 = raw
+        .query_one(
+            &format!(
+                "WITH b AS (
+                     INSERT INTO {schema}.fsm_snapshots_ibatch (n, partitions, machines, keys, events)
+                     VALUES (2, ARRAY[$2::int4, $2::int4], ARRAY[$1::text, $1::text], '{{s1,s2}}',
+                             ARRAY['{{\"Add\":{{\"amount\":1}}}}', '{{\"Add\":{{\"amount\":2}}}}'])
+                     RETURNING id
+                 ),
+                 k AS (
+                     INSERT INTO {schema}.fsm_snapshots_ikeys (machine, key, batch, slot)
+                     SELECT $1::text, 's' || g, b.id, g FROM b, generate_series(1, 2) g
+                 ),
+                 o AS (
+                     INSERT INTO {schema}.fsm_snapshots_idone
+                         (batch, slots, statuses, seqs, transitions, details, epochs, decided_by)
+                     SELECT b.id, ARRAY[g], '{{rejected}}', '{{NULL}}', '{{NULL}}', '{{by hand}}', '{{1}}', 'n' || g
+                     FROM b, generate_series(1, 2) g
+                 )
+                 SELECT id FROM b"
+            ),
+            &[&m.as_str(), &(a.inbox().partition_of(&m) as i32)],
+        )
+        .unwrap()
+        .get(0);
+    until("the sweep never closed the batch", || {
+        let open: bool = raw
+            .query_one(
+                &format!("SELECT open FROM {schema}.fsm_snapshots_ibatch WHERE id = $1"),
+                &[&batch],
+            )
+            .unwrap()
+            .get(0);
+        !open
+    });
+    // Both decisions stand, and neither command was applied by the node.
+    for k in ["s1", "s2"] {
+        let d = a.inbox().decision(&m, &key(k)).unwrap().unwrap();
+        assert_eq!(d.status, Status::Rejected);
+        assert_eq!(d.row / 65536, batch);
+    }
+    assert_eq!(
+        a.kernel().state(&m).ok().map(|s| s.0.total()).unwrap_or(0),
+        0
+    );
+    assert_eq!(a.inbox().depth().unwrap(), vec![]);
 }
 
 #[test]

@@ -3,32 +3,44 @@
 //! them.
 //!
 //! # How a command travels
-//! 1. [`Inbox::submit`] inserts a row keyed by machine and [`IdempotencyKey`]. Once the insert
-//!    commits the command is **accepted**: it will be applied exactly once, or answered with
-//!    why not, whatever happens to the node that accepted it. A resubmission with the same key
-//!    and the same event is the same command (the same ticket); the same key with another
-//!    event is refused ([`InboxError::KeyReused`]). The insert notifies the owners
-//!    (`NOTIFY`); they also poll, so a lost notification only delays.
-//! 2. The owner of the machine's partition (a [`Node`](super::Node)) reads its partitions'
-//!    pending rows, oldest first and one machine at a time, and submits each to its kernel
-//!    under the row's key. The kernel writes the transition and the key in one write of the
-//!    machine's snapshot, fenced by the partition's epoch.
-//! 3. The owner records each decision in its row, in one statement fenced by the same epoch,
-//!    and notifies the waiting submitters; a [`InboxTicket`] resolves when its row holds a
-//!    decision, on whichever node it waits.
+//! 1. [`Inbox::submit_many`] writes the commands of one call as one *batch* row (the machines,
+//!    keys and events as arrays, in submission order) and a *key* row per command, keyed by
+//!    machine and [`IdempotencyKey`]. Once that commits the command is **accepted**: it will
+//!    be applied exactly once, or answered with why not, whatever happens to the node that
+//!    accepted it. A resubmission with the same key and the same event is the same command
+//!    (the same ticket); the same key with another event is refused
+//!    ([`InboxError::KeyReused`]). The submit notifies the owners (`NOTIFY`); they also poll,
+//!    so a lost notification only delays. A command's *row* is its batch's id times 65,536
+//!    plus its place in the batch: it orders commands as they were submitted.
+//! 2. The owner of the machine's partition (a [`Node`](super::Node)) reads the open batches
+//!    holding its partitions' commands and takes each machine's oldest pending command, then
+//!    submits each to its kernel under the command's key. The kernel writes the transition and
+//!    the key in one write of the machine's snapshot, fenced by the partition's epoch.
+//! 3. The owner records the decisions of a round in one statement, as one *outcome* row per
+//!    batch (the slots and their decisions as arrays), fenced by the same epoch, closes the
+//!    batches whose every command is decided, and notifies the waiting submitters; an
+//!    [`InboxTicket`] resolves when its command's decision is recorded, on whichever node it
+//!    waits.
 //!
+//! Per command, the database writes one key row; everything else is written once per batch.
+//! The view `T_inbox` shows one row per command (its decision, if any) for operators and
+//! checkers.
+
 //! # Exactly once without two-phase commit
 //! Applying a command and marking it done are one write: the mark is the key, stored in the
 //! machine's idempotency journal inside the snapshot the transition writes. The decision in
-//! the inbox row is a copy of it. If the owner dies (or is fenced) between the two, the next
-//! owner finds the row still pending, submits it again under the same key, and the journal
-//! answers it without applying it again (`Committed { duplicate: true }`); that answer is what
-//! the row then records. A machine has one inbox command in flight at a time, so the journal
+//! the inbox is a copy of it. If the owner dies (or is fenced) between the two, the next
+//! owner finds the command still pending, submits it again under the same key, and the
+//! journal answers it without applying it again (`Committed { duplicate: true }`); that answer
+//! is what the inbox then records. Two nodes recording one command in the same moment (a
+//! late applied decision of an old owner and the new owner's) both record `applied`; the
+//! first recorded is the answer. A machine has one inbox command in flight at a time, so the journal
 //! (64 keys per machine by default) always still holds the key, and a command refused is
 //! refused again in the same state: per-machine order holds across crashes.
 //!
-//! Decisions are kept for the retention window (the cluster's idempotency window, default
-//! one day), then deleted in batches by the owners, off the commit path.
+//! A batch and its decisions are kept for the retention window (the cluster's idempotency
+//! window, default one day) after its last command was decided, then deleted, key rows
+//! included, by whichever node's pump gets to it, off the commit path.
 
 use crate::sync::Recover;
 use std::collections::{HashMap, HashSet};
@@ -105,7 +117,7 @@ pub enum InboxError {
     /// again, or look it up with [`Inbox::decision`]).
     #[error("no decision yet after {0:?}; the command is accepted and will still be decided")]
     Timeout(Duration),
-    /// The command's row is gone: it was decided and then deleted after the retention window.
+    /// The command is gone: it was decided and then deleted after the retention window.
     #[error("the command was decided and its decision deleted after the retention window")]
     Forgotten,
 }
@@ -171,11 +183,12 @@ impl fmt::Display for Status {
     }
 }
 
-/// A command's decision, as its inbox row records it.
+/// A command's decision, as the inbox records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decision {
-    /// The command's row (the inbox's submission order).
+    /// The command's row: its batch's id times 65,536 plus its place in the batch (the
+    /// inbox's submission order).
     pub row: i64,
     /// How it was decided.
     pub status: Status,
@@ -1450,7 +1463,8 @@ impl fmt::Debug for InboxTicket {
 }
 
 impl InboxTicket {
-    /// The command's row in the inbox (its place in submission order).
+    /// The command's row in the inbox (its place in submission order): see
+    /// [`Decision::row`].
     pub fn row(&self) -> i64 {
         self.row
     }

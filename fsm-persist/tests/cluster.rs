@@ -169,6 +169,28 @@ fn a_resubmission_with_the_same_key_is_the_same_command_and_another_event_under_
     assert_eq!(total(&a, &m), 5);
 }
 
+#[test]
+fn a_resubmission_of_a_decided_command_is_answered_at_once_not_at_the_next_poll() {
+    let Some(server) = server() else {
+        return;
+    };
+    let a = node("cl_resubmit_now", "a", Claim::Free);
+    let m = id("acct-1");
+    let d = a.submit(add(&m, "k1", 5)).unwrap().wait(WAIT).unwrap();
+    // A client that polls once an hour, and whose answers thread was not listening when the
+    // decision was notified: the resubmission's ticket is looked up when it is made.
+    let client = Inbox::builder(server.config())
+        .schema("cl_resubmit_now")
+        .poll(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let again = client.submit(add(&m, "k1", 5)).unwrap();
+    assert_eq!(again.row(), d.row);
+    assert_eq!(again.wait(WAIT).unwrap(), d);
+    assert_eq!(client.stats().polled, 0, "{:?}", client.stats());
+    assert_eq!(total(&a, &m), 5);
+}
+
 /// A batch is first inserted as if every key were new; one that meets a known key runs again
 /// with the arbiter. Each command of such a batch still gets its own answer.
 #[test]

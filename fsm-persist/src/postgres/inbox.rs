@@ -45,7 +45,7 @@
 use crate::sync::Recover;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -306,6 +306,7 @@ impl InboxBuilder {
             full: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             poll: self.poll,
+            decided_up_to: AtomicI64::new(0),
         });
         Ok(Inbox {
             shared,
@@ -767,6 +768,12 @@ struct Shared {
     full: AtomicU64,
     stop: AtomicBool,
     poll: Duration,
+    /// The highest row a decision notification named so far (`i64::MAX` after one that named
+    /// no range). A ticket made after the notification of its own decision arrived would
+    /// otherwise wait for the next poll: the answers thread raises this before it reads the
+    /// waiting tickets, a submitter reads it after adding its tickets, so one of the two
+    /// always looks the decision up.
+    decided_up_to: AtomicI64,
 }
 
 impl Shared {
@@ -1073,6 +1080,8 @@ impl Inbox {
     fn submit_chunk(&self, commands: &[InboxCommand]) -> Vec<Result<InboxTicket, InboxError>> {
         let mut out: Vec<Option<Result<InboxTicket, InboxError>>> =
             commands.iter().map(|_| None).collect();
+        // Whether a command's ticket is for a row this call wrote.
+        let mut fresh = vec![false; commands.len()];
         // A key met earlier in the same call names the same command: answered from the first.
         let mut first: HashMap<(&str, &str), usize> = HashMap::new();
         let mut repeats = vec![];
@@ -1101,6 +1110,7 @@ impl Inbox {
                 }
                 Ok(Some(rows)) => {
                     for (i, row, pending) in rows {
+                        fresh[i] = row.is_some();
                         out[i] = Some(match row {
                             Some(row) => Ok(self.ticket(row)),
                             None => {
@@ -1192,6 +1202,19 @@ impl Inbox {
                 }
             });
         }
+        // A resubmission's decision may be long recorded, and a new command's may have been
+        // notified before its ticket was made: look those up now rather than at the next
+        // poll. An error leaves them to the answers thread.
+        let up_to = self.shared.decided_up_to.load(Ordering::SeqCst);
+        let check: Vec<i64> = out
+            .iter()
+            .zip(&fresh)
+            .filter_map(|(o, &fresh)| match o {
+                Some(Ok(t)) if !fresh || t.row <= up_to => Some(t.row),
+                _ => None,
+            })
+            .collect();
+        let _ = self.shared.answer(&check, Some(&self.shared.notified));
         out.into_iter()
             .map(|o| o.unwrap_or_else(|| Err(InboxError::InvalidEvent("no answer".into()))))
             .collect()
@@ -1368,6 +1391,14 @@ fn listen(shared: &Shared) {
             // A poll looks up every waiting ticket: a lost notification only delays.
             last_poll = Instant::now();
             woken = None;
+        }
+        match &woken {
+            Some(Some(ranges)) => {
+                let hi = ranges.iter().map(|&(_, hi)| hi).max().unwrap_or(0);
+                shared.decided_up_to.fetch_max(hi, Ordering::SeqCst);
+            }
+            Some(None) => shared.decided_up_to.store(i64::MAX, Ordering::SeqCst),
+            None => {}
         }
         let rows: Vec<i64> = {
             let map = shared.waiters.map.lock().recover();

@@ -772,6 +772,11 @@ where
             return Ok((0, false));
         }
         let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
+        // The rows in flight are read before the batches: a row the recorder frees after
+        // this was decided before, so the read finds it decided. Read after, a row decided
+        // and freed in between would look pending and be applied again (answered from the
+        // journal, but work done twice).
+        let in_flight: HashSet<i64> = self.busy.lock().recover().clone();
         let batches: Vec<OpenBatch> = c
             .client
             .query(&c.fetch, &[&parts])?
@@ -798,7 +803,7 @@ where
                     let row = row_of(b.id, slot);
                     let n = seen.entry(b.column(&b.machines, i)).or_default();
                     *n += 1;
-                    if *n > self.options.per_machine || busy.contains(&row) {
+                    if *n > self.options.per_machine || in_flight.contains(&row) {
                         continue;
                     }
                     if taken.len() >= room {

@@ -65,7 +65,9 @@ use fsm_core::store::MachineId;
 use postgres::{Client, Statement};
 use serde::de::DeserializeOwned;
 
-use super::inbox::{row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status};
+use super::inbox::{
+    no_jit, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status,
+};
 use super::PostgresStore;
 use crate::sync::Recover;
 
@@ -562,6 +564,7 @@ where
 
     fn connect_reader(&self) -> Option<ReadConn> {
         let mut client = (self.store.connector())().ok()?;
+        no_jit(&mut client).ok()?;
         let sql = self.inbox.statements();
         let fetch = client.prepare(&sql.fetch).ok()?;
         let sweep = client.prepare(&sql.sweep).ok()?;
@@ -951,6 +954,7 @@ where
             if !decided.is_empty() {
                 if client.is_none() {
                     client = (self.store.connector())().ok().and_then(|mut c| {
+                        no_jit(&mut c).ok()?;
                         let st = c.prepare(&self.inbox.statements().record).ok()?;
                         Some((c, st))
                     });

@@ -628,7 +628,9 @@ impl Statements {
                      SELECT b.partitions[s.slot] AS partition, b.submitted_at
                      FROM {batches} b CROSS JOIN LATERAL generate_subscripts(b.partitions, 1) AS s(slot)
                      WHERE b.open AND NOT EXISTS (
-                         SELECT 1 FROM {outcomes} o WHERE o.batch = b.id AND s.slot = ANY(o.slots))
+                         SELECT 1 FROM {outcomes} o
+                         WHERE o.batch = ANY(ARRAY(SELECT id FROM {batches} WHERE open))
+                           AND o.batch = b.id AND s.slot = ANY(o.slots))
                  ) q
                  GROUP BY q.partition ORDER BY q.partition"
             ),

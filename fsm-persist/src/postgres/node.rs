@@ -211,7 +211,8 @@ pub struct NodeStats {
     /// Commands decided otherwise (rejected, expired, dumped, undecodable ..) and recorded.
     pub refused: u64,
     /// Decisions not recorded because the partition had moved on (another node records
-    /// them, from the machine's journal).
+    /// them, from the machine's journal), or because the command's decision was already
+    /// recorded.
     pub fenced: u64,
     /// Commands handed back to the inbox to try again (store unavailable, kernel full).
     pub retried: u64,

@@ -250,7 +250,8 @@ impl InboxBuilder {
         self
     }
 
-    /// The snapshot table (default `fsm_snapshots`); the inbox is its name plus `_inbox`.
+    /// The snapshot table (default `fsm_snapshots`); the inbox is its name plus `_ibatch`,
+    /// `_ikeys` and `_idone`, and the view of one row per command its name plus `_inbox`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self

@@ -502,11 +502,11 @@ impl OpenBatch {
                 .collect(),
         })
     }
+}
 
-    /// Element `i` of a column, or an empty string where there is none.
-    fn column<'a>(&self, column: &'a [Option<String>], i: usize) -> &'a str {
-        column.get(i).and_then(|v| v.as_deref()).unwrap_or("")
-    }
+/// Element `i` of a column, or an empty string where there is none.
+fn element(column: &[Option<String>], i: usize) -> &str {
+    column.get(i).and_then(|v| v.as_deref()).unwrap_or("")
 }
 
 struct Pump<M: Durable> {
@@ -771,16 +771,16 @@ where
         held: &HashMap<u32, u64>,
         to_recorder: &mpsc::Sender<Note>,
     ) -> Result<(usize, bool), postgres::Error> {
-        let room = self.room();
-        if room == 0 || held.is_empty() {
-            return Ok((0, false));
-        }
-        let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
         // The rows in flight are read before the batches: a row the recorder frees after
         // this was decided before, so the read finds it decided. Read after, a row decided
         // and freed in between would look pending and be applied again (answered from the
         // journal, but work done twice).
         let in_flight: HashSet<i64> = self.busy.lock().recover().clone();
+        let room = self.options.batch.saturating_sub(in_flight.len());
+        if room == 0 || held.is_empty() {
+            return Ok((0, false));
+        }
+        let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
         let batches: Vec<OpenBatch> = c
             .client
             .query(&c.fetch, &[&parts])?
@@ -805,7 +805,7 @@ where
                         continue;
                     }
                     let row = row_of(b.id, slot);
-                    let n = seen.entry(b.column(&b.machines, i)).or_default();
+                    let n = seen.entry(element(&b.machines, i)).or_default();
                     *n += 1;
                     if *n > self.options.per_machine || in_flight.contains(&row) {
                         continue;
@@ -837,9 +837,9 @@ where
                 continue;
             }
             let (machine, key, event) = (
-                b.column(&b.machines, i),
-                b.column(&b.keys, i),
-                b.column(&b.events, i),
+                element(&b.machines, i),
+                element(&b.keys, i),
+                element(&b.events, i),
             );
             let (id, key) = match (MachineId::new(machine), IdempotencyKey::new(key)) {
                 (Ok(id), Ok(key)) => (id, key),

@@ -368,16 +368,29 @@ fn a_full_inbox_refuses_with_full_and_stores_nothing() {
         inbox.decision(&m, &key("f3")),
         Err(InboxError::Forgotten)
     ));
-    // A machine of another partition still has room.
+    // A machine of another partition still has room, also in a call where a command for the
+    // full partition is refused: the batch stored holds the others, in order, with their
+    // times to live.
     let other = machine_in((part + 1) % PARTITIONS, "other");
-    assert!(inbox.submit(add(&other, "g0", 1)).is_ok());
-    // Served at last: the three accepted commands are applied.
+    let mut mixed = inbox.submit_many(vec![
+        add(&other, "g0", 1).ttl(Duration::from_secs(3600)),
+        add(&m, "f4", 1),
+        add(&other, "g1", 2),
+    ]);
+    let g1 = mixed.pop().unwrap().expect("the other partition has room");
+    let f4 = mixed.pop().unwrap();
+    assert!(matches!(f4, Err(InboxError::Full { .. })), "{f4:?}");
+    let g0 = mixed.pop().unwrap().expect("the other partition has room");
+    assert_eq!(g1.row(), g0.row() + 1, "one batch, two slots");
+    let others = [g0, g1];
+    // Served at last: the accepted commands are applied.
     drop(owner);
     let a = node("cl_full", "a", Claim::Free);
-    for t in &tickets {
+    for t in tickets.iter().chain(&others) {
         assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
     }
     assert_eq!(total(&a, &m), 3);
+    assert_eq!(total(&a, &other), 3);
 }
 
 #[test]

@@ -278,6 +278,57 @@ fn commands_for_one_machine_are_applied_in_submission_order_whichever_node_took_
     assert_eq!(total(&a, &m), (1..=40).sum::<u64>());
 }
 
+#[test]
+fn batches_read_over_many_rounds_apply_each_command_once_in_submission_order() {
+    if server().is_none() {
+        return;
+    }
+    // A node that takes four commands at a time reads each 30-command batch over several
+    // rounds; after the first, a batch's commands come from what the pump kept of it, and
+    // only its decided slots are read again.
+    let s = store("cl_rounds", "a", Claim::Free);
+    let a = options().batch(4).start(kernel(s.clone()), s).unwrap();
+    let machines: Vec<MachineId> = (0..3).map(|i| id(&format!("rounds-{i}"))).collect();
+    let mut submitted = vec![];
+    for b in 0..2_u64 {
+        let commands = (0..30_u64)
+            .map(|i| {
+                let m = &machines[(i % 3) as usize];
+                add(m, &format!("r{b}-{i}"), 100 * b + i + 1)
+            })
+            .collect();
+        for (i, t) in a.submit_many(commands).into_iter().enumerate() {
+            submitted.push((i % 3, t.unwrap()));
+        }
+    }
+    let mut seqs: Vec<Vec<u64>> = vec![vec![]; 3];
+    for (m, t) in &submitted {
+        let d = t.wait(WAIT).unwrap();
+        assert_eq!(d.status, Status::Applied, "{d:?}");
+        seqs[*m].push(d.seq.unwrap());
+    }
+    for (m, seqs) in seqs.iter().enumerate() {
+        assert_eq!(
+            *seqs,
+            (1..=20).collect::<Vec<u64>>(),
+            "machine {m}: one snapshot per command, in submission order"
+        );
+        let expected: u64 = (0..2_u64)
+            .flat_map(|b| {
+                (0..30_u64)
+                    .filter(move |i| i % 3 == m as u64)
+                    .map(move |i| 100 * b + i + 1)
+            })
+            .sum();
+        assert_eq!(total(&a, &machines[m]), expected, "machine {m}");
+    }
+    assert!(
+        a.stats().rounds >= 15,
+        "60 commands four at a time: {:?}",
+        a.stats()
+    );
+}
+
 /// Writes a command into the inbox by hand, as a submit does but without its notification:
 /// a batch of one and its key.
 fn write_by_hand(

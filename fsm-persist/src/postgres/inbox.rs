@@ -662,15 +662,22 @@ impl Statements {
             ),
             // The open batches holding commands of partitions `$1`, whole, with their slots
             // already decided: the pump picks each machine's oldest pending commands.
+            // A batch's commands never change once written: those of the batches `$2`,
+            // which the pump already holds, are not sent again (a batch stays open over
+            // several reads, and a large one was sent whole at every read until it closed).
             fetch: format!(
-                "SELECT b.id, b.partitions, b.machines, b.keys, b.events,
+                "SELECT b.id, b.id = ANY($2::int8[]) AS known,
+                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.partitions END,
+                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.machines END,
+                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.keys END,
+                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.events END,
                         (SELECT array_agg(coalesce(x.d <= clock_timestamp(), false) ORDER BY x.i)
                          FROM unnest(b.deadlines) WITH ORDINALITY AS x(d, i)) AS expired,
                         extract(epoch FROM clock_timestamp() - b.submitted_at)::float8 AS waited,
                         (SELECT array_agg(x.slot) FROM {outcomes} o
                          CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = b.id) AS decided
                  FROM {batches} b
-                 WHERE b.open AND b.partitions && $1::int4[]
+                 WHERE b.open AND (b.id = ANY($2::int8[]) OR b.partitions && $1::int4[])
                  ORDER BY b.id"
             ),
             // An `applied` decision is a fact whoever records it: the kernel's snapshot

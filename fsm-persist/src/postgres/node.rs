@@ -462,45 +462,67 @@ impl Wake2 for Answered {
     }
 }
 
-/// An open batch of the inbox, as the pump reads it. Every column is read leniently: a row
-/// written by hand with a missing element gives an empty string there, which the pump
-/// refuses as an invalid id, key or event.
-struct OpenBatch {
-    id: i64,
+/// The commands of an open batch, as the pump reads them once: they never change, so a
+/// later read sends only what does (decided slots, deadlines passed). Every column is read
+/// leniently: a row written by hand with a missing element gives an empty string there,
+/// which the pump refuses as an invalid id, key or event.
+struct Commands {
     partitions: Vec<Option<i32>>,
     machines: Vec<Option<String>>,
     keys: Vec<Option<String>>,
     events: Vec<Option<String>>,
+}
+
+/// An open batch of the inbox, as one read sees it.
+struct OpenBatch {
+    id: i64,
+    commands: Arc<Commands>,
     expired: Vec<Option<bool>>,
     waited: f64,
     decided: HashSet<i32>,
 }
 
 impl OpenBatch {
-    fn from_row(r: &postgres::Row) -> Result<OpenBatch, postgres::Error> {
+    /// The batch of row `r`, its commands taken from `known` where the read did not send
+    /// them; `None` if it did not and they are not there (read it whole next time).
+    fn from_row(
+        r: &postgres::Row,
+        known: &HashMap<i64, Arc<Commands>>,
+    ) -> Result<Option<OpenBatch>, postgres::Error> {
         let list = |i: usize| -> Result<Vec<Option<String>>, postgres::Error> {
             Ok(r.try_get::<_, Option<Vec<Option<String>>>>(i)?
                 .unwrap_or_default())
         };
-        Ok(OpenBatch {
-            id: r.try_get(0)?,
-            partitions: r
-                .try_get::<_, Option<Vec<Option<i32>>>>(1)?
-                .unwrap_or_default(),
-            machines: list(2)?,
-            keys: list(3)?,
-            events: list(4)?,
+        let id: i64 = r.try_get(0)?;
+        let commands = if r.try_get::<_, Option<bool>>(1)?.unwrap_or(false) {
+            match known.get(&id) {
+                Some(c) => c.clone(),
+                None => return Ok(None),
+            }
+        } else {
+            Arc::new(Commands {
+                partitions: r
+                    .try_get::<_, Option<Vec<Option<i32>>>>(2)?
+                    .unwrap_or_default(),
+                machines: list(3)?,
+                keys: list(4)?,
+                events: list(5)?,
+            })
+        };
+        Ok(Some(OpenBatch {
+            id,
+            commands,
             expired: r
-                .try_get::<_, Option<Vec<Option<bool>>>>(5)?
+                .try_get::<_, Option<Vec<Option<bool>>>>(6)?
                 .unwrap_or_default(),
-            waited: r.try_get::<_, Option<f64>>(6)?.unwrap_or(0.0),
+            waited: r.try_get::<_, Option<f64>>(7)?.unwrap_or(0.0),
             decided: r
-                .try_get::<_, Option<Vec<Option<i32>>>>(7)?
+                .try_get::<_, Option<Vec<Option<i32>>>>(8)?
                 .unwrap_or_default()
                 .into_iter()
                 .flatten()
                 .collect(),
-        })
+        }))
     }
 }
 
@@ -611,6 +633,8 @@ where
     fn read_loop(&self, woken: mpsc::Receiver<Wake>, to_recorder: mpsc::Sender<Note>) {
         let mut conn: Option<ReadConn> = None;
         let mut known: HashSet<u32> = HashSet::new();
+        // The commands of the open batches read before (they never change).
+        let mut known_batches: HashMap<i64, Arc<Commands>> = HashMap::new();
         let mut last_cleanup = Instant::now();
         let mut polling = true;
         let pause = self.pause();
@@ -640,7 +664,7 @@ where
                 known.extend(new);
             }
             known.retain(|p| held.contains_key(p));
-            let (work, full) = match self.read(c, &held, &to_recorder) {
+            let (work, full) = match self.read(c, &held, &mut known_batches, &to_recorder) {
                 Ok(r) => r,
                 Err(_) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -769,6 +793,7 @@ where
         &self,
         c: &mut ReadConn,
         held: &HashMap<u32, u64>,
+        known: &mut HashMap<i64, Arc<Commands>>,
         to_recorder: &mpsc::Sender<Note>,
     ) -> Result<(usize, bool), postgres::Error> {
         // The rows in flight are read before the batches: a row the recorder frees after
@@ -781,13 +806,24 @@ where
             return Ok((0, false));
         }
         let parts: Vec<i32> = held.keys().map(|&p| p as i32).collect();
-        let batches: Vec<OpenBatch> = c
-            .client
-            .query(&c.fetch, &[&parts])?
-            .iter()
-            .map(OpenBatch::from_row)
-            .collect::<Result<_, _>>()?;
-        self.counters.rounds.fetch_add(1, Ordering::Relaxed);
+        let batches = loop {
+            let ids: Vec<i64> = known.keys().copied().collect();
+            let read: Option<Vec<OpenBatch>> = c
+                .client
+                .query(&c.fetch, &[&parts, &ids])?
+                .iter()
+                .map(|r| OpenBatch::from_row(r, known))
+                .collect::<Result<_, _>>()?;
+            self.counters.rounds.fetch_add(1, Ordering::Relaxed);
+            match read {
+                Some(batches) => break batches,
+                // A batch not sent because it was thought known: read everything whole
+                // rather than skip it (its commands come before later batches' ones).
+                None => known.clear(),
+            }
+        };
+        // The batches still open are all the pump keeps.
+        *known = batches.iter().map(|b| (b.id, b.commands.clone())).collect();
         // Each machine's first `per_machine` pending commands, in submission order, less
         // those already in flight here: with one in flight per machine, a machine with a
         // command in flight gives none.
@@ -796,7 +832,7 @@ where
             let mut busy = self.busy.lock().recover();
             let mut seen: HashMap<&str, usize> = HashMap::new();
             'batches: for b in &batches {
-                for (i, partition) in b.partitions.iter().enumerate() {
+                for (i, partition) in b.commands.partitions.iter().enumerate() {
                     let slot = i as i32 + 1;
                     let Some(partition) = *partition else {
                         continue;
@@ -805,7 +841,7 @@ where
                         continue;
                     }
                     let row = row_of(b.id, slot);
-                    let n = seen.entry(element(&b.machines, i)).or_default();
+                    let n = seen.entry(element(&b.commands.machines, i)).or_default();
                     *n += 1;
                     if *n > self.options.per_machine || in_flight.contains(&row) {
                         continue;
@@ -837,9 +873,9 @@ where
                 continue;
             }
             let (machine, key, event) = (
-                element(&b.machines, i),
-                element(&b.keys, i),
-                element(&b.events, i),
+                element(&b.commands.machines, i),
+                element(&b.commands.keys, i),
+                element(&b.commands.events, i),
             );
             let (id, key) = match (MachineId::new(machine), IdempotencyKey::new(key)) {
                 (Ok(id), Ok(key)) => (id, key),

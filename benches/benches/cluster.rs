@@ -14,6 +14,9 @@
 //! - `inbox/256`: submitted by a client that owns nothing (`Inbox::submit_many`, one
 //!   statement), read by the owner node's pump, applied by its kernel, each decision recorded
 //!   in the inbox, and every ticket's answer waited for.
+//! - `inbox/256_behind_a_backlog`: the same as `inbox/256` while 65,536 commands wait in the
+//!   inbox for a partition nobody owns (as when its node is down): a backlog in one
+//!   partition should cost the others' commands nothing.
 //!
 //! - `direct/1024`, `direct/4x256` and `inbox/4x256`: the same for 1,024 accounts: in one
 //!   batch to the owner; from 4 threads at once (256 accounts each) to the owner; through the
@@ -184,6 +187,79 @@ impl Inboxed {
     }
 }
 
+/// The inbox with a backlog: 65,536 commands wait for machines of a partition nobody owns
+/// (its node is down), while commands for the other partitions are submitted and applied as
+/// in `inbox/256`. What waits in one partition should cost the others nothing.
+struct Backlogged {
+    client: Inbox,
+    _owner: Node<Account>,
+    ids: Vec<MachineId>,
+    n: u64,
+}
+
+/// The commands waiting in `Backlogged`, and the partition they wait in.
+const BACKLOG: usize = 65_536;
+const STUCK: u32 = 15;
+
+impl Backlogged {
+    fn new(server: &TestServer) -> Backlogged {
+        let schema = "bench_backlog";
+        let s = Arc::new(
+            PostgresStore::builder(server.config())
+                .schema(schema)
+                .ownership(
+                    Ownership::new("owner")
+                        .partitions(16)
+                        .claim(Claim::Only((0..16).filter(|&p| p != STUCK).collect())),
+                )
+                .open()
+                .unwrap(),
+        );
+        let owner = NodeBuilder::new().start(kernel(s.clone()), s).unwrap();
+        let client = Inbox::builder(server.config())
+            .schema(schema)
+            .limit(BACKLOG as u64)
+            .open()
+            .unwrap();
+        let partition = |m: &MachineId| fsm_persist::postgres::partition_of(m, 16);
+        let stuck: Vec<MachineId> = (0..)
+            .map(|i| MachineId::new(format!("stuck-{i}")).unwrap())
+            .filter(|m| partition(m) == STUCK)
+            .take(256)
+            .collect();
+        let backlog = (0..BACKLOG)
+            .map(|i| {
+                InboxCommand::new(
+                    stuck[i % stuck.len()].clone(),
+                    IdempotencyKey::new(format!("b{i}")).unwrap(),
+                    &Ledger::Add { amount: 1 },
+                )
+                .unwrap()
+            })
+            .collect();
+        for r in client.submit_many(backlog) {
+            // Never decided while the bench runs: the ticket is not waited for.
+            drop(r.unwrap());
+        }
+        let ids = ids()
+            .into_iter()
+            .filter(|m| partition(m) != STUCK)
+            .take(N)
+            .collect();
+        Backlogged {
+            client,
+            _owner: owner,
+            ids,
+            n: 0,
+        }
+    }
+
+    fn batch(&mut self) {
+        self.n += 1;
+        submit_and_wait(&self.client, &self.ids, &format!("i{}", self.n));
+    }
+}
+
 fn submit_and_wait(client: &Inbox, ids: &[MachineId], tag: &str) {
     let commands = ids
         .iter()
@@ -240,6 +316,7 @@ fn bench(c: &mut Criterion) {
     let direct = kernel(direct_store);
     let direct_ids = ids();
     let mut inboxed = Inboxed::new(&server);
+    let mut backlogged = Backlogged::new(&server);
     let mut round = 0_u64;
     let mut direct_round = 0_u64;
     let mut direct_batch = |size: usize| {
@@ -259,6 +336,10 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("inbox/256", |b| {
         let mut timed = || inboxed.batch(N);
+        alternating(b, &mut timed, &mut || raw.batch())
+    });
+    group.bench_function("inbox/256_behind_a_backlog", |b| {
+        let mut timed = || backlogged.batch();
         alternating(b, &mut timed, &mut || raw.batch())
     });
     group.throughput(Throughput::Elements((N * CLIENTS) as u64));

@@ -445,6 +445,62 @@ fn a_full_inbox_refuses_with_full_and_stores_nothing() {
 }
 
 #[test]
+fn an_inbox_created_before_the_per_partition_counts_gets_them_and_counts_its_earlier_rows() {
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_counts";
+    let owner = store(schema, "idle", Claim::Nothing);
+    let open = || {
+        Inbox::builder(server().unwrap().config())
+            .schema(schema)
+            .limit(3)
+            .open()
+            .unwrap()
+    };
+    let m = id("counted-1");
+    let mut tickets = vec![];
+    {
+        let inbox = open();
+        tickets.push(inbox.submit(add(&m, "c0", 1)).unwrap());
+        tickets.push(inbox.submit(add(&m, "c1", 1)).unwrap());
+    }
+    // As an earlier build left it: no count columns, rows counted by nobody.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    raw.batch_execute(&format!(
+        "ALTER TABLE {schema}.fsm_snapshots_ibatch DROP COLUMN parts, DROP COLUMN counts;
+         ALTER TABLE {schema}.fsm_snapshots_idone DROP COLUMN parts, DROP COLUMN counts;"
+    ))
+    .unwrap();
+    let inbox = open();
+    let columns: i64 = raw
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_attribute
+                 WHERE attrelid IN ('{schema}.fsm_snapshots_ibatch'::regclass,
+                                    '{schema}.fsm_snapshots_idone'::regclass)
+                   AND attname IN ('parts', 'counts') AND NOT attisdropped"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 4, "the columns are added back on open");
+    // The two earlier commands count from their arrays, the new one from its counts.
+    tickets.push(inbox.submit(add(&m, "c2", 1)).unwrap());
+    match inbox.submit(add(&m, "c3", 1)) {
+        Err(InboxError::Full { pending, limit, .. }) => assert_eq!((pending, limit), (3, 3)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    drop(owner);
+    let a = node(schema, "a", Claim::Free);
+    for t in &tickets {
+        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
+    }
+    assert_eq!(total(&a, &m), 3);
+}
+
+#[test]
 fn an_owner_that_died_between_applying_and_recording_is_followed_by_one_that_applies_nothing_twice()
 {
     if server().is_none() {

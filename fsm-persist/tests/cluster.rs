@@ -501,6 +501,30 @@ fn an_inbox_created_before_the_per_partition_counts_gets_them_and_counts_its_ear
 }
 
 #[test]
+fn a_ticket_that_outlives_its_inbox_still_gets_its_decision() {
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_orphan";
+    let table = store(schema, "setup", Claim::Nothing);
+    let m = id("orphan-1");
+    let ticket = {
+        let inbox = Inbox::builder(server().unwrap().config())
+            .schema(schema)
+            .poll(Duration::from_millis(100))
+            .open()
+            .unwrap();
+        inbox.submit(add(&m, "o1", 5)).unwrap()
+        // The inbox, and its answers thread, end here: nobody listens for the ticket.
+    };
+    drop(table);
+    let a = node(schema, "a", Claim::Free);
+    let d = ticket.wait(WAIT).unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
+    assert_eq!(total(&a, &m), 5);
+}
+
+#[test]
 fn an_owner_that_died_between_applying_and_recording_is_followed_by_one_that_applies_nothing_twice()
 {
     if server().is_none() {

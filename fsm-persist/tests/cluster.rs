@@ -1073,6 +1073,40 @@ fn a_node_runs_as_a_role_that_owns_its_schema_and_nothing_else() {
         Some(postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
         "{denied:?}"
     );
+    // An inbox an earlier build made, without the per-partition counts: the client cannot
+    // add them and says who can; opened once as the node's role, it has them.
+    as_node
+        .batch_execute(
+            "ALTER TABLE cl_role.fsm_snapshots_ibatch DROP COLUMN parts, DROP COLUMN counts;
+             ALTER TABLE cl_role.fsm_snapshots_idone DROP COLUMN parts, DROP COLUMN counts;",
+        )
+        .unwrap();
+    let open_as_client = || {
+        Inbox::builder(client_config.clone())
+            .schema("cl_role")
+            .open()
+    };
+    match open_as_client() {
+        Err(InboxError::Layout { problem, .. }) => {
+            assert!(problem.contains("earlier build"), "{problem}");
+            assert!(problem.contains("as the role that owns it"), "{problem}");
+            assert!(problem.contains("must be owner"), "{problem}");
+        }
+        other => panic!("expected a layout error, got {other:?}"),
+    }
+    drop(
+        Inbox::builder(config.clone())
+            .schema("cl_role")
+            .open()
+            .unwrap(),
+    );
+    let client = open_as_client().unwrap();
+    let d = client
+        .submit(add(&m, "role-3", 1))
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_eq!(d.status, Status::Applied, "{d:?}");
     // The node's role cannot make a schema of its own: it has what a node needs, no more.
     let err = PostgresStore::builder(config)
         .schema("cl_role_elsewhere")

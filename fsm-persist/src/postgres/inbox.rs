@@ -456,10 +456,17 @@ fn setup(client: &mut Client, names: &Names) -> Result<u32, Setup> {
                 .get(0);
             if present < 4 {
                 if let Err(e) = tx.batch_execute(&counts_columns) {
+                    let Some(denied) = e
+                        .as_db_error()
+                        .filter(|d| *d.code() == postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                    else {
+                        return Err(Setup::Db(e));
+                    };
                     return Err(Setup::Layout(format!(
                         "it was created by an earlier build and lacks the per-partition count \
-                         columns, which this role cannot add ({e}); open it once as the role \
-                         that owns it (a node's)"
+                         columns, which this role cannot add ({}); open it once as the role \
+                         that owns it (a node's)",
+                        denied.message()
                     )));
                 }
             }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use fsm_core::kernel::{IdempotencyKey, Kernel, Request};
 use fsm_core::store::{MachineId, SnapshotStore};
 use fsm_persist::postgres::{
-    Claim, Inbox, InboxCommand, InboxError, Node, NodeBuilder, Ownership, PostgresStore, Status,
-    TestServer,
+    Claim, Inbox, InboxCommand, InboxError, InboxTicket, Node, NodeBuilder, Ownership,
+    PostgresStore, Status, TestServer,
 };
 use kernel_machine::{Tally, TallyCmd};
 
@@ -105,6 +105,20 @@ fn machine_in(p: u32, tag: &str) -> MachineId {
         .map(|i| id(&format!("{tag}-{i}")))
         .find(|m| fsm_persist::postgres::partition_of(m, PARTITIONS) == p)
         .unwrap()
+}
+
+/// Starts node `a`, owning every partition of `schema`, and checks that each ticket's
+/// command is applied.
+fn served_by_a_new_owner<'t>(
+    schema: &str,
+    tickets: impl IntoIterator<Item = &'t InboxTicket>,
+) -> Node<Tally> {
+    let a = node(schema, "a", Claim::Free);
+    for t in tickets {
+        let d = t.wait(WAIT).unwrap();
+        assert_eq!(d.status, Status::Applied, "{d:?}");
+    }
+    a
 }
 
 fn total(node: &Node<Tally>, m: &MachineId) -> u64 {
@@ -436,10 +450,7 @@ fn a_full_inbox_refuses_with_full_and_stores_nothing() {
     let others = [g0, g1];
     // Served at last: the accepted commands are applied.
     drop(owner);
-    let a = node("cl_full", "a", Claim::Free);
-    for t in tickets.iter().chain(&others) {
-        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
-    }
+    let a = served_by_a_new_owner("cl_full", tickets.iter().chain(&others));
     assert_eq!(total(&a, &m), 3);
     assert_eq!(total(&a, &other), 3);
 }
@@ -493,10 +504,7 @@ fn an_inbox_created_before_the_per_partition_counts_gets_them_and_counts_its_ear
         other => panic!("expected Full, got {other:?}"),
     }
     drop(owner);
-    let a = node(schema, "a", Claim::Free);
-    for t in &tickets {
-        assert_eq!(t.wait(WAIT).unwrap().status, Status::Applied);
-    }
+    let a = served_by_a_new_owner(schema, &tickets);
     assert_eq!(total(&a, &m), 3);
 }
 
@@ -511,7 +519,6 @@ fn a_ticket_that_outlives_its_inbox_still_gets_its_decision() {
     let ticket = {
         let inbox = Inbox::builder(server().unwrap().config())
             .schema(schema)
-            .poll(Duration::from_millis(100))
             .open()
             .unwrap();
         inbox.submit(add(&m, "o1", 5)).unwrap()

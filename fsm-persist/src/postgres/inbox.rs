@@ -726,18 +726,18 @@ impl Statements {
             // which the pump already holds, are not sent again (a batch stays open over
             // several reads, and a large one was sent whole at every read until it closed).
             fetch: format!(
-                "SELECT b.id, b.id = ANY($2::int8[]) AS known,
-                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.partitions END,
-                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.machines END,
-                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.keys END,
-                        CASE WHEN b.id = ANY($2::int8[]) THEN NULL ELSE b.events END,
+                "SELECT b.id, k.known,
+                        CASE WHEN k.known THEN NULL ELSE b.partitions END,
+                        CASE WHEN k.known THEN NULL ELSE b.machines END,
+                        CASE WHEN k.known THEN NULL ELSE b.keys END,
+                        CASE WHEN k.known THEN NULL ELSE b.events END,
                         (SELECT array_agg(coalesce(x.d <= clock_timestamp(), false) ORDER BY x.i)
                          FROM unnest(b.deadlines) WITH ORDINALITY AS x(d, i)) AS expired,
                         extract(epoch FROM clock_timestamp() - b.submitted_at)::float8 AS waited,
                         (SELECT array_agg(x.slot) FROM {outcomes} o
                          CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = b.id) AS decided
-                 FROM {batches} b
-                 WHERE b.open AND (b.id = ANY($2::int8[]) OR coalesce(b.parts, b.partitions) && $1::int4[])
+                 FROM {batches} b CROSS JOIN LATERAL (SELECT b.id = ANY($2::int8[]) AS known) k
+                 WHERE b.open AND (k.known OR coalesce(b.parts, b.partitions) && $1::int4[])
                  ORDER BY b.id"
             ),
             // An `applied` decision is a fact whoever records it: the kernel's snapshot

@@ -456,6 +456,99 @@ fn a_full_inbox_refuses_with_full_and_stores_nothing() {
 }
 
 #[test]
+fn a_call_over_several_partitions_counts_each_and_keeps_each_time_to_live_with_its_command() {
+    if server().is_none() {
+        return;
+    }
+    let schema = "cl_calls";
+    let owner = store(schema, "idle", Claim::Nothing);
+    let inbox = Inbox::builder(server().unwrap().config())
+        .schema(schema)
+        .limit(3)
+        .open()
+        .unwrap();
+    let a = machine_in(0, "calls-a");
+    let b = machine_in(1, "calls-b");
+    // One call, two partitions, times to live on the first and last commands only.
+    let first: Vec<InboxTicket> = inbox
+        .submit_many(vec![
+            add(&a, "t0", 1).ttl(Duration::from_millis(1)),
+            add(&b, "t1", 1),
+            add(&a, "t2", 1).ttl(Duration::from_secs(3600)),
+        ])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        first[1].row(),
+        first[0].row() + 1,
+        "one batch, slot by slot"
+    );
+    assert_eq!(
+        first[2].row(),
+        first[0].row() + 2,
+        "one batch, slot by slot"
+    );
+    // Partition 0 holds two, partition 1 one: each counted on its own.
+    let t3 = inbox.submit(add(&a, "t3", 1)).unwrap();
+    match inbox.submit(add(&a, "t4", 1)) {
+        Err(InboxError::Full {
+            partition, pending, ..
+        }) => assert_eq!((partition, pending), (0, 3)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let more: Vec<InboxTicket> = inbox
+        .submit_many(vec![add(&b, "t5", 1), add(&b, "t6", 1)])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    match inbox.submit(add(&b, "t7", 1)) {
+        Err(InboxError::Full {
+            partition, pending, ..
+        }) => assert_eq!((partition, pending), (1, 3)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // Each time to live is its own command's, by the database's clock.
+    let mut raw = server().unwrap().config().connect(postgres::NoTls).unwrap();
+    let deadline = |raw: &mut postgres::Client, k: &str| -> Option<bool> {
+        raw.query_one(
+            &format!(
+                "SELECT deadline > clock_timestamp() + interval '30 minutes'
+                 FROM {schema}.fsm_snapshots_inbox WHERE key = $1"
+            ),
+            &[&k],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(
+        deadline(&mut raw, "t1"),
+        None,
+        "no time to live, no deadline"
+    );
+    assert_eq!(deadline(&mut raw, "t2"), Some(true));
+    assert_eq!(deadline(&mut raw, "t3"), None);
+    until("the time to live never passed", || {
+        raw.query_one(
+            &format!(
+                "SELECT deadline < clock_timestamp() FROM {schema}.fsm_snapshots_inbox WHERE key = 't0'"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    drop(owner);
+    let n = node(schema, "a", Claim::Free);
+    assert_eq!(first[0].wait(WAIT).unwrap().status, Status::Expired);
+    for t in first[1..].iter().chain([&t3]).chain(&more) {
+        let d = t.wait(WAIT).unwrap();
+        assert_eq!(d.status, Status::Applied, "{d:?}");
+    }
+    assert_eq!((total(&n, &a), total(&n, &b)), (2, 3));
+}
+
+#[test]
 fn an_inbox_created_before_the_per_partition_counts_gets_them_and_counts_its_earlier_rows() {
     if server().is_none() {
         return;

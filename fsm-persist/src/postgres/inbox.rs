@@ -20,7 +20,8 @@
 //!    batch (the slots and their decisions as arrays), fenced by the same epoch, closes the
 //!    batches whose every command is decided, and notifies the waiting submitters; an
 //!    [`InboxTicket`] resolves when its command's decision is recorded, on whichever node it
-//!    waits.
+//!    waits. A round whose decisions are all `applied` is committed without waiting for the
+//!    disk: the transitions it copies are durable already (see below).
 //!
 //! Per command, the database writes one key row; everything else is written once per batch.
 //! The view `T_inbox` shows one row per command (its decision, if any) for operators and
@@ -36,7 +37,11 @@
 //! late applied decision of an old owner and the new owner's) both record `applied`; the
 //! first recorded is the answer. A machine has one inbox command in flight at a time, so the journal
 //! (64 keys per machine by default) always still holds the key, and a command refused is
-//! refused again in the same state: per-machine order holds across crashes.
+//! refused again in the same state: per-machine order holds across crashes. For the same
+//! reason a record of `applied` decisions may commit without waiting for the disk: if a
+//! crash of the database loses it, the commands it named are pending again and answered from
+//! their journals, which still hold their keys, since the server's log is flushed in order
+//! and the machines' next inbox commands were read only after it.
 //!
 //! A batch and its decisions are kept for the retention window (the cluster's idempotency
 //! window, default one day) after its last command was decided, then deleted, key rows
@@ -572,12 +577,14 @@ pub(crate) fn no_jit(c: &mut Client) -> Result<(), postgres::Error> {
 #[derive(Debug)]
 pub(crate) struct Statements {
     submit: String,
+    submit_some: String,
     existing: String,
     decisions: String,
     decision: String,
     depth: String,
     pub(crate) fetch: String,
     pub(crate) record: String,
+    pub(crate) record_applied: String,
     pub(crate) sweep: String,
     pub(crate) cleanup: String,
     pub(crate) machines: String,
@@ -593,6 +600,56 @@ impl Statements {
             ..
         } = n;
         Statements {
+            // The common case: every partition concerned has room, and every command of the
+            // call goes into one batch row (the submitter counts the commands per partition)
+            // with a key row each, slot `i` holding the call's command `i`; the statement
+            // returns the batch's id. If any partition concerned is full it writes nothing and
+            // returns null, and the call is made again by `submit_some`, which stores the
+            // commands that fit. The open batches are read once for the room count. Half the
+            // cost of `submit_some` for 256 commands on a quiet server (2.0 ms against 3.8 ms:
+            // no aggregating, numbering or joining of the commands, no row per command back).
+            // The room count is the same as `submit_some`'s; see there.
+            submit: format!(
+                "WITH open AS MATERIALIZED (
+                     SELECT id, parts, counts, CASE WHEN parts IS NULL THEN partitions END AS partitions
+                     FROM {batches} WHERE open
+                 ),
+                 room AS (
+                     SELECT c.partition, sum(c.n) AS n FROM (
+                         SELECT x.partition, x.n::int8 AS n
+                         FROM open b CROSS JOIN LATERAL unnest(b.parts, b.counts) AS x(partition, n)
+                         WHERE b.parts IS NOT NULL
+                         UNION ALL
+                         SELECT p.partition, 1
+                         FROM open b CROSS JOIN LATERAL unnest(b.partitions) AS p(partition)
+                         WHERE b.parts IS NULL
+                         UNION ALL
+                         SELECT x.partition, -x.n::int8
+                         FROM {outcomes} o CROSS JOIN LATERAL unnest(o.parts, o.counts) AS x(partition, n)
+                         WHERE o.batch = ANY(ARRAY(SELECT id FROM open))
+                     ) c
+                     WHERE c.partition = ANY($7::int4[])
+                     GROUP BY c.partition
+                 ),
+                 batch AS (
+                     INSERT INTO {batches} (n, partitions, machines, keys, events, deadlines, parts, counts)
+                     SELECT cardinality($1::text[]), $2::int4[], $1::text[], $3::text[], $4::text[],
+                            CASE WHEN $5::int8[] IS NULL THEN NULL
+                                 ELSE (SELECT array_agg(clock_timestamp() + t * interval '1 millisecond'
+                                                        ORDER BY i)
+                                       FROM unnest($5::int8[]) WITH ORDINALITY AS x(t, i)) END,
+                            $7::int4[], $8::int4[]
+                     WHERE NOT EXISTS (SELECT 1 FROM room WHERE n >= $6::int8)
+                     RETURNING id
+                 ),
+                 k AS (
+                     INSERT INTO {keys} (machine, key, batch, slot)
+                     SELECT u.machine, u.key, b.id, u.slot::int4
+                     FROM batch b
+                     CROSS JOIN unnest($1::text[], $3::text[]) WITH ORDINALITY AS u(machine, key, slot)
+                 )
+                 SELECT (SELECT id FROM batch)"
+            ),
             // One batch row for the commands of the statement that fit (each partition's
             // room counted once per statement), and a key row per command. The keys' primary
             // key refuses a key already there: the statement then fails whole, having
@@ -612,7 +669,7 @@ impl Statements {
             // room is underestimated until its batch closes). Like concurrent submits, two
             // nodes recording one command at once during a takeover make the limit
             // approximate by those commands until the batch closes.
-            submit: format!(
+            submit_some: format!(
                 "WITH input AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[])
                          WITH ORDINALITY AS u(machine, partition, key, event, ttl_ms, ord)
@@ -740,6 +797,58 @@ impl Statements {
                  WHERE b.open AND (k.known OR coalesce(b.parts, b.partitions) && $1::int4[])
                  ORDER BY b.id"
             ),
+            // The common case of `record`: every decision is `applied` (which needs no fence,
+            // see there) and none of their batches has a decision recorded yet, so none is
+            // already decided. The recorder sorts the decisions by row and sends them flat
+            // with each batch's bounds in the flat arrays (`lo`/`hi`, and `plo`/`phi` for its
+            // per-partition counts, which it counts itself): one outcome row per batch is a
+            // slice of each array, with nothing to unnest, compare, sort or aggregate here.
+            // Where a batch already has a decision this writes nothing and says so (`false`),
+            // and the recorder records with `record`.
+            //
+            // The recorder's connection commits this without waiting for the disk
+            // (`synchronous_commit = off`), and so it also notifies the submitters itself
+            // (see `notify`). Nothing is lost that way. An `applied` decision is a fact: its
+            // snapshot write was durable before it was answered, and a command whose record
+            // is lost stays pending and is answered from its machine's journal by whoever
+            // reads it next. Its key is still in that journal: the machine's next command
+            // from the inbox is read only after this commit, and any commit made durable
+            // after this one makes this one durable too (the server's log is flushed in
+            // order), so a record is lost only with everything written after it.
+            record_applied: format!(
+                "WITH per AS (
+                     SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int4[])
+                         AS p(batch, lo, hi, plo, phi)
+                 ),
+                 clear AS (
+                     SELECT NOT EXISTS (SELECT 1 FROM {outcomes} o WHERE o.batch = ANY($1::int8[])) AS ok
+                 ),
+                 ins AS (
+                     INSERT INTO {outcomes} (batch, slots, statuses, seqs, transitions, details, epochs,
+                                             decided_by, parts, counts)
+                     SELECT p.batch, ($6::int4[])[p.lo:p.hi],
+                            array_fill('{applied}'::text, ARRAY[p.hi - p.lo + 1]),
+                            ($7::int8[])[p.lo:p.hi], ($8::text[])[p.lo:p.hi], ($9::text[])[p.lo:p.hi],
+                            ($10::int8[])[p.lo:p.hi], $11::text,
+                            ($12::int4[])[p.plo:p.phi], ($13::int4[])[p.plo:p.phi]
+                     FROM per p CROSS JOIN clear c
+                     WHERE c.ok
+                     RETURNING batch, cardinality(slots) AS n
+                 ),
+                 closing AS (
+                     UPDATE {batches} b SET open = false, closed_at = clock_timestamp()
+                     FROM ins i
+                     WHERE b.id = ANY(ARRAY(SELECT batch FROM ins)) AND b.id = i.batch AND b.open
+                       AND b.n <= i.n
+                     RETURNING b.id
+                 ),
+                 notified AS (
+                     SELECT pg_notify($14::text, $15::text) FROM (SELECT 1 FROM ins LIMIT 1) x
+                 )
+                 SELECT (SELECT ok FROM clear), (SELECT coalesce(sum(n), 0) FROM ins)::int8,
+                        (SELECT count(*) FROM closing)::int8, (SELECT count(*) FROM notified)::int8",
+                applied = Status::Applied.as_str(),
+            ),
             // An `applied` decision is a fact whoever records it: the kernel's snapshot
             // write that applied the command was itself fenced, and a later owner finds the
             // key in the machine's journal and answers the same. Any other decision was
@@ -791,7 +900,7 @@ impl Statements {
                  closing AS (
                      UPDATE {batches} b SET open = false, closed_at = clock_timestamp()
                      FROM ins i
-                     WHERE b.id = i.batch AND b.open
+                     WHERE b.id = ANY(ARRAY(SELECT batch FROM ins)) AND b.id = i.batch AND b.open
                        AND b.n <= cardinality(i.slots) + (
                            SELECT count(DISTINCT x.slot) FROM {outcomes} o
                            CROSS JOIN LATERAL unnest(o.slots) AS x(slot) WHERE o.batch = i.batch)
@@ -846,6 +955,7 @@ impl Statements {
 struct Conn {
     client: Client,
     submit: Statement,
+    submit_some: Statement,
     existing: Statement,
     decisions: Statement,
 }
@@ -901,6 +1011,7 @@ impl Shared {
         let prepare = |c: &mut Client, s: &str| c.prepare(s).map_err(|e| unavailable(&e));
         Ok(Conn {
             submit: prepare(&mut client, &self.sql.submit)?,
+            submit_some: prepare(&mut client, &self.sql.submit_some)?,
             existing: prepare(&mut client, &self.sql.existing)?,
             decisions: prepare(&mut client, &self.sql.decisions)?,
             client,
@@ -1360,31 +1471,71 @@ impl Inbox {
                     .map(|t| t.as_millis().min(i64::MAX as u128) as i64)
             })
             .collect();
+        let any_ttl = ttls.iter().any(Option::is_some);
+        // The commands per partition, for the batch row's counts.
+        let mut per: Vec<(i32, i32)> = Vec::new();
+        {
+            let mut sorted = parts.clone();
+            sorted.sort_unstable();
+            for p in sorted {
+                match per.last_mut() {
+                    Some((q, n)) if *q == p => *n += 1,
+                    _ => per.push((p, 1)),
+                }
+            }
+        }
+        let (count_parts, counts): (Vec<i32>, Vec<i32>) = per.into_iter().unzip();
         let limit = self.shared.limit.min(i64::MAX as u64) as i64;
         let channel = self.shared.names.wake.as_str();
         // An insert whose commit is lost may have happened: resubmitting with the same key
         // is safe, so the error says so rather than "unknown".
         let rows = self.shared.with(Phase::NothingWritten, |c| {
-            let params: [&(dyn postgres::types::ToSql + Sync); 6] =
-                [&machines, &parts, &keys, &events, &ttls, &limit];
-            let rows = match c.client.query(&c.submit, &params) {
-                Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                    return Ok(None)
-                }
-                other => other?,
+            let unique = |e: postgres::Error| match e.code() {
+                Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => Ok(None),
+                _ => Err(e),
             };
-            if rows.iter().any(|r| r.get::<_, Option<i64>>(1).is_some()) {
+            // Every partition with room: one batch of them all, slot `j + 1` for `todo[j]`.
+            let ttl_param: Option<&Vec<Option<i64>>> = any_ttl.then_some(&ttls);
+            let params: [&(dyn postgres::types::ToSql + Sync); 8] = [
+                &machines,
+                &parts,
+                &keys,
+                &events,
+                &ttl_param,
+                &limit,
+                &count_parts,
+                &counts,
+            ];
+            let whole = match c.client.query_one(&c.submit, &params) {
+                Ok(row) => row.get::<_, Option<i64>>(0),
+                Err(e) => return unique(e),
+            };
+            let rows: Vec<(i64, Option<i64>, i64)> = match whole {
+                Some(batch) => (1..=todo.len() as i32)
+                    .map(|slot| (i64::from(slot), Some(row_of(batch, slot)), 0))
+                    .collect(),
+                None => {
+                    // A partition is full: store those that fit.
+                    let params: [&(dyn postgres::types::ToSql + Sync); 6] =
+                        [&machines, &parts, &keys, &events, &ttls, &limit];
+                    let rows = match c.client.query(&c.submit_some, &params) {
+                        Ok(rows) => rows,
+                        Err(e) => return unique(e),
+                    };
+                    rows.iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect()
+                }
+            };
+            if rows.iter().any(|r| r.1.is_some()) {
                 // Accepted already: a notification that does not go out only delays.
                 let _ = notify(&mut c.client, channel, "");
             }
             Ok(Some(rows))
         })?;
         Ok(rows.map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    let ord: i64 = r.get(0);
-                    (todo[(ord - 1) as usize], r.get(1), r.get(2))
-                })
+            rows.into_iter()
+                .map(|(ord, row, pending)| (todo[(ord - 1) as usize], row, pending))
                 .collect()
         }))
     }

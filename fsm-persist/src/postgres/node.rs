@@ -66,7 +66,7 @@ use postgres::{Client, Statement};
 use serde::de::DeserializeOwned;
 
 use super::inbox::{
-    no_jit, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status,
+    no_jit, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status, SLOTS,
 };
 use super::PostgresStore;
 use crate::sync::Recover;
@@ -955,7 +955,7 @@ where
         answers: mpsc::Sender<Note>,
         wake: mpsc::Sender<Wake>,
     ) {
-        let mut client: Option<(Client, Statement)> = None;
+        let mut client: Option<(Client, Recording)> = None;
         let mut flights: HashMap<i64, Flight> = HashMap::new();
         let mut decided: Vec<Decided> = Vec::new();
         // Rows to read again, and when.
@@ -992,7 +992,14 @@ where
                 if client.is_none() {
                     client = (self.store.connector())().ok().and_then(|mut c| {
                         no_jit(&mut c).ok()?;
-                        let st = c.prepare(&self.inbox.statements().record).ok()?;
+                        // Applied decisions are recorded without waiting for the disk (see
+                        // `record_applied`); the others wait, in a transaction of their own.
+                        c.batch_execute("SET synchronous_commit = off").ok()?;
+                        let sql = self.inbox.statements();
+                        let st = Recording {
+                            any: c.prepare(&sql.record).ok()?,
+                            applied: c.prepare(&sql.record_applied).ok()?,
+                        };
                         Some((c, st))
                     });
                 }
@@ -1076,14 +1083,135 @@ where
         }
     }
 
-    /// Records decisions in one statement, fenced by the epochs they were applied under.
+    /// Records decisions in one statement and notifies the submitters: `applied` ones of
+    /// batches with none recorded yet by `record_applied`, any others by `record_any`, fenced
+    /// by the epochs they were decided under.
     fn record(
+        &self,
+        c: &mut Client,
+        statements: &Recording,
+        mut decided: Vec<Decided>,
+    ) -> Result<(), postgres::Error> {
+        let n = decided.len() as u64;
+        // The range of rows decided: a submitter looks up only its tickets in it.
+        let lo = decided.iter().map(|d| d.row).min().unwrap_or(0);
+        let hi = decided.iter().map(|d| d.row).max().unwrap_or(0);
+        let range = format!("{lo}-{hi}");
+        let (recorded, applied_recorded) =
+            match self.record_applied(c, statements, &mut decided, &range)? {
+                // Notified by the statement.
+                Some(recorded) => (recorded, recorded),
+                None => {
+                    let (recorded, applied) = self.record_any(c, &statements.any, decided)?;
+                    if recorded > 0 {
+                        let _ = super::inbox::notify(c, &self.inbox.names().decided, &range);
+                    }
+                    (recorded, applied)
+                }
+            };
+        self.counters
+            .applied
+            .fetch_add(applied_recorded, Ordering::Relaxed);
+        self.counters
+            .refused
+            .fetch_add(recorded - applied_recorded, Ordering::Relaxed);
+        self.counters
+            .fenced
+            .fetch_add(n.saturating_sub(recorded), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records decisions that are all `applied` for batches with none recorded yet, one
+    /// outcome row per batch: the decisions recorded, or `None` where that is not the case
+    /// (nothing written; `record_any` records them).
+    fn record_applied(
+        &self,
+        c: &mut Client,
+        statements: &Recording,
+        decided: &mut [Decided],
+        range: &str,
+    ) -> Result<Option<u64>, postgres::Error> {
+        if decided.iter().any(|d| d.status != Status::Applied) {
+            return Ok(None);
+        }
+        decided.sort_unstable_by_key(|d| d.row);
+        if decided.windows(2).any(|w| w[0].row == w[1].row) {
+            // Decided twice (never expected): the general statement records the first.
+            return Ok(None);
+        }
+        // Each batch's bounds in the flat arrays (from 1, inclusive), and in the flat
+        // per-partition counts.
+        let (mut batches, mut lo, mut hi, mut plo, mut phi) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut parts, mut counts): (Vec<i32>, Vec<i32>) = (vec![], vec![]);
+        let mut start = 0;
+        while start < decided.len() {
+            let batch = decided[start].row / SLOTS;
+            let end = start
+                + decided[start..]
+                    .iter()
+                    .take_while(|d| d.row / SLOTS == batch)
+                    .count();
+            let mut per: Vec<i32> = decided[start..end].iter().map(|d| d.partition).collect();
+            per.sort_unstable();
+            let first = parts.len();
+            plo.push(first as i32 + 1);
+            for p in per {
+                match counts.last_mut() {
+                    Some(n) if parts.len() > first && parts.last() == Some(&p) => *n += 1,
+                    _ => {
+                        parts.push(p);
+                        counts.push(1);
+                    }
+                }
+            }
+            phi.push(parts.len() as i32);
+            batches.push(batch);
+            lo.push(start as i32 + 1);
+            hi.push(end as i32);
+            start = end;
+        }
+        let slots: Vec<i32> = decided.iter().map(|d| (d.row % SLOTS + 1) as i32).collect();
+        let seqs: Vec<Option<i64>> = decided.iter().map(|d| d.seq).collect();
+        let transitions: Vec<Option<&str>> =
+            decided.iter().map(|d| d.transition.as_deref()).collect();
+        let details: Vec<Option<&str>> = decided.iter().map(|d| d.detail.as_deref()).collect();
+        let epochs: Vec<i64> = decided.iter().map(|d| d.epoch).collect();
+        let row = c.query_one(
+            &statements.applied,
+            &[
+                &batches,
+                &lo,
+                &hi,
+                &plo,
+                &phi,
+                &slots,
+                &seqs,
+                &transitions,
+                &details,
+                &epochs,
+                &self.node,
+                &parts,
+                &counts,
+                &self.inbox.names().decided,
+                &range,
+            ],
+        )?;
+        let clear: bool = row.get(0);
+        if !clear {
+            return Ok(None);
+        }
+        let recorded: i64 = row.get(1);
+        Ok(Some(recorded.max(0) as u64))
+    }
+
+    /// Records any decisions, skipping those already recorded: (recorded, of which applied).
+    fn record_any(
         &self,
         c: &mut Client,
         statement: &Statement,
         decided: Vec<Decided>,
-    ) -> Result<(), postgres::Error> {
-        let n = decided.len() as u64;
+    ) -> Result<(u64, u64), postgres::Error> {
         let rows: Vec<i64> = decided.iter().map(|d| d.row).collect();
         let parts: Vec<i32> = decided.iter().map(|d| d.partition).collect();
         let epochs: Vec<i64> = decided.iter().map(|d| d.epoch).collect();
@@ -1099,7 +1227,10 @@ where
             .collect();
         fenced.sort_unstable();
         fenced.dedup();
-        let row = c.query_one(
+        // These wait for the disk: a decision other than `applied` exists only here.
+        let mut tx = c.transaction()?;
+        tx.batch_execute("SET LOCAL synchronous_commit = on")?;
+        let row = tx.query_one(
             statement,
             &[
                 &rows,
@@ -1113,25 +1244,15 @@ where
                 &fenced,
             ],
         )?;
+        tx.commit()?;
         let recorded: i64 = row.get(0);
-        if recorded > 0 {
-            // The range of rows decided: a submitter looks up only its tickets in it.
-            let lo = rows.iter().min().copied().unwrap_or(0);
-            let hi = rows.iter().max().copied().unwrap_or(0);
-            let _ = super::inbox::notify(c, &self.inbox.names().decided, &format!("{lo}-{hi}"));
-        }
-        let recorded = recorded as u64;
         let applied_recorded: i64 = row.get(1);
-        let applied_recorded = applied_recorded as u64;
-        self.counters
-            .applied
-            .fetch_add(applied_recorded, Ordering::Relaxed);
-        self.counters
-            .refused
-            .fetch_add(recorded - applied_recorded, Ordering::Relaxed);
-        self.counters
-            .fenced
-            .fetch_add(n - recorded, Ordering::Relaxed);
-        Ok(())
+        Ok((recorded.max(0) as u64, applied_recorded.max(0) as u64))
     }
+}
+
+/// The recorder's statements: any decisions, and the common case of `applied` ones only.
+struct Recording {
+    any: Statement,
+    applied: Statement,
 }

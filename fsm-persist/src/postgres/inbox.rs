@@ -20,8 +20,7 @@
 //!    batch (the slots and their decisions as arrays), fenced by the same epoch, closes the
 //!    batches whose every command is decided, and notifies the waiting submitters; an
 //!    [`InboxTicket`] resolves when its command's decision is recorded, on whichever node it
-//!    waits. A round whose decisions are all `applied` is committed without waiting for the
-//!    disk: the transitions it copies are durable already (see below).
+//!    waits.
 //!
 //! Per command, the database writes one key row; everything else is written once per batch.
 //! The view `T_inbox` shows one row per command (its decision, if any) for operators and
@@ -37,11 +36,7 @@
 //! late applied decision of an old owner and the new owner's) both record `applied`; the
 //! first recorded is the answer. A machine has one inbox command in flight at a time, so the journal
 //! (64 keys per machine by default) always still holds the key, and a command refused is
-//! refused again in the same state: per-machine order holds across crashes. For the same
-//! reason a record of `applied` decisions may commit without waiting for the disk: if a
-//! crash of the database loses it, the commands it named are pending again and answered from
-//! their journals, which still hold their keys, since the server's log is flushed in order
-//! and the machines' next inbox commands were read only after it.
+//! refused again in the same state: per-machine order holds across crashes.
 //!
 //! A batch and its decisions are kept for the retention window (the cluster's idempotency
 //! window, default one day) after its last command was decided, then deleted, key rows
@@ -804,17 +799,9 @@ impl Statements {
             // per-partition counts, which it counts itself): one outcome row per batch is a
             // slice of each array, with nothing to unnest, compare, sort or aggregate here.
             // Where a batch already has a decision this writes nothing and says so (`false`),
-            // and the recorder records with `record`.
-            //
-            // The recorder's connection commits this without waiting for the disk
-            // (`synchronous_commit = off`), and so it also notifies the submitters itself
-            // (see `notify`). Nothing is lost that way. An `applied` decision is a fact: its
-            // snapshot write was durable before it was answered, and a command whose record
-            // is lost stays pending and is answered from its machine's journal by whoever
-            // reads it next. Its key is still in that journal: the machine's next command
-            // from the inbox is read only after this commit, and any commit made durable
-            // after this one makes this one durable too (the server's log is flushed in
-            // order), so a record is lost only with everything written after it.
+            // and the recorder records with `record`. On a quiet server, 1,024 decisions of
+            // four batches took 1.39 ms this way against 5.51 ms with `record` (256 of one
+            // batch: 0.33 against 1.53 ms).
             record_applied: format!(
                 "WITH per AS (
                      SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::int4[])
@@ -841,12 +828,9 @@ impl Statements {
                      WHERE b.id = ANY(ARRAY(SELECT batch FROM ins)) AND b.id = i.batch AND b.open
                        AND b.n <= i.n
                      RETURNING b.id
-                 ),
-                 notified AS (
-                     SELECT pg_notify($14::text, $15::text) FROM (SELECT 1 FROM ins LIMIT 1) x
                  )
                  SELECT (SELECT ok FROM clear), (SELECT coalesce(sum(n), 0) FROM ins)::int8,
-                        (SELECT count(*) FROM closing)::int8, (SELECT count(*) FROM notified)::int8",
+                        (SELECT count(*) FROM closing)::int8",
                 applied = Status::Applied.as_str(),
             ),
             // An `applied` decision is a fact whoever records it: the kernel's snapshot

@@ -992,9 +992,6 @@ where
                 if client.is_none() {
                     client = (self.store.connector())().ok().and_then(|mut c| {
                         no_jit(&mut c).ok()?;
-                        // Applied decisions are recorded without waiting for the disk (see
-                        // `record_applied`); the others wait, in a transaction of their own.
-                        c.batch_execute("SET synchronous_commit = off").ok()?;
                         let sql = self.inbox.statements();
                         let st = Recording {
                             any: c.prepare(&sql.record).ok()?,
@@ -1097,18 +1094,13 @@ where
         let lo = decided.iter().map(|d| d.row).min().unwrap_or(0);
         let hi = decided.iter().map(|d| d.row).max().unwrap_or(0);
         let range = format!("{lo}-{hi}");
-        let (recorded, applied_recorded) =
-            match self.record_applied(c, statements, &mut decided, &range)? {
-                // Notified by the statement.
-                Some(recorded) => (recorded, recorded),
-                None => {
-                    let (recorded, applied) = self.record_any(c, &statements.any, decided)?;
-                    if recorded > 0 {
-                        let _ = super::inbox::notify(c, &self.inbox.names().decided, &range);
-                    }
-                    (recorded, applied)
-                }
-            };
+        let (recorded, applied_recorded) = match self.record_applied(c, statements, &mut decided)? {
+            Some(recorded) => (recorded, recorded),
+            None => self.record_any(c, &statements.any, decided)?,
+        };
+        if recorded > 0 {
+            let _ = super::inbox::notify(c, &self.inbox.names().decided, &range);
+        }
         self.counters
             .applied
             .fetch_add(applied_recorded, Ordering::Relaxed);
@@ -1129,7 +1121,6 @@ where
         c: &mut Client,
         statements: &Recording,
         decided: &mut [Decided],
-        range: &str,
     ) -> Result<Option<u64>, postgres::Error> {
         if decided.iter().any(|d| d.status != Status::Applied) {
             return Ok(None);
@@ -1193,8 +1184,6 @@ where
                 &self.node,
                 &parts,
                 &counts,
-                &self.inbox.names().decided,
-                &range,
             ],
         )?;
         let clear: bool = row.get(0);
@@ -1227,10 +1216,7 @@ where
             .collect();
         fenced.sort_unstable();
         fenced.dedup();
-        // These wait for the disk: a decision other than `applied` exists only here.
-        let mut tx = c.transaction()?;
-        tx.batch_execute("SET LOCAL synchronous_commit = on")?;
-        let row = tx.query_one(
+        let row = c.query_one(
             statement,
             &[
                 &rows,
@@ -1244,7 +1230,6 @@ where
                 &fenced,
             ],
         )?;
-        tx.commit()?;
         let recorded: i64 = row.get(0);
         let applied_recorded: i64 = row.get(1);
         Ok((recorded.max(0) as u64, applied_recorded.max(0) as u64))

@@ -1431,9 +1431,10 @@ impl Inbox {
             .collect()
     }
 
-    /// Inserts the commands `todo` of `commands` in one statement: `None` if a key was already
-    /// stored (nothing written); else for each, its row (or none: its partition was full) and
-    /// its partition's pending count.
+    /// Inserts the commands `todo` of `commands`: `None` if a key was already stored (nothing
+    /// written); else for each, its row, or none and its partition's pending count where the
+    /// partition was full. One statement where every partition has room (`submit`), else a
+    /// second that stores those that fit (`submit_some`).
     #[allow(clippy::type_complexity)]
     fn insert(
         &self,

@@ -5,12 +5,14 @@
 //! `fsync` on (durability is what the tests are about). PostgreSQL refuses to run as root, so
 //! when the tests run as root the server runs as the `postgres` user (or `nobody`) through
 //! `runuser`. The server stops, and its directory is removed, when the `TestServer` is
-//! dropped, and also when the process that started it ends in any way (even by SIGKILL): a
-//! small watchdog process waits for its parent's end of a pipe to close.
+//! dropped, and also when the process that started it ends in any way (even by SIGKILL, or by
+//! a signal to its whole process group): a small watchdog process, in a group of its own,
+//! waits for its parent's end of a pipe to close.
 
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -458,9 +460,13 @@ impl TestServer {
             data = self.data().display(),
             dir = self.dir.display()
         );
+        // In a process group of its own: a signal to the starting process's group (a
+        // terminal's Ctrl-C, `timeout`, a CI job cancelled) ends that process, which closes
+        // the pipe, and must not end the watchdog with it, or the server would outlive them.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

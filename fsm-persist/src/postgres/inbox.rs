@@ -550,6 +550,23 @@ fn setup(client: &mut Client, names: &Names) -> Result<u32, Setup> {
     Ok(partitions)
 }
 
+/// How many of `parts` each partition has: the partitions in order, and their counts (a batch
+/// row's or an outcome row's `parts`/`counts`).
+pub(crate) fn per_partition(mut parts: Vec<i32>) -> (Vec<i32>, Vec<i32>) {
+    parts.sort_unstable();
+    let (mut distinct, mut counts) = (Vec::new(), Vec::<i32>::new());
+    for p in parts {
+        match counts.last_mut() {
+            Some(n) if distinct.last() == Some(&p) => *n += 1,
+            _ => {
+                distinct.push(p);
+                counts.push(1);
+            }
+        }
+    }
+    (distinct, counts)
+}
+
 /// Commands one submit statement takes at most: a command's row in the inbox is its batch's id
 /// times this, plus its slot.
 pub(crate) const SLOTS: i64 = 1 << 16;
@@ -1458,18 +1475,7 @@ impl Inbox {
             .collect();
         let any_ttl = ttls.iter().any(Option::is_some);
         // The commands per partition, for the batch row's counts.
-        let mut per: Vec<(i32, i32)> = Vec::new();
-        {
-            let mut sorted = parts.clone();
-            sorted.sort_unstable();
-            for p in sorted {
-                match per.last_mut() {
-                    Some((q, n)) if *q == p => *n += 1,
-                    _ => per.push((p, 1)),
-                }
-            }
-        }
-        let (count_parts, counts): (Vec<i32>, Vec<i32>) = per.into_iter().unzip();
+        let (count_parts, counts) = per_partition(parts.clone());
         let limit = self.shared.limit.min(i64::MAX as u64) as i64;
         let channel = self.shared.names.wake.as_str();
         // An insert whose commit is lost may have happened: resubmitting with the same key

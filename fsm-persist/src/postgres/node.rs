@@ -66,7 +66,8 @@ use postgres::{Client, Statement};
 use serde::de::DeserializeOwned;
 
 use super::inbox::{
-    no_jit, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket, Status, SLOTS,
+    no_jit, per_partition, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket,
+    Status, SLOTS,
 };
 use super::PostgresStore;
 use crate::sync::Recover;
@@ -1143,19 +1144,11 @@ where
                     .iter()
                     .take_while(|d| d.row / SLOTS == batch)
                     .count();
-            let mut per: Vec<i32> = decided[start..end].iter().map(|d| d.partition).collect();
-            per.sort_unstable();
-            let first = parts.len();
-            plo.push(first as i32 + 1);
-            for p in per {
-                match counts.last_mut() {
-                    Some(n) if parts.len() > first && parts.last() == Some(&p) => *n += 1,
-                    _ => {
-                        parts.push(p);
-                        counts.push(1);
-                    }
-                }
-            }
+            let (these, their) =
+                per_partition(decided[start..end].iter().map(|d| d.partition).collect());
+            plo.push(parts.len() as i32 + 1);
+            parts.extend(these);
+            counts.extend(their);
             phi.push(parts.len() as i32);
             batches.push(batch);
             lo.push(start as i32 + 1);

@@ -66,8 +66,8 @@ use postgres::{Client, Statement};
 use serde::de::DeserializeOwned;
 
 use super::inbox::{
-    no_jit, per_partition, row_of, Inbox, InboxBuilder, InboxCommand, InboxError, InboxTicket,
-    Status, SLOTS,
+    per_partition, plan_settings, row_of, Inbox, InboxBuilder, InboxCommand, InboxError,
+    InboxTicket, Status, SLOTS,
 };
 use super::PostgresStore;
 use crate::sync::Recover;
@@ -588,7 +588,7 @@ where
 
     fn connect_reader(&self) -> Option<ReadConn> {
         let mut client = (self.store.connector())().ok()?;
-        no_jit(&mut client).ok()?;
+        plan_settings(&mut client).ok()?;
         let sql = self.inbox.statements();
         let fetch = client.prepare(&sql.fetch).ok()?;
         let sweep = client.prepare(&sql.sweep).ok()?;
@@ -992,7 +992,7 @@ where
             if !decided.is_empty() {
                 if client.is_none() {
                     client = (self.store.connector())().ok().and_then(|mut c| {
-                        no_jit(&mut c).ok()?;
+                        plan_settings(&mut c).ok()?;
                         let sql = self.inbox.statements();
                         let st = Recording {
                             any: c.prepare(&sql.record).ok()?,

@@ -1082,7 +1082,7 @@ where
     }
 
     /// Records decisions in one statement and notifies the submitters: `applied` ones of
-    /// batches with none recorded yet by `record_applied`, any others by `record_any`, fenced
+    /// slots with none recorded yet by `record_applied`, any others by `record_any`, fenced
     /// by the epochs they were decided under.
     fn record(
         &self,
@@ -1114,9 +1114,9 @@ where
         Ok(())
     }
 
-    /// Records decisions that are all `applied` for batches with none recorded yet, one
-    /// outcome row per batch: the decisions recorded, or `None` where that is not the case
-    /// (nothing written; `record_any` records them).
+    /// Records decisions that are all `applied` for slots with none recorded yet, one outcome
+    /// row per batch: the decisions recorded, or `None` where that is not the case (nothing
+    /// written; `record_any` records them).
     fn record_applied(
         &self,
         c: &mut Client,

@@ -1865,6 +1865,18 @@ mod tests {
         }
     }
 
+    /// The shared test server and a new, empty inbox in `schema` (its snapshot table set up
+    /// for a cluster of 4 partitions); `None` where PostgreSQL is not installed (said loudly).
+    fn new_inbox(schema: &str) -> Option<(&'static TestServer, Inbox)> {
+        let server = TestServer::shared()?;
+        let store = PostgresStore::builder(server.config())
+            .schema(schema)
+            .ownership(Ownership::new("a").partitions(4).claim(Claim::Free))
+            .open()
+            .unwrap();
+        Some((server, InboxBuilder::of(&store).open().unwrap()))
+    }
+
     /// The generic plan of `text`, as `EXPLAIN` prints it, on `c`'s settings.
     fn generic_plan(c: &mut Client, name: &str, text: &str) -> String {
         let params = (1..100)
@@ -1951,15 +1963,9 @@ mod tests {
     /// so no slot is ever decided twice.
     #[test]
     fn a_batch_recorded_in_parts_is_recorded_once_per_slot_and_closes_when_all_are_decided() {
-        let Some(server) = TestServer::start_or_skip("the inbox's recording test") else {
+        let Some((server, inbox)) = new_inbox("parts") else {
             return;
         };
-        let store = PostgresStore::builder(server.config())
-            .schema("parts")
-            .ownership(Ownership::new("a").partitions(4).claim(Claim::Free))
-            .open()
-            .unwrap();
-        let inbox = InboxBuilder::of(&store).open().unwrap();
         let ids: Vec<MachineId> = (0..4)
             .map(|i| MachineId::new(format!("m-{i}")).unwrap())
             .collect();
@@ -2034,15 +2040,9 @@ mod tests {
     /// test cannot pass on plans that never had the choice.
     #[test]
     fn statements_reach_the_inbox_tables_by_index() {
-        let Some(server) = TestServer::start_or_skip("the inbox's plan test") else {
+        let Some((server, inbox)) = new_inbox("plans") else {
             return;
         };
-        let store = PostgresStore::builder(server.config())
-            .schema("plans")
-            .ownership(Ownership::new("a").partitions(4).claim(Claim::Free))
-            .open()
-            .unwrap();
-        let inbox = InboxBuilder::of(&store).open().unwrap();
         let sql = &inbox.shared.sql;
 
         let mut plain = server.config().connect(postgres::NoTls).unwrap();

@@ -674,6 +674,62 @@ fn an_owner_that_died_between_applying_and_recording_is_followed_by_one_that_app
     assert_eq!(b.store().sequence(&m).unwrap(), Some(1));
 }
 
+/// A node that starts on more expired batches than one cleanup statement deletes (a node
+/// back after a while, or single-command submits faster than a page per `cleanup_every`)
+/// deletes them all at once, page after page, not one page per `cleanup_every`: here a day.
+#[test]
+fn a_backlog_of_expired_batches_larger_than_a_page_is_deleted_without_waiting_for_the_next_pass() {
+    let Some(server) = server() else {
+        return;
+    };
+    let s = store("cl_backlog", "a", Claim::Free);
+    // Creates the inbox's tables.
+    drop(
+        Inbox::builder(server.config())
+            .schema("cl_backlog")
+            .open()
+            .unwrap(),
+    );
+    let mut raw = server.config().connect(postgres::NoTls).unwrap();
+    raw.batch_execute(
+        "WITH b AS (
+             INSERT INTO cl_backlog.fsm_snapshots_ibatch (n, partitions, machines, keys, events, open, closed_at)
+             SELECT 1, ARRAY[0], ARRAY['gone-' || g], ARRAY['k-' || g], ARRAY['{}'], false,
+                    now() - interval '2 hours'
+             FROM generate_series(1, 2500) g
+             RETURNING id, machines, keys
+         )
+         INSERT INTO cl_backlog.fsm_snapshots_ikeys (machine, key, batch, slot)
+         SELECT machines[1], keys[1], id, 1 FROM b",
+    )
+    .unwrap();
+    let a = options()
+        .retention(Duration::from_secs(3600))
+        .cleanup_every(Duration::from_secs(24 * 3600))
+        .start(kernel(s.clone()), s)
+        .unwrap();
+    let left = |raw: &mut postgres::Client, table: &str| -> i64 {
+        raw.query_one(&format!("SELECT count(*) FROM cl_backlog.{table}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    until("the backlog was not deleted", || {
+        left(&mut raw, "fsm_snapshots_ibatch") == 0
+    });
+    assert_eq!(
+        left(&mut raw, "fsm_snapshots_ikeys"),
+        0,
+        "the keys went with their batches"
+    );
+    until("the deletions were not counted", || {
+        a.stats().deleted == 2500
+    });
+    // Within the retention window nothing goes: a command decided now stays.
+    let m = id("kept-1");
+    let d = a.submit(add(&m, "r1", 1)).unwrap().wait(WAIT).unwrap();
+    assert_eq!(a.inbox().decision(&m, &key("r1")).unwrap(), Some(d));
+}
+
 #[test]
 fn decisions_are_deleted_after_the_retention_window_and_the_journal_still_answers_a_late_retry() {
     if server().is_none() {

@@ -957,14 +957,25 @@ impl Statements {
             ),
             // `now()` (not `clock_timestamp()`, which is volatile) lets the closed-at index
             // bound the scan: with nothing expired the statement reads no rows at all. Batches
-            // another node is deleting are skipped.
+            // another node is deleting are skipped. One call deletes the oldest expired
+            // batches, at most `$2` of them and at most `$3` commands (the first batch
+            // whatever its size), and says whether more may be waiting: the pump then calls
+            // again on its next turn instead of after `cleanup_every`, so the deletes keep up
+            // with any rate (one page per pass deleted at most 100 batches a second per node:
+            // an inbox of single-command submits above that rate grew without end).
             cleanup: format!(
-                "WITH doomed AS (
-                     SELECT id, n, machines, keys FROM {batches}
+                "WITH locked AS (
+                     SELECT id, n, machines, keys, closed_at FROM {batches}
                      WHERE NOT open AND closed_at < now() - $1::int8 * interval '1 millisecond'
                      ORDER BY closed_at
                      LIMIT $2::int8
                      FOR UPDATE SKIP LOCKED
+                 ),
+                 doomed AS (
+                     SELECT id, n, machines, keys FROM (
+                         SELECT l.*, sum(l.n) OVER (ORDER BY l.closed_at, l.id) AS upto FROM locked l
+                     ) w
+                     WHERE w.upto <= $3::int8 OR w.upto = w.n
                  ),
                  gone_keys AS (
                      DELETE FROM {keys} k
@@ -977,7 +988,9 @@ impl Statements {
                  gone AS (
                      DELETE FROM {batches} b USING doomed d WHERE b.id = d.id RETURNING d.n
                  )
-                 SELECT coalesce(sum(n), 0)::int8 FROM gone"
+                 SELECT count(*)::int8, coalesce(sum(n), 0)::int8,
+                        count(*) < (SELECT count(*) FROM locked) OR (SELECT count(*) FROM locked) >= $2::int8
+                 FROM gone"
             ),
             machines: format!(
                 "SELECT id FROM \"{}\".\"{}\" WHERE id > $1::text ORDER BY id LIMIT $2::int8",
@@ -2030,6 +2043,88 @@ mod tests {
         for (i, t) in tickets.iter().enumerate() {
             let d = t.check().unwrap().expect("decided");
             assert_eq!((d.status, d.seq), (Status::Applied, Some(i as u64 + 101)));
+        }
+    }
+
+    /// The cleanup deletes a page at a time, oldest first, each batch whole with its keys and
+    /// decisions, and says whether more may be waiting until it has deleted everything
+    /// expired; what is not expired stays.
+    #[test]
+    fn cleanup_deletes_a_page_at_a_time_and_says_when_more_is_waiting() {
+        let Some((server, inbox)) = new_inbox("pages") else {
+            return;
+        };
+        let names = &inbox.shared.names;
+        let mut c = server.config().connect(postgres::NoTls).unwrap();
+        plan_settings(&mut c).unwrap();
+        // Batches of `n` commands each, closed `ago` ago, with their key and outcome rows.
+        let closed = |c: &mut Client, batches: i32, n: i32, ago: &str| {
+            c.execute(
+                &format!(
+                    "WITH b AS (
+                         INSERT INTO {batches} (n, partitions, machines, keys, events, open, closed_at)
+                         SELECT $2::int4, array_fill(0, ARRAY[$2::int4]),
+                                ARRAY(SELECT 'm-' || $3::text || g || '-' || s FROM generate_series(1, $2::int4) s),
+                                ARRAY(SELECT 'k-' || $3::text || g || '-' || s FROM generate_series(1, $2::int4) s),
+                                array_fill('{{}}'::text, ARRAY[$2::int4]), false, now() - $3::text::interval
+                         FROM generate_series(1, $1::int4) g
+                         RETURNING id, n, machines, keys
+                     ),
+                     k AS (
+                         INSERT INTO {keys} (machine, key, batch, slot)
+                         SELECT x.machine, x.key, b.id, x.slot::int4 FROM b
+                         CROSS JOIN LATERAL unnest(b.machines, b.keys) WITH ORDINALITY AS x(machine, key, slot)
+                     )
+                     INSERT INTO {outcomes} (batch, slots, statuses, seqs, transitions, details, epochs, decided_by)
+                     SELECT id, ARRAY(SELECT generate_series(1, n)), array_fill('applied'::text, ARRAY[n]),
+                            array_fill(1::int8, ARRAY[n]), array_fill('t'::text, ARRAY[n]),
+                            array_fill(NULL::text, ARRAY[n]), array_fill(1::int8, ARRAY[n]), 'x'
+                     FROM b",
+                    batches = names.batches,
+                    keys = names.keys,
+                    outcomes = names.outcomes
+                ),
+                &[&batches, &n, &ago],
+            )
+            .unwrap();
+        };
+        closed(&mut c, 3, 6, "3 hours");
+        closed(&mut c, 2_500, 1, "2 hours");
+        closed(&mut c, 7, 1, "1 minute");
+        let half_an_hour = 30 * 60 * 1000_i64;
+        let cleanup = |c: &mut Client, batches: i64, commands: i64| -> (i64, i64, bool) {
+            let row = c
+                .query_one(
+                    inbox.shared.sql.cleanup.as_str(),
+                    &[&half_an_hour, &batches, &commands],
+                )
+                .unwrap();
+            (row.get(0), row.get(1), row.get(2))
+        };
+        // Half an hour's retention: the three batches of six commands, then the 2,500 of
+        // one, are expired; the seven closed a minute ago are not. A page of at most 8
+        // commands takes one batch of six, oldest first; a batch larger than the page is
+        // taken alone, whole.
+        assert_eq!(cleanup(&mut c, 1000, 8), (1, 6, true));
+        assert_eq!(cleanup(&mut c, 1000, 4), (1, 6, true));
+        // Pages of 1,000 batches: more may wait while a page is full.
+        assert_eq!(cleanup(&mut c, 1000, 10_000), (1000, 1005, true));
+        assert_eq!(cleanup(&mut c, 1000, 10_000), (1000, 1000, true));
+        assert_eq!(cleanup(&mut c, 1000, 10_000), (501, 501, false));
+        assert_eq!(cleanup(&mut c, 1000, 10_000), (0, 0, false));
+        for (table, left) in [
+            (&names.batches, 7_i64),
+            (&names.keys, 7),
+            (&names.outcomes, 7),
+        ] {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                n, left,
+                "{table}: only the unexpired batches' rows are left"
+            );
         }
     }
 

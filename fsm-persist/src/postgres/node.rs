@@ -72,6 +72,11 @@ use super::inbox::{
 use super::PostgresStore;
 use crate::sync::Recover;
 
+/// Expired batches one cleanup statement deletes at most, and commands (the first batch
+/// whatever its size): a page short enough not to hold up the pump's reads for long.
+const CLEANUP_BATCHES: i64 = 1000;
+const CLEANUP_COMMANDS: i64 = 10_000;
+
 /// Options for a [`Node`]; from [`NodeBuilder::new`].
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
@@ -117,7 +122,9 @@ impl NodeBuilder {
         self
     }
 
-    /// How often expired decisions are deleted (default every 10 s, 1,000 rows at a time).
+    /// How often expired decisions are deleted (default every 10 s; a pass that finds more
+    /// than a page of 1,000 batches or 10,000 commands goes on at the pump's next turn until
+    /// it has deleted them all).
     pub fn cleanup_every(mut self, every: Duration) -> Self {
         self.cleanup_every = every;
         self
@@ -637,6 +644,9 @@ where
         // The commands of the open batches read before (they never change).
         let mut known_batches: HashMap<i64, Arc<Commands>> = HashMap::new();
         let mut last_cleanup = Instant::now();
+        // Whether expired batches may be waiting beyond what the last cleanup deleted: at
+        // start (a node back after a while may find a backlog), and after a full page.
+        let mut behind = true;
         let mut polling = true;
         let pause = self.pause();
         while !self.stop.load(Ordering::Acquire) {
@@ -677,18 +687,26 @@ where
             if work > 0 && polling {
                 self.counters.missed.fetch_add(1, Ordering::Relaxed);
             }
-            if last_cleanup.elapsed() >= self.options.cleanup_every {
+            if behind || last_cleanup.elapsed() >= self.options.cleanup_every {
                 last_cleanup = Instant::now();
                 let keep = self.options.retention.as_millis().min(i64::MAX as u128) as i64;
                 let swept = c.client.execute(&c.sweep, &[]);
-                match swept.and_then(|_| c.client.query_one(&c.cleanup, &[&keep, &1000_i64])) {
+                let page = [
+                    &keep as &(dyn postgres::types::ToSql + Sync),
+                    &CLEANUP_BATCHES,
+                    &CLEANUP_COMMANDS,
+                ];
+                match swept.and_then(|_| c.client.query_one(&c.cleanup, &page)) {
                     Ok(row) => {
-                        let n: i64 = row.get(0);
+                        let n: i64 = row.get(1);
+                        behind = row.get(2);
                         self.counters
                             .deleted
                             .fetch_add(n.max(0) as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
+                        // Tried again after `cleanup_every`, not at once.
+                        behind = false;
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -700,6 +718,10 @@ where
                 if self.room() > 0 {
                     continue;
                 }
+            }
+            if behind {
+                // More expired batches wait: the next page at once, after a read.
+                continue;
             }
             // Sleep until a submit notifies, the recorder frees rows, or the poll interval
             // (in slices, so a stop is seen promptly).

@@ -72,6 +72,10 @@ use super::inbox::{
 use super::PostgresStore;
 use crate::sync::Recover;
 
+/// How long the recorder waits for a next answer while the kernel still holds commands it
+/// sent: the gap between two answers of one write is microseconds, so this ends a burst.
+const BURST: Duration = Duration::from_micros(200);
+
 /// Expired batches one cleanup statement deletes at most, and commands (the first batch
 /// whatever its size): a page short enough not to hold up the pump's reads for long.
 const CLEANUP_BATCHES: i64 = 1000;
@@ -1009,6 +1013,12 @@ where
                     Note::Retry(row) => later.push((Instant::now() + pause, row)),
                 }
                 next = notes.try_recv().ok();
+                if next.is_none() && !flights.is_empty() && !stopping {
+                    // The kernel answers a write's commands one after another: while it is
+                    // still answering, wait for the rest of the burst, so that one statement
+                    // records the whole write rather than its first answers, then the others.
+                    next = notes.recv_timeout(BURST).ok();
+                }
             }
             let mut freed: Vec<i64> = Vec::new();
             if !decided.is_empty() {

@@ -75,6 +75,8 @@ use crate::sync::Recover;
 /// How long the recorder waits for a next answer while the kernel still holds commands it
 /// sent: the gap between two answers of one write is microseconds, so this ends a burst.
 const BURST: Duration = Duration::from_micros(200);
+/// The longest the recorder gathers answers before recording what it has.
+const BURST_MAX: Duration = Duration::from_millis(2);
 
 /// Expired batches one cleanup statement deletes at most, and commands (the first batch
 /// whatever its size): a page short enough not to hold up the pump's reads for long.
@@ -1000,6 +1002,7 @@ where
                 }
             };
             let mut next = first;
+            let began = Instant::now();
             while let Some(n) = next {
                 match n {
                     Note::Flight(row, flight) => {
@@ -1013,10 +1016,12 @@ where
                     Note::Retry(row) => later.push((Instant::now() + pause, row)),
                 }
                 next = notes.try_recv().ok();
-                if next.is_none() && !flights.is_empty() && !stopping {
+                if next.is_none() && !flights.is_empty() && !stopping && began.elapsed() < BURST_MAX
+                {
                     // The kernel answers a write's commands one after another: while it is
                     // still answering, wait for the rest of the burst, so that one statement
                     // records the whole write rather than its first answers, then the others.
+                    // Bounded, so a steady stream of answers is still recorded as it comes.
                     next = notes.recv_timeout(BURST).ok();
                 }
             }

@@ -697,12 +697,12 @@ where
                 last_cleanup = Instant::now();
                 let keep = self.options.retention.as_millis().min(i64::MAX as u128) as i64;
                 let swept = c.client.execute(&c.sweep, &[]);
-                let page = [
-                    &keep as &(dyn postgres::types::ToSql + Sync),
-                    &CLEANUP_BATCHES,
-                    &CLEANUP_COMMANDS,
-                ];
-                match swept.and_then(|_| c.client.query_one(&c.cleanup, &page)) {
+                let (batches, commands) = (CLEANUP_BATCHES, CLEANUP_COMMANDS);
+                let cleaned = swept.and_then(|_| {
+                    c.client
+                        .query_one(&c.cleanup, &[&keep, &batches, &commands])
+                });
+                match cleaned {
                     Ok(row) => {
                         let n: i64 = row.get(1);
                         behind = row.get(2);

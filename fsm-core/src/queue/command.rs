@@ -185,6 +185,10 @@ struct SlotState<O> {
     /// Set once the outcome was sent, even after the ticket took it.
     sent: bool,
     waker: Option<Waker>,
+    /// Threads blocked in `wait` or `wait_timeout`: the sender signals the condition variable
+    /// only if one is (a signal is a system call even when nobody waits, and most tickets are
+    /// answered before anyone waits on them, or are polled as futures).
+    blocked: u32,
 }
 
 impl<O> Slot<O> {
@@ -210,16 +214,19 @@ impl<O> Reply<O> {
 }
 
 fn deliver<O>(slot: &Slot<O>, outcome: O) {
-    let waker = {
+    let (waker, blocked) = {
         let mut state = slot.lock();
         if state.sent {
             return;
         }
         state.sent = true;
         state.outcome = Some(outcome);
-        state.waker.take()
+        (state.waker.take(), state.blocked > 0)
     };
-    slot.ready.notify_all();
+    // A thread that blocks later finds the outcome under the lock before it would wait.
+    if blocked {
+        slot.ready.notify_all();
+    }
     if let Some(waker) = waker {
         waker.wake();
     }
@@ -259,6 +266,7 @@ impl<O> Ticket<O> {
                 outcome: None,
                 sent: false,
                 waker: None,
+                blocked: 0,
             }),
             ready: Condvar::new(),
         });
@@ -278,7 +286,9 @@ impl<O> Ticket<O> {
             if let Some(outcome) = state.outcome.take() {
                 return outcome;
             }
+            state.blocked += 1;
             state = self.slot.ready.wait(state).recover();
+            state.blocked -= 1;
         }
     }
 }
@@ -302,7 +312,9 @@ impl<O: Clone> Ticket<O> {
             if left.is_zero() {
                 return None;
             }
+            state.blocked += 1;
             state = self.slot.ready.wait_timeout(state, left).recover().0;
+            state.blocked -= 1;
         }
     }
 }
@@ -331,5 +343,78 @@ impl<O> fmt::Debug for Ticket<O> {
         f.debug_struct("Ticket")
             .field("answered", &state.sent)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Outcome, Ticket};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Long enough never to end in a test: the tests wait for an answer, not for a timeout.
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    /// Spins until `n` threads are blocked on the ticket's condition variable.
+    fn until_blocked<O>(ticket: &Ticket<O>, n: u32) {
+        while ticket.slot.lock().blocked < n {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_thread_blocked_in_wait_is_woken_by_the_answer() {
+        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
+        let probe = Ticket {
+            slot: ticket.slot.clone(),
+        };
+        let waiter = std::thread::spawn(move || ticket.wait());
+        until_blocked(&probe, 1);
+        reply.send(Outcome::Expired);
+        assert_eq!(waiter.join().unwrap(), Outcome::Expired);
+        assert_eq!(
+            probe.slot.lock().blocked,
+            0,
+            "the waiter counted itself out"
+        );
+    }
+
+    #[test]
+    fn every_thread_blocked_on_a_ticket_is_woken_by_one_answer() {
+        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
+        let ticket = Arc::new(ticket);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let ticket = ticket.clone();
+                std::thread::spawn(move || ticket.wait_timeout(NEVER))
+            })
+            .collect();
+        until_blocked(&ticket, 3);
+        reply.send(Outcome::Expired);
+        for waiter in waiters {
+            assert_eq!(waiter.join().unwrap(), Some(Outcome::Expired));
+        }
+    }
+
+    #[test]
+    fn an_answer_sent_before_anyone_waits_is_there_without_blocking() {
+        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
+        reply.send(Outcome::Expired);
+        assert_eq!(ticket.slot.lock().blocked, 0);
+        assert_eq!(ticket.try_outcome(), Some(Outcome::Expired));
+        assert_eq!(ticket.wait_timeout(NEVER), Some(Outcome::Expired));
+        assert_eq!(ticket.wait(), Outcome::Expired);
+    }
+
+    #[test]
+    fn a_reply_dropped_unanswered_wakes_its_waiter_with_the_closed_answer() {
+        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
+        let probe = Ticket {
+            slot: ticket.slot.clone(),
+        };
+        let waiter = std::thread::spawn(move || ticket.wait());
+        until_blocked(&probe, 1);
+        drop(reply);
+        assert_eq!(waiter.join().unwrap(), Outcome::Closed);
     }
 }

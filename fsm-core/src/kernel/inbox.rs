@@ -104,6 +104,10 @@ pub(crate) struct State<M: Durable> {
     pub(crate) commands: usize,
     pub(crate) closing: Option<Closing>,
     parked: bool,
+    /// Submitters blocked waiting for room: the shard signals `room` only if one is (a signal
+    /// is a system call even when nobody waits, and the shard takes a batch many times a
+    /// second).
+    room_waiters: u32,
     pub(crate) high_water: usize,
     /// Submit calls that reached a decision here, by outcome.
     pub(crate) submitted: u64,
@@ -173,6 +177,7 @@ impl<M: Durable> Inbox<M> {
                 commands: 0,
                 closing: None,
                 parked: false,
+                room_waiters: 0,
                 high_water: 0,
                 submitted: 0,
                 full: 0,
@@ -307,10 +312,12 @@ impl<M: Durable> Inbox<M> {
                 }
                 _ => {
                     let bound = clock.sleep_bound(deadline);
+                    state.room_waiters += 1;
                     state = match bound {
                         Some(d) => self.room.wait_timeout(state, d).recover().0,
                         None => self.room.wait(state).recover(),
                     };
+                    state.room_waiters -= 1;
                 }
             }
         }
@@ -378,9 +385,15 @@ impl<M: Durable> Inbox<M> {
         let had = state.commands;
         state.commands = 0;
         let closing = state.closing;
+        // A submitter that blocks later checks the room under the lock first.
+        let blocked = state.room_waiters > 0;
         drop(state);
         if had > 0 {
-            self.notify_room();
+            if blocked {
+                self.room.notify_all();
+            }
+            #[cfg(feature = "tokio")]
+            self.room_async.notify_waiters();
         }
         closing
     }

@@ -213,6 +213,67 @@ impl<O> Reply<O> {
     }
 }
 
+impl<O> Reply<O> {
+    /// Sets the outcome like [`Reply::send`], but leaves waking whoever waits for it to
+    /// `wakes`. A shard answers a whole batch that way and wakes the waiters once every answer
+    /// is set: a client woken by its first answer then finds its next ones already there,
+    /// instead of blocking again on each (woken and preempted once per answer on a busy core).
+    pub(crate) fn send_later(mut self, outcome: O, wakes: &mut Wakes<O>) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let (waker, blocked) = {
+            let mut state = slot.lock();
+            if state.sent {
+                return;
+            }
+            state.sent = true;
+            state.outcome = Some(outcome);
+            (state.waker.take(), state.blocked > 0)
+        };
+        if let Some(waker) = waker {
+            wakes.wakers.push(waker);
+        }
+        if blocked {
+            wakes.blocked.push(slot);
+        }
+    }
+}
+
+/// Wake-ups owed for outcomes already set by [`Reply::send_later`]; [`Wakes::wake`] makes
+/// them. Dropped, it makes them too, so no waiter is left asleep.
+pub(crate) struct Wakes<O> {
+    blocked: Vec<Arc<Slot<O>>>,
+    wakers: Vec<Waker>,
+}
+
+impl<O> Default for Wakes<O> {
+    fn default() -> Self {
+        Wakes {
+            blocked: Vec::new(),
+            wakers: Vec::new(),
+        }
+    }
+}
+
+impl<O> Wakes<O> {
+    /// Wakes every thread blocked on, and every task polling, the outcomes set so far.
+    pub(crate) fn wake(&mut self) {
+        for slot in self.blocked.drain(..) {
+            slot.ready.notify_all();
+        }
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl<O> Drop for Wakes<O> {
+    fn drop(&mut self) {
+        self.wake();
+    }
+}
+
 fn deliver<O>(slot: &Slot<O>, outcome: O) {
     let (waker, blocked) = {
         let mut state = slot.lock();
@@ -348,7 +409,7 @@ impl<O> fmt::Debug for Ticket<O> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outcome, Ticket};
+    use super::{Outcome, Ticket, Wakes};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -416,5 +477,59 @@ mod tests {
         until_blocked(&probe, 1);
         drop(reply);
         assert_eq!(waiter.join().unwrap(), Outcome::Closed);
+    }
+
+    #[test]
+    fn answers_sent_later_wake_their_waiters_only_when_the_wakes_are_made() {
+        let (first, first_reply) = Ticket::new(|| Outcome::Closed);
+        let (second, second_reply) = Ticket::new(|| Outcome::Closed);
+        let (probe1, probe2) = (
+            Ticket {
+                slot: first.slot.clone(),
+            },
+            Ticket {
+                slot: second.slot.clone(),
+            },
+        );
+        let waiter = std::thread::spawn(move || (first.wait(), second.wait()));
+        until_blocked(&probe1, 1);
+        let mut wakes = Wakes::default();
+        first_reply.send_later(Outcome::Expired, &mut wakes);
+        second_reply.send_later(Outcome::Closed, &mut wakes);
+        // Both outcomes are set, and the waiter, not yet woken, is still blocked on the first.
+        assert_eq!(probe1.try_outcome(), Some(Outcome::Expired));
+        assert_eq!(probe2.try_outcome(), Some(Outcome::Closed));
+        assert_eq!(probe1.slot.lock().blocked, 1);
+        assert_eq!(
+            wakes.blocked.len(),
+            1,
+            "only the blocked ticket is owed a wake"
+        );
+        wakes.wake();
+        assert_eq!(
+            waiter.join().unwrap(),
+            (Outcome::Expired, Outcome::Closed),
+            "the second answer was there when the waiter woke"
+        );
+        assert_eq!(
+            probe2.slot.lock().blocked,
+            0,
+            "it never blocked on the second"
+        );
+    }
+
+    #[test]
+    fn wakes_dropped_unmade_still_wake_the_waiter() {
+        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
+        let probe = Ticket {
+            slot: ticket.slot.clone(),
+        };
+        let waiter = std::thread::spawn(move || ticket.wait());
+        until_blocked(&probe, 1);
+        {
+            let mut wakes = Wakes::default();
+            reply.send_later(Outcome::Expired, &mut wakes);
+        }
+        assert_eq!(waiter.join().unwrap(), Outcome::Expired);
     }
 }

@@ -83,7 +83,7 @@ pub use overload::{DelegateCause, DumpCause, DumpSink, Overflow, Overload};
 pub use shared::{RequestAsync, Sender, Submit};
 
 pub(crate) use clock::Stamps;
-pub(crate) use command::Reply;
+pub(crate) use command::{Reply, Wakes};
 pub(crate) use consumer::{routes, Route};
 pub(crate) use metrics::MAX_NANOS;
 use shared::{Config, Shared};

@@ -20,6 +20,7 @@ use super::outbox::{self, Outbox};
 use super::outcome::{CommandError, QuarantineCause, Quarantined};
 use super::supervisor::{Run, WorkerMsg};
 use super::{Durable, EffectId, Inner, OwedEffect, RecoveryReport};
+use crate::queue::Wakes;
 
 mod core;
 mod fire;
@@ -715,9 +716,12 @@ impl<M: Durable> Shard<M> {
         }
         // Counts first, so a submitter that reads the metrics after its answer sees it.
         self.publish(&settled.latencies, persist_ns);
+        // Every answer set before anyone is woken (see `Reply::send_later`).
+        let mut wakes = Wakes::default();
         for (reply, outcome) in settled.replies {
-            reply.send(outcome);
+            reply.send_later(outcome, &mut wakes);
         }
+        wakes.wake();
         // Effects after every answer: the transitions they come from are durable.
         if !settled.effects.is_empty() {
             self.dispatch(settled.effects);

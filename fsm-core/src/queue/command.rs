@@ -211,9 +211,7 @@ impl<O> Reply<O> {
             deliver(&slot, outcome);
         }
     }
-}
 
-impl<O> Reply<O> {
     /// Sets the outcome like [`Reply::send`], but leaves waking whoever waits for it to
     /// `wakes`. A shard answers a whole batch that way and wakes the waiters once every answer
     /// is set: a client woken by its first answer then finds its next ones already there,
@@ -222,18 +220,10 @@ impl<O> Reply<O> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let (waker, blocked) = {
-            let mut state = slot.lock();
-            if state.sent {
-                return;
-            }
-            state.sent = true;
-            state.outcome = Some(outcome);
-            (state.waker.take(), state.blocked > 0)
+        let Some((waker, blocked)) = set(&slot, outcome) else {
+            return;
         };
-        if let Some(waker) = waker {
-            wakes.wakers.push(waker);
-        }
+        wakes.wakers.extend(waker);
         if blocked {
             wakes.blocked.push(slot);
         }
@@ -274,15 +264,21 @@ impl<O> Drop for Wakes<O> {
     }
 }
 
+/// Sets the outcome unless one was sent before (`None` then); returns the task's waker to wake
+/// and whether a thread is blocked on the slot.
+fn set<O>(slot: &Slot<O>, outcome: O) -> Option<(Option<Waker>, bool)> {
+    let mut state = slot.lock();
+    if state.sent {
+        return None;
+    }
+    state.sent = true;
+    state.outcome = Some(outcome);
+    Some((state.waker.take(), state.blocked > 0))
+}
+
 fn deliver<O>(slot: &Slot<O>, outcome: O) {
-    let (waker, blocked) = {
-        let mut state = slot.lock();
-        if state.sent {
-            return;
-        }
-        state.sent = true;
-        state.outcome = Some(outcome);
-        (state.waker.take(), state.blocked > 0)
+    let Some((waker, blocked)) = set(slot, outcome) else {
+        return;
     };
     // A thread that blocks later finds the outcome under the lock before it would wait.
     if blocked {
@@ -409,8 +405,9 @@ impl<O> fmt::Debug for Ticket<O> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outcome, Ticket, Wakes};
+    use super::{Outcome, Reply, Ticket, Wakes};
     use std::sync::Arc;
+    use std::thread::JoinHandle;
     use std::time::Duration;
 
     /// Long enough never to end in a test: the tests wait for an answer, not for a timeout.
@@ -423,14 +420,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_thread_blocked_in_wait_is_woken_by_the_answer() {
+    /// A ticket waited on by a thread that is blocked by the time this returns: a probe
+    /// sharing the ticket's slot, its reply, and the waiting thread.
+    fn waited() -> (Ticket<Outcome>, Reply<Outcome>, JoinHandle<Outcome>) {
         let (ticket, reply) = Ticket::new(|| Outcome::Closed);
         let probe = Ticket {
             slot: ticket.slot.clone(),
         };
         let waiter = std::thread::spawn(move || ticket.wait());
         until_blocked(&probe, 1);
+        (probe, reply, waiter)
+    }
+
+    #[test]
+    fn a_thread_blocked_in_wait_is_woken_by_the_answer() {
+        let (probe, reply, waiter) = waited();
         reply.send(Outcome::Expired);
         assert_eq!(waiter.join().unwrap(), Outcome::Expired);
         assert_eq!(
@@ -469,12 +473,7 @@ mod tests {
 
     #[test]
     fn a_reply_dropped_unanswered_wakes_its_waiter_with_the_closed_answer() {
-        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
-        let probe = Ticket {
-            slot: ticket.slot.clone(),
-        };
-        let waiter = std::thread::spawn(move || ticket.wait());
-        until_blocked(&probe, 1);
+        let (_probe, reply, waiter) = waited();
         drop(reply);
         assert_eq!(waiter.join().unwrap(), Outcome::Closed);
     }
@@ -520,12 +519,7 @@ mod tests {
 
     #[test]
     fn wakes_dropped_unmade_still_wake_the_waiter() {
-        let (ticket, reply) = Ticket::new(|| Outcome::Closed);
-        let probe = Ticket {
-            slot: ticket.slot.clone(),
-        };
-        let waiter = std::thread::spawn(move || ticket.wait());
-        until_blocked(&probe, 1);
+        let (_probe, reply, waiter) = waited();
         {
             let mut wakes = Wakes::default();
             reply.send_later(Outcome::Expired, &mut wakes);

@@ -198,8 +198,12 @@ impl<M: Durable> Inbox<M> {
         &self.room_async
     }
 
-    fn notify_room(&self) {
-        self.room.notify_all();
+    /// Wakes submitters waiting for room: the async ones always (waking none is free), the
+    /// blocked threads only if `threads` (a signal is a system call even when nobody waits).
+    fn notify_room(&self, threads: bool) {
+        if threads {
+            self.room.notify_all();
+        }
         #[cfg(feature = "tokio")]
         self.room_async.notify_waiters();
     }
@@ -389,11 +393,7 @@ impl<M: Durable> Inbox<M> {
         let blocked = state.room_waiters > 0;
         drop(state);
         if had > 0 {
-            if blocked {
-                self.room.notify_all();
-            }
-            #[cfg(feature = "tokio")]
-            self.room_async.notify_waiters();
+            self.notify_room(blocked);
         }
         closing
     }
@@ -406,12 +406,12 @@ impl<M: Durable> Inbox<M> {
         }
         drop(state);
         self.work.notify_all();
-        self.notify_room();
+        self.notify_room(true);
     }
 
     /// Wakes blocked submitters so they see that intake closed.
     pub(crate) fn release_waiters(&self) {
         let _state = self.lock();
-        self.notify_room();
+        self.notify_room(true);
     }
 }
